@@ -1,0 +1,41 @@
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from metrics import health
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    # The operator dashboard takes this page over; until then, point at the API docs.
+    return redirect("/api/docs/")
+
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("jobs.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("health/live", health.live),
+    path("health/live/", health.live, name="health-live"),
+    path("health/ready", health.ready),
+    path("health/ready/", health.ready, name="health-ready"),
+]
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": f"No route for {request.path}.", "code": "not_found"}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
+    from django.views.defaults import server_error
+
+    return server_error(request)

@@ -1,0 +1,130 @@
+"""Django admin for staff: inspect jobs and act on them through the same services as the API.
+
+Nothing here edits a job's fields directly: status changes go through `jobs.services`, so
+the admin can never bypass the state machine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from jobs import services
+from jobs.errors import JobError
+from jobs.models import Job, JobAttempt, Outbox
+
+
+def pretty_json(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', text)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class AttemptInline(admin.TabularInline):
+    model = JobAttempt
+    extra = 0
+    can_delete = False
+    fields = ["attempt", "status", "worker", "started_at", "finished_at", "error", "traceback_block"]
+    readonly_fields = fields
+
+    @admin.display(description="traceback")
+    def traceback_block(self, obj: JobAttempt) -> str:
+        if not obj.traceback:
+            return "-"
+        return format_html('<pre style="max-height:20em;overflow:auto">{}</pre>', obj.traceback)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _apply(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job], action: Any, verb: str) -> None:
+    done, refused = 0, []
+    for job_id in queryset.values_list("id", flat=True):
+        try:
+            action(job_id=job_id)
+            done += 1
+        except JobError as exc:
+            refused.append(str(exc))
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} job(s).", messages.SUCCESS)
+    for reason in refused[:20]:
+        modeladmin.message_user(request, reason, messages.WARNING)
+    if len(refused) > 20:
+        modeladmin.message_user(request, f"... and {len(refused) - 20} more refused.", messages.WARNING)
+
+
+@admin.action(description="Retry selected jobs (dead-lettered or cancelled)")
+def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+    _apply(modeladmin, request, queryset, services.job_retry, "Requeued")
+
+
+@admin.action(description="Cancel selected jobs")
+def cancel_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+    _apply(modeladmin, request, queryset, services.job_cancel, "Cancelled")
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "status", "queue", "priority", "attempts", "max_attempts", "owner", "created_at", "finished_at"]
+    list_filter = ["status", "queue", "type", "created_at"]
+    list_select_related = ["owner"]
+    date_hierarchy = "created_at"
+    search_fields = ["idempotency_key"]
+    search_help_text = "A job id (exact) or an idempotency key (exact)."
+    show_full_result_count = False  # no COUNT(*) over millions of rows per page view
+    actions = [retry_jobs, cancel_jobs]
+    inlines = [AttemptInline]
+    fields = [
+        "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
+        "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
+        "next_retry_at", "idempotency_key", "dispatch_token", "worker", "lease_expires_at",
+        "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at",
+    ]  # fmt: skip
+    readonly_fields = fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The change list must be reachable for actions; the form itself stays read-only.
+        return obj is None and request.user.is_staff
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj: Job) -> str:
+        return pretty_json(obj.payload)
+
+    @admin.display(description="result")
+    def result_pretty(self, obj: Job) -> str:
+        return pretty_json(obj.result)
+
+    @admin.display(description="backoff")
+    def backoff_pretty(self, obj: Job) -> str:
+        return pretty_json(obj.backoff)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Job], search_term: str) -> tuple[QuerySet[Job], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(id=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(idempotency_key=term), False
+
+
+@admin.register(Outbox)
+class OutboxAdmin(ReadOnlyAdmin):
+    list_display = ["id", "job_id", "topic", "created_at"]
+    show_full_result_count = False

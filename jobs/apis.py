@@ -1,0 +1,118 @@
+"""The jobs API: views validate, call one service or selector, and serialize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.rest import KeysetPagination, ORJSONParser, ORJSONRenderer, PerUserThrottle
+from jobs import selectors, services
+from jobs.serializers import (
+    BulkInputSerializer,
+    BulkOutputSerializer,
+    JobDetailSerializer,
+    JobInputSerializer,
+    JobSerializer,
+    JobStatsSerializer,
+)
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Same key and body returns the first job (200); another body gives 409.",
+)
+
+
+def _page_response(request: Request, rows: list[Any], next_url: str | None, serializer: type) -> Response:
+    return Response({"results": [serializer(row).data for row in rows], "next": next_url})
+
+
+class JobListCreateApi(APIView):
+    @extend_schema(
+        operation_id="jobs_list",
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, description="One status or a comma-separated list."),
+            OpenApiParameter("type", OpenApiTypes.STR),
+            OpenApiParameter("queue", OpenApiTypes.STR),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description="1-1000, default 50."),
+        ],
+        responses=inline_serializer(
+            "JobPage", {"results": JobSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        filterset = selectors.JobFilter(request.query_params, queryset=selectors.job_visible_to(request.user))
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+        return _page_response(request, rows, next_url, JobSerializer)
+
+    @extend_schema(request=JobInputSerializer, responses={201: JobSerializer, 200: JobSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request: Request) -> Response:
+        data = request.data
+        header_key = request.headers.get("Idempotency-Key")
+        if header_key and isinstance(data, dict) and not data.get("idempotency_key"):
+            data = {**data, "idempotency_key": header_key}
+        serializer = JobInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        submitted = services.job_submit(owner_id=request.user.pk, spec=serializer.to_spec(serializer.validated_data))
+        code = status.HTTP_201_CREATED if submitted.created else status.HTTP_200_OK
+        return Response(JobSerializer(submitted.job).data, status=code)
+
+
+class JobBulkCreateApi(APIView):
+    @extend_schema(request=BulkInputSerializer, responses={201: BulkOutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = BulkInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        to_spec = JobInputSerializer().to_spec
+        specs = [to_spec(item) for item in serializer.validated_data["jobs"]]
+        submitted = services.job_submit_bulk(owner_id=request.user.pk, specs=specs)
+        return Response({"jobs": [JobSerializer(s.job).data for s in submitted]}, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobDetailSerializer)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response(JobDetailSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobSerializer)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response(JobSerializer(services.job_cancel(job_id=job.id)).data)
+
+
+class JobRetryApi(APIView):
+    @extend_schema(request=None, responses=JobSerializer)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response(JobSerializer(services.job_retry(job_id=job.id)).data)
+
+
+class JobStatsApi(APIView):
+    @extend_schema(responses=JobStatsSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(selectors.job_get_stats(user=request.user))
+
+
+class TokenObtainApi(ObtainAuthToken):
+    """POST username and password, get `{"token": ...}`; wrong credentials give 400."""
+
+    throttle_classes = [PerUserThrottle]
+    parser_classes = [ORJSONParser, *ObtainAuthToken.parser_classes[:2]]
+    renderer_classes = [ORJSONRenderer]

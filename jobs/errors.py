@@ -1,0 +1,37 @@
+"""Domain errors. Each message names the object and its state; the API maps them to 404/409."""
+
+from __future__ import annotations
+
+import uuid
+
+
+class JobError(Exception):
+    """Base class for errors about jobs."""
+
+
+class JobNotFound(JobError):
+    def __init__(self, job_id: uuid.UUID | str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class IllegalTransition(JobError):
+    """A state change the job's current state does not allow (API: 409)."""
+
+    def __init__(self, job_id: uuid.UUID | str, current: str | None, action: str) -> None:
+        state = current if current is not None else "gone"
+        super().__init__(f"job {job_id} is {state}, cannot {action}")
+        self.job_id = job_id
+        self.current = current
+        self.action = action
+
+
+class IdempotencyConflict(JobError):
+    """The idempotency key was used before with a different request body (API: 409)."""
+
+    def __init__(self, key: str, job_id: uuid.UUID | str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for job {job_id} with a different request body"
+        )
+        self.key = key
+        self.job_id = job_id

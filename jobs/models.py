@@ -1,0 +1,165 @@
+"""Jobs, their attempts and the outbox. Fields, constraints and indexes only.
+
+State changes never happen here: they live in `jobs.transitions`, one conditional UPDATE
+each, so that PostgreSQL decides every race.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    RETRYING = "RETRYING"
+    DEAD_LETTER = "DEAD_LETTER"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED})
+
+
+class AttemptStatus(models.TextChoices):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    LOST = "LOST"
+    CANCELLED = "CANCELLED"
+
+
+def default_backoff() -> dict[str, Any]:
+    return {"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    type = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict)
+    queue = models.CharField(max_length=100, default="default")
+    priority = models.PositiveSmallIntegerField(default=5, validators=[MaxValueValidator(9)])
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    # Attempts in the current budget; `retry` resets it. `attempt_seq` numbers history rows
+    # across budgets, so the history of a requeued job goes on 5, 6, ... after 1-4.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    attempt_seq = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(25)]
+    )
+    backoff = models.JSONField(default=default_backoff)
+    timeout_seconds = models.PositiveIntegerField(default=300)
+    run_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # sha256 of the canonical request body that created the job, to tell a replay (same key,
+    # same body: the first job again) from a conflict (same key, another body: 409).
+    request_hash = models.CharField(max_length=64, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    # Dispatch: a fresh token per dispatch; only a delivery carrying the current token can
+    # claim the job, so a stale or duplicated message loses its claim.
+    dispatch_token = models.UUIDField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Idempotency keys are per user; the constraint, not a lookup, settles races.
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_owner_idempotency_key_uniq",
+            ),
+            models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_range"),
+            models.CheckConstraint(
+                condition=Q(max_attempts__gte=1) & Q(max_attempts__lte=25), name="job_max_attempts_range"
+            ),
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+        ]
+        indexes = [
+            # List pages: own jobs newest first, optionally by status/type/queue.
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status_created"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            models.Index(fields=["type", "-created_at"], name="job_type_created"),
+            models.Index(fields=["queue", "-created_at"], name="job_queue_created"),
+            models.Index(fields=["-created_at"], name="job_created"),
+            # Dispatcher scans touch only live rows: partial indexes stay small with millions
+            # of finished jobs in the table.
+            models.Index(
+                fields=["run_at"], condition=Q(status=JobStatus.PENDING, run_at__isnull=False), name="job_due_run_at"
+            ),
+            models.Index(fields=["next_retry_at"], condition=Q(status=JobStatus.RETRYING), name="job_due_retry"),
+            models.Index(fields=["lease_expires_at"], condition=Q(status=JobStatus.RUNNING), name="job_running_lease"),
+            models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobAttempt(models.Model):
+    """One row per attempt, written the moment it starts; its status follows the attempt."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="history")
+    attempt = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["job", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="attempt_job_attempt_uniq"),
+            # The invariant "at most one running attempt per job", enforced by PostgreSQL.
+            models.UniqueConstraint(
+                fields=["job"], condition=Q(status=AttemptStatus.RUNNING), name="attempt_one_running_per_job"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} of {self.job_id} ({self.status})"
+
+
+class Outbox(models.Model):
+    """Dispatch requests written in the same transaction as the job change they belong to.
+
+    The relay reads these in id order (FOR UPDATE SKIP LOCKED), publishes the envelope to
+    Kafka, and deletes the row. A crash between commit and publish loses nothing.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    topic = models.CharField(max_length=100, default="jobs")
+    envelope = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "outbox"
+
+    def __str__(self) -> str:
+        return f"outbox {self.id} → {self.topic} ({self.job_id})"

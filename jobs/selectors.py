@@ -1,0 +1,89 @@
+"""Reads on jobs: querysets scoped to what a user may see, and statistics."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import django_filters
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from jobs.errors import JobNotFound
+from jobs.models import Job, JobStatus
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def job_visible_to(user: Any) -> QuerySet[Job]:
+    """Users see their own jobs; staff see all."""
+    qs = Job.objects.all()
+    return qs if user.is_staff else qs.filter(owner_id=user.pk)
+
+
+def job_get(*, user: Any, job_id: uuid.UUID | str) -> Job:
+    """A job the user may see, or JobNotFound (another user's job is indistinguishable)."""
+    try:
+        return job_visible_to(user).get(id=job_id)
+    except (Job.DoesNotExist, ValueError):
+        raise JobNotFound(job_id) from None
+
+
+class _CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
+    """`status=FAILED` or `status=PENDING,RUNNING`."""
+
+
+class JobFilter(django_filters.FilterSet):
+    status = _CSVChoiceFilter(field_name="status", choices=JobStatus.choices)
+    type = django_filters.CharFilter(field_name="type")
+    queue = django_filters.CharFilter(field_name="queue")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Job
+        fields = ["status", "type", "queue", "created_after", "created_before"]
+
+
+_LATENCY_SQL = """
+SELECT count(*) FILTER (WHERE finished_at >= %(since_1m)s),
+       count(*),
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - created_at)),
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM started_at - coalesce(queued_at, created_at)))
+  FROM jobs_job
+ WHERE finished_at >= %(since_1h)s AND status = 'SUCCEEDED' {owner}
+"""
+
+
+def _percentiles(values: list[float] | None) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"p50": round(values[0], 4), "p95": round(values[1], 4), "p99": round(values[2], 4)}
+
+
+def job_get_stats(*, user: Any) -> dict[str, Any]:
+    """Counts by status, throughput over the last minute and hour, latency percentiles of
+    the last hour's successes (end to end and queue wait)."""
+    by_status = {s: 0 for s in JobStatus.values}
+    for row in job_visible_to(user).values("status").annotate(n=Count("id")).order_by():
+        by_status[row["status"]] = row["n"]
+    now = timezone.now()
+    params: dict[str, Any] = {"since_1m": now - timedelta(minutes=1), "since_1h": now - timedelta(hours=1)}
+    owner = ""
+    if not user.is_staff:
+        owner = "AND owner_id = %(owner)s"
+        params["owner"] = user.pk
+    with connection.cursor() as cur:
+        cur.execute(_LATENCY_SQL.format(owner=owner), params)
+        last_minute, last_hour, total_p, wait_p = cur.fetchone()
+    return {
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "throughput": {"succeeded_last_minute": last_minute, "succeeded_per_minute_last_hour": round(last_hour / 60, 2)},
+        "latency_seconds": {"end_to_end": _percentiles(total_p), "queue_wait": _percentiles(wait_p)},
+    }

@@ -1,0 +1,169 @@
+"""Request validation and response shapes for the jobs API.
+
+Output uses a hand-written `to_representation` (a dict built directly from the row) because
+bulk responses carry 1,000 jobs and DRF's per-field machinery dominated their time. The
+declared fields still drive validation and the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.conf import settings
+from rest_framework import serializers
+
+from jobs.models import Job, JobAttempt, JobStatus, default_backoff
+from jobs.services import JobSpec
+from orchestration.handlers import is_registered
+
+QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
+
+def _reject_nul(value: Any, field: str) -> None:
+    # PostgreSQL's jsonb cannot hold U+0000; say so instead of failing at INSERT.
+    if b"\\u0000" in orjson.dumps(value):
+        raise serializers.ValidationError(f"{field} must not contain NUL (\\u0000) characters.")
+
+
+class BackoffSerializer(serializers.Serializer):
+    initial = serializers.FloatField(min_value=0.0, max_value=86400.0, default=2.0)
+    factor = serializers.FloatField(min_value=1.0, max_value=100.0, default=2.0)
+    max = serializers.FloatField(min_value=0.0, max_value=7 * 86400.0, default=3600.0)
+    jitter = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.2)
+
+
+class JobInputSerializer(serializers.Serializer):
+    type = serializers.CharField(max_length=200)
+    payload = serializers.JSONField(default=dict)
+    queue = serializers.RegexField(QUEUE_NAME, default="default")
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
+    max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
+    backoff = BackoffSerializer(required=False)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
+    run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+
+    def validate_type(self, value: str) -> str:
+        if not is_registered(value):
+            raise serializers.ValidationError(f"Unknown job type {value!r}: no handler is registered under that name.")
+        return value
+
+    def validate_payload(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError(f"payload must be a JSON object, not {type(value).__name__}.")
+        _reject_nul(value, "payload")
+        return value
+
+    def to_spec(self, data: dict[str, Any]) -> JobSpec:
+        return JobSpec(
+            type=data["type"],
+            payload=data["payload"],
+            queue=data["queue"],
+            priority=data["priority"],
+            max_attempts=data["max_attempts"],
+            backoff={**default_backoff(), **data.get("backoff", {})},
+            timeout_seconds=data["timeout_seconds"],
+            run_at=data["run_at"],
+            idempotency_key=data["idempotency_key"],
+        )
+
+
+class BulkInputSerializer(serializers.Serializer):
+    jobs = JobInputSerializer(many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX)
+
+    def validate_jobs(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Errors by position, the shape DRF uses for the per-item errors of `jobs`.
+        seen: dict[str, int] = {}
+        errors: dict[int, dict[str, Any]] = {}
+        for i, job in enumerate(jobs):
+            key = job.get("idempotency_key")
+            if key is None:
+                continue
+            if key in seen:
+                errors[i] = {"idempotency_key": [f"duplicates the key of jobs[{seen[key]}] in this request."]}
+            seen.setdefault(key, i)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return jobs
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobAttempt
+        fields = ["attempt", "status", "started_at", "finished_at", "error", "worker", "traceback"]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class JobSerializer(serializers.Serializer):
+    """A job as the API shows it. `history` only on the detail view."""
+
+    id = serializers.UUIDField()
+    type = serializers.CharField()
+    payload = serializers.JSONField()
+    queue = serializers.CharField()
+    priority = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    attempts = serializers.IntegerField()
+    max_attempts = serializers.IntegerField()
+    backoff = BackoffSerializer()
+    timeout_seconds = serializers.IntegerField()
+    run_at = serializers.DateTimeField(allow_null=True)
+    next_retry_at = serializers.DateTimeField(allow_null=True)
+    idempotency_key = serializers.CharField(allow_null=True)
+    last_error = serializers.CharField()
+    result = serializers.JSONField(allow_null=True)
+    workflow = serializers.UUIDField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    queued_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        return {
+            "id": str(job.id),
+            "type": job.type,
+            "payload": job.payload,
+            "queue": job.queue,
+            "priority": job.priority,
+            "status": job.status,
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "backoff": job.backoff,
+            "timeout_seconds": job.timeout_seconds,
+            "run_at": _iso(job.run_at),
+            "next_retry_at": _iso(job.next_retry_at),
+            "idempotency_key": job.idempotency_key,
+            "last_error": job.last_error,
+            "result": job.result,
+            "workflow": None,
+            "cancel_requested_at": _iso(job.cancel_requested_at),
+            "created_at": _iso(job.created_at),
+            "queued_at": _iso(job.queued_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+        }
+
+
+class JobDetailSerializer(JobSerializer):
+    history = AttemptSerializer(many=True)
+
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        data = super().to_representation(job)
+        data["history"] = AttemptSerializer(job.history.all(), many=True).data
+        return data
+
+
+class BulkOutputSerializer(serializers.Serializer):
+    jobs = JobSerializer(many=True)
+
+
+class JobStatsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    throughput = serializers.DictField(child=serializers.FloatField())
+    latency_seconds = serializers.DictField(child=serializers.DictField(allow_null=True))

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from jobs import apis
+
+urlpatterns = [
+    path("auth/token/", apis.TokenObtainApi.as_view(), name="auth-token"),
+    path("jobs/", apis.JobListCreateApi.as_view(), name="job-list"),
+    path("jobs/bulk/", apis.JobBulkCreateApi.as_view(), name="job-bulk"),
+    path("jobs/stats/", apis.JobStatsApi.as_view(), name="job-stats"),
+    path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="job-retry"),
+]

@@ -1,0 +1,91 @@
+"""Liveness and readiness probes.
+
+`/health/live` says the process serves requests. `/health/ready` checks every engine this
+deployment is configured with (PostgreSQL and its migrations, Redis, Kafka, ClickHouse)
+and answers 503 with a JSON body naming what failed.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+
+CHECK_TIMEOUT = 2.0  # seconds per engine: a probe must answer well within a load balancer's timeout
+
+
+def check_postgres() -> str | None:
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if plan:
+        return f"{len(plan)} migration(s) not applied"
+    return None
+
+
+def check_redis() -> str | None:
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return None
+
+
+def check_kafka() -> str | None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "socket.timeout.ms": 2000})
+    admin.list_topics(timeout=CHECK_TIMEOUT)
+    return None
+
+
+def check_clickhouse() -> str | None:
+    parts = urlsplit(settings.CLICKHOUSE_URL)
+    scheme = "https" if parts.scheme in ("https", "clickhouses") else "http"
+    with urllib.request.urlopen(f"{scheme}://{parts.hostname}:{parts.port or 8123}/ping", timeout=CHECK_TIMEOUT) as r:
+        if r.status != 200:
+            return f"ping answered {r.status}"
+    return None
+
+
+def configured_checks() -> dict[str, Callable[[], str | None]]:
+    checks: dict[str, Callable[[], str | None]] = {"postgres": check_postgres, "redis": check_redis}
+    if settings.KAFKA_BOOTSTRAP_SERVERS:
+        checks["kafka"] = check_kafka
+    if settings.CLICKHOUSE_URL:
+        checks["clickhouse"] = check_clickhouse
+    return checks
+
+
+@never_cache
+def live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def ready(request: HttpRequest) -> JsonResponse:
+    results: dict[str, Any] = {}
+    healthy = True
+    for name, check in configured_checks().items():
+        started = time.monotonic()
+        try:
+            problem = check()
+        except Exception as exc:  # any failure of a dependency makes us not ready
+            problem = f"{type(exc).__name__}: {exc}"
+        ms = round((time.monotonic() - started) * 1000, 1)
+        results[name] = {"ok": problem is None, "ms": ms} | ({"error": problem} if problem else {})
+        healthy = healthy and problem is None
+    failed = [name for name, r in results.items() if not r["ok"]]
+    body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": results}
+    return JsonResponse(body, status=200 if healthy else 503)

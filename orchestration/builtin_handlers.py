@@ -1,0 +1,64 @@
+"""Built-in `demo.*` handlers, always registered: for demos, tests and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from orchestration.handlers import JobContext, PermanentError, handler
+
+logger = logging.getLogger("orchestration.demo")
+
+_LEVELS = logging.getLevelNamesMapping()
+
+
+class DemoFailure(Exception):
+    """The retryable failure `demo.fail` raises."""
+
+
+@handler("demo.noop")
+def noop(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return {}
+
+
+@handler("demo.echo")
+def echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return payload
+
+
+@handler("demo.sleep")
+def sleep(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Sleeps `seconds`, checking for a cancel request every 50 ms so it stops early."""
+    seconds = float(payload.get("seconds", 1))
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        ctx.check_cancelled()
+        time.sleep(min(0.05, left))
+    return {"slept": seconds}
+
+
+@handler("demo.fail")
+def fail(payload: dict[str, Any], ctx: JobContext) -> None:
+    message = str(payload.get("message", "demo.fail always fails"))
+    if payload.get("retryable", True):
+        raise DemoFailure(message)
+    raise PermanentError(message)
+
+
+@handler("demo.flaky")
+def flaky(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Fails the first `failures` attempts of the job, then succeeds."""
+    failures = int(payload.get("failures", 1))
+    if ctx.attempt <= failures:
+        raise DemoFailure(f"demo.flaky: attempt {ctx.attempt} of {failures} planned failures")
+    return {"succeeded_on_attempt": ctx.attempt}
+
+
+@handler("demo.log")
+def log_lines(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    lines = int(payload.get("lines", 1))
+    level = _LEVELS.get(str(payload.get("level", "INFO")).upper(), logging.INFO)
+    for i in range(lines):
+        logger.log(level, "demo.log line %d of %d", i + 1, lines, extra={"line": i + 1})
+    return {"lines": lines}

@@ -1,0 +1,81 @@
+"""The handler registry: job `type` → the function that runs it.
+
+Register with the decorator; modules listed in `settings.JOB_HANDLER_MODULES` are imported
+when Django starts, in every role, so submit-time validation and workers agree:
+
+    @handler("billing.charge")
+    def charge(payload: dict, ctx: JobContext) -> dict: ...
+
+A handler receives the payload (it must ignore keys it does not know) and a context with
+the job id, attempt number and a cooperative cancel check. Its return value (JSON) becomes
+the job's `result`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.conf import settings
+
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help: the job goes straight to DEAD_LETTER."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler (by `ctx.check_cancelled`) once a cancel was requested."""
+
+
+@dataclass
+class JobContext:
+    job_id: uuid.UUID
+    attempt: int
+    type: str
+    queue: str = "default"
+    # Set by the worker; returns True once the job's cancel was requested.
+    is_cancel_requested: Callable[[], bool] = field(default=lambda: False)
+
+    def check_cancelled(self) -> None:
+        if self.is_cancel_requested():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+class Handler(Protocol):
+    def __call__(self, payload: dict[str, Any], ctx: JobContext) -> Any: ...
+
+
+_REGISTRY: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    """Register `fn` under the dotted `name`; registering a name twice is a programming error."""
+
+    def register(fn: Handler) -> Handler:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(f"job handler {name!r} is already registered by {existing!r}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def get_handler(name: str) -> Handler | None:
+    return _REGISTRY.get(name)
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def registered_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_handler_modules() -> None:
+    for module in settings.JOB_HANDLER_MODULES:
+        importlib.import_module(module)

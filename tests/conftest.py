@@ -1,0 +1,57 @@
+"""Shared fixtures. The engines come from the environment (`make test` starts embedded ones
+for any URL that is unset), so these tests always talk to real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.factories import StaffFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _isolated_throttle(settings):
+    # Each test gets its own throttle keyspace and a rate high enough not to interfere;
+    # throttling tests lower it themselves.
+    settings.API_THROTTLE_PREFIX = f"throttle-{uuid.uuid4().hex}"
+    settings.API_RATE_LIMIT = "100000/s"
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def staff(db):
+    return StaffFactory()
+
+
+def client_for(u) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=u)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def api(user) -> APIClient:
+    return client_for(user)
+
+
+@pytest.fixture
+def other_api(other_user) -> APIClient:
+    return client_for(other_user)
+
+
+@pytest.fixture
+def staff_api(staff) -> APIClient:
+    return client_for(staff)
