@@ -18,6 +18,7 @@ def _isolated_throttle(settings):
     # throttling tests lower it themselves.
     settings.API_THROTTLE_PREFIX = f"throttle-{uuid.uuid4().hex}"
     settings.API_RATE_LIMIT = "100000/s"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast fixtures
 
 
 @pytest.fixture

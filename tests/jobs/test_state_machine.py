@@ -1,0 +1,182 @@
+"""Property test of the job state machine against real PostgreSQL rows.
+
+Hypothesis fires random transitions at real jobs: relays, deliveries (including duplicate
+and stale messages), successes and failures (including late results of attempts that lost
+their job), worker crashes (lease lost), cancels, requeues and re-dispatches. After every
+step the invariants must hold for every job:
+
+- at most one RUNNING attempt, and one exactly when the job is RUNNING;
+- a terminal job has `finished_at` and no running attempt;
+- never more attempts in the current budget than `max_attempts`;
+- history numbers are 1..attempt_seq with no gaps;
+- nothing leaves a terminal state except an explicit retry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from jobs import services, transitions
+from jobs.errors import IllegalTransition
+from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobAttempt, JobStatus, Outbox
+from orchestration.policy import DeadLetter, decide
+from tests.factories import UserFactory
+
+
+@dataclass(frozen=True)
+class Message:
+    """A dispatch message as the worker would receive it (possibly duplicated or stale)."""
+
+    job_id: uuid.UUID
+    token: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Held:
+    """An attempt a worker believes it holds (it may have lost the job since)."""
+
+    job_id: uuid.UUID
+    attempt: int
+
+
+class JobMachine(RuleBasedStateMachine):
+    messages = Bundle("messages")
+    held = Bundle("held")
+
+    owner_id: int  # set by the test: one owner for every run keeps examples cheap
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[uuid.UUID] = []
+        self.terminal_seen: dict[uuid.UUID, str] = {}
+
+    def _job(self, index: int) -> uuid.UUID:
+        return self.jobs[index % len(self.jobs)]
+
+    @rule(max_attempts=st.integers(1, 4))
+    def submit(self, max_attempts: int) -> None:
+        spec = services.JobSpec(type="demo.noop", max_attempts=max_attempts)
+        self.jobs.append(services.job_submit(owner_id=self.owner_id, spec=spec).job.id)
+
+    @rule(target=messages, index=st.integers(0, 50), mark=st.booleans())
+    def relay(self, index: int, mark: bool) -> Message:
+        """Publish a job's outbox row; sometimes crash before marking QUEUED (row stays)."""
+        if not self.jobs:
+            return Message(uuid.uuid4(), uuid.uuid4())
+        job_id = self._job(index)
+        row = Outbox.objects.filter(job_id=job_id).order_by("id").first()
+        if row is None:
+            return Message(job_id, uuid.uuid4())  # a message that never matched any dispatch
+        token = uuid.UUID(row.envelope["dispatch_token"])
+        if mark:
+            with transaction.atomic():
+                transitions.mark_queued(job_id, dispatch_token=token)
+                row.delete()
+        return Message(job_id, token)
+
+    @rule(target=held, message=messages)
+    def deliver(self, message: Message) -> Held:
+        """A worker receives a message (the same one may arrive again) and tries to claim."""
+        with transaction.atomic():
+            claim = transitions.mark_running(
+                message.job_id, dispatch_token=message.token, worker="w", lease_seconds=60
+            )
+        return Held(message.job_id, claim.attempt if claim else -1)
+
+    @rule(held=held)
+    def succeed(self, held: Held) -> None:
+        with transaction.atomic():
+            transitions.mark_succeeded(held.job_id, attempt=held.attempt, result={"ok": True})
+
+    @rule(held=held, permanent=st.booleans(), lost=st.booleans())
+    def fail(self, held: Held, permanent: bool, lost: bool) -> None:
+        """A handler failure, or (lost) the worker died and the lease reaper fails it."""
+        job = Job.objects.filter(id=held.job_id).first()
+        if job is None:
+            return
+        decision = decide(
+            attempts=job.attempts, max_attempts=job.max_attempts, backoff=job.backoff, now=timezone.now(),
+            permanent=permanent,
+        )  # fmt: skip
+        status = AttemptStatus.LOST if lost else AttemptStatus.FAILED
+        with transaction.atomic():
+            if isinstance(decision, DeadLetter):
+                transitions.move_to_dead_letter(held.job_id, attempt=held.attempt, error="x", attempt_status=status)
+            else:
+                transitions.schedule_retry(
+                    held.job_id, attempt=held.attempt, next_retry_at=decision.at, error="x", attempt_status=status
+                )
+
+    @rule(index=st.integers(0, 50), expected=st.sampled_from([JobStatus.RETRYING, JobStatus.QUEUED]))
+    def release(self, index: int, expected: str) -> None:
+        """Scheduler: a due retry, or a QUEUED job whose message was lost, is dispatched anew."""
+        if not self.jobs:
+            return
+        job_id = self._job(index)
+        token = uuid.uuid4()
+        with transaction.atomic():
+            if transitions.release(job_id, expected=expected, dispatch_token=token):
+                Outbox.objects.create(job_id=job_id, envelope={"dispatch_token": str(token)})
+
+    @rule(index=st.integers(0, 50))
+    def cancel(self, index: int) -> None:
+        if not self.jobs:
+            return
+        job_id = self._job(index)
+        try:
+            services.job_cancel(job_id=job_id)
+        except IllegalTransition as exc:
+            assert exc.current in TERMINAL_STATUSES
+
+    @rule(held=held)
+    def worker_honours_cancel(self, held: Held) -> None:
+        if Job.objects.filter(id=held.job_id, cancel_requested_at__isnull=False).exists():
+            with transaction.atomic():
+                transitions.mark_cancelled(held.job_id, attempt=held.attempt)
+
+    @rule(index=st.integers(0, 50))
+    def retry(self, index: int) -> None:
+        if not self.jobs:
+            return
+        job_id = self._job(index)
+        try:
+            services.job_retry(job_id=job_id)
+        except IllegalTransition as exc:
+            assert exc.current not in (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
+        else:
+            self.terminal_seen.pop(job_id, None)
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        for job in Job.objects.filter(id__in=self.jobs):
+            running = JobAttempt.objects.filter(job=job, status=AttemptStatus.RUNNING).count()
+            assert running <= 1
+            assert (running == 1) == (job.status == JobStatus.RUNNING), (job.status, running)
+            assert job.attempts <= job.max_attempts
+            numbers = list(JobAttempt.objects.filter(job=job).order_by("attempt").values_list("attempt", flat=True))
+            assert numbers == list(range(1, job.attempt_seq + 1))
+            if job.status in TERMINAL_STATUSES:
+                assert job.finished_at is not None
+                previous = self.terminal_seen.setdefault(job.id, job.status)
+                assert previous == job.status, f"{job.id} left terminal {previous} for {job.status}"
+            else:
+                assert job.id not in self.terminal_seen, f"{job.id} left terminal state without a retry"
+
+
+@pytest.mark.django_db
+def test_job_state_machine() -> None:
+    JobMachine.owner_id = UserFactory().pk
+    run_state_machine_as_test(
+        JobMachine,
+        settings=settings(
+            max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
