@@ -13,6 +13,8 @@ from pathlib import Path
 
 import environ
 
+from orchestration.engines import read_env_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data")
 ENV_FILE = DATA_DIR / "env"
@@ -22,15 +24,9 @@ env = environ.Env()
 
 def load_env_file(path: Path = ENV_FILE) -> None:
     """Fill unset (or empty) variables from `path`; never override what the process has."""
-    if not path.is_file():
-        return
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        if not os.environ.get(key.strip()):
-            os.environ[key.strip()] = value.strip()
+    for key, value in read_env_file(path).items():
+        if not os.environ.get(key):
+            os.environ[key] = value
 
 
 def dev_secret_key() -> str:

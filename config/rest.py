@@ -153,7 +153,7 @@ class PerUserThrottle(BaseThrottle):
         self.limit, self.period = parse_rate(settings.API_RATE_LIMIT)
         self._wait = 0.0
 
-    def allow_request(self, request: Request, view: "APIView") -> bool:
+    def allow_request(self, request: Request, view: APIView) -> bool:
         user = request.user
         ident = f"u{user.pk}" if user and user.is_authenticated else f"ip{self.get_ident(request)}"
         now = time.time()
@@ -164,6 +164,9 @@ class PerUserThrottle(BaseThrottle):
         pipe.expire(key, self.period + 1)
         count = pipe.execute()[0]
         if count <= self.limit:
+            return True
+        # Checked only once over the limit: the permission lookup costs queries.
+        if user and user.is_authenticated and user.has_perm("jobs.unthrottled"):
             return True
         self._wait = (window + 1) * self.period - now
         return False

@@ -40,8 +40,7 @@ class AttemptInline(admin.TabularInline):
     model = JobAttempt
     extra = 0
     can_delete = False
-    fields = ["attempt", "status", "worker", "started_at", "finished_at", "error", "traceback_block"]
-    readonly_fields = fields
+    fields = readonly_fields = ("attempt", "status", "worker", "started_at", "finished_at", "error", "traceback_block")
 
     @admin.display(description="traceback")
     def traceback_block(self, obj: JobAttempt) -> str:
@@ -81,7 +80,18 @@ def cancel_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ["id", "type", "status", "queue", "priority", "attempts", "max_attempts", "owner", "created_at", "finished_at"]
+    list_display = [
+        "id",
+        "type",
+        "status",
+        "queue",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "owner",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["status", "queue", "type", "created_at"]
     list_select_related = ["owner"]
     date_hierarchy = "created_at"
@@ -90,13 +100,12 @@ class JobAdmin(ReadOnlyAdmin):
     show_full_result_count = False  # no COUNT(*) over millions of rows per page view
     actions = [retry_jobs, cancel_jobs]
     inlines = [AttemptInline]
-    fields = [
+    fields = readonly_fields = (
         "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
         "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
         "next_retry_at", "idempotency_key", "dispatch_token", "worker", "lease_expires_at",
         "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at",
-    ]  # fmt: skip
-    readonly_fields = fields
+    )  # fmt: skip
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The change list must be reachable for actions; the form itself stays read-only.
@@ -114,7 +123,9 @@ class JobAdmin(ReadOnlyAdmin):
     def backoff_pretty(self, obj: Job) -> str:
         return pretty_json(obj.backoff)
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Job], search_term: str) -> tuple[QuerySet[Job], bool]:
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
+    ) -> tuple[QuerySet[Job], bool]:
         term = search_term.strip()
         if not term:
             return queryset, False

@@ -32,6 +32,12 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
+def _owner_id(request: Request) -> int:
+    pk = request.user.pk  # IsAuthenticated ran first: always a saved user here
+    assert pk is not None
+    return int(pk)
+
+
 def _page_response(request: Request, rows: list[Any], next_url: str | None, serializer: type) -> Response:
     return Response({"results": [serializer(row).data for row in rows], "next": next_url})
 
@@ -59,7 +65,9 @@ class JobListCreateApi(APIView):
         rows, next_url = KeysetPagination().paginate(filterset.qs, request)
         return _page_response(request, rows, next_url, JobSerializer)
 
-    @extend_schema(request=JobInputSerializer, responses={201: JobSerializer, 200: JobSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(
+        request=JobInputSerializer, responses={201: JobSerializer, 200: JobSerializer}, parameters=[IDEMPOTENCY_HEADER]
+    )
     def post(self, request: Request) -> Response:
         data = request.data
         header_key = request.headers.get("Idempotency-Key")
@@ -67,7 +75,7 @@ class JobListCreateApi(APIView):
             data = {**data, "idempotency_key": header_key}
         serializer = JobInputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        submitted = services.job_submit(owner_id=request.user.pk, spec=serializer.to_spec(serializer.validated_data))
+        submitted = services.job_submit(owner_id=_owner_id(request), spec=serializer.to_spec(serializer.validated_data))
         code = status.HTTP_201_CREATED if submitted.created else status.HTTP_200_OK
         return Response(JobSerializer(submitted.job).data, status=code)
 
@@ -79,7 +87,7 @@ class JobBulkCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         to_spec = JobInputSerializer().to_spec
         specs = [to_spec(item) for item in serializer.validated_data["jobs"]]
-        submitted = services.job_submit_bulk(owner_id=request.user.pk, specs=specs)
+        submitted = services.job_submit_bulk(owner_id=_owner_id(request), specs=specs)
         return Response({"jobs": [JobSerializer(s.job).data for s in submitted]}, status=status.HTTP_201_CREATED)
 
 

@@ -30,8 +30,6 @@ class IdempotencyConflict(JobError):
     """The idempotency key was used before with a different request body (API: 409)."""
 
     def __init__(self, key: str, job_id: uuid.UUID | str) -> None:
-        super().__init__(
-            f"idempotency key {key!r} was already used for job {job_id} with a different request body"
-        )
+        super().__init__(f"idempotency key {key!r} was already used for job {job_id} with a different request body")
         self.key = key
         self.job_id = job_id

@@ -53,14 +53,12 @@ class Job(models.Model):
     # across budgets, so the history of a requeued job goes on 5, 6, ... after 1-4.
     attempts = models.PositiveSmallIntegerField(default=0)
     attempt_seq = models.PositiveIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(
-        default=4, validators=[MinValueValidator(1), MaxValueValidator(25)]
-    )
+    max_attempts = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1), MaxValueValidator(25)])
     backoff = models.JSONField(default=default_backoff)
     timeout_seconds = models.PositiveIntegerField(default=300)
     run_at = models.DateTimeField(null=True, blank=True)
     next_retry_at = models.DateTimeField(null=True, blank=True)
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no key; unique only when set
     # sha256 of the canonical request body that created the job, to tell a replay (same key,
     # same body: the first job again) from a conflict (same key, another body: 409).
     request_hash = models.CharField(max_length=64, blank=True, default="")
@@ -80,6 +78,7 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("unthrottled", "Not subject to the API rate limit (service accounts, benchmarks)")]
         constraints = [
             # Idempotency keys are per user; the constraint, not a lookup, settles races.
             models.UniqueConstraint(

@@ -84,6 +84,9 @@ def job_get_stats(*, user: Any) -> dict[str, Any]:
     return {
         "total": sum(by_status.values()),
         "by_status": by_status,
-        "throughput": {"succeeded_last_minute": last_minute, "succeeded_per_minute_last_hour": round(last_hour / 60, 2)},
+        "throughput": {
+            "succeeded_last_minute": last_minute,
+            "succeeded_per_minute_last_hour": round(last_hour / 60, 2),
+        },
         "latency_seconds": {"end_to_end": _percentiles(total_p), "queue_wait": _percentiles(wait_p)},
     }

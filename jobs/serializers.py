@@ -70,7 +70,7 @@ class JobInputSerializer(serializers.Serializer):
 
 
 class BulkInputSerializer(serializers.Serializer):
-    jobs = JobInputSerializer(many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX)
+    jobs = JobInputSerializer(many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX)  # type: ignore[call-arg]
 
     def validate_jobs(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Errors by position, the shape DRF uses for the per-item errors of `jobs`.
@@ -84,7 +84,7 @@ class BulkInputSerializer(serializers.Serializer):
                 errors[i] = {"idempotency_key": [f"duplicates the key of jobs[{seen[key]}] in this request."]}
             seen.setdefault(key, i)
         if errors:
-            raise serializers.ValidationError(errors)
+            raise serializers.ValidationError(errors)  # type: ignore[arg-type]
         return jobs
 
 

@@ -53,7 +53,9 @@ class Submitted:
     created: bool  # False: an idempotent replay returned the job created earlier
 
 
-def dispatch_envelope(job_id: uuid.UUID, *, type: str, queue: str, priority: int, attempt: int, token: uuid.UUID) -> dict[str, Any]:
+def dispatch_envelope(
+    job_id: uuid.UUID, *, type: str, queue: str, priority: int, attempt: int, token: uuid.UUID
+) -> dict[str, Any]:
     """The small, versioned message the relay publishes to Kafka for one dispatch."""
     return {
         "v": ENVELOPE_VERSION,
@@ -123,7 +125,7 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
     ids = [uuid.uuid4() for _ in specs]
     hashes = [s.request_hash() if s.idempotency_key else "" for s in specs]
     tokens = [uuid.uuid4() if _is_due(s.run_at, now) else None for s in specs]
-    params = {
+    params: dict[str, Any] = {
         "owner": owner_id,
         "now": now,
         "id": ids,
@@ -146,7 +148,10 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
         replays = _existing_for_replays(owner_id, specs, ids, hashes, inserted)
         _write_outbox(
             [
-                (ids[i], dispatch_envelope(ids[i], type=s.type, queue=s.queue, priority=s.priority, attempt=1, token=token))
+                (
+                    ids[i],
+                    dispatch_envelope(ids[i], type=s.type, queue=s.queue, priority=s.priority, attempt=1, token=token),
+                )
                 for i, (s, token) in enumerate(zip(specs, tokens, strict=True))
                 if token is not None and ids[i] in inserted
             ],
@@ -168,7 +173,9 @@ def _existing_for_replays(
     conflicted = {specs[i].idempotency_key: hashes[i] for i in range(len(specs)) if ids[i] not in inserted}
     if not conflicted:
         return {}
-    existing = {j.idempotency_key: j for j in Job.objects.filter(owner_id=owner_id, idempotency_key__in=list(conflicted))}
+    existing = {
+        j.idempotency_key: j for j in Job.objects.filter(owner_id=owner_id, idempotency_key__in=list(conflicted))
+    }
     for key, digest in conflicted.items():
         job = existing[key]  # type: ignore[index]
         if job.request_hash != digest:

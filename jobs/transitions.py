@@ -247,4 +247,3 @@ def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) 
             lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds)
         )
     )
-

@@ -1,7 +1,7 @@
 """Retry and dead-letter policy: pure functions, no database.
 
 The delay before attempt n+1 (n = attempts used so far) is
-    min(max, initial · factor^(n−1)), then scaled by a uniform factor in [1 − jitter, 1 + jitter]
+    min(max, initial · factor^(n-1)), then scaled by a uniform factor in [1 - jitter, 1 + jitter]
 and the job dead-letters once it has used `max_attempts` or the failure is permanent.
 """
 

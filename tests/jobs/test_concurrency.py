@@ -89,11 +89,11 @@ def test_concurrent_success_and_cancel_end_in_one_terminal_state(user):
             claim = transitions.mark_running(job.id, dispatch_token=job.dispatch_token, worker="w", lease_seconds=30)
         assert claim is not None
 
-        def act(i: int) -> bool:
+        def act(i: int, job_id=job.id, attempt=claim.attempt) -> bool:
             with transaction.atomic():
                 if i == 0:
-                    return transitions.mark_succeeded(job.id, attempt=claim.attempt, result={})
-                return transitions.mark_cancelled(job.id, attempt=claim.attempt)
+                    return transitions.mark_succeeded(job_id, attempt=attempt, result={})
+                return transitions.mark_cancelled(job_id, attempt=attempt)
 
         results = run_together(act, n=2)
         assert sum(bool(r) for r in results) == 1

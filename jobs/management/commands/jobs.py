@@ -1,0 +1,147 @@
+"""`manage.py jobs ...`: submit, inspect and act on jobs from a shell, through the services.
+
+jobs submit TYPE --payload JSON [--queue Q] [--priority N] [--owner USER] [--wait [--timeout S]]
+jobs show ID
+jobs list [--status S[,S]] [--type T] [--limit N]
+jobs cancel ID
+jobs retry ID
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from jobs import selectors, services
+from jobs.errors import JobError
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.serializers import JobDetailSerializer, JobInputSerializer
+
+
+def _dump(data: Any) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+
+
+class Command(BaseCommand):
+    help = "Submit, list, show, cancel and retry jobs."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+
+        submit = sub.add_parser("submit", help="submit one job")
+        submit.add_argument("type")
+        submit.add_argument("--payload", default="{}", help="JSON object")
+        submit.add_argument("--queue", default="default")
+        submit.add_argument("--priority", type=int, default=5)
+        submit.add_argument("--max-attempts", type=int, default=4)
+        submit.add_argument("--owner", help="username (default: the first superuser, created if none)")
+        submit.add_argument("--wait", action="store_true", help="wait for a terminal state, print the result")
+        submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (with --wait)")
+
+        show = sub.add_parser("show", help="show one job with its history")
+        show.add_argument("job_id")
+
+        listing = sub.add_parser("list", help="list jobs, newest first")
+        listing.add_argument("--status", help="one status or a comma-separated list")
+        listing.add_argument("--type")
+        listing.add_argument("--queue")
+        listing.add_argument("--limit", type=int, default=20)
+
+        for name in ("cancel", "retry"):
+            p = sub.add_parser(name, help=f"{name} one job")
+            p.add_argument("job_id")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        try:
+            getattr(self, f"do_{opts['action']}")(opts)
+        except JobError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _owner(self, username: str | None) -> Any:
+        users = get_user_model().objects
+        if username:
+            try:
+                return users.get(username=username)
+            except users.model.DoesNotExist:
+                raise CommandError(f"no user named {username!r}") from None
+        owner = users.filter(is_superuser=True).order_by("pk").first()
+        if owner is None:
+            # A login-less system user owns CLI jobs until a real superuser exists.
+            owner, _ = users.get_or_create(username="cli", defaults={"is_staff": True, "is_superuser": True})
+            owner.set_unusable_password()
+            owner.save(update_fields=["password"])
+        return owner
+
+    def do_submit(self, opts: dict[str, Any]) -> None:
+        try:
+            payload = orjson.loads(opts["payload"])
+        except orjson.JSONDecodeError as exc:
+            raise CommandError(f"--payload is not valid JSON: {exc}") from exc
+        body = {
+            "type": opts["type"],
+            "payload": payload,
+            "queue": opts["queue"],
+            "priority": opts["priority"],
+            "max_attempts": opts["max_attempts"],
+        }
+        serializer = JobInputSerializer(data=body)
+        if not serializer.is_valid():
+            raise CommandError("invalid job: " + _dump(serializer.errors))
+        owner = self._owner(opts["owner"])
+        job = services.job_submit(owner_id=owner.pk, spec=serializer.to_spec(serializer.validated_data)).job
+        if not opts["wait"]:
+            self.stdout.write(str(job.id))
+            return
+        self.stderr.write(f"submitted {job.id}, waiting up to {opts['timeout']:.0f}s ...")
+        deadline = time.monotonic() + opts["timeout"]
+        while time.monotonic() < deadline:
+            job = Job.objects.get(id=job.id)
+            if job.status in TERMINAL_STATUSES:
+                break
+            time.sleep(0.05)
+        else:
+            raise CommandError(f"job {job.id} is still {job.status} after {opts['timeout']:.0f}s")
+        if job.status != JobStatus.SUCCEEDED:
+            raise CommandError(f"job {job.id} ended {job.status}: {job.last_error}")
+        self.stdout.write(_dump(job.result))
+
+    def do_show(self, opts: dict[str, Any]) -> None:
+        job = selectors.job_get(user=_Staff(), job_id=opts["job_id"])
+        self.stdout.write(_dump(JobDetailSerializer(job).data))
+
+    def do_list(self, opts: dict[str, Any]) -> None:
+        qs = Job.objects.order_by("-created_at")
+        if opts["status"]:
+            qs = qs.filter(status__in=[s.strip().upper() for s in opts["status"].split(",")])
+        if opts["type"]:
+            qs = qs.filter(type=opts["type"])
+        if opts["queue"]:
+            qs = qs.filter(queue=opts["queue"])
+        rows = list(
+            qs.values_list("id", "type", "status", "queue", "attempts", "max_attempts", "created_at")[: opts["limit"]]
+        )
+        self.stdout.write(f"{'ID':36}  {'TYPE':20} {'STATUS':11} {'QUEUE':10} {'ATT':5} CREATED")
+        for job_id, type_, status, queue, attempts, max_attempts, created in rows:
+            self.stdout.write(
+                f"{job_id!s:36}  {type_[:20]:20} {status:11} {queue[:10]:10} {attempts}/{max_attempts:<3} "
+                f"{created:%Y-%m-%d %H:%M:%S}"
+            )
+
+    def do_cancel(self, opts: dict[str, Any]) -> None:
+        job = services.job_cancel(job_id=opts["job_id"])
+        self.stdout.write(f"{job.id} {job.status}" + (" (cancel requested)" if job.status == JobStatus.RUNNING else ""))
+
+    def do_retry(self, opts: dict[str, Any]) -> None:
+        job = services.job_retry(job_id=opts["job_id"])
+        self.stdout.write(f"{job.id} {job.status}")
+
+
+class _Staff:
+    """The CLI runs with the operator's authority: every job is visible."""
+
+    is_staff = True
+    pk = None

@@ -1,0 +1,169 @@
+"""Submit-API benchmark: single and bulk submits over HTTP against the running web server,
+next to a baseline that inserts the same rows (job + outbox) with psycopg's executemany.
+
+Targets (issue: control plane): bulk submit ≥ 50% of the raw insert rate, single submit
+p50 ≤ 15 ms on 2 cores.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+import psycopg
+import requests
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from jobs.models import Job
+from jobs.services import dispatch_envelope
+from orchestration.bench.stats import Progress, ms, percentile
+
+BENCH_USER = "bench"
+
+
+@dataclass
+class Result:
+    label: str
+    jobs: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds
+
+
+def bench_token() -> tuple[int, str]:
+    """A login-less bench user, exempt from the rate limit, and its API token."""
+    user, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
+    if user.has_usable_password():
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    user.user_permissions.add(Permission.objects.get(codename="unthrottled", content_type__app_label="jobs"))
+    token, _ = Token.objects.get_or_create(user=user)
+    return user.pk, token.key
+
+
+def single_submits(base: str, token: str, n: int) -> Result:
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    body = orjson.dumps({"type": "demo.noop", "payload": {"bench": True}})
+    for _ in range(20):  # warm connections and caches; not measured
+        session.post(f"{base}/api/v1/jobs/", data=body).raise_for_status()
+    progress = Progress("single submit", n)
+    latencies = []
+    started = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        response = session.post(f"{base}/api/v1/jobs/", data=body)
+        latencies.append(time.perf_counter() - t0)
+        if response.status_code != 201:
+            raise SystemExit(f"single submit answered {response.status_code}: {response.text[:300]}")
+        progress.update(i + 1)
+    return Result("single submit (HTTP)", n, time.perf_counter() - started, latencies)
+
+
+def bulk_submits(base: str, token: str, batches: int, size: int) -> Result:
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    body = orjson.dumps({"jobs": [{"type": "demo.noop", "payload": {"i": i}} for i in range(size)]})
+    session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()  # warm-up
+    progress = Progress("bulk submit", batches * size)
+    latencies = []
+    started = time.perf_counter()
+    for b in range(batches):
+        t0 = time.perf_counter()
+        response = session.post(f"{base}/api/v1/jobs/bulk/", data=body)
+        latencies.append(time.perf_counter() - t0)
+        if response.status_code != 201:
+            raise SystemExit(f"bulk submit answered {response.status_code}: {response.text[:300]}")
+        progress.update((b + 1) * size)
+    return Result(f"bulk submit (HTTP, {size}/request)", batches * size, time.perf_counter() - started, latencies)
+
+
+_RAW_JOB = """
+INSERT INTO jobs_job (id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq,
+    max_attempts, backoff, timeout_seconds, last_error, request_hash, dispatch_token, worker,
+    created_at, updated_at)
+VALUES (%s, %s, 'demo.noop', %s, 'default', 5, 'PENDING', 0, 0, 4, %s, 300, '', '', %s, '', %s, %s)
+"""
+_RAW_OUTBOX = "INSERT INTO jobs_outbox (job_id, topic, envelope, created_at) VALUES (%s, 'jobs', %s, %s)"
+
+
+def raw_inserts(owner_id: int, batches: int, size: int) -> Result:
+    """Baseline: the same rows (job + outbox), one transaction per batch, psycopg executemany
+    (pipelined), no HTTP, no validation, no Django."""
+    db = settings.DATABASES["default"]
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=db["HOST"], port=db["PORT"] or 5432, dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None
+    )
+    backoff = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
+    latencies = []
+    progress = Progress("raw insert", batches * size)
+    with psycopg.connect(conninfo) as conn:
+        started = time.perf_counter()
+        for b in range(batches):
+            t0 = time.perf_counter()
+            now = timezone.now()
+            ids = [(uuid.uuid4(), uuid.uuid4()) for _ in range(size)]
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    _RAW_JOB,
+                    [
+                        (i, owner_id, orjson.dumps({"i": n}).decode(), backoff, t, now, now)
+                        for n, (i, t) in enumerate(ids)
+                    ],
+                )
+                cur.executemany(
+                    _RAW_OUTBOX,
+                    [
+                        (
+                            i,
+                            orjson.dumps(
+                                dispatch_envelope(i, type="demo.noop", queue="default", priority=5, attempt=1, token=t)
+                            ).decode(),
+                            now,
+                        )
+                        for i, t in ids
+                    ],
+                )
+            latencies.append(time.perf_counter() - t0)
+            progress.update((b + 1) * size)
+        elapsed = time.perf_counter() - started
+    return Result(f"raw insert (psycopg executemany, {size}/txn)", batches * size, elapsed, latencies)
+
+
+def report(results: list[Result], out) -> None:  # type: ignore[no-untyped-def]
+    out.write(f"\n{'measurement':44} {'jobs':>7} {'jobs/s':>9} {'p50':>10} {'p95':>10} {'p99':>10}\n")
+    for r in results:
+        out.write(
+            f"{r.label:44} {r.jobs:>7} {r.rate:>9,.0f} {ms(percentile(r.latencies, 50)):>10} "
+            f"{ms(percentile(r.latencies, 95)):>10} {ms(percentile(r.latencies, 99)):>10}\n"
+        )
+
+
+def run(*, base: str, singles: int, batches: int, size: int, keep: bool, out) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    owner_id, token = bench_token()
+    connection.close()  # the raw baseline and the server use their own connections
+    try:
+        single = single_submits(base, token, singles)
+        bulk = bulk_submits(base, token, batches, size)
+        raw = raw_inserts(owner_id, batches, size)
+    finally:
+        if not keep:
+            Job.objects.filter(owner_id=owner_id).delete()
+    report([single, bulk, raw], out)
+    ratio = bulk.rate / raw.rate
+    p50 = percentile(single.latencies, 50)
+    out.write(
+        f"\nbulk / raw insert rate: {ratio:.2f}  (target ≥ 0.50: {'met' if ratio >= 0.5 else 'NOT met'})\n"
+        f"single submit p50: {ms(p50)}  (target ≤ 15 ms: {'met' if p50 <= 0.015 else 'NOT met'})\n"
+    )
+    return {"ratio": ratio, "single_p50": p50, "bulk_rate": bulk.rate, "raw_rate": raw.rate}

@@ -1,0 +1,35 @@
+"""`manage.py bench api`: benchmarks that print measured numbers next to a same-run baseline."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Run a benchmark against the running dev stack and print numbers with a baseline."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="which", required=True)
+        api = sub.add_parser("api", help="single and bulk submits over HTTP vs raw psycopg inserts")
+        api.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        api.add_argument("--singles", type=int, default=1000, help="single submits, one at a time")
+        api.add_argument("--batches", type=int, default=20, help="bulk requests")
+        api.add_argument("--size", type=int, default=1000, help="jobs per bulk request")
+        api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["which"] == "api":
+            from orchestration.bench import api
+
+            self.stdout.write(f"bench api against {opts['url']} ({os.cpu_count()} CPUs)")
+            api.run(
+                base=opts["url"].rstrip("/"),
+                singles=opts["singles"],
+                batches=opts["batches"],
+                size=opts["size"],
+                keep=opts["keep"],
+                out=self.stdout,
+            )
