@@ -88,7 +88,8 @@ class JobBulkCreateApi(APIView):
         to_spec = JobInputSerializer().to_spec
         specs = [to_spec(item) for item in serializer.validated_data["jobs"]]
         submitted = services.job_submit_bulk(owner_id=_owner_id(request), specs=specs)
-        return Response({"jobs": [JobSerializer(s.job).data for s in submitted]}, status=status.HTTP_201_CREATED)
+        represent = JobSerializer().to_representation
+        return Response({"jobs": [represent(s.job) for s in submitted]}, status=status.HTTP_201_CREATED)
 
 
 class JobDetailApi(APIView):

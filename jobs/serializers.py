@@ -94,12 +94,11 @@ class AttemptSerializer(serializers.ModelSerializer):
         fields = ["attempt", "status", "started_at", "finished_at", "error", "worker", "traceback"]
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 class JobSerializer(serializers.Serializer):
-    """A job as the API shows it. `history` only on the detail view."""
+    """A job as the API shows it. `history` only on the detail view.
+
+    Datetimes stay datetime objects: the orjson renderer writes them as ISO 8601 with
+    microseconds, several times faster than isoformat() per field."""
 
     id = serializers.UUIDField()
     type = serializers.CharField()
@@ -135,17 +134,17 @@ class JobSerializer(serializers.Serializer):
             "max_attempts": job.max_attempts,
             "backoff": job.backoff,
             "timeout_seconds": job.timeout_seconds,
-            "run_at": _iso(job.run_at),
-            "next_retry_at": _iso(job.next_retry_at),
+            "run_at": job.run_at,
+            "next_retry_at": job.next_retry_at,
             "idempotency_key": job.idempotency_key,
             "last_error": job.last_error,
             "result": job.result,
             "workflow": None,
-            "cancel_requested_at": _iso(job.cancel_requested_at),
-            "created_at": _iso(job.created_at),
-            "queued_at": _iso(job.queued_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(job.finished_at),
+            "cancel_requested_at": job.cancel_requested_at,
+            "created_at": job.created_at,
+            "queued_at": job.queued_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
         }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from django.db import connection, transaction
+from django.db.models.base import ModelState
 from django.utils import timezone
 
 from jobs import transitions
@@ -72,12 +73,16 @@ def _is_due(run_at: datetime | None, now: datetime) -> bool:
     return run_at is None or run_at <= now
 
 
-_INSERT_JOBS_SQL = """
-INSERT INTO jobs_job (
-    id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq, max_attempts,
-    backoff, timeout_seconds, run_at, idempotency_key, request_hash, last_error, dispatch_token,
-    worker, created_at, updated_at
-)
+# Jobs with an idempotency key go through INSERT ... ON CONFLICT, so the unique index can
+# answer "seen before"; the rest are COPYed, about twice as fast for a 1,000-job bulk.
+_JOB_COLUMNS = (
+    "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
+    "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
+    "last_error", "dispatch_token", "worker", "created_at", "updated_at",
+)  # fmt: skip
+
+_INSERT_KEYED_SQL = f"""
+INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
        u.token, '', %(now)s, %(now)s
@@ -89,28 +94,64 @@ SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING'
             key, hash, token)
 ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
-"""
+"""  # noqa: S608 (column names are constants)
 
-_INSERT_OUTBOX_SQL = """
-INSERT INTO jobs_outbox (job_id, topic, envelope, created_at)
-SELECT u.job_id, 'jobs', u.envelope::jsonb, %(now)s
-  FROM unnest(%(job_id)s::uuid[], %(envelope)s::text[]) AS u(job_id, envelope)
-"""
+
+@dataclass(frozen=True)
+class _Row:
+    """One job about to be inserted: its spec plus what the service generated for it."""
+
+    id: uuid.UUID
+    spec: JobSpec
+    digest: str
+    token: uuid.UUID | None
+
+
+def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> None:
+    with cur.copy(f"COPY jobs_job ({', '.join(_JOB_COLUMNS)}) FROM STDIN") as copy:
+        for r in rows:
+            s = r.spec
+            copy.write_row((
+                r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
+                s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
+                r.token, "", now, now,
+            ))  # fmt: skip
+
+
+def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> set[uuid.UUID]:
+    """Returns the ids actually inserted; a key already taken inserts nothing."""
+    cur.execute(
+        _INSERT_KEYED_SQL,
+        {
+            "owner": owner_id,
+            "now": now,
+            "id": [r.id for r in rows],
+            "type": [r.spec.type for r in rows],
+            "payload": [orjson.dumps(r.spec.payload).decode() for r in rows],
+            "queue": [r.spec.queue for r in rows],
+            "priority": [r.spec.priority for r in rows],
+            "max_attempts": [r.spec.max_attempts for r in rows],
+            "backoff": [orjson.dumps(r.spec.backoff).decode() for r in rows],
+            "timeout": [r.spec.timeout_seconds for r in rows],
+            "run_at": [r.spec.run_at for r in rows],
+            "key": [r.spec.idempotency_key for r in rows],
+            "hash": [r.digest for r in rows],
+            "token": [r.token for r in rows],
+        },
+    )
+    return {row[0] for row in cur.fetchall()}
 
 
 def _write_outbox(rows: Sequence[tuple[uuid.UUID, dict[str, Any]]], now: datetime) -> None:
-    """One statement for any number of dispatches."""
+    """One COPY for any number of dispatches, in the caller's transaction."""
     if not rows:
         return
-    with connection.cursor() as cur:
-        cur.execute(
-            _INSERT_OUTBOX_SQL,
-            {
-                "now": now,
-                "job_id": [job_id for job_id, _ in rows],
-                "envelope": [orjson.dumps(env).decode() for _, env in rows],
-            },
-        )
+    with (
+        connection.cursor() as cur,
+        cur.cursor.copy("COPY jobs_outbox (job_id, topic, envelope, created_at) FROM STDIN") as copy,
+    ):
+        for job_id, envelope in rows:
+            copy.write_row((job_id, "jobs", orjson.dumps(envelope).decode(), now))
 
 
 def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitted]:
@@ -122,89 +163,80 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
     index until the first commits, then replay it.
     """
     now = timezone.now()
-    ids = [uuid.uuid4() for _ in specs]
-    hashes = [s.request_hash() if s.idempotency_key else "" for s in specs]
-    tokens = [uuid.uuid4() if _is_due(s.run_at, now) else None for s in specs]
-    params: dict[str, Any] = {
-        "owner": owner_id,
-        "now": now,
-        "id": ids,
-        "type": [s.type for s in specs],
-        "payload": [orjson.dumps(s.payload).decode() for s in specs],
-        "queue": [s.queue for s in specs],
-        "priority": [s.priority for s in specs],
-        "max_attempts": [s.max_attempts for s in specs],
-        "backoff": [orjson.dumps(s.backoff).decode() for s in specs],
-        "timeout": [s.timeout_seconds for s in specs],
-        "run_at": [s.run_at for s in specs],
-        "key": [s.idempotency_key for s in specs],
-        "hash": hashes,
-        "token": tokens,
-    }
+    rows = [
+        _Row(
+            id=uuid.uuid4(),
+            spec=s,
+            digest=s.request_hash() if s.idempotency_key else "",
+            token=uuid.uuid4() if _is_due(s.run_at, now) else None,
+        )
+        for s in specs
+    ]
+    plain = [r for r in rows if not r.spec.idempotency_key]
+    keyed = [r for r in rows if r.spec.idempotency_key]
     with transaction.atomic():
+        inserted = {r.id for r in plain}
         with connection.cursor() as cur:
-            cur.execute(_INSERT_JOBS_SQL, params)
-            inserted = {row[0] for row in cur.fetchall()}
-        replays = _existing_for_replays(owner_id, specs, ids, hashes, inserted)
+            if plain:
+                _copy_jobs(cur.cursor, owner_id, plain, now)
+            if keyed:
+                inserted |= _insert_keyed(cur.cursor, owner_id, keyed, now)
+        replays = _existing_for_replays(owner_id, [r for r in keyed if r.id not in inserted])
         _write_outbox(
             [
                 (
-                    ids[i],
-                    dispatch_envelope(ids[i], type=s.type, queue=s.queue, priority=s.priority, attempt=1, token=token),
+                    r.id,
+                    dispatch_envelope(
+                        r.id, type=r.spec.type, queue=r.spec.queue, priority=r.spec.priority, attempt=1, token=r.token
+                    ),
                 )
-                for i, (s, token) in enumerate(zip(specs, tokens, strict=True))
-                if token is not None and ids[i] in inserted
+                for r in rows
+                if r.token is not None and r.id in inserted
             ],
             now,
         )
-    results = []
-    for i, spec in enumerate(specs):
-        if ids[i] in inserted:
-            results.append(Submitted(_job_from_spec(ids[i], owner_id, spec, hashes[i], tokens[i], now), True))
-        else:
-            results.append(Submitted(replays[spec.idempotency_key], False))  # type: ignore[index]
-    return results
+    return [
+        Submitted(_job_from_row(r, owner_id, now), True)
+        if r.id in inserted
+        else Submitted(replays[r.spec.idempotency_key], False)  # type: ignore[index]
+        for r in rows
+    ]
 
 
-def _existing_for_replays(
-    owner_id: int, specs: Sequence[JobSpec], ids: list[uuid.UUID], hashes: list[str], inserted: set[uuid.UUID]
-) -> dict[str, Job]:
-    """The earlier jobs of keys that conflicted; raises if any was made from another body."""
-    conflicted = {specs[i].idempotency_key: hashes[i] for i in range(len(specs)) if ids[i] not in inserted}
+def _existing_for_replays(owner_id: int, conflicted: Sequence[_Row]) -> dict[str, Job]:
+    """The earlier jobs of keys that were taken; raises if any was made from another body."""
     if not conflicted:
         return {}
-    existing = {
-        j.idempotency_key: j for j in Job.objects.filter(owner_id=owner_id, idempotency_key__in=list(conflicted))
-    }
-    for key, digest in conflicted.items():
-        job = existing[key]  # type: ignore[index]
-        if job.request_hash != digest:
-            raise IdempotencyConflict(str(key), job.id)
+    keys = [r.spec.idempotency_key for r in conflicted]
+    existing = {j.idempotency_key: j for j in Job.objects.filter(owner_id=owner_id, idempotency_key__in=keys)}
+    for r in conflicted:
+        job = existing[r.spec.idempotency_key]  # type: ignore[index]
+        if job.request_hash != r.digest:
+            raise IdempotencyConflict(str(r.spec.idempotency_key), job.id)
     return existing  # type: ignore[return-value]
 
 
-def _job_from_spec(
-    job_id: uuid.UUID, owner_id: int, spec: JobSpec, digest: str, token: uuid.UUID | None, now: datetime
-) -> Job:
-    """The row just inserted, built in memory rather than read back."""
-    return Job(
-        id=job_id,
-        owner_id=owner_id,
-        type=spec.type,
-        payload=spec.payload,
-        queue=spec.queue,
-        priority=spec.priority,
-        status=JobStatus.PENDING,
-        max_attempts=spec.max_attempts,
-        backoff=spec.backoff,
-        timeout_seconds=spec.timeout_seconds,
-        run_at=spec.run_at,
-        idempotency_key=spec.idempotency_key,
-        request_hash=digest,
-        dispatch_token=token,
-        created_at=now,
-        updated_at=now,
-    )
+# Model.__init__ costs ~60 µs a row (signals, descriptors, defaults): most of a 1,000-job
+# bulk's time. The rows just inserted are known exactly, so their instances are assembled
+# directly, the way Django's own `from_db` would see them; every concrete field is set, so
+# no attribute can trigger a deferred load.
+_FIELD_DEFAULTS = {f.attname: None for f in Job._meta.concrete_fields}
+
+
+def _job_from_row(r: _Row, owner_id: int, now: datetime) -> Job:
+    s = r.spec
+    job = Job.__new__(Job)
+    job.__dict__.update(
+        _FIELD_DEFAULTS,
+        id=r.id, owner_id=owner_id, type=s.type, payload=s.payload, queue=s.queue, priority=s.priority,
+        status=JobStatus.PENDING, attempts=0, attempt_seq=0, max_attempts=s.max_attempts, backoff=s.backoff,
+        timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
+        request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
+    )  # fmt: skip
+    job._state = ModelState()
+    job._state.adding = False
+    job._state.db = "default"
+    return job
 
 
 def job_submit(*, owner_id: int, spec: JobSpec) -> Submitted:
