@@ -102,26 +102,38 @@ def mark_running(
     )
 
 
-def _finish_attempt(job_id: uuid.UUID | str, attempt: int, status: str, error: str = "", tb: str = "") -> None:
-    JobAttempt.objects.filter(job_id=job_id, attempt=attempt, status=AttemptStatus.RUNNING).update(
-        status=status, finished_at=timezone.now(), error=error, traceback=tb
+def _end_running(
+    job_id: uuid.UUID | str,
+    attempt: int,
+    *,
+    status: str,
+    attempt_status: str,
+    error: str = "",
+    tb: str = "",
+    **fields: Any,
+) -> bool:
+    """RUNNING → `status` for the attempt that holds the job, and close its history row.
+
+    Guarded by the attempt number, so a late result of an attempt that lost the job (lease
+    expired, re-dispatched, cancelled) changes nothing.
+    """
+    now = timezone.now()
+    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
+        status=status, lease_expires_at=None, updated_at=now, **fields
     )
+    if won:
+        JobAttempt.objects.filter(job_id=job_id, attempt=attempt, status=AttemptStatus.RUNNING).update(
+            status=attempt_status, finished_at=now, error=error, traceback=tb
+        )
+    return bool(won)
 
 
 def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any) -> bool:
-    """RUNNING → SUCCEEDED, only for the attempt that holds the job (a late duplicate loses)."""
-    now = timezone.now()
-    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
-        status=JobStatus.SUCCEEDED,
-        result=result,
-        finished_at=now,
-        lease_expires_at=None,
-        last_error="",
-        updated_at=now,
-    )
-    if won:
-        _finish_attempt(job_id, attempt, AttemptStatus.SUCCEEDED)
-    return bool(won)
+    """RUNNING → SUCCEEDED with the handler's result."""
+    return _end_running(
+        job_id, attempt, status=JobStatus.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED,
+        result=result, finished_at=timezone.now(), last_error="",
+    )  # fmt: skip
 
 
 def schedule_retry(
@@ -134,37 +146,20 @@ def schedule_retry(
     attempt_status: str = AttemptStatus.FAILED,
 ) -> bool:
     """RUNNING → RETRYING: this attempt failed and the next waits for its backoff."""
-    now = timezone.now()
-    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
-        status=JobStatus.RETRYING,
-        next_retry_at=next_retry_at,
-        last_error=error,
-        lease_expires_at=None,
-        dispatch_token=None,
-        updated_at=now,
-    )
-    if won:
-        _finish_attempt(job_id, attempt, attempt_status, error, tb)
-    return bool(won)
+    return _end_running(
+        job_id, attempt, status=JobStatus.RETRYING, attempt_status=attempt_status, error=error, tb=tb,
+        next_retry_at=next_retry_at, last_error=error, dispatch_token=None,
+    )  # fmt: skip
 
 
 def move_to_dead_letter(
     job_id: uuid.UUID | str, *, attempt: int, error: str, tb: str = "", attempt_status: str = AttemptStatus.FAILED
 ) -> bool:
     """RUNNING → DEAD_LETTER: out of attempts, or the failure is permanent."""
-    now = timezone.now()
-    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
-        status=JobStatus.DEAD_LETTER,
-        last_error=error,
-        finished_at=now,
-        lease_expires_at=None,
-        dispatch_token=None,
-        next_retry_at=None,
-        updated_at=now,
-    )
-    if won:
-        _finish_attempt(job_id, attempt, attempt_status, error, tb)
-    return bool(won)
+    return _end_running(
+        job_id, attempt, status=JobStatus.DEAD_LETTER, attempt_status=attempt_status, error=error, tb=tb,
+        last_error=error, finished_at=timezone.now(), dispatch_token=None, next_retry_at=None,
+    )  # fmt: skip
 
 
 def cancel_waiting(job_id: uuid.UUID | str) -> bool:
@@ -193,13 +188,10 @@ def request_cancel(job_id: uuid.UUID | str) -> bool:
 
 def mark_cancelled(job_id: uuid.UUID | str, *, attempt: int, reason: str = "cancelled") -> bool:
     """RUNNING → CANCELLED once the worker stopped the handler of `attempt`."""
-    now = timezone.now()
-    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
-        status=JobStatus.CANCELLED, finished_at=now, lease_expires_at=None, dispatch_token=None, updated_at=now
-    )
-    if won:
-        _finish_attempt(job_id, attempt, AttemptStatus.CANCELLED, reason)
-    return bool(won)
+    return _end_running(
+        job_id, attempt, status=JobStatus.CANCELLED, attempt_status=AttemptStatus.CANCELLED, error=reason,
+        finished_at=timezone.now(), dispatch_token=None,
+    )  # fmt: skip
 
 
 def requeue(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | None) -> bool:

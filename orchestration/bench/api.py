@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import psycopg
@@ -74,7 +76,8 @@ def bulk_submits(base: str, token: str, batches: int, size: int) -> Result:
     session = requests.Session()
     session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
     body = orjson.dumps({"jobs": [{"type": "demo.noop", "payload": {"i": i}} for i in range(size)]})
-    session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()  # warm-up
+    for _ in range(3):  # warm every web worker's connection and imports; not measured
+        session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()
     progress = Progress("bulk submit", batches * size)
     latencies = []
     started = time.perf_counter()
@@ -101,6 +104,9 @@ _COPY_JOB = """COPY jobs_job (id, owner_id, type, payload, queue, priority, stat
 _COPY_OUTBOX = "COPY jobs_outbox (job_id, envelope, topic, created_at) FROM STDIN"
 
 
+_BACKOFF = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
+
+
 def _conninfo() -> str:
     db = settings.DATABASES["default"]
     return psycopg.conninfo.make_conninfo(
@@ -108,72 +114,62 @@ def _conninfo() -> str:
     )
 
 
-def raw_inserts(owner_id: int, batches: int, size: int) -> Result:
-    """Baseline: the same rows (job + outbox), one transaction per batch, psycopg executemany
-    (pipelined), no HTTP, no validation, no Django."""
-    backoff = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
+def _timed_batches(
+    label: str, batches: int, size: int, write: Callable[[Any, list[tuple[uuid.UUID, uuid.UUID]]], None]
+) -> Result:
+    """Run `write(cursor, [(job_id, token), ...])` once per batch, one transaction each."""
     latencies = []
-    progress = Progress("raw insert", batches * size)
+    progress = Progress(label, batches * size)
     with psycopg.connect(_conninfo()) as conn:
         started = time.perf_counter()
         for b in range(batches):
             t0 = time.perf_counter()
-            now = timezone.now()
             ids = [(uuid.uuid4(), uuid.uuid4()) for _ in range(size)]
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(
-                    _RAW_JOB,
-                    [
-                        (i, owner_id, orjson.dumps({"i": n}).decode(), backoff, t, now, now)
-                        for n, (i, t) in enumerate(ids)
-                    ],
-                )
-                cur.executemany(
-                    _RAW_OUTBOX,
-                    [
-                        (
-                            i,
-                            orjson.dumps(
-                                dispatch_envelope(i, type="demo.noop", queue="default", priority=5, attempt=1, token=t)
-                            ).decode(),
-                            now,
-                        )
-                        for i, t in ids
-                    ],
-                )
+                write(cur, ids)
             latencies.append(time.perf_counter() - t0)
             progress.update((b + 1) * size)
         elapsed = time.perf_counter() - started
-    return Result(f"raw insert (psycopg executemany, {size}/txn)", batches * size, elapsed, latencies)
+    return Result(label, batches * size, elapsed, latencies)
+
+
+def _envelope(job_id: uuid.UUID, token: uuid.UUID) -> str:
+    env = dispatch_envelope(job_id, type="demo.noop", queue="default", priority=5, attempt=1, token=token)
+    return orjson.dumps(env).decode()
+
+
+def raw_inserts(owner_id: int, batches: int, size: int) -> Result:
+    """Baseline: the same rows (job + outbox) with psycopg executemany (pipelined); no HTTP,
+    no validation, no Django."""
+
+    def write(cur: Any, ids: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        now = timezone.now()
+        cur.executemany(
+            _RAW_JOB,
+            [(i, owner_id, orjson.dumps({"i": n}).decode(), _BACKOFF, t, now, now) for n, (i, t) in enumerate(ids)],
+        )
+        cur.executemany(_RAW_OUTBOX, [(i, _envelope(i, t), now) for i, t in ids])
+
+    return _timed_batches(f"raw insert (psycopg executemany, {size}/txn)", batches, size, write)
 
 
 def raw_copy(owner_id: int, batches: int, size: int) -> Result:
     """A second, stronger baseline: the same rows through COPY (what the service itself uses
     for jobs without an idempotency key)."""
-    backoff = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
-    latencies = []
-    progress = Progress("raw COPY", batches * size)
-    with psycopg.connect(_conninfo()) as conn:
-        started = time.perf_counter()
-        for b in range(batches):
-            t0 = time.perf_counter()
-            now = timezone.now()
-            ids = [(uuid.uuid4(), uuid.uuid4()) for _ in range(size)]
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(_COPY_JOB) as copy:
-                    for n, (i, t) in enumerate(ids):
-                        copy.write_row((
-                            i, owner_id, "demo.noop", orjson.dumps({"i": n}).decode(), "default", 5, "PENDING", 0, 0,
-                            4, backoff, 300, "", "", t, "", now, now,
-                        ))  # fmt: skip
-                with cur.copy(_COPY_OUTBOX) as copy:
-                    for i, t in ids:
-                        env = dispatch_envelope(i, type="demo.noop", queue="default", priority=5, attempt=1, token=t)
-                        copy.write_row((i, orjson.dumps(env).decode(), "jobs", now))
-            latencies.append(time.perf_counter() - t0)
-            progress.update((b + 1) * size)
-        elapsed = time.perf_counter() - started
-    return Result(f"raw insert (psycopg COPY, {size}/txn)", batches * size, elapsed, latencies)
+
+    def write(cur: Any, ids: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        now = timezone.now()
+        with cur.copy(_COPY_JOB) as copy:
+            for n, (i, t) in enumerate(ids):
+                copy.write_row((
+                    i, owner_id, "demo.noop", orjson.dumps({"i": n}).decode(), "default", 5, "PENDING", 0, 0,
+                    4, _BACKOFF, 300, "", "", t, "", now, now,
+                ))  # fmt: skip
+        with cur.copy(_COPY_OUTBOX) as copy:
+            for i, t in ids:
+                copy.write_row((i, _envelope(i, t), "jobs", now))
+
+    return _timed_batches(f"raw insert (psycopg COPY, {size}/txn)", batches, size, write)
 
 
 def report(results: list[Result], out) -> None:  # type: ignore[no-untyped-def]
