@@ -191,10 +191,75 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # One line per task received and per task finished is noise at hundreds of jobs a
+        # second; our own job.* records say what happened to each job.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+    },
 }
 
 DATA_DIR = DATA_DIR
 
+# --- Dispatch: relay, bridge, worker ------------------------------------------------------
+KAFKA_JOBS_TOPIC = env.str("KAFKA_JOBS_TOPIC", default="jobs")
+KAFKA_JOBS_DLQ_TOPIC = env.str("KAFKA_JOBS_DLQ_TOPIC", default=f"{KAFKA_JOBS_TOPIC}.dlq")
+KAFKA_JOBS_PARTITIONS = env.int("KAFKA_JOBS_PARTITIONS", default=4)
+KAFKA_BRIDGE_GROUP = env.str("KAFKA_BRIDGE_GROUP", default="orchestration-bridge")
+# librdkafka's default 45 s session makes joining a group take ~25 s on the embedded
+# broker; 6 s / 1 s joins in ~3 s and still tolerates a GC pause or a slow poll.
+KAFKA_SESSION_TIMEOUT_MS = env.int("KAFKA_SESSION_TIMEOUT_MS", default=6000)
+KAFKA_HEARTBEAT_INTERVAL_MS = env.int("KAFKA_HEARTBEAT_INTERVAL_MS", default=1000)
+
+RELAY_BATCH_SIZE = env.int("RELAY_BATCH_SIZE", default=1000)
+RELAY_POLL_SECONDS = env.float("RELAY_POLL_SECONDS", default=1.0)  # fallback when no NOTIFY arrives
+
+# The bridge stops feeding a Celery queue above the high-water mark and starts again below
+# the low-water mark: Redis holds a short window of ready work, Kafka holds the backlog.
+BRIDGE_HIGH_WATER = env.int("BRIDGE_HIGH_WATER", default=2000)
+BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
+# How often the bridge commits consumed offsets: a crash re-enqueues at most this much work
+# (duplicates whose claims lose), while committing less often saves broker round trips.
+BRIDGE_COMMIT_SECONDS = env.float("BRIDGE_COMMIT_SECONDS", default=1.0)
+
+# A running attempt owns its job until the lease expires; the worker renews it every
+# LEASE_SECONDS / 3, so a dead worker's job is noticed within one lease.
+JOB_LEASE_SECONDS = env.float("JOB_LEASE_SECONDS", default=30.0)
+# After a cancel request, how long a handler gets to stop by itself before it is interrupted.
+JOB_CANCEL_GRACE_SECONDS = env.float("JOB_CANCEL_GRACE_SECONDS", default=5.0)
+WORKER_QUEUES = env.list("WORKER_QUEUES", default=["default"])
+# Exception classes (dotted paths) that dead-letter at once, like PermanentError does.
+JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
+
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True  # results live on the job row in PostgreSQL
+CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Ack after the task ran: a worker killed mid-job leaves its message to be redelivered.
+# Redelivery is harmless (the claim is guarded by the dispatch token) and the lease reaper
+# does not depend on it.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+# Prefetch a few messages per process: throughput on no-op jobs, while the bridge's
+# high-water mark still bounds how much work sits in Redis.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+# Recycle processes now and then so a leaking handler cannot grow a worker forever.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=10000)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)  # Flower shows tasks
+# "task-sent" would cost the bridge one more Redis round trip per job; received/started/
+# succeeded are enough for Flower.
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacked message comes back after this long. Longer than almost any job, so a slow
+    # job is rarely delivered twice; when it is, the second claim loses. Lost workers are
+    # found by their lease, not by this.
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    # Ten real priority levels, served in order (Redis emulates priority with one list each).
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+}

@@ -21,8 +21,9 @@ from django.db import connection
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
-from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
+from jobs.models import AttemptStatus, Job, JobStatus
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
 REQUEUEABLE = (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
@@ -37,7 +38,9 @@ class Claim:
     attempts: int  # attempts used in the current budget, this one included
     max_attempts: int
     type: str
+    queue: str
     payload: dict[str, Any]
+    backoff: dict[str, Any]
     timeout_seconds: int
     lease_expires_at: datetime
 
@@ -55,16 +58,47 @@ def mark_queued(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID) -> bool:
     )
 
 
+_MARK_QUEUED_MANY_SQL = """
+UPDATE jobs_job AS j
+   SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+ WHERE j.id = u.id AND j.status = 'PENDING' AND j.dispatch_token = u.token
+"""
+
+
+def mark_queued_many(dispatches: list[tuple[uuid.UUID | str, uuid.UUID | str]]) -> int:
+    """PENDING → QUEUED for a relayed batch of (job id, dispatch token), in one statement.
+
+    A job whose token changed meanwhile (cancelled, re-dispatched) or that a worker already
+    claimed is left alone. Returns how many rows moved."""
+    if not dispatches:
+        return 0
+    with connection.cursor() as cur:
+        cur.execute(
+            _MARK_QUEUED_MANY_SQL,
+            {"now": timezone.now(), "ids": [str(i) for i, _ in dispatches], "tokens": [str(t) for _, t in dispatches]},
+        )
+        return cur.rowcount
+
+
+# Claim and its history row in one statement: one round trip, atomic without a transaction
+# block (a worker on a no-op job spends most of its time in round trips).
 _CLAIM_SQL = """
-UPDATE jobs_job
-   SET status = 'RUNNING', attempts = attempts + 1, attempt_seq = attempt_seq + 1,
-       worker = %(worker)s, started_at = %(now)s, lease_expires_at = %(lease)s,
-       finished_at = NULL, updated_at = %(now)s
- WHERE id = %(id)s
-   AND status IN ('PENDING', 'QUEUED')
-   AND dispatch_token = %(token)s
-   AND attempts < max_attempts
-RETURNING attempt_seq, attempts, max_attempts, type, payload, timeout_seconds
+WITH claimed AS (
+    UPDATE jobs_job
+       SET status = 'RUNNING', attempts = attempts + 1, attempt_seq = attempt_seq + 1,
+           worker = %(worker)s, started_at = %(now)s, lease_expires_at = %(lease)s,
+           finished_at = NULL, updated_at = %(now)s
+     WHERE id = %(id)s
+       AND status IN ('PENDING', 'QUEUED')
+       AND dispatch_token = %(token)s
+       AND attempts < max_attempts
+    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds
+), history AS (
+    INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
+    SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
+)
+SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds FROM claimed
 """
 
 
@@ -74,7 +108,7 @@ def mark_running(
     """QUEUED (or PENDING, if the worker beat the relay's bookkeeping) → RUNNING.
 
     Only a delivery carrying the job's current dispatch token can win, so duplicates and
-    stale messages of an earlier dispatch get None. Also writes the RUNNING history row.
+    stale messages of an earlier dispatch get None. Writes the RUNNING history row too.
     """
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds)
@@ -86,20 +120,37 @@ def mark_running(
         row = cur.fetchone()
     if row is None:
         return None
-    attempt_seq, attempts, max_attempts, type_, payload, timeout = row
-    if isinstance(payload, str):  # Django's psycopg setup loads jsonb as text on raw cursors
-        payload = orjson.loads(payload)
-    JobAttempt.objects.create(job_id=job_id, attempt=attempt_seq, worker=worker, started_at=now)
+    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
         attempt=attempt_seq,
         attempts=attempts,
         max_attempts=max_attempts,
         type=type_,
-        payload=payload,
+        queue=queue,
+        # Django's psycopg set-up loads jsonb as text on raw cursors.
+        payload=orjson.loads(payload) if isinstance(payload, str) else payload,
+        backoff=orjson.loads(backoff) if isinstance(backoff, str) else backoff,
         timeout_seconds=timeout,
         lease_expires_at=lease,
     )
+
+
+# Columns an end-of-attempt edge may set besides the status (names are never user input).
+_END_COLUMNS = frozenset({"result", "finished_at", "last_error", "next_retry_at", "dispatch_token"})
+
+_END_SQL = """
+WITH ended AS (
+    UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
+     WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s
+    RETURNING id
+), closed AS (
+    UPDATE jobs_jobattempt
+       SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
+     WHERE job_id IN (SELECT id FROM ended) AND attempt = %(attempt)s AND status = 'RUNNING'
+)
+SELECT count(*) FROM ended
+"""
 
 
 def _end_running(
@@ -112,20 +163,25 @@ def _end_running(
     tb: str = "",
     **fields: Any,
 ) -> bool:
-    """RUNNING → `status` for the attempt that holds the job, and close its history row.
+    """RUNNING → `status` for the attempt that holds the job, and close its history row,
+    in one statement.
 
     Guarded by the attempt number, so a late result of an attempt that lost the job (lease
     expired, re-dispatched, cancelled) changes nothing.
     """
-    now = timezone.now()
-    won = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, attempt_seq=attempt).update(
-        status=status, lease_expires_at=None, updated_at=now, **fields
-    )
-    if won:
-        JobAttempt.objects.filter(job_id=job_id, attempt=attempt, status=AttemptStatus.RUNNING).update(
-            status=attempt_status, finished_at=now, error=error, traceback=tb
-        )
-    return bool(won)
+    unknown = set(fields) - _END_COLUMNS
+    assert not unknown, unknown
+    params: dict[str, Any] = {
+        "id": str(job_id), "attempt": attempt, "status": status, "attempt_status": attempt_status,
+        "error": error, "tb": tb, "now": timezone.now(),
+    }  # fmt: skip
+    sets = ""
+    for column, value in fields.items():
+        sets += f", {column} = %({column})s"
+        params[column] = Jsonb(value) if column == "result" else value
+    with connection.cursor() as cur:
+        cur.execute(_END_SQL.format(sets=sets), params)
+        return bool(cur.fetchone()[0])
 
 
 def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any) -> bool:

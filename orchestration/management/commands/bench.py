@@ -19,6 +19,13 @@ class Command(BaseCommand):
         api.add_argument("--batches", type=int, default=20, help="bulk requests")
         api.add_argument("--size", type=int, default=1000, help="jobs per bulk request")
         api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
+        pipe = sub.add_parser("pipeline", help="end to end vs raw Celery, and latency at light load")
+        pipe.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        pipe.add_argument("--jobs", type=int, default=20000, help="no-op jobs for the throughput runs")
+        pipe.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
+        pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
+        pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
+        pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["which"] == "api":
@@ -30,6 +37,19 @@ class Command(BaseCommand):
                 singles=opts["singles"],
                 batches=opts["batches"],
                 size=opts["size"],
+                keep=opts["keep"],
+                out=self.stdout,
+            )
+        elif opts["which"] == "pipeline":
+            from orchestration.bench import pipeline
+
+            self.stdout.write(f"bench pipeline against {opts['url']} ({os.cpu_count()} CPUs)")
+            pipeline.run(
+                base=opts["url"].rstrip("/"),
+                n=opts["jobs"],
+                concurrency=opts["concurrency"],
+                rate=opts["rate"],
+                seconds=opts["seconds"],
                 keep=opts["keep"],
                 out=self.stdout,
             )

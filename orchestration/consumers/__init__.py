@@ -1,0 +1,1 @@
+"""Kafka consumers built from small arroyo processing steps (one step per file in steps/)."""

@@ -1,0 +1,79 @@
+"""The bridge (`manage.py run_bridge`): Kafka `jobs` → Celery queues on Redis.
+
+    DecodeJobEvent → EnqueueToCelery → CommitOffsets
+
+Offsets are committed only for messages already enqueued (at least once: after a crash
+the last second's messages are enqueued again, and their duplicate claims lose). Unusable
+messages go to `jobs.dlq` with the reason, original partition and offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
+from arroyo.backends.kafka.consumer import KafkaProducer
+from arroyo.commit import CommitPolicy
+from arroyo.dlq import DlqLimit, DlqPolicy
+from arroyo.processing import StreamProcessor
+from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory
+from arroyo.types import Commit, Partition, Topic
+from django.conf import settings
+
+from config.celery import app as celery_app
+from orchestration import kafka
+from orchestration.consumers.dlq import ReasonDlqProducer
+from orchestration.consumers.steps.decode_job_event import DecodeJobEvent
+from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
+
+logger = logging.getLogger("orchestration.bridge")
+
+
+class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
+    """Wires the chain back to front, once per partition assignment."""
+
+    def __init__(self, *, high_water: int, low_water: int) -> None:
+        self.high_water, self.low_water = high_water, low_water
+        self.enqueue: EnqueueToCelery | None = None  # the live step, for tests and status
+
+    def create_with_partitions(
+        self, commit: Commit, partitions: Mapping[Partition, int]
+    ) -> ProcessingStrategy[KafkaPayload]:
+        logger.info("bridge.assigned", extra={"partitions": sorted(p.index for p in partitions)})
+        self.enqueue = EnqueueToCelery(
+            CommitOffsets(commit), app=celery_app, high_water=self.high_water, low_water=self.low_water
+        )
+        return DecodeJobEvent(self.enqueue)
+
+
+def build_processor(factory: BridgeStrategyFactory | None = None) -> StreamProcessor[KafkaPayload]:
+    kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DLQ_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
+    consumer = KafkaConsumer(
+        {
+            **kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
+    dlq = ReasonDlqProducer(KafkaProducer(kafka.producer_config()), Topic(settings.KAFKA_JOBS_DLQ_TOPIC))
+    return StreamProcessor(
+        consumer=consumer,
+        topic=Topic(settings.KAFKA_JOBS_TOPIC),
+        processor_factory=factory
+        or BridgeStrategyFactory(high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER),
+        commit_policy=CommitPolicy(min_commit_frequency_sec=settings.BRIDGE_COMMIT_SECONDS, min_commit_messages=None),
+        dlq_policy=DlqPolicy(dlq, DlqLimit(), max_buffered_messages_per_partition=20000),
+    )
+
+
+def run_forever(stop: threading.Event) -> None:
+    processor = build_processor()
+
+    def shutdown_on_stop() -> None:
+        stop.wait()
+        processor.signal_shutdown()  # finishes the current step, commits, leaves the group
+
+    threading.Thread(target=shutdown_on_stop, daemon=True).start()
+    processor.run()

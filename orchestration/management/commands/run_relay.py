@@ -1,0 +1,18 @@
+"""`manage.py run_relay`: the outbox relay role (see orchestration.relay)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from orchestration.relay import Relay
+from orchestration.roles import run_role
+
+
+class Command(BaseCommand):
+    help = "Relay outbox rows from PostgreSQL to Kafka."
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        relay = Relay()
+        run_role("relay", relay.run_forever)

@@ -1,0 +1,27 @@
+"""Process-role plumbing shared by run_relay, run_bridge and the other long-running roles:
+logging set-up and a stop event set by SIGTERM/SIGINT, so a role finishes its current batch
+and exits cleanly when its supervisor stops it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("orchestration.roles")
+
+
+def run_role(name: str, loop: Callable[[threading.Event], None]) -> None:
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        logger.info("role.stopping", extra={"role": name, "signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    logger.info("role.started", extra={"role": name})
+    loop(stop)
+    logger.info("role.stopped", extra={"role": name})

@@ -1,0 +1,277 @@
+"""Running one job inside a Celery worker process: claim, run the handler, record the outcome.
+
+    claim (PENDING|QUEUED → RUNNING, token must match) ─ lost? → nothing to do (duplicate/stale)
+      │ a monitor thread renews the lease and watches for a cancel request
+    handler(payload, ctx) under the job's timeout
+      ├ returns          → SUCCEEDED with the result
+      ├ cancelled        → CANCELLED
+      ├ timed out        → failure (TIMED_OUT attempt) → policy
+      ├ PermanentError   → DEAD_LETTER
+      └ other exception  → policy: RETRYING at next_retry_at, or DEAD_LETTER
+
+Every outcome is written with a transition guarded by the attempt number, so a result that
+arrives after the job was reaped, re-dispatched or cancelled changes nothing.
+
+Interrupting a handler (timeout, or a cancel it did not notice within the grace period) uses
+SIGALRM in the process's main thread, which is where prefork and solo pools run tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from jobs import transitions
+from jobs.models import AttemptStatus, Job
+from orchestration import policy
+from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
+
+logger = logging.getLogger("orchestration.worker")
+T = TypeVar("T")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Interrupted(BaseException):  # BaseException: a handler's `except Exception` cannot swallow it
+    """Raised inside a handler by SIGALRM: its timeout passed, or its cancel grace ran out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Watch:
+    job_id: uuid.UUID
+    attempt: int
+    started: float
+    cancel_requested_at: float | None = None
+    interrupt_reason: str | None = None
+
+
+class Monitor:
+    """One thread per worker process that watches the job the process is running: renews its
+    lease every third of it, checks for a cancel request every second once the job has run
+    for a second (no-op jobs never cost a query), and interrupts a handler that ignores a
+    cancel for longer than the grace period."""
+
+    TICK = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watch: _Watch | None = None
+        self._main_thread = threading.main_thread().ident
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():  # forked child
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="job-monitor", daemon=True)
+            self._thread.start()
+
+    def watch(self, job_id: uuid.UUID, attempt: int) -> _Watch:
+        self._ensure_thread()
+        with self._lock:
+            self._watch = _Watch(job_id, attempt, time.monotonic())
+            return self._watch
+
+    def clear(self) -> None:
+        with self._lock:
+            self._watch = None
+
+    def cancel_requested(self) -> bool:
+        watch = self._watch
+        return watch is not None and watch.cancel_requested_at is not None
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        last_renew = last_check = 0.0
+        lease = settings.JOB_LEASE_SECONDS
+        while True:
+            time.sleep(self.TICK)
+            watch = self._watch
+            if watch is None:
+                continue
+            now = time.monotonic()
+            try:
+                if now - watch.started >= 1.0 and now - last_check >= 1.0:
+                    last_check = now
+                    if (
+                        watch.cancel_requested_at is None
+                        and Job.objects.filter(id=watch.job_id, cancel_requested_at__isnull=False).exists()
+                    ):
+                        watch.cancel_requested_at = now
+                if now - watch.started >= lease / 3 and now - last_renew >= lease / 3:
+                    last_renew = now
+                    if not transitions.renew_lease(watch.job_id, attempt=watch.attempt, lease_seconds=lease):
+                        logger.warning("job.lease_lost", extra={"job_id": str(watch.job_id), "attempt": watch.attempt})
+            except Exception:  # the database may be briefly away; the lease has slack
+                logger.exception("job.monitor_failed")
+                connection.close()
+            if (
+                watch.cancel_requested_at is not None
+                and watch.interrupt_reason is None
+                and now - watch.cancel_requested_at >= settings.JOB_CANCEL_GRACE_SECONDS
+            ):
+                self.interrupt(watch, "cancelled")
+
+    def interrupt(self, watch: _Watch, reason: str) -> None:
+        with self._lock:
+            if _armed is watch and watch.interrupt_reason is None and self._main_thread is not None:
+                watch.interrupt_reason = reason
+                signal.pthread_kill(self._main_thread, signal.SIGALRM)
+
+
+MONITOR = Monitor()
+
+
+_armed: _Watch | None = None  # the watch whose handler SIGALRM may interrupt right now
+_alarm_installed_pid = 0
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    watch = _armed
+    if watch is None:
+        return  # a late alarm after the handler finished: ignore it, never die of SIGALRM
+    if watch.interrupt_reason is None:
+        watch.interrupt_reason = "timed out"
+    raise Interrupted(watch.interrupt_reason)
+
+
+@contextmanager
+def _interruptible(watch: _Watch, timeout: float) -> Iterator[None]:
+    """Run the body with SIGALRM armed for `timeout`; the alarm (or the monitor) raises
+    Interrupted inside it. Outside the main thread only the cooperative checks apply."""
+    global _armed, _alarm_installed_pid
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _alarm_installed_pid != os.getpid():
+        signal.signal(signal.SIGALRM, _on_alarm)
+        _alarm_installed_pid = os.getpid()
+    _armed = watch
+    signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
+    try:
+        yield
+    finally:
+        _armed = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _permanent_exceptions() -> tuple[type[BaseException], ...]:
+    return (PermanentError, *(import_string(path) for path in settings.JOB_PERMANENT_EXCEPTIONS))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: str
+    status: str  # what happened: SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, or SKIPPED (claim lost)
+    recorded: bool = True  # False: the job had moved on (e.g. reaped) and the outcome was dropped
+
+
+def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
+    """Claim and run one dispatched job. Safe to call twice with the same envelope."""
+    job_id = uuid.UUID(envelope["job_id"])
+    claim = _with_reconnect(
+        lambda: transitions.mark_running(
+            job_id,
+            dispatch_token=envelope["dispatch_token"],
+            worker=worker or worker_id(),
+            lease_seconds=settings.JOB_LEASE_SECONDS,
+        )
+    )
+    if claim is None:
+        logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
+        return Outcome(str(job_id), "SKIPPED", recorded=False)
+
+    handler = get_handler(claim.type)
+    watch = MONITOR.watch(job_id, claim.attempt)
+    ctx = JobContext(
+        job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
+        is_cancel_requested=MONITOR.cancel_requested,
+    )  # fmt: skip
+    try:
+        if handler is None:
+            raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
+        try:
+            with _interruptible(watch, claim.timeout_seconds):
+                result = handler(claim.payload, ctx)
+            orjson.dumps(result)  # must be storable as JSON
+        except orjson.JSONEncodeError as exc:
+            raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
+    except (JobCancelled, Interrupted) as exc:
+        MONITOR.clear()
+        if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
+            won = _with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt))
+            return _record(job_id, "CANCELLED", won)
+        return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
+    except Exception as exc:
+        MONITOR.clear()
+        permanent = isinstance(exc, _permanent_exceptions())
+        return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
+    MONITOR.clear()
+    won = _with_reconnect(lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result))
+    return _record(job_id, "SUCCEEDED", won)
+
+
+def _with_reconnect(write: Callable[[], T]) -> T:
+    """Each transition is one statement (atomic by itself). The worker keeps its connection
+    between tasks, so after a PostgreSQL restart the first statement fails on a dead
+    connection: reconnect and run it once more. Running it twice is safe: the second run of
+    a guarded transition that already won simply finds nothing to change."""
+    try:
+        return write()
+    except (OperationalError, InterfaceError):
+        connection.close()
+        return write()
+
+
+def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
+    decision = policy.decide(
+        attempts=claim.attempts, max_attempts=claim.max_attempts, backoff=claim.backoff, now=timezone.now(),
+        permanent=permanent,
+    )  # fmt: skip
+    if isinstance(decision, policy.Retry):
+        at = decision.at
+        won = _with_reconnect(
+            lambda: transitions.schedule_retry(
+                claim.job_id, attempt=claim.attempt, next_retry_at=at, error=error, tb=tb,
+                attempt_status=attempt_status,
+            )
+        )  # fmt: skip
+        return _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
+    won = _with_reconnect(
+        lambda: transitions.move_to_dead_letter(
+            claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status
+        )
+    )
+    return _record(claim.job_id, "DEAD_LETTER", won, error=error, reason=decision.reason)
+
+
+def _record(job_id: uuid.UUID, status: str, won: bool, **fields: Any) -> Outcome:
+    if won:
+        logger.info("job.finished", extra={"job_id": str(job_id), "outcome": status, **fields})
+    else:
+        # The attempt lost its job meanwhile (reaped, re-dispatched or cancelled): drop it.
+        logger.warning("job.outcome_dropped", extra={"job_id": str(job_id), "outcome": status})
+    return Outcome(str(job_id), status, recorded=won)

@@ -1,0 +1,156 @@
+"""Fixtures for the dispatch pipeline: a fresh Kafka topic, consumer group and Celery queue
+per test, and a live stack (relay, bridge, Celery worker as real processes) on the test
+database. Nothing here is mocked: these are the roles `make run` starts."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from django.conf import settings
+
+from orchestration import celery_queues, kafka
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def topics(settings: Any) -> Iterator[dict[str, str]]:
+    """A fresh jobs topic, DLQ topic and bridge group for this test (deleted afterwards)."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {"jobs": f"jobs-{suffix}", "dlq": f"jobs-{suffix}.dlq", "group": f"bridge-{suffix}"}
+    settings.KAFKA_JOBS_TOPIC = names["jobs"]
+    settings.KAFKA_JOBS_DLQ_TOPIC = names["dlq"]
+    settings.KAFKA_BRIDGE_GROUP = names["group"]
+    settings.KAFKA_JOBS_PARTITIONS = 2
+    kafka.ensure_topics([names["jobs"], names["dlq"]], 2)
+    yield names
+    AdminClient(kafka.base_config()).delete_topics([names["jobs"], names["dlq"]])
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    """A Celery queue name of this test's own; its Redis lists are removed afterwards."""
+    name = f"q-{uuid.uuid4().hex[:10]}"
+    yield name
+    celery_queues.client().delete(*celery_queues.list_names(name))
+
+
+def consume_all(topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
+    """Read `expect` messages from the start of `topic` (fails the test if they do not come)."""
+    consumer = Consumer(kafka.consumer_config(f"reader-{uuid.uuid4().hex}", **{"enable.auto.commit": False}))
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expect and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                messages.append(msg)
+    finally:
+        consumer.close()
+    assert len(messages) == expect, f"got {len(messages)} of {expect} messages from {topic}"
+    return messages
+
+
+def produce(topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    producer = Producer(kafka.producer_config())
+    for value in values:
+        producer.produce(topic, value=value, key=key)
+    assert producer.flush(10) == 0
+
+
+def celery_messages(queue: str) -> list[dict[str, Any]]:
+    """The dispatch envelopes waiting in a Celery queue (all priority levels)."""
+    out = []
+    for name in celery_queues.list_names(queue):
+        for raw in celery_queues.client().lrange(name, 0, -1):
+            message = orjson.loads(raw)  # kombu's Redis framing; the body is base64 JSON
+            args, _kwargs, _embed = orjson.loads(base64.b64decode(message["body"]))  # task protocol 2
+            out.append(args[0])
+    return out
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Stack:
+    """Relay, bridge and a solo Celery worker as subprocesses, on the test database."""
+
+    def __init__(self, topics: dict[str, str], queue: str, tmp: Path, **extra_env: str) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "KAFKA_JOBS_TOPIC": topics["jobs"],
+            "KAFKA_JOBS_DLQ_TOPIC": topics["dlq"],
+            "KAFKA_BRIDGE_GROUP": topics["group"],
+            "KAFKA_JOBS_PARTITIONS": "2",
+            "PYTHONUNBUFFERED": "1",
+            **extra_env,
+        }
+        self.queue = queue
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, role: str) -> subprocess.Popen[bytes]:
+        commands = {
+            "relay": [sys.executable, "manage.py", "run_relay"],
+            "bridge": [sys.executable, "manage.py", "run_bridge"],
+            "worker": [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--queues", self.queue,
+                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
+                "--loglevel", "INFO",
+            ],
+        }  # fmt: skip
+        log = (self.tmp / f"{role}.log").open("ab")
+        proc = subprocess.Popen(commands[role], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[role] = proc
+        return proc
+
+    def stop(self, role: str, sig: int = 15) -> None:
+        proc = self.procs.pop(role)
+        proc.send_signal(sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        for role in list(self.procs):
+            self.stop(role)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+@pytest.fixture
+def stack(topics: dict[str, str], queue: str, tmp_path: Path, transactional_db: None) -> Iterator[Stack]:
+    s = Stack(topics, queue, tmp_path)
+    yield s
+    s.close()
