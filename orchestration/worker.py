@@ -111,6 +111,8 @@ class Monitor:
             time.sleep(self.TICK)
             watch = self._watch
             if watch is None:
+                if connection.connection is not None:
+                    connection.close()  # only long jobs need this thread's connection
                 continue
             now = time.monotonic()
             try:
@@ -146,7 +148,6 @@ MONITOR = Monitor()
 
 
 _armed: _Watch | None = None  # the watch whose handler SIGALRM may interrupt right now
-_alarm_installed_pid = 0
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -162,13 +163,12 @@ def _on_alarm(signum: int, frame: Any) -> None:
 def _interruptible(watch: _Watch, timeout: float) -> Iterator[None]:
     """Run the body with SIGALRM armed for `timeout`; the alarm (or the monitor) raises
     Interrupted inside it. Outside the main thread only the cooperative checks apply."""
-    global _armed, _alarm_installed_pid
+    global _armed
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if _alarm_installed_pid != os.getpid():
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
         signal.signal(signal.SIGALRM, _on_alarm)
-        _alarm_installed_pid = os.getpid()
     _armed = watch
     signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
     try:

@@ -127,8 +127,8 @@ class Stack:
                 "--loglevel", "INFO",
             ],
         }  # fmt: skip
-        log = (self.tmp / f"{role}.log").open("ab")
-        proc = subprocess.Popen(commands[role], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with (self.tmp / f"{role}.log").open("ab") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(commands[role], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs[role] = proc
         return proc
 

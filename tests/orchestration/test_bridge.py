@@ -1,0 +1,134 @@
+"""The Kafka → Celery bridge against real Kafka and Redis: enqueue, poison messages to the
+DLQ, backpressure, and surviving a crash between enqueue and commit."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from orchestration import celery_queues
+from orchestration.consumers.bridge import BridgeStrategyFactory, build_processor
+from tests.orchestration.conftest import Stack, celery_messages, consume_all, produce, wait_for
+
+
+def envelope(queue: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "job_id": str(uuid.uuid4()),
+        "type": "demo.noop",
+        "queue": queue,
+        "priority": 5,
+        "attempt": 1,
+        "dispatch_token": str(uuid.uuid4()),
+        **overrides,
+    }
+
+
+class RunningBridge:
+    def __init__(self, high_water: int = 1000, low_water: int = 100) -> None:
+        self.factory = BridgeStrategyFactory(high_water=high_water, low_water=low_water)
+        self.processor = build_processor(self.factory)
+        self.thread = threading.Thread(target=self.processor.run, daemon=True)
+
+    def __enter__(self) -> RunningBridge:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.processor.signal_shutdown()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def bridge(topics: dict[str, str]) -> Iterator[type[RunningBridge]]:
+    yield RunningBridge
+
+
+def test_enqueues_each_job_on_its_queue_with_priority(topics, queue, bridge):
+    envelopes = [envelope(queue, priority=p) for p in (0, 5, 9)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes])
+    with bridge():
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 3, message="3 tasks in Redis")
+    assert sorted(celery_messages(queue), key=lambda e: e["priority"]) == envelopes
+    client = celery_queues.client()
+    # priority 9 (most urgent) sits on the list kombu serves first
+    assert client.llen(queue) == 1
+    assert client.llen(f"{queue}:9") == 1
+
+
+POISON = [
+    (b"not json at all", "JSONDecodeError"),
+    (b"[1, 2, 3]", "must be a JSON object"),
+    (orjson.dumps({"v": 1}), "missing field"),
+    (orjson.dumps({**envelope("x"), "v": 99}), "unsupported envelope version 99"),
+    (orjson.dumps({**envelope("x"), "type": "no.such.handler"}), "unknown job type"),
+    (orjson.dumps({**envelope("x"), "job_id": "nope"}), "not a UUID"),
+    (orjson.dumps({**envelope("x"), "priority": 42}), "outside 0-9"),
+]
+
+
+def test_poison_messages_go_to_the_dlq_with_reason_and_the_bridge_goes_on(topics, queue, bridge):
+    good = envelope(queue)
+    produce(topics["jobs"], [value for value, _ in POISON] + [orjson.dumps(good)], key=b"same-partition")
+    with bridge():
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        dead = consume_all(topics["dlq"], len(POISON))
+    assert celery_messages(queue) == [good]
+    for message, (value, reason) in zip(dead, POISON, strict=True):
+        headers = dict(message.headers())
+        assert message.value() == value
+        assert reason in headers["reason"].decode()
+        assert headers["original_topic"].decode() == topics["jobs"]
+        assert int(headers["original_offset"]) >= 0
+        assert "original_partition" in headers
+
+
+def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics, queue, bridge):
+    total, high, low = 120, 20, 5
+    produce(topics["jobs"], [orjson.dumps(envelope(queue)) for _ in range(total)])
+    client = celery_queues.client()
+    names = celery_queues.list_names(queue)
+    with bridge(high_water=high, low_water=low) as running:
+        wait_for(lambda: celery_queues.depths([queue])[queue] >= high, message="queue filled to the high-water mark")
+        # Held there: the rest waits in Kafka, not in Redis.
+        for _ in range(20):
+            assert celery_queues.depths([queue])[queue] <= high + 1
+            threading.Event().wait(0.1)
+        step = running.factory.enqueue
+        assert step is not None
+        assert queue in step.paused
+        assert step.enqueued <= high + 1
+
+        consumed = 0
+        while consumed < total:  # act as the workers: take tasks off the queue
+            depth = celery_queues.depths([queue])[queue]
+            assert depth <= high + 1
+            for name in names:
+                while client.lpop(name) is not None:
+                    consumed += 1
+            threading.Event().wait(0.05)
+            if consumed < total:
+                wait_for(lambda: celery_queues.depths([queue])[queue] > 0 or step.enqueued == total, timeout=30)
+        assert step.enqueued == total
+
+
+def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge, tmp_path):
+    envelopes = [envelope(queue) for _ in range(10)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes])
+    # A real bridge process that will not commit for an hour, killed once it enqueued all.
+    doomed = Stack(topics, queue, tmp_path, BRIDGE_COMMIT_SECONDS="3600")
+    doomed.start("bridge")
+    try:
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 10, timeout=60, message="10 tasks enqueued")
+    finally:
+        doomed.stop("bridge", signal.SIGKILL)
+    with bridge():
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 20, timeout=60, message="10 tasks enqueued again")
+    ids = [e["job_id"] for e in celery_messages(queue)]
+    assert sorted(ids) == sorted([e["job_id"] for e in envelopes] * 2)
