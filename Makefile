@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-1
 TEST_ENGINES ?= postgres,redis,kafka,clickhouse
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench-api venv clean-data
+.PHONY: run test lint format bench bench-api venv clean-data
 
 # Create .venv and install requirements/dev.txt (again only when requirements change).
 venv: $(STAMP)
@@ -38,6 +38,10 @@ lint: venv
 format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# End-to-end benchmark (vs raw Celery, plus light-load latency) against the running dev stack.
+bench: venv
+	$(PY) manage.py bench pipeline
 
 # Submit-API benchmark against the running dev stack (`make run` in another terminal).
 bench-api: venv

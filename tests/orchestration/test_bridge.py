@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -46,8 +45,8 @@ class RunningBridge:
 
 
 @pytest.fixture
-def bridge(topics: dict[str, str]) -> Iterator[type[RunningBridge]]:
-    yield RunningBridge
+def bridge(topics: dict[str, str]) -> type[RunningBridge]:
+    return RunningBridge
 
 
 def test_enqueues_each_job_on_its_queue_with_priority(topics, queue, bridge):
