@@ -204,6 +204,7 @@ DATA_DIR = DATA_DIR
 # --- Dispatch: relay, bridge, worker ------------------------------------------------------
 KAFKA_JOBS_TOPIC = env.str("KAFKA_JOBS_TOPIC", default="jobs")
 KAFKA_JOBS_DLQ_TOPIC = env.str("KAFKA_JOBS_DLQ_TOPIC", default=f"{KAFKA_JOBS_TOPIC}.dlq")
+KAFKA_JOBS_DEAD_TOPIC = env.str("KAFKA_JOBS_DEAD_TOPIC", default=f"{KAFKA_JOBS_TOPIC}.dead")
 KAFKA_JOBS_PARTITIONS = env.int("KAFKA_JOBS_PARTITIONS", default=4)
 KAFKA_BRIDGE_GROUP = env.str("KAFKA_BRIDGE_GROUP", default="orchestration-bridge")
 # librdkafka's default 45 s session makes joining a group take ~25 s on the embedded
@@ -230,6 +231,16 @@ JOB_CANCEL_GRACE_SECONDS = env.float("JOB_CANCEL_GRACE_SECONDS", default=5.0)
 WORKER_QUEUES = env.list("WORKER_QUEUES", default=["default"])
 # Exception classes (dotted paths) that dead-letter at once, like PermanentError does.
 JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
+
+# --- Scheduler ------------------------------------------------------------------------------
+SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=0.5)
+# The leader's Redis lock lives this long unless renewed (every tick): a standby takes over
+# within about this long after the leader dies.
+SCHEDULER_LOCK_TTL_SECONDS = env.float("SCHEDULER_LOCK_TTL_SECONDS", default=5.0)
+SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=1000)
+# A QUEUED job nobody claimed this long after its message left Kafka (the bridge has no lag
+# and its Celery queue is empty) lost its message: it is dispatched again with a new token.
+DISPATCH_STALE_SECONDS = env.float("DISPATCH_STALE_SECONDS", default=60.0)
 
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

@@ -67,6 +67,9 @@ class Job(models.Model):
     # Dispatch: a fresh token per dispatch; only a delivery carrying the current token can
     # claim the job, so a stale or duplicated message loses its claim.
     dispatch_token = models.UUIDField(null=True, blank=True)
+    # Where the current dispatch message landed in Kafka (set by the relay).
+    dispatch_partition = models.IntegerField(null=True, blank=True)
+    dispatch_offset = models.BigIntegerField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)

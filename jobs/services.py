@@ -273,6 +273,22 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
     return Job.objects.get(id=job_id)
 
 
+def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
+    """Outbox rows for jobs the scheduler made dispatchable (call in its transaction)."""
+    _write_outbox(
+        [
+            (
+                r.job_id,
+                dispatch_envelope(
+                    r.job_id, type=r.type, queue=r.queue, priority=r.priority, attempt=r.attempt, token=r.dispatch_token
+                ),
+            )
+            for r in released
+        ],
+        timezone.now(),
+    )
+
+
 def _raise_illegal(job_id: uuid.UUID | str, action: str) -> None:
     current = transitions.current_status(job_id)
     if current is None:

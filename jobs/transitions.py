@@ -60,14 +60,27 @@ def mark_queued(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID) -> bool:
 
 _MARK_QUEUED_MANY_SQL = """
 UPDATE jobs_job AS j
-   SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+   SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
+       dispatch_partition = u.partition, dispatch_offset = u.position
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(partitions)s::int[], %(offsets)s::bigint[])
+       AS u(id, token, partition, position)
  WHERE j.id = u.id AND j.status = 'PENDING' AND j.dispatch_token = u.token
 """
 
 
-def mark_queued_many(dispatches: list[tuple[uuid.UUID | str, uuid.UUID | str]]) -> int:
-    """PENDING → QUEUED for a relayed batch of (job id, dispatch token), in one statement.
+@dataclass(frozen=True)
+class Relayed:
+    """A dispatch message Kafka acknowledged, and where it landed."""
+
+    job_id: str
+    dispatch_token: str
+    partition: int
+    offset: int
+
+
+def mark_queued_many(dispatches: list[Relayed]) -> int:
+    """PENDING → QUEUED for a relayed batch, in one statement, remembering where each message
+    landed (the scheduler compares that with the bridge's progress to spot lost messages).
 
     A job whose token changed meanwhile (cancelled, re-dispatched) or that a worker already
     claimed is left alone. Returns how many rows moved."""
@@ -76,7 +89,13 @@ def mark_queued_many(dispatches: list[tuple[uuid.UUID | str, uuid.UUID | str]]) 
     with connection.cursor() as cur:
         cur.execute(
             _MARK_QUEUED_MANY_SQL,
-            {"now": timezone.now(), "ids": [str(i) for i, _ in dispatches], "tokens": [str(t) for _, t in dispatches]},
+            {
+                "now": timezone.now(),
+                "ids": [d.job_id for d in dispatches],
+                "tokens": [d.dispatch_token for d in dispatches],
+                "partitions": [d.partition for d in dispatches],
+                "offsets": [d.offset for d in dispatches],
+            },
         )
         return cur.rowcount
 
@@ -142,15 +161,26 @@ _END_COLUMNS = frozenset({"result", "finished_at", "last_error", "next_retry_at"
 _END_SQL = """
 WITH ended AS (
     UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
-     WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s
-    RETURNING id
+     WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
+    RETURNING id, type, queue, attempt_seq
 ), closed AS (
     UPDATE jobs_jobattempt
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
      WHERE job_id IN (SELECT id FROM ended) AND attempt = %(attempt)s AND status = 'RUNNING'
-)
+){extra}
 SELECT count(*) FROM ended
 """
+
+# A dead letter is also published to `jobs.dead` (through the outbox, in the same statement)
+# for downstream consumers: the job, its type and queue, how many attempts, the last error.
+_DEAD_OUTBOX_CTE = """, dead AS (
+    INSERT INTO jobs_outbox (job_id, topic, envelope, created_at)
+    SELECT id, 'jobs.dead', jsonb_build_object(
+               'v', 1, 'job_id', id::text, 'type', type, 'queue', queue, 'attempts', attempt_seq,
+               'error', %(error)s::text, 'dead_at', %(now)s::timestamptz),
+           %(now)s
+      FROM ended
+)"""
 
 
 def _end_running(
@@ -161,10 +191,12 @@ def _end_running(
     attempt_status: str,
     error: str = "",
     tb: str = "",
+    lease_expired_before: datetime | None = None,
     **fields: Any,
 ) -> bool:
     """RUNNING → `status` for the attempt that holds the job, and close its history row,
-    in one statement.
+    in one statement. With `lease_expired_before`, only if the lease ran out by then (the
+    reaper must not fail an attempt whose worker just renewed it).
 
     Guarded by the attempt number, so a late result of an attempt that lost the job (lease
     expired, re-dispatched, cancelled) changes nothing.
@@ -179,8 +211,13 @@ def _end_running(
     for column, value in fields.items():
         sets += f", {column} = %({column})s"
         params[column] = Jsonb(value) if column == "result" else value
+    guard = ""
+    if lease_expired_before is not None:
+        guard = " AND lease_expires_at < %(expired_before)s"
+        params["expired_before"] = lease_expired_before
+    extra = _DEAD_OUTBOX_CTE if status == JobStatus.DEAD_LETTER else ""
     with connection.cursor() as cur:
-        cur.execute(_END_SQL.format(sets=sets), params)
+        cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra), params)
         return bool(cur.fetchone()[0])
 
 
@@ -200,21 +237,31 @@ def schedule_retry(
     error: str,
     tb: str = "",
     attempt_status: str = AttemptStatus.FAILED,
+    lease_expired_before: datetime | None = None,
 ) -> bool:
     """RUNNING → RETRYING: this attempt failed and the next waits for its backoff."""
     return _end_running(
         job_id, attempt, status=JobStatus.RETRYING, attempt_status=attempt_status, error=error, tb=tb,
-        next_retry_at=next_retry_at, last_error=error, dispatch_token=None,
+        lease_expired_before=lease_expired_before, next_retry_at=next_retry_at, last_error=error,
+        dispatch_token=None,
     )  # fmt: skip
 
 
 def move_to_dead_letter(
-    job_id: uuid.UUID | str, *, attempt: int, error: str, tb: str = "", attempt_status: str = AttemptStatus.FAILED
+    job_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    error: str,
+    tb: str = "",
+    attempt_status: str = AttemptStatus.FAILED,
+    lease_expired_before: datetime | None = None,
 ) -> bool:
-    """RUNNING → DEAD_LETTER: out of attempts, or the failure is permanent."""
+    """RUNNING → DEAD_LETTER: out of attempts, or the failure is permanent. Also queues the
+    `jobs.dead` message."""
     return _end_running(
         job_id, attempt, status=JobStatus.DEAD_LETTER, attempt_status=attempt_status, error=error, tb=tb,
-        last_error=error, finished_at=timezone.now(), dispatch_token=None, next_retry_at=None,
+        lease_expired_before=lease_expired_before, last_error=error, finished_at=timezone.now(),
+        dispatch_token=None, next_retry_at=None,
     )  # fmt: skip
 
 
@@ -286,6 +333,61 @@ def release(job_id: uuid.UUID | str, *, expected: str, dispatch_token: uuid.UUID
         .exclude(dispatch_token=dispatch_token)
         .update(status=JobStatus.PENDING, dispatch_token=dispatch_token, next_retry_at=None, updated_at=now)
     )
+
+
+@dataclass(frozen=True)
+class Released:
+    """A job made dispatchable again; the caller writes its outbox row."""
+
+    job_id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    attempt: int  # the history number the next attempt will get
+    dispatch_token: uuid.UUID
+
+
+_RELEASE_SQL = """
+WITH due AS (
+    SELECT id FROM jobs_job WHERE {condition} ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs_job AS j
+   SET status = 'PENDING', dispatch_token = gen_random_uuid(), next_retry_at = NULL,
+       queued_at = NULL, updated_at = %(now)s
+  FROM due
+ WHERE j.id = due.id
+RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token
+"""
+
+# Each scan reads a partial index of live rows only, so it stays cheap with millions of
+# finished jobs in the table.
+_RELEASE_SCANS = {
+    # RETRYING whose backoff is over
+    "retries": ("status = 'RETRYING' AND next_retry_at <= %(now)s", "next_retry_at"),
+    # PENDING jobs waiting for run_at (no dispatch yet)
+    "delayed": ("status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s", "run_at"),
+    # QUEUED jobs the scheduler found to have lost their message
+    "stale": ("status = 'QUEUED' AND queued_at < %(stale_before)s AND id = ANY(%(ids)s)", "queued_at"),
+}
+
+
+def release_batch(
+    scan: str,
+    *,
+    now: datetime,
+    limit: int,
+    stale_before: datetime | None = None,
+    ids: list[uuid.UUID] | None = None,
+) -> list[Released]:
+    """Make up to `limit` due jobs of one kind dispatchable again with a fresh token (one
+    statement; rows another scheduler holds are skipped)."""
+    condition, order = _RELEASE_SCANS[scan]
+    with connection.cursor() as cur:
+        cur.execute(
+            _RELEASE_SQL.format(condition=condition, order=order),
+            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or []},
+        )
+        return [Released(*row) for row in cur.fetchall()]
 
 
 def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) -> bool:

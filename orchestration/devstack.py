@@ -70,6 +70,7 @@ def roles(port: int) -> list[Role]:
         ),
         Role("relay", [PY, "manage.py", "run_relay"], 34),
         Role("bridge", [PY, "manage.py", "run_bridge"], 35),
+        Role("scheduler", [PY, "manage.py", "run_scheduler"], 31),
         Role(
             "flower",
             [

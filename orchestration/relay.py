@@ -52,7 +52,7 @@ class OutboxRow:
 
 def physical_topic(logical: str) -> str:
     """Outbox rows name a logical topic; settings map it (tests use fresh topics)."""
-    return {"jobs": settings.KAFKA_JOBS_TOPIC}.get(logical, logical)
+    return {"jobs": settings.KAFKA_JOBS_TOPIC, "jobs.dead": settings.KAFKA_JOBS_DEAD_TOPIC}.get(logical, logical)
 
 
 class Relay:
@@ -77,7 +77,11 @@ class Relay:
                 return 0
             delivered, errors = self._produce(rows)
             transitions.mark_queued_many(
-                [(r.job_id, r.envelope["dispatch_token"]) for r in rows if r.id in delivered and r.topic == "jobs"]
+                [
+                    transitions.Relayed(r.job_id, r.envelope["dispatch_token"], *delivered[r.id])
+                    for r in rows
+                    if r.id in delivered and r.topic == "jobs"
+                ]
             )
             if delivered:
                 with connection.cursor() as cur:
@@ -94,14 +98,15 @@ class Relay:
             self.failures = 0
         return len(delivered)
 
-    def _produce(self, rows: list[OutboxRow]) -> tuple[set[int], list[str]]:
-        delivered: set[int] = set()
+    def _produce(self, rows: list[OutboxRow]) -> tuple[dict[int, tuple[int, int]], list[str]]:
+        """Produce every row; returns {outbox id: (partition, offset)} of those acknowledged."""
+        delivered: dict[int, tuple[int, int]] = {}
         errors: list[str] = []
 
         def report(row_id: int) -> Callable[[KafkaError | None, Any], None]:
             def on_delivery(err: KafkaError | None, msg: Any) -> None:
                 if err is None:
-                    delivered.add(row_id)
+                    delivered[row_id] = (msg.partition(), msg.offset())
                 else:
                     errors.append(f"{err.name()}: {err.str()}")
 

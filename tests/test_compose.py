@@ -18,7 +18,11 @@ def test_every_dev_role_is_a_compose_service_with_the_same_entry_point():
         assert role.name in services, f"role {role.name} missing from docker-compose.yml"
         command = " ".join(services[role.name]["command"])
         dev = " ".join(role.cmd[1:])  # without the interpreter path
-        key = next(part for part in ("run_relay", "run_bridge", "worker", "flower", "config.wsgi") if part in dev)
+        key = next(
+            part
+            for part in ("run_relay", "run_bridge", "run_scheduler", "worker", "flower", "config.wsgi")
+            if part in dev
+        )
         assert key in command, f"{role.name}: compose runs {command!r}, dev stack runs {dev!r}"
 
 

@@ -29,14 +29,20 @@ REPO = Path(__file__).resolve().parents[2]
 def topics(settings: Any) -> Iterator[dict[str, str]]:
     """A fresh jobs topic, DLQ topic and bridge group for this test (deleted afterwards)."""
     suffix = uuid.uuid4().hex[:10]
-    names = {"jobs": f"jobs-{suffix}", "dlq": f"jobs-{suffix}.dlq", "group": f"bridge-{suffix}"}
+    names = {
+        "jobs": f"jobs-{suffix}",
+        "dlq": f"jobs-{suffix}.dlq",
+        "dead": f"jobs-{suffix}.dead",
+        "group": f"bridge-{suffix}",
+    }
     settings.KAFKA_JOBS_TOPIC = names["jobs"]
     settings.KAFKA_JOBS_DLQ_TOPIC = names["dlq"]
+    settings.KAFKA_JOBS_DEAD_TOPIC = names["dead"]
     settings.KAFKA_BRIDGE_GROUP = names["group"]
     settings.KAFKA_JOBS_PARTITIONS = 2
-    kafka.ensure_topics([names["jobs"], names["dlq"]], 2)
+    kafka.ensure_topics([names["jobs"], names["dlq"], names["dead"]], 2)
     yield names
-    AdminClient(kafka.base_config()).delete_topics([names["jobs"], names["dlq"]])
+    AdminClient(kafka.base_config()).delete_topics([names["jobs"], names["dlq"], names["dead"]])
 
 
 @pytest.fixture
@@ -108,6 +114,7 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
             "KAFKA_JOBS_TOPIC": topics["jobs"],
             "KAFKA_JOBS_DLQ_TOPIC": topics["dlq"],
+            "KAFKA_JOBS_DEAD_TOPIC": topics["dead"],
             "KAFKA_BRIDGE_GROUP": topics["group"],
             "KAFKA_JOBS_PARTITIONS": "2",
             "PYTHONUNBUFFERED": "1",
@@ -121,6 +128,7 @@ class Stack:
         commands = {
             "relay": [sys.executable, "manage.py", "run_relay"],
             "bridge": [sys.executable, "manage.py", "run_bridge"],
+            "scheduler": [sys.executable, "manage.py", "run_scheduler"],
             "worker": [
                 sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--queues", self.queue,
                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",

@@ -10,11 +10,13 @@ jobs retry ID
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from typing import Any
 
 import orjson
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_datetime
 
 from jobs import selectors, services
 from jobs.errors import JobError
@@ -55,9 +57,15 @@ class Command(BaseCommand):
             p = sub.add_parser(name, help=f"{name} one job")
             p.add_argument("job_id")
 
+        dead = sub.add_parser("requeue-dead", help="retry dead-lettered jobs in bulk (history is kept)")
+        dead.add_argument("--type", help="only jobs of this type")
+        dead.add_argument("--since", help="only jobs that died at or after this ISO 8601 time")
+        dead.add_argument("--limit", type=int, default=10000)
+        dead.add_argument("--dry-run", action="store_true", help="list what would be requeued, change nothing")
+
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            getattr(self, f"do_{opts['action']}")(opts)
+            getattr(self, f"do_{opts['action'].replace('-', '_')}")(opts)
         except JobError as exc:
             raise CommandError(str(exc)) from exc
 
@@ -134,6 +142,30 @@ class Command(BaseCommand):
     def do_cancel(self, opts: dict[str, Any]) -> None:
         job = services.job_cancel(job_id=opts["job_id"])
         self.stdout.write(f"{job.id} {job.status}" + (" (cancel requested)" if job.status == JobStatus.RUNNING else ""))
+
+    def do_requeue_dead(self, opts: dict[str, Any]) -> None:
+        qs = Job.objects.filter(status=JobStatus.DEAD_LETTER).order_by("finished_at")
+        if opts["type"]:
+            qs = qs.filter(type=opts["type"])
+        if opts["since"]:
+            since = parse_datetime(opts["since"])
+            if since is None:
+                raise CommandError(f"--since {opts['since']!r} is not an ISO 8601 date-time")
+            qs = qs.filter(finished_at__gte=since if since.tzinfo else since.replace(tzinfo=UTC))
+        ids = list(qs.values_list("id", flat=True)[: opts["limit"]])
+        if opts["dry_run"]:
+            for job_id in ids:
+                self.stdout.write(str(job_id))
+            self.stdout.write(f"{len(ids)} dead-lettered job(s) would be requeued (dry run)")
+            return
+        requeued = 0
+        for job_id in ids:
+            try:
+                services.job_retry(job_id=job_id)
+                requeued += 1
+            except JobError as exc:  # retried by someone else meanwhile
+                self.stderr.write(str(exc))
+        self.stdout.write(f"requeued {requeued} dead-lettered job(s)")
 
     def do_retry(self, opts: dict[str, Any]) -> None:
         job = services.job_retry(job_id=opts["job_id"])

@@ -1,0 +1,18 @@
+"""`manage.py run_scheduler`: the scheduler role (see orchestration.scheduler). Run two for
+availability: one leads, the other takes over when it dies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from orchestration.roles import run_role
+from orchestration.scheduler import Scheduler
+
+
+class Command(BaseCommand):
+    help = "Release due retries and delayed jobs, reap lost workers, re-dispatch lost messages."
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        run_role("scheduler", Scheduler().run_forever)

@@ -1,0 +1,267 @@
+"""The scheduler (`manage.py run_scheduler`): one active instance moves waiting jobs on.
+
+Leadership: a Redis lock (SET NX PX) that the leader renews every tick; a standby takes over
+within SCHEDULER_LOCK_TTL_SECONDS of the leader dying. Each new leader takes a fencing epoch
+(Redis INCR) and every scheduler transaction first raises the epoch in PostgreSQL
+(`SchedulerFence`) only if it is not behind: a leader paused past its lock's expiry finds a
+newer epoch there, writes nothing, and steps down.
+
+Each tick, in batches, on partial indexes of live rows only:
+- RETRYING jobs whose backoff is over, and PENDING jobs whose `run_at` came → outbox;
+- RUNNING jobs whose lease expired (worker lost) → failed attempt (LOST) → retry policy;
+- QUEUED jobs whose message was lost (nobody claimed them DISPATCH_STALE_SECONDS after the
+  bridge caught up and their Celery queue is empty) → dispatched again with a new token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
+
+from jobs import services, transitions
+from jobs.models import AttemptStatus, Job, JobStatus
+from orchestration import celery_queues, kafka, policy
+
+logger = logging.getLogger("orchestration.scheduler")
+
+LOCK_KEY = "orchestration:scheduler:leader"
+EPOCH_KEY = "orchestration:scheduler:epoch"
+FENCE = "scheduler"
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Fenced(Exception):
+    """A newer leader exists: this instance must not write."""
+
+
+class LeaderLock:
+    def __init__(self, client: redis.Redis, identity: str, ttl: float) -> None:
+        self.client, self.identity, self.ttl_ms = client, identity, int(ttl * 1000)
+        self.epoch: int | None = None
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire_or_renew(self) -> bool:
+        """True while this instance leads. Never blocks."""
+        if self.epoch is not None:
+            if self._renew(keys=[LOCK_KEY], args=[self.identity, self.ttl_ms]):
+                return True
+            logger.warning("scheduler.lost_leadership", extra={"identity": self.identity, "epoch": self.epoch})
+            self.epoch = None
+        if self.client.set(LOCK_KEY, self.identity, nx=True, px=self.ttl_ms):
+            self.epoch = int(self.client.incr(EPOCH_KEY))
+            logger.info("scheduler.leading", extra={"identity": self.identity, "epoch": self.epoch})
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.epoch is not None:
+            self._release(keys=[LOCK_KEY], args=[self.identity])
+            self.epoch = None
+
+
+def fence(epoch: int) -> None:
+    """First statement of every scheduler transaction: claim the fence for `epoch`."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO orchestration_schedulerfence (name, epoch) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch "
+            "WHERE orchestration_schedulerfence.epoch <= EXCLUDED.epoch",
+            [FENCE, epoch],
+        )
+        if cur.rowcount == 0:
+            raise Fenced(f"scheduler epoch {epoch} is behind the fence")
+
+
+@dataclass
+class TickResult:
+    retries: int = 0
+    delayed: int = 0
+    lost_workers: int = 0
+    stale_dispatches: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        client: redis.Redis | None = None,
+        identity: str | None = None,
+        clock: Callable[[], datetime] = timezone.now,
+    ) -> None:
+        self.client = client or redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lock = LeaderLock(self.client, self.identity, settings.SCHEDULER_LOCK_TTL_SECONDS)
+        self.clock = clock
+        self.batch = settings.SCHEDULER_BATCH_SIZE
+        self._lag_consumer: Consumer | None = None
+
+    # -- one tick -------------------------------------------------------------------------
+
+    def tick(self) -> TickResult | None:
+        """Do one round if leading; None when a standby."""
+        if not self.lock.acquire_or_renew():
+            return None
+        epoch = self.lock.epoch
+        assert epoch is not None
+        result = TickResult()
+        try:
+            result.retries = self._release("retries", epoch)
+            result.delayed = self._release("delayed", epoch)
+            result.lost_workers = self._reap_expired_leases(epoch)
+            result.stale_dispatches = self._redispatch_stale(epoch, result)
+        except Fenced as exc:
+            logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
+            self.lock.epoch = None
+            return None
+        return result
+
+    def _release(self, scan: str, epoch: int) -> int:
+        total = 0
+        while True:
+            with transaction.atomic():
+                fence(epoch)
+                released = transitions.release_batch(scan, now=self.clock(), limit=self.batch)
+                services.job_dispatch_released(released)
+            total += len(released)
+            if len(released) < self.batch:
+                return total
+
+    def _reap_expired_leases(self, epoch: int) -> int:
+        now = self.clock()
+        expired = list(
+            Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at")
+            .values("id", "attempt_seq", "attempts", "max_attempts", "backoff", "worker")[: self.batch]
+        )
+        reaped = 0
+        for job in expired:
+            error = f"worker lost: lease expired (worker {job['worker'] or 'unknown'})"
+            decision = policy.decide(
+                attempts=job["attempts"], max_attempts=job["max_attempts"], backoff=job["backoff"], now=now
+            )
+            with transaction.atomic():
+                fence(epoch)
+                if isinstance(decision, policy.Retry):
+                    won = transitions.schedule_retry(
+                        job["id"], attempt=job["attempt_seq"], next_retry_at=decision.at, error=error,
+                        attempt_status=AttemptStatus.LOST, lease_expired_before=now,
+                    )  # fmt: skip
+                else:
+                    won = transitions.move_to_dead_letter(
+                        job["id"], attempt=job["attempt_seq"], error=error, attempt_status=AttemptStatus.LOST,
+                        lease_expired_before=now,
+                    )  # fmt: skip
+            if won:
+                reaped += 1
+                logger.warning("job.worker_lost", extra={"job_id": str(job["id"]), "attempt": job["attempt_seq"]})
+        return reaped
+
+    def _redispatch_stale(self, epoch: int, result: TickResult) -> int:
+        """QUEUED jobs whose message is gone: consumed by the bridge (its committed offset is
+        past the message) yet unclaimed long after, with their Celery queue empty (lost in
+        Redis), or beyond the end of the partition (the broker lost its data). Messages still
+        in the Kafka backlog are left alone, however old."""
+        stale_before = self.clock() - timedelta(seconds=settings.DISPATCH_STALE_SECONDS)
+        candidates = list(
+            Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
+            .order_by("queued_at")
+            .values_list("id", "queue", "dispatch_partition", "dispatch_offset")[: self.batch]
+        )
+        if not candidates:
+            return 0
+        positions = self.bridge_positions()
+        if positions is None:
+            result.skipped.append("stale scan: Kafka positions unknown")
+            return 0
+        depths = celery_queues.depths({queue for _, queue, _, _ in candidates})
+        lost = []
+        for job_id, queue, partition, offset in candidates:
+            committed, high = positions.get(partition, (0, 0)) if partition is not None else (0, 0)
+            consumed = offset is None or offset < committed
+            vanished = offset is not None and offset >= high
+            if vanished or (consumed and depths[queue] == 0):
+                lost.append(job_id)
+        if not lost:
+            return 0
+        with transaction.atomic():
+            fence(epoch)
+            released = transitions.release_batch(
+                "stale", now=self.clock(), limit=self.batch, stale_before=stale_before, ids=lost
+            )
+            services.job_dispatch_released(released)
+        if released:
+            logger.warning("scheduler.redispatched_lost", extra={"jobs": len(released)})
+        return len(released)
+
+    def bridge_positions(self) -> dict[int, tuple[int, int]] | None:
+        """Per partition of `jobs`: (the bridge's committed offset, the high watermark).
+        None when Kafka cannot be asked (then nothing is declared lost)."""
+        try:
+            if self._lag_consumer is None:
+                self._lag_consumer = Consumer(
+                    kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP, **{"enable.auto.commit": False})
+                )
+            topic = settings.KAFKA_JOBS_TOPIC
+            metadata = self._lag_consumer.list_topics(topic, timeout=5).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return {}  # no topic: the broker lost it, and every message with it
+            committed = self._lag_consumer.committed([TopicPartition(topic, p) for p in metadata.partitions], timeout=5)
+            positions = {}
+            for tp in committed:
+                low, high = self._lag_consumer.get_watermark_offsets(tp, timeout=5)
+                positions[tp.partition] = (tp.offset if tp.offset >= 0 else low, high)
+            return positions
+        except Exception as exc:  # Kafka unreachable: do not guess
+            logger.warning("scheduler.kafka_positions_unknown", extra={"error": str(exc)})
+            return None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        tick = settings.SCHEDULER_TICK_SECONDS
+        leading = False
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                result = self.tick()
+            except (OperationalError, InterfaceError, redis.RedisError) as exc:
+                logger.warning("scheduler.tick_failed", extra={"error": str(exc)})
+                connection.close()
+                result = None
+            if (result is not None) != leading:
+                leading = result is not None
+                logger.info("scheduler.role", extra={"leading": leading, "identity": self.identity})
+            if result and (result.retries or result.delayed or result.lost_workers or result.stale_dispatches):
+                logger.info("scheduler.tick", extra=vars(result))
+            stop.wait(max(0.0, tick - (time.monotonic() - started)))
+        self.lock.release()
+        if self._lag_consumer is not None:
+            self._lag_consumer.close()
+        connection.close()

@@ -1,0 +1,148 @@
+"""The scheduler against real PostgreSQL, Redis and Kafka: due retries and delayed jobs,
+lost workers, lost messages, leader election and fencing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs import services, transitions
+from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
+from jobs.services import JobSpec
+from orchestration import celery_queues
+from orchestration.relay import Relay
+from orchestration.scheduler import LOCK_KEY, Fenced, Scheduler, fence
+
+
+@pytest.fixture
+def scheduler_keys():
+    client = celery_queues.client()
+    client.delete(LOCK_KEY)
+    yield client
+    client.delete(LOCK_KEY)
+
+
+def submit(user, type: str = "demo.noop", **spec) -> Job:
+    return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type, **spec)).job
+
+
+def claim(job: Job, lease: float = 30) -> transitions.Claim:
+    result = transitions.mark_running(job.id, dispatch_token=job.dispatch_token, worker="w", lease_seconds=lease)
+    assert result is not None
+    return result
+
+
+@pytest.mark.django_db
+def test_due_retries_and_delayed_jobs_go_back_through_the_outbox(user, scheduler_keys, topics):
+    due, later = submit(user), submit(user)
+    for job, when in ((due, -1), (later, 3600)):
+        c = claim(job)
+        transitions.schedule_retry(
+            job.id, attempt=c.attempt, next_retry_at=timezone.now() + timedelta(seconds=when), error="x"
+        )
+    delayed = submit(user, run_at=timezone.now() + timedelta(seconds=3600))
+    Job.objects.filter(id=delayed.id).update(run_at=timezone.now() - timedelta(seconds=1))
+    Outbox.objects.all().delete()
+
+    result = Scheduler().tick()
+    assert result is not None
+    assert (result.retries, result.delayed) == (1, 1)
+    for job in (due, delayed):
+        job.refresh_from_db()
+        assert job.status == JobStatus.PENDING
+        assert job.dispatch_token is not None
+        envelope = Outbox.objects.get(job=job).envelope
+        assert envelope["dispatch_token"] == str(job.dispatch_token)
+    assert Outbox.objects.get(job=due).envelope["attempt"] == 2
+    assert Job.objects.get(id=later.id).status == JobStatus.RETRYING
+    assert Scheduler().tick() is None  # another instance: the lock is taken
+
+
+@pytest.mark.django_db
+def test_an_expired_lease_fails_the_attempt_as_lost(user, scheduler_keys, topics):
+    retried = submit(user)
+    dead = submit(user, max_attempts=1)
+    alive = submit(user)
+    for job in (retried, dead):
+        claim(job, lease=0.001)
+    claim(alive, lease=60)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.lost_workers == 2
+    assert Job.objects.get(id=retried.id).status == JobStatus.RETRYING
+    assert Job.objects.get(id=dead.id).status == JobStatus.DEAD_LETTER
+    assert Job.objects.get(id=alive.id).status == JobStatus.RUNNING
+    attempt = JobAttempt.objects.get(job_id=retried.id)
+    assert attempt.status == AttemptStatus.LOST
+    assert "worker lost" in attempt.error
+    dead_message = Outbox.objects.get(job_id=dead.id, topic="jobs.dead").envelope
+    assert dead_message["job_id"] == str(dead.id)
+    assert "worker lost" in dead_message["error"]
+
+
+@pytest.mark.django_db
+def test_a_message_lost_after_the_bridge_took_it_is_dispatched_again(user, scheduler_keys, topics, settings, queue):
+    settings.DISPATCH_STALE_SECONDS = 0
+    job = submit(user, queue=queue)
+    Relay().run_once()
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    assert job.dispatch_offset is not None
+    old_token = job.dispatch_token
+
+    # Not consumed yet: it waits in the Kafka backlog, nothing is lost.
+    scheduler = Scheduler()
+    result = scheduler.tick()
+    assert result is not None
+    assert result.stale_dispatches == 0
+
+    # The bridge consumed and committed it, but Redis lost it (its queue is empty).
+    from confluent_kafka import Consumer, TopicPartition
+
+    from orchestration import kafka
+
+    consumer = Consumer(kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP, **{"enable.auto.commit": False}))
+    consumer.commit(
+        offsets=[TopicPartition(topics["jobs"], job.dispatch_partition, job.dispatch_offset + 1)], asynchronous=False
+    )
+    consumer.close()
+    result = scheduler.tick()
+    assert result is not None
+    assert result.stale_dispatches == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
+    assert job.dispatch_token != old_token
+    assert Outbox.objects.filter(job=job, topic="jobs").exists()
+
+
+@pytest.mark.django_db
+def test_a_message_the_broker_lost_is_dispatched_again(user, scheduler_keys, topics, settings):
+    settings.DISPATCH_STALE_SECONDS = 0
+    job = submit(user)
+    Relay().run_once()
+    # The broker restarted empty: the message's offset lies beyond the (new) partition's end.
+    Job.objects.filter(id=job.id).update(dispatch_offset=10_000)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.stale_dispatches == 1
+    assert Job.objects.get(id=job.id).status == JobStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_one_leader_at_a_time_and_a_standby_takes_over(scheduler_keys, settings):
+    settings.SCHEDULER_LOCK_TTL_SECONDS = 0.5
+    first, second = Scheduler(identity="first"), Scheduler(identity="second")
+    assert first.tick() is not None
+    assert second.tick() is None
+    first_epoch = first.lock.epoch
+    import time
+
+    time.sleep(0.7)  # the leader died: its lock expires
+    assert second.tick() is not None
+    assert second.lock.epoch > first_epoch
+    # The old leader wakes up: it cannot renew, and its old epoch is fenced out.
+    assert first.tick() is None
+    with pytest.raises(Fenced):
+        fence(first_epoch)
