@@ -22,6 +22,7 @@ from jobs.serializers import (
     JobInputSerializer,
     JobSerializer,
     JobStatsSerializer,
+    ScheduleSerializer,
 )
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -125,3 +126,36 @@ class TokenObtainApi(ObtainAuthToken):
     throttle_classes = [PerUserThrottle]
     parser_classes = [ORJSONParser, *ObtainAuthToken.parser_classes[:2]]
     renderer_classes = [ORJSONRenderer]
+
+
+class ScheduleListCreateApi(APIView):
+    @extend_schema(responses=ScheduleSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        qs = selectors.schedule_visible_to(request.user)
+        return Response({"results": ScheduleSerializer(qs, many=True).data, "next": None})
+
+    @extend_schema(request=ScheduleSerializer, responses={201: ScheduleSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = ScheduleSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        schedule = services.schedule_save(owner_id=_owner_id(request), data=serializer.validated_data)
+        return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
+
+
+class ScheduleDetailApi(APIView):
+    @extend_schema(responses=ScheduleSerializer)
+    def get(self, request: Request, schedule_id: str) -> Response:
+        return Response(ScheduleSerializer(selectors.schedule_get(user=request.user, schedule_id=schedule_id)).data)
+
+    @extend_schema(request=ScheduleSerializer, responses=ScheduleSerializer)
+    def patch(self, request: Request, schedule_id: str) -> Response:
+        schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
+        serializer = ScheduleSerializer(schedule, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        schedule = services.schedule_save(owner_id=schedule.owner_id, data=serializer.validated_data, schedule=schedule)
+        return Response(ScheduleSerializer(schedule).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, schedule_id: str) -> Response:
+        selectors.schedule_get(user=request.user, schedule_id=schedule_id).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)

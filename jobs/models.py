@@ -165,3 +165,60 @@ class Outbox(models.Model):
 
     def __str__(self) -> str:
         return f"outbox {self.id} → {self.topic} ({self.job_id})"
+
+
+class MisfirePolicy(models.TextChoices):
+    # After downtime, fire the most recent missed slot once, then go on with the schedule.
+    FIRE_ONCE = "fire_once"
+    # After downtime, fire nothing missed; go on from the next slot.
+    SKIP = "skip"
+
+
+class Schedule(models.Model):
+    """A cron schedule: a job template submitted at every slot of a cron expression."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules")
+    name = models.CharField(max_length=200)
+    cron = models.CharField(max_length=200, help_text="Five-field cron expression, e.g. '*/5 * * * *'.")
+    timezone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone the expression is read in.")
+    enabled = models.BooleanField(default=True)
+    misfire_policy = models.CharField(max_length=16, choices=MisfirePolicy.choices, default=MisfirePolicy.FIRE_ONCE)
+    # The job template
+    type = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=100, default="default")
+    priority = models.PositiveSmallIntegerField(default=5, validators=[MaxValueValidator(9)])
+    max_attempts = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1), MaxValueValidator(25)])
+    backoff = models.JSONField(default=default_backoff)
+    timeout_seconds = models.PositiveIntegerField(default=300)
+    # The scheduler's cursor: the next slot to fire (indexed: the due scan reads only these).
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="schedule_owner_name_uniq")]
+        indexes = [models.Index(fields=["next_fire_at"], condition=Q(enabled=True), name="schedule_due")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cron} {self.timezone})"
+
+
+class ScheduleFire(models.Model):
+    """One fired slot. The unique (schedule, fire_time) pair is what guarantees a slot fires
+    at most once, whichever scheduler instance (old leader or new) tries."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="fires")
+    fire_time = models.DateTimeField()
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-fire_time"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "fire_time"], name="schedule_fire_once")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.fire_time:%Y-%m-%d %H:%M}"

@@ -7,15 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import django_filters
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
 from django.db.models import Count, QuerySet
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 
 from jobs.errors import JobNotFound
-from jobs.models import Job, JobStatus
-
-User = AbstractBaseUser | AnonymousUser
+from jobs.models import Job, JobStatus, Schedule
 
 
 def job_visible_to(user: Any) -> QuerySet[Job]:
@@ -90,3 +88,15 @@ def job_get_stats(*, user: Any) -> dict[str, Any]:
         },
         "latency_seconds": {"end_to_end": _percentiles(total_p), "queue_wait": _percentiles(wait_p)},
     }
+
+
+def schedule_visible_to(user: Any) -> QuerySet[Schedule]:
+    qs = Schedule.objects.all()
+    return qs if user.is_staff else qs.filter(owner_id=user.pk)
+
+
+def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:
+    try:
+        return schedule_visible_to(user).get(id=schedule_id)
+    except (Schedule.DoesNotExist, ValueError):
+        raise NotFound(f"schedule {schedule_id} not found") from None

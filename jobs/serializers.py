@@ -13,7 +13,8 @@ import orjson
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.models import Job, JobAttempt, JobStatus, default_backoff
+from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
+from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 from orchestration.handlers import is_registered
 
@@ -166,3 +167,40 @@ class JobStatsSerializer(serializers.Serializer):
     by_status = serializers.DictField(child=serializers.IntegerField())
     throughput = serializers.DictField(child=serializers.FloatField())
     latency_seconds = serializers.DictField(child=serializers.DictField(allow_null=True))
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    """A cron schedule and its job template; validated like a job submit."""
+
+    backoff = BackoffSerializer(required=False)
+    queue = serializers.RegexField(QUEUE_NAME, default="default")
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
+    max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
+    payload = serializers.JSONField(default=dict)
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id", "name", "cron", "timezone", "enabled", "misfire_policy", "type", "payload", "queue", "priority",
+            "max_attempts", "backoff", "timeout_seconds", "next_fire_at", "last_fired_at", "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["id", "next_fire_at", "last_fired_at", "created_at"]
+
+    def validate_cron(self, value: str) -> str:
+        problem = validate_cron(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_timezone(self, value: str) -> str:
+        problem = validate_timezone(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+    validate_type = JobInputSerializer.validate_type
+    validate_payload = JobInputSerializer.validate_payload
+
+    def validate_backoff(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {**default_backoff(), **value}

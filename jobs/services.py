@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from jobs import transitions
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
-from jobs.models import Job, JobStatus, Outbox, default_backoff
+from jobs.models import Job, JobStatus, Outbox, Schedule, default_backoff
 
 ENVELOPE_VERSION = 1
 
@@ -271,6 +271,18 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
             )
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
+
+
+def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | None = None) -> Schedule:
+    """Create or update a schedule; its next slot is computed from now."""
+    from jobs.schedules import schedule_prepare
+
+    schedule = schedule or Schedule(owner_id=owner_id)
+    for field_name, value in data.items():
+        setattr(schedule, field_name, value)
+    schedule_prepare(schedule, now=timezone.now())
+    schedule.save()
+    return schedule
 
 
 def job_dispatch_released(released: Sequence[transitions.Released]) -> None:

@@ -9,6 +9,7 @@ newer epoch there, writes nothing, and steps down.
 Each tick, in batches, on partial indexes of live rows only:
 - RETRYING jobs whose backoff is over, and PENDING jobs whose `run_at` came → outbox;
 - RUNNING jobs whose lease expired (worker lost) → failed attempt (LOST) → retry policy;
+- cron schedules whose next slot came → a job per slot, at most once per slot;
 - QUEUED jobs whose message was lost (nobody claimed them DISPATCH_STALE_SECONDS after the
   bridge caught up and their Celery queue is empty) → dispatched again with a new token.
 """
@@ -31,7 +32,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from jobs import services, transitions
+from jobs import schedules, services, transitions
 from jobs.models import AttemptStatus, Job, JobStatus
 from orchestration import celery_queues, kafka, policy
 
@@ -104,6 +105,7 @@ class TickResult:
     delayed: int = 0
     lost_workers: int = 0
     stale_dispatches: int = 0
+    cron_fired: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -136,6 +138,7 @@ class Scheduler:
             result.delayed = self._release("delayed", epoch)
             result.lost_workers = self._reap_expired_leases(epoch)
             result.stale_dispatches = self._redispatch_stale(epoch, result)
+            result.cron_fired = self._fire_schedules(epoch)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
@@ -152,6 +155,16 @@ class Scheduler:
             total += len(released)
             if len(released) < self.batch:
                 return total
+
+    def _fire_schedules(self, epoch: int) -> int:
+        with transaction.atomic():
+            fence(epoch)
+            fired = schedules.fire_due(now=self.clock())
+        for f in fired:
+            logger.info(
+                "schedule.fired", extra={"schedule_id": f.schedule_id, "slot": f.slot.isoformat(), "job_id": f.job_id}
+            )
+        return len(fired)
 
     def _reap_expired_leases(self, epoch: int) -> int:
         now = self.clock()
@@ -258,7 +271,9 @@ class Scheduler:
             if (result is not None) != leading:
                 leading = result is not None
                 logger.info("scheduler.role", extra={"leading": leading, "identity": self.identity})
-            if result and (result.retries or result.delayed or result.lost_workers or result.stale_dispatches):
+            if result and (
+                result.retries or result.delayed or result.lost_workers or result.stale_dispatches or result.cron_fired
+            ):
                 logger.info("scheduler.tick", extra=vars(result))
             stop.wait(max(0.0, tick - (time.monotonic() - started)))
         self.lock.release()

@@ -146,3 +146,16 @@ def test_one_leader_at_a_time_and_a_standby_takes_over(scheduler_keys, settings)
     assert first.tick() is None
     with pytest.raises(Fenced):
         fence(first_epoch)
+
+
+@pytest.mark.django_db
+def test_the_leader_fires_due_cron_slots(user, scheduler_keys, topics):
+    from jobs.models import Schedule
+
+    schedule = Schedule.objects.create(
+        owner=user, name="every-minute", cron="* * * * *", type="demo.noop", next_fire_at=timezone.now()
+    )
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.cron_fired == 1
+    assert Job.objects.filter(idempotency_key__startswith=f"schedule:{schedule.id}:").count() == 1
