@@ -58,3 +58,29 @@ def test_cancel_twice_names_the_state():
 def test_wait_times_out_while_no_worker_runs_it():
     with pytest.raises(CommandError, match="still PENDING"):
         run("submit", "demo.noop", "--wait", "--timeout", "0.3")
+
+
+def test_requeue_dead_with_filters_and_dry_run():
+    from django.utils import timezone
+
+    from jobs import transitions
+
+    def dead(type_: str) -> str:
+        job_id = run("submit", type_).strip()
+        job = Job.objects.get(id=job_id)
+        claim = transitions.mark_running(job.id, dispatch_token=job.dispatch_token, worker="w", lease_seconds=5)
+        transitions.move_to_dead_letter(job.id, attempt=claim.attempt, error="x")
+        return job_id
+
+    echo, noop = dead("demo.echo"), dead("demo.noop")
+    out = run("requeue-dead", "--type", "demo.echo", "--dry-run")
+    assert echo in out
+    assert noop not in out
+    assert "1 dead-lettered job(s) would be requeued" in out
+    assert Job.objects.get(id=echo).status == JobStatus.DEAD_LETTER
+    future = (timezone.now() + timezone.timedelta(hours=1)).isoformat()
+    assert "requeued 0" in run("requeue-dead", "--since", future)
+    assert "requeued 2" in run("requeue-dead")
+    assert set(Job.objects.filter(id__in=[echo, noop]).values_list("status", flat=True)) == {JobStatus.PENDING}
+    with pytest.raises(CommandError, match="not an ISO 8601"):
+        run("requeue-dead", "--since", "yesterday")
