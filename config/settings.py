@@ -221,6 +221,11 @@ RELAY_POLL_SECONDS = env.float("RELAY_POLL_SECONDS", default=1.0)  # fallback wh
 # the low-water mark: Redis holds a short window of ready work, Kafka holds the backlog.
 BRIDGE_HIGH_WATER = env.int("BRIDGE_HIGH_WATER", default=2000)
 BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
+# Per-queue dispatch rate limits in jobs/s, e.g. "emails=5,reports=0.5". Held-back jobs wait
+# in Kafka, in order; the limit applies per bridge process.
+QUEUE_RATE_LIMITS = {
+    name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()
+}
 # How often the bridge commits consumed offsets: a crash re-enqueues at most this much work
 # (duplicates whose claims lose), while committing less often saves broker round trips.
 BRIDGE_COMMIT_SECONDS = env.float("BRIDGE_COMMIT_SECONDS", default=1.0)

@@ -43,7 +43,11 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     ) -> ProcessingStrategy[KafkaPayload]:
         logger.info("bridge.assigned", extra={"partitions": sorted(p.index for p in partitions)})
         self.enqueue = EnqueueToCelery(
-            CommitOffsets(commit), app=celery_app, high_water=self.high_water, low_water=self.low_water
+            CommitOffsets(commit),
+            app=celery_app,
+            high_water=self.high_water,
+            low_water=self.low_water,
+            rate_limits=settings.QUEUE_RATE_LIMITS,
         )
         return DecodeJobEvent(self.enqueue)
 

@@ -131,3 +131,19 @@ def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge
         wait_for(lambda: celery_queues.depths([queue])[queue] == 20, timeout=60, message="10 tasks enqueued again")
     ids = [e["job_id"] for e in celery_messages(queue)]
     assert sorted(ids) == sorted([e["job_id"] for e in envelopes] * 2)
+
+
+def test_a_queue_rate_limit_spaces_dispatches_and_keeps_order(topics, queue, settings, bridge):
+    import time
+
+    settings.QUEUE_RATE_LIMITS = {queue: 5.0}
+    envelopes = [envelope(queue, attempt=i + 1) for i in range(15)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes], key=b"one-partition")
+    with bridge():
+        wait_for(lambda: celery_queues.depths([queue])[queue] >= 1, timeout=30, message="the first task")
+        started = time.monotonic()
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 15, timeout=30, message="all 15 tasks")
+        elapsed = time.monotonic() - started
+    # a burst of 5, then 5 per second: the last of 15 goes out after about 2 s, not at once
+    assert 1.5 <= elapsed <= 4.0, elapsed
+    assert [e["attempt"] for e in reversed(celery_messages(queue))] == list(range(1, 16))

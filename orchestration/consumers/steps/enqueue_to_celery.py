@@ -5,6 +5,9 @@ Backpressure: above `high_water` ready messages in a queue, submit raises Messag
 queue drained below `low_water`. So a burst waits in Kafka, and Redis holds only a window.
 Depth is read from Redis at most every `depth_ttl` seconds and estimated in between from
 what this step sent.
+
+Rate limits (QUEUE_RATE_LIMITS): a queue limited to r jobs/s gets a token bucket; without a
+token the message is rejected the same way, so held-back jobs wait in Kafka, in order.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class EnqueueToCelery(ProcessingStrategy[DispatchEnvelope]):
         high_water: int,
         low_water: int,
         depth_ttl: float = 0.05,
+        rate_limits: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.next_step = next_step
@@ -46,6 +50,9 @@ class EnqueueToCelery(ProcessingStrategy[DispatchEnvelope]):
         self._depth: dict[str, tuple[float, int]] = {}  # queue → (read at, depth then + sent since)
         self.enqueued = 0
         self._last_error_log = 0.0
+        # Token buckets for queues with a rate limit (jobs/s, burst of one second's worth).
+        self.rates = rate_limits or {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # queue → (tokens, refilled at)
 
     def _depth_of(self, queue: str) -> int:
         now = self.clock()
@@ -69,10 +76,25 @@ class EnqueueToCelery(ProcessingStrategy[DispatchEnvelope]):
             return True
         return False
 
+    def _take_token(self, queue: str) -> bool:
+        """Rate limit: a job of this queue may go now (arroyo holds it in Kafka otherwise, in
+        order, and offers it again a few ms later)."""
+        rate = self.rates.get(queue)
+        if rate is None:
+            return True
+        now = self.clock()
+        tokens, refilled = self._buckets.get(queue, (max(rate, 1.0), now))
+        tokens = min(max(rate, 1.0), tokens + (now - refilled) * rate)
+        if tokens < 1.0:
+            self._buckets[queue] = (tokens, now)
+            return False
+        self._buckets[queue] = (tokens - 1.0, now)
+        return True
+
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         envelope = message.payload
         try:
-            if self._blocked(envelope.queue):
+            if self._blocked(envelope.queue) or not self._take_token(envelope.queue):
                 raise MessageRejected
             self.app.send_task(
                 TASK_NAME,
