@@ -223,9 +223,7 @@ BRIDGE_HIGH_WATER = env.int("BRIDGE_HIGH_WATER", default=2000)
 BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
 # Per-queue dispatch rate limits in jobs/s, e.g. "emails=5,reports=0.5". Held-back jobs wait
 # in Kafka, in order; the limit applies per bridge process.
-QUEUE_RATE_LIMITS = {
-    name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()
-}
+QUEUE_RATE_LIMITS = {name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()}
 # How often the bridge commits consumed offsets: a crash re-enqueues at most this much work
 # (duplicates whose claims lose), while committing less often saves broker round trips.
 BRIDGE_COMMIT_SECONDS = env.float("BRIDGE_COMMIT_SECONDS", default=1.0)
@@ -245,6 +243,8 @@ SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=0.5)
 # within about this long after the leader dies.
 SCHEDULER_LOCK_TTL_SECONDS = env.float("SCHEDULER_LOCK_TTL_SECONDS", default=5.0)
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=1000)
+# Schedulers that share this name (in Redis and in the PostgreSQL fence) elect one leader.
+SCHEDULER_LOCK_KEY = env.str("SCHEDULER_LOCK_KEY", default="orchestration:scheduler")
 # A QUEUED job nobody claimed this long after its message left Kafka (the bridge has no lag
 # and its Celery queue is empty) lost its message: it is dispatched again with a new token.
 DISPATCH_STALE_SECONDS = env.float("DISPATCH_STALE_SECONDS", default=60.0)

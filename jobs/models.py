@@ -70,6 +70,9 @@ class Job(models.Model):
     # Where the current dispatch message landed in Kafka (set by the relay).
     dispatch_partition = models.IntegerField(null=True, blank=True)
     dispatch_offset = models.BigIntegerField(null=True, blank=True)
+    # At most `concurrency_limit` jobs with the same key run at once (across all workers).
+    concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no limit
+    concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -111,6 +114,12 @@ class Job(models.Model):
             models.Index(fields=["next_retry_at"], condition=Q(status=JobStatus.RETRYING), name="job_due_retry"),
             models.Index(fields=["lease_expires_at"], condition=Q(status=JobStatus.RUNNING), name="job_running_lease"),
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
+            # Keyed jobs not yet running: held ones (oldest first) and those in flight.
+            models.Index(
+                fields=["concurrency_key", "created_at"],
+                condition=Q(status__in=[JobStatus.PENDING, JobStatus.QUEUED], concurrency_key__isnull=False),
+                name="job_keyed_waiting",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -145,6 +154,17 @@ class JobAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.attempt} of {self.job_id} ({self.status})"
+
+
+class ConcurrencySlot(models.Model):
+    """Running jobs per concurrency key. Taken with a conditional UPDATE when a job is claimed,
+    given back in the same statement that ends the attempt: PostgreSQL keeps the count."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    running = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.running} running"
 
 
 class Outbox(models.Model):

@@ -44,6 +44,17 @@ class JobInputSerializer(serializers.Serializer):
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    concurrency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    concurrency_limit = serializers.IntegerField(
+        min_value=1, max_value=1000, required=False, allow_null=True, default=None
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("concurrency_limit") is not None and not data.get("concurrency_key"):
+            raise serializers.ValidationError({"concurrency_limit": ["needs a concurrency_key"]})
+        if data.get("concurrency_key") and data.get("concurrency_limit") is None:
+            data["concurrency_limit"] = 1
+        return data
 
     def validate_type(self, value: str) -> str:
         if not is_registered(value):
@@ -67,6 +78,8 @@ class JobInputSerializer(serializers.Serializer):
             timeout_seconds=data["timeout_seconds"],
             run_at=data["run_at"],
             idempotency_key=data["idempotency_key"],
+            concurrency_key=data.get("concurrency_key"),
+            concurrency_limit=data.get("concurrency_limit"),
         )
 
 
@@ -116,6 +129,8 @@ class JobSerializer(serializers.Serializer):
     idempotency_key = serializers.CharField(allow_null=True)
     last_error = serializers.CharField()
     result = serializers.JSONField(allow_null=True)
+    concurrency_key = serializers.CharField(allow_null=True)
+    concurrency_limit = serializers.IntegerField(allow_null=True)
     workflow = serializers.UUIDField(allow_null=True)
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -140,6 +155,8 @@ class JobSerializer(serializers.Serializer):
             "idempotency_key": job.idempotency_key,
             "last_error": job.last_error,
             "result": job.result,
+            "concurrency_key": job.concurrency_key,
+            "concurrency_limit": job.concurrency_limit,
             "workflow": None,
             "cancel_requested_at": job.cancel_requested_at,
             "created_at": job.created_at,

@@ -39,6 +39,8 @@ class JobSpec:
     timeout_seconds: int = 300
     run_at: datetime | None = None
     idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def request_hash(self) -> str:
         """Hash of everything but the key: replaying the same body gives the same hash."""
@@ -55,10 +57,20 @@ class Submitted:
 
 
 def dispatch_envelope(
-    job_id: uuid.UUID, *, type: str, queue: str, priority: int, attempt: int, token: uuid.UUID
+    job_id: uuid.UUID,
+    *,
+    type: str,
+    queue: str,
+    priority: int,
+    attempt: int,
+    token: uuid.UUID,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
 ) -> dict[str, Any]:
-    """The small, versioned message the relay publishes to Kafka for one dispatch."""
-    return {
+    """The small, versioned message the relay publishes to Kafka for one dispatch (the
+    concurrency fields only when the job has a key)."""
+    limits = {"concurrency_key": concurrency_key, "concurrency_limit": concurrency_limit} if concurrency_key else {}
+    return limits | {
         "v": ENVELOPE_VERSION,
         "job_id": str(job_id),
         "type": type,
@@ -78,20 +90,20 @@ def _is_due(run_at: datetime | None, now: datetime) -> bool:
 _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
-    "last_error", "dispatch_token", "worker", "created_at", "updated_at",
+    "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
-              %(token)s::uuid[])
+              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[])
        AS u(id, type, payload, queue, priority, max_attempts, backoff, timeout_seconds, run_at,
-            key, hash, token)
+            key, hash, token, ckey, climit)
 ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """  # noqa: S608 (column names are constants)
@@ -114,7 +126,7 @@ def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> 
             copy.write_row((
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
-                r.token, "", now, now,
+                r.token, "", now, now, s.concurrency_key, s.concurrency_limit,
             ))  # fmt: skip
 
 
@@ -137,6 +149,8 @@ def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) 
             "key": [r.spec.idempotency_key for r in rows],
             "hash": [r.digest for r in rows],
             "token": [r.token for r in rows],
+            "ckey": [r.spec.concurrency_key for r in rows],
+            "climit": [r.spec.concurrency_limit for r in rows],
         },
     )
     return {row[0] for row in cur.fetchall()}
@@ -187,7 +201,14 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
                 (
                     r.id,
                     dispatch_envelope(
-                        r.id, type=r.spec.type, queue=r.spec.queue, priority=r.spec.priority, attempt=1, token=r.token
+                        r.id,
+                        type=r.spec.type,
+                        queue=r.spec.queue,
+                        priority=r.spec.priority,
+                        attempt=1,
+                        token=r.token,
+                        concurrency_key=r.spec.concurrency_key,
+                        concurrency_limit=r.spec.concurrency_limit,
                     ),
                 )
                 for r in rows
@@ -232,6 +253,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime) -> Job:
         status=JobStatus.PENDING, attempts=0, attempt_seq=0, max_attempts=s.max_attempts, backoff=s.backoff,
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
+        concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False
@@ -249,7 +271,7 @@ def job_cancel(*, job_id: uuid.UUID | str) -> Job:
     with transaction.atomic():
         if transitions.cancel_waiting(job_id):
             # Its dispatch, if not yet relayed, is pointless now (and would lose its claim).
-            Outbox.objects.filter(job_id=job_id).delete()
+            Outbox.objects.filter(job_id=job_id, topic="jobs").delete()
         elif not transitions.request_cancel(job_id):
             _raise_illegal(job_id, "cancel")
     return Job.objects.get(id=job_id)
@@ -258,7 +280,11 @@ def job_cancel(*, job_id: uuid.UUID | str) -> Job:
 def job_retry(*, job_id: uuid.UUID | str) -> Job:
     """DEAD_LETTER or CANCELLED → PENDING with a fresh budget; history is kept."""
     with transaction.atomic():
-        job = Job.objects.filter(id=job_id).only("id", "type", "queue", "priority", "run_at", "attempt_seq").first()
+        job = (
+            Job.objects.filter(id=job_id)
+            .only("id", "type", "queue", "priority", "run_at", "attempt_seq", "concurrency_key", "concurrency_limit")
+            .first()
+        )
         if job is None:
             raise JobNotFound(job_id)
         now = timezone.now()
@@ -267,8 +293,9 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
             _raise_illegal(job_id, "retry")
         if token is not None:
             envelope = dispatch_envelope(
-                job.id, type=job.type, queue=job.queue, priority=job.priority, attempt=job.attempt_seq + 1, token=token
-            )
+                job.id, type=job.type, queue=job.queue, priority=job.priority, attempt=job.attempt_seq + 1, token=token,
+                concurrency_key=job.concurrency_key, concurrency_limit=job.concurrency_limit,
+            )  # fmt: skip
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
 
@@ -292,7 +319,14 @@ def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
             (
                 r.job_id,
                 dispatch_envelope(
-                    r.job_id, type=r.type, queue=r.queue, priority=r.priority, attempt=r.attempt, token=r.dispatch_token
+                    r.job_id,
+                    type=r.type,
+                    queue=r.queue,
+                    priority=r.priority,
+                    attempt=r.attempt,
+                    token=r.dispatch_token,
+                    concurrency_key=r.concurrency_key,
+                    concurrency_limit=r.concurrency_limit,
                 ),
             )
             for r in released

@@ -162,7 +162,10 @@ _END_SQL = """
 WITH ended AS (
     UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
      WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
-    RETURNING id, type, queue, attempt_seq
+    RETURNING id, type, queue, attempt_seq, concurrency_key
+), freed AS (
+    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
+      FROM ended WHERE s.key = ended.concurrency_key AND s.running > 0
 ), closed AS (
     UPDATE jobs_jobattempt
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
@@ -345,6 +348,8 @@ class Released:
     priority: int
     attempt: int  # the history number the next attempt will get
     dispatch_token: uuid.UUID
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 _RELEASE_SQL = """
@@ -356,7 +361,8 @@ UPDATE jobs_job AS j
        queued_at = NULL, updated_at = %(now)s
   FROM due
  WHERE j.id = due.id
-RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token
+RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
+          j.concurrency_limit
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of
@@ -366,6 +372,12 @@ _RELEASE_SCANS = {
     "retries": ("status = 'RETRYING' AND next_retry_at <= %(now)s", "next_retry_at"),
     # PENDING jobs waiting for run_at (no dispatch yet)
     "delayed": ("status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s", "run_at"),
+    # jobs held by their concurrency key, oldest first, as slots free up
+    "held": (
+        "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s"
+        " AND (run_at IS NULL OR run_at <= %(now)s)",
+        "created_at",
+    ),
     # QUEUED jobs the scheduler found to have lost their message
     "stale": ("status = 'QUEUED' AND queued_at < %(stale_before)s AND id = ANY(%(ids)s)", "queued_at"),
 }
@@ -378,6 +390,7 @@ def release_batch(
     limit: int,
     stale_before: datetime | None = None,
     ids: list[uuid.UUID] | None = None,
+    key: str | None = None,
 ) -> list[Released]:
     """Make up to `limit` due jobs of one kind dispatchable again with a fresh token (one
     statement; rows another scheduler holds are skipped)."""
@@ -385,9 +398,36 @@ def release_batch(
     with connection.cursor() as cur:
         cur.execute(
             _RELEASE_SQL.format(condition=condition, order=order),
-            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or []},
+            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key},
         )
         return [Released(*row) for row in cur.fetchall()]
+
+
+def take_slot(key: str, limit: int) -> bool:
+    """One more running job for `key` if fewer than `limit` run: a conditional upsert."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO jobs_concurrencyslot (key, running) VALUES (%s, 1) "
+            "ON CONFLICT (key) DO UPDATE SET running = jobs_concurrencyslot.running + 1 "
+            "WHERE jobs_concurrencyslot.running < %s",
+            [key, limit],
+        )
+        return cur.rowcount == 1
+
+
+def give_back_slot(key: str) -> None:
+    with connection.cursor() as cur:
+        cur.execute("UPDATE jobs_concurrencyslot SET running = running - 1 WHERE key = %s AND running > 0", [key])
+
+
+def hold(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
+    """PENDING/QUEUED → PENDING without a dispatch: its concurrency key is at its limit. The
+    scheduler releases held jobs, oldest first, as slots free up."""
+    return bool(
+        Job.objects.filter(
+            id=job_id, status__in=[JobStatus.PENDING, JobStatus.QUEUED], dispatch_token=dispatch_token
+        ).update(status=JobStatus.PENDING, dispatch_token=None, queued_at=None, updated_at=timezone.now())
+    )
 
 
 def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) -> bool:

@@ -38,9 +38,6 @@ from orchestration import celery_queues, kafka, policy
 
 logger = logging.getLogger("orchestration.scheduler")
 
-LOCK_KEY = "orchestration:scheduler:leader"
-EPOCH_KEY = "orchestration:scheduler:epoch"
-FENCE = "scheduler"
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -56,13 +53,28 @@ return 0
 """
 
 
+_HELD_KEYS_SQL = """
+SELECT h.concurrency_key, max(h.concurrency_limit),
+       coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = h.concurrency_key), 0),
+       (SELECT count(*) FROM jobs_job f
+         WHERE f.concurrency_key = h.concurrency_key AND f.status IN ('PENDING', 'QUEUED')
+           AND f.dispatch_token IS NOT NULL)
+  FROM jobs_job h
+ WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
+   AND (h.run_at IS NULL OR h.run_at <= %(now)s)
+ GROUP BY h.concurrency_key
+ LIMIT 100
+"""
+
+
 class Fenced(Exception):
     """A newer leader exists: this instance must not write."""
 
 
 class LeaderLock:
-    def __init__(self, client: redis.Redis, identity: str, ttl: float) -> None:
+    def __init__(self, client: redis.Redis, identity: str, ttl: float, name: str) -> None:
         self.client, self.identity, self.ttl_ms = client, identity, int(ttl * 1000)
+        self.key, self.epoch_key = f"{name}:leader", f"{name}:epoch"
         self.epoch: int | None = None
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -70,30 +82,30 @@ class LeaderLock:
     def acquire_or_renew(self) -> bool:
         """True while this instance leads. Never blocks."""
         if self.epoch is not None:
-            if self._renew(keys=[LOCK_KEY], args=[self.identity, self.ttl_ms]):
+            if self._renew(keys=[self.key], args=[self.identity, self.ttl_ms]):
                 return True
             logger.warning("scheduler.lost_leadership", extra={"identity": self.identity, "epoch": self.epoch})
             self.epoch = None
-        if self.client.set(LOCK_KEY, self.identity, nx=True, px=self.ttl_ms):
-            self.epoch = int(self.client.incr(EPOCH_KEY))
+        if self.client.set(self.key, self.identity, nx=True, px=self.ttl_ms):
+            self.epoch = int(self.client.incr(self.epoch_key))
             logger.info("scheduler.leading", extra={"identity": self.identity, "epoch": self.epoch})
             return True
         return False
 
     def release(self) -> None:
         if self.epoch is not None:
-            self._release(keys=[LOCK_KEY], args=[self.identity])
+            self._release(keys=[self.key], args=[self.identity])
             self.epoch = None
 
 
-def fence(epoch: int) -> None:
+def fence(epoch: int, name: str | None = None) -> None:
     """First statement of every scheduler transaction: claim the fence for `epoch`."""
     with connection.cursor() as cur:
         cur.execute(
             "INSERT INTO orchestration_schedulerfence (name, epoch) VALUES (%s, %s) "
             "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch "
             "WHERE orchestration_schedulerfence.epoch <= EXCLUDED.epoch",
-            [FENCE, epoch],
+            [name or settings.SCHEDULER_LOCK_KEY, epoch],
         )
         if cur.rowcount == 0:
             raise Fenced(f"scheduler epoch {epoch} is behind the fence")
@@ -106,6 +118,7 @@ class TickResult:
     lost_workers: int = 0
     stale_dispatches: int = 0
     cron_fired: int = 0
+    held_released: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -119,7 +132,9 @@ class Scheduler:
     ) -> None:
         self.client = client or redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lock = LeaderLock(self.client, self.identity, settings.SCHEDULER_LOCK_TTL_SECONDS)
+        self.lock = LeaderLock(
+            self.client, self.identity, settings.SCHEDULER_LOCK_TTL_SECONDS, settings.SCHEDULER_LOCK_KEY
+        )
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
         self._lag_consumer: Consumer | None = None
@@ -139,6 +154,7 @@ class Scheduler:
             result.lost_workers = self._reap_expired_leases(epoch)
             result.stale_dispatches = self._redispatch_stale(epoch, result)
             result.cron_fired = self._fire_schedules(epoch)
+            result.held_released = self._release_held(epoch)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
@@ -155,6 +171,24 @@ class Scheduler:
             total += len(released)
             if len(released) < self.batch:
                 return total
+
+    def _release_held(self, epoch: int) -> int:
+        """Jobs held by a concurrency key go out, oldest first, as far as the key has room:
+        limit - running - already dispatched."""
+        with connection.cursor() as cur:
+            cur.execute(_HELD_KEYS_SQL, {"now": self.clock()})
+            keys = cur.fetchall()
+        total = 0
+        for key, limit, running, in_flight in keys:
+            room = max(0, limit - running - in_flight)
+            if not room:
+                continue
+            with transaction.atomic():
+                fence(epoch)
+                released = transitions.release_batch("held", now=self.clock(), limit=room, key=key)
+                services.job_dispatch_released(released)
+            total += len(released)
+        return total
 
     def _fire_schedules(self, epoch: int) -> int:
         with transaction.atomic():
@@ -272,7 +306,12 @@ class Scheduler:
                 leading = result is not None
                 logger.info("scheduler.role", extra={"leading": leading, "identity": self.identity})
             if result and (
-                result.retries or result.delayed or result.lost_workers or result.stale_dispatches or result.cron_fired
+                result.retries
+                or result.delayed
+                or result.lost_workers
+                or result.stale_dispatches
+                or result.cron_fired
+                or result.held_released
             ):
                 logger.info("scheduler.tick", extra=vars(result))
             stop.wait(max(0.0, tick - (time.monotonic() - started)))

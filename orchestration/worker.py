@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -185,21 +185,28 @@ def _permanent_exceptions() -> tuple[type[BaseException], ...]:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    status: str  # what happened: SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, or SKIPPED (claim lost)
+    status: str  # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost) or HELD (at its limit)
     recorded: bool = True  # False: the job had moved on (e.g. reaped) and the outcome was dropped
 
 
 def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
     """Claim and run one dispatched job. Safe to call twice with the same envelope."""
     job_id = uuid.UUID(envelope["job_id"])
-    claim = _with_reconnect(
-        lambda: transitions.mark_running(
-            job_id,
-            dispatch_token=envelope["dispatch_token"],
-            worker=worker or worker_id(),
-            lease_seconds=settings.JOB_LEASE_SECONDS,
+    if envelope.get("concurrency_key"):
+        claim = _with_reconnect(lambda: _claim_within_limit(envelope, worker or worker_id()))
+        if claim == "HELD":
+            logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
+            return Outcome(str(job_id), "HELD")
+    else:
+        claim = _with_reconnect(
+            lambda: transitions.mark_running(
+                job_id,
+                dispatch_token=envelope["dispatch_token"],
+                worker=worker or worker_id(),
+                lease_seconds=settings.JOB_LEASE_SECONDS,
+            )
         )
-    )
+    assert not isinstance(claim, str)
     if claim is None:
         logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
         return Outcome(str(job_id), "SKIPPED", recorded=False)
@@ -232,6 +239,24 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
     MONITOR.clear()
     won = _with_reconnect(lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result))
     return _record(job_id, "SUCCEEDED", won)
+
+
+def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | str | None:
+    """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
+    scheduler releases it when a slot frees). One transaction, so a lost claim gives the
+    slot back."""
+    key, limit = envelope["concurrency_key"], int(envelope.get("concurrency_limit") or 1)
+    with transaction.atomic():
+        if not transitions.take_slot(key, limit):
+            transitions.hold(envelope["job_id"], dispatch_token=envelope["dispatch_token"])
+            return "HELD"
+        claim = transitions.mark_running(
+            envelope["job_id"], dispatch_token=envelope["dispatch_token"], worker=worker,
+            lease_seconds=settings.JOB_LEASE_SECONDS,
+        )  # fmt: skip
+        if claim is None:
+            transitions.give_back_slot(key)
+        return claim
 
 
 def _with_reconnect(write: Callable[[], T]) -> T:

@@ -22,9 +22,11 @@ class DispatchEnvelope:
     priority: int
     attempt: int
     dispatch_token: str
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:
@@ -50,6 +52,8 @@ def parse(data: Any) -> DispatchEnvelope:
         priority=_field(data, "priority", int),
         attempt=_field(data, "attempt", int),
         dispatch_token=_field(data, "dispatch_token", str),
+        concurrency_key=_field(data, "concurrency_key", str) if "concurrency_key" in data else None,
+        concurrency_limit=_field(data, "concurrency_limit", int) if "concurrency_key" in data else None,
     )
     for name in ("job_id", "dispatch_token"):
         try:

@@ -72,7 +72,7 @@ class JobMachine(RuleBasedStateMachine):
         if not self.jobs:
             return Message(uuid.uuid4(), uuid.uuid4())
         job_id = self._job(index)
-        row = Outbox.objects.filter(job_id=job_id).order_by("id").first()
+        row = Outbox.objects.filter(job_id=job_id, topic="jobs").order_by("id").first()
         if row is None:
             return Message(job_id, uuid.uuid4())  # a message that never matched any dispatch
         token = uuid.UUID(row.envelope["dispatch_token"])

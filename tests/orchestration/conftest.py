@@ -117,6 +117,7 @@ class Stack:
             "KAFKA_JOBS_DEAD_TOPIC": topics["dead"],
             "KAFKA_BRIDGE_GROUP": topics["group"],
             "KAFKA_JOBS_PARTITIONS": "2",
+            "SCHEDULER_LOCK_KEY": f"test-scheduler-{uuid.uuid4().hex}",
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }

@@ -3,6 +3,7 @@ lost workers, lost messages, leader election and fencing."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,15 +14,15 @@ from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from jobs.services import JobSpec
 from orchestration import celery_queues
 from orchestration.relay import Relay
-from orchestration.scheduler import LOCK_KEY, Fenced, Scheduler, fence
+from orchestration.scheduler import Fenced, Scheduler, fence
 
 
 @pytest.fixture
-def scheduler_keys():
-    client = celery_queues.client()
-    client.delete(LOCK_KEY)
-    yield client
-    client.delete(LOCK_KEY)
+def scheduler_keys(settings):
+    # A leadership of this test's own: no other scheduler (a dev stack's, another test's) competes.
+    settings.SCHEDULER_LOCK_KEY = f"test-scheduler-{uuid.uuid4().hex}"
+    yield celery_queues.client()
+    celery_queues.client().delete(f"{settings.SCHEDULER_LOCK_KEY}:leader", f"{settings.SCHEDULER_LOCK_KEY}:epoch")
 
 
 def submit(user, type: str = "demo.noop", **spec) -> Job:
@@ -159,3 +160,61 @@ def test_the_leader_fires_due_cron_slots(user, scheduler_keys, topics):
     assert result is not None
     assert result.cron_fired == 1
     assert Job.objects.filter(idempotency_key__startswith=f"schedule:{schedule.id}:").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrency_key_is_never_exceeded(user, scheduler_keys, topics):
+    import threading
+    import time
+
+    import orjson
+    from django.db import connection
+
+    from orchestration.worker import execute
+
+    jobs = [
+        submit(user, "demo.sleep", payload={"seconds": 0.2}, concurrency_key="account-7", concurrency_limit=2)
+        for _ in range(8)
+    ]
+    free = submit(user, "demo.noop")
+    done = threading.Event()
+    outcomes: list[str] = []
+
+    def worker() -> None:  # stands in for relay + bridge + Celery: takes dispatches from the outbox
+        while not done.is_set():
+            with connection.cursor() as cur:
+                cur.execute(
+                    "DELETE FROM jobs_outbox WHERE id = (SELECT id FROM jobs_outbox WHERE topic = 'jobs' "
+                    "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING envelope"
+                )
+                row = cur.fetchone()
+            if row is None:
+                time.sleep(0.02)
+                continue
+            envelope = orjson.loads(row[0]) if isinstance(row[0], str) else row[0]
+            outcomes.append(execute(envelope).status)
+        connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    scheduler = Scheduler()
+    deadline = time.monotonic() + 60
+    try:
+        while Job.objects.exclude(status=JobStatus.SUCCEEDED).exists() and time.monotonic() < deadline:
+            scheduler.tick()
+            time.sleep(0.1)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
+    assert "HELD" in outcomes  # the limit really held jobs back
+    attempts = list(JobAttempt.objects.filter(job__in=jobs).values_list("started_at", "finished_at"))
+    assert len(attempts) == 8  # each keyed job ran exactly once
+    for start, _ in attempts:  # at no start were more than 2 attempts of the key running
+        assert sum(1 for s, f in attempts if s <= start < f) <= 2
+    assert Job.objects.get(id=free.id).attempts == 1
+    from jobs.models import ConcurrencySlot
+
+    assert ConcurrencySlot.objects.get(key="account-7").running == 0
