@@ -292,11 +292,14 @@ def request_cancel(job_id: uuid.UUID | str) -> bool:
     )
 
 
-def mark_cancelled(job_id: uuid.UUID | str, *, attempt: int, reason: str = "cancelled") -> bool:
-    """RUNNING → CANCELLED once the worker stopped the handler of `attempt`."""
+def mark_cancelled(
+    job_id: uuid.UUID | str, *, attempt: int, reason: str = "cancelled", lease_expired_before: datetime | None = None
+) -> bool:
+    """RUNNING → CANCELLED once the worker stopped the handler of `attempt` (or, with
+    `lease_expired_before`, once its worker was lost after the cancel was requested)."""
     return _end_running(
         job_id, attempt, status=JobStatus.CANCELLED, attempt_status=AttemptStatus.CANCELLED, error=reason,
-        finished_at=timezone.now(), dispatch_token=None,
+        lease_expired_before=lease_expired_before, finished_at=timezone.now(), dispatch_token=None,
     )  # fmt: skip
 
 

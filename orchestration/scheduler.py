@@ -205,7 +205,9 @@ class Scheduler:
         expired = list(
             Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
             .order_by("lease_expires_at")
-            .values("id", "attempt_seq", "attempts", "max_attempts", "backoff", "worker")[: self.batch]
+            .values("id", "attempt_seq", "attempts", "max_attempts", "backoff", "worker", "cancel_requested_at")[
+                : self.batch
+            ]
         )
         reaped = 0
         for job in expired:
@@ -215,7 +217,12 @@ class Scheduler:
             )
             with transaction.atomic():
                 fence(epoch)
-                if isinstance(decision, policy.Retry):
+                if job["cancel_requested_at"] is not None:  # a cancel outlives its worker
+                    won = transitions.mark_cancelled(
+                        job["id"], attempt=job["attempt_seq"], reason="cancelled (worker lost)",
+                        lease_expired_before=now,
+                    )  # fmt: skip
+                elif isinstance(decision, policy.Retry):
                     won = transitions.schedule_retry(
                         job["id"], attempt=job["attempt_seq"], next_retry_at=decision.at, error=error,
                         attempt_status=AttemptStatus.LOST, lease_expired_before=now,

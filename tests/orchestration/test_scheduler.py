@@ -218,3 +218,15 @@ def test_a_concurrency_key_is_never_exceeded(user, scheduler_keys, topics):
     from jobs.models import ConcurrencySlot
 
     assert ConcurrencySlot.objects.get(key="account-7").running == 0
+
+
+@pytest.mark.django_db
+def test_a_cancel_survives_the_loss_of_its_worker(user, scheduler_keys, topics):
+    job = submit(user, "demo.sleep", payload={"seconds": 60})
+    claim(job, lease=0.001)
+    services.job_cancel(job_id=job.id)  # requested while RUNNING; then the worker dies
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.lost_workers == 1
+    assert Job.objects.get(id=job.id).status == JobStatus.CANCELLED
+    assert JobAttempt.objects.get(job_id=job.id).status == AttemptStatus.CANCELLED
