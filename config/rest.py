@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
-import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -126,15 +125,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 # --- Throttling ---------------------------------------------------------------------------
 
-_redis_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _redis_client
-    if _redis_client is None:
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _redis_client
-
 
 def parse_rate(rate: str) -> tuple[int, int]:
     """'100/s' → (100, 1); '6000/m' → (6000, 60)."""
@@ -159,7 +149,9 @@ class PerUserThrottle(BaseThrottle):
         now = time.time()
         window = int(now // self.period)
         key = f"{settings.API_THROTTLE_PREFIX}:{ident}:{self.period}:{window}"
-        pipe = _redis().pipeline(transaction=False)
+        from orchestration.celery_queues import client  # the process's shared Redis client
+
+        pipe = client().pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, self.period + 1)
         count = pipe.execute()[0]

@@ -11,12 +11,13 @@ from arroyo.processing.strategies.abstract import ProcessingStrategy
 from arroyo.types import BrokerValue, Message
 
 from orchestration.consumers.envelope import BadEnvelope, DispatchEnvelope, parse
+from orchestration.consumers.steps.forwarding import ForwardingStep
 from orchestration.handlers import is_registered
 
 logger = logging.getLogger("orchestration.bridge")
 
 
-class DecodeJobEvent(ProcessingStrategy[KafkaPayload]):
+class DecodeJobEvent(ForwardingStep):
     def __init__(self, next_step: ProcessingStrategy[DispatchEnvelope]) -> None:
         self.next_step = next_step
         self.rejected = 0
@@ -37,15 +38,3 @@ class DecodeJobEvent(ProcessingStrategy[KafkaPayload]):
             )
             raise InvalidMessage(value.partition, value.offset, reason=reason, log_exception=False) from exc
         self.next_step.submit(message.replace(envelope))
-
-    def poll(self) -> None:
-        self.next_step.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.next_step.join(timeout)
-
-    def close(self) -> None:
-        self.next_step.close()
-
-    def terminate(self) -> None:
-        self.next_step.terminate()

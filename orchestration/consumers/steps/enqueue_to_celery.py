@@ -23,13 +23,14 @@ from kombu.exceptions import OperationalError
 
 from orchestration import celery_queues
 from orchestration.consumers.envelope import DispatchEnvelope
+from orchestration.consumers.steps.forwarding import ForwardingStep
 
 logger = logging.getLogger("orchestration.bridge")
 
 TASK_NAME = "orchestration.run_job"
 
 
-class EnqueueToCelery(ProcessingStrategy[DispatchEnvelope]):
+class EnqueueToCelery(ForwardingStep):
     def __init__(
         self,
         next_step: ProcessingStrategy[DispatchEnvelope],
@@ -113,15 +114,3 @@ class EnqueueToCelery(ProcessingStrategy[DispatchEnvelope]):
         self._depth[envelope.queue] = (read_at, depth + 1)
         self.enqueued += 1
         self.next_step.submit(message)
-
-    def poll(self) -> None:
-        self.next_step.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.next_step.join(timeout)
-
-    def close(self) -> None:
-        self.next_step.close()
-
-    def terminate(self) -> None:
-        self.next_step.terminate()
