@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import django_filters
 from django.db import connection
@@ -15,11 +15,16 @@ from rest_framework.exceptions import NotFound
 from jobs.errors import JobNotFound
 from jobs.models import Job, JobStatus, Schedule
 
+M = TypeVar("M", Job, Schedule)
+
+
+def visible_to(queryset: QuerySet[M], user: Any) -> QuerySet[M]:
+    """Users see their own objects; staff see all."""
+    return queryset if user.is_staff else queryset.filter(owner_id=user.pk)
+
 
 def job_visible_to(user: Any) -> QuerySet[Job]:
-    """Users see their own jobs; staff see all."""
-    qs = Job.objects.all()
-    return qs if user.is_staff else qs.filter(owner_id=user.pk)
+    return visible_to(Job.objects.all(), user)
 
 
 def job_get(*, user: Any, job_id: uuid.UUID | str) -> Job:
@@ -91,8 +96,7 @@ def job_get_stats(*, user: Any) -> dict[str, Any]:
 
 
 def schedule_visible_to(user: Any) -> QuerySet[Schedule]:
-    qs = Schedule.objects.all()
-    return qs if user.is_staff else qs.filter(owner_id=user.pk)
+    return visible_to(Schedule.objects.all(), user)
 
 
 def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:

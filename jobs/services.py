@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from django.db import connection, transaction
@@ -56,26 +56,36 @@ class Submitted:
     created: bool  # False: an idempotent replay returned the job created earlier
 
 
-def dispatch_envelope(
-    job_id: uuid.UUID,
-    *,
-    type: str,
-    queue: str,
-    priority: int,
-    attempt: int,
-    token: uuid.UUID,
-    concurrency_key: str | None = None,
-    concurrency_limit: int | None = None,
-) -> dict[str, Any]:
+class DispatchSource(Protocol):
+    """What a dispatch is made from: a JobSpec, a Job, or a job the scheduler released."""
+
+    # Read-only members, so frozen dataclasses satisfy it too.
+    @property
+    def type(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def concurrency_key(self) -> str | None: ...
+    @property
+    def concurrency_limit(self) -> int | None: ...
+
+
+def dispatch_envelope(job_id: uuid.UUID, source: DispatchSource, *, attempt: int, token: uuid.UUID) -> dict[str, Any]:
     """The small, versioned message the relay publishes to Kafka for one dispatch (the
     concurrency fields only when the job has a key)."""
-    limits = {"concurrency_key": concurrency_key, "concurrency_limit": concurrency_limit} if concurrency_key else {}
+    limits = (
+        {"concurrency_key": source.concurrency_key, "concurrency_limit": source.concurrency_limit}
+        if source.concurrency_key
+        else {}
+    )
     return limits | {
         "v": ENVELOPE_VERSION,
         "job_id": str(job_id),
-        "type": type,
-        "queue": queue,
-        "priority": priority,
+        "type": source.type,
+        "queue": source.queue,
+        "priority": source.priority,
         "attempt": attempt,
         "dispatch_token": str(token),
     }
@@ -198,19 +208,7 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
         replays = _existing_for_replays(owner_id, [r for r in keyed if r.id not in inserted])
         _write_outbox(
             [
-                (
-                    r.id,
-                    dispatch_envelope(
-                        r.id,
-                        type=r.spec.type,
-                        queue=r.spec.queue,
-                        priority=r.spec.priority,
-                        attempt=1,
-                        token=r.token,
-                        concurrency_key=r.spec.concurrency_key,
-                        concurrency_limit=r.spec.concurrency_limit,
-                    ),
-                )
+                (r.id, dispatch_envelope(r.id, r.spec, attempt=1, token=r.token))
                 for r in rows
                 if r.token is not None and r.id in inserted
             ],
@@ -292,10 +290,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
         if not transitions.requeue(job_id, dispatch_token=token):
             _raise_illegal(job_id, "retry")
         if token is not None:
-            envelope = dispatch_envelope(
-                job.id, type=job.type, queue=job.queue, priority=job.priority, attempt=job.attempt_seq + 1, token=token,
-                concurrency_key=job.concurrency_key, concurrency_limit=job.concurrency_limit,
-            )  # fmt: skip
+            envelope = dispatch_envelope(job.id, job, attempt=job.attempt_seq + 1, token=token)
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
 
@@ -315,22 +310,7 @@ def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | N
 def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
     """Outbox rows for jobs the scheduler made dispatchable (call in its transaction)."""
     _write_outbox(
-        [
-            (
-                r.job_id,
-                dispatch_envelope(
-                    r.job_id,
-                    type=r.type,
-                    queue=r.queue,
-                    priority=r.priority,
-                    attempt=r.attempt,
-                    token=r.dispatch_token,
-                    concurrency_key=r.concurrency_key,
-                    concurrency_limit=r.concurrency_limit,
-                ),
-            )
-            for r in released
-        ],
+        [(r.job_id, dispatch_envelope(r.job_id, r, attempt=r.attempt, token=r.dispatch_token)) for r in released],
         timezone.now(),
     )
 

@@ -121,6 +121,9 @@ class TickResult:
     held_released: int = 0
     skipped: list[str] = field(default_factory=list)
 
+    def moved_anything(self) -> bool:
+        return any(count for name, count in vars(self).items() if name != "skipped")
+
 
 class Scheduler:
     def __init__(
@@ -312,14 +315,7 @@ class Scheduler:
             if (result is not None) != leading:
                 leading = result is not None
                 logger.info("scheduler.role", extra={"leading": leading, "identity": self.identity})
-            if result and (
-                result.retries
-                or result.delayed
-                or result.lost_workers
-                or result.stale_dispatches
-                or result.cron_fired
-                or result.held_released
-            ):
+            if result and result.moved_anything():
                 logger.info("scheduler.tick", extra=vars(result))
             stop.wait(max(0.0, tick - (time.monotonic() - started)))
         self.lock.release()

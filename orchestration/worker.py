@@ -160,22 +160,25 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def _interruptible(watch: _Watch, timeout: float) -> Iterator[None]:
-    """Run the body with SIGALRM armed for `timeout`; the alarm (or the monitor) raises
-    Interrupted inside it. Outside the main thread only the cooperative checks apply."""
+def _handler_running(job_id: uuid.UUID, attempt: int, timeout: float) -> Iterator[None]:
+    """While the body runs the handler: the monitor watches the job, and SIGALRM is armed for
+    `timeout` (the alarm, or the monitor after an ignored cancel, raises Interrupted inside
+    it). Outside the main thread only the cooperative checks apply."""
     global _armed
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
-        signal.signal(signal.SIGALRM, _on_alarm)
-    _armed = watch
-    signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
+    watch = MONITOR.watch(job_id, attempt)
+    armed = threading.current_thread() is threading.main_thread()
+    if armed:
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+            signal.signal(signal.SIGALRM, _on_alarm)
+        _armed = watch
+        signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
     try:
         yield
     finally:
-        _armed = None
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if armed:
+            _armed = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        MONITOR.clear()
 
 
 def _permanent_exceptions() -> tuple[type[BaseException], ...]:
@@ -212,7 +215,6 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
         return Outcome(str(job_id), "SKIPPED", recorded=False)
 
     handler = get_handler(claim.type)
-    watch = MONITOR.watch(job_id, claim.attempt)
     ctx = JobContext(
         job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
         is_cancel_requested=MONITOR.cancel_requested,
@@ -221,22 +223,19 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
         try:
-            with _interruptible(watch, claim.timeout_seconds):
+            with _handler_running(job_id, claim.attempt, claim.timeout_seconds):
                 result = handler(claim.payload, ctx)
             orjson.dumps(result)  # must be storable as JSON
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
     except (JobCancelled, Interrupted) as exc:
-        MONITOR.clear()
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             won = _with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt))
             return _record(job_id, "CANCELLED", won)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
-        MONITOR.clear()
         permanent = isinstance(exc, _permanent_exceptions())
         return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
-    MONITOR.clear()
     won = _with_reconnect(lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result))
     return _record(job_id, "SUCCEEDED", won)
 

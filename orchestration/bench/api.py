@@ -24,7 +24,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from jobs.models import Job
-from jobs.services import dispatch_envelope
+from jobs.services import JobSpec, dispatch_envelope
 from orchestration.bench.stats import Progress, ms, percentile
 
 BENCH_USER = "bench"
@@ -134,7 +134,7 @@ def _timed_batches(
 
 
 def _envelope(job_id: uuid.UUID, token: uuid.UUID) -> str:
-    env = dispatch_envelope(job_id, type="demo.noop", queue="default", priority=5, attempt=1, token=token)
+    env = dispatch_envelope(job_id, JobSpec(type="demo.noop"), attempt=1, token=token)
     return orjson.dumps(env).decode()
 
 
