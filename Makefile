@@ -25,8 +25,10 @@ run: venv
 	$(PY) -m orchestration.devstack
 
 # Test suite against real engines (embedded ones for any URL that is unset).
+# LOG_SHIPPING=false: the test process's own records stay on the console (tests that ship
+# logs set up their handler and topics themselves).
 test: venv
-	$(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
+	LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # Lint and type-check.
 lint: venv

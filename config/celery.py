@@ -4,6 +4,7 @@ in `orchestration.tasks`."""
 import os
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -14,3 +15,12 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # it at the start of each task (close_old_connections), as Django does per request.
 app.conf["CELERY_DB_REUSE_MAX"] = 10_000
 app.autodiscover_tasks()
+
+
+@worker_process_shutdown.connect
+def _flush_shipped_logs(**kwargs: object) -> None:
+    # A prefork child leaves through os._exit, which skips atexit and so logging.shutdown:
+    # send its last log records to Kafka first.
+    from logs.handler import flush_all
+
+    flush_all()

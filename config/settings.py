@@ -8,6 +8,7 @@ fallbacks for secrets or hosts.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -182,10 +183,33 @@ SPECTACULAR_SETTINGS = {
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # Modules imported at start-up so their @handler registrations exist in every role.
 JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.builtin_handlers"])
+# `jobs/?log_contains=` asks ClickHouse for the matching job ids first; more than this is an
+# error asking for a narrower filter rather than a huge IN list.
+JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)
+JOB_FAILED_LOG_LINES = env.int("JOB_FAILED_LOG_LINES", default=10)  # shown per failed attempt in jobs/{id}
 
 # --- Logging ----------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
+KAFKA_LOGS_TOPIC = env.str("KAFKA_LOGS_TOPIC", default="logs")
+KAFKA_LOGS_DLQ_TOPIC = env.str("KAFKA_LOGS_DLQ_TOPIC", default=f"{KAFKA_LOGS_TOPIC}.dlq")
+KAFKA_LOGS_PARTITIONS = env.int("KAFKA_LOGS_PARTITIONS", default=4)
+KAFKA_LOG_SINK_GROUP = env.str("KAFKA_LOG_SINK_GROUP", default="orchestration-log-sink")
+# Every role ships its records to Kafka `logs` (logs.handler) when Kafka is configured.
+LOG_SHIPPING = env.bool("LOG_SHIPPING", default=bool(KAFKA_BOOTSTRAP_SERVERS))
+LOG_SHIPPING_LEVEL = env.str("LOG_SHIPPING_LEVEL", default=LOG_LEVEL)
+LOG_HANDLER_QUEUE_SIZE = env.int("LOG_HANDLER_QUEUE_SIZE", default=10_000)
+LOG_HANDLER_FLUSH_SECONDS = env.float("LOG_HANDLER_FLUSH_SECONDS", default=0.2)
+# The sink inserts when it holds this many records or the oldest has waited this long.
+LOG_SINK_BATCH_SIZE = env.int("LOG_SINK_BATCH_SIZE", default=20_000)
+LOG_SINK_BATCH_SECONDS = env.float("LOG_SINK_BATCH_SECONDS", default=0.5)
+LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
+LOGS_INGEST_MAX = env.int("LOGS_INGEST_MAX", default=1000)
+CLICKHOUSE_LOGS_TABLE = env.str("CLICKHOUSE_LOGS_TABLE", default="logs")
+# Whole seconds: clickhouse-connect takes integers.
+CLICKHOUSE_CONNECT_TIMEOUT = env.int("CLICKHOUSE_CONNECT_TIMEOUT", default=2)
+CLICKHOUSE_QUERY_TIMEOUT = env.int("CLICKHOUSE_QUERY_TIMEOUT", default=30)
+
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -200,6 +224,16 @@ LOGGING = {
         "celery.worker.strategy": {"level": "WARNING"},
     },
 }
+if LOG_SHIPPING:
+    LOGGING["handlers"]["kafka"] = {
+        "()": "logs.handler.KafkaLogHandler",
+        "bootstrap_servers": KAFKA_BOOTSTRAP_SERVERS,
+        "topic": KAFKA_LOGS_TOPIC,
+        "queue_size": LOG_HANDLER_QUEUE_SIZE,
+        "flush_interval": LOG_HANDLER_FLUSH_SECONDS,
+        "level": LOG_SHIPPING_LEVEL,
+    }
+    LOGGING["root"]["handlers"].append("kafka")
 
 DATA_DIR = DATA_DIR
 

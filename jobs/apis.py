@@ -24,6 +24,8 @@ from jobs.serializers import (
     JobStatsSerializer,
     ScheduleSerializer,
 )
+from logs.apis import LogStoreUnavailableError
+from logs.search import LogStoreUnavailable
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -52,6 +54,9 @@ class JobListCreateApi(APIView):
             OpenApiParameter("queue", OpenApiTypes.STR),
             OpenApiParameter("created_after", OpenApiTypes.DATETIME),
             OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+            OpenApiParameter(
+                "log_contains", OpenApiTypes.STR, description="Only jobs whose logs contain this text (any case)."
+            ),
             OpenApiParameter("cursor", OpenApiTypes.STR),
             OpenApiParameter("page_size", OpenApiTypes.INT, description="1-1000, default 50."),
         ],
@@ -60,10 +65,15 @@ class JobListCreateApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        filterset = selectors.JobFilter(request.query_params, queryset=selectors.job_visible_to(request.user))
+        filterset = selectors.JobFilter(
+            request.query_params, queryset=selectors.job_visible_to(request.user), request=request
+        )
         if not filterset.is_valid():
             raise ValidationError(filterset.errors)
-        rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+        try:
+            rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+        except LogStoreUnavailable as exc:
+            raise LogStoreUnavailableError() from exc
         return _page_response(request, rows, next_url, JobSerializer)
 
     @extend_schema(

@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import django_filters
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, QuerySet
 from django.utils import timezone
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 
 from jobs.errors import JobNotFound
 from jobs.models import Job, JobStatus, Schedule
@@ -45,10 +46,34 @@ class JobFilter(django_filters.FilterSet):
     queue = django_filters.CharFilter(field_name="queue")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    log_contains = django_filters.CharFilter(method="filter_log_contains", max_length=200)
 
     class Meta:
         model = Job
-        fields = ["status", "type", "queue", "created_after", "created_before"]
+        fields = ["status", "type", "queue", "created_after", "created_before", "log_contains"]
+
+    def filter_log_contains(self, queryset: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
+        """Jobs with a log record containing `value` (any case), asked of ClickHouse first;
+        a job's records are never older than the job, so `created_after` bounds that search."""
+        from logs import search
+
+        user = self.request.user if self.request is not None else None
+        limit = settings.JOBS_LOG_CONTAINS_MAX
+        ids = search.job_ids_with_text(
+            value,
+            owner_id=None if user is None or user.is_staff else user.pk,
+            since=self.form.cleaned_data.get("created_after"),
+            limit=limit + 1,
+        )
+        if len(ids) > limit:
+            raise ValidationError(
+                {
+                    "log_contains": [
+                        f"matches the logs of more than {limit} jobs; narrow it with created_after, type or status"
+                    ]
+                }
+            )
+        return queryset.filter(id__in=ids)
 
 
 _LATENCY_SQL = """

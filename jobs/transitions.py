@@ -43,6 +43,7 @@ class Claim:
     backoff: dict[str, Any]
     timeout_seconds: int
     lease_expires_at: datetime
+    owner_id: int = 0
 
 
 def current_status(job_id: uuid.UUID | str) -> str | None:
@@ -112,12 +113,12 @@ WITH claimed AS (
        AND status IN ('PENDING', 'QUEUED')
        AND dispatch_token = %(token)s
        AND attempts < max_attempts
-    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds
+    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id
 ), history AS (
     INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
     SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
 )
-SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds FROM claimed
+SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id FROM claimed
 """
 
 
@@ -139,7 +140,7 @@ def mark_running(
         row = cur.fetchone()
     if row is None:
         return None
-    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout = row
+    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
         attempt=attempt_seq,
@@ -152,6 +153,7 @@ def mark_running(
         backoff=orjson.loads(backoff) if isinstance(backoff, str) else backoff,
         timeout_seconds=timeout,
         lease_expires_at=lease,
+        owner_id=owner_id,
     )
 
 

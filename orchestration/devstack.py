@@ -2,7 +2,7 @@
 
 1. Starts the embedded engines whose URL is unset (or reuses running ones) and writes their
    URLs to `.data/env`, so `manage.py ...` in the checkout talks to this stack.
-2. Applies migrations.
+2. Applies migrations (PostgreSQL, then the ClickHouse logs table).
 3. Runs every role under circus, which restarts a role that dies (within a second or two)
    and prefixes each output line with the role's name.
 4. Waits for `/health/ready`, prints the URLs, and stays in the foreground. Ctrl-C stops the
@@ -71,6 +71,7 @@ def roles(port: int) -> list[Role]:
         Role("relay", [PY, "manage.py", "run_relay"], 34),
         Role("bridge", [PY, "manage.py", "run_bridge"], 35),
         Role("scheduler", [PY, "manage.py", "run_scheduler"], 31),
+        Role("log-sink", [PY, "manage.py", "run_log_sink"], 94),
         Role(
             "flower",
             [
@@ -141,8 +142,10 @@ def start_engines() -> tuple[dict[str, engines.EngineStatus], dict[str, str]]:
 
 
 def migrate(env: dict[str, str]) -> None:
-    say("applying migrations")
-    subprocess.run([PY, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    say("applying migrations (PostgreSQL, ClickHouse)")
+    for command in ("migrate", "clickhouse_migrate"):
+        subprocess.run([PY, "manage.py", command, "--noinput"] if command == "migrate" else [PY, "manage.py", command],
+                       cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
 def wait_ready(port: int, timeout: float = 60.0) -> bool:

@@ -39,6 +39,7 @@ from django.utils.module_loading import import_string
 
 from jobs import transitions
 from jobs.models import AttemptStatus, Job
+from logs.context import JobLogContext, job_log_context
 from orchestration import policy
 from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
 
@@ -214,6 +215,22 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
         logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
         return Outcome(str(job_id), "SKIPPED", recorded=False)
 
+    # Every record written from here to the outcome (the handler's and ours) carries the job.
+    with job_log_context(
+        JobLogContext(
+            job_id=str(job_id),
+            attempt=claim.attempt,
+            type=claim.type,
+            queue=claim.queue,
+            owner_id=claim.owner_id,
+            workflow_id=envelope.get("workflow_id"),
+        )
+    ):
+        return _run_claimed(claim)
+
+
+def _run_claimed(claim: transitions.Claim) -> Outcome:
+    job_id = claim.job_id
     handler = get_handler(claim.type)
     ctx = JobContext(
         job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,

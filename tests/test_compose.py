@@ -20,7 +20,7 @@ def test_every_dev_role_is_a_compose_service_with_the_same_entry_point():
         dev = " ".join(role.cmd[1:])  # without the interpreter path
         key = next(
             part
-            for part in ("run_relay", "run_bridge", "run_scheduler", "worker", "flower", "config.wsgi")
+            for part in ("run_relay", "run_bridge", "run_scheduler", "run_log_sink", "worker", "flower", "config.wsgi")
             if part in dev
         )
         assert key in command, f"{role.name}: compose runs {command!r}, dev stack runs {dev!r}"

@@ -1,0 +1,246 @@
+"""A logging handler that ships every record to Kafka without ever holding up the caller.
+
+    emit() ── JSON (orjson) ──► bounded deque ──► flusher thread ──► confluent-kafka producer
+     (never blocks: when the queue is full the record is dropped and counted)    └► topic `logs`
+
+Why this shape: a log call sits on every hot path (the worker logs per job), so emit() only
+formats the record and appends to a deque (a few µs, see `manage.py bench logs`). Network,
+batching and retries happen on one background thread per process, and librdkafka batches
+again underneath. If Kafka is away, librdkafka buffers up to `buffer_max` records for
+`message_timeout_ms`; after that, and when our own queue is full, records are dropped and
+counted (`dropped`), never waited for.
+
+Fork safety: a Celery prefork child inherits the parent's queue but not its thread; the
+handler resets itself in the child (os.register_at_fork) and starts a flusher there on first
+use, so records are neither lost nor sent twice.
+
+Each record carries timestamp (µs since the epoch), level, logger, message, service, host,
+pid, the job context the worker set (`logs.context.current_job`), the formatted traceback
+under `exception`, and every `extra=` field under `extra`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import uuid
+import weakref
+from collections import deque
+from typing import Any
+
+import orjson
+
+from logs.context import current_job, service_name
+from logs.formatting import STANDARD_ATTRS
+
+_HANDLERS: weakref.WeakSet[KafkaLogHandler] = weakref.WeakSet()
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _looks_like_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+class KafkaLogHandler(logging.Handler):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "logs",
+        queue_size: int = 10_000,
+        flush_interval: float = 0.2,
+        batch_size: int = 1_000,
+        buffer_max: int = 100_000,
+        message_timeout_ms: int = 60_000,
+        service: str | None = None,
+        level: int | str = logging.NOTSET,
+    ) -> None:
+        super().__init__(level)
+        self.topic = topic
+        self.queue_size = queue_size
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.service = service or service_name()
+        self.host = socket.gethostname()
+        self.producer_config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": 1,  # a log line is not worth waiting for every replica
+            "linger.ms": 50,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": buffer_max,
+            "message.timeout.ms": message_timeout_ms,
+            # Only failures come back to us (counted as dropped): no callback per record.
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+        }
+        self.dropped = 0  # records given up on: queue full, buffer full, or Kafka never took them
+        self.sent = 0  # records handed to the producer
+        self._count_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._reset()
+        _HANDLERS.add(self)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._reset())
+
+    def _reset(self) -> None:
+        """Fresh state for this process (at start and in a forked child)."""
+        self._pid = os.getpid()
+        self._queue: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._thread_ident: int | None = None
+        self._producer: Any = None
+
+    # -- caller side ---------------------------------------------------------------------
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if threading.get_ident() == self._thread_ident:
+                return  # a record from our own flusher (say, the producer failing) would loop
+            if self._thread is None:
+                self._start()
+            if len(self._queue) >= self.queue_size:
+                self._count_dropped(1)
+                return
+            self._queue.append(self.serialize(record))
+            if len(self._queue) >= self.batch_size:
+                self._wake.set()
+        except Exception:
+            self.handleError(record)  # prints to stderr; never raises into the caller
+
+    def serialize(self, record: logging.LogRecord) -> bytes:
+        doc: dict[str, Any] = {
+            "timestamp": int(record.created * 1_000_000),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": self.service,
+            "host": self.host,
+            "pid": record.process,
+        }
+        extra_keys = record.__dict__.keys() - STANDARD_ATTRS
+        extra = {k: record.__dict__[k] for k in extra_keys if not k.startswith("_")} if extra_keys else None
+        job = current_job.get()
+        if job is not None:
+            doc["job_id"] = job.job_id
+            doc["attempt"] = job.attempt
+            doc["type"] = job.type
+            doc["queue"] = job.queue
+            if job.owner_id:
+                doc["owner_id"] = job.owner_id
+            if job.workflow_id:
+                doc["workflow_id"] = job.workflow_id
+        elif extra and "job_id" in extra and _looks_like_uuid(extra["job_id"]):
+            # Outside an attempt (claim lost, relayed, ...) a record about one job still
+            # belongs in that job's logs.
+            doc["job_id"] = str(extra.pop("job_id"))
+            if isinstance(extra.get("attempt"), int):
+                doc["attempt"] = extra.pop("attempt")
+        if record.exc_info:
+            doc["exception"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
+        elif record.stack_info:
+            doc["exception"] = record.stack_info
+        if extra:
+            doc["extra"] = extra
+        return orjson.dumps(doc, default=str, option=_DUMPS_OPTIONS)
+
+    def _count_dropped(self, n: int) -> None:
+        with self._count_lock:
+            self.dropped += n
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- background side -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._flush_lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="log-shipper", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def _run(self) -> None:
+        self._thread_ident = threading.get_ident()
+        while not self._closing:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._ship()
+
+    def _ship(self) -> None:
+        """Hand everything queued to the producer (which batches and sends on its own threads)."""
+        with self._flush_lock:
+            if not self._queue:
+                if self._producer is not None:
+                    self._producer.poll(0)  # serve delivery reports
+                return
+            producer = self._get_producer()
+            if producer is None:
+                n = len(self._queue)
+                self._queue.clear()
+                self._count_dropped(n)
+                return
+            sent = dropped = 0
+            while self._queue:
+                value = self._queue.popleft()
+                try:
+                    producer.produce(self.topic, value)
+                    sent += 1
+                except BufferError:  # librdkafka's buffer is full: Kafka has been away a while
+                    producer.poll(0.05)
+                    try:
+                        producer.produce(self.topic, value)
+                        sent += 1
+                    except BufferError:
+                        dropped += 1
+                except Exception:  # e.g. a record over message.max.bytes
+                    dropped += 1
+            producer.poll(0)
+            self.sent += sent
+            if dropped:
+                self._count_dropped(dropped)
+
+    def _get_producer(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            try:
+                self._producer = Producer(self.producer_config)
+            except Exception as exc:
+                print(f"log shipping disabled: cannot create a Kafka producer: {exc}", file=sys.stderr)
+                return None
+        return self._producer
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._count_dropped(1)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Send what is queued and wait (up to `timeout`) until Kafka has it."""
+        if self._pid != os.getpid():
+            return
+        self._ship()
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._closing = True
+            self._wake.set()
+            super().close()
+
+
+def flush_all(timeout: float = 5.0) -> None:
+    """Flush every shipping handler of this process (Celery calls this as a child exits)."""
+    for handler in list(_HANDLERS):
+        handler.flush(timeout)

@@ -1,0 +1,92 @@
+"""Request and response shapes of the logs API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from logs.records import LEVELS, MAX_MESSAGE_CHARS
+
+
+class LevelField(serializers.ChoiceField):
+    """A level name, case-insensitive on input (`warning` = `WARNING`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=list(LEVELS), **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        return str(super().to_internal_value(data.upper() if isinstance(data, str) else data))
+
+
+class LogSearchParams(serializers.Serializer):
+    job_id = serializers.UUIDField(required=False)
+    workflow_id = serializers.UUIDField(required=False)
+    level = LevelField(required=False, help_text="Minimum level: WARNING gives WARNING, ERROR and CRITICAL.")
+    service = serializers.CharField(required=False, max_length=128)
+    q = serializers.CharField(required=False, max_length=200, help_text="Text in the message (any case).")
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=50)
+    cursor = serializers.CharField(required=False, max_length=200)
+    order = serializers.ChoiceField(required=False, choices=["desc", "asc"], default="desc")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["must be after since"]})
+        return attrs
+
+
+class LogRecordSerializer(serializers.Serializer):
+    """One record as the API shows it (and as the contract in ARCHITECTURE.md names it)."""
+
+    id = serializers.UUIDField()
+    timestamp = serializers.DateTimeField()
+    level = serializers.CharField()
+    service = serializers.CharField()
+    logger = serializers.CharField()
+    message = serializers.CharField()
+    job_id = serializers.UUIDField(allow_null=True)
+    workflow_id = serializers.UUIDField(allow_null=True)
+    attempt = serializers.IntegerField(allow_null=True)
+    type = serializers.CharField()
+    queue = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    exception = serializers.CharField(allow_null=True)
+    extra = serializers.DictField()
+
+
+class LogPageSerializer(serializers.Serializer):
+    results = LogRecordSerializer(many=True)
+    next = serializers.URLField(allow_null=True)
+
+
+class IngestRecordSerializer(serializers.Serializer):
+    message = serializers.CharField(max_length=MAX_MESSAGE_CHARS, allow_blank=True, trim_whitespace=False)
+    level = LevelField()
+    service = serializers.CharField(max_length=128)
+    timestamp = serializers.DateTimeField(required=False, help_text="Defaults to the time of the request.")
+    logger = serializers.CharField(required=False, max_length=256, allow_blank=True, default="")
+    job_id = serializers.UUIDField(required=False, allow_null=True)
+    workflow_id = serializers.UUIDField(required=False, allow_null=True)
+    attempt = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31)
+    host = serializers.CharField(required=False, max_length=256, allow_blank=True, default="")
+    pid = serializers.IntegerField(required=False, min_value=0, max_value=2**32 - 1, default=0)
+    exception = serializers.CharField(required=False, max_length=MAX_MESSAGE_CHARS, allow_blank=True, default="")
+    extra = serializers.DictField(required=False, default=dict)
+
+
+class IngestSerializer(serializers.Serializer):
+    records = IngestRecordSerializer(many=True, allow_empty=False)
+
+    def validate_records(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(value) > settings.LOGS_INGEST_MAX:
+            raise serializers.ValidationError(f"at most {settings.LOGS_INGEST_MAX} records per request")
+        return value
+
+
+class LogStatsSerializer(serializers.Serializer):
+    by_level = serializers.DictField(child=serializers.IntegerField())
+    by_service = serializers.DictField(child=serializers.IntegerField())
