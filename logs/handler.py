@@ -237,6 +237,7 @@ class KafkaLogHandler(logging.Handler):
         finally:
             self._closing = True
             self._wake.set()
+            self._producer = None  # releases librdkafka's threads and connections
             super().close()
 
 

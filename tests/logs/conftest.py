@@ -3,6 +3,7 @@ a way to store records directly (the same columnar insert the sink uses)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from logs import store
 from logs.records import Batch
+from logs.sink import LogSink
 from orchestration import kafka
 
 
@@ -39,6 +41,19 @@ def log_topics(settings: Any) -> Iterator[dict[str, str]]:
     kafka.ensure_topics([names["logs"], names["dlq"]], 2)
     yield names
     AdminClient(kafka.base_config()).delete_topics([names["logs"], names["dlq"]])
+
+
+class RunningSink:
+    def __init__(self) -> None:
+        self.sink = LogSink(batch_size=500, batch_seconds=0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sink.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
 
 
 def micros(dt: datetime) -> int:
@@ -71,3 +86,7 @@ def store_records(*docs: dict[str, Any]) -> None:
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
+
+
+# The dispatch pipeline's fixtures, for the end-to-end test of a job's logs.
+from tests.orchestration.conftest import queue, topics  # noqa: E402, F401

@@ -130,6 +130,7 @@ class Stack:
             "relay": [sys.executable, "manage.py", "run_relay"],
             "bridge": [sys.executable, "manage.py", "run_bridge"],
             "scheduler": [sys.executable, "manage.py", "run_scheduler"],
+            "log-sink": [sys.executable, "manage.py", "run_log_sink"],
             "worker": [
                 sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--queues", self.queue,
                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
