@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-1
 TEST_ENGINES ?= postgres,redis,kafka,clickhouse
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-api venv clean-data
+.PHONY: run test lint format bench bench-api bench-logs venv clean-data
 
 # Create .venv and install requirements/dev.txt (again only when requirements change).
 venv: $(STAMP)
@@ -50,6 +50,10 @@ bench: venv
 # Submit-API benchmark against the running dev stack (`make run` in another terminal).
 bench-api: venv
 	$(PY) manage.py bench api
+
+# Log pipeline benchmark: handler cost, sink ingest rate, query latency over 10M rows.
+bench-logs: venv
+	LOG_SHIPPING=false $(PY) manage.py bench logs
 
 # Stop embedded engines and delete their data.
 clean-data: venv

@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from jobs import services
 from jobs.errors import JobError
@@ -27,6 +27,44 @@ from orchestration.handlers import is_registered
 def pretty_json(value: Any) -> str:
     text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
     return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', text)
+
+
+LEVEL_COLOURS = {"DEBUG": "#6b7280", "INFO": "#1d4ed8", "WARNING": "#b45309", "ERROR": "#b91c1c", "CRITICAL": "#7f1d1d"}
+ADMIN_LOG_LINES = 200
+
+
+def render_job_logs(job: Job) -> str:
+    """The job's last log lines from ClickHouse, oldest first, coloured by level."""
+    from logs import search
+
+    link = format_html('<a href="/api/v1/jobs/{}/logs/">all log records of this job</a>', job.id)
+    try:
+        records, more = search.search(search.LogQuery(job_id=job.id, limit=ADMIN_LOG_LINES))
+    except search.LogStoreUnavailable as exc:
+        return format_html("<em>The log store is not answering ({}).</em> {}", exc, link)
+    if not records:
+        return format_html("<em>No log records yet.</em> {}", link)
+    rows = format_html_join(
+        "",
+        '<tr><td style="white-space:nowrap">{}</td><td style="color:{};font-weight:600">{}</td><td>{}</td>'
+        "<td>{}</td><td>{}</td><td><pre style=\"margin:0;white-space:pre-wrap\">{}{}</pre></td></tr>",
+        (
+            (
+                r["timestamp"].strftime("%Y-%m-%d %H:%M:%S.%f"), LEVEL_COLOURS.get(r["level"], "inherit"), r["level"],
+                r["attempt"] or "", r["service"], r["logger"], r["message"],
+                "\n" + r["exception"] if r["exception"] else "",
+            )
+            for r in reversed(records)
+        ),
+    )  # fmt: skip
+    note = f"the last {ADMIN_LOG_LINES} records; " if more else ""
+    return format_html(
+        '<table style="width:100%"><thead><tr><th>time (UTC)</th><th>level</th><th>attempt</th><th>service</th>'
+        "<th>logger</th><th>message</th></tr></thead><tbody>{}</tbody></table><p>{}{}</p>",
+        rows,
+        note,
+        link,
+    )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -106,7 +144,7 @@ class JobAdmin(ReadOnlyAdmin):
     inlines = [AttemptInline]
     fields = readonly_fields = (
         "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
-        "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
+        "logs_panel", "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
         "next_retry_at", "idempotency_key", "dispatch_token", "worker", "lease_expires_at",
         "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at",
     )  # fmt: skip
@@ -114,6 +152,10 @@ class JobAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The change list must be reachable for actions; the form itself stays read-only.
         return obj is None and request.user.is_staff
+
+    @admin.display(description="logs")
+    def logs_panel(self, obj: Job) -> str:
+        return render_job_logs(obj)
 
     @admin.display(description="payload")
     def payload_pretty(self, obj: Job) -> str:

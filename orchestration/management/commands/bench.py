@@ -1,10 +1,11 @@
-"""`manage.py bench api`: benchmarks that print measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs`: benchmarks that print measured numbers next to a same-run baseline."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 
@@ -26,6 +27,12 @@ class Command(BaseCommand):
         pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
         pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
+        logs = sub.add_parser("logs", help="log handler cost, sink ingest rate and query latency, with baselines")
+        logs.add_argument("--records", type=int, default=200_000, help="records for the handler cost")
+        logs.add_argument("--sink-records", type=int, default=500_000, help="records for the sink ingest rate")
+        logs.add_argument("--rows", type=int, default=10_000_000, help="rows of the generated table for queries")
+        logs.add_argument("--lookups", type=int, default=200, help="lookups by job id")
+        logs.add_argument("--only", nargs="*", choices=["handler", "sink", "query"], help="run only these parts")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["which"] == "api":
@@ -40,6 +47,15 @@ class Command(BaseCommand):
                 keep=opts["keep"],
                 out=self.stdout,
             )
+        elif opts["which"] == "logs":
+            from orchestration.bench import logs
+
+            self.stdout.write(f"bench logs ({os.cpu_count()} CPUs, Kafka {settings.KAFKA_BOOTSTRAP_SERVERS}, "
+                              f"ClickHouse {settings.CLICKHOUSE_URL})")  # fmt: skip
+            logs.run(
+                records=opts["records"], sink_records=opts["sink_records"], rows=opts["rows"],
+                lookups=opts["lookups"], only=opts["only"], out=self.stdout,
+            )  # fmt: skip
         elif opts["which"] == "pipeline":
             from orchestration.bench import pipeline
 
