@@ -14,6 +14,7 @@ worker stamps on every record of an attempt.
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from django.conf import settings
 
 from logs import store
 from logs.records import LEVELS
@@ -131,10 +133,29 @@ def _record(row: Sequence[Any]) -> dict[str, Any]:
     return rec
 
 
+# Newest-first searches that are not about one job read the table in windows back from their
+# upper bound and stop once the page is full. The table is ordered by job, so a frequent term
+# would otherwise scan and sort every matching row of the retention period to return the
+# newest 50 (measured in docs/benchmarks.md). Windows follow the daily partitions and double
+# (1, 1, 2, 4, ... days), so a rare term still reads each partition once, in a few queries.
+DAY_US = 86_400_000_000
+
+
+def window_bounds(top: int, floor: int | None, max_days: int) -> list[int]:
+    """Lower bounds (µs, newest first) of the windows below `top`, down to `floor`."""
+    start = (top - 1) // DAY_US * DAY_US  # the start of the UTC day holding the newest record wanted
+    bounds, span = [start], 1
+    while (bound := start - span * DAY_US) > start - max_days * DAY_US:
+        bounds.append(bound)
+        span = span * 2 + 1
+    return [b for b in bounds if floor is None or b > floor]
+
+
 def search(query: LogQuery) -> tuple[list[dict[str, Any]], str | None]:
     """One page of records and the cursor of the next page (None at the end)."""
-    params: dict[str, Any] = {"limit": query.limit + 1}
+    params: dict[str, Any] = {}
     clauses = _where(query, params)
+    upper: int | None = params.get("until")
     if query.cursor:
         ts, rid = decode_cursor(query.cursor)
         op = ">" if query.ascending else "<"
@@ -142,12 +163,30 @@ def search(query: LogQuery) -> tuple[list[dict[str, Any]], str | None]:
             f"(timestamp, id) {op} (fromUnixTimestamp64Micro({{cursor_ts:Int64}}, 'UTC'), {{cursor_id:UUID}})"
         )
         params["cursor_ts"], params["cursor_id"] = ts, str(rid)
+        upper = ts + 1 if upper is None else min(upper, ts + 1)
     direction = "ASC" if query.ascending else "DESC"
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     # S608: only fixed fragments and the configured table name are in the text; values are bound.
     order = f" ORDER BY timestamp {direction}, id {direction} LIMIT {{limit:UInt32}}"
-    sql = f"SELECT {_SELECT} FROM {store.table()}{where}{order}"  # noqa: S608
-    rows = _run(sql, params)
+    select = f"SELECT {_SELECT} FROM {store.table()} WHERE "  # noqa: S608
+    want = query.limit + 1
+    bounds: list[int] = []  # lower bounds (µs) of the windows, newest first
+    if not query.ascending and query.job_id is None:
+        top = upper if upper is not None else int(time.time() * 1_000_000) + 1
+        bounds = window_bounds(top, params.get("since"), settings.LOG_RETENTION_DAYS)
+    rows: list[tuple[Any, ...]] = []
+    newer_than: int | None = None
+    for lower in [*bounds, None]:
+        step, step_params = list(clauses), {**params, "limit": want - len(rows)}
+        if newer_than is not None:  # strictly older than what the previous window covered
+            step.append("timestamp < fromUnixTimestamp64Micro({w_upper:Int64}, 'UTC')")
+            step_params["w_upper"] = newer_than
+        if lower is not None:
+            step.append("timestamp >= fromUnixTimestamp64Micro({w_lower:Int64}, 'UTC')")
+            step_params["w_lower"] = lower
+        rows += _run(select + (" AND ".join(step) or "1") + order, step_params)
+        if len(rows) >= want:
+            break
+        newer_than = lower
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]

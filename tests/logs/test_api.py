@@ -235,3 +235,21 @@ def test_the_log_store_being_away_is_503_for_searches_but_not_for_a_job(api, use
     assert api.get(f"/api/v1/jobs/{job.id}/logs/").status_code == 503
     assert api.get("/api/v1/jobs/?log_contains=x").status_code == 503
     assert api.get(f"/api/v1/jobs/{job.id}/").status_code == 200
+
+
+def test_a_newest_first_search_spanning_days_pages_through_every_record_in_order(staff_api, ch_table):
+    """Searches read in growing time windows back from now; pages must still be exact."""
+    now = timezone.now()
+    ages = [timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=3), timedelta(hours=12),
+            timedelta(days=2), timedelta(days=6), timedelta(days=20)]  # fmt: skip
+    store_records(*(record(f"match {i}", when=now - age) for i, age in enumerate(ages)), record("other"))
+    seen, url = [], "/api/v1/logs/?q=match&limit=2"
+    while url:
+        body = staff_api.get(url).json()
+        seen += [r["message"] for r in body["results"]]
+        url = body["next"]
+    assert seen == [f"match {i}" for i in range(len(ages))]
+    since = (now - timedelta(days=3)).isoformat()
+    assert messages(staff_api.get("/api/v1/logs/", {"q": "match", "since": since, "limit": 10})) == [
+        f"match {i}" for i in range(5)
+    ]
