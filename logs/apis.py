@@ -106,7 +106,7 @@ class LogSearchApi(APIView):
         try:
             accepted = services.logs_ingest(user=request.user, records=records)
         except services.UnknownJobs as exc:
-            raise ValidationError({"records": {i: {"job_id": [msg]} for i, msg in exc.errors.items()}}) from None
+            raise ValidationError({"records": {str(i): {"job_id": [msg]} for i, msg in exc.errors.items()}}) from None
         except services.IngestUnavailable as exc:
             raise LogStoreUnavailableError(f"Records not accepted: {exc}") from exc
         return Response({"accepted": accepted}, status=status.HTTP_202_ACCEPTED)

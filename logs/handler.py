@@ -86,7 +86,13 @@ class KafkaLogHandler(logging.Handler):
         self._reset()
         _HANDLERS.add(self)
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._reset())
+
+        def reset_in_child() -> None:
+            handler = ref()
+            if handler is not None:
+                handler._reset()
+
+        os.register_at_fork(after_in_child=reset_in_child)
 
     def _reset(self) -> None:
         """Fresh state for this process (at start and in a forked child)."""
@@ -137,6 +143,8 @@ class KafkaLogHandler(logging.Handler):
                 doc["owner_id"] = job.owner_id
             if job.workflow_id:
                 doc["workflow_id"] = job.workflow_id
+            if extra and extra.get("job_id") == job.job_id:
+                del extra["job_id"]  # already a column
         elif extra and "job_id" in extra and _looks_like_uuid(extra["job_id"]):
             # Outside an attempt (claim lost, relayed, ...) a record about one job still
             # belongs in that job's logs.

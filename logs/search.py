@@ -115,9 +115,9 @@ def decode_cursor(raw: str) -> tuple[int, uuid.UUID]:
         raise InvalidCursor("invalid cursor") from None
 
 
-def _run(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _run(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
     try:
-        return store.client().query(sql, parameters=params).result_rows
+        return list(store.client().query(sql, parameters=params).result_rows)
     except Exception as exc:  # connection refused, timeout, server error: the store is not answering
         raise LogStoreUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
 
@@ -173,7 +173,7 @@ def search(query: LogQuery) -> tuple[list[dict[str, Any]], str | None]:
     if not query.ascending and query.job_id is None:
         top = upper if upper is not None else int(time.time() * 1_000_000) + 1
         bounds = window_bounds(top, params.get("since"), settings.LOG_RETENTION_DAYS)
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Sequence[Any]] = []
     newer_than: int | None = None
     for lower in [*bounds, None]:
         step, step_params = list(clauses), {**params, "limit": want - len(rows)}

@@ -96,6 +96,8 @@ class LogSink:
                 logger.warning("log_sink.consume_error", extra={"error": str(err)})
             return
         partition, offset = msg.partition(), msg.offset()
+        assert partition is not None
+        assert offset is not None
         if not self._batch.size:
             self._batch_started = time.monotonic()
         first, _ = self._offsets.get(partition, (offset, offset))
@@ -109,7 +111,7 @@ class LogSink:
         self.stats.malformed += 1
         headers = [
             *(msg.headers() or []),
-            ("original_topic", msg.topic().encode()),
+            ("original_topic", (msg.topic() or "").encode()),
             ("original_partition", str(msg.partition()).encode()),
             ("original_offset", str(msg.offset()).encode()),
             ("reason", reason.encode()),

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer
@@ -33,7 +33,7 @@ from logs import search, store
 from logs.handler import KafkaLogHandler
 from logs.sink import LogSink
 from orchestration import kafka
-from orchestration.bench.stats import Progress, percentile
+from orchestration.bench.stats import Out, Progress, percentile
 
 MESSAGE = "processing item %d for customer %s: charged %d cents"
 
@@ -46,7 +46,7 @@ def _emit_loop(log: logging.Logger, n: int) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_handler(n: int, out: TextIO) -> dict[str, float]:
+def bench_handler(n: int, out: Out) -> dict[str, float]:
     topic = f"bench-logs-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], 4)
     results: dict[str, float] = {}
@@ -104,7 +104,7 @@ def _wire_records(n: int) -> list[bytes]:
     ]  # fmt: skip
 
 
-def bench_sink(n: int, out: TextIO) -> dict[str, float]:
+def bench_sink(n: int, out: Out) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     topic, table = f"bench-logs-{suffix}", f"bench_sink_{suffix}"
     kafka.ensure_topics([topic, f"{topic}.dlq"], settings.KAFKA_LOGS_PARTITIONS)
@@ -205,7 +205,7 @@ def _time_queries(queries: list[search.LogQuery], table: str) -> list[float]:
     return timings
 
 
-def bench_queries(rows: int, lookups: int, out: TextIO) -> dict[str, float]:
+def bench_queries(rows: int, lookups: int, out: Out) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     ours, naive = f"bench_query_{suffix}", f"bench_naive_{suffix}"
     ch = store.client()
@@ -267,7 +267,7 @@ def bench_queries(rows: int, lookups: int, out: TextIO) -> dict[str, float]:
 
 
 def run(
-    *, records: int, sink_records: int, rows: int, lookups: int, only: list[str] | None, out: TextIO
+    *, records: int, sink_records: int, rows: int, lookups: int, only: list[str] | None, out: Out
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if not only or "handler" in only:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class Out(Protocol):
+    """Where a benchmark prints: a management command's stdout or any text stream."""
+
+    def write(self, text: str) -> Any: ...
 
 
 def percentile(values: Sequence[float], q: float) -> float:
