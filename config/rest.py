@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # rest_framework.views imports this module's renderer via set
     from rest_framework.views import APIView
 
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
+from workflows.errors import WorkflowFinished, WorkflowNotFound
 
 # --- JSON codec ---------------------------------------------------------------------------
 
@@ -100,7 +101,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body = {"detail": str(exc), "code": "illegal_transition", "status": exc.current}
         return Response(body, status=status.HTTP_409_CONFLICT)
     elif isinstance(exc, IdempotencyConflict):
-        body = {"detail": str(exc), "code": "idempotency_conflict", "job": str(exc.job_id)}
+        body = {"detail": str(exc), "code": "idempotency_conflict", exc.kind: str(exc.job_id)}
+        return Response(body, status=status.HTTP_409_CONFLICT)
+    elif isinstance(exc, WorkflowNotFound):
+        exc = exceptions.NotFound(str(exc))
+    elif isinstance(exc, WorkflowFinished):
+        body = {"detail": str(exc), "code": "illegal_transition", "status": exc.status}
         return Response(body, status=status.HTTP_409_CONFLICT)
 
     from rest_framework.views import exception_handler as drf_exception_handler

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "jobs",
+    "workflows",
     "orchestration",
     "logs",
     "metrics",
@@ -186,6 +187,17 @@ JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.bu
 # `jobs/?log_contains=` asks ClickHouse for the matching job ids first; more than this is an
 # error asking for a narrower filter rather than a huge IN list.
 JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)
+# Circuit breakers per job type (orchestration/breaker.py).
+BREAKER_ENABLED = env.bool("BREAKER_ENABLED", default=True)
+BREAKER_WINDOW_SECONDS = env.float("BREAKER_WINDOW_SECONDS", default=60.0)
+BREAKER_MIN_CALLS = env.int("BREAKER_MIN_CALLS", default=20)
+BREAKER_FAILURE_RATIO = env.float("BREAKER_FAILURE_RATIO", default=0.5)
+BREAKER_OPEN_SECONDS = env.float("BREAKER_OPEN_SECONDS", default=30.0)
+BREAKER_PROBE_SECONDS = env.float("BREAKER_PROBE_SECONDS", default=300.0)  # a probe's result is awaited this long
+BREAKER_FLUSH_SECONDS = env.float("BREAKER_FLUSH_SECONDS", default=1.0)
+BREAKER_CACHE_SECONDS = env.float("BREAKER_CACHE_SECONDS", default=1.0)
+BREAKER_PREFIX = env.str("BREAKER_PREFIX", default="breaker")
+WORKFLOW_MAX_TASKS = env.int("WORKFLOW_MAX_TASKS", default=10_000)
 JOB_FAILED_LOG_LINES = env.int("JOB_FAILED_LOG_LINES", default=10)  # shown per failed attempt in jobs/{id}
 
 # --- Logging ----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ class IllegalTransition(JobError):
 class IdempotencyConflict(JobError):
     """The idempotency key was used before with a different request body (API: 409)."""
 
-    def __init__(self, key: str, job_id: uuid.UUID | str) -> None:
-        super().__init__(f"idempotency key {key!r} was already used for job {job_id} with a different request body")
+    def __init__(self, key: str, job_id: uuid.UUID | str, kind: str = "job") -> None:
+        super().__init__(f"idempotency key {key!r} was already used for {kind} {job_id} with a different request body")
         self.key = key
         self.job_id = job_id
+        self.kind = kind

@@ -73,6 +73,13 @@ class Job(models.Model):
     # At most `concurrency_limit` jobs with the same key run at once (across all workers).
     concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no limit
     concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The workflow this job is a task (or a compensation) of.
+    workflow = models.ForeignKey(
+        "workflows.Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
+    # scheduler releases held jobs when the breaker lets them through.
+    breaker_held_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -114,6 +121,11 @@ class Job(models.Model):
             models.Index(fields=["next_retry_at"], condition=Q(status=JobStatus.RETRYING), name="job_due_retry"),
             models.Index(fields=["lease_expires_at"], condition=Q(status=JobStatus.RUNNING), name="job_running_lease"),
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
+            models.Index(
+                fields=["type", "breaker_held_at"],
+                condition=Q(status=JobStatus.PENDING, breaker_held_at__isnull=False),
+                name="job_breaker_held",
+            ),
             # Keyed jobs not yet running: held ones (oldest first) and those in flight.
             models.Index(
                 fields=["concurrency_key", "created_at"],

@@ -46,11 +46,12 @@ class JobFilter(django_filters.FilterSet):
     queue = django_filters.CharFilter(field_name="queue")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    workflow = django_filters.UUIDFilter(field_name="workflow_id")
     log_contains = django_filters.CharFilter(method="filter_log_contains", max_length=200)
 
     class Meta:
         model = Job
-        fields = ["status", "type", "queue", "created_after", "created_before", "log_contains"]
+        fields = ["status", "type", "queue", "workflow", "created_after", "created_before", "log_contains"]
 
     def filter_log_contains(self, queryset: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
         """Jobs with a log record containing `value` (any case), asked of ClickHouse first;

@@ -157,7 +157,7 @@ class JobSerializer(serializers.Serializer):
             "result": job.result,
             "concurrency_key": job.concurrency_key,
             "concurrency_limit": job.concurrency_limit,
-            "workflow": None,
+            "workflow": str(job.workflow_id) if job.workflow_id else None,
             "cancel_requested_at": job.cancel_requested_at,
             "created_at": job.created_at,
             "queued_at": job.queued_at,

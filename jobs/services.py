@@ -41,12 +41,14 @@ class JobSpec:
     idempotency_key: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    workflow_id: uuid.UUID | None = None  # set by workflows for their task and compensation jobs
 
     def request_hash(self) -> str:
         """Hash of everything but the key: replaying the same body gives the same hash."""
         body = asdict(self)
         body.pop("idempotency_key")
         body["run_at"] = self.run_at.isoformat() if self.run_at else None
+        body["workflow_id"] = str(self.workflow_id) if self.workflow_id else None
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -70,17 +72,21 @@ class DispatchSource(Protocol):
     def concurrency_key(self) -> str | None: ...
     @property
     def concurrency_limit(self) -> int | None: ...
+    @property
+    def workflow_id(self) -> uuid.UUID | None: ...
 
 
 def dispatch_envelope(job_id: uuid.UUID, source: DispatchSource, *, attempt: int, token: uuid.UUID) -> dict[str, Any]:
     """The small, versioned message the relay publishes to Kafka for one dispatch (the
-    concurrency fields only when the job has a key)."""
-    limits = (
+    concurrency fields only when the job has a key, `workflow_id` only for workflow jobs)."""
+    optional: dict[str, Any] = (
         {"concurrency_key": source.concurrency_key, "concurrency_limit": source.concurrency_limit}
         if source.concurrency_key
         else {}
     )
-    return limits | {
+    if source.workflow_id:
+        optional["workflow_id"] = str(source.workflow_id)
+    return optional | {
         "v": ENVELOPE_VERSION,
         "job_id": str(job_id),
         "type": source.type,
@@ -101,19 +107,20 @@ _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
     "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
+    "workflow_id",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s, u.ckey, u.climit
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
-              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[])
+              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[], %(workflow)s::uuid[])
        AS u(id, type, payload, queue, priority, max_attempts, backoff, timeout_seconds, run_at,
-            key, hash, token, ckey, climit)
+            key, hash, token, ckey, climit, workflow)
 ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """  # noqa: S608 (column names are constants)
@@ -136,7 +143,7 @@ def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> 
             copy.write_row((
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
-                r.token, "", now, now, s.concurrency_key, s.concurrency_limit,
+                r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id,
             ))  # fmt: skip
 
 
@@ -161,6 +168,7 @@ def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) 
             "token": [r.token for r in rows],
             "ckey": [r.spec.concurrency_key for r in rows],
             "climit": [r.spec.concurrency_limit for r in rows],
+            "workflow": [r.spec.workflow_id for r in rows],
         },
     )
     return {row[0] for row in cur.fetchall()}
@@ -251,7 +259,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime) -> Job:
         status=JobStatus.PENDING, attempts=0, attempt_seq=0, max_attempts=s.max_attempts, backoff=s.backoff,
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
-        concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit,
+        concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit, workflow_id=s.workflow_id,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False
@@ -280,11 +288,26 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
     with transaction.atomic():
         job = (
             Job.objects.filter(id=job_id)
-            .only("id", "type", "queue", "priority", "run_at", "attempt_seq", "concurrency_key", "concurrency_limit")
+            .only(
+                "id",
+                "type",
+                "queue",
+                "priority",
+                "run_at",
+                "attempt_seq",
+                "concurrency_key",
+                "concurrency_limit",
+                "workflow_id",
+            )
             .first()
         )
         if job is None:
             raise JobNotFound(job_id)
+        if job.workflow_id is not None:
+            # Its workflow has moved on (compensated, failed): a lone rerun would bypass it.
+            raise IllegalTransition(
+                job_id, transitions.current_status(job_id), f"retry a job of workflow {job.workflow_id}"
+            )
         now = timezone.now()
         token = uuid.uuid4() if _is_due(job.run_at, now) else None
         if not transitions.requeue(job_id, dispatch_token=token):

@@ -12,18 +12,19 @@ same transaction as the edge that starts or ends it.
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from jobs.models import AttemptStatus, Job, JobStatus
+from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobStatus
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
 REQUEUEABLE = (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
@@ -44,6 +45,7 @@ class Claim:
     timeout_seconds: int
     lease_expires_at: datetime
     owner_id: int = 0
+    workflow_id: uuid.UUID | None = None
 
 
 def current_status(job_id: uuid.UUID | str) -> str | None:
@@ -113,12 +115,14 @@ WITH claimed AS (
        AND status IN ('PENDING', 'QUEUED')
        AND dispatch_token = %(token)s
        AND attempts < max_attempts
-    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id
+    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id,
+              workflow_id
 ), history AS (
     INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
     SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
 )
-SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id FROM claimed
+SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id, workflow_id
+  FROM claimed
 """
 
 
@@ -140,7 +144,7 @@ def mark_running(
         row = cur.fetchone()
     if row is None:
         return None
-    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id = row
+    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id, workflow_id = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
         attempt=attempt_seq,
@@ -154,6 +158,7 @@ def mark_running(
         timeout_seconds=timeout,
         lease_expires_at=lease,
         owner_id=owner_id,
+        workflow_id=workflow_id,
     )
 
 
@@ -164,7 +169,7 @@ _END_SQL = """
 WITH ended AS (
     UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
      WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
-    RETURNING id, type, queue, attempt_seq, concurrency_key
+    RETURNING id, type, queue, attempt_seq, concurrency_key, workflow_id
 ), freed AS (
     UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
       FROM ended WHERE s.key = ended.concurrency_key AND s.running > 0
@@ -173,7 +178,7 @@ WITH ended AS (
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
      WHERE job_id IN (SELECT id FROM ended) AND attempt = %(attempt)s AND status = 'RUNNING'
 ){extra}
-SELECT count(*) FROM ended
+SELECT count(*), max(workflow_id::text) FROM ended
 """
 
 # A dead letter is also published to `jobs.dead` (through the outbox, in the same statement)
@@ -197,6 +202,7 @@ def _end_running(
     error: str = "",
     tb: str = "",
     lease_expired_before: datetime | None = None,
+    in_workflow: bool | None = None,
     **fields: Any,
 ) -> bool:
     """RUNNING → `status` for the attempt that holds the job, and close its history row,
@@ -205,6 +211,10 @@ def _end_running(
 
     Guarded by the attempt number, so a late result of an attempt that lost the job (lease
     expired, re-dispatched, cancelled) changes nothing.
+
+    A job of a workflow that ends here moves its workflow on (`workflows.engine`) in the same
+    transaction. `in_workflow=False` says the caller knows the job has no workflow (the
+    worker, from its claim) and saves the transaction block; None means "find out".
     """
     unknown = set(fields) - _END_COLUMNS
     assert not unknown, unknown
@@ -221,16 +231,42 @@ def _end_running(
         guard = " AND lease_expires_at < %(expired_before)s"
         params["expired_before"] = lease_expired_before
     extra = _DEAD_OUTBOX_CTE if status == JobStatus.DEAD_LETTER else ""
-    with connection.cursor() as cur:
+    terminal = status in TERMINAL_STATUSES
+    with _workflow_transaction(terminal and in_workflow is not False), connection.cursor() as cur:
+        if terminal and in_workflow is not False:
+            _lock_workflow_of(cur, job_id)
         cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra), params)
-        return bool(cur.fetchone()[0])
+        won, workflow_id = cur.fetchone()
+        if won and workflow_id and terminal:
+            _workflow_job_ended(job_id, workflow_id, status)
+        return bool(won)
 
 
-def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any) -> bool:
+def _workflow_transaction(needed: bool) -> Any:
+    return transaction.atomic(savepoint=False) if needed else nullcontext()
+
+
+def _lock_workflow_of(cur: Any, job_id: uuid.UUID | str) -> None:
+    """Lock the job's workflow row, if it has one, before touching the job: every path that
+    changes both takes the workflow first, so a saga cancelling its other tasks and a worker
+    finishing one of them wait for each other instead of deadlocking."""
+    cur.execute(
+        "SELECT 1 FROM workflows_workflow WHERE id = (SELECT workflow_id FROM jobs_job WHERE id = %s) FOR UPDATE",
+        [str(job_id)],
+    )
+
+
+def _workflow_job_ended(job_id: uuid.UUID | str, workflow_id: uuid.UUID | str, status: str) -> None:
+    from workflows import engine
+
+    engine.job_ended(uuid.UUID(str(job_id)), uuid.UUID(str(workflow_id)), status)
+
+
+def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any, in_workflow: bool | None = None) -> bool:
     """RUNNING → SUCCEEDED with the handler's result."""
     return _end_running(
         job_id, attempt, status=JobStatus.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED,
-        result=result, finished_at=timezone.now(), last_error="",
+        result=result, finished_at=timezone.now(), last_error="", in_workflow=in_workflow,
     )  # fmt: skip
 
 
@@ -260,28 +296,36 @@ def move_to_dead_letter(
     tb: str = "",
     attempt_status: str = AttemptStatus.FAILED,
     lease_expired_before: datetime | None = None,
+    in_workflow: bool | None = None,
 ) -> bool:
     """RUNNING → DEAD_LETTER: out of attempts, or the failure is permanent. Also queues the
     `jobs.dead` message."""
     return _end_running(
         job_id, attempt, status=JobStatus.DEAD_LETTER, attempt_status=attempt_status, error=error, tb=tb,
         lease_expired_before=lease_expired_before, last_error=error, finished_at=timezone.now(),
-        dispatch_token=None, next_retry_at=None,
+        dispatch_token=None, next_retry_at=None, in_workflow=in_workflow,
     )  # fmt: skip
+
+
+_CANCEL_WAITING_SQL = """
+UPDATE jobs_job SET status = 'CANCELLED', finished_at = %(now)s, dispatch_token = NULL, next_retry_at = NULL,
+       breaker_held_at = NULL, updated_at = %(now)s
+ WHERE id = %(id)s AND status = ANY(%(waiting)s)
+RETURNING workflow_id
+"""
 
 
 def cancel_waiting(job_id: uuid.UUID | str) -> bool:
     """PENDING/QUEUED/RETRYING → CANCELLED at once; a message still in flight loses its claim."""
-    now = timezone.now()
-    return bool(
-        Job.objects.filter(id=job_id, status__in=WAITING).update(
-            status=JobStatus.CANCELLED,
-            finished_at=now,
-            dispatch_token=None,
-            next_retry_at=None,
-            updated_at=now,
+    with _workflow_transaction(True), connection.cursor() as cur:
+        _lock_workflow_of(cur, job_id)
+        cur.execute(
+            _CANCEL_WAITING_SQL, {"id": str(job_id), "now": timezone.now(), "waiting": [w.value for w in WAITING]}
         )
-    )
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            _workflow_job_ended(job_id, row[0], JobStatus.CANCELLED)
+        return row is not None
 
 
 def request_cancel(job_id: uuid.UUID | str) -> bool:
@@ -295,13 +339,19 @@ def request_cancel(job_id: uuid.UUID | str) -> bool:
 
 
 def mark_cancelled(
-    job_id: uuid.UUID | str, *, attempt: int, reason: str = "cancelled", lease_expired_before: datetime | None = None
+    job_id: uuid.UUID | str,
+    *,
+    attempt: int,
+    reason: str = "cancelled",
+    lease_expired_before: datetime | None = None,
+    in_workflow: bool | None = None,
 ) -> bool:
     """RUNNING → CANCELLED once the worker stopped the handler of `attempt` (or, with
     `lease_expired_before`, once its worker was lost after the cancel was requested)."""
     return _end_running(
         job_id, attempt, status=JobStatus.CANCELLED, attempt_status=AttemptStatus.CANCELLED, error=reason,
         lease_expired_before=lease_expired_before, finished_at=timezone.now(), dispatch_token=None,
+        in_workflow=in_workflow,
     )  # fmt: skip
 
 
@@ -355,6 +405,7 @@ class Released:
     dispatch_token: uuid.UUID
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    workflow_id: uuid.UUID | None = None
 
 
 _RELEASE_SQL = """
@@ -363,11 +414,11 @@ WITH due AS (
 )
 UPDATE jobs_job AS j
    SET status = 'PENDING', dispatch_token = gen_random_uuid(), next_retry_at = NULL,
-       queued_at = NULL, updated_at = %(now)s
+       queued_at = NULL, breaker_held_at = NULL, updated_at = %(now)s
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
-          j.concurrency_limit
+          j.concurrency_limit, j.workflow_id
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of
@@ -380,8 +431,13 @@ _RELEASE_SCANS = {
     # jobs held by their concurrency key, oldest first, as slots free up
     "held": (
         "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s"
-        " AND (run_at IS NULL OR run_at <= %(now)s)",
+        " AND breaker_held_at IS NULL AND (run_at IS NULL OR run_at <= %(now)s)",
         "created_at",
+    ),
+    # jobs held back by their type's open circuit breaker, oldest first
+    "breaker": (
+        "status = 'PENDING' AND breaker_held_at IS NOT NULL AND type = %(key)s",
+        "breaker_held_at",
     ),
     # QUEUED jobs the scheduler found to have lost their message
     "stale": ("status = 'QUEUED' AND queued_at < %(stale_before)s AND id = ANY(%(ids)s)", "queued_at"),
@@ -432,6 +488,17 @@ def hold(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
         Job.objects.filter(
             id=job_id, status__in=[JobStatus.PENDING, JobStatus.QUEUED], dispatch_token=dispatch_token
         ).update(status=JobStatus.PENDING, dispatch_token=None, queued_at=None, updated_at=timezone.now())
+    )
+
+
+def hold_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
+    """PENDING/QUEUED → PENDING without a dispatch: its type's circuit breaker is open. No
+    attempt is used; the scheduler releases it when the breaker lets jobs through."""
+    now = timezone.now()
+    return bool(
+        Job.objects.filter(
+            id=job_id, status__in=[JobStatus.PENDING, JobStatus.QUEUED], dispatch_token=dispatch_token
+        ).update(status=JobStatus.PENDING, dispatch_token=None, queued_at=None, breaker_held_at=now, updated_at=now)
     )
 
 

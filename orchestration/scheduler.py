@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from jobs import schedules, services, transitions
 from jobs.models import AttemptStatus, Job, JobStatus
-from orchestration import celery_queues, kafka, policy
+from orchestration import breaker, celery_queues, kafka, policy
 
 logger = logging.getLogger("orchestration.scheduler")
 
@@ -61,7 +61,7 @@ SELECT h.concurrency_key, max(h.concurrency_limit),
            AND f.dispatch_token IS NOT NULL)
   FROM jobs_job h
  WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
-   AND (h.run_at IS NULL OR h.run_at <= %(now)s)
+   AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
  GROUP BY h.concurrency_key
  LIMIT 100
 """
@@ -119,6 +119,7 @@ class TickResult:
     stale_dispatches: int = 0
     cron_fired: int = 0
     held_released: int = 0
+    breaker_released: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def moved_anything(self) -> bool:
@@ -158,6 +159,7 @@ class Scheduler:
             result.stale_dispatches = self._redispatch_stale(epoch, result)
             result.cron_fired = self._fire_schedules(epoch)
             result.held_released = self._release_held(epoch)
+            result.breaker_released = self._release_breaker_held(epoch)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
@@ -189,6 +191,31 @@ class Scheduler:
             with transaction.atomic():
                 fence(epoch)
                 released = transitions.release_batch("held", now=self.clock(), limit=room, key=key)
+                services.job_dispatch_released(released)
+            total += len(released)
+        return total
+
+    def _release_breaker_held(self, epoch: int) -> int:
+        """Jobs held by an open circuit breaker: all of them (in batches) once it closed; one,
+        as the probe, once its open period is over and no probe runs."""
+        types = list(
+            Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
+            .order_by()  # without it, the model's ordering columns would join the DISTINCT
+            .values_list("type", flat=True)
+            .distinct()[:100]
+        )
+        total = 0
+        for type_ in types:
+            state = breaker.state_of(type_)
+            if state.state == "closed":
+                limit = self.batch
+            elif state.state == "half_open" and not state.probe_running:
+                limit = 1
+            else:
+                continue
+            with transaction.atomic():
+                fence(epoch)
+                released = transitions.release_batch("breaker", now=self.clock(), limit=limit, key=type_)
                 services.job_dispatch_released(released)
             total += len(released)
         return total

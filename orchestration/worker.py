@@ -18,6 +18,7 @@ SIGALRM in the process's main thread, which is where prefork and solo pools run 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -40,7 +41,8 @@ from django.utils.module_loading import import_string
 from jobs import transitions
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
-from orchestration import policy
+from orchestration import breaker, policy
+from orchestration.breaker import BREAKERS
 from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
 
 logger = logging.getLogger("orchestration.worker")
@@ -189,13 +191,39 @@ def _permanent_exceptions() -> tuple[type[BaseException], ...]:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    status: str  # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost) or HELD (at its limit)
+    status: str  # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost) or HELD (limit or breaker)
     recorded: bool = True  # False: the job had moved on (e.g. reaped) and the outcome was dropped
+    breaker_failure: bool = False  # a failure that counts against the type's circuit breaker
 
 
 def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
     """Claim and run one dispatched job. Safe to call twice with the same envelope."""
     job_id = uuid.UUID(envelope["job_id"])
+    type_ = envelope.get("type")
+    gate = BREAKERS.allow(type_, probe_seconds=settings.BREAKER_PROBE_SECONDS) if type_ else breaker.RUN
+    if gate == breaker.HOLD:
+        held = _with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
+        logger.info("job.held_by_breaker", extra={"job_id": str(job_id), "type": type_, "held": held})
+        return Outcome(str(job_id), "HELD", recorded=held)
+    outcome = _claim_and_run(envelope, job_id, worker)
+    if type_:
+        _tell_breaker(type_, outcome, probe=gate == breaker.PROBE)
+    return outcome
+
+
+def _tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
+    try:
+        if outcome.status == "SUCCEEDED" and outcome.recorded:
+            BREAKERS.record(type_, ok=True, probe=probe)
+        elif outcome.breaker_failure:
+            BREAKERS.record(type_, ok=False, probe=probe)
+        elif probe:
+            BREAKERS.abandon_probe(type_)  # claim lost, cancelled, permanent error: no verdict
+    except Exception:  # Redis away: the job's outcome is recorded; the breaker just misses one result
+        logger.exception("breaker.record_failed", extra={"type": type_})
+
+
+def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
     if envelope.get("concurrency_key"):
         claim = _with_reconnect(lambda: _claim_within_limit(envelope, worker or worker_id()))
         if claim == "HELD":
@@ -223,7 +251,7 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
             type=claim.type,
             queue=claim.queue,
             owner_id=claim.owner_id,
-            workflow_id=envelope.get("workflow_id"),
+            workflow_id=str(claim.workflow_id) if claim.workflow_id else None,
         )
     ):
         return _run_claimed(claim)
@@ -231,6 +259,7 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
 
 def _run_claimed(claim: transitions.Claim) -> Outcome:
     job_id = claim.job_id
+    in_workflow = claim.workflow_id is not None  # its end moves the workflow on, in one transaction
     handler = get_handler(claim.type)
     ctx = JobContext(
         job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
@@ -247,13 +276,17 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
-            won = _with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt))
+            won = _with_reconnect(
+                lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
+            )
             return _record(job_id, "CANCELLED", won)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
         return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
-    won = _with_reconnect(lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result))
+    won = _with_reconnect(
+        lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
+    )
     return _record(job_id, "SUCCEEDED", won)
 
 
@@ -300,13 +333,16 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
                 attempt_status=attempt_status,
             )
         )  # fmt: skip
-        return _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
+        outcome = _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
+        return dataclasses.replace(outcome, breaker_failure=not permanent)
     won = _with_reconnect(
         lambda: transitions.move_to_dead_letter(
-            claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status
+            claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status,
+            in_workflow=claim.workflow_id is not None,
         )
-    )
-    return _record(claim.job_id, "DEAD_LETTER", won, error=error, reason=decision.reason)
+    )  # fmt: skip
+    outcome = _record(claim.job_id, "DEAD_LETTER", won, error=error, reason=decision.reason)
+    return dataclasses.replace(outcome, breaker_failure=not permanent)
 
 
 def _record(job_id: uuid.UUID, status: str, won: bool, **fields: Any) -> Outcome:

@@ -21,6 +21,15 @@ def _isolated_throttle(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast fixtures
 
 
+@pytest.fixture(autouse=True)
+def _isolated_breakers(settings):
+    # Circuit breakers live in Redis per job type: each test counts its own failures.
+    from orchestration.breaker import BREAKERS
+
+    settings.BREAKER_PREFIX = f"breaker-{uuid.uuid4().hex}"
+    BREAKERS.__init__()  # type: ignore[misc]
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()

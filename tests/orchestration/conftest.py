@@ -118,6 +118,7 @@ class Stack:
             "KAFKA_BRIDGE_GROUP": topics["group"],
             "KAFKA_JOBS_PARTITIONS": "2",
             "SCHEDULER_LOCK_KEY": f"test-scheduler-{uuid.uuid4().hex}",
+            "BREAKER_PREFIX": settings.BREAKER_PREFIX,
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }

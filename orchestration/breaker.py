@@ -1,0 +1,200 @@
+"""Circuit breakers per job type, shared by every worker through Redis.
+
+    closed ── failures ≥ BREAKER_FAILURE_RATIO of ≥ BREAKER_MIN_CALLS results
+       ▲      within BREAKER_WINDOW_SECONDS ──▶ open (for BREAKER_OPEN_SECONDS)
+       │                                          │ time is up
+       └── the probe succeeds ── half-open: one job runs as the probe ──┘
+                                  (the probe fails: open again)
+
+While a type's breaker is open its jobs are held back, not burned through their attempts:
+the worker leaves them PENDING without a dispatch (`breaker_held_at` set) and does not
+claim them; the scheduler releases held jobs once the breaker is closed, and one of them as
+the probe once the open period is over.
+
+Only failures that say something about the job's dependencies count: a handler that raised
+(other than PermanentError, which is about the job's own input) or timed out.
+
+Results are counted per process and added to Redis at most every BREAKER_FLUSH_SECONDS (one
+round trip a second per worker rather than one per job); a probe's result is sent at once.
+A worker also keeps a type's "closed" answer for BREAKER_CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from orchestration import celery_queues
+
+RUN, PROBE, HOLD = "run", "probe", "hold"
+
+# allow(type): KEYS[1] = state hash; ARGV = now, probe timeout
+_ALLOW = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'closed' then return 'run' end
+local now = tonumber(ARGV[1])
+if now < tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0') then return 'hold' end
+if now < tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') then return 'hold' end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
+return 'probe'
+"""
+
+# record: KEYS[1] = state hash, KEYS[2] = current bucket, KEYS[3..] = the window's buckets
+# ARGV = now, ok count, failed count, is probe (0/1), probe ok (0/1), bucket ttl,
+#        min calls, failure ratio, open seconds
+_RECORD = """
+local now = tonumber(ARGV[1])
+local open_for = tonumber(ARGV[9])
+if ARGV[4] == '1' then
+  if ARGV[5] == '1' then
+    redis.call('DEL', KEYS[1])
+    for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+    return 'closed'
+  end
+  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + open_for, 'probe_until', 0, 'opened_at', now)
+  return 'open'
+end
+if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[2], 'ok', ARGV[2]) end
+if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3]) end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+if redis.call('HGET', KEYS[1], 'state') == 'open' then return 'open' end
+local ok, failed = 0, 0
+for i = 3, #KEYS do
+  ok = ok + tonumber(redis.call('HGET', KEYS[i], 'ok') or '0')
+  failed = failed + tonumber(redis.call('HGET', KEYS[i], 'failed') or '0')
+end
+local total = ok + failed
+if total >= tonumber(ARGV[7]) and failed / total >= tonumber(ARGV[8]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + open_for, 'probe_until', 0, 'opened_at', now)
+  return 'opened'
+end
+return 'closed'
+"""
+
+BUCKETS = 6  # the window is counted in this many buckets
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    type: str
+    state: str  # closed, open, half_open (open period over; a probe may run)
+    ok: int
+    failed: int
+    opened_at: float | None
+    open_until: float | None
+    probe_running: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type, "state": self.state, "successes": self.ok, "failures": self.failed,
+            "opened_at": self.opened_at, "open_until": self.open_until, "probe_running": self.probe_running,
+        }  # fmt: skip
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state_key(type_: str) -> str:
+    return f"{settings.BREAKER_PREFIX}:{type_}:state"
+
+
+def _bucket_keys(type_: str, now: float) -> list[str]:
+    width = settings.BREAKER_WINDOW_SECONDS / BUCKETS
+    current = int(now // width)
+    return [f"{settings.BREAKER_PREFIX}:{type_}:w:{current - i}" for i in range(BUCKETS)]
+
+
+class Breakers:
+    """The breakers as one worker process sees them."""
+
+    def __init__(self) -> None:
+        self._closed_until: dict[str, float] = {}
+        self._counts: dict[str, Counter[str]] = {}
+        self._last_flush = time.monotonic()
+
+    def allow(self, type_: str, *, probe_seconds: float) -> str:
+        if not settings.BREAKER_ENABLED:
+            return RUN
+        now = time.time()
+        if self._closed_until.get(type_, 0.0) > now:
+            return RUN
+        decision = _text(celery_queues.client().eval(_ALLOW, 1, _state_key(type_), now, probe_seconds))
+        if decision == RUN:
+            self._closed_until[type_] = now + settings.BREAKER_CACHE_SECONDS
+        return str(decision)
+
+    def record(self, type_: str, *, ok: bool, probe: bool) -> None:
+        if not settings.BREAKER_ENABLED:
+            return
+        if probe:
+            self._send(type_, 0, 0, probe=True, probe_ok=ok)
+            return
+        self._counts.setdefault(type_, Counter())["ok" if ok else "failed"] += 1
+        if time.monotonic() - self._last_flush >= settings.BREAKER_FLUSH_SECONDS:
+            self.flush()
+
+    def abandon_probe(self, type_: str) -> None:
+        """The probe did not run (its claim lost, or it was cancelled): let another one go."""
+        celery_queues.client().hset(_state_key(type_), "probe_until", 0)
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        self._last_flush = time.monotonic()
+        for type_, c in counts.items():
+            if self._send(type_, c["ok"], c["failed"], probe=False, probe_ok=False) == "opened":
+                self._closed_until.pop(type_, None)
+
+    def _send(self, type_: str, ok: int, failed: int, *, probe: bool, probe_ok: bool) -> str:
+        now = time.time()
+        buckets = _bucket_keys(type_, now)
+        result = celery_queues.client().eval(
+            _RECORD, 2 + len(buckets), _state_key(type_), buckets[0], *buckets,
+            now, ok, failed, int(probe), int(probe_ok), int(settings.BREAKER_WINDOW_SECONDS * 2),
+            settings.BREAKER_MIN_CALLS, settings.BREAKER_FAILURE_RATIO, settings.BREAKER_OPEN_SECONDS,
+        )  # fmt: skip
+        result = _text(result)
+        if result != "closed":
+            self._closed_until.pop(type_, None)
+        return result
+
+
+BREAKERS = Breakers()
+
+
+def state_of(type_: str, now: float | None = None) -> BreakerState:
+    """A type's breaker as stored in Redis (the API, the scheduler and metrics read this)."""
+    now = time.time() if now is None else now
+    client = celery_queues.client()
+    raw = {_text(k): _text(v) for k, v in client.hgetall(_state_key(type_)).items()}
+    ok = failed = 0
+    pipe = client.pipeline()
+    for key in _bucket_keys(type_, now):
+        pipe.hmget(key, "ok", "failed")
+    for bucket_ok, bucket_failed in pipe.execute():
+        ok += int(bucket_ok or 0)
+        failed += int(bucket_failed or 0)
+    state = raw.get("state", "closed")
+    open_until = float(raw["open_until"]) if "open_until" in raw else None
+    if state == "open" and open_until is not None and now >= open_until:
+        state = "half_open"
+    return BreakerState(
+        type=type_, state=state, ok=ok, failed=failed,
+        opened_at=float(raw["opened_at"]) if "opened_at" in raw else None,
+        open_until=open_until if state != "closed" else None,
+        probe_running=float(raw.get("probe_until", 0)) > now,
+    )  # fmt: skip
+
+
+def known_types() -> list[str]:
+    """Types with a breaker state or recent results in Redis."""
+    prefix = f"{settings.BREAKER_PREFIX}:"
+    types = set()
+    for key in celery_queues.client().scan_iter(match=f"{prefix}*", count=1000):
+        name = _text(key)[len(prefix) :]
+        types.add(name.rsplit(":state", 1)[0] if name.endswith(":state") else name.split(":w:", 1)[0])
+    return sorted(types)

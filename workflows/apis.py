@@ -1,0 +1,84 @@
+"""The workflows API: submit, list, show, cancel."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.rest import KeysetPagination
+from jobs.apis import IDEMPOTENCY_HEADER, _owner_id
+from workflows import selectors, services
+from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer, WorkflowSerializer
+
+SUBMIT_DOC = (
+    "Tasks run as jobs once all their dependencies succeeded; a task's payload gets its parents' results "
+    'under `"parents"`. When a task dead-letters, the workflow compensates: the compensation jobs of the '
+    "tasks that succeeded run one at a time, latest success first, then it is FAILED. Every problem with the "
+    "graph (duplicate id, unknown dependency, cycle, empty, too many tasks, unknown type) is reported at once "
+    "in `errors.tasks`."
+)
+
+
+class WorkflowListCreateApi(APIView):
+    @extend_schema(
+        operation_id="workflows_list",
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, description="One status or a comma-separated list."),
+            OpenApiParameter("name", OpenApiTypes.STR),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description="1-1000, default 50."),
+        ],
+        responses=inline_serializer(
+            "WorkflowPage", {"results": WorkflowSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        filterset = selectors.WorkflowFilter(request.query_params, queryset=selectors.workflow_visible_to(request.user))
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+        return Response({"results": WorkflowSerializer(rows, many=True).data, "next": next_url})
+
+    @extend_schema(
+        operation_id="workflows_submit",
+        request=WorkflowInputSerializer,
+        responses={201: WorkflowDetailSerializer, 200: WorkflowDetailSerializer},
+        parameters=[IDEMPOTENCY_HEADER],
+        description=SUBMIT_DOC,
+    )
+    def post(self, request: Request) -> Response:
+        data = request.data
+        header_key = request.headers.get("Idempotency-Key")
+        if header_key and isinstance(data, dict) and not data.get("idempotency_key"):
+            data = {**data, "idempotency_key": header_key}
+        serializer = WorkflowInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        workflow, created = services.workflow_submit(
+            owner_id=_owner_id(request),
+            spec=serializer.to_spec(serializer.validated_data),
+            max_tasks=settings.WORKFLOW_MAX_TASKS,
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(WorkflowDetailSerializer(workflow).data, status=code)
+
+
+class WorkflowDetailApi(APIView):
+    @extend_schema(operation_id="workflows_retrieve", responses=WorkflowDetailSerializer)
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+        return Response(WorkflowDetailSerializer(workflow).data)
+
+
+class WorkflowCancelApi(APIView):
+    @extend_schema(operation_id="workflows_cancel", request=None, responses=WorkflowDetailSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+        return Response(WorkflowDetailSerializer(services.workflow_cancel(workflow_id=workflow.id)).data)

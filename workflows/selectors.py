@@ -1,0 +1,39 @@
+"""Reads on workflows, scoped to what a user may see."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+
+from jobs.selectors import visible_to
+from workflows.errors import WorkflowNotFound
+from workflows.models import Workflow, WorkflowStatus
+
+
+def workflow_visible_to(user: Any) -> QuerySet[Workflow]:
+    return visible_to(Workflow.objects.all(), user)  # type: ignore[type-var]
+
+
+def workflow_get(*, user: Any, workflow_id: uuid.UUID | str) -> Workflow:
+    try:
+        return workflow_visible_to(user).get(id=workflow_id)
+    except (Workflow.DoesNotExist, ValueError):
+        raise WorkflowNotFound(workflow_id) from None
+
+
+class _CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
+    pass
+
+
+class WorkflowFilter(django_filters.FilterSet):
+    status = _CSVChoiceFilter(field_name="status", choices=WorkflowStatus.choices)
+    name = django_filters.CharFilter(field_name="name")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Workflow
+        fields = ["status", "name", "created_after", "created_before"]

@@ -1,0 +1,150 @@
+"""Request and response shapes of the workflows API.
+
+A submitted workflow is checked in one pass: the fields of every task, then the graph
+(duplicate ids, unknown dependencies, cycles, size) and the job types, and every problem is
+reported together in `errors.tasks`, each message naming the task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from jobs.models import default_backoff
+from jobs.serializers import QUEUE_NAME, BackoffSerializer, _reject_nul
+from orchestration.handlers import is_registered
+from workflows import dag
+from workflows.models import Workflow, WorkflowStatus, WorkflowTask
+from workflows.services import TaskSpec, WorkflowSpec
+
+JOB_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds")
+
+
+class JobOptionsSerializer(serializers.Serializer):
+    queue = serializers.RegexField(QUEUE_NAME, required=False)
+    priority = serializers.IntegerField(min_value=0, max_value=9, required=False)
+    max_attempts = serializers.IntegerField(min_value=1, max_value=25, required=False)
+    backoff = BackoffSerializer(required=False)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, required=False)
+
+    def validate_payload(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError(f"payload must be a JSON object, not {type(value).__name__}.")
+        _reject_nul(value, "payload")
+        return value
+
+
+class CompensationSerializer(JobOptionsSerializer):
+    type = serializers.CharField(max_length=200)
+    payload = serializers.JSONField(default=dict)
+
+
+class TaskInputSerializer(JobOptionsSerializer):
+    id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", help_text="Unique within the workflow.")
+    type = serializers.CharField(max_length=200)
+    payload = serializers.JSONField(default=dict)
+    depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
+    compensation = CompensationSerializer(required=False, allow_null=True, default=None)
+
+
+class WorkflowInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    tasks = TaskInputSerializer(many=True, allow_empty=True)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+
+    def validate_tasks(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nodes = [dag.Node(t["id"], tuple(t["depends_on"])) for t in tasks]
+        problems = dag.find_problems(nodes, max_tasks=settings.WORKFLOW_MAX_TASKS)
+        for t in tasks:
+            if not is_registered(t["type"]):
+                problems.append(f"task {t['id']!r}: unknown job type {t['type']!r} (no handler is registered)")
+            comp = t.get("compensation")
+            if comp and not is_registered(comp["type"]):
+                problems.append(f"task {t['id']!r}: unknown compensation type {comp['type']!r}")
+        if problems:
+            raise serializers.ValidationError(problems)
+        return tasks
+
+    def to_spec(self, data: dict[str, Any]) -> WorkflowSpec:
+        return WorkflowSpec(
+            name=data["name"],
+            idempotency_key=data["idempotency_key"],
+            tasks=tuple(
+                TaskSpec(
+                    id=t["id"], type=t["type"], payload=t["payload"], depends_on=tuple(t["depends_on"]),
+                    options=_options(t), compensation=_compensation(t.get("compensation")),
+                )
+                for t in data["tasks"]
+            ),
+        )  # fmt: skip
+
+
+def _options(data: dict[str, Any]) -> dict[str, Any]:
+    options = {k: data[k] for k in JOB_OPTIONS if k in data}
+    if "backoff" in options:
+        options["backoff"] = {**default_backoff(), **options["backoff"]}
+    return options
+
+
+def _compensation(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    return {"type": data["type"], "payload": data["payload"], **_options(data)}
+
+
+class TaskSerializer(serializers.Serializer):
+    id = serializers.CharField(source="task_id")
+    type = serializers.CharField()
+    depends_on = serializers.ListField(child=serializers.CharField())
+    status = serializers.SerializerMethodField(help_text="The job's status; PENDING before release.")
+    job = serializers.UUIDField(source="job_id", allow_null=True)
+    compensation_job = serializers.UUIDField(source="compensation_job_id", allow_null=True)
+    compensation_status = serializers.SerializerMethodField()
+    started_at = serializers.SerializerMethodField()
+    finished_at = serializers.SerializerMethodField()
+
+    def get_status(self, task: WorkflowTask) -> str:
+        if task.job is None:
+            return "CANCELLED" if task.skipped else "PENDING"
+        return task.job.status
+
+    def get_compensation_status(self, task: WorkflowTask) -> str | None:
+        if task.compensation_job is not None:
+            return task.compensation_job.status
+        return None if not task.compensation else task.compensation_state
+
+    def get_started_at(self, task: WorkflowTask) -> Any:
+        return task.job.started_at if task.job is not None else None
+
+    def get_finished_at(self, task: WorkflowTask) -> Any:
+        return task.job.finished_at if task.job is not None else None
+
+
+class WorkflowSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=WorkflowStatus.choices)
+    tasks_total = serializers.IntegerField()
+    tasks_succeeded = serializers.IntegerField()
+    failed_task = serializers.CharField(allow_null=True)
+    failed_compensations = serializers.ListField(child=serializers.CharField())
+    idempotency_key = serializers.CharField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def to_representation(self, workflow: Workflow) -> dict[str, Any]:
+        data = super().to_representation(workflow)
+        data["failed_task"] = workflow.failed_task or None
+        return data
+
+
+class WorkflowDetailSerializer(WorkflowSerializer):
+    tasks = TaskSerializer(many=True)
+
+    def to_representation(self, workflow: Workflow) -> dict[str, Any]:
+        data = super().to_representation(workflow)
+        tasks = workflow.tasks.select_related("job", "compensation_job").order_by("position")
+        data["tasks"] = TaskSerializer(tasks, many=True).data
+        return data

@@ -1,0 +1,108 @@
+"""Writes on workflows: submit and cancel, each in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from jobs.errors import IdempotencyConflict
+from workflows import dag, engine
+from workflows.errors import WorkflowFinished, WorkflowNotFound
+from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus, WorkflowTask
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    # Job options for the task's job: queue, priority, max_attempts, backoff, timeout_seconds.
+    options: dict[str, Any] = field(default_factory=dict)
+    compensation: dict[str, Any] | None = None  # {"type", "payload", and job options}
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    tasks: tuple[TaskSpec, ...]
+    name: str = ""
+    idempotency_key: str | None = None
+
+    def request_hash(self) -> str:
+        body = asdict(self)
+        body.pop("idempotency_key")
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def nodes(self) -> list[dag.Node]:
+        return [dag.Node(t.id, tuple(dict.fromkeys(t.depends_on))) for t in self.tasks]
+
+
+def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow, bool]:
+    """Create the workflow and its tasks and release the root tasks, in one transaction.
+    Returns (workflow, created); a replayed idempotency key returns the first workflow."""
+    nodes = spec.nodes()
+    problems = dag.find_problems(nodes, max_tasks=max_tasks)
+    if problems:
+        raise ValueError("; ".join(problems))  # the API validated already: a programming error here
+    digest = spec.request_hash() if spec.idempotency_key else ""
+    with transaction.atomic():
+        if spec.idempotency_key:
+            existing = _replay(owner_id, spec.idempotency_key, digest)
+            if existing is not None:
+                return existing, False
+        try:
+            with transaction.atomic():
+                workflow = Workflow.objects.create(
+                    owner_id=owner_id, name=spec.name, idempotency_key=spec.idempotency_key, request_hash=digest,
+                    tasks_total=len(spec.tasks),
+                )  # fmt: skip
+        except IntegrityError:  # the same key, committed by a concurrent request meanwhile
+            existing = _replay(owner_id, spec.idempotency_key or "", digest)
+            assert existing is not None
+            return existing, False
+        order = {task_id: i for i, task_id in enumerate(dag.topological_order(nodes))}
+        dependents = dag.dependents_of(nodes)
+        tasks = WorkflowTask.objects.bulk_create(
+            [
+                WorkflowTask(
+                    workflow=workflow, task_id=t.id, position=order[t.id], type=t.type, payload=t.payload,
+                    depends_on=list(n.depends_on), dependents=dependents[t.id], pending_parents=len(n.depends_on),
+                    options=t.options, compensation=t.compensation,
+                )
+                for t, n in zip(spec.tasks, nodes, strict=True)
+            ]
+        )  # fmt: skip
+        engine.release(workflow, [t for t in tasks if t.pending_parents == 0])
+    return workflow, True
+
+
+def _replay(owner_id: int, key: str, digest: str) -> Workflow | None:
+    existing = Workflow.objects.filter(owner_id=owner_id, idempotency_key=key).first()
+    if existing is not None and existing.request_hash != digest:
+        raise IdempotencyConflict(key, existing.id, kind="workflow")
+    return existing
+
+
+def workflow_cancel(*, workflow_id: uuid.UUID | str) -> Workflow:
+    """RUNNING → COMPENSATING and, once compensated, CANCELLED: tasks not started are skipped,
+    running jobs are stopped. A workflow already compensating will end CANCELLED too."""
+    with transaction.atomic():
+        workflow = Workflow.objects.select_for_update().filter(id=workflow_id).first()
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        if workflow.status in WORKFLOW_TERMINAL:
+            raise WorkflowFinished(workflow_id, workflow.status, "cancel")
+        if workflow.cancel_requested_at is None:
+            workflow.cancel_requested_at = timezone.now()
+        if workflow.status == WorkflowStatus.RUNNING:
+            engine.start_saga(workflow)
+        else:
+            workflow.save(update_fields=["cancel_requested_at", "updated_at"])
+    workflow.refresh_from_db()
+    return workflow
