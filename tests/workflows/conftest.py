@@ -36,3 +36,7 @@ def task(id: str, *deps: str, type: str = "demo.echo", **extra: Any) -> dict[str
 
 def undo(name: str, **extra: Any) -> dict[str, Any]:
     return {"type": "demo.echo", "payload": {"name": f"undo-{name}"}, **extra}
+
+
+# The dispatch pipeline's fixtures, for the end-to-end test through the real roles.
+from tests.orchestration.conftest import queue, stack, topics  # noqa: E402, F401

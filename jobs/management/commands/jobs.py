@@ -14,18 +14,14 @@ from datetime import UTC
 from typing import Any
 
 import orjson
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 
 from jobs import selectors, services
+from jobs.cli import OPERATOR, cli_owner, dump
 from jobs.errors import JobError
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.serializers import JobDetailSerializer, JobInputSerializer
-
-
-def _dump(data: Any) -> str:
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
 
 class Command(BaseCommand):
@@ -69,21 +65,6 @@ class Command(BaseCommand):
         except JobError as exc:
             raise CommandError(str(exc)) from exc
 
-    def _owner(self, username: str | None) -> Any:
-        users = get_user_model().objects
-        if username:
-            try:
-                return users.get(username=username)
-            except users.model.DoesNotExist:
-                raise CommandError(f"no user named {username!r}") from None
-        owner = users.filter(is_superuser=True).order_by("pk").first()
-        if owner is None:
-            # A login-less system user owns CLI jobs until a real superuser exists.
-            owner, _ = users.get_or_create(username="cli", defaults={"is_staff": True, "is_superuser": True})
-            owner.set_unusable_password()
-            owner.save(update_fields=["password"])
-        return owner
-
     def do_submit(self, opts: dict[str, Any]) -> None:
         try:
             payload = orjson.loads(opts["payload"])
@@ -98,8 +79,8 @@ class Command(BaseCommand):
         }
         serializer = JobInputSerializer(data=body)
         if not serializer.is_valid():
-            raise CommandError("invalid job: " + _dump(serializer.errors))
-        owner = self._owner(opts["owner"])
+            raise CommandError("invalid job: " + dump(serializer.errors))
+        owner = cli_owner(opts["owner"])
         job = services.job_submit(owner_id=owner.pk, spec=serializer.to_spec(serializer.validated_data)).job
         if not opts["wait"]:
             self.stdout.write(str(job.id))
@@ -115,11 +96,11 @@ class Command(BaseCommand):
             raise CommandError(f"job {job.id} is still {job.status} after {opts['timeout']:.0f}s")
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} ended {job.status}: {job.last_error}")
-        self.stdout.write(_dump(job.result))
+        self.stdout.write(dump(job.result))
 
     def do_show(self, opts: dict[str, Any]) -> None:
-        job = selectors.job_get(user=_Staff(), job_id=opts["job_id"])
-        self.stdout.write(_dump(JobDetailSerializer(job).data))
+        job = selectors.job_get(user=OPERATOR, job_id=opts["job_id"])
+        self.stdout.write(dump(JobDetailSerializer(job).data))
 
     def do_list(self, opts: dict[str, Any]) -> None:
         qs = Job.objects.order_by("-created_at")
@@ -170,10 +151,3 @@ class Command(BaseCommand):
     def do_retry(self, opts: dict[str, Any]) -> None:
         job = services.job_retry(job_id=opts["job_id"])
         self.stdout.write(f"{job.id} {job.status}")
-
-
-class _Staff:
-    """The CLI runs with the operator's authority: every job is visible."""
-
-    is_staff = True
-    pk = None

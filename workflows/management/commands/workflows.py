@@ -1,0 +1,91 @@
+"""`manage.py workflows ...`: submit and inspect workflows from a shell.
+
+workflows submit FILE.json [--owner USER] [--wait [--timeout S]]   (FILE "-" reads stdin)
+workflows show ID
+workflows cancel ID
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from jobs.cli import OPERATOR, cli_owner, dump
+from workflows import selectors, services
+from workflows.errors import WorkflowFinished, WorkflowNotFound
+from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus
+from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer
+
+
+class Command(BaseCommand):
+    help = "Submit, show and cancel workflows."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        submit = sub.add_parser("submit", help="submit a workflow from a JSON file (the API's body)")
+        submit.add_argument("file", help='path of the JSON body, or "-" for standard input')
+        submit.add_argument("--owner", help="username (default: the first superuser)")
+        submit.add_argument("--wait", action="store_true", help="wait until it finishes; print its tasks")
+        submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (with --wait)")
+        for name in ("show", "cancel"):
+            p = sub.add_parser(name, help=f"{name} one workflow")
+            p.add_argument("workflow_id")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        try:
+            getattr(self, f"do_{opts['action']}")(opts)
+        except (WorkflowNotFound, WorkflowFinished) as exc:
+            raise CommandError(str(exc)) from exc
+
+    def do_submit(self, opts: dict[str, Any]) -> None:
+        raw = sys.stdin.buffer.read() if opts["file"] == "-" else Path(opts["file"]).read_bytes()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CommandError(f"{opts['file']} is not valid JSON: {exc}") from exc
+        serializer = WorkflowInputSerializer(data=body)
+        if not serializer.is_valid():
+            raise CommandError("invalid workflow: " + dump(serializer.errors))
+        workflow, _ = services.workflow_submit(
+            owner_id=cli_owner(opts["owner"]).pk,
+            spec=serializer.to_spec(serializer.validated_data),
+            max_tasks=settings.WORKFLOW_MAX_TASKS,
+        )
+        if not opts["wait"]:
+            self.stdout.write(str(workflow.id))
+            return
+        self.stderr.write(
+            f"submitted {workflow.id} ({workflow.tasks_total} tasks), waiting up to {opts['timeout']:.0f}s ..."
+        )
+        deadline = time.monotonic() + opts["timeout"]
+        last = ""
+        while time.monotonic() < deadline:
+            workflow = Workflow.objects.get(id=workflow.id)
+            progress = f"  {workflow.status}: {workflow.tasks_succeeded}/{workflow.tasks_total} tasks succeeded"
+            if progress != last:
+                self.stderr.write(progress)
+                last = progress
+            if workflow.status in WORKFLOW_TERMINAL:
+                break
+            time.sleep(0.1)
+        else:
+            raise CommandError(f"workflow {workflow.id} is still {workflow.status} after {opts['timeout']:.0f}s")
+        self.stdout.write(dump(WorkflowDetailSerializer(workflow).data))
+        if workflow.status != WorkflowStatus.SUCCEEDED:
+            raise CommandError(
+                f"workflow {workflow.id} ended {workflow.status} (failed task: {workflow.failed_task or '-'})"
+            )
+
+    def do_show(self, opts: dict[str, Any]) -> None:
+        workflow = selectors.workflow_get(user=OPERATOR, workflow_id=opts["workflow_id"])
+        self.stdout.write(dump(WorkflowDetailSerializer(workflow).data))
+
+    def do_cancel(self, opts: dict[str, Any]) -> None:
+        workflow = services.workflow_cancel(workflow_id=opts["workflow_id"])
+        self.stdout.write(dump(WorkflowDetailSerializer(workflow).data))
