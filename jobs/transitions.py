@@ -233,8 +233,6 @@ def _end_running(
     extra = _DEAD_OUTBOX_CTE if status == JobStatus.DEAD_LETTER else ""
     terminal = status in TERMINAL_STATUSES
     with _workflow_transaction(terminal and in_workflow is not False), connection.cursor() as cur:
-        if terminal and in_workflow is not False:
-            _lock_workflow_of(cur, job_id)
         cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra), params)
         won, workflow_id = cur.fetchone()
         if won and workflow_id and terminal:
@@ -244,16 +242,6 @@ def _end_running(
 
 def _workflow_transaction(needed: bool) -> Any:
     return transaction.atomic(savepoint=False) if needed else nullcontext()
-
-
-def _lock_workflow_of(cur: Any, job_id: uuid.UUID | str) -> None:
-    """Lock the job's workflow row, if it has one, before touching the job: every path that
-    changes both takes the workflow first, so a saga cancelling its other tasks and a worker
-    finishing one of them wait for each other instead of deadlocking."""
-    cur.execute(
-        "SELECT 1 FROM workflows_workflow WHERE id = (SELECT workflow_id FROM jobs_job WHERE id = %s) FOR UPDATE",
-        [str(job_id)],
-    )
 
 
 def _workflow_job_ended(job_id: uuid.UUID | str, workflow_id: uuid.UUID | str, status: str) -> None:
@@ -318,7 +306,6 @@ RETURNING workflow_id
 def cancel_waiting(job_id: uuid.UUID | str) -> bool:
     """PENDING/QUEUED/RETRYING → CANCELLED at once; a message still in flight loses its claim."""
     with _workflow_transaction(True), connection.cursor() as cur:
-        _lock_workflow_of(cur, job_id)
         cur.execute(
             _CANCEL_WAITING_SQL, {"id": str(job_id), "now": timezone.now(), "waiting": [w.value for w in WAITING]}
         )

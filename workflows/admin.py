@@ -17,15 +17,11 @@ from workflows import services
 from workflows.errors import WorkflowFinished
 from workflows.graph import GraphTask, render_svg
 from workflows.models import Workflow, WorkflowTask
-from workflows.serializers import TaskSerializer
+from workflows.serializers import task_rows, task_status
 
 
 def graph_tasks(workflow: Workflow) -> list[GraphTask]:
-    tasks = workflow.tasks.select_related("job", "compensation_job").order_by("position")
-    return [
-        GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"])
-        for t in TaskSerializer(tasks, many=True).data
-    ]
+    return [GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in task_rows(workflow)]
 
 
 class TaskInline(admin.TabularInline):
@@ -40,7 +36,7 @@ class TaskInline(admin.TabularInline):
 
     @admin.display(description="status")
     def status(self, obj: WorkflowTask) -> str:
-        return str(TaskSerializer().get_status(obj))
+        return task_status(obj)
 
     @admin.display(description="job")
     def job_link(self, obj: WorkflowTask) -> str:
@@ -49,9 +45,8 @@ class TaskInline(admin.TabularInline):
     @admin.display(description="compensation")
     def compensation_link(self, obj: WorkflowTask) -> str:
         if obj.compensation_job_id:
-            return format_html(
-                "{} ({})", _job_link(obj.compensation_job_id), TaskSerializer().get_compensation_status(obj)
-            )
+            status = obj.compensation_job.status if obj.compensation_job else ""
+            return format_html("{} ({})", _job_link(obj.compensation_job_id), status)
         return obj.compensation_state if obj.compensation else "-"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -1,6 +1,12 @@
 """How a workflow moves: releasing tasks, the saga, finishing. Called from `jobs.transitions`
-in the transaction of the job transition that causes the move, with the workflow row locked
-(`_lock_workflow_of`), so every step here sees the workflow as the previous step left it.
+in the transaction of the job transition that causes the move. Every step first locks the
+workflow row (its counters UPDATE, or SELECT ... FOR UPDATE), so steps of one workflow run one
+after the other and each sees what the previous one left.
+
+Locks are taken in one order: a job row (by its transition), then its workflow row. The
+saga, which holds the workflow and changes other jobs, skips job rows another transaction
+holds (SKIP LOCKED) instead of waiting for them: such a job is finishing right now, and its
+own transition moves the workflow on once the saga commits. So no cycle, no deadlock.
 
     task job SUCCEEDED ─ workflow RUNNING ──▶ children whose parents all succeeded are released
                       │                     └▶ every task succeeded: SUCCEEDED
@@ -22,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection
-from django.db.models import F
 from django.utils import timezone
 
 from jobs import services
@@ -35,8 +40,38 @@ COMPENSATES_KEY = "compensates"
 ACTIVE = [s.value for s in JobStatus if s not in TERMINAL_STATUSES]
 
 
+# A task's success in one statement (the common case, and the hot one): count it on the
+# workflow (which locks the row) and number it on the task. No row when the job is not a
+# task of the workflow (a compensation job).
+_TASK_SUCCEEDED_SQL = """
+WITH t AS (
+    SELECT id, task_id, dependents, compensation IS NOT NULL AS has_compensation
+      FROM workflows_workflowtask WHERE job_id = %(job)s AND workflow_id = %(workflow)s
+), wf AS (
+    UPDATE workflows_workflow AS w
+       SET success_seq = w.success_seq + 1, tasks_succeeded = w.tasks_succeeded + 1, updated_at = %(now)s
+      FROM t WHERE w.id = %(workflow)s
+    RETURNING w.status, w.success_seq, w.tasks_succeeded, w.tasks_total
+), numbered AS (
+    UPDATE workflows_workflowtask AS x
+       SET succeeded_seq = wf.success_seq,
+           compensation_state = CASE WHEN t.has_compensation THEN 'PENDING' ELSE x.compensation_state END
+      FROM t, wf WHERE x.id = t.id
+)
+SELECT wf.status, wf.tasks_succeeded, wf.tasks_total, t.dependents FROM wf, t
+"""
+
+_RELEASE_CHILDREN_SQL = """
+UPDATE workflows_workflowtask SET pending_parents = pending_parents - 1
+ WHERE workflow_id = %(workflow)s AND task_id = ANY(%(children)s)
+RETURNING id, pending_parents
+"""
+
+
 def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
-    """A job of the workflow reached a terminal status (the caller holds the workflow lock)."""
+    """A job of the workflow reached a terminal status, in that transition's transaction."""
+    if status == JobStatus.SUCCEEDED and _task_succeeded(job_id, workflow_id):
+        return
     workflow = Workflow.objects.select_for_update().get(id=workflow_id)
     task = WorkflowTask.objects.filter(workflow=workflow, job_id=job_id).first()
     if task is not None:
@@ -53,38 +88,41 @@ def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
         advance_saga(workflow)
 
 
+def _task_succeeded(job_id: uuid.UUID, workflow_id: uuid.UUID) -> bool:
+    """Count a task's success; release the dependents it completes, or finish the workflow.
+    False when the job is not a task of the workflow."""
+    with connection.cursor() as cur:
+        cur.execute(_TASK_SUCCEEDED_SQL, {"job": job_id, "workflow": workflow_id, "now": timezone.now()})
+        row = cur.fetchone()
+        if row is None:
+            return False
+        status, succeeded, total, dependents = row
+        if status != WorkflowStatus.RUNNING:
+            # It succeeded while the saga waited for it: it joins the compensations.
+            advance_saga(Workflow.objects.select_for_update().get(id=workflow_id))
+            return True
+        if dependents:
+            # One fewer pending parent for each dependent; the transaction that brings one to
+            # zero releases it. Two parents finishing at once are serialized on the workflow
+            # row (locked by the counters UPDATE above), so exactly one of them sees zero.
+            cur.execute(_RELEASE_CHILDREN_SQL, {"workflow": workflow_id, "children": dependents})
+            ready = [task_pk for task_pk, pending in cur.fetchall() if pending == 0]
+            if ready:
+                workflow = Workflow.objects.get(id=workflow_id)
+                release(workflow, list(WorkflowTask.objects.filter(id__in=ready)))
+    if succeeded == total:
+        Workflow.objects.filter(id=workflow_id).update(
+            status=WorkflowStatus.SUCCEEDED, finished_at=timezone.now(), updated_at=timezone.now()
+        )
+    return True
+
+
 def _task_ended(workflow: Workflow, task: WorkflowTask, status: str) -> None:
-    if status == JobStatus.SUCCEEDED:
-        workflow.success_seq += 1
-        workflow.tasks_succeeded += 1
-        task.succeeded_seq = workflow.success_seq
-        if task.compensation:
-            task.compensation_state = CompensationState.PENDING
-        task.save(update_fields=["succeeded_seq", "compensation_state"])
-        if workflow.status == WorkflowStatus.RUNNING:
-            release(workflow, _children_now_ready(workflow, task))
-            if workflow.tasks_succeeded == workflow.tasks_total:
-                _finish(workflow, WorkflowStatus.SUCCEEDED)
-                return
-            workflow.save(update_fields=["success_seq", "tasks_succeeded", "updated_at"])
-            return
-        advance_saga(workflow)  # a task that succeeded while the saga waited for it
-        return
+    """A task's job dead-lettered or was cancelled (successes go through _task_succeeded)."""
     if workflow.status == WorkflowStatus.RUNNING:
         start_saga(workflow, failed_task=task.task_id)
     else:
         advance_saga(workflow)
-
-
-def _children_now_ready(workflow: Workflow, task: WorkflowTask) -> list[WorkflowTask]:
-    """One fewer pending parent for each dependent; those at zero are ready. The workflow
-    lock makes this exact: two parents finishing together are counted one after the other."""
-    if not task.dependents:
-        return []
-    WorkflowTask.objects.filter(workflow=workflow, task_id__in=task.dependents).update(
-        pending_parents=F("pending_parents") - 1
-    )
-    return list(WorkflowTask.objects.filter(workflow=workflow, task_id__in=task.dependents, pending_parents=0))
 
 
 def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
@@ -105,9 +143,14 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
         for t in tasks
     ]
     submitted = services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs)
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE workflows_workflowtask AS t SET job_id = u.job FROM unnest(%s::bigint[], %s::uuid[]) AS u(id, job)"
+            " WHERE t.id = u.id",
+            [[t.pk for t in tasks], [s.job.id for s in submitted]],
+        )
     for task, sub in zip(tasks, submitted, strict=True):
         task.job_id = sub.job.id
-    WorkflowTask.objects.bulk_update(tasks, ["job_id"])
 
 
 def _spec(
@@ -126,22 +169,32 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     workflow.status = WorkflowStatus.COMPENSATING
     workflow.failed_task = failed_task
     WorkflowTask.objects.filter(workflow=workflow, job__isnull=True).update(skipped=True)
-    task_jobs = WorkflowTask.objects.filter(workflow=workflow, job__isnull=False).values("job_id")
-    now = timezone.now()
     # Direct updates, not the transitions: the workflow is locked here and moved on below;
-    # the transition's own hook would re-enter it for every job.
-    waiting = Job.objects.filter(id__in=task_jobs, status__in=[JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING])
-    waiting_ids = list(waiting.values_list("id", flat=True))
-    if waiting_ids:
-        Job.objects.filter(id__in=waiting_ids).update(
-            status=JobStatus.CANCELLED, finished_at=now, dispatch_token=None, next_retry_at=None,
-            breaker_held_at=None, updated_at=now,
-        )  # fmt: skip
-        Outbox.objects.filter(job_id__in=waiting_ids, topic="jobs").delete()
-    Job.objects.filter(id__in=task_jobs, status=JobStatus.RUNNING, cancel_requested_at__isnull=True).update(
-        cancel_requested_at=now, updated_at=now
-    )
+    # the transition's own hook would re-enter it for every job. Rows another transaction
+    # holds are skipped (see the module's note on lock order).
+    with connection.cursor() as cur:
+        cur.execute(_SAGA_STOP_SQL, {"workflow": workflow.id, "now": timezone.now()})
+        cancelled = [row[0] for row in cur.fetchall() if row[1] == JobStatus.CANCELLED]
+    if cancelled:
+        Outbox.objects.filter(job_id__in=cancelled, topic="jobs").delete()
     advance_saga(workflow)
+
+
+_SAGA_STOP_SQL = """
+WITH mine AS (
+    SELECT j.id FROM jobs_job j JOIN workflows_workflowtask t ON t.job_id = j.id
+     WHERE t.workflow_id = %(workflow)s AND j.status IN ('PENDING', 'QUEUED', 'RETRYING', 'RUNNING')
+       FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs_job AS j
+   SET status = CASE WHEN j.status = 'RUNNING' THEN j.status ELSE 'CANCELLED' END,
+       cancel_requested_at = CASE WHEN j.status = 'RUNNING' THEN coalesce(j.cancel_requested_at, %(now)s)
+                                  ELSE j.cancel_requested_at END,
+       finished_at = CASE WHEN j.status = 'RUNNING' THEN j.finished_at ELSE %(now)s END,
+       dispatch_token = CASE WHEN j.status = 'RUNNING' THEN j.dispatch_token END,
+       next_retry_at = NULL, breaker_held_at = NULL, updated_at = %(now)s
+  FROM mine WHERE j.id = mine.id
+RETURNING j.id, j.status"""
 
 
 def advance_saga(workflow: Workflow) -> None:

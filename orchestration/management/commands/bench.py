@@ -1,4 +1,4 @@
-"""`manage.py bench api|pipeline|logs`: benchmarks that print measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs|workflows`: benchmarks that print measured numbers next to a same-run baseline."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ class Command(BaseCommand):
         pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
         pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
+        flows = sub.add_parser("workflows", help="per-task cost of workflows vs plain jobs (wide and chain)")
+        flows.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        flows.add_argument("--wide", type=int, default=1000, help="independent tasks")
+        flows.add_argument("--chain", type=int, default=200, help="tasks in the chain")
+        flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         logs = sub.add_parser("logs", help="log handler cost, sink ingest rate and query latency, with baselines")
         logs.add_argument("--records", type=int, default=200_000, help="records for the handler cost")
         logs.add_argument("--sink-records", type=int, default=500_000, help="records for the sink ingest rate")
@@ -47,6 +52,14 @@ class Command(BaseCommand):
                 keep=opts["keep"],
                 out=self.stdout,
             )
+        elif opts["which"] == "workflows":
+            from orchestration.bench import workflows
+
+            self.stdout.write(f"bench workflows against {opts['url']} ({os.cpu_count()} CPUs)")
+            workflows.run(
+                base=opts["url"].rstrip("/"), wide=opts["wide"], chain=opts["chain"], keep=opts["keep"],
+                out=self.stdout,
+            )  # fmt: skip
         elif opts["which"] == "logs":
             from orchestration.bench import logs
 
