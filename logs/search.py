@@ -74,32 +74,28 @@ def _micros(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
+# Each filter: the LogQuery field, its condition (the value bound under the field's name),
+# and how the value is turned into the bound parameter.
+_FILTERS: tuple[tuple[str, str, Any], ...] = (
+    ("job_id", "job_id = {job_id:UUID}", str),
+    ("workflow_id", "workflow_id = {workflow_id:UUID}", str),
+    ("owner_id", "owner_id = {owner_id:UInt64}", int),
+    ("min_level", "level_no >= {min_level:UInt8}", LEVELS.__getitem__),
+    ("service", "service = {service:String}", str),
+    ("q", "lower(message) LIKE {q:String}", like_pattern),
+    ("since", "timestamp >= fromUnixTimestamp64Micro({since:Int64}, 'UTC')", _micros),
+    ("until", "timestamp < fromUnixTimestamp64Micro({until:Int64}, 'UTC')", _micros),
+)
+
+
 def _where(query: LogQuery, params: dict[str, Any]) -> list[str]:
     clauses: list[str] = []
-    if query.job_id is not None:
-        clauses.append("job_id = {job_id:UUID}")
-        params["job_id"] = str(query.job_id)
-    if query.workflow_id is not None:
-        clauses.append("workflow_id = {workflow_id:UUID}")
-        params["workflow_id"] = str(query.workflow_id)
-    if query.owner_id is not None:
-        clauses.append("owner_id = {owner_id:UInt64}")
-        params["owner_id"] = query.owner_id
-    if query.min_level:
-        clauses.append("level_no >= {level_no:UInt8}")
-        params["level_no"] = LEVELS[query.min_level]
-    if query.service:
-        clauses.append("service = {service:String}")
-        params["service"] = query.service
-    if query.q:
-        clauses.append("lower(message) LIKE {pattern:String}")
-        params["pattern"] = like_pattern(query.q)
-    if query.since is not None:
-        clauses.append("timestamp >= fromUnixTimestamp64Micro({since:Int64}, 'UTC')")
-        params["since"] = _micros(query.since)
-    if query.until is not None:
-        clauses.append("timestamp < fromUnixTimestamp64Micro({until:Int64}, 'UTC')")
-        params["until"] = _micros(query.until)
+    for field, condition, convert in _FILTERS:
+        value = getattr(query, field)
+        if value is None or value == "":
+            continue
+        clauses.append(condition)
+        params[field] = convert(value)
     return clauses
 
 

@@ -166,15 +166,21 @@ class Scheduler:
             return None
         return result
 
+    def _release_fenced(self, epoch: int, scan: str, *, limit: int, key: str | None = None) -> int:
+        """One fenced transaction: make up to `limit` jobs of a scan dispatchable and write
+        their outbox rows."""
+        with transaction.atomic():
+            fence(epoch)
+            released = transitions.release_batch(scan, now=self.clock(), limit=limit, key=key)
+            services.job_dispatch_released(released)
+        return len(released)
+
     def _release(self, scan: str, epoch: int) -> int:
         total = 0
         while True:
-            with transaction.atomic():
-                fence(epoch)
-                released = transitions.release_batch(scan, now=self.clock(), limit=self.batch)
-                services.job_dispatch_released(released)
-            total += len(released)
-            if len(released) < self.batch:
+            released = self._release_fenced(epoch, scan, limit=self.batch)
+            total += released
+            if released < self.batch:
                 return total
 
     def _release_held(self, epoch: int) -> int:
@@ -188,11 +194,7 @@ class Scheduler:
             room = max(0, limit - running - in_flight)
             if not room:
                 continue
-            with transaction.atomic():
-                fence(epoch)
-                released = transitions.release_batch("held", now=self.clock(), limit=room, key=key)
-                services.job_dispatch_released(released)
-            total += len(released)
+            total += self._release_fenced(epoch, "held", limit=room, key=key)
         return total
 
     def _release_breaker_held(self, epoch: int) -> int:
@@ -213,11 +215,7 @@ class Scheduler:
                 limit = 1
             else:
                 continue
-            with transaction.atomic():
-                fence(epoch)
-                released = transitions.release_batch("breaker", now=self.clock(), limit=limit, key=type_)
-                services.job_dispatch_released(released)
-            total += len(released)
+            total += self._release_fenced(epoch, "breaker", limit=limit, key=type_)
         return total
 
     def _fire_schedules(self, epoch: int) -> int:
