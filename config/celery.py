@@ -4,7 +4,7 @@ in `orchestration.tasks`."""
 import os
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -24,3 +24,14 @@ def _flush_shipped_logs(**kwargs: object) -> None:
     from logs.handler import flush_all
 
     flush_all()
+
+
+@worker_ready.connect
+def _start_worker_heartbeat(sender: object = None, **kwargs: object) -> None:
+    # The worker role's liveness and, on METRICS_PORT, its own /metrics (production).
+    from metrics.heartbeat import Heartbeat
+    from metrics.prom import serve_role_metrics
+
+    serve_role_metrics()
+    hostname = getattr(sender, "hostname", "")
+    Heartbeat("worker", lambda: {"celery": hostname}).start()

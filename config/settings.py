@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "django_prometheus",
     "jobs",
     "workflows",
     "orchestration",
@@ -49,6 +50,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Request counts and latencies by view and status (django-prometheus), around everything.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -57,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -187,6 +191,14 @@ JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.bu
 # `jobs/?log_contains=` asks ClickHouse for the matching job ids first; more than this is an
 # error asking for a narrower filter rather than a huge IN list.
 JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)
+# Role heartbeats in Redis (metrics/heartbeat.py).
+HEARTBEAT_SECONDS = env.float("HEARTBEAT_SECONDS", default=5.0)
+HEARTBEAT_PREFIX = env.str("HEARTBEAT_PREFIX", default="heartbeat")
+# The scheduler leader counts jobs per state, bridge lag and breakers this often (metrics).
+SCHEDULER_STATS_SECONDS = env.float("SCHEDULER_STATS_SECONDS", default=15.0)
+# /metrics needs `Authorization: Bearer <METRICS_TOKEN>` when set (production).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # Circuit breakers per job type (orchestration/breaker.py).
 BREAKER_ENABLED = env.bool("BREAKER_ENABLED", default=True)
 BREAKER_WINDOW_SECONDS = env.float("BREAKER_WINDOW_SECONDS", default=60.0)

@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metrics import health
+from metrics import views as metrics_views
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -20,6 +21,8 @@ urlpatterns = [
     path("api/v1/", include("workflows.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("metrics", metrics_views.metrics, name="metrics"),
+    path("metrics/", metrics_views.metrics),
     path("health/live", health.live),
     path("health/live/", health.live, name="health-live"),
     path("health/ready", health.ready),

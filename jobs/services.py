@@ -22,6 +22,7 @@ from django.utils import timezone
 from jobs import transitions
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
 from jobs.models import Job, JobStatus, Outbox, Schedule, default_backoff
+from metrics import prom
 
 ENVELOPE_VERSION = 1
 
@@ -222,12 +223,21 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
             ],
             now,
         )
+    _count_submitted([r.spec for r in rows if r.id in inserted])
     return [
         Submitted(_job_from_row(r, owner_id, now), True)
         if r.id in inserted
         else Submitted(replays[r.spec.idempotency_key], False)  # type: ignore[index]
         for r in rows
     ]
+
+
+def _count_submitted(specs: Sequence[JobSpec]) -> None:
+    counts: dict[tuple[str, str], int] = {}
+    for s in specs:
+        counts[(s.type, s.queue)] = counts.get((s.type, s.queue), 0) + 1
+    for (type_, queue), n in counts.items():
+        prom.JOBS_SUBMITTED.labels(type_, queue).inc(n)
 
 
 def _existing_for_replays(owner_id: int, conflicted: Sequence[_Row]) -> dict[str, Job]:

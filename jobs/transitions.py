@@ -25,6 +25,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobStatus
+from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
 REQUEUEABLE = (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
@@ -46,6 +47,7 @@ class Claim:
     lease_expires_at: datetime
     owner_id: int = 0
     workflow_id: uuid.UUID | None = None
+    waiting_since: datetime | None = None  # when it was dispatched (or created): queue wait ends now
 
 
 def current_status(job_id: uuid.UUID | str) -> str | None:
@@ -116,12 +118,13 @@ WITH claimed AS (
        AND dispatch_token = %(token)s
        AND attempts < max_attempts
     RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id,
-              workflow_id
+              workflow_id, coalesce(queued_at, created_at) AS waiting_since
 ), history AS (
     INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
     SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
 )
-SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id, workflow_id
+SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id, workflow_id,
+       waiting_since
   FROM claimed
 """
 
@@ -144,7 +147,7 @@ def mark_running(
         row = cur.fetchone()
     if row is None:
         return None
-    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id, workflow_id = row
+    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id, workflow_id, since = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
         attempt=attempt_seq,
@@ -159,6 +162,7 @@ def mark_running(
         lease_expires_at=lease,
         owner_id=owner_id,
         workflow_id=workflow_id,
+        waiting_since=since,
     )
 
 
@@ -178,7 +182,7 @@ WITH ended AS (
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
      WHERE job_id IN (SELECT id FROM ended) AND attempt = %(attempt)s AND status = 'RUNNING'
 ){extra}
-SELECT count(*), max(workflow_id::text) FROM ended
+SELECT count(*), max(workflow_id::text), max(type), max(queue) FROM ended
 """
 
 # A dead letter is also published to `jobs.dead` (through the outbox, in the same statement)
@@ -234,10 +238,19 @@ def _end_running(
     terminal = status in TERMINAL_STATUSES
     with _workflow_transaction(terminal and in_workflow is not False), connection.cursor() as cur:
         cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra), params)
-        won, workflow_id = cur.fetchone()
+        won, workflow_id, type_, queue = cur.fetchone()
         if won and workflow_id and terminal:
             _workflow_job_ended(job_id, workflow_id, status)
-        return bool(won)
+    if won:
+        _count_end(status, type_, queue)
+    return bool(won)
+
+
+def _count_end(status: str, type_: str, queue: str) -> None:
+    if status in TERMINAL_STATUSES:
+        prom.JOBS_FINISHED.labels(status, type_, queue).inc()
+    elif status == JobStatus.RETRYING:
+        prom.JOB_RETRIES.labels(type_, queue).inc()
 
 
 def _workflow_transaction(needed: bool) -> Any:
@@ -299,7 +312,7 @@ _CANCEL_WAITING_SQL = """
 UPDATE jobs_job SET status = 'CANCELLED', finished_at = %(now)s, dispatch_token = NULL, next_retry_at = NULL,
        breaker_held_at = NULL, updated_at = %(now)s
  WHERE id = %(id)s AND status = ANY(%(waiting)s)
-RETURNING workflow_id
+RETURNING workflow_id, type, queue
 """
 
 
@@ -312,7 +325,9 @@ def cancel_waiting(job_id: uuid.UUID | str) -> bool:
         row = cur.fetchone()
         if row is not None and row[0] is not None:
             _workflow_job_ended(job_id, row[0], JobStatus.CANCELLED)
-        return row is not None
+    if row is not None:
+        _count_end(JobStatus.CANCELLED, row[1], row[2])
+    return row is not None
 
 
 def request_cancel(job_id: uuid.UUID | str) -> bool:

@@ -35,6 +35,7 @@ import orjson
 
 from logs.context import current_job, service_name
 from logs.formatting import STANDARD_ATTRS
+from metrics import prom
 
 _HANDLERS: weakref.WeakSet[KafkaLogHandler] = weakref.WeakSet()
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -162,6 +163,7 @@ class KafkaLogHandler(logging.Handler):
     def _count_dropped(self, n: int) -> None:
         with self._count_lock:
             self.dropped += n
+        prom.LOGS_DROPPED.labels(self.service).inc(n)
 
     def queued(self) -> int:
         return len(self._queue)
@@ -213,6 +215,8 @@ class KafkaLogHandler(logging.Handler):
                     dropped += 1
             producer.poll(0)
             self.sent += sent
+            prom.LOGS_SHIPPED.labels(self.service).inc(sent)
+            prom.LOGS_QUEUED.labels(self.service).set(len(self._queue))
             if dropped:
                 self._count_dropped(dropped)
 

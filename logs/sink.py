@@ -29,6 +29,7 @@ from django.conf import settings
 
 from logs import store
 from logs.records import Batch, MalformedRecord
+from metrics import prom
 from orchestration import kafka
 
 logger = logging.getLogger("logs.sink")
@@ -65,6 +66,13 @@ class LogSink:
         self._offsets: dict[int, tuple[int, int]] = {}  # partition → (first, last) offset in the batch
         self._batch_started = 0.0
         self._stop: threading.Event | None = None
+
+    def details(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "ingested": s.ingested, "malformed": s.malformed, "paused": s.paused,
+            "insert_failures": s.insert_failures, "last_insert_seconds": round(s.last_insert_seconds, 3),
+        }  # fmt: skip
 
     # -- loop ------------------------------------------------------------------------------
 
@@ -109,6 +117,7 @@ class LogSink:
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.malformed += 1
+        prom.LOGS_MALFORMED.inc()
         headers = [
             *(msg.headers() or []),
             ("original_topic", (msg.topic() or "").encode()),
@@ -162,6 +171,8 @@ class LogSink:
             logger.warning("log_sink.insert_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
             return False
         elapsed = time.monotonic() - started
+        prom.LOGS_INSERT.observe(elapsed)
+        prom.LOGS_INGESTED.inc(self._batch.size)
         self.stats.ingested += self._batch.size
         self.stats.batches += 1
         self.stats.last_insert_seconds = elapsed
@@ -176,12 +187,14 @@ class LogSink:
         if not self.stats.paused:
             self.consumer.pause(self.consumer.assignment())
             self.stats.paused = True
+            prom.LOG_SINK_PAUSED.set(1)
             logger.warning("log_sink.paused", extra={"records": self._batch.size})
 
     def _resume(self) -> None:
         if self.stats.paused:
             self.consumer.resume(self.consumer.assignment())
             self.stats.paused = False
+            prom.LOG_SINK_PAUSED.set(0)
             logger.info("log_sink.resumed")
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -190,7 +203,3 @@ class LogSink:
         if self._offsets and not self.flush(retry=False):
             self._reset_batch()
         self.stats.paused = False
-
-
-def run_forever(stop: threading.Event) -> None:
-    LogSink().run(stop)

@@ -71,6 +71,21 @@ def configured_checks() -> dict[str, Callable[[], str | None]]:
     return checks
 
 
+def _roles() -> dict[str, Any]:
+    """Each role's processes and the age of their last heartbeat (shown, not judged: the web
+    is ready whatever the other roles do; alerts and `manage.py status` judge them)."""
+    from metrics import heartbeat
+
+    try:
+        records = heartbeat.roles()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    out: dict[str, Any] = {}
+    for r in records:
+        out.setdefault(r["role"], []).append({"host": r["host"], "pid": r["pid"], "age_seconds": r["age"]})
+    return out
+
+
 @never_cache
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
@@ -90,5 +105,5 @@ def ready(request: HttpRequest) -> JsonResponse:
         results[name] = {"ok": problem is None, "ms": ms} | ({"error": problem} if problem else {})
         healthy = healthy and problem is None
     failed = [name for name, r in results.items() if not r["ok"]]
-    body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": results}
+    body = {"status": "ok" if healthy else "unavailable", "failed": failed, "checks": results, "roles": _roles()}
     return JsonResponse(body, status=200 if healthy else 503)

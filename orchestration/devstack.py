@@ -48,7 +48,7 @@ def roles(port: int) -> list[Role]:
         Role(
             "web",
             [
-                PY, "-m", "gunicorn", "config.wsgi:application",
+                PY, "-m", "gunicorn", "config.wsgi:application", "--config", "python:config.gunicorn",
                 "--bind", f"127.0.0.1:{port}", "--workers", web_workers, "--threads", "4",
                 "--worker-class", "gthread", "--access-logfile", "-", "--graceful-timeout", "5",
                 "--no-control-socket",
@@ -209,6 +209,16 @@ def run_roles(port: int, env: dict[str, str]) -> None:
     arbiter.start()  # returns once circus stopped every role (Ctrl-C / SIGTERM)
 
 
+def fresh_metrics_dir() -> Path:
+    """An empty Prometheus multiprocess directory for this run (counters start at zero)."""
+    import shutil
+
+    path = engines.default_data_dir() / "prometheus"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     say("starting engines")
@@ -220,6 +230,8 @@ def main() -> None:
     env = {
         **os.environ,
         **urls,
+        # Every role writes its metrics here; the web's /metrics shows them all.
+        "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir()),
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "FLOWER_BASIC_AUTH": flower_credentials(),

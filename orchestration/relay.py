@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from jobs import transitions
+from metrics import prom
 from orchestration import kafka
 
 logger = logging.getLogger("orchestration.relay")
@@ -75,6 +76,7 @@ class Relay:
                 ]
             if not rows:
                 return 0
+            prom.RELAY_BATCH.observe(len(rows))
             delivered, errors = self._produce(rows)
             transitions.mark_queued_many(
                 [
@@ -96,7 +98,21 @@ class Relay:
                 self.ensure_topics()  # e.g. an embedded broker restarted and lost its topics
         else:
             self.failures = 0
+        for row in rows:
+            if row.id in delivered:
+                prom.RELAYED.labels(row.topic).inc()
         return len(delivered)
+
+    def report_backlog(self) -> dict[str, Any]:
+        """Outbox rows waiting and the age of the oldest (the outbox is small: a cheap read);
+        the heartbeat calls this every few seconds."""
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*), extract(epoch FROM now() - min(created_at)) FROM jobs_outbox")
+            pending, age = cur.fetchone()
+        age = round(float(age or 0.0), 3)
+        prom.OUTBOX_PENDING.set(pending)
+        prom.OUTBOX_AGE.set(age)
+        return {"outbox_pending": pending, "outbox_oldest_age_seconds": age, "delivery_failures": self.failures}
 
     def _produce(self, rows: list[OutboxRow]) -> tuple[dict[int, tuple[int, int]], list[str]]:
         """Produce every row; returns {outbox id: (partition, offset)} of those acknowledged."""

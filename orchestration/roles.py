@@ -5,6 +5,7 @@ and exits cleanly when its supervisor stops it."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -13,8 +14,17 @@ from typing import Any
 logger = logging.getLogger("orchestration.roles")
 
 
-def run_role(name: str, loop: Callable[[threading.Event], None]) -> None:
+def run_role(
+    name: str, loop: Callable[[threading.Event], None], details: Callable[[], dict[str, Any]] | None = None
+) -> None:
+    """Run a role's loop until SIGTERM/SIGINT, with its heartbeat and (on METRICS_PORT) its
+    own /metrics."""
+    from metrics.heartbeat import Heartbeat
+    from metrics.prom import serve_role_metrics
+
     stop = threading.Event()
+    serve_role_metrics()
+    Heartbeat(name, details).start()
 
     def request_stop(signum: int, frame: Any) -> None:
         logger.info("role.stopping", extra={"role": name, "signal": signal.Signals(signum).name})
@@ -23,5 +33,10 @@ def run_role(name: str, loop: Callable[[threading.Event], None]) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     logger.info("role.started", extra={"role": name})
-    loop(stop)
+    try:
+        loop(stop)
+    finally:
+        from metrics.prom import mark_dead
+
+        mark_dead(os.getpid())
     logger.info("role.stopped", extra={"role": name})

@@ -25,15 +25,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from jobs import schedules, services, transitions
 from jobs.models import AttemptStatus, Job, JobStatus
+from metrics import prom
 from orchestration import breaker, celery_queues, kafka, policy
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -142,6 +145,8 @@ class Scheduler:
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
         self._lag_consumer: Consumer | None = None
+        self._stats_at = 0.0
+        self.last: dict[str, Any] = {}  # what the heartbeat reports
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -153,18 +158,56 @@ class Scheduler:
         assert epoch is not None
         result = TickResult()
         try:
-            result.retries = self._release("retries", epoch)
-            result.delayed = self._release("delayed", epoch)
-            result.lost_workers = self._reap_expired_leases(epoch)
-            result.stale_dispatches = self._redispatch_stale(epoch, result)
-            result.cron_fired = self._fire_schedules(epoch)
-            result.held_released = self._release_held(epoch)
-            result.breaker_released = self._release_breaker_held(epoch)
+            result.retries = self._timed("retries", lambda: self._release("retries", epoch))
+            result.delayed = self._timed("delayed", lambda: self._release("delayed", epoch))
+            result.lost_workers = self._timed("leases", lambda: self._reap_expired_leases(epoch))
+            result.stale_dispatches = self._timed("stale", lambda: self._redispatch_stale(epoch, result))
+            result.cron_fired = self._timed("cron", lambda: self._fire_schedules(epoch))
+            result.held_released = self._timed("held", lambda: self._release_held(epoch))
+            result.breaker_released = self._timed("breaker", lambda: self._release_breaker_held(epoch))
+            if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
+                self._timed("stats", self.report_stats)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
             return None
         return result
+
+    def _timed(self, scan: str, run: Callable[[], int | None]) -> int:
+        started = time.perf_counter()
+        moved = run() or 0
+        prom.SCHEDULER_SCAN.labels(scan).observe(time.perf_counter() - started)
+        if moved:
+            prom.SCHEDULER_MOVED.labels(scan).inc(moved)
+        return moved
+
+    def report_stats(self) -> None:
+        """Metrics only the leader computes: jobs per state, bridge lag per partition, every
+        breaker, breaker-held jobs."""
+        self._stats_at = time.monotonic()
+        with connection.cursor() as cur:
+            cur.execute("SELECT status, count(*) FROM jobs_job GROUP BY status")
+            counts = dict(cur.fetchall())
+        for status in JobStatus.values:
+            prom.JOBS_IN_STATE.labels(status).set(counts.get(status, 0))
+        positions = self.bridge_positions() or {}
+        lag = {p: max(0, high - committed) for p, (committed, high) in positions.items()}
+        for partition, behind in lag.items():
+            prom.BRIDGE_LAG.labels(str(partition)).set(behind)
+        for type_ in breaker.known_types():
+            prom.BREAKER_STATE.labels(type_).set(prom.BREAKER_STATES[breaker.state_of(type_).state])
+        held = dict(
+            Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
+            .order_by()
+            .values_list("type")
+            .annotate(n=Count("id"))
+        )
+        for type_, n in held.items():
+            prom.JOBS_HELD.labels(type_).set(n)
+        self.last = {"jobs_in_state": counts, "bridge_lag": sum(lag.values()), "breaker_held": sum(held.values())}
+
+    def details(self) -> dict[str, Any]:
+        return {"leading": self.lock.epoch is not None, "identity": self.identity, **self.last}
 
     def _release_fenced(self, epoch: int, scan: str, *, limit: int, key: str | None = None) -> int:
         """One fenced transaction: make up to `limit` jobs of a scan dispatchable and write
@@ -339,6 +382,7 @@ class Scheduler:
                 result = None
             if (result is not None) != leading:
                 leading = result is not None
+                prom.SCHEDULER_LEADER.labels(self.identity).set(int(leading))
                 logger.info("scheduler.role", extra={"leading": leading, "identity": self.identity})
             if result and result.moved_anything():
                 logger.info("scheduler.tick", extra=vars(result))

@@ -41,6 +41,7 @@ from django.utils.module_loading import import_string
 from jobs import transitions
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
+from metrics import prom
 from orchestration import breaker, policy
 from orchestration.breaker import BREAKERS
 from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
@@ -265,12 +266,19 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
         job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
         is_cancel_requested=MONITOR.cancel_requested,
     )  # fmt: skip
+    if claim.waiting_since is not None:
+        wait = (timezone.now() - claim.waiting_since).total_seconds()
+        prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
+    started = time.perf_counter()
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
         try:
             with _handler_running(job_id, claim.attempt, claim.timeout_seconds):
-                result = handler(claim.payload, ctx)
+                try:
+                    result = handler(claim.payload, ctx)
+                finally:  # failures and timeouts have a duration too
+                    prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
             orjson.dumps(result)  # must be storable as JSON
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc

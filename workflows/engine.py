@@ -33,6 +33,7 @@ from django.utils import timezone
 from jobs import services
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, Outbox
 from jobs.services import JobSpec
+from metrics import prom
 from workflows.models import CompensationState, Workflow, WorkflowStatus, WorkflowTask
 
 PARENTS_KEY = "parents"
@@ -114,6 +115,7 @@ def _task_succeeded(job_id: uuid.UUID, workflow_id: uuid.UUID) -> bool:
         Workflow.objects.filter(id=workflow_id).update(
             status=WorkflowStatus.SUCCEEDED, finished_at=timezone.now(), updated_at=timezone.now()
         )
+        prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
     return True
 
 
@@ -233,6 +235,7 @@ def _finish(workflow: Workflow, status: str) -> None:
     workflow.status = status
     workflow.finished_at = timezone.now()
     workflow.save()
+    prom.WORKFLOWS_FINISHED.labels(status).inc()
 
 
 def lock(workflow_id: uuid.UUID | str) -> None:

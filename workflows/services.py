@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs.errors import IdempotencyConflict
+from metrics import prom
 from workflows import dag, engine
 from workflows.errors import WorkflowFinished, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus, WorkflowTask
@@ -79,6 +80,7 @@ def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tup
             ]
         )  # fmt: skip
         engine.release(workflow, [t for t in tasks if t.pending_parents == 0])
+    prom.WORKFLOWS_SUBMITTED.inc()
     return workflow, True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.backends.kafka.consumer import KafkaProducer
@@ -37,6 +38,13 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     def __init__(self, *, high_water: int, low_water: int) -> None:
         self.high_water, self.low_water = high_water, low_water
         self.enqueue: EnqueueToCelery | None = None  # the live step, for tests and status
+
+    def details(self) -> dict[str, Any]:
+        """For the heartbeat: what the bridge holds back and how much it moved."""
+        step = self.enqueue
+        if step is None:
+            return {"assigned": False}
+        return {"assigned": True, "paused_queues": sorted(step.paused), "enqueued": step.enqueued}
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
@@ -72,8 +80,8 @@ def build_processor(factory: BridgeStrategyFactory | None = None) -> StreamProce
     )
 
 
-def run_forever(stop: threading.Event) -> None:
-    processor = build_processor()
+def run_forever(stop: threading.Event, factory: BridgeStrategyFactory | None = None) -> None:
+    processor = build_processor(factory)
 
     def shutdown_on_stop() -> None:
         stop.wait()

@@ -15,4 +15,5 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         store.migrate()  # idempotent; a sink never writes into a missing table
-        run_role("log-sink", sink.run_forever)
+        log_sink = sink.LogSink()
+        run_role("log-sink", log_sink.run, log_sink.details)

@@ -21,6 +21,7 @@ from arroyo.types import Message
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from metrics import prom
 from orchestration import celery_queues
 from orchestration.consumers.envelope import DispatchEnvelope
 from orchestration.consumers.steps.forwarding import ForwardingStep
@@ -61,6 +62,7 @@ class EnqueueToCelery(ForwardingStep):
         if now - read_at >= self.depth_ttl:
             depth = celery_queues.depths([queue])[queue]
             self._depth[queue] = (now, depth)
+            prom.CELERY_QUEUE_DEPTH.labels(queue).set(depth)
         return depth
 
     def _blocked(self, queue: str) -> bool:
@@ -69,10 +71,12 @@ class EnqueueToCelery(ForwardingStep):
             if depth > self.low_water:
                 return True
             self.paused.discard(queue)
+            prom.BRIDGE_PAUSED.labels(queue).set(0)
             logger.info("bridge.resumed", extra={"queue": queue, "depth": depth})
             return False
         if depth >= self.high_water:
             self.paused.add(queue)
+            prom.BRIDGE_PAUSED.labels(queue).set(1)
             logger.info("bridge.paused", extra={"queue": queue, "depth": depth, "high_water": self.high_water})
             return True
         return False
@@ -113,4 +117,5 @@ class EnqueueToCelery(ForwardingStep):
         read_at, depth = self._depth.get(envelope.queue, (self.clock(), 0))
         self._depth[envelope.queue] = (read_at, depth + 1)
         self.enqueued += 1
+        prom.BRIDGE_ENQUEUED.labels(envelope.queue).inc()
         self.next_step.submit(message)

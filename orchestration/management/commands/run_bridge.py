@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from orchestration.consumers import bridge
@@ -14,4 +15,7 @@ class Command(BaseCommand):
     help = "Move dispatched jobs from Kafka into Celery queues, with backpressure."
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        run_role("bridge", bridge.run_forever)
+        factory = bridge.BridgeStrategyFactory(
+            high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER
+        )
+        run_role("bridge", lambda stop: bridge.run_forever(stop, factory), factory.details)

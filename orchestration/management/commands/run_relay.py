@@ -15,4 +15,4 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         relay = Relay()
-        run_role("relay", relay.run_forever)
+        run_role("relay", relay.run_forever, relay.report_backlog)

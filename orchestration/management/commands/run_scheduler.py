@@ -15,4 +15,5 @@ class Command(BaseCommand):
     help = "Release due retries and delayed jobs, reap lost workers, re-dispatch lost messages."
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        run_role("scheduler", Scheduler().run_forever)
+        scheduler = Scheduler()
+        run_role("scheduler", scheduler.run_forever, scheduler.details)

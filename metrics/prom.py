@@ -1,0 +1,127 @@
+"""Every Prometheus metric of the platform, in one place (names as in the contract:
+`orchestration_` prefix, labelled by `type` and `queue` where that makes sense).
+
+Processes: in the dev stack every role writes into one multiprocess directory
+(PROMETHEUS_MULTIPROC_DIR, set by `make run`), and `/metrics` on the web port shows all of
+them. In production each role serves its own `/metrics` on METRICS_PORT (`serve_role_metrics`)
+and the web serves its own at `/metrics`. Gauges say how they combine across processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+
+P = "orchestration_"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+# --- jobs ---------------------------------------------------------------------------------
+JOBS_SUBMITTED = Counter(
+    P + "jobs_submitted_total", "Jobs created (API, bulk, schedules, workflows).", ["type", "queue"]
+)
+JOBS_FINISHED = Counter(P + "jobs_finished_total", "Jobs that reached a terminal status.", ["status", "type", "queue"])
+JOB_RETRIES = Counter(P + "job_retries_total", "Failed attempts that will be retried.", ["type", "queue"])
+JOB_DURATION = Histogram(
+    P + "job_duration_seconds", "Handler run time of an attempt.", ["type", "queue"], buckets=LATENCY_BUCKETS
+)
+JOB_QUEUE_WAIT = Histogram(
+    P + "job_queue_wait_seconds",
+    "From dispatch (or creation) to the start of the attempt.",
+    ["type", "queue"],
+    buckets=LATENCY_BUCKETS,
+)
+JOBS_IN_STATE = Gauge(
+    P + "jobs_in_state", "Jobs in each status (counted by the scheduler leader).", ["status"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+JOBS_HELD = Gauge(
+    P + "jobs_held", "Jobs held back by their type's open circuit breaker.", ["type"], multiprocess_mode="mostrecent"
+)
+
+# --- dispatch -----------------------------------------------------------------------------
+OUTBOX_PENDING = Gauge(P + "outbox_pending", "Outbox rows not yet relayed to Kafka.", multiprocess_mode="mostrecent")
+OUTBOX_AGE = Gauge(
+    P + "outbox_oldest_age_seconds", "Age of the oldest outbox row (0 when empty).", multiprocess_mode="mostrecent"
+)
+RELAY_BATCH = Histogram(
+    P + "relay_batch_size", "Outbox rows per relay batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+)
+RELAYED = Counter(P + "relayed_total", "Dispatch messages Kafka acknowledged.", ["topic"])
+BRIDGE_LAG = Gauge(
+    P + "bridge_lag", "Messages in Kafka `jobs` the bridge has not committed yet.", ["partition"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+BRIDGE_PAUSED = Gauge(
+    P + "bridge_paused", "1 while the bridge holds a queue back (above its high-water mark).", ["queue"],
+    multiprocess_mode="max",
+)  # fmt: skip
+BRIDGE_ENQUEUED = Counter(P + "bridge_enqueued_total", "Jobs the bridge put on Celery queues.", ["queue"])
+CELERY_QUEUE_DEPTH = Gauge(
+    P + "celery_queue_depth", "Ready Celery messages per queue.", ["queue"], multiprocess_mode="mostrecent"
+)
+
+# --- scheduler ----------------------------------------------------------------------------
+SCHEDULER_LEADER = Gauge(
+    P + "scheduler_leader", "1 in the scheduler process that leads.", ["identity"], multiprocess_mode="liveall"
+)
+SCHEDULER_SCAN = Histogram(
+    P + "scheduler_scan_seconds", "Duration of each scheduler scan.", ["scan"], buckets=LATENCY_BUCKETS
+)
+SCHEDULER_MOVED = Counter(P + "scheduler_moved_total", "Jobs each scan moved.", ["scan"])
+
+# --- circuit breakers ----------------------------------------------------------------------
+BREAKER_STATE = Gauge(
+    P + "breaker_state", "Circuit breaker per job type: 0 closed, 1 half open, 2 open.", ["type"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+# --- workflows ----------------------------------------------------------------------------
+WORKFLOWS_SUBMITTED = Counter(P + "workflows_submitted_total", "Workflows created.")
+WORKFLOWS_FINISHED = Counter(P + "workflows_finished_total", "Workflows that reached a terminal status.", ["status"])
+
+# --- logs ---------------------------------------------------------------------------------
+LOGS_SHIPPED = Counter(P + "logs_shipped_total", "Log records handed to Kafka by the shipping handler.", ["service"])
+LOGS_DROPPED = Counter(P + "logs_dropped_total", "Log records the shipping handler gave up on.", ["service"])
+LOGS_QUEUED = Gauge(
+    P + "logs_queued", "Log records waiting in the handler's queue.", ["service"], multiprocess_mode="livesum"
+)
+LOGS_INGESTED = Counter(P + "logs_ingested_total", "Log records the sink stored in ClickHouse.")
+LOGS_MALFORMED = Counter(P + "logs_malformed_total", "Log records the sink sent to logs.dlq.")
+LOGS_INSERT = Histogram(
+    P + "logs_insert_seconds", "Duration of one ClickHouse insert of the sink.", buckets=LATENCY_BUCKETS
+)
+LOG_SINK_PAUSED = Gauge(P + "log_sink_paused", "1 while the sink waits for ClickHouse.", multiprocess_mode="max")
+
+# --- roles ---------------------------------------------------------------------------------
+ROLE_HEARTBEAT = Gauge(
+    P + "role_heartbeat_timestamp_seconds", "Last heartbeat of each role process.", ["role"], multiprocess_mode="max"
+)
+
+
+def registry() -> CollectorRegistry:
+    """What to expose: every process's metrics in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def serve_role_metrics() -> int | None:
+    """A role's own /metrics on METRICS_PORT (production: one per container). Not in the dev
+    stack, where the web's /metrics shows every role through the multiprocess directory."""
+    port = os.environ.get("METRICS_PORT")
+    if not port:
+        return None
+    start_http_server(int(port), addr=os.environ.get("METRICS_ADDRESS", "0.0.0.0"), registry=registry())  # noqa: S104 scraped by Prometheus over the container network
+    return int(port)
+
+
+def mark_dead(pid: int) -> None:
+    """Forget a finished process's live gauges (gunicorn and circus children)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,107 @@
+"""Metrics, heartbeats and `manage.py status` against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from django.core.management import call_command
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobs import services
+from jobs.services import JobSpec
+from metrics import heartbeat
+from orchestration.worker import execute
+from tests.orchestration.conftest import REPO
+
+pytestmark = pytest.mark.django_db
+
+CONTRACT = [
+    "orchestration_jobs_submitted_total", "orchestration_jobs_finished_total", "orchestration_job_duration_seconds",
+    "orchestration_job_queue_wait_seconds", "orchestration_jobs_in_state", "orchestration_outbox_pending",
+    "orchestration_bridge_lag", "orchestration_logs_ingested_total", "orchestration_logs_dropped_total",
+]  # fmt: skip
+
+
+def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_move_when_jobs_run(client, user):
+    before = scrape(client)
+    job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.echo", queue="metrics-q")).job
+    execute({"job_id": str(job.id), "dispatch_token": str(job.dispatch_token), "type": "demo.echo"})
+    after = scrape(client)
+    labels = {"type": "demo.echo", "queue": "metrics-q"}
+    assert (
+        value(after, "orchestration_jobs_submitted_total", **labels)
+        == value(before, "orchestration_jobs_submitted_total", **labels) + 1
+    )
+    done = {"status": "SUCCEEDED", **labels}
+    assert (
+        value(after, "orchestration_jobs_finished_total", **done)
+        == value(before, "orchestration_jobs_finished_total", **done) + 1
+    )
+    assert value(after, "orchestration_job_duration_seconds_count", **labels) >= 1
+    assert value(after, "orchestration_job_queue_wait_seconds_count", **labels) >= 1
+    text = client.get("/metrics").content.decode()
+    for metric in CONTRACT:  # every contract metric is declared, labelled or not yet set
+        assert f"# HELP {metric} " in text or f"# HELP {metric.removesuffix('_total')} " in text, metric
+    assert "django_http_requests_total_by_method_total" in text  # django-prometheus
+
+
+def test_metrics_need_the_token_when_one_is_set(client, settings):
+    settings.METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_the_multiprocess_directory_shows_every_process(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    bump = "from metrics import prom; prom.JOBS_SUBMITTED.labels('t', 'q').inc(3); prom.OUTBOX_PENDING.set(7)"
+    for _ in range(2):  # two processes, like two roles
+        subprocess.run([sys.executable, "-c", bump], cwd=REPO, env=env, check=True)
+    show = (
+        "from prometheus_client import generate_latest; from metrics.prom import registry; "
+        "print(generate_latest(registry()).decode())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", show], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    assert 'orchestration_jobs_submitted_total{queue="q",type="t"} 6.0' in out
+    assert "orchestration_outbox_pending 7.0" in out
+
+
+def test_heartbeats_status_and_ready(client, settings):
+    settings.HEARTBEAT_PREFIX = f"hb-{uuid.uuid4().hex}"
+    heartbeat.beat("relay", {"outbox_pending": 3})
+    heartbeat.beat("scheduler", {"leading": True, "bridge_lag": 5, "jobs_in_state": {"PENDING": 2}})
+    relay, scheduler = heartbeat.roles()
+    assert scheduler["leading"] is True
+    assert relay["role"] == "relay"
+    assert relay["outbox_pending"] == 3
+    assert relay["age"] < 5
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert "relay" in text
+    assert "outbox_pending=3" in text
+    assert "MISSING" in text  # no worker, bridge or log sink here
+    assert "Kafka jobs (bridge lag)  5" in text
+    ready = client.get("/health/ready").json()
+    assert ready["roles"]["relay"][0]["age_seconds"] < 5
