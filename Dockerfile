@@ -6,8 +6,8 @@ RUN useradd --system --create-home app
 COPY requirements/ requirements/
 RUN pip install -r requirements/prod.txt
 COPY . .
-RUN DJANGO_SECRET_KEY=build DJANGO_ALLOWED_HOSTS=build DATABASE_URL=postgres://build/build REDIS_URL=redis://build \
+RUN DJANGO_SECRET_KEY=build DJANGO_ALLOWED_HOSTS=build METRICS_TOKEN=build DATABASE_URL=postgres://build/build REDIS_URL=redis://build \
     python manage.py collectstatic --noinput
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4", "--worker-class", "gthread"]
+CMD ["gunicorn", "config.wsgi:application", "--config", "python:config.gunicorn", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4", "--worker-class", "gthread"]

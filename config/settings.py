@@ -198,6 +198,8 @@ HEARTBEAT_PREFIX = env.str("HEARTBEAT_PREFIX", default="heartbeat")
 SCHEDULER_STATS_SECONDS = env.float("SCHEDULER_STATS_SECONDS", default=15.0)
 # /metrics needs `Authorization: Bearer <METRICS_TOKEN>` when set (production).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if PRODUCTION and not METRICS_TOKEN:
+    raise ImproperlyConfigured("METRICS_TOKEN must be set in production: /metrics is not public")
 
 # Circuit breakers per job type (orchestration/breaker.py).
 BREAKER_ENABLED = env.bool("BREAKER_ENABLED", default=True)

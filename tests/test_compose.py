@@ -32,3 +32,31 @@ def test_every_engine_variable_reaches_every_app_service():
         env = services[role.name]["environment"]
         for variable in engines.ENV_VARS.values():
             assert variable in env, f"{variable} not set for {role.name}"
+
+
+def test_every_role_but_the_web_serves_its_own_metrics_and_has_a_health_check():
+    services = COMPOSE["services"]
+    for role in roles(8000):
+        service = services[role.name]
+        assert "healthcheck" in service, f"{role.name} has no health check"
+        assert "restart" in service, f"{role.name} has no restart policy"
+        assert "deploy" in service and "resources" in service["deploy"], f"{role.name} has no resource limits"
+        if role.name not in ("web", "flower"):
+            assert service["environment"]["METRICS_PORT"] == "9100"
+            assert "9100/metrics" in " ".join(service["healthcheck"]["test"])
+
+
+def test_secrets_the_dev_stack_makes_up_are_required_in_production():
+    services = COMPOSE["services"]
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    for service in ("web", "prometheus"):
+        assert "METRICS_TOKEN" in services[service]["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" in services["grafana"]["environment"]
+
+
+def test_prometheus_and_grafana_mount_the_repositorys_config():
+    volumes = " ".join(COMPOSE["services"]["prometheus"]["volumes"] + COMPOSE["services"]["grafana"]["volumes"])
+    for path in ("metrics/prometheus/prometheus.yml", "metrics/prometheus/rules.yml", "metrics/grafana/provisioning",
+                 "metrics/grafana/dashboards"):  # fmt: skip
+        assert f"./{path}:" in volumes
+        assert (Path(__file__).resolve().parent.parent / path).exists()
