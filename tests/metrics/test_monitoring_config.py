@@ -38,14 +38,15 @@ def promtool(tmp_path_factory) -> str:
     found = shutil.which("promtool") or (str(TOOLS / "promtool") if (TOOLS / "promtool").exists() else None)
     if found:
         return found
-    if not shutil.which("apt-get"):
+    apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if not apt_get or not dpkg_deb:
         pytest.skip("promtool is not installed and apt-get is not available to fetch it")
     work = tmp_path_factory.mktemp("promtool")
-    fetched = subprocess.run(["apt-get", "download", "prometheus"], cwd=work, capture_output=True, text=True)
+    fetched = subprocess.run([apt_get, "download", "prometheus"], cwd=work, capture_output=True, text=True)
     debs = list(work.glob("prometheus_*.deb"))
     if not debs:
         pytest.skip(f"could not fetch Debian's prometheus package: {fetched.stderr.strip()[-300:]}")
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True)
+    subprocess.run([dpkg_deb, "-x", str(debs[0]), str(work / "x")], check=True)
     TOOLS.mkdir(parents=True, exist_ok=True)
     shutil.copy(work / "x" / "usr" / "bin" / "promtool", TOOLS / "promtool")
     return str(TOOLS / "promtool")
