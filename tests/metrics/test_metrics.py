@@ -105,3 +105,30 @@ def test_heartbeats_status_and_ready(client, settings):
     assert "Kafka jobs (bridge lag)  5" in text
     ready = client.get("/health/ready").json()
     assert ready["roles"]["relay"][0]["age_seconds"] < 5
+
+
+@pytest.mark.kafka
+@pytest.mark.django_db(transaction=True)
+def test_a_role_serves_its_own_metrics_on_metrics_port(topics, queue, tmp_path):
+    import urllib.request
+
+    from tests.logs.test_sink import free_port
+    from tests.orchestration.conftest import Stack, wait_for
+
+    port = free_port()
+    stack = Stack(topics, queue, tmp_path, METRICS_PORT=str(port), HEARTBEAT_SECONDS="0.5")
+    stack.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    stack.start("relay")
+    try:
+
+        def scraped() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                return ""
+
+        wait_for(lambda: 'role_heartbeat_timestamp_seconds{role="relay"}' in scraped(), timeout=30, message="metrics")
+        assert "orchestration_outbox_pending" in scraped()
+    finally:
+        stack.close()

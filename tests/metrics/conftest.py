@@ -1,0 +1,3 @@
+"""The dispatch pipeline's fixtures, for tests that start a role as a process."""
+
+from tests.orchestration.conftest import queue, topics  # noqa: F401
