@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_prometheus",
+    "dashboard",
     "jobs",
     "workflows",
     "orchestration",
@@ -77,7 +78,9 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.links",
             ],
+            "builtins": ["dashboard.templatetags.dashboard_tags"],
         },
     },
 ]
@@ -191,6 +194,11 @@ JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.bu
 # `jobs/?log_contains=` asks ClickHouse for the matching job ids first; more than this is an
 # error asking for a narrower filter rather than a huge IN list.
 JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)
+# Where the dashboard links to Flower (its own port in the dev stack).
+FLOWER_URL = env.str("FLOWER_URL", default=f"http://127.0.0.1:{env.int('FLOWER_PORT', default=5555)}/")
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
 # Role heartbeats in Redis (metrics/heartbeat.py).
 HEARTBEAT_SECONDS = env.float("HEARTBEAT_SECONDS", default=5.0)
 HEARTBEAT_PREFIX = env.str("HEARTBEAT_PREFIX", default="heartbeat")

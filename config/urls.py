@@ -1,20 +1,12 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metrics import health
 from metrics import views as metrics_views
 
-
-def home(request: HttpRequest) -> HttpResponse:
-    # The operator dashboard takes this page over; until then, point at the API docs.
-    return redirect("/api/docs/")
-
-
 urlpatterns = [
-    path("", home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.urls")),
     path("api/v1/", include("logs.urls")),
@@ -27,6 +19,7 @@ urlpatterns = [
     path("health/live/", health.live, name="health-live"),
     path("health/ready", health.ready),
     path("health/ready/", health.ready, name="health-ready"),
+    path("", include("dashboard.urls")),
 ]
 
 

@@ -1,0 +1,297 @@
+"""The operator dashboard: server-rendered pages behind login, with the same permissions as
+the API (users see their own jobs and workflows, staff see all) and every action a POST
+with Django's CSRF protection. Parts of a page that change refresh themselves by fetching a
+fragment (see static/dashboard/app.js)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError
+
+from dashboard import charts, queries
+from jobs import selectors, services
+from jobs.errors import JobError
+from jobs.models import TERMINAL_STATUSES, JobStatus
+from jobs.serializers import JobDetailSerializer
+from logs import search
+from logs.records import LEVELS
+from workflows import selectors as workflow_selectors
+from workflows import services as workflow_services
+from workflows.errors import WorkflowFinished, WorkflowNotFound
+from workflows.graph import GraphTask, render_svg
+from workflows.models import WORKFLOW_TERMINAL, WorkflowStatus
+from workflows.serializers import task_rows
+
+PAGE = 50
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/overview.html", _overview_context(request))
+
+
+@login_required
+def overview_panel(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/_overview_panel.html", _overview_context(request))
+
+
+def _overview_context(request: HttpRequest) -> dict[str, Any]:
+    data = queries.overview(request.user)
+    m = data["minutes"]
+    data["throughput_chart"] = charts.line_chart(
+        [("succeeded", "#15803d", m["succeeded"]), ("dead-lettered", "#b91c1c", m["dead"])],
+        m["labels"], title="Jobs finished per minute, last hour",
+    )  # fmt: skip
+    data["latency_chart"] = charts.line_chart(
+        [("p50", "#1d4ed8", m["p50"]), ("p95", "#7c3aed", m["p95"])],
+        m["labels"], title="End-to-end latency per minute, last hour (seconds)", unit=" s",
+    )  # fmt: skip
+    data["statuses"] = JobStatus.values
+    return data
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    filterset = selectors.JobFilter(request.GET, queryset=selectors.job_visible_to(request.user), request=request)
+    rows: list[Any] = []
+    cursor = None
+    error = None
+    if filterset.is_valid():
+        try:
+            rows, cursor = queries.keyset_page(filterset.qs, request.GET.get("cursor"), PAGE)
+        except ValidationError as exc:
+            error = "; ".join(str(m) for msgs in exc.detail.values() for m in msgs)  # type: ignore[union-attr]
+        except search.LogStoreUnavailable:
+            error = "The log store is not answering: the log text filter cannot be used right now."
+    else:
+        error = "; ".join(f"{k}: {', '.join(v)}" for k, v in filterset.errors.items())
+    params = request.GET.copy()
+    params.pop("cursor", None)
+    next_url = None
+    if cursor:
+        params["cursor"] = cursor
+        next_url = f"?{params.urlencode()}"
+    return render(
+        request,
+        "dashboard/jobs.html",
+        {"jobs": rows, "next_url": next_url, "error": error, "f": request.GET, "statuses": JobStatus.values},
+    )
+
+
+@login_required
+@require_POST
+def job_bulk(request: HttpRequest) -> HttpResponse:
+    action = request.POST.get("action")
+    do = {"retry": services.job_retry, "cancel": services.job_cancel}.get(action or "")
+    if do is None:
+        messages.error(request, "Choose retry or cancel.")
+        return _back(request, reverse("dashboard:jobs"))
+    ids = [i for i in request.POST.getlist("ids") if _is_uuid(i)]
+    visible = set(selectors.job_visible_to(request.user).filter(id__in=ids).values_list("id", flat=True))
+    done, refused = 0, []
+    for job_id in visible:
+        try:
+            do(job_id=job_id)
+            done += 1
+        except JobError as exc:
+            refused.append(str(exc))
+    verb = "Retried" if action == "retry" else "Cancelled"
+    if done:
+        messages.success(request, f"{verb} {done} job(s).")
+    for reason in refused[:10]:
+        messages.warning(request, reason)
+    if not ids:
+        messages.warning(request, "No jobs were selected.")
+    return _back(request, reverse("dashboard:jobs"))
+
+
+@login_required
+def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    return render(request, "dashboard/job.html", _job_context(request, job_id))
+
+
+@login_required
+def job_panel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    return render(request, "dashboard/_job_panel.html", _job_context(request, job_id))
+
+
+@login_required
+def job_logs(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    try:
+        records, _ = search.search(search.LogQuery(job_id=job.id, limit=200))
+        records.reverse()  # newest last, like a terminal
+        error = None
+    except search.LogStoreUnavailable:
+        records, error = [], "The log store is not answering."
+    return render(request, "dashboard/_log_tail.html", {"records": records, "error": error, "job": job})
+
+
+def _job_or_404(request: HttpRequest, job_id: uuid.UUID) -> Any:
+    try:
+        return selectors.job_get(user=request.user, job_id=job_id)
+    except JobError:
+        raise Http404("no such job") from None
+
+
+def _job_context(request: HttpRequest, job_id: uuid.UUID) -> dict[str, Any]:
+    job = _job_or_404(request, job_id)
+    data = JobDetailSerializer(job).data
+    return {"job": job, "data": data, "terminal": job.status in TERMINAL_STATUSES}
+
+
+@login_required
+@require_POST
+def job_action(request: HttpRequest, job_id: uuid.UUID, action: str) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    try:
+        (services.job_retry if action == "retry" else services.job_cancel)(job_id=job.id)
+        messages.success(request, f"Job {'requeued' if action == 'retry' else 'cancel requested'}.")
+    except JobError as exc:
+        messages.warning(request, str(exc))
+    return redirect("dashboard:job", job_id=job.id)
+
+
+# --- workflows ----------------------------------------------------------------------------
+
+
+@login_required
+def workflow_list(request: HttpRequest) -> HttpResponse:
+    filterset = workflow_selectors.WorkflowFilter(
+        request.GET, queryset=workflow_selectors.workflow_visible_to(request.user)
+    )
+    rows, cursor = queries.keyset_page(
+        filterset.qs if filterset.is_valid() else filterset.queryset.none(), request.GET.get("cursor"), PAGE
+    )
+    next_url = f"?status={request.GET.get('status', '')}&cursor={cursor}" if cursor else None
+    return render(request, "dashboard/workflows.html", {"workflows": rows, "next_url": next_url, "f": request.GET,
+                                                        "statuses": WorkflowStatus.values})  # fmt: skip
+
+
+@login_required
+def workflow_detail(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
+    return render(request, "dashboard/workflow.html", _workflow_context(request, workflow_id))
+
+
+@login_required
+def workflow_panel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
+    return render(request, "dashboard/_workflow_panel.html", _workflow_context(request, workflow_id))
+
+
+def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str, Any]:
+    try:
+        workflow = workflow_selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+    except WorkflowNotFound:
+        raise Http404("no such workflow") from None
+    tasks = task_rows(workflow)
+    graph = render_svg([GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in tasks])
+    return {"workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL}
+
+
+@login_required
+@require_POST
+def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
+    try:
+        workflow = workflow_selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+        workflow_services.workflow_cancel(workflow_id=workflow.id)
+        messages.success(request, "Workflow cancelled: what succeeded is being compensated.")
+    except WorkflowNotFound:
+        raise Http404("no such workflow") from None
+    except WorkflowFinished as exc:
+        messages.warning(request, str(exc))
+    return redirect("dashboard:workflow", workflow_id=workflow_id)
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+
+@login_required
+def log_search(request: HttpRequest) -> HttpResponse:
+    g = request.GET
+    error = None
+    records: list[dict[str, Any]] = []
+    next_cursor = None
+    job_id = g.get("job_id") if _is_uuid(g.get("job_id", "")) else None
+    level = g.get("level", "").upper() or None
+    if level and level not in LEVELS:
+        error, level = f"Unknown level {level!r}.", None
+    since = _parse_since(g.get("window", "1h"))
+    owner = None if request.user.is_staff else request.user.pk
+    if job_id and not request.user.is_staff:
+        if selectors.job_visible_to(request.user).filter(id=job_id).exists():
+            owner = None  # the job's own lines, those written outside an attempt included
+        else:
+            job_id = "00000000-0000-0000-0000-000000000000"  # another user's job: nothing
+    if "q" in g or job_id or level or g.get("service"):
+        try:
+            records, next_cursor = search.search(
+                search.LogQuery(
+                    job_id=uuid.UUID(job_id) if job_id else None, min_level=level, service=g.get("service") or None,
+                    q=(g.get("q") or "")[:200] or None, since=since, owner_id=owner, limit=200,
+                    cursor=g.get("cursor") or None,
+                )
+            )  # fmt: skip
+        except search.InvalidCursor:
+            error = "That page link is no longer valid."
+        except search.LogStoreUnavailable:
+            error = "The log store is not answering; try again shortly."
+    params = g.copy()
+    params.pop("cursor", None)
+    next_url = None
+    if next_cursor:
+        params["cursor"] = next_cursor
+        next_url = f"?{params.urlencode()}"
+    return render(request, "dashboard/logs.html", {"records": records, "error": error, "f": g, "levels": list(LEVELS),
+                                                   "next_url": next_url})  # fmt: skip
+
+
+def _parse_since(window: str) -> Any:
+    spans = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
+    span = spans.get(window)
+    return timezone.now() - span if span else None
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+@login_required
+def schedule_list(request: HttpRequest) -> HttpResponse:
+    schedules = selectors.schedule_visible_to(request.user).order_by("name")
+    return render(request, "dashboard/schedules.html", {"schedules": schedules})
+
+
+@login_required
+@require_POST
+def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpResponse:
+    schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
+    services.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
+    messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")
+    return redirect("dashboard:schedules")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponse:
+    target = request.POST.get("next") or fallback
+    if not target.startswith("/") or target.startswith("//"):
+        target = fallback  # only back to our own pages
+    return HttpResponseRedirect(target)

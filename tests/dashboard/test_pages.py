@@ -1,0 +1,77 @@
+"""The dashboard's pages with Django's test client: login, permissions, CSRF, actions."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from jobs import transitions
+from jobs.models import Job, JobStatus
+from tests.factories import submit_job
+from tests.workflows.conftest import run_all, task
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def logged_in(client, user):
+    client.force_login(user)
+    return client
+
+
+def test_every_page_needs_a_login(client):
+    for url in ("/", "/jobs/", "/workflows/", "/logs/", "/schedules/", "/overview/panel/"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/login/")
+
+
+def test_pages_render(logged_in, user, api):
+    job = submit_job(user, type="demo.echo")
+    wf = api.post("/api/v1/workflows/", {"tasks": [task("a"), task("b", "a")]}, format="json").json()
+    run_all()
+    for url in ("/", "/overview/panel/", "/jobs/", "/jobs/?status=SUCCEEDED&type=demo.echo", f"/jobs/{job.id}/",
+                f"/jobs/{job.id}/panel/", "/workflows/", f"/workflows/{wf['id']}/", f"/workflows/{wf['id']}/panel/",
+                "/schedules/"):  # fmt: skip
+        response = logged_in.get(url)
+        assert response.status_code == 200, (url, response.content[:500])
+    page = logged_in.get(f"/workflows/{wf['id']}/").content.decode()
+    assert "<svg" in page
+    assert "SUCCEEDED" in page
+
+
+def test_users_see_only_their_own(client, user, other_user):
+    theirs = submit_job(other_user)
+    client.force_login(user)
+    assert client.get(f"/jobs/{theirs.id}/").status_code == 404
+    assert str(theirs.id)[:8] not in client.get("/jobs/").content.decode()
+    response = client.post("/jobs/bulk/", {"action": "cancel", "ids": [str(theirs.id)]})
+    assert response.status_code == 302
+    assert Job.objects.get(id=theirs.id).status == JobStatus.PENDING  # untouched
+
+
+def test_bulk_retry_of_dead_letters(logged_in, user):
+    jobs = [submit_job(user, type="demo.fail", max_attempts=1) for _ in range(2)]
+    for j in jobs:
+        transitions.mark_running(j.id, dispatch_token=j.dispatch_token, worker="w", lease_seconds=30)
+        transitions.move_to_dead_letter(j.id, attempt=1, error="boom")
+    response = logged_in.post("/jobs/bulk/", {"action": "retry", "ids": [str(j.id) for j in jobs], "next": "/jobs/"})
+    assert response.status_code == 302
+    assert all(Job.objects.get(id=j.id).status == JobStatus.PENDING for j in jobs)
+
+
+def test_actions_need_the_csrf_token(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    job = submit_job(user)
+    assert client.post(f"/jobs/{job.id}/cancel/").status_code == 403
+    assert client.post("/jobs/bulk/", {"action": "cancel", "ids": [str(job.id)]}).status_code == 403
+    assert Job.objects.get(id=job.id).status == JobStatus.PENDING
+
+
+def test_login_page_and_wrong_password(client, user):
+    assert client.get("/login/").status_code == 200
+    response = client.post("/login/", {"username": user.username, "password": "wrong"})
+    assert "did not match" in response.content.decode()
+    response = client.post("/login/", {"username": user.username, "password": "correct horse battery staple"})
+    assert response.status_code == 302
