@@ -1,4 +1,4 @@
-"""`manage.py bench api|pipeline|logs|workflows`: benchmarks that print measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs|workflows|dashboard`: measured numbers next to a same-run baseline."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ class Command(BaseCommand):
         flows.add_argument("--wide", type=int, default=1000, help="independent tasks")
         flows.add_argument("--chain", type=int, default=200, help="tasks in the chain")
         flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
+        dash = sub.add_parser("dashboard", help="server time of every dashboard page with a large jobs table")
+        dash.add_argument("--jobs", type=int, default=100_000, help="jobs to seed")
+        dash.add_argument("--repeat", type=int, default=30, help="requests per page")
+        dash.add_argument("--keep", action="store_true", help="keep the seeded jobs (default: delete them)")
         logs = sub.add_parser("logs", help="log handler cost, sink ingest rate and query latency, with baselines")
         logs.add_argument("--records", type=int, default=200_000, help="records for the handler cost")
         logs.add_argument("--sink-records", type=int, default=500_000, help="records for the sink ingest rate")
@@ -60,6 +64,11 @@ class Command(BaseCommand):
                 base=opts["url"].rstrip("/"), wide=opts["wide"], chain=opts["chain"], keep=opts["keep"],
                 out=self.stdout,
             )  # fmt: skip
+        elif opts["which"] == "dashboard":
+            from orchestration.bench import dashboard
+
+            self.stdout.write(f"bench dashboard ({os.cpu_count()} CPUs)")
+            dashboard.run(jobs=opts["jobs"], repeat=opts["repeat"], keep=opts["keep"], out=self.stdout)
         elif opts["which"] == "logs":
             from orchestration.bench import logs
 
