@@ -6,6 +6,7 @@ fragment (see static/dashboard/app.js)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,14 +36,18 @@ from workflows.serializers import task_rows
 PAGE = 50
 
 
-@login_required
-def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/overview.html", _overview_context(request))
+def _page_and_panel(page: str, panel: str, context: Callable[..., dict[str, Any]]) -> tuple[Any, Any]:
+    """A page and the fragment of it that refreshes itself, from one context function."""
 
+    @login_required
+    def full(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        return render(request, page, context(request, **kwargs))
 
-@login_required
-def overview_panel(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/_overview_panel.html", _overview_context(request))
+    @login_required
+    def part(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        return render(request, panel, context(request, **kwargs))
+
+    return full, part
 
 
 def _overview_context(request: HttpRequest) -> dict[str, Any]:
@@ -58,6 +63,11 @@ def _overview_context(request: HttpRequest) -> dict[str, Any]:
     )  # fmt: skip
     data["statuses"] = JobStatus.values
     return data
+
+
+overview, overview_panel = _page_and_panel(
+    "dashboard/overview.html", "dashboard/_overview_panel.html", _overview_context
+)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -119,16 +129,6 @@ def job_bulk(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    return render(request, "dashboard/job.html", _job_context(request, job_id))
-
-
-@login_required
-def job_panel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    return render(request, "dashboard/_job_panel.html", _job_context(request, job_id))
-
-
-@login_required
 def job_logs(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = _job_or_404(request, job_id)
     try:
@@ -151,6 +151,9 @@ def _job_context(request: HttpRequest, job_id: uuid.UUID) -> dict[str, Any]:
     job = _job_or_404(request, job_id)
     data = JobDetailSerializer(job).data
     return {"job": job, "data": data, "terminal": job.status in TERMINAL_STATUSES}
+
+
+job_detail, job_panel = _page_and_panel("dashboard/job.html", "dashboard/_job_panel.html", _job_context)
 
 
 @login_required
@@ -181,16 +184,6 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
                                                         "statuses": WorkflowStatus.values})  # fmt: skip
 
 
-@login_required
-def workflow_detail(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
-    return render(request, "dashboard/workflow.html", _workflow_context(request, workflow_id))
-
-
-@login_required
-def workflow_panel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
-    return render(request, "dashboard/_workflow_panel.html", _workflow_context(request, workflow_id))
-
-
 def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str, Any]:
     try:
         workflow = workflow_selectors.workflow_get(user=request.user, workflow_id=workflow_id)
@@ -199,6 +192,11 @@ def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str,
     tasks = task_rows(workflow)
     graph = render_svg([GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in tasks])
     return {"workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL}
+
+
+workflow_detail, workflow_panel = _page_and_panel(
+    "dashboard/workflow.html", "dashboard/_workflow_panel.html", _workflow_context
+)
 
 
 @login_required
