@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-1
 TEST_ENGINES ?= postgres,redis,kafka,clickhouse
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-api bench-logs venv clean-data
+.PHONY: run test lint format bench bench-api bench-logs chaos fuzz soak audit venv clean-data
 
 # Create .venv and install requirements/dev.txt (again only when requirements change).
 venv: $(STAMP)
@@ -54,6 +54,23 @@ bench-api: venv
 # Log pipeline benchmark: handler cost, sink ingest rate, query latency over 10M rows.
 bench-logs: venv
 	LOG_SHIPPING=false $(PY) manage.py bench logs
+
+# Chaos: every fault, one at a time, against private embedded engines; prints a table and
+# fails if any job was lost, run twice or left unfinished (about 15 minutes).
+chaos: venv
+	LOG_SHIPPING=false $(PY) -m orchestration.chaos
+
+# API fuzzing with schemathesis against the OpenAPI schema (in-process, real engines).
+fuzz: venv
+	LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests/security
+
+# Soak: 200,000 jobs at a steady rate against a running `make run`; memory of every role.
+soak: venv
+	LOG_SHIPPING=false $(PY) manage.py bench soak
+
+# Known vulnerabilities in the pinned dependencies (needs access to PyPI's or OSV's advisories).
+audit: venv
+	$(PY) -m pip_audit -r requirements/base.txt -r requirements/dev.txt
 
 # Stop embedded engines and delete their data.
 clean-data: venv

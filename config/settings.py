@@ -185,6 +185,10 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.models.JobStatus",
         "AttemptStatusEnum": "jobs.models.AttemptStatus",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.add_error_responses",
+    ],
 }
 
 # --- Jobs -------------------------------------------------------------------------------
@@ -234,6 +238,9 @@ LOG_SHIPPING_LEVEL = env.str("LOG_SHIPPING_LEVEL", default=LOG_LEVEL)
 LOG_HANDLER_QUEUE_SIZE = env.int("LOG_HANDLER_QUEUE_SIZE", default=10_000)
 LOG_HANDLER_FLUSH_SECONDS = env.float("LOG_HANDLER_FLUSH_SECONDS", default=0.2)
 # The sink inserts when it holds this many records or the oldest has waited this long.
+# A job that logged waits (at most this long) for its lines to reach Kafka before its outcome
+# is recorded, so a worker killed at that moment loses none of a finished job's lines.
+LOG_FLUSH_BEFORE_OUTCOME_SECONDS = env.float("LOG_FLUSH_BEFORE_OUTCOME_SECONDS", default=5.0)
 LOG_SINK_BATCH_SIZE = env.int("LOG_SINK_BATCH_SIZE", default=20_000)
 LOG_SINK_BATCH_SECONDS = env.float("LOG_SINK_BATCH_SECONDS", default=0.5)
 LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
@@ -281,6 +288,8 @@ KAFKA_BRIDGE_GROUP = env.str("KAFKA_BRIDGE_GROUP", default="orchestration-bridge
 # broker; 6 s / 1 s joins in ~3 s and still tolerates a GC pause or a slow poll.
 KAFKA_SESSION_TIMEOUT_MS = env.int("KAFKA_SESSION_TIMEOUT_MS", default=6000)
 KAFKA_HEARTBEAT_INTERVAL_MS = env.int("KAFKA_HEARTBEAT_INTERVAL_MS", default=1000)
+# Our consumers poll at least every second (arroyo and the log sink keep polling while paused).
+KAFKA_MAX_POLL_INTERVAL_MS = env.int("KAFKA_MAX_POLL_INTERVAL_MS", default=20_000)
 
 RELAY_BATCH_SIZE = env.int("RELAY_BATCH_SIZE", default=1000)
 RELAY_POLL_SECONDS = env.float("RELAY_POLL_SECONDS", default=1.0)  # fallback when no NOTIFY arrives

@@ -139,7 +139,11 @@ class TokenObtainApi(ObtainAuthToken):
 
 
 class ScheduleListCreateApi(APIView):
-    @extend_schema(responses=ScheduleSerializer(many=True))
+    @extend_schema(
+        responses=inline_serializer(
+            "SchedulePage", {"results": ScheduleSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        )
+    )
     def get(self, request: Request) -> Response:
         qs = selectors.schedule_visible_to(request.user)
         return Response({"results": ScheduleSerializer(qs, many=True).data, "next": None})

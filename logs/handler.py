@@ -82,6 +82,7 @@ class KafkaLogHandler(logging.Handler):
         }
         self.dropped = 0  # records given up on: queue full, buffer full, or Kafka never took them
         self.sent = 0  # records handed to the producer
+        self.job_records = 0  # records written inside a job's attempt (see flush_all's use in the worker)
         self._count_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._reset()
@@ -136,6 +137,7 @@ class KafkaLogHandler(logging.Handler):
         extra = {k: record.__dict__[k] for k in extra_keys if not k.startswith("_")} if extra_keys else None
         job = current_job.get()
         if job is not None:
+            self.job_records += 1
             doc["job_id"] = job.job_id
             doc["attempt"] = job.attempt
             doc["type"] = job.type
@@ -257,3 +259,8 @@ def flush_all(timeout: float = 5.0) -> None:
     """Flush every shipping handler of this process (Celery calls this as a child exits)."""
     for handler in list(_HANDLERS):
         handler.flush(timeout)
+
+
+def job_records_written() -> int:
+    """Records written inside job attempts so far, by every shipping handler of this process."""
+    return sum(h.job_records for h in list(_HANDLERS))

@@ -44,6 +44,10 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
         "heartbeat.interval.ms": settings.KAFKA_HEARTBEAT_INTERVAL_MS,
+        # A rebalance waits this long for a member that stopped polling (librdkafka: 5 min).
+        # A consumer killed mid-rebalance (found by `make chaos` after a broker restart) would
+        # otherwise hold its group's partitions, and the jobs on them, for five minutes.
+        "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         # An idle fetch returns after this long at most: librdkafka's 500 ms default would add
         # up to half a second to every job's submit→start latency at light load.
         "fetch.wait.max.ms": 10,

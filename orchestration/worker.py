@@ -41,6 +41,7 @@ from django.utils.module_loading import import_string
 from jobs import transitions
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
+from logs.handler import flush_all, job_records_written
 from metrics import prom
 from orchestration import breaker, policy
 from orchestration.breaker import BREAKERS
@@ -270,6 +271,7 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
         wait = (timezone.now() - claim.waiting_since).total_seconds()
         prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
     started = time.perf_counter()
+    records_before = job_records_written()
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
@@ -282,6 +284,11 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
             orjson.dumps(result)  # must be storable as JSON
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
+        finally:
+            if job_records_written() != records_before:
+                # The attempt's log lines reach Kafka before its outcome commits: a worker
+                # killed right after cannot leave a finished job with lines missing.
+                flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             won = _with_reconnect(

@@ -36,6 +36,11 @@ class Command(BaseCommand):
         dash.add_argument("--jobs", type=int, default=100_000, help="jobs to seed")
         dash.add_argument("--repeat", type=int, default=30, help="requests per page")
         dash.add_argument("--keep", action="store_true", help="keep the seeded jobs (default: delete them)")
+        soak = sub.add_parser("soak", help="a long steady run: memory of every role, rate vs raw Celery")
+        soak.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        soak.add_argument("--jobs", type=int, default=200_000)
+        soak.add_argument("--rate", type=float, default=200.0, help="jobs/s offered")
+        soak.add_argument("--keep", action="store_true")
         logs = sub.add_parser("logs", help="log handler cost, sink ingest rate and query latency, with baselines")
         logs.add_argument("--records", type=int, default=200_000, help="records for the handler cost")
         logs.add_argument("--sink-records", type=int, default=500_000, help="records for the sink ingest rate")
@@ -69,6 +74,12 @@ class Command(BaseCommand):
 
             self.stdout.write(f"bench dashboard ({os.cpu_count()} CPUs)")
             dashboard.run(jobs=opts["jobs"], repeat=opts["repeat"], keep=opts["keep"], out=self.stdout)
+        elif opts["which"] == "soak":
+            from orchestration.bench import soak
+
+            self.stdout.write(f"soak against {opts['url']} ({os.cpu_count()} CPUs)")
+            soak.run(base=opts["url"].rstrip("/"), jobs=opts["jobs"], rate=opts["rate"], keep=opts["keep"],
+                     out=self.stdout)  # fmt: skip
         elif opts["which"] == "logs":
             from orchestration.bench import logs
 

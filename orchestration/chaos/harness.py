@@ -1,0 +1,462 @@
+"""The chaos harness (`make chaos`): the full stack as processes on private embedded engines,
+a steady mix of jobs and workflows, one fault at a time, then the invariants over every job.
+
+Per fault: load starts, the fault hits a few seconds in, load goes on for a while, then the
+harness waits (bounded) for every job to finish and checks:
+- lost: jobs not in a terminal state within the bound;
+- overlapping: two attempts of one job whose running intervals overlap;
+- duplicated: a job with more than one successful attempt, or a SUCCEEDED job without one,
+  or (web fault) an idempotency key that made two jobs;
+- workflows: every workflow finished and consistent with its tasks;
+- logs: every successful `demo.log` job has its lines in ClickHouse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+from django.contrib.auth import get_user_model
+from django.db import OperationalError, close_old_connections, connection
+
+from jobs import services
+from jobs.models import TERMINAL_STATUSES, Job
+from jobs.services import JobSpec
+from orchestration import engines
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.1}
+ROLE_ENV = {
+    "JOB_LEASE_SECONDS": "4", "DISPATCH_STALE_SECONDS": "4", "SCHEDULER_TICK_SECONDS": "0.3",
+    "SCHEDULER_LOCK_TTL_SECONDS": "3", "LOG_SHIPPING": "true", "HEARTBEAT_SECONDS": "1", "BREAKER_ENABLED": "false",
+    "BRIDGE_COMMIT_SECONDS": "0.5", "PYTHONUNBUFFERED": "1",
+}  # fmt: skip
+
+
+def role_commands(web_port: int) -> dict[str, list[str]]:
+    worker = [PY, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--without-mingle", "--without-gossip",
+              "--loglevel", "INFO", "--hostname"]  # fmt: skip
+    web = [
+        PY, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
+        "--threads", "4", "--worker-class", "gthread", "--graceful-timeout", "2",
+    ]  # fmt: skip
+    return {
+        "web": web,
+        "worker1": [*worker, "chaos1@%h"],
+        "worker2": [*worker, "chaos2@%h"],
+        "relay": [PY, "manage.py", "run_relay"],
+        "bridge": [PY, "manage.py", "run_bridge"],
+        "scheduler1": [PY, "manage.py", "run_scheduler"],
+        "scheduler2": [PY, "manage.py", "run_scheduler"],
+        "log-sink": [PY, "manage.py", "run_log_sink"],
+    }
+
+
+class Supervisor:
+    """Runs every role and restarts one that died within half a second, like circus does."""
+
+    def __init__(self, log_dir: Path, web_port: int) -> None:
+        self.commands = role_commands(web_port)
+        self.env = {**os.environ, **ROLE_ENV}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.paused = False
+        self.stop_event = threading.Event()
+        self.restarts = 0
+
+    def start(self, name: str) -> None:
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(self.commands[name], cwd=REPO, env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def run(self) -> None:
+        for name in self.commands:
+            self.start(name)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stop_event.wait(0.5):
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.paused:
+                    self.restarts += 1
+                    self.start(name)
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[name].pid, sig)  # the role and its children (gunicorn's workers)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for name in self.procs:
+            self.kill(name, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@dataclass
+class Result:
+    fault: str
+    submitted: int = 0
+    finished: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    overlapping: int = 0
+    workflows_bad: int = 0
+    logs_missing: int = 0
+    max_latency: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.overlapping or self.workflows_bad or self.logs_missing)
+
+
+# A diamond with a flaky branch and a compensation on its root, in the load every 40 submits.
+DIAMOND = [
+    {"id": "a", "type": "demo.noop", "compensation": {"type": "demo.echo", "payload": {"undo": True}, "backoff": FAST}},
+    {"id": "b", "type": "demo.sleep", "payload": {"seconds": 0.2}, "depends_on": ["a"], "backoff": FAST},
+    {"id": "c", "type": "demo.flaky", "payload": {"failures": 1}, "depends_on": ["a"], "backoff": FAST},
+    {"id": "d", "type": "demo.log", "payload": {"lines": 2}, "depends_on": ["b", "c"]},
+]
+
+
+class Load:
+    """Submits a steady mix of jobs (and a workflow now and then) for one owner, through the
+    services, riding out a database restart."""
+
+    MIX: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("demo.noop", {}), ("demo.sleep", {"seconds": 0.3}), ("demo.log", {"lines": 3}), ("demo.noop", {}),
+        ("demo.flaky", {"failures": 1}), ("demo.log", {"lines": 3}), ("demo.sleep", {"seconds": 0.3}),
+        ("demo.fail", {"retryable": False}), ("demo.noop", {}), ("demo.echo", {"x": 1}),
+    )  # fmt: skip
+
+    def __init__(self, owner_id: int, rate: float) -> None:
+        self.owner_id, self.rate = owner_id, rate
+        self.stop = threading.Event()
+        self.submitted = 0
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from workflows.serializers import WorkflowInputSerializer
+        from workflows.services import workflow_submit
+
+        i = 0
+        while not self.stop.is_set():
+            type_, payload = self.MIX[i % len(self.MIX)]
+            try:
+                if i % 40 == 39:
+                    s = WorkflowInputSerializer(data={"tasks": DIAMOND})
+                    s.is_valid(raise_exception=True)
+                    workflow_submit(owner_id=self.owner_id, spec=s.to_spec(s.validated_data), max_tasks=100)
+                else:
+                    spec = JobSpec(type=type_, payload=payload, backoff=FAST, max_attempts=4, timeout_seconds=30)
+                    services.job_submit(owner_id=self.owner_id, spec=spec)
+                self.submitted += 1
+                i += 1
+            except OperationalError:
+                self.errors += 1
+                connection.close()  # PostgreSQL restarting: reconnect on the next submit
+                time.sleep(0.5)
+            self.stop.wait(1.0 / self.rate)
+        connection.close()
+
+
+class Harness:
+    def __init__(self, *, rate: float, log_dir: Path, web_port: int) -> None:
+        self.rate = rate
+        self.log_dir = log_dir
+        self.web_port = web_port
+        self.supervisor = Supervisor(log_dir, web_port)
+        self.data_dir = Path(os.environ["DATA_DIR"])
+        self.notes: list[str] = []
+
+    # -- engines ----------------------------------------------------------------------------
+
+    def restart_engine(self, name: str, down_for: float = 0.0) -> None:
+        engines.stop([name], data_dir=self.data_dir)
+        time.sleep(down_for)
+        engines.ensure([name], data_dir=self.data_dir, environ={k: v for k, v in os.environ.items()
+                                                                 if k != engines.ENV_VARS[name]})  # fmt: skip
+
+    # -- one fault ---------------------------------------------------------------------------
+
+    def run_fault(self, name: str, inject: Callable[[Harness], None], *, load_seconds: float = 15.0,
+                  drain_bound: float = 150.0) -> Result:  # fmt: skip
+        close_old_connections()
+        user = get_user_model().objects.create(username=f"chaos-{name}-{uuid.uuid4().hex[:6]}")
+        result = Result(name)
+        load = Load(user.pk, self.rate)
+        load.thread.start()
+        time.sleep(4.0)
+        started = time.monotonic()
+        try:
+            inject(self)
+        except Exception as exc:  # the fault itself failed to apply: say so, still check
+            result.notes.append(f"injection failed: {type(exc).__name__}: {exc}")
+        remaining = load_seconds - (time.monotonic() - started)
+        if remaining > 0:
+            time.sleep(remaining)
+        load.stop.set()
+        load.thread.join(30)
+        self._drain(user.pk, drain_bound)
+        self._check(user.pk, result)
+        if load.errors:
+            result.notes.append(f"{load.errors} submits retried during the fault")
+        return result
+
+    def _drain(self, owner_id: int, bound: float) -> None:
+        from workflows.models import WORKFLOW_TERMINAL, Workflow
+
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            try:
+                close_old_connections()
+                open_jobs = Job.objects.filter(owner_id=owner_id).exclude(status__in=TERMINAL_STATUSES).count()
+                open_flows = Workflow.objects.filter(owner_id=owner_id).exclude(status__in=WORKFLOW_TERMINAL).count()
+                if not open_jobs and not open_flows:
+                    return
+            except OperationalError:
+                connection.close()
+            time.sleep(1.0)
+
+    def _check(self, owner_id: int, result: Result) -> None:
+        from workflows.models import WORKFLOW_TERMINAL, Workflow
+
+        jobs = Job.objects.filter(owner_id=owner_id)
+        result.submitted = jobs.count()  # jobs, workflow tasks and compensations included
+        result.finished = jobs.filter(status__in=TERMINAL_STATUSES).count()
+        result.lost = jobs.exclude(status__in=TERMINAL_STATUSES).count()
+        with connection.cursor() as cur:
+            cur.execute(_OVERLAP_SQL, [owner_id])
+            result.overlapping = cur.fetchone()[0]
+            cur.execute(_DUPLICATE_SQL, [owner_id])
+            result.duplicated = cur.fetchone()[0]
+            cur.execute(
+                "SELECT coalesce(max(extract(epoch FROM finished_at - created_at)), 0) FROM jobs_job "
+                "WHERE owner_id = %s AND status = 'SUCCEEDED' AND workflow_id IS NULL AND type <> 'demo.flaky'",
+                [owner_id],
+            )
+            result.max_latency = round(float(cur.fetchone()[0]), 1)
+        flows = Workflow.objects.filter(owner_id=owner_id)
+        result.workflows_bad = flows.exclude(status__in=WORKFLOW_TERMINAL).count()
+        result.workflows_bad += sum(1 for w in flows.filter(status="SUCCEEDED") if w.tasks_succeeded != w.tasks_total)
+        result.logs_missing = self._missing_logs(owner_id)
+        result.notes += self.notes
+        self.notes.clear()
+
+    def _missing_logs(self, owner_id: int, wait: float = 90.0) -> int:
+        from logs import store
+
+        done = Job.objects.filter(owner_id=owner_id, type="demo.log", status="SUCCEEDED", workflow__isnull=True)
+        expected = {str(j): 3 for j in done.values_list("id", flat=True)}
+        if not expected:
+            return 0
+        deadline = time.monotonic() + wait
+        missing = len(expected)
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                rows = (
+                    store.client()
+                    .query(
+                        f"SELECT job_id, count() FROM {store.table()} WHERE job_id IN {{ids:Array(UUID)}} "  # noqa: S608
+                        "AND message LIKE 'demo.log line %' GROUP BY job_id",
+                        parameters={"ids": list(expected)},
+                    )
+                    .result_rows
+                )
+                have = {str(r[0]): r[1] for r in rows}
+                missing = sum(1 for j, n in expected.items() if have.get(j, 0) < n)
+                if not missing:
+                    return 0
+            except Exception as exc:  # ClickHouse coming back: ask again
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(2.0)
+        if last_error:
+            self.notes.append(f"log check: {last_error[:120]}")
+        return missing
+
+
+# Two attempts of one job whose running intervals overlap (an attempt still RUNNING counts as
+# running until now).
+_OVERLAP_SQL = """
+SELECT count(*) FROM jobs_jobattempt a JOIN jobs_jobattempt b ON a.job_id = b.job_id AND a.attempt < b.attempt
+  JOIN jobs_job j ON j.id = a.job_id
+ WHERE j.owner_id = %s
+   AND a.started_at < coalesce(b.finished_at, now()) AND b.started_at < coalesce(a.finished_at, now())
+"""
+
+# Jobs with more than one successful attempt, or SUCCEEDED without exactly one.
+_DUPLICATE_SQL = """
+SELECT count(*) FROM (
+    SELECT j.id FROM jobs_job j LEFT JOIN jobs_jobattempt a ON a.job_id = j.id AND a.status = 'SUCCEEDED'
+     WHERE j.owner_id = %s
+     GROUP BY j.id, j.status
+    HAVING count(a.id) > 1 OR (j.status = 'SUCCEEDED' AND count(a.id) <> 1)
+) AS d
+"""
+
+
+# --- the faults ------------------------------------------------------------------------------
+
+
+def _running_worker(h: Harness) -> str:
+    """The worker role that is running a job right now (waits a little for one)."""
+    pids = {h.supervisor.pid(n): n for n in ("worker1", "worker2")}
+    for _ in range(50):
+        close_old_connections()
+        for worker in Job.objects.filter(status="RUNNING").values_list("worker", flat=True):
+            pid = int(worker.rsplit(":", 1)[-1]) if ":" in worker else 0
+            if pid in pids:
+                return pids[pid]
+        time.sleep(0.1)
+    return "worker1"
+
+
+def kill_worker(h: Harness) -> None:
+    h.supervisor.kill(_running_worker(h))
+
+
+def kill_role(role: str) -> Callable[[Harness], None]:
+    def inject(h: Harness) -> None:
+        h.supervisor.kill(role)
+
+    return inject
+
+
+def kill_scheduler_leader(h: Harness) -> None:
+    from metrics import heartbeat
+
+    leader = next((r for r in heartbeat.roles() if r["role"] == "scheduler" and r.get("leading")), None)
+    names = {h.supervisor.pid(n): n for n in ("scheduler1", "scheduler2")}
+    h.supervisor.kill(names.get(leader["pid"], "scheduler1") if leader else "scheduler1")
+
+
+def kill_web_during_bulk(h: Harness) -> None:
+    """Bulk submits over HTTP with an idempotency key per job, the web SIGKILLed in the middle;
+    the client retries every batch until it is accepted. Every key must make exactly one job."""
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create(username=f"chaos-web-{uuid.uuid4().hex[:6]}")
+    token = Token.objects.create(user=user).key
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    batches = [[{"type": "demo.noop", "idempotency_key": f"b{b}-{i}"} for i in range(200)] for b in range(10)]
+    killer = threading.Timer(0.3, lambda: h.supervisor.kill("web"))
+    killer.start()
+    for batch in batches:
+        for _ in range(120):
+            try:
+                r = session.post(f"http://127.0.0.1:{h.web_port}/api/v1/jobs/bulk/", data=orjson.dumps({"jobs": batch}),
+                                 timeout=10)  # fmt: skip
+                if r.status_code in (200, 201):
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+    close_old_connections()
+    made = Job.objects.filter(owner=user).count()
+    h.web_extra = (user.pk, made)  # type: ignore[attr-defined]
+    if made != 2000:
+        raise RuntimeError(f"{made} jobs for 2000 idempotency keys")
+
+
+def restart_engine(name: str, down_for: float = 0.0) -> Callable[[Harness], None]:
+    def inject(h: Harness) -> None:
+        h.restart_engine(name, down_for)
+
+    return inject
+
+
+def stall_worker(h: Harness) -> None:
+    """SIGSTOP a worker in the middle of a job for twice its lease, then SIGCONT: the job is
+    reaped and run again; the stalled attempt's late outcome changes nothing."""
+    name = _running_worker(h)
+    h.supervisor.kill(name, signal.SIGSTOP)
+    time.sleep(10)
+    h.supervisor.kill(name, signal.SIGCONT)
+
+
+def poison(h: Harness) -> None:
+    from confluent_kafka import Producer
+    from django.conf import settings
+
+    from orchestration import kafka
+
+    producer = Producer(kafka.producer_config())
+    for value in (b"not json", b"{}", orjson.dumps({"v": 99, "job_id": "nope"}), b"\x00\xff" * 50):
+        producer.produce(settings.KAFKA_JOBS_TOPIC, value)
+        producer.produce(settings.KAFKA_LOGS_TOPIC, value)
+    producer.flush(10)
+
+
+FAULTS: dict[str, Callable[[Harness], None]] = {
+    "worker-kill": kill_worker,
+    "bridge-kill": kill_role("bridge"),
+    "relay-kill": kill_role("relay"),
+    "scheduler-leader-kill": kill_scheduler_leader,
+    "log-sink-kill": kill_role("log-sink"),
+    "web-kill-during-bulk": kill_web_during_bulk,
+    "kafka-restart": restart_engine("kafka"),
+    "redis-restart": restart_engine("redis"),
+    "postgres-restart": restart_engine("postgres", down_for=2.0),
+    "clickhouse-down": restart_engine("clickhouse", down_for=60.0),
+    "worker-stall": stall_worker,
+    "poison": poison,
+}
+FAST_SUBSET = ("worker-kill", "bridge-kill", "poison")
+
+
+def table(results: list[Result]) -> str:
+    head = ["fault", "submitted", "finished", "lost", "duplicated", "overlapping", "workflows bad", "logs missing",
+            "max latency s", "result"]  # fmt: skip
+    rows = [head] + [
+        [r.fault, str(r.submitted), str(r.finished), str(r.lost), str(r.duplicated), str(r.overlapping),
+         str(r.workflows_bad), str(r.logs_missing), f"{r.max_latency:.1f}", "ok" if r.ok else "FAILED"]
+        for r in results
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run(names: list[str], *, rate: float, log_dir: Path, web_port: int, out: Any) -> list[Result]:
+    harness = Harness(rate=rate, log_dir=log_dir, web_port=web_port)
+    harness.supervisor.run()
+    time.sleep(12)  # roles up, consumer groups joined
+    results = []
+    try:
+        for name in names:
+            out.write(f"chaos: {name} ...\n")
+            started = time.monotonic()
+            result = harness.run_fault(name, FAULTS[name])
+            out.write(f"chaos: {name}: {'ok' if result.ok else 'FAILED'} in {time.monotonic() - started:.0f} s"
+                      f"{' (' + '; '.join(result.notes) + ')' if result.notes else ''}\n")  # fmt: skip
+            results.append(result)
+    finally:
+        harness.supervisor.close()
+    out.write("\n" + table(results) + "\n")
+    out.write(f"\nrole restarts by the supervisor: {harness.supervisor.restarts}; role logs in {log_dir}\n")
+    return results
