@@ -77,7 +77,7 @@ class Fenced(Exception):
 class LeaderLock:
     def __init__(self, client: redis.Redis, identity: str, ttl: float, name: str) -> None:
         self.client, self.identity, self.ttl_ms = client, identity, int(ttl * 1000)
-        self.key, self.epoch_key = f"{name}:leader", f"{name}:epoch"
+        self.key, self.name = f"{name}:leader", name
         self.epoch: int | None = None
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -90,10 +90,26 @@ class LeaderLock:
             logger.warning("scheduler.lost_leadership", extra={"identity": self.identity, "epoch": self.epoch})
             self.epoch = None
         if self.client.set(self.key, self.identity, nx=True, px=self.ttl_ms):
-            self.epoch = int(self.client.incr(self.epoch_key))
+            try:
+                self.epoch = self._next_epoch()
+            except Exception:
+                self._release(keys=[self.key], args=[self.identity])  # let another try at once
+                raise
             logger.info("scheduler.leading", extra={"identity": self.identity, "epoch": self.epoch})
             return True
         return False
+
+    def _next_epoch(self) -> int:
+        """A new leader's epoch comes from PostgreSQL, next to the fence it guards. (It came
+        from a Redis counter, which a Redis restart reset: every later leader then was behind
+        the fence and no scheduler could write, found by `make chaos`.)"""
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO orchestration_schedulerfence (name, epoch) VALUES (%s, 1) "
+                "ON CONFLICT (name) DO UPDATE SET epoch = orchestration_schedulerfence.epoch + 1 RETURNING epoch",
+                [self.name],
+            )
+            return int(cur.fetchone()[0])
 
     def release(self) -> None:
         if self.epoch is not None:

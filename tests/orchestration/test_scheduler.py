@@ -230,3 +230,19 @@ def test_a_cancel_survives_the_loss_of_its_worker(user, scheduler_keys, topics):
     assert result.lost_workers == 1
     assert Job.objects.get(id=job.id).status == JobStatus.CANCELLED
     assert JobAttempt.objects.get(job_id=job.id).status == AttemptStatus.CANCELLED
+
+
+@pytest.mark.django_db
+def test_leaders_still_write_after_redis_lost_its_data(scheduler_keys, settings):
+    """Redis restarting empty forgets the lock (and used to reset the epoch counter, which put
+    every later leader behind the PostgreSQL fence for good)."""
+    first = Scheduler(identity="first")
+    assert first.tick() is not None
+    epoch = first.lock.epoch
+    scheduler_keys.delete(f"{settings.SCHEDULER_LOCK_KEY}:leader")  # what a Redis restart does
+    second = Scheduler(identity="second")
+    assert second.tick() is not None  # leads and writes: not fenced
+    assert second.lock.epoch is not None
+    assert epoch is not None
+    assert second.lock.epoch > epoch
+    assert first.tick() is None  # the old leader lost its lock and cannot write
