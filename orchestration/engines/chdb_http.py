@@ -12,6 +12,8 @@ What it answers:
   ``FORMAT`` clause, else ``default_format``, else TabSeparated. ``param_x`` values are bound
   to ``{x:Type}`` placeholders by chDB; ``database`` selects the database; other parameters
   are settings (transport-only ones are dropped).
+- A form body (multipart or URL-encoded), which clickhouse-connect sends when the query and its
+  parameters would not fit in the URL: its fields are read like URL parameters.
 - ``INSERT ... FORMAT <fmt>`` followed by data (clickhouse-connect's columnar ``insert`` sends
   Native) goes through chDB's streaming insert.
 - Request bodies compressed with lz4, zstd, gzip, deflate (``Content-Encoding``). Responses are
@@ -30,6 +32,7 @@ Usage: ``python -m orchestration.engines.chdb_http --path .data/clickhouse/db --
 from __future__ import annotations
 
 import argparse
+import email.policy
 import gzip
 import json
 import re
@@ -38,6 +41,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Mapping
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -63,6 +67,22 @@ _INSERT_WITH_DATA = re.compile(rb"\s*(INSERT\s+INTO\s[^;]*?)\bFORMAT\s+(\w+)[ \t
 _NOT_INLINE_DATA = re.compile(rb"\b(?:VALUES|SELECT)\b", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"Code: (\d+)\.")
 _USE = re.compile(rb"\s*USE\s", re.IGNORECASE)
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The fields of a multipart or URL-encoded form body."""
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return dict(parse_qsl(body.decode(), keep_blank_values=True))
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            payload = part.get_payload(decode=True) or b""
+            fields[str(name)] = payload.decode()
+    return fields
 
 
 def decompress(body: bytes, encoding: str | None) -> bytes:
@@ -206,6 +226,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(404, b"Not found: only / and /ping are served\n", {})
         try:
             body = decompress(body, self.headers.get("Content-Encoding"))
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                # clickhouse-connect sends the query and its parameters as a form when they
+                # would make the URL too long (e.g. a large Array parameter).
+                args.update(form_fields(content_type, body))
+                body = b""
             query = args.get("query", "").encode()
             sql = query + b"\n" + body if query and body else query or body
             params = {k[6:]: v for k, v in args.items() if k.startswith("param_")}

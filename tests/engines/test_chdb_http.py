@@ -107,6 +107,16 @@ def test_parameter_values_round_trip(client: Client) -> None:
     assert client.query("SELECT %(n)s + 1", parameters={"n": 41}).result_rows == [(42,)]
 
 
+def test_parameters_too_large_for_a_url_come_as_a_form(client: Client) -> None:
+    # clickhouse-connect switches to a multipart form body when the URL would be too long.
+    values = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(2000)]
+    rows = client.query(
+        "SELECT count() FROM (SELECT arrayJoin({ids:Array(UUID)}) AS id) WHERE id != toUUID({nil:String})",
+        parameters={"ids": values, "nil": "00000000-0000-0000-0000-000000000000"},
+    ).result_rows
+    assert rows == [(2000,)]
+
+
 @pytest.mark.parametrize("compress", ["zstd", "gzip", False])
 def test_other_compressions(server: ClickHouse, compress: str | bool) -> None:
     client = clickhouse_connect.get_client(dsn=server.url, compress=compress)
