@@ -62,7 +62,7 @@ chaos: venv
 
 # API fuzzing with schemathesis against the OpenAPI schema (in-process, real engines).
 fuzz: venv
-	LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests/security
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests/security
 
 # Soak: 200,000 jobs at a steady rate against a running `make run`; memory of every role.
 soak: venv
