@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,14 +41,25 @@ def main() -> int:
     print(f"chaos: engines in {data_dir} on ports {', '.join(ports.values())}", flush=True)
     statuses = engines.ensure(engines.ENGINES, data_dir=data_dir, environ=environ)
     env = environ | engines.env_vars(statuses) | {"DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    # SIGTERM (a CI timeout, kill) cleans up like Ctrl-C: the harness stops its roles, we stop
+    # the engines. Nothing is left running against a deleted data directory.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    inner: subprocess.Popen[bytes] | None = None
     try:
         for command in (["migrate", "--noinput"], ["clickhouse_migrate"]):
             subprocess.run([sys.executable, "manage.py", *command], cwd=REPO, env=env, check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
-        return subprocess.run(
+        inner = subprocess.Popen(
             [sys.executable, "manage.py", "chaos", "--faults", args.faults, "--rate", str(args.rate)], cwd=REPO, env=env
-        ).returncode
+        )
+        return inner.wait()
     finally:
+        if inner is not None and inner.poll() is None:
+            inner.terminate()
+            try:
+                inner.wait(60)
+            except subprocess.TimeoutExpired:
+                inner.kill()
         os.environ.update(ports)  # stop() finds the engines by their data directory and ports
         engines.stop(engines.ENGINES, data_dir=data_dir)
 

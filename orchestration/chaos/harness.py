@@ -444,10 +444,10 @@ def table(results: list[Result]) -> str:
 
 def run(names: list[str], *, rate: float, log_dir: Path, web_port: int, out: Any) -> list[Result]:
     harness = Harness(rate=rate, log_dir=log_dir, web_port=web_port)
-    harness.supervisor.run()
-    time.sleep(12)  # roles up, consumer groups joined
     results = []
     try:
+        harness.supervisor.run()
+        time.sleep(12)  # roles up, consumer groups joined
         for name in names:
             out.write(f"chaos: {name} ...\n")
             started = time.monotonic()

@@ -80,8 +80,8 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if name:
-            payload = part.get_payload(decode=True) or b""
-            fields[str(name)] = payload.decode()
+            payload = part.get_payload(decode=True)
+            fields[str(name)] = payload.decode() if isinstance(payload, bytes) else str(payload or "")
     return fields
 
 

@@ -4,6 +4,8 @@ private engines it may restart."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ class Command(BaseCommand):
         unknown = [n for n in names if n not in harness.FAULTS]
         if unknown:
             raise CommandError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(harness.FAULTS)}")
+        # SIGTERM ends the run like Ctrl-C, so the harness stops every role it started.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         log_dir = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
         results = harness.run(names, rate=opts["rate"], log_dir=log_dir, web_port=free_port(), out=self.stdout)
         if not all(r.ok for r in results):
