@@ -28,7 +28,9 @@ pytestmark = pytest.mark.fuzz
 
 
 @pytest.fixture
-def token(db) -> Iterator[str]:
+def token(db, ch_table) -> Iterator[str]:
+    """A user's token, with a logs table of its own in ClickHouse (without it every log
+    search would rightly answer 503)."""
     # The WSGI app runs in this thread and would close the test's connection (inside its
     # transaction) at the end of every request; Django's test client avoids that the same way.
     signals.request_started.disconnect(close_old_connections)
