@@ -176,6 +176,30 @@ class PerUserThrottle(BaseThrottle):
 # --- Pagination ---------------------------------------------------------------------------
 
 
+def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any], str | None]:
+    """One page newest first by (created_at, pk) after `cursor`, and the next page's cursor
+    (None at the end). The API and the dashboard page the same way. Raises ValueError for a
+    cursor that is not one of ours."""
+    if cursor:
+        try:
+            created_text, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        except UnicodeDecodeError:
+            raise ValueError("invalid cursor") from None
+        created = parse_datetime(created_text) if created_text else None
+        if created is None or not pk:
+            raise ValueError("invalid cursor")
+        try:
+            queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk))
+        except DjangoValidationError:
+            raise ValueError("invalid cursor") from None
+    rows = list(queryset.order_by("-created_at", "-pk")[: size + 1])
+    if len(rows) <= size:
+        return rows, None
+    rows = rows[:size]
+    last = rows[-1]
+    return rows, base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.pk}".encode()).decode()
+
+
 class KeysetPagination:
     """Newest first by (created_at, id): stable under inserts and cheap at any depth.
 
@@ -198,35 +222,14 @@ class KeysetPagination:
             raise exceptions.ValidationError({"page_size": [f"must be between 1 and {self.max_size}"]})
         return size
 
-    def decode_cursor(self, request: Request) -> tuple[str, str] | None:
-        raw = request.query_params.get("cursor")
-        if not raw:
-            return None
-        try:
-            created, _, pk = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
-            if not created or not pk:
-                raise ValueError(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise exceptions.ValidationError({"cursor": ["invalid cursor"]}) from None
-        return created, pk
-
     def paginate(self, queryset: Any, request: Request) -> tuple[list[Any], str | None]:
         size = self.page_size(request)
-        position = self.decode_cursor(request)
-        if position is not None:
-            created = parse_datetime(position[0])
-            if created is None:
-                raise exceptions.ValidationError({"cursor": ["invalid cursor"]})
-            try:
-                queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=position[1]))
-            except (ValueError, DjangoValidationError):
-                raise exceptions.ValidationError({"cursor": ["invalid cursor"]}) from None
-        rows = list(queryset.order_by("-created_at", "-pk")[: size + 1])
+        try:
+            rows, token = keyset_page(queryset, request.query_params.get("cursor"), size)
+        except ValueError:
+            raise exceptions.ValidationError({"cursor": ["invalid cursor"]}) from None
         next_url = None
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.pk}".encode()).decode()
+        if token is not None:
             params = request.query_params.copy()
             params["cursor"] = token
             next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params, doseq=True)

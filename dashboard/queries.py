@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from config import rest
 from jobs.models import Job, JobStatus
 from jobs.selectors import job_get_stats, job_visible_to
 from metrics import heartbeat
@@ -85,23 +86,8 @@ def overview(user: Any) -> dict[str, Any]:
 
 
 def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Job], str | None]:
-    """Newest first by (created_at, id), like the API's pages."""
-    import base64
-
-    from django.db.models import Q
-    from django.utils.dateparse import parse_datetime
-
-    if cursor:
-        try:
-            created, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-            when = parse_datetime(created)
-            if when is not None and pk:
-                queryset = queryset.filter(Q(created_at__lt=when) | Q(created_at=when, pk__lt=pk))
-        except (ValueError, UnicodeDecodeError):
-            pass  # a mangled cursor shows the first page
-    rows = list(queryset.order_by("-created_at", "-pk")[: size + 1])
-    if len(rows) <= size:
-        return rows, None
-    rows = rows[:size]
-    last = rows[-1]
-    return rows, base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.pk}".encode()).decode()
+    """The API's keyset pages; a mangled cursor in a page link shows the first page."""
+    try:
+        return rest.keyset_page(queryset, cursor, size)
+    except ValueError:
+        return rest.keyset_page(queryset, None, size)

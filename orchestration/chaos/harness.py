@@ -153,7 +153,6 @@ class Load:
     def __init__(self, owner_id: int, rate: float) -> None:
         self.owner_id, self.rate = owner_id, rate
         self.stop = threading.Event()
-        self.submitted = 0
         self.errors = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -172,7 +171,6 @@ class Load:
                 else:
                     spec = JobSpec(type=type_, payload=payload, backoff=FAST, max_attempts=4, timeout_seconds=30)
                     services.job_submit(owner_id=self.owner_id, spec=spec)
-                self.submitted += 1
                 i += 1
             except OperationalError:
                 self.errors += 1
