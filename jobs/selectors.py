@@ -36,7 +36,7 @@ def job_get(*, user: Any, job_id: uuid.UUID | str) -> Job:
         raise JobNotFound(job_id) from None
 
 
-class _CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
+class CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
     """`status=FAILED` or `status=PENDING,RUNNING`."""
 
 
@@ -49,7 +49,7 @@ class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class JobFilter(django_filters.FilterSet):
-    status = _CSVChoiceFilter(field_name="status", choices=JobStatus.choices)
+    status = CSVChoiceFilter(field_name="status", choices=JobStatus.choices)
     type = django_filters.CharFilter(field_name="type")
     queue = django_filters.CharFilter(field_name="queue")
     created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")

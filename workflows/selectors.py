@@ -8,7 +8,7 @@ from typing import Any
 import django_filters
 from django.db.models import QuerySet
 
-from jobs.selectors import UTCDateTimeFilter, visible_to
+from jobs.selectors import CSVChoiceFilter, UTCDateTimeFilter, visible_to
 from workflows.errors import WorkflowNotFound
 from workflows.models import Workflow, WorkflowStatus
 
@@ -24,12 +24,8 @@ def workflow_get(*, user: Any, workflow_id: uuid.UUID | str) -> Workflow:
         raise WorkflowNotFound(workflow_id) from None
 
 
-class _CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
-    pass
-
-
 class WorkflowFilter(django_filters.FilterSet):
-    status = _CSVChoiceFilter(field_name="status", choices=WorkflowStatus.choices)
+    status = CSVChoiceFilter(field_name="status", choices=WorkflowStatus.choices)
     name = django_filters.CharFilter(field_name="name")
     created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
