@@ -97,6 +97,8 @@ DATABASES["default"].update(
 )
 REDIS_URL = env.str("REDIS_URL")
 KAFKA_BOOTSTRAP_SERVERS = env.str("KAFKA_BOOTSTRAP_SERVERS", default="")
+# librdkafka debug contexts for every client (e.g. "cgrp,topic"): for diagnosing group joins.
+KAFKA_DEBUG = env.str("KAFKA_DEBUG", default="")
 CLICKHOUSE_URL = env.str("CLICKHOUSE_URL", default="")
 
 CACHES = {

@@ -155,7 +155,12 @@ class LogSink:
             if not self._offsets:  # the partitions were revoked while we waited
                 return False
         self.dlq.flush(10)  # the malformed records are in logs.dlq before their offsets commit
-        self.consumer.commit(asynchronous=False)
+        try:
+            self.consumer.commit(asynchronous=False)
+        except Exception as exc:  # the group moved on (broker restart): the batch is stored
+            if not kafka.group_moved_on(exc):  # and its next owner may read it again (at
+                raise  # least once, as after a crash)
+            logger.warning("log_sink.commit_refused", extra={"error": str(exc)})
         self._reset_batch()
         self._resume()
         return True

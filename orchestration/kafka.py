@@ -10,11 +10,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+
+# A commit refused because the group moved on without this member: the broker restarted and
+# lost the group, the member was evicted, or the assignment was lost in a rebalance.
+_GROUP_MOVED_ON = frozenset(
+    {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+     KafkaError._ASSIGNMENT_LOST}
+)  # fmt: skip
+
+
+def group_moved_on(exc: BaseException) -> bool:
+    """Is `exc` a commit the group no longer accepts from us? Its offsets are lost, not its
+    messages: the next owner of the partitions reads them again (at least once)."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    return isinstance(error, KafkaError) and error.code() in _GROUP_MOVED_ON
 
 
 def base_config() -> dict[str, Any]:
@@ -22,7 +37,10 @@ def base_config() -> dict[str, Any]:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("KAFKA_BOOTSTRAP_SERVERS is not set")
-    return {"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS}
+    config: dict[str, Any] = {"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS}
+    if settings.KAFKA_DEBUG:
+        config["debug"] = settings.KAFKA_DEBUG
+    return config
 
 
 def producer_config(**overrides: Any) -> dict[str, Any]:

@@ -32,6 +32,23 @@ from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
 logger = logging.getLogger("orchestration.bridge")
 
 
+def tolerant_commit(commit: Commit) -> Commit:
+    """`commit`, but a group that moved on is logged, not raised. arroyo commits in its
+    revoke callback; raising there killed the bridge halfway through the next join, and the
+    embedded broker then kept the dead member as the group's leader, so no bridge ever got
+    the partitions again (found by `make chaos`, kafka-restart)."""
+
+    def commit_or_warn(offsets: Mapping[Partition, int], force: bool = False) -> None:
+        try:
+            commit(offsets, force)
+        except Exception as exc:
+            if not kafka.group_moved_on(exc):
+                raise
+            logger.warning("bridge.commit_refused", extra={"error": str(exc)})
+
+    return commit_or_warn
+
+
 class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     """Wires the chain back to front, once per partition assignment."""
 
@@ -51,7 +68,7 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     ) -> ProcessingStrategy[KafkaPayload]:
         logger.info("bridge.assigned", extra={"partitions": sorted(p.index for p in partitions)})
         self.enqueue = EnqueueToCelery(
-            CommitOffsets(commit),
+            CommitOffsets(tolerant_commit(commit)),
             app=celery_app,
             high_water=self.high_water,
             low_water=self.low_water,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from orchestration import celery_queues
 from orchestration.consumers.bridge import BridgeStrategyFactory, build_processor
@@ -147,3 +149,42 @@ def test_a_queue_rate_limit_spaces_dispatches_and_keeps_order(topics, queue, set
     # a burst of 5, then 5 per second: the last of 15 goes out after about 2 s, not at once
     assert 1.5 <= elapsed <= 4.0, elapsed
     assert [e["attempt"] for e in reversed(celery_messages(queue))] == list(range(1, 16))
+
+
+def test_a_commit_after_the_group_moved_on_is_logged_not_raised(topics, caplog):
+    """A member evicted from its group (here: it stopped polling past max.poll.interval.ms;
+    in `make chaos`: the broker restarted) gets UNKNOWN_MEMBER_ID on commit. arroyo commits in
+    its revoke callback, and raising there killed the bridge in the middle of its next join."""
+    from confluent_kafka import Consumer
+
+    from orchestration import kafka
+    from orchestration.consumers.bridge import tolerant_commit
+
+    produce(topics["jobs"], [b"x"])
+    consumer = Consumer(
+        kafka.consumer_config(f"evicted-{uuid.uuid4().hex[:8]}", **{
+            "enable.auto.commit": False, "session.timeout.ms": 1000, "heartbeat.interval.ms": 100,
+            "max.poll.interval.ms": 1000,
+        })
+    )  # fmt: skip
+    consumer.subscribe([topics["jobs"]])
+    try:
+        wait_for(lambda: (m := consumer.poll(0.5)) is not None and not m.error(), message="a message")
+        time.sleep(3)  # past max.poll.interval.ms: the member leaves, the group goes on without it
+
+        def commit(offsets: Any, force: bool = False) -> None:
+            consumer.commit(offsets=[TopicPartition(topics["jobs"], 0, 1)], asynchronous=False)
+
+        with pytest.raises(KafkaException) as raised:
+            commit({})
+        assert kafka.group_moved_on(raised.value)
+        tolerant_commit(commit)({})  # the same refusal, through the bridge's commit: a warning
+        assert "bridge.commit_refused" in caplog.text
+    finally:
+        consumer.close()
+
+    def broken(offsets: Any, force: bool = False) -> None:
+        raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))
+
+    with pytest.raises(KafkaException):  # anything else still stops the bridge
+        tolerant_commit(broken)({})
