@@ -300,6 +300,12 @@ RELAY_POLL_SECONDS = env.float("RELAY_POLL_SECONDS", default=1.0)  # fallback wh
 # the low-water mark: Redis holds a short window of ready work, Kafka holds the backlog.
 BRIDGE_HIGH_WATER = env.int("BRIDGE_HIGH_WATER", default=2000)
 BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
+# Under a backlog the bridge packs up to this many jobs of one queue into one Celery message
+# (a worker claims and records them with one statement each); 1 turns batching off. A batch
+# goes out full, as soon as the bridge has caught up (so an idle system sends each job
+# alone, at once), or after the linger. Both water marks count Celery messages.
+BRIDGE_BATCH_SIZE = env.int("BRIDGE_BATCH_SIZE", default=32)
+BRIDGE_BATCH_LINGER_MS = env.float("BRIDGE_BATCH_LINGER_MS", default=5.0)
 # Per-queue dispatch rate limits in jobs/s, e.g. "emails=5,reports=0.5". Held-back jobs wait
 # in Kafka, in order; the limit applies per bridge process.
 QUEUE_RATE_LIMITS = {name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()}

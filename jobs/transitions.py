@@ -147,6 +147,10 @@ def mark_running(
         row = cur.fetchone()
     if row is None:
         return None
+    return _claim(row, job_id, lease)
+
+
+def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
     attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id, workflow_id, since = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
@@ -164,6 +168,55 @@ def mark_running(
         workflow_id=workflow_id,
         waiting_since=since,
     )
+
+
+# A batch claim: the same edge and history rows for many jobs in one statement. Rows are
+# locked in id order first, so two overlapping claims (a duplicate batch delivery racing the
+# original) queue behind each other instead of deadlocking; the loser finds them RUNNING.
+_CLAIM_MANY_SQL = """
+WITH wanted AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+), locked AS (
+    SELECT j.id FROM jobs_job j JOIN wanted w ON j.id = w.id
+     WHERE j.status IN ('PENDING', 'QUEUED') AND j.dispatch_token = w.token
+     ORDER BY j.id FOR UPDATE OF j
+), claimed AS (
+    UPDATE jobs_job AS j
+       SET status = 'RUNNING', attempts = attempts + 1, attempt_seq = attempt_seq + 1,
+           worker = %(worker)s, started_at = %(now)s, lease_expires_at = %(lease)s,
+           finished_at = NULL, updated_at = %(now)s
+      FROM wanted w
+     WHERE j.id IN (SELECT id FROM locked) AND j.id = w.id
+       AND j.status IN ('PENDING', 'QUEUED') AND j.dispatch_token = w.token
+       AND j.attempts < j.max_attempts
+    RETURNING j.id, j.attempt_seq, j.attempts, j.max_attempts, j.type, j.queue, j.payload, j.backoff,
+              j.timeout_seconds, j.owner_id, j.workflow_id, coalesce(j.queued_at, j.created_at) AS waiting_since
+), history AS (
+    INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
+    SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
+)
+SELECT id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id,
+       workflow_id, waiting_since
+  FROM claimed
+"""
+
+
+def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_seconds: float) -> list[Claim]:
+    """`mark_running` for a batch of (job id, dispatch token): one statement claims every job
+    whose token is current and writes their RUNNING history rows. Returns the claims won, in
+    the order given; a job missing from them was a duplicate or stale delivery."""
+    if not dispatches:
+        return []
+    now = timezone.now()
+    lease = now + timedelta(seconds=lease_seconds)
+    with connection.cursor() as cur:
+        cur.execute(
+            _CLAIM_MANY_SQL,
+            {"ids": [d[0] for d in dispatches], "tokens": [d[1] for d in dispatches], "worker": worker,
+             "now": now, "lease": lease},
+        )  # fmt: skip
+        rows = {str(row[0]): row for row in cur.fetchall()}
+    return [_claim(rows[job_id][1:], job_id, lease) for job_id, _ in dispatches if job_id in rows]
 
 
 # Columns an end-of-attempt edge may set besides the status (names are never user input).
@@ -269,6 +322,45 @@ def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any, in_wor
         job_id, attempt, status=JobStatus.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED,
         result=result, finished_at=timezone.now(), last_error="", in_workflow=in_workflow,
     )  # fmt: skip
+
+
+_SUCCEEDED_MANY_SQL = """
+WITH results AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::jsonb[]) AS u(id, attempt, result)
+), ended AS (
+    UPDATE jobs_job AS j
+       SET status = 'SUCCEEDED', result = r.result, finished_at = %(now)s, last_error = '',
+           lease_expires_at = NULL, updated_at = %(now)s
+      FROM results r
+     WHERE j.id = r.id AND j.status = 'RUNNING' AND j.attempt_seq = r.attempt
+       AND j.workflow_id IS NULL AND j.concurrency_key IS NULL
+    RETURNING j.id, j.type, j.queue, j.attempt_seq
+), closed AS (
+    UPDATE jobs_jobattempt AS a
+       SET status = 'SUCCEEDED', finished_at = %(now)s, error = '', traceback = ''
+      FROM ended e
+     WHERE a.job_id = e.id AND a.attempt = e.attempt_seq AND a.status = 'RUNNING'
+)
+SELECT id, type, queue FROM ended
+"""
+
+
+def mark_succeeded_many(successes: list[tuple[uuid.UUID, int, Any]]) -> set[uuid.UUID]:
+    """`mark_succeeded` for many (job id, attempt, result) in one statement, for jobs outside
+    workflows and concurrency limits (those need more than this edge in their transaction and
+    take `mark_succeeded`). Returns the ids that won; each is guarded by its attempt number."""
+    if not successes:
+        return set()
+    with connection.cursor() as cur:
+        cur.execute(
+            _SUCCEEDED_MANY_SQL,
+            {"ids": [str(s[0]) for s in successes], "attempts": [s[1] for s in successes],
+             "results": [Jsonb(s[2]) for s in successes], "now": timezone.now()},
+        )  # fmt: skip
+        won = cur.fetchall()
+    for _, type_, queue in won:
+        _count_end(JobStatus.SUCCEEDED, type_, queue)
+    return {uuid.UUID(str(row[0])) for row in won}
 
 
 def schedule_retry(
@@ -511,3 +603,25 @@ def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) 
             lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds)
         )
     )
+
+
+def renew_leases(held: list[tuple[uuid.UUID, int]], *, lease_seconds: float) -> int:
+    """`renew_lease` for every job a worker holds (a batch it claimed and is working through)."""
+    if not held:
+        return 0
+    with connection.cursor() as cur:
+        cur.execute(
+            """UPDATE jobs_job AS j SET lease_expires_at = %(lease)s
+                 FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS u(id, attempt)
+                WHERE j.id = u.id AND j.status = 'RUNNING' AND j.attempt_seq = u.attempt""",
+            {"ids": [str(h[0]) for h in held], "attempts": [h[1] for h in held],
+             "lease": timezone.now() + timedelta(seconds=lease_seconds)},
+        )  # fmt: skip
+        return cur.rowcount
+
+
+def cancel_requested_among(job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these jobs have a cancel request (checked before each job of a batch runs)."""
+    if not job_ids:
+        return set()
+    return set(Job.objects.filter(id__in=job_ids, cancel_requested_at__isnull=False).values_list("id", flat=True))

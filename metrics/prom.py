@@ -57,6 +57,10 @@ BRIDGE_PAUSED = Gauge(
     multiprocess_mode="max",
 )  # fmt: skip
 BRIDGE_ENQUEUED = Counter(P + "bridge_enqueued_total", "Jobs the bridge put on Celery queues.", ["queue"])
+BRIDGE_BATCH_SIZE = Histogram(
+    P + "bridge_batch_size", "Jobs per Celery message when the bridge packs a backlog.",
+    buckets=(2, 4, 8, 16, 32, 64, 128, 256),
+)  # fmt: skip
 CELERY_QUEUE_DEPTH = Gauge(
     P + "celery_queue_depth", "Ready Celery messages per queue.", ["queue"], multiprocess_mode="mostrecent"
 )

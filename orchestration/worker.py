@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from django.conf import settings
@@ -46,6 +46,9 @@ from metrics import prom
 from orchestration import breaker, policy
 from orchestration.breaker import BREAKERS
 from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
+
+if TYPE_CHECKING:
+    from orchestration.batch import Recorder
 
 logger = logging.getLogger("orchestration.worker")
 T = TypeVar("T")
@@ -83,6 +86,9 @@ class Monitor:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watch: _Watch | None = None
+        self._held: list[tuple[uuid.UUID, int]] = []  # a batch's claimed jobs: their leases too
+        self._held_since = 0.0
+        self._recorder: Recorder | None = None  # the batch's successes not written yet
         self._main_thread = threading.main_thread().ident
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -103,6 +109,18 @@ class Monitor:
         with self._lock:
             self._watch = None
 
+    def hold(self, jobs: list[tuple[uuid.UUID, int]], recorder: Recorder) -> None:
+        """Until `release`: keep the leases of a batch's claimed jobs (id, attempt) alive, so
+        the jobs waiting their turn do not look like a dead worker's, and write the batch's
+        successes while a long job runs, so a worker killed then loses only unfinished jobs."""
+        self._ensure_thread()
+        with self._lock:
+            self._held, self._held_since, self._recorder = list(jobs), time.monotonic(), recorder
+
+    def release(self) -> None:
+        with self._lock:
+            self._held, self._recorder = [], None
+
     def cancel_requested(self) -> bool:
         watch = self._watch
         return watch is not None and watch.cancel_requested_at is not None
@@ -110,14 +128,24 @@ class Monitor:
     def _run(self) -> None:
         from django.db import connection
 
-        last_renew = last_check = 0.0
-        lease = settings.JOB_LEASE_SECONDS
+        last_renew = last_check = last_held_renew = 0.0
         while True:
             time.sleep(self.TICK)
+            lease = settings.JOB_LEASE_SECONDS
+            held, recorder, now = self._held, self._recorder, time.monotonic()
+            try:
+                if recorder is not None:
+                    recorder.flush_if_due()
+                if held and now - max(self._held_since, last_held_renew) >= lease / 3:
+                    last_held_renew = now
+                    transitions.renew_leases(held, lease_seconds=lease)
+            except Exception:  # the database may be briefly away; the lease has slack
+                logger.exception("job.monitor_failed")
+                connection.close()
             watch = self._watch
             if watch is None:
-                if connection.connection is not None:
-                    connection.close()  # only long jobs need this thread's connection
+                if not held and connection.connection is not None:
+                    connection.close()  # only long jobs and batches need this thread's connection
                 continue
             now = time.monotonic()
             try:
@@ -198,22 +226,29 @@ class Outcome:
     breaker_failure: bool = False  # a failure that counts against the type's circuit breaker
 
 
-def execute(envelope: dict[str, Any], *, worker: str | None = None) -> Outcome:
-    """Claim and run one dispatched job. Safe to call twice with the same envelope."""
+def gate(envelope: dict[str, Any]) -> str:
+    """What the job type's circuit breaker says: RUN, PROBE (run as the one probe) or HOLD."""
+    type_ = envelope.get("type")
+    return BREAKERS.allow(type_, probe_seconds=settings.BREAKER_PROBE_SECONDS) if type_ else breaker.RUN
+
+
+def execute(envelope: dict[str, Any], *, worker: str | None = None, gate_: str | None = None) -> Outcome:
+    """Claim and run one dispatched job. Safe to call twice with the same envelope. `gate_`
+    is the breaker's answer when the caller already asked (a batch asks once per job)."""
     job_id = uuid.UUID(envelope["job_id"])
     type_ = envelope.get("type")
-    gate = BREAKERS.allow(type_, probe_seconds=settings.BREAKER_PROBE_SECONDS) if type_ else breaker.RUN
-    if gate == breaker.HOLD:
-        held = _with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
+    gate_ = gate_ or gate(envelope)
+    if gate_ == breaker.HOLD:
+        held = with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
         logger.info("job.held_by_breaker", extra={"job_id": str(job_id), "type": type_, "held": held})
         return Outcome(str(job_id), "HELD", recorded=held)
     outcome = _claim_and_run(envelope, job_id, worker)
     if type_:
-        _tell_breaker(type_, outcome, probe=gate == breaker.PROBE)
+        tell_breaker(type_, outcome, probe=gate_ == breaker.PROBE)
     return outcome
 
 
-def _tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
+def tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
     try:
         if outcome.status == "SUCCEEDED" and outcome.recorded:
             BREAKERS.record(type_, ok=True, probe=probe)
@@ -227,12 +262,12 @@ def _tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
 
 def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
     if envelope.get("concurrency_key"):
-        claim = _with_reconnect(lambda: _claim_within_limit(envelope, worker or worker_id()))
+        claim = with_reconnect(lambda: _claim_within_limit(envelope, worker or worker_id()))
         if claim == "HELD":
             logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
             return Outcome(str(job_id), "HELD")
     else:
-        claim = _with_reconnect(
+        claim = with_reconnect(
             lambda: transitions.mark_running(
                 job_id,
                 dispatch_token=envelope["dispatch_token"],
@@ -256,10 +291,12 @@ def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | No
             workflow_id=str(claim.workflow_id) if claim.workflow_id else None,
         )
     ):
-        return _run_claimed(claim)
+        return run_claimed(claim)
 
 
-def _run_claimed(claim: transitions.Claim) -> Outcome:
+def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> Outcome:
+    """Run a claimed job's handler and record its outcome. With `deferred`, a success of a
+    job outside any workflow is handed to the batch's recorder instead of written now."""
     job_id = claim.job_id
     in_workflow = claim.workflow_id is not None  # its end moves the workflow on, in one transaction
     handler = get_handler(claim.type)
@@ -272,6 +309,8 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
         prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
     started = time.perf_counter()
     records_before = job_records_written()
+    defer = deferred is not None and not in_workflow
+    logged = False
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
@@ -285,21 +324,30 @@ def _run_claimed(claim: transitions.Claim) -> Outcome:
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
         finally:
-            if job_records_written() != records_before:
-                # The attempt's log lines reach Kafka before its outcome commits: a worker
-                # killed right after cannot leave a finished job with lines missing.
+            # The attempt's log lines reach Kafka before its outcome commits: a worker killed
+            # right after cannot leave a finished job with lines missing. A deferred success
+            # leaves it to the recorder, which flushes once for the whole batch.
+            logged = job_records_written() != records_before
+            if logged and not defer:
                 flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
     except (JobCancelled, Interrupted) as exc:
+        if logged and defer:
+            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
-            won = _with_reconnect(
+            won = with_reconnect(
                 lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
             )
             return _record(job_id, "CANCELLED", won)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
+        if logged and defer:
+            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
         permanent = isinstance(exc, _permanent_exceptions())
         return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
-    won = _with_reconnect(
+    if defer and deferred is not None:
+        deferred.succeeded(claim, result, logged=logged)
+        return Outcome(str(job_id), "SUCCEEDED", recorded=False)  # the recorder has the verdict
+    won = with_reconnect(
         lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
     )
     return _record(job_id, "SUCCEEDED", won)
@@ -323,7 +371,7 @@ def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Cl
         return claim
 
 
-def _with_reconnect(write: Callable[[], T]) -> T:
+def with_reconnect(write: Callable[[], T]) -> T:
     """Each transition is one statement (atomic by itself). The worker keeps its connection
     between tasks, so after a PostgreSQL restart the first statement fails on a dead
     connection: reconnect and run it once more. Running it twice is safe: the second run of
@@ -342,7 +390,7 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
     )  # fmt: skip
     if isinstance(decision, policy.Retry):
         at = decision.at
-        won = _with_reconnect(
+        won = with_reconnect(
             lambda: transitions.schedule_retry(
                 claim.job_id, attempt=claim.attempt, next_retry_at=at, error=error, tb=tb,
                 attempt_status=attempt_status,
@@ -350,7 +398,7 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
         )  # fmt: skip
         outcome = _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
         return dataclasses.replace(outcome, breaker_failure=not permanent)
-    won = _with_reconnect(
+    won = with_reconnect(
         lambda: transitions.move_to_dead_letter(
             claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status,
             in_workflow=claim.workflow_id is not None,

@@ -1,6 +1,7 @@
 """End-to-end benchmark (`make bench`, `manage.py bench pipeline`) against the running stack.
 
-1. Baseline: raw Celery (prefork, same concurrency, same Redis, a no-op task) drains N tasks.
+1. Baselines: raw Celery (prefork), Dramatiq and Huey, each with the same number of worker
+   processes on the same Redis, drain N no-op tasks of their own.
 2. Pipeline: N `demo.noop` jobs through the bulk API → outbox → relay → Kafka → bridge →
    Celery → worker → SUCCEEDED, timed from the first submit to the last success.
 3. Light load: single submits at a steady rate; submit→start latency from the job rows.
@@ -10,10 +11,14 @@ Prints both rates, the ratio and the latency percentiles, with progress while it
 
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,39 +35,76 @@ from orchestration.bench.stats import Progress, percentile
 REPO = Path(__file__).resolve().parents[2]
 
 
-def raw_celery(n: int, concurrency: int) -> float:
-    """Jobs/s of plain Celery draining n no-op tasks (worker started first, clock from the
-    first enqueue to the last completion)."""
-    from orchestration.bench import raw_celery as raw
+@dataclass(frozen=True)
+class Peer:
+    """Another job queue draining n no-op tasks on the same Redis with `workers` processes:
+    its worker command, how to enqueue one task, and the counter its task bumps."""
 
-    env = {**os.environ, "BENCH_RAW_BROKER": settings.REDIS_URL}
-    r = redis.Redis.from_url(settings.REDIS_URL)
-    r.delete(raw.COUNTER, raw.QUEUE)
-    worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "orchestration.bench.raw_celery", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--queues", raw.QUEUE, "--without-mingle", "--without-gossip",
-            "--loglevel", "WARNING",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        raw.app.conf.broker_url = settings.REDIS_URL
-        time.sleep(4)  # let the worker boot and connect
-        progress = Progress("raw celery", n)
-        started = time.perf_counter()
-        with raw.app.producer_or_acquire() as producer:
-            for _ in range(n):
-                raw.app.send_task("bench.noop", queue=raw.QUEUE, producer=producer)
-        while (done := int(r.get(raw.COUNTER) or 0)) < n:
-            progress.update(done)
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        r.delete(raw.COUNTER, raw.QUEUE)
-    return n / elapsed
+    name: str
+    module: str  # orchestration.bench.raw_* (imported after BENCH_RAW_BROKER is set)
+    command: Callable[[int], list[str]]  # worker processes → the worker's command line
+
+    def drain(self, n: int, workers: int) -> float:
+        """Jobs/s from the first enqueue to the last completion (worker started first)."""
+        os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL  # read by the module, here and in its workers
+        raw = importlib.import_module(self.module)
+        r = redis.Redis.from_url(settings.REDIS_URL)
+        _forget(r, raw)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", *self.command(workers)], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            time.sleep(4)  # let the workers boot and connect
+            progress = Progress(self.name, n)
+            started = time.perf_counter()
+            _ENQUEUE[self.name](raw, n)
+            while (done := int(r.get(raw.COUNTER) or 0)) < n:
+                progress.update(done)
+                if worker.poll() is not None:
+                    raise SystemExit(f"{self.name} worker exited with {worker.returncode}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - started
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+            _forget(r, raw)
+        return n / elapsed
+
+
+def _forget(r: redis.Redis, raw: Any) -> None:
+    keys = [raw.COUNTER, raw.QUEUE, *r.scan_iter(f"*{raw.QUEUE}*", count=1000)]
+    r.delete(*keys)
+
+
+def _enqueue_celery(raw: Any, n: int) -> None:
+    with raw.app.producer_or_acquire() as producer:
+        for _ in range(n):
+            raw.app.send_task("bench.noop", queue=raw.QUEUE, producer=producer)
+
+
+def _enqueue_calls(raw: Any, n: int) -> None:
+    send = raw.noop.send if hasattr(raw.noop, "send") else raw.noop  # Dramatiq actor / Huey task
+    for _ in range(n):
+        send()
+
+
+_ENQUEUE: dict[str, Callable[[Any, int], None]] = {"Celery": _enqueue_celery, "Dramatiq": _enqueue_calls,
+                                                    "Huey": _enqueue_calls}  # fmt: skip
+
+PEERS = (
+    Peer("Celery", "orchestration.bench.raw_celery", lambda w: [
+        "celery", "-A", "orchestration.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
+        "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]),
+    Peer("Dramatiq", "orchestration.bench.raw_dramatiq", lambda w: [
+        "dramatiq", "orchestration.bench.raw_dramatiq", "--processes", str(w)]),
+    Peer("Huey", "orchestration.bench.raw_huey", lambda w: [
+        "huey.bin.huey_consumer", "orchestration.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
+        "--logfile", os.devnull]),
+)  # fmt: skip
 
 
 def pipeline(base: str, token: str, n: int, owner_id: int) -> float:
@@ -109,29 +151,33 @@ def light_load(base: str, token: str, rate: float, seconds: float, owner_id: int
 
 def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, keep: bool, out: Any) -> dict[str, float]:
     owner_id, token = bench_token()
+    rates: dict[str, float] = {}
     try:
-        out.write(f"raw Celery: {n} no-op tasks, prefork -c {concurrency}\n")
-        raw_rate = raw_celery(n, concurrency)
+        for peer in PEERS:
+            out.write(f"{peer.name}: {n} no-op tasks, {concurrency} worker processes\n")
+            rates[peer.name] = peer.drain(n, concurrency)
         out.write(f"pipeline: {n} demo.noop jobs through the bulk API\n")
-        pipe_rate = pipeline(base, token, n, owner_id)
+        rates["pipeline"] = pipe_rate = pipeline(base, token, n, owner_id)
         out.write(f"light load: {rate:g} jobs/s for {seconds:g}s\n")
         latencies = light_load(base, token, rate, seconds, owner_id)
     finally:
         if not keep:
             Job.objects.filter(owner_id=owner_id).delete()
-    ratio = pipe_rate / raw_rate
     p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
+    out.write(f"\n{'measurement (no-op jobs, same Redis, same 2 cores)':52} {'jobs/s':>9} {'pipeline ÷ this':>16}\n")
+    for name, value in rates.items():
+        label = "pipeline (bulk submit → SUCCEEDED)" if name == "pipeline" else f"{name} (its own no-op task)"
+        out.write(f"{label:52} {value:>9,.0f} {pipe_rate / value:>16.2f}\n")
+    fastest = max((v, k) for k, v in rates.items() if k != "pipeline")
     out.write(
-        f"\n{'measurement':40} {'jobs/s':>9} {'jobs/min':>10}\n"
-        f"{'raw Celery (no-op task)':40} {raw_rate:>9,.0f} {raw_rate * 60:>10,.0f}\n"
-        f"{'pipeline (bulk submit → SUCCEEDED)':40} {pipe_rate:>9,.0f} {pipe_rate * 60:>10,.0f}\n\n"
-        f"pipeline / raw Celery: {ratio:.2f}  (target ≥ 0.80: {verdict(ratio >= 0.8)})\n"
+        f"\npipeline ÷ fastest peer ({fastest[1]}): {pipe_rate / fastest[0]:.2f}  "
+        f"(target ≥ 1.0: {verdict(pipe_rate >= fastest[0])})\n"
         f"pipeline jobs/min: {pipe_rate * 60:,.0f}  (target ≥ 30,000: {verdict(pipe_rate * 60 >= 30000)})\n"
         f"submit→start at {rate:g} jobs/s: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
         f"(targets p50 ≤ 30 ms: {verdict(p50 <= 0.03)}, p99 ≤ 200 ms: {verdict(p99 <= 0.2)})\n"
     )
-    return {"raw": raw_rate, "pipeline": pipe_rate, "ratio": ratio, "p50": p50, "p95": p95, "p99": p99}
+    return {**rates, "p50": p50, "p95": p95, "p99": p99}

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 from orchestration.bench.api import bench_token
-from orchestration.bench.pipeline import raw_celery
+from orchestration.bench.pipeline import PEERS
 from orchestration.bench.stats import Out, Progress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def submit(base: str, token: str, total: int, rate: float, out: Out) -> float:
 def run(*, base: str, jobs: int, rate: float, keep: bool, out: Out) -> dict[str, Any]:
     owner_id, token = bench_token()
     out.write("baseline: raw Celery, 20,000 no-op tasks ...\n")
-    baseline = raw_celery(20_000, 2)
+    baseline = PEERS[0].drain(20_000, 2)  # raw Celery
     since = timezone.now()
     sampler = MemorySampler()
     sampler.start()

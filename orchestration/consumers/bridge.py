@@ -1,6 +1,6 @@
 """The bridge (`manage.py run_bridge`): Kafka `jobs` → Celery queues on Redis.
 
-    DecodeJobEvent → EnqueueToCelery → CommitOffsets
+    DecodeJobEvent → EnqueueToCelery (packs a backlog into batches) → CommitOffsets
 
 Offsets are committed only for messages already enqueued (at least once: after a crash
 the last second's messages are enqueued again, and their duplicate claims lose). Unusable
@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
+from arroyo.backends.kafka import KafkaPayload
 from arroyo.backends.kafka.consumer import KafkaProducer
 from arroyo.commit import CommitPolicy
 from arroyo.dlq import DlqLimit, DlqPolicy
@@ -27,7 +27,7 @@ from config.celery import app as celery_app
 from orchestration import kafka
 from orchestration.consumers.dlq import ReasonDlqProducer
 from orchestration.consumers.steps.decode_job_event import DecodeJobEvent
-from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
+from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery, LingeringConsumer
 
 logger = logging.getLogger("orchestration.bridge")
 
@@ -52,8 +52,10 @@ def tolerant_commit(commit: Commit) -> Commit:
 class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     """Wires the chain back to front, once per partition assignment."""
 
-    def __init__(self, *, high_water: int, low_water: int) -> None:
+    def __init__(self, *, high_water: int, low_water: int, batch_size: int | None = None) -> None:
         self.high_water, self.low_water = high_water, low_water
+        self.batch_size = settings.BRIDGE_BATCH_SIZE if batch_size is None else batch_size
+        self.consumer: LingeringConsumer | None = None  # set by build_processor
         self.enqueue: EnqueueToCelery | None = None  # the live step, for tests and status
 
     def details(self) -> dict[str, Any]:
@@ -73,25 +75,30 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
             high_water=self.high_water,
             low_water=self.low_water,
             rate_limits=settings.QUEUE_RATE_LIMITS,
+            batch_size=self.batch_size,
+            linger=settings.BRIDGE_BATCH_LINGER_MS / 1000,
+            consumer=self.consumer,
         )
         return DecodeJobEvent(self.enqueue)
 
 
 def build_processor(factory: BridgeStrategyFactory | None = None) -> StreamProcessor[KafkaPayload]:
     kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DLQ_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
-    consumer = KafkaConsumer(
+    consumer = LingeringConsumer(
         {
             **kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
         }
     )
+    if factory is None:
+        factory = BridgeStrategyFactory(high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER)
+    factory.consumer = consumer
     dlq = ReasonDlqProducer(KafkaProducer(kafka.producer_config()), Topic(settings.KAFKA_JOBS_DLQ_TOPIC))
     return StreamProcessor(
         consumer=consumer,
         topic=Topic(settings.KAFKA_JOBS_TOPIC),
-        processor_factory=factory
-        or BridgeStrategyFactory(high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER),
+        processor_factory=factory,
         commit_policy=CommitPolicy(min_commit_frequency_sec=settings.BRIDGE_COMMIT_SECONDS, min_commit_messages=None),
         dlq_policy=DlqPolicy(dlq, DlqLimit(), max_buffered_messages_per_partition=20000),
     )

@@ -77,14 +77,19 @@ def produce(topic: str, values: list[bytes], key: bytes | None = None) -> None:
     assert producer.flush(10) == 0
 
 
-def celery_messages(queue: str) -> list[dict[str, Any]]:
-    """The dispatch envelopes waiting in a Celery queue (all priority levels)."""
-    out = []
+def celery_messages(queue: str, *, batches: bool = False) -> list[Any]:
+    """The dispatch envelopes waiting in a Celery queue (all priority levels), newest first;
+    a batch's jobs are counted one by one. With `batches`, each message's list of jobs."""
+    out: list[Any] = []
     for name in celery_queues.list_names(queue):
         for raw in celery_queues.client().lrange(name, 0, -1):
             message = orjson.loads(raw)  # kombu's Redis framing; the body is base64 JSON
             args, _kwargs, _embed = orjson.loads(base64.b64decode(message["body"]))  # task protocol 2
-            out.append(args[0])
+            jobs = args[0] if message["headers"]["task"] == "orchestration.run_jobs" else [args[0]]
+            if batches:
+                out.append(jobs)
+            else:
+                out.extend(reversed(jobs))  # newest first, like the list itself
     return out
 
 

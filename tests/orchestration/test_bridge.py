@@ -32,8 +32,8 @@ def envelope(queue: str, **overrides: Any) -> dict[str, Any]:
 
 
 class RunningBridge:
-    def __init__(self, high_water: int = 1000, low_water: int = 100) -> None:
-        self.factory = BridgeStrategyFactory(high_water=high_water, low_water=low_water)
+    def __init__(self, high_water: int = 1000, low_water: int = 100, batch_size: int | None = None) -> None:
+        self.factory = BridgeStrategyFactory(high_water=high_water, low_water=low_water, batch_size=batch_size)
         self.processor = build_processor(self.factory)
         self.thread = threading.Thread(target=self.processor.run, daemon=True)
 
@@ -95,7 +95,7 @@ def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics
     produce(topics["jobs"], [orjson.dumps(envelope(queue)) for _ in range(total)])
     client = celery_queues.client()
     names = celery_queues.list_names(queue)
-    with bridge(high_water=high, low_water=low) as running:
+    with bridge(high_water=high, low_water=low, batch_size=1) as running:  # counted in messages
         wait_for(lambda: celery_queues.depths([queue])[queue] >= high, message="queue filled to the high-water mark")
         # Held there: the rest waits in Kafka, not in Redis.
         for _ in range(20):
@@ -119,6 +119,24 @@ def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics
         assert step.enqueued == total
 
 
+def test_a_backlog_goes_out_in_batches_and_a_lone_job_at_once(topics, queue, bridge):
+    backlog = [envelope(queue) for _ in range(200)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in backlog], key=b"one-partition")
+    with bridge(batch_size=32):
+        wait_for(lambda: len(celery_messages(queue)) == 200, timeout=30, message="the backlog enqueued")
+        batches = celery_messages(queue, batches=True)
+        assert max(len(b) for b in batches) == 32
+        assert len(batches) <= 20, [len(b) for b in batches]  # mostly full batches, not 200 messages
+        assert [e["job_id"] for b in reversed(batches) for e in b] == [e["job_id"] for e in backlog]  # in order
+
+        lone = envelope(queue)
+        produce(topics["jobs"], [orjson.dumps(lone)])
+        sent = time.monotonic()
+        wait_for(lambda: len(celery_messages(queue)) == 201, timeout=5, interval=0.001, message="the lone job")
+        assert time.monotonic() - sent < 0.5  # caught up: no waiting for a batch to fill
+        assert celery_messages(queue, batches=True)[0] == [lone]
+
+
 def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge, tmp_path):
     envelopes = [envelope(queue) for _ in range(10)]
     produce(topics["jobs"], [orjson.dumps(e) for e in envelopes])
@@ -126,11 +144,11 @@ def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge
     doomed = Stack(topics, queue, tmp_path, BRIDGE_COMMIT_SECONDS="3600")
     doomed.start("bridge")
     try:
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 10, timeout=60, message="10 tasks enqueued")
+        wait_for(lambda: len(celery_messages(queue)) == 10, timeout=60, message="10 jobs enqueued")
     finally:
         doomed.stop("bridge", signal.SIGKILL)
     with bridge():
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 20, timeout=60, message="10 tasks enqueued again")
+        wait_for(lambda: len(celery_messages(queue)) == 20, timeout=60, message="10 jobs enqueued again")
     ids = [e["job_id"] for e in celery_messages(queue)]
     assert sorted(ids) == sorted([e["job_id"] for e in envelopes] * 2)
 
@@ -144,7 +162,7 @@ def test_a_queue_rate_limit_spaces_dispatches_and_keeps_order(topics, queue, set
     with bridge():
         wait_for(lambda: celery_queues.depths([queue])[queue] >= 1, timeout=30, message="the first task")
         started = time.monotonic()
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 15, timeout=30, message="all 15 tasks")
+        wait_for(lambda: len(celery_messages(queue)) == 15, timeout=30, message="all 15 jobs")
         elapsed = time.monotonic() - started
     # a burst of 5, then 5 per second: the last of 15 goes out after about 2 s, not at once
     assert 1.5 <= elapsed <= 4.0, elapsed

@@ -14,7 +14,7 @@ from jobs import services
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
 from orchestration import celery_queues
-from tests.orchestration.conftest import Stack, consume_all, wait_for
+from tests.orchestration.conftest import Stack, celery_messages, consume_all, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -79,10 +79,41 @@ def test_messages_lost_in_redis_are_dispatched_again(stack, user, queue):
     for role in ("relay", "bridge", "scheduler"):
         stack.start(role)
     jobs = [submit(user, queue, "demo.noop") for _ in range(5)]
-    wait_for(lambda: celery_queues.depths([queue])[queue] >= 5, timeout=60, message="5 tasks in Redis")
+    wait_for(lambda: len(celery_messages(queue)) >= 5, timeout=60, message="5 jobs in Redis")
     celery_queues.client().delete(*celery_queues.list_names(queue))  # Redis flushed: messages gone
     time.sleep(0.5)
     stack.start("worker")
     for job in jobs:
         wait_status(job, JobStatus.SUCCEEDED, stack)
         assert JobAttempt.objects.filter(job=job).count() == 1
+
+
+def test_a_worker_killed_mid_batch_loses_only_its_unfinished_jobs(stack, user, queue):
+    """A batch [quick, slow, after] delivered straight to a worker (the relay is not running
+    yet, so nothing else dispatches them); the worker is SIGKILLed while `slow` runs. `quick`
+    finished and stays finished; `slow` and `after` go to the lease reaper and run again."""
+    from config.celery import app
+
+    stack.env.update(JOB_LEASE_SECONDS="3", DISPATCH_STALE_SECONDS="2", SCHEDULER_TICK_SECONDS="0.2")
+    stack.start("worker")
+    quick, slow, after = (
+        submit(user, queue, "demo.noop"), submit(user, queue, "demo.sleep", payload={"seconds": 4}),
+        submit(user, queue, "demo.noop"),
+    )  # fmt: skip
+    batch = [{"v": 1, "job_id": str(j.id), "type": j.type, "queue": queue, "priority": 5, "attempt": 1,
+              "dispatch_token": str(j.dispatch_token)} for j in (quick, slow, after)]  # fmt: skip
+    app.send_task("orchestration.run_jobs", args=[batch], queue=queue)
+    wait_status(quick, JobStatus.SUCCEEDED, stack, timeout=30)  # written while `slow` runs
+    assert Job.objects.get(id=slow.id).status == JobStatus.RUNNING
+    stack.stop("worker", signal.SIGKILL)
+    for role in ("relay", "bridge", "scheduler", "worker"):
+        stack.start(role)
+    for job in (slow, after):
+        wait_status(job, JobStatus.SUCCEEDED, stack, timeout=90)
+    history = {
+        j.id: list(JobAttempt.objects.filter(job=j).order_by("attempt").values_list("status", flat=True))
+        for j in (quick, slow, after)
+    }
+    assert history[quick.id] == [AttemptStatus.SUCCEEDED]
+    assert history[slow.id] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]
+    assert history[after.id] == [AttemptStatus.LOST, AttemptStatus.SUCCEEDED]

@@ -8,6 +8,12 @@ what this step sent.
 
 Rate limits (QUEUE_RATE_LIMITS): a queue limited to r jobs/s gets a token bucket; without a
 token the message is rejected the same way, so held-back jobs wait in Kafka, in order.
+
+Batches (BRIDGE_BATCH_SIZE > 1): accepted dispatches are held briefly and sent as one Celery
+message of up to `batch_size` jobs per queue and priority (`orchestration.run_jobs`). The
+batch goes out when it is full, when the consumer found nothing more to read (caught up: at
+light load that is every message, alone), or after `linger` seconds. Offsets move on only
+for messages already sent, so a crash re-reads what was held, as before.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
+from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.processing.strategies.abstract import MessageRejected, ProcessingStrategy
-from arroyo.types import Message
+from arroyo.types import BrokerValue, Message
 from celery import Celery
 from kombu.exceptions import OperationalError
 
@@ -29,6 +37,23 @@ from orchestration.consumers.steps.forwarding import ForwardingStep
 logger = logging.getLogger("orchestration.bridge")
 
 TASK_NAME = "orchestration.run_job"
+BATCH_TASK_NAME = "orchestration.run_jobs"
+
+
+class LingeringConsumer(KafkaConsumer):
+    """arroyo's Kafka consumer, but while the bridge holds a partial batch a poll waits at
+    most `cap` seconds (arroyo waits up to one second), and `idle` says whether the last poll
+    found nothing, i.e. the bridge has caught up and should not wait for more."""
+
+    cap: float | None = None
+    idle = False
+
+    def poll(self, timeout: float | None = None) -> BrokerValue[KafkaPayload] | None:
+        if self.cap is not None and (timeout is None or timeout > self.cap):
+            timeout = self.cap
+        message = super().poll(timeout)
+        self.idle = message is None
+        return message
 
 
 class EnqueueToCelery(ForwardingStep):
@@ -42,8 +67,14 @@ class EnqueueToCelery(ForwardingStep):
         depth_ttl: float = 0.05,
         rate_limits: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batch_size: int = 1,
+        linger: float = 0.005,
+        consumer: LingeringConsumer | None = None,
     ) -> None:
         self.next_step = next_step
+        self.batch_size, self.linger, self.consumer = max(1, batch_size), linger, consumer
+        self._held: list[Message[DispatchEnvelope]] = []  # accepted, not yet sent
+        self._held_since = 0.0
         self.app = app
         self.high_water, self.low_water = high_water, low_water
         self.depth_ttl = depth_ttl
@@ -98,24 +129,68 @@ class EnqueueToCelery(ForwardingStep):
 
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         envelope = message.payload
+        if len(self._held) >= self.batch_size and not self._send_held():
+            raise MessageRejected  # Redis unreachable: the held batch first, then this one
+        if self._blocked(envelope.queue) or not self._take_token(envelope.queue):
+            raise MessageRejected
+        if not self._held:
+            self._held_since = self.clock()
+        self._held.append(message)
+        if len(self._held) >= self.batch_size or self.batch_size == 1:
+            self._send_held()
+        elif self.consumer is not None:
+            self.consumer.cap = self.linger
+
+    def poll(self) -> None:
+        if self._held and (
+            (self.consumer is not None and self.consumer.idle) or self.clock() - self._held_since >= self.linger
+        ):
+            self._send_held()
+        self.next_step.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._send_held()  # what cannot be sent now is not committed: the next owner re-reads it
+        self.next_step.join(timeout)
+
+    def _send_held(self) -> bool:
+        """Send the held dispatches, one Celery message per queue and priority (a lone job as
+        a plain `run_job`), then pass them on for their offsets to be committed, in order.
+        Redis unreachable: keep them all and say so (a retry may send some twice; their
+        duplicate claims lose)."""
+        if not self._held:
+            return True
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for message in self._held:
+            envelope = message.payload
+            groups.setdefault((envelope.queue, envelope.priority), []).append(envelope.as_dict())
         try:
-            if self._blocked(envelope.queue) or not self._take_token(envelope.queue):
-                raise MessageRejected
-            self.app.send_task(
-                TASK_NAME,
-                args=[envelope.as_dict()],
-                queue=envelope.queue,
-                priority=celery_queues.celery_priority(envelope.priority),
-                retry=False,  # a failure is retried by arroyo re-submitting this message
-            )
-        except OperationalError as exc:  # Redis unreachable: hold the message, try again soon
+            for (queue, priority), envelopes in groups.items():
+                self._send(queue, priority, envelopes)
+        except OperationalError as exc:
             now = self.clock()
             if now - self._last_error_log > 10:
                 self._last_error_log = now
                 logger.warning("bridge.enqueue_failed", extra={"error": str(exc)})
-            raise MessageRejected from exc
-        read_at, depth = self._depth.get(envelope.queue, (self.clock(), 0))
-        self._depth[envelope.queue] = (read_at, depth + 1)
-        self.enqueued += 1
-        prom.BRIDGE_ENQUEUED.labels(envelope.queue).inc()
-        self.next_step.submit(message)
+            return False
+        held, self._held = self._held, []
+        if self.consumer is not None:
+            self.consumer.cap = None
+        for message in held:
+            self.next_step.submit(message)
+        return True
+
+    def _send(self, queue: str, priority: int, envelopes: list[dict[str, Any]]) -> None:
+        single = len(envelopes) == 1
+        self.app.send_task(
+            TASK_NAME if single else BATCH_TASK_NAME,
+            args=[envelopes[0] if single else envelopes],
+            queue=queue,
+            priority=celery_queues.celery_priority(priority),
+            retry=False,  # a failure is retried by sending the held batch again
+        )
+        read_at, depth = self._depth.get(queue, (self.clock(), 0))
+        self._depth[queue] = (read_at, depth + 1)  # the depth is counted in Celery messages
+        self.enqueued += len(envelopes)
+        prom.BRIDGE_ENQUEUED.labels(queue).inc(len(envelopes))
+        if not single:
+            prom.BRIDGE_BATCH_SIZE.observe(len(envelopes))
