@@ -43,7 +43,10 @@ def default_backoff() -> dict[str, Any]:
 
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    # Not indexed alone: job_owner_created leads with it. Every status change rewrites an
+    # entry in each full index of this table (no HOT update: status is indexed), so each
+    # index is a cost every job pays three times.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs", db_index=False)
     type = models.CharField(max_length=200)
     payload = models.JSONField(default=dict)
     queue = models.CharField(max_length=100, default="default")
@@ -75,8 +78,8 @@ class Job(models.Model):
     concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     # The workflow this job is a task (or a compensation) of.
     workflow = models.ForeignKey(
-        "workflows.Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
-    )
+        "workflows.Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )  # indexed only where set (job_workflow): most jobs have none
     # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
     # scheduler releases held jobs when the breaker lets them through.
     breaker_held_at = models.DateTimeField(null=True, blank=True)
@@ -113,6 +116,7 @@ class Job(models.Model):
             models.Index(fields=["type", "-created_at"], name="job_type_created"),
             models.Index(fields=["queue", "-created_at"], name="job_queue_created"),
             models.Index(fields=["-created_at"], name="job_created"),
+            models.Index(fields=["workflow"], condition=Q(workflow__isnull=False), name="job_workflow"),
             # Dispatcher scans touch only live rows: partial indexes stay small with millions
             # of finished jobs in the table.
             models.Index(
@@ -145,7 +149,8 @@ class Job(models.Model):
 class JobAttempt(models.Model):
     """One row per attempt, written the moment it starts; its status follows the attempt."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="history")
+    # Not indexed alone: the unique (job, attempt) constraint leads with it.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="history", db_index=False)
     attempt = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING)
     worker = models.CharField(max_length=200, blank=True, default="")

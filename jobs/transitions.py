@@ -12,6 +12,7 @@ same transaction as the edge that starts or ends it.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +29,14 @@ from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobStatus
 from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
+
+
+def pg_array(values: Any) -> str:
+    """A PostgreSQL array literal of uuids or numbers, passed as one text parameter and cast
+    in SQL: adapting a Python list element by element was a tenth of a batch's client CPU."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 REQUEUEABLE = (JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
 
 
@@ -96,10 +105,10 @@ def mark_queued_many(dispatches: list[Relayed]) -> int:
             _MARK_QUEUED_MANY_SQL,
             {
                 "now": timezone.now(),
-                "ids": [d.job_id for d in dispatches],
-                "tokens": [d.dispatch_token for d in dispatches],
-                "partitions": [d.partition for d in dispatches],
-                "offsets": [d.offset for d in dispatches],
+                "ids": pg_array(d.job_id for d in dispatches),
+                "tokens": pg_array(d.dispatch_token for d in dispatches),
+                "partitions": pg_array(d.partition for d in dispatches),
+                "offsets": pg_array(d.offset for d in dispatches),
             },
         )
         return cur.rowcount
@@ -212,7 +221,7 @@ def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_s
     with connection.cursor() as cur:
         cur.execute(
             _CLAIM_MANY_SQL,
-            {"ids": [d[0] for d in dispatches], "tokens": [d[1] for d in dispatches], "worker": worker,
+            {"ids": pg_array(d[0] for d in dispatches), "tokens": pg_array(d[1] for d in dispatches), "worker": worker,
              "now": now, "lease": lease},
         )  # fmt: skip
         rows = {str(row[0]): row for row in cur.fetchall()}
@@ -326,7 +335,8 @@ def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any, in_wor
 
 _SUCCEEDED_MANY_SQL = """
 WITH results AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::jsonb[]) AS u(id, attempt, result)
+    SELECT u.id, u.attempt, (%(results)s::jsonb) -> (u.n::int - 1) AS result
+      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) WITH ORDINALITY AS u(id, attempt, n)
 ), ended AS (
     UPDATE jobs_job AS j
        SET status = 'SUCCEEDED', result = r.result, finished_at = %(now)s, last_error = '',
@@ -354,12 +364,12 @@ def mark_succeeded_many(successes: list[tuple[uuid.UUID, int, Any]]) -> set[uuid
     with connection.cursor() as cur:
         cur.execute(
             _SUCCEEDED_MANY_SQL,
-            {"ids": [str(s[0]) for s in successes], "attempts": [s[1] for s in successes],
-             "results": [Jsonb(s[2]) for s in successes], "now": timezone.now()},
+            {"ids": pg_array(s[0] for s in successes), "attempts": pg_array(s[1] for s in successes),
+             "results": orjson.dumps([s[2] for s in successes]).decode(), "now": timezone.now()},
         )  # fmt: skip
         won = cur.fetchall()
-    for _, type_, queue in won:
-        _count_end(JobStatus.SUCCEEDED, type_, queue)
+    for (type_, queue), count in Counter((type_, queue) for _, type_, queue in won).items():
+        prom.JOBS_FINISHED.labels(JobStatus.SUCCEEDED, type_, queue).inc(count)
     return {uuid.UUID(str(row[0])) for row in won}
 
 
@@ -614,7 +624,7 @@ def renew_leases(held: list[tuple[uuid.UUID, int]], *, lease_seconds: float) -> 
             """UPDATE jobs_job AS j SET lease_expires_at = %(lease)s
                  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS u(id, attempt)
                 WHERE j.id = u.id AND j.status = 'RUNNING' AND j.attempt_seq = u.attempt""",
-            {"ids": [str(h[0]) for h in held], "attempts": [h[1] for h in held],
+            {"ids": pg_array(h[0] for h in held), "attempts": pg_array(h[1] for h in held),
              "lease": timezone.now() + timedelta(seconds=lease_seconds)},
         )  # fmt: skip
         return cur.rowcount

@@ -87,7 +87,8 @@ class Relay:
             )
             if delivered:
                 with connection.cursor() as cur:
-                    cur.execute("DELETE FROM jobs_outbox WHERE id = ANY(%s)", [list(delivered)])
+                    ids = transitions.pg_array(delivered)
+                    cur.execute("DELETE FROM jobs_outbox WHERE id = ANY(%s::bigint[])", [ids])
         if errors:
             self.failures += 1
             logger.warning(

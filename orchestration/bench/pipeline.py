@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 from orchestration.bench.api import bench_token
+from orchestration.bench.processes import CpuMeter
 from orchestration.bench.stats import Progress, percentile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,17 +150,128 @@ def light_load(base: str, token: str, rate: float, seconds: float, owner_id: int
     return [(started - created).total_seconds() for created, started in rows if started and created]
 
 
-def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, keep: bool, out: Any) -> dict[str, float]:
+def offered_load(base: str, token: str, rate: float, seconds: float, owner_id: int) -> list[float]:
+    """Bulk submits every 50 ms adding up to `rate` jobs/s; returns submit→start latencies."""
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    ticks = int(seconds * 20)
+    since = timezone.now()
+    owed = 0.0
+    t0 = time.perf_counter()
+    for i in range(ticks):
+        time.sleep(max(0.0, t0 + i * 0.05 - time.perf_counter()))
+        owed += rate * 0.05
+        if owed >= 1:
+            body = orjson.dumps({"jobs": [{"type": "demo.noop"}] * int(owed)})
+            session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()
+            owed -= int(owed)
+    mine = Job.objects.filter(owner_id=owner_id, created_at__gte=since)
+    deadline = time.monotonic() + 60
+    while mine.filter(started_at__isnull=True).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = mine.filter(started_at__isnull=False).values_list("created_at", "started_at")
+    return [(started - created).total_seconds() for created, started in rows if started and created]
+
+
+def set_bridge_batch_size(size: int | None) -> None:
+    """Restart `make run`'s bridge with BRIDGE_BATCH_SIZE=size (None: as configured), through
+    circus' control socket, and wait until it holds its partitions again."""
+    from circus.client import CircusClient
+
+    from metrics import heartbeat
+    from orchestration import engines
+
+    client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=30)
+    env = client.call({"command": "get", "properties": {"name": "bridge", "keys": ["env"]}})["options"]["env"]
+    env = {k: v for k, v in env.items() if k != "BRIDGE_BATCH_SIZE"}
+    if size is not None:
+        env["BRIDGE_BATCH_SIZE"] = str(size)
+    client.call({"command": "set", "properties": {"name": "bridge", "options": {"env": env}}})
+    client.call({"command": "restart", "properties": {"name": "bridge", "waiting": True}})
+    time.sleep(2)  # the old process's last heartbeat must not count
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        bridges = [r for r in heartbeat.roles() if r["role"] == "bridge" and r["age"] < 2]
+        if bridges and all(r.get("assigned") for r in bridges):
+            return
+        time.sleep(0.5)
+    raise SystemExit("the bridge did not get its partitions back within 60 s")
+
+
+def cpu_table(cpu: dict[str, float], wall: float, n: int) -> str:
+    """Where the pipeline's CPU went, per role and engine, per job."""
+    total = sum(cpu.values())
+    lines = [f"{'process (CPU during the pipeline run)':40} {'CPU s':>7} {'µs/job':>8} {'share':>6}"]
+    for role, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        if seconds >= 0.05:
+            lines.append(f"{role:40} {seconds:>7.1f} {seconds / n * 1e6:>8.0f} {seconds / total:>6.0%}")
+    busy = f"({total / wall:.2f} of {os.cpu_count()} cores busy)"
+    lines.append(f"{'all':40} {total:>7.1f} {total / n * 1e6:>8.0f}   {busy}")
+    return "\n".join(lines)
+
+
+def chart(path: Path, peers: dict[str, float], sizes: dict[int, float], load: dict[float, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = sorted(sizes)
+    left.plot(xs, [sizes[x] for x in xs], "o-", color="tab:blue", label="pipeline (bulk submit → SUCCEEDED)")
+    for (name, value), style in zip(peers.items(), ("--", "-.", ":"), strict=False):
+        left.axhline(value, linestyle=style, color="gray", label=f"{name} drain")
+    left.set(xscale="log", xlabel="BRIDGE_BATCH_SIZE (jobs per Celery message, log scale)", ylabel="jobs/s",
+             title="Throughput against batch size")  # fmt: skip
+    left.set_xticks(xs, [str(x) for x in xs])
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    rates = sorted(load)
+    for q, style in ((50, "o-"), (95, "s--"), (99, "^:")):
+        right.plot(rates, [percentile(load[r], q) * 1000 for r in rates], style, label=f"p{q}")
+    right.axhline(30, color="tab:red", linewidth=0.8, label="p50 target 30 ms")
+    right.set(xscale="log", yscale="log", xlabel="offered load, jobs/s (log)", ylabel="submit → start, ms (log)",
+              title="Latency against offered load")  # fmt: skip
+    right.set_xticks(rates, [f"{r:g}" for r in rates])
+    right.xaxis.set_minor_formatter(NullFormatter())
+    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_minor_formatter(NullFormatter())
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, keep: bool, out: Any,
+        batch_sizes: Sequence[int] = (), sweep_jobs: int = 10_000, loads: Sequence[float] = (),
+        load_seconds: float = 5.0, chart_path: Path | None = None) -> dict[str, float]:  # fmt: skip
     owner_id, token = bench_token()
     rates: dict[str, float] = {}
+    sizes: dict[int, float] = {}
+    by_load: dict[float, list[float]] = {}
     try:
         for peer in PEERS:
             out.write(f"{peer.name}: {n} no-op tasks, {concurrency} worker processes\n")
             rates[peer.name] = peer.drain(n, concurrency)
         out.write(f"pipeline: {n} demo.noop jobs through the bulk API\n")
+        meter = CpuMeter()
+        meter.start()
         rates["pipeline"] = pipe_rate = pipeline(base, token, n, owner_id)
+        cpu, wall = meter.stop()
         out.write(f"light load: {rate:g} jobs/s for {seconds:g}s\n")
         latencies = light_load(base, token, rate, seconds, owner_id)
+        for load in loads:
+            out.write(f"offered load: {load:g} jobs/s for {load_seconds:g}s\n")
+            by_load[load] = offered_load(base, token, load, load_seconds, owner_id)
+        try:
+            for size in batch_sizes:
+                out.write(f"batch size {size}: bridge restarted, {sweep_jobs} jobs\n")
+                set_bridge_batch_size(size)
+                sizes[size] = pipeline(base, token, sweep_jobs, owner_id)
+        finally:
+            if batch_sizes:
+                set_bridge_batch_size(None)
     finally:
         if not keep:
             Job.objects.filter(owner_id=owner_id).delete()
@@ -178,6 +290,18 @@ def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, kee
         f"(target ≥ 1.0: {verdict(pipe_rate >= fastest[0])})\n"
         f"pipeline jobs/min: {pipe_rate * 60:,.0f}  (target ≥ 30,000: {verdict(pipe_rate * 60 >= 30000)})\n"
         f"submit→start at {rate:g} jobs/s: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
-        f"(targets p50 ≤ 30 ms: {verdict(p50 <= 0.03)}, p99 ≤ 200 ms: {verdict(p99 <= 0.2)})\n"
+        f"(targets p50 ≤ 30 ms: {verdict(p50 <= 0.03)}, p99 ≤ 200 ms: {verdict(p99 <= 0.2)})\n\n"
+        f"{cpu_table(cpu, wall, n)}\n"
     )
+    if sizes:
+        out.write(f"\n{'BRIDGE_BATCH_SIZE':>18} {'jobs/s':>9}\n")
+        for size, value in sizes.items():
+            out.write(f"{size:>18} {value:>9,.0f}\n")
+    if by_load:
+        out.write(f"\n{'offered jobs/s':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}\n")
+        for load, values in by_load.items():
+            out.write(f"{load:>15g} " + " ".join(f"{percentile(values, q) * 1000:>8.1f}" for q in (50, 95, 99)) + "\n")
+    if chart_path is not None and sizes and by_load:
+        chart(chart_path, {k: v for k, v in rates.items() if k != "pipeline"}, sizes, by_load)
+        out.write(f"\nchart: {chart_path}\n")
     return {**rates, "p50": p50, "p95": p95, "p99": p99}

@@ -25,27 +25,11 @@ from django.utils import timezone
 from jobs.models import Job, JobStatus
 from orchestration.bench.api import bench_token
 from orchestration.bench.pipeline import PEERS
+from orchestration.bench.processes import role_processes
 from orchestration.bench.stats import Out, Progress
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.1}
-ROLES = {  # a process's role, read off its command line
-    "run_relay": "relay", "run_bridge": "bridge", "run_scheduler": "scheduler", "run_log_sink": "log-sink",
-    "gunicorn": "web", "worker": "worker", "flower": "flower", "chdb_http": "clickhouse (chDB)",
-}  # fmt: skip
-
-
-def role_processes() -> dict[int, str]:
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "orchestration.devstack" in cmd or "bench" in cmd:
-            continue
-        for marker, role in ROLES.items():
-            if marker in cmd and ("manage.py" in cmd or "-m" in cmd):
-                found[proc.info["pid"]] = role
-                break
-    return found
 
 
 class MemorySampler(threading.Thread):
@@ -59,7 +43,7 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             by_role: dict[str, float] = {}
-            for pid, role in role_processes().items():
+            for pid, role in role_processes(engines=True).items():
                 with contextlib.suppress(psutil.Error):
                     by_role[role] = by_role.get(role, 0.0) + psutil.Process(pid).memory_info().rss / 2**20
             self.samples.append((time.monotonic() - self.started, by_role))

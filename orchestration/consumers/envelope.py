@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_VERSIONS = frozenset({1})
@@ -26,7 +26,13 @@ class DispatchEnvelope:
     concurrency_limit: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # By hand: dataclasses.asdict (recursive, deep-copying) was a sixth of the bridge's CPU.
+        out = {"v": self.v, "job_id": self.job_id, "type": self.type, "queue": self.queue, "priority": self.priority,
+               "attempt": self.attempt, "dispatch_token": self.dispatch_token}  # fmt: skip
+        if self.concurrency_key is not None:
+            out["concurrency_key"] = self.concurrency_key
+            out["concurrency_limit"] = self.concurrency_limit
+        return out
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:

@@ -184,6 +184,8 @@ class EnqueueToCelery(ForwardingStep):
         self.app.send_task(
             TASK_NAME if single else BATCH_TASK_NAME,
             args=[envelopes[0] if single else envelopes],
+            # Celery would otherwise build a safe repr of the whole batch for every message.
+            argsrepr=envelopes[0]["job_id"] if single else f"[{len(envelopes)} jobs]",
             queue=queue,
             priority=celery_queues.celery_priority(priority),
             retry=False,  # a failure is retried by sending the held batch again

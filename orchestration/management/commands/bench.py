@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -20,13 +21,22 @@ class Command(BaseCommand):
         api.add_argument("--batches", type=int, default=20, help="bulk requests")
         api.add_argument("--size", type=int, default=1000, help="jobs per bulk request")
         api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
-        pipe = sub.add_parser("pipeline", help="end to end vs raw Celery, and latency at light load")
+        pipe = sub.add_parser("pipeline", help="end to end vs Celery, Dramatiq and Huey; latency; batch sizes")
         pipe.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         pipe.add_argument("--jobs", type=int, default=20000, help="no-op jobs for the throughput runs")
         pipe.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
         pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
         pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
+        pipe.add_argument(
+            "--batch-sizes",
+            default="1,4,16,32,64",
+            help="BRIDGE_BATCH_SIZE values to sweep (restarts make run's bridge); empty: no sweep",
+        )
+        pipe.add_argument("--sweep-jobs", type=int, default=10_000, help="jobs per batch size")
+        pipe.add_argument("--loads", default="20,100,300,1000,2000", help="offered jobs/s for the latency curve")
+        pipe.add_argument("--load-seconds", type=float, default=5.0, help="length of each offered-load run")
+        pipe.add_argument("--chart", default="docs/pipeline-batching.png", help="PNG of both curves (empty: none)")
         flows = sub.add_parser("workflows", help="per-task cost of workflows vs plain jobs (wide and chain)")
         flows.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         flows.add_argument("--wide", type=int, default=1000, help="independent tasks")
@@ -101,4 +111,9 @@ class Command(BaseCommand):
                 seconds=opts["seconds"],
                 keep=opts["keep"],
                 out=self.stdout,
+                batch_sizes=[int(x) for x in opts["batch_sizes"].split(",") if x.strip()],
+                sweep_jobs=opts["sweep_jobs"],
+                loads=[float(x) for x in opts["loads"].split(",") if x.strip()],
+                load_seconds=opts["load_seconds"],
+                chart_path=Path(opts["chart"]) if opts["chart"] else None,
             )
