@@ -186,12 +186,16 @@ def set_bridge_batch_size(size: int | None) -> None:
     env = {k: v for k, v in env.items() if k != "BRIDGE_BATCH_SIZE"}
     if size is not None:
         env["BRIDGE_BATCH_SIZE"] = str(size)
+    old = {r["pid"] for r in heartbeat.roles() if r["role"] == "bridge"}
+    # Stop, set, start: setting the env of a running watcher reloads it, which may start the
+    # new bridge before the old one left, and a member leaving mid-join wedges the embedded
+    # broker's group (see docs/reliability.md).
+    client.call({"command": "stop", "properties": {"name": "bridge", "waiting": True}})
     client.call({"command": "set", "properties": {"name": "bridge", "options": {"env": env}}})
-    client.call({"command": "restart", "properties": {"name": "bridge", "waiting": True}})
-    time.sleep(2)  # the old process's last heartbeat must not count
+    client.call({"command": "start", "properties": {"name": "bridge", "waiting": True}})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        bridges = [r for r in heartbeat.roles() if r["role"] == "bridge" and r["age"] < 2]
+        bridges = [r for r in heartbeat.roles() if r["role"] == "bridge" and r["age"] < 2 and r["pid"] not in old]
         if bridges and all(r.get("assigned") for r in bridges):
             return
         time.sleep(0.5)

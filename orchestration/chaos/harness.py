@@ -142,7 +142,11 @@ DIAMOND = [
 
 class Load:
     """Submits a steady mix of jobs (and a workflow now and then) for one owner, through the
-    services, riding out a database restart."""
+    services, riding out a database restart. Every two seconds a burst of the same mix goes
+    in as one bulk submit, so the bridge packs batches and every fault also hits workers in
+    the middle of one."""
+
+    BURST = 40
 
     MIX: tuple[tuple[str, dict[str, Any]], ...] = (
         ("demo.noop", {}), ("demo.sleep", {"seconds": 0.3}), ("demo.log", {"lines": 3}), ("demo.noop", {}),
@@ -164,6 +168,11 @@ class Load:
         while not self.stop.is_set():
             type_, payload = self.MIX[i % len(self.MIX)]
             try:
+                if i % max(1, int(2 * self.rate)) == 0:
+                    services.job_submit_bulk(owner_id=self.owner_id, specs=[
+                        JobSpec(type=t, payload=p, backoff=FAST, max_attempts=4, timeout_seconds=30)
+                        for t, p in (self.MIX * (self.BURST // len(self.MIX) + 1))[: self.BURST]
+                    ])  # fmt: skip
                 if i % 40 == 39:
                     s = WorkflowInputSerializer(data={"tasks": DIAMOND})
                     s.is_valid(raise_exception=True)

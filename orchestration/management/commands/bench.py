@@ -30,7 +30,7 @@ class Command(BaseCommand):
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
         pipe.add_argument(
             "--batch-sizes",
-            default="1,4,16,32,64",
+            default="1,4,16,32,64,128",
             help="BRIDGE_BATCH_SIZE values to sweep (restarts make run's bridge); empty: no sweep",
         )
         pipe.add_argument("--sweep-jobs", type=int, default=10_000, help="jobs per batch size")
