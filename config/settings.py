@@ -306,6 +306,9 @@ BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
 # alone, at once), or after the linger. Both water marks count Celery messages.
 BRIDGE_BATCH_SIZE = env.int("BRIDGE_BATCH_SIZE", default=32)
 BRIDGE_BATCH_LINGER_MS = env.float("BRIDGE_BATCH_LINGER_MS", default=5.0)
+# A worker whose current job of a batch has run this long gives the batch's jobs still
+# waiting back to the queue, for idle workers: a batch of slow jobs does not sit on one.
+BATCH_HAND_BACK_SECONDS = env.float("BATCH_HAND_BACK_SECONDS", default=1.0)
 # Per-queue dispatch rate limits in jobs/s, e.g. "emails=5,reports=0.5". Held-back jobs wait
 # in Kafka, in order; the limit applies per bridge process.
 QUEUE_RATE_LIMITS = {name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()}

@@ -228,6 +228,40 @@ def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_s
     return [_claim(rows[job_id][1:], job_id, lease) for job_id, _ in dispatches if job_id in rows]
 
 
+# Hand-back: RUNNING → QUEUED for claimed jobs whose handler never started (a batch that
+# turned out slow gives its waiting jobs to other workers). The claim is undone: attempt
+# counters back, the RUNNING history row deleted (nothing ran), queued again as of now so
+# the lost-message scan gives the new message its full time.
+_HAND_BACK_SQL = """
+WITH back AS (
+    UPDATE jobs_job AS j
+       SET status = 'QUEUED', attempts = j.attempts - 1, attempt_seq = j.attempt_seq - 1, worker = '',
+           started_at = NULL, lease_expires_at = NULL, queued_at = %(now)s, updated_at = %(now)s
+      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS u(id, attempt)
+     WHERE j.id = u.id AND j.status = 'RUNNING' AND j.attempt_seq = u.attempt AND j.cancel_requested_at IS NULL
+    RETURNING j.id, u.attempt
+), unstarted AS (
+    DELETE FROM jobs_jobattempt AS a USING back
+     WHERE a.job_id = back.id AND a.attempt = back.attempt AND a.status = 'RUNNING'
+)
+SELECT id FROM back
+"""
+
+
+def hand_back_many(claims: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+    """RUNNING → QUEUED for claimed (job id, attempt) whose handler never ran, undoing the
+    claim. A job that meanwhile got a cancel request, or is no longer held by that attempt,
+    stays as it is. Returns the ids handed back; the caller dispatches them again."""
+    if not claims:
+        return set()
+    with connection.cursor() as cur:
+        cur.execute(
+            _HAND_BACK_SQL,
+            {"ids": pg_array(c[0] for c in claims), "attempts": pg_array(c[1] for c in claims), "now": timezone.now()},
+        )
+        return {uuid.UUID(str(row[0])) for row in cur.fetchall()}
+
+
 # Columns an end-of-attempt edge may set besides the status (names are never user input).
 _END_COLUMNS = frozenset({"result", "finished_at", "last_error", "next_retry_at", "dispatch_token"})
 

@@ -17,6 +17,7 @@ never written, and it runs again (at least once, as after any crash before the o
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -121,20 +122,84 @@ def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None)
         if envelope["job_id"] not in claimed:
             logger.info("job.claim_lost", extra={"job_id": envelope["job_id"], "batch": True})
             outcomes.append(Outcome(envelope["job_id"], "SKIPPED", recorded=False))
-    outcomes.extend(_run_claims(claims))
+    outcomes.extend(_run_claims(claims, {e["job_id"]: e for e in batch}))
     return outcomes
 
 
-def _run_claims(claims: list[transitions.Claim]) -> list[Outcome]:
-    recorder = Recorder()
+class BatchRun:
+    """A claimed batch being worked through: the jobs not started yet, the recorder, and what
+    the monitor thread does while a long job runs (`tick`)."""
+
+    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> None:
+        self.waiting = collections.deque(claims)
+        self.envelopes = envelopes
+        self.recorder = Recorder()
+        self.handed_back: list[transitions.Claim] = []
+        self._lock = threading.Lock()
+
+    def next(self) -> transitions.Claim | None:
+        with self._lock:
+            return self.waiting.popleft() if self.waiting else None
+
+    def waiting_ids(self) -> list[uuid.UUID]:
+        with self._lock:
+            return [c.job_id for c in self.waiting]
+
+    def tick(self, *, running_for: float) -> None:
+        """From the monitor thread: successes waited long enough are written, and once the
+        current job has run BATCH_HAND_BACK_SECONDS the jobs still waiting go back."""
+        self.recorder.flush_if_due()
+        if running_for >= settings.BATCH_HAND_BACK_SECONDS:
+            self.hand_back()
+
+    def hand_back(self) -> None:
+        """Give the jobs still waiting to other workers: undo their claims, then dispatch them
+        again as one batch (the same tokens; their messages go to the queue's tail). A worker
+        killed in between leaves them QUEUED without a message: the lost-message scan sends
+        them again. Jobs with a cancel request stay, to be cancelled here."""
+        with self._lock:
+            rest, self.waiting = list(self.waiting), collections.deque()
+        if not rest:
+            return
+        try:
+            back = transitions.hand_back_many([(c.job_id, c.attempt) for c in rest])
+        except Exception:
+            with self._lock:  # the database is away: keep them and run them here
+                self.waiting.extendleft(reversed(rest))
+            raise
+        with self._lock:
+            self.waiting.extend(c for c in rest if c.job_id not in back)
+            self.handed_back.extend(c for c in rest if c.job_id in back)
+        _dispatch_again([self.envelopes[str(c.job_id)] for c in rest if c.job_id in back])
+        logger.info("batch.handed_back", extra={"jobs": len(back), "kept": len(rest) - len(back)})
+
+
+def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
+    from config.celery import app
+    from orchestration import celery_queues
+    from orchestration.consumers.steps.enqueue_to_celery import BATCH_TASK_NAME
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for envelope in envelopes:
+        groups.setdefault((envelope["queue"], envelope["priority"]), []).append(envelope)
+    for (queue, priority), group in groups.items():
+        app.send_task(
+            BATCH_TASK_NAME, args=[group], argsrepr=f"[{len(group)} jobs]", queue=queue,
+            priority=celery_queues.celery_priority(priority),
+        )  # fmt: skip
+
+
+def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> list[Outcome]:
+    run = BatchRun(claims, envelopes)
+    recorder = run.recorder
     ran: list[tuple[transitions.Claim, Outcome]] = []
-    MONITOR.hold([(c.job_id, c.attempt) for c in claims], recorder)
+    MONITOR.hold([(c.job_id, c.attempt) for c in claims], run)
     try:
         checked, cancelled = time.monotonic(), set[uuid.UUID]()
-        for i, claim in enumerate(claims):
+        while (claim := run.next()) is not None:
             recorder.flush_if_due()
             if time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
-                waiting = [c.job_id for c in claims[i:]]
+                waiting = [claim.job_id, *run.waiting_ids()]
                 cancelled = with_reconnect(lambda: transitions.cancel_requested_among(waiting))  # noqa: B023
                 checked = time.monotonic()
             if claim.job_id in cancelled:
@@ -150,6 +215,7 @@ def _run_claims(claims: list[transitions.Claim]) -> list[Outcome]:
         outcome = recorder.outcomes.get(claim.job_id, outcome)
         tell_breaker(claim.type, outcome, probe=False)
         outcomes.append(outcome)
+    outcomes.extend(Outcome(str(c.job_id), "HANDED_BACK", recorded=True) for c in run.handed_back)
     return outcomes
 
 

@@ -48,7 +48,7 @@ from orchestration.breaker import BREAKERS
 from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
 
 if TYPE_CHECKING:
-    from orchestration.batch import Recorder
+    from orchestration.batch import BatchRun, Recorder
 
 logger = logging.getLogger("orchestration.worker")
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class Monitor:
         self._watch: _Watch | None = None
         self._held: list[tuple[uuid.UUID, int]] = []  # a batch's claimed jobs: their leases too
         self._held_since = 0.0
-        self._recorder: Recorder | None = None  # the batch's successes not written yet
+        self._batch: BatchRun | None = None  # the batch this process is working through
         self._main_thread = threading.main_thread().ident
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -109,17 +109,17 @@ class Monitor:
         with self._lock:
             self._watch = None
 
-    def hold(self, jobs: list[tuple[uuid.UUID, int]], recorder: Recorder) -> None:
+    def hold(self, jobs: list[tuple[uuid.UUID, int]], batch: BatchRun) -> None:
         """Until `release`: keep the leases of a batch's claimed jobs (id, attempt) alive, so
-        the jobs waiting their turn do not look like a dead worker's, and write the batch's
-        successes while a long job runs, so a worker killed then loses only unfinished jobs."""
+        the jobs waiting their turn do not look like a dead worker's, and let the batch act
+        while a long job runs (write its successes, hand its waiting jobs to other workers)."""
         self._ensure_thread()
         with self._lock:
-            self._held, self._held_since, self._recorder = list(jobs), time.monotonic(), recorder
+            self._held, self._held_since, self._batch = list(jobs), time.monotonic(), batch
 
     def release(self) -> None:
         with self._lock:
-            self._held, self._recorder = [], None
+            self._held, self._batch = [], None
 
     def cancel_requested(self) -> bool:
         watch = self._watch
@@ -132,10 +132,10 @@ class Monitor:
         while True:
             time.sleep(self.TICK)
             lease = settings.JOB_LEASE_SECONDS
-            held, recorder, now = self._held, self._recorder, time.monotonic()
+            held, batch, watch, now = self._held, self._batch, self._watch, time.monotonic()
             try:
-                if recorder is not None:
-                    recorder.flush_if_due()
+                if batch is not None:
+                    batch.tick(running_for=now - watch.started if watch is not None else 0.0)
                 if held and now - max(self._held_since, last_held_renew) >= lease / 3:
                     last_held_renew = now
                     transitions.renew_leases(held, lease_seconds=lease)
@@ -221,7 +221,9 @@ def _permanent_exceptions() -> tuple[type[BaseException], ...]:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    status: str  # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost) or HELD (limit or breaker)
+    # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost), HELD (limit or breaker)
+    # or HANDED_BACK (a batch gave it, unstarted, to other workers)
+    status: str
     recorded: bool = True  # False: the job had moved on (e.g. reaped) and the outcome was dropped
     breaker_failure: bool = False  # a failure that counts against the type's circuit breaker
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -14,7 +15,7 @@ from jobs import services, transitions
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
 from orchestration.batch import execute_batch
-from tests.orchestration.conftest import wait_for
+from tests.orchestration.conftest import celery_messages, wait_for
 
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}
 
@@ -23,8 +24,12 @@ def submit(user, type: str = "demo.noop", **spec) -> Job:
     return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type, backoff=FAST, **spec)).job
 
 
-def envelopes(*jobs: Job) -> list[dict[str, str]]:
-    return [{"v": 1, "job_id": str(j.id), "type": j.type, "dispatch_token": str(j.dispatch_token)} for j in jobs]
+def envelopes(*jobs: Job) -> list[dict[str, Any]]:
+    return [
+        {"v": 1, "job_id": str(j.id), "type": j.type, "queue": j.queue, "priority": j.priority, "attempt": 1,
+         "dispatch_token": str(j.dispatch_token)}
+        for j in jobs
+    ]  # fmt: skip
 
 
 def statuses(*jobs: Job) -> list[str]:
@@ -100,7 +105,8 @@ def test_concurrent_duplicate_batches_run_each_job_once(user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_cancel_reaches_a_job_waiting_inside_a_batch(user):
+def test_a_cancel_reaches_a_job_waiting_inside_a_batch(user, settings):
+    settings.BATCH_HAND_BACK_SECONDS = 60  # `after` stays in this batch
     slow, waiting, after = submit(user, "demo.sleep", payload={"seconds": 1.5}), submit(user), submit(user)
 
     def cancel_once_claimed() -> None:
@@ -122,6 +128,7 @@ def test_a_cancel_reaches_a_job_waiting_inside_a_batch(user):
 @pytest.mark.django_db(transaction=True)
 def test_jobs_waiting_their_turn_keep_their_leases(user, settings):
     settings.JOB_LEASE_SECONDS = 1.2  # renewed every 0.4 s; the first job runs 2 s
+    settings.BATCH_HAND_BACK_SECONDS = 60  # the waiting job stays in this batch
     slow, waiting = submit(user, "demo.sleep", payload={"seconds": 2.0}), submit(user)
     leases: list[object] = []
 
@@ -170,3 +177,33 @@ def test_a_late_batch_result_after_the_job_moved_on_is_dropped(user):
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELLED
     assert job.result is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_batch_hands_its_waiting_jobs_back_for_other_workers(user, settings, queue):
+    settings.BATCH_HAND_BACK_SECONDS = 0.3
+    slow = submit(user, "demo.sleep", payload={"seconds": 1.0}, queue=queue)
+    waiting = [submit(user, queue=queue) for _ in range(2)]
+    outcomes = {o.job_id: o.status for o in execute_batch(envelopes(slow, *waiting))}
+    assert outcomes == {str(slow.id): "SUCCEEDED", **{str(j.id): "HANDED_BACK" for j in waiting}}
+    for job in waiting:  # the claim undone: queued again, nothing in its history
+        job.refresh_from_db()
+        assert (job.status, job.attempts, job.attempt_seq, job.lease_expires_at) == (JobStatus.QUEUED, 0, 0, None)
+    assert not JobAttempt.objects.filter(job__in=waiting).exists()
+    [batch] = celery_messages(queue, batches=True)  # dispatched again, as one batch
+    assert sorted(e["job_id"] for e in batch) == sorted(str(j.id) for j in waiting)
+    # Whichever worker takes it claims them as if for the first time.
+    assert {o.status for o in execute_batch(batch)} == {"SUCCEEDED"}
+    assert list(JobAttempt.objects.filter(job__in=waiting).values_list("attempt", flat=True)) == [1, 1]
+
+
+@pytest.mark.django_db
+def test_a_hand_back_leaves_jobs_with_a_cancel_request_or_another_attempt(user):
+    cancelling, moved_on, fine = submit(user), submit(user), submit(user)
+    claims = transitions.mark_running_many(
+        [(str(j.id), str(j.dispatch_token)) for j in (cancelling, moved_on, fine)], worker="w", lease_seconds=30
+    )
+    assert transitions.request_cancel(cancelling.id)
+    back = transitions.hand_back_many([(c.job_id, c.attempt + (c.job_id == moved_on.id)) for c in claims])
+    assert back == {fine.id}
+    assert statuses(cancelling, moved_on, fine) == [JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.QUEUED]

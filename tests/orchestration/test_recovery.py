@@ -94,7 +94,8 @@ def test_a_worker_killed_mid_batch_loses_only_its_unfinished_jobs(stack, user, q
     finished and stays finished; `slow` and `after` go to the lease reaper and run again."""
     from config.celery import app
 
-    stack.env.update(JOB_LEASE_SECONDS="3", DISPATCH_STALE_SECONDS="2", SCHEDULER_TICK_SECONDS="0.2")
+    stack.env.update(JOB_LEASE_SECONDS="3", DISPATCH_STALE_SECONDS="2", SCHEDULER_TICK_SECONDS="0.2",
+                     BATCH_HAND_BACK_SECONDS="60")  # `after` stays in the batch until the kill  # fmt: skip
     stack.start("worker")
     quick, slow, after = (
         submit(user, queue, "demo.noop"), submit(user, queue, "demo.sleep", payload={"seconds": 4}),
