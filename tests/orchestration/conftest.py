@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 
@@ -54,9 +54,12 @@ def queue() -> Iterator[str]:
 
 
 def consume_all(topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
-    """Read `expect` messages from the start of `topic` (fails the test if they do not come)."""
+    """Read `expect` messages from the start of every partition of `topic` (fails the test if
+    they do not come). Partitions are assigned, not subscribed: no group join to wait for,
+    and no rebalance that could hand a partition over halfway."""
     consumer = Consumer(kafka.consumer_config(f"reader-{uuid.uuid4().hex}", **{"enable.auto.commit": False}))
-    consumer.subscribe([topic])
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     messages: list[Any] = []
     deadline = time.monotonic() + timeout
     try:
