@@ -176,17 +176,10 @@ class BatchRun:
 
 def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
     from config.celery import app
-    from orchestration import celery_queues
-    from orchestration.consumers.steps.enqueue_to_celery import BATCH_TASK_NAME
+    from orchestration.consumers.steps.enqueue_to_celery import by_queue, publish
 
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for envelope in envelopes:
-        groups.setdefault((envelope["queue"], envelope["priority"]), []).append(envelope)
-    for (queue, priority), group in groups.items():
-        app.send_task(
-            BATCH_TASK_NAME, args=[group], argsrepr=f"[{len(group)} jobs]", queue=queue,
-            priority=celery_queues.celery_priority(priority),
-        )  # fmt: skip
+    for (queue, priority), group in by_queue(envelopes).items():
+        publish(app, queue, priority, group)
 
 
 def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> list[Outcome]:
