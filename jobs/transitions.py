@@ -114,30 +114,6 @@ def mark_queued_many(dispatches: list[Relayed]) -> int:
         return cur.rowcount
 
 
-# Claim and its history row in one statement: one round trip, atomic without a transaction
-# block (a worker on a no-op job spends most of its time in round trips).
-_CLAIM_SQL = """
-WITH claimed AS (
-    UPDATE jobs_job
-       SET status = 'RUNNING', attempts = attempts + 1, attempt_seq = attempt_seq + 1,
-           worker = %(worker)s, started_at = %(now)s, lease_expires_at = %(lease)s,
-           finished_at = NULL, updated_at = %(now)s
-     WHERE id = %(id)s
-       AND status IN ('PENDING', 'QUEUED')
-       AND dispatch_token = %(token)s
-       AND attempts < max_attempts
-    RETURNING id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id,
-              workflow_id, coalesce(queued_at, created_at) AS waiting_since
-), history AS (
-    INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
-    SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
-)
-SELECT attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id, workflow_id,
-       waiting_since
-  FROM claimed
-"""
-
-
 def mark_running(
     job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str, worker: str, lease_seconds: float
 ) -> Claim | None:
@@ -146,17 +122,8 @@ def mark_running(
     Only a delivery carrying the job's current dispatch token can win, so duplicates and
     stale messages of an earlier dispatch get None. Writes the RUNNING history row too.
     """
-    now = timezone.now()
-    lease = now + timedelta(seconds=lease_seconds)
-    with connection.cursor() as cur:
-        cur.execute(
-            _CLAIM_SQL,
-            {"id": str(job_id), "token": str(dispatch_token), "worker": worker, "now": now, "lease": lease},
-        )
-        row = cur.fetchone()
-    if row is None:
-        return None
-    return _claim(row, job_id, lease)
+    won = mark_running_many([(str(job_id), str(dispatch_token))], worker=worker, lease_seconds=lease_seconds)
+    return won[0] if won else None
 
 
 def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
@@ -179,9 +146,11 @@ def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
     )
 
 
-# A batch claim: the same edge and history rows for many jobs in one statement. Rows are
-# locked in id order first, so two overlapping claims (a duplicate batch delivery racing the
-# original) queue behind each other instead of deadlocking; the loser finds them RUNNING.
+# Claims and their history rows in one statement, for one job or a batch: one round trip,
+# atomic without a transaction block (a worker on a no-op job spends most of its time in
+# round trips). Rows are locked in id order first, so two overlapping claims (a duplicate
+# batch delivery racing the original) queue behind each other instead of deadlocking; the
+# loser finds them RUNNING.
 _CLAIM_MANY_SQL = """
 WITH wanted AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
@@ -211,9 +180,9 @@ SELECT id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, t
 
 
 def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_seconds: float) -> list[Claim]:
-    """`mark_running` for a batch of (job id, dispatch token): one statement claims every job
-    whose token is current and writes their RUNNING history rows. Returns the claims won, in
-    the order given; a job missing from them was a duplicate or stale delivery."""
+    """`mark_running` for (job id, dispatch token) pairs: one statement claims every job whose
+    token is current and writes their RUNNING history rows. Returns the claims won, in the
+    order given; a job missing from them was a duplicate or stale delivery."""
     if not dispatches:
         return []
     now = timezone.now()
