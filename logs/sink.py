@@ -155,12 +155,10 @@ class LogSink:
             if not self._offsets:  # the partitions were revoked while we waited
                 return False
         self.dlq.flush(10)  # the malformed records are in logs.dlq before their offsets commit
-        try:
+        # Refused after a broker restart: the batch is stored, and its next owner may read it
+        # again (at least once, as after a crash).
+        with kafka.commit_refusal_logged(logger, "log_sink.commit_refused"):
             self.consumer.commit(asynchronous=False)
-        except Exception as exc:  # the group moved on (broker restart): the batch is stored
-            if not kafka.group_moved_on(exc):  # and its next owner may read it again (at
-                raise  # least once, as after a crash)
-            logger.warning("log_sink.commit_refused", extra={"error": str(exc)})
         self._reset_batch()
         self._resume()
         return True

@@ -33,18 +33,12 @@ logger = logging.getLogger("orchestration.bridge")
 
 
 def tolerant_commit(commit: Commit) -> Commit:
-    """`commit`, but a group that moved on is logged, not raised. arroyo commits in its
-    revoke callback; raising there killed the bridge halfway through the next join, and the
-    embedded broker then kept the dead member as the group's leader, so no bridge ever got
-    the partitions again (found by `make chaos`, kafka-restart)."""
+    """`commit`, but a group that moved on is logged, not raised (arroyo commits in its
+    revoke callback, where raising kills the bridge mid-join)."""
 
     def commit_or_warn(offsets: Mapping[Partition, int], force: bool = False) -> None:
-        try:
+        with kafka.commit_refusal_logged(logger, "bridge.commit_refused"):
             commit(offsets, force)
-        except Exception as exc:
-            if not kafka.group_moved_on(exc):
-                raise
-            logger.warning("bridge.commit_refused", extra={"error": str(exc)})
 
     return commit_or_warn
 
