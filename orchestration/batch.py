@@ -6,7 +6,7 @@
         cancel requested meanwhile? → CANCELLED without running
         run its handler as the single path does (timeout, failure, retry: its own policy)
         success outside a workflow → the recorder, which writes many in one statement
-    the monitor keeps every held job's lease alive until the batch is done
+    the monitor ticks the batch: every held job's lease stays alive until the batch is done
 
 Per-job semantics stay those of `orchestration.worker`: every edge is guarded by the job's
 dispatch token or attempt number, so a duplicate batch claims nothing twice, and a worker
@@ -26,10 +26,11 @@ from typing import Any
 
 from django.conf import settings
 
+from config.celery import app
 from jobs import transitions
 from logs.context import JobLogContext, job_log_context
 from logs.handler import flush_all
-from orchestration import breaker
+from orchestration import breaker, celery_queues
 from orchestration.worker import MONITOR, Outcome, execute, gate, run_claimed, tell_breaker, with_reconnect, worker_id
 
 logger = logging.getLogger("orchestration.worker")
@@ -131,6 +132,8 @@ class BatchRun:
     the monitor thread does while a long job runs (`tick`)."""
 
     def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> None:
+        self.leases = [(c.job_id, c.attempt) for c in claims]  # renewed until the batch is done
+        self.renewed_at = time.monotonic()
         self.waiting = collections.deque(claims)
         self.envelopes = envelopes
         self.recorder = Recorder()
@@ -146,8 +149,14 @@ class BatchRun:
             return [c.job_id for c in self.waiting]
 
     def tick(self, *, running_for: float) -> None:
-        """From the monitor thread: successes waited long enough are written, and once the
-        current job has run BATCH_HAND_BACK_SECONDS the jobs still waiting go back."""
+        """From the monitor thread: every job of the batch keeps its lease (the ones waiting
+        their turn must not look like a dead worker's; a finished one's renewal changes
+        nothing), successes waited long enough are written, and once the current job has run
+        BATCH_HAND_BACK_SECONDS the jobs still waiting go back."""
+        lease = settings.JOB_LEASE_SECONDS
+        if time.monotonic() - self.renewed_at >= lease / 3:
+            self.renewed_at = time.monotonic()
+            transitions.renew_leases(self.leases, lease_seconds=lease)
         self.recorder.flush_if_due()
         if running_for >= settings.BATCH_HAND_BACK_SECONDS:
             self.hand_back()
@@ -175,18 +184,15 @@ class BatchRun:
 
 
 def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
-    from config.celery import app
-    from orchestration.consumers.steps.enqueue_to_celery import by_queue, publish
-
-    for (queue, priority), group in by_queue(envelopes).items():
-        publish(app, queue, priority, group)
+    for (queue, priority), group in celery_queues.by_queue(envelopes).items():
+        celery_queues.publish(app, queue, priority, group)
 
 
 def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> list[Outcome]:
     run = BatchRun(claims, envelopes)
     recorder = run.recorder
     ran: list[tuple[transitions.Claim, Outcome]] = []
-    MONITOR.hold([(c.job_id, c.attempt) for c in claims], run)
+    MONITOR.hold(run)
     try:
         checked, cancelled = time.monotonic(), set[uuid.UUID]()
         while (claim := run.next()) is not None:

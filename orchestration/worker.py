@@ -86,8 +86,6 @@ class Monitor:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watch: _Watch | None = None
-        self._held: list[tuple[uuid.UUID, int]] = []  # a batch's claimed jobs: their leases too
-        self._held_since = 0.0
         self._batch: BatchRun | None = None  # the batch this process is working through
         self._main_thread = threading.main_thread().ident
         self._thread: threading.Thread | None = None
@@ -109,17 +107,16 @@ class Monitor:
         with self._lock:
             self._watch = None
 
-    def hold(self, jobs: list[tuple[uuid.UUID, int]], batch: BatchRun) -> None:
-        """Until `release`: keep the leases of a batch's claimed jobs (id, attempt) alive, so
-        the jobs waiting their turn do not look like a dead worker's, and let the batch act
-        while a long job runs (write its successes, hand its waiting jobs to other workers)."""
+    def hold(self, batch: BatchRun) -> None:
+        """Until `release`, tick the batch this process works through: it keeps its jobs'
+        leases alive and acts while a long job of it runs (`BatchRun.tick`)."""
         self._ensure_thread()
         with self._lock:
-            self._held, self._held_since, self._batch = list(jobs), time.monotonic(), batch
+            self._batch = batch
 
     def release(self) -> None:
         with self._lock:
-            self._held, self._batch = [], None
+            self._batch = None
 
     def cancel_requested(self) -> bool:
         watch = self._watch
@@ -128,23 +125,19 @@ class Monitor:
     def _run(self) -> None:
         from django.db import connection
 
-        last_renew = last_check = last_held_renew = 0.0
+        last_renew = last_check = 0.0
         while True:
             time.sleep(self.TICK)
             lease = settings.JOB_LEASE_SECONDS
-            held, batch, watch, now = self._held, self._batch, self._watch, time.monotonic()
-            try:
-                if batch is not None:
-                    batch.tick(running_for=now - watch.started if watch is not None else 0.0)
-                if held and now - max(self._held_since, last_held_renew) >= lease / 3:
-                    last_held_renew = now
-                    transitions.renew_leases(held, lease_seconds=lease)
-            except Exception:  # the database may be briefly away; the lease has slack
-                logger.exception("job.monitor_failed")
-                connection.close()
-            watch = self._watch
+            batch, watch = self._batch, self._watch
+            if batch is not None:
+                try:
+                    batch.tick(running_for=time.monotonic() - watch.started if watch is not None else 0.0)
+                except Exception:  # the database may be briefly away; the lease has slack
+                    logger.exception("job.monitor_failed")
+                    connection.close()
             if watch is None:
-                if not held and connection.connection is not None:
+                if batch is None and connection.connection is not None:
                     connection.close()  # only long jobs and batches need this thread's connection
                 continue
             now = time.monotonic()
@@ -311,8 +304,8 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
         prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
     started = time.perf_counter()
     records_before = job_records_written()
-    defer = deferred is not None and not in_workflow
-    logged = False
+    recorder = None if in_workflow else deferred
+    logged = succeeded = False
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
@@ -323,18 +316,17 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
                 finally:  # failures and timeouts have a duration too
                     prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
             orjson.dumps(result)  # must be storable as JSON
+            succeeded = True
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
         finally:
             # The attempt's log lines reach Kafka before its outcome commits: a worker killed
-            # right after cannot leave a finished job with lines missing. A deferred success
-            # leaves it to the recorder, which flushes once for the whole batch.
+            # right after cannot leave a finished job with lines missing. A success handed to
+            # the recorder leaves it to the recorder, which flushes once for the whole batch.
             logged = job_records_written() != records_before
-            if logged and not defer:
+            if logged and not (succeeded and recorder is not None):
                 flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
     except (JobCancelled, Interrupted) as exc:
-        if logged and defer:
-            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             won = with_reconnect(
                 lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
@@ -342,12 +334,10 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
             return _record(job_id, "CANCELLED", won)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
-        if logged and defer:
-            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
         permanent = isinstance(exc, _permanent_exceptions())
         return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
-    if defer and deferred is not None:
-        deferred.succeeded(claim, result, logged=logged)
+    if recorder is not None:
+        recorder.succeeded(claim, result, logged=logged)
         return Outcome(str(job_id), "SUCCEEDED", recorded=False)  # the recorder has the verdict
     won = with_reconnect(
         lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
@@ -35,32 +35,6 @@ from orchestration.consumers.envelope import DispatchEnvelope
 from orchestration.consumers.steps.forwarding import ForwardingStep
 
 logger = logging.getLogger("orchestration.bridge")
-
-TASK_NAME = "orchestration.run_job"
-BATCH_TASK_NAME = "orchestration.run_jobs"
-
-
-def by_queue(envelopes: Iterable[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """Envelopes grouped by (queue, priority), in order: one Celery message per group."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for envelope in envelopes:
-        groups.setdefault((envelope["queue"], envelope["priority"]), []).append(envelope)
-    return groups
-
-
-def publish(app: Celery, queue: str, priority: int, envelopes: list[dict[str, Any]]) -> None:
-    """One Celery message for jobs of one queue and priority: `run_job` for a lone job,
-    `run_jobs` for a batch. Raises kombu's OperationalError when Redis is unreachable."""
-    single = len(envelopes) == 1
-    app.send_task(
-        TASK_NAME if single else BATCH_TASK_NAME,
-        args=[envelopes[0] if single else envelopes],
-        # Celery would otherwise build a safe repr of the whole batch for every message.
-        argsrepr=envelopes[0]["job_id"] if single else f"[{len(envelopes)} jobs]",
-        queue=queue,
-        priority=celery_queues.celery_priority(priority),
-        retry=False,  # the caller decides: the bridge sends its held batch again
-    )
 
 
 class LingeringConsumer(KafkaConsumer):
@@ -159,7 +133,7 @@ class EnqueueToCelery(ForwardingStep):
         if not self._held:
             self._held_since = self.clock()
         self._held.append(message)
-        if len(self._held) >= self.batch_size or self.batch_size == 1:
+        if len(self._held) >= self.batch_size:
             self._send_held()
         elif self.consumer is not None:
             self.consumer.cap = self.linger
@@ -183,7 +157,8 @@ class EnqueueToCelery(ForwardingStep):
         if not self._held:
             return True
         try:
-            for (queue, priority), envelopes in by_queue(m.payload.as_dict() for m in self._held).items():
+            groups = celery_queues.by_queue(m.payload.as_dict() for m in self._held)
+            for (queue, priority), envelopes in groups.items():
                 self._send(queue, priority, envelopes)
         except OperationalError as exc:
             now = self.clock()
@@ -199,7 +174,7 @@ class EnqueueToCelery(ForwardingStep):
         return True
 
     def _send(self, queue: str, priority: int, envelopes: list[dict[str, Any]]) -> None:
-        publish(self.app, queue, priority, envelopes)
+        celery_queues.publish(self.app, queue, priority, envelopes)
         read_at, depth = self._depth.get(queue, (self.clock(), 0))
         self._depth[queue] = (read_at, depth + 1)  # the depth is counted in Celery messages
         self.enqueued += len(envelopes)
