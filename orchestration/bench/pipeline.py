@@ -26,6 +26,7 @@ import orjson
 import redis
 import requests
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus
@@ -44,6 +45,7 @@ class Peer:
     name: str
     module: str  # orchestration.bench.raw_* (imported after BENCH_RAW_BROKER is set)
     command: Callable[[int], list[str]]  # worker processes → the worker's command line
+    enqueue: Callable[[Any, int], None]  # (the imported module, n): enqueue n no-op tasks
 
     def drain(self, n: int, workers: int) -> float:
         """Jobs/s from the first enqueue to the last completion (worker started first)."""
@@ -59,7 +61,7 @@ class Peer:
             time.sleep(4)  # let the workers boot and connect
             progress = Progress(self.name, n)
             started = time.perf_counter()
-            _ENQUEUE[self.name](raw, n)
+            self.enqueue(raw, n)
             while (done := int(r.get(raw.COUNTER) or 0)) < n:
                 progress.update(done)
                 if worker.poll() is not None:
@@ -93,24 +95,36 @@ def _enqueue_calls(raw: Any, n: int) -> None:
         send()
 
 
-_ENQUEUE: dict[str, Callable[[Any, int], None]] = {"Celery": _enqueue_celery, "Dramatiq": _enqueue_calls,
-                                                    "Huey": _enqueue_calls}  # fmt: skip
-
 PEERS = (
     Peer("Celery", "orchestration.bench.raw_celery", lambda w: [
         "celery", "-A", "orchestration.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
-        "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]),
+        "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        _enqueue_celery),
     Peer("Dramatiq", "orchestration.bench.raw_dramatiq", lambda w: [
-        "dramatiq", "orchestration.bench.raw_dramatiq", "--processes", str(w)]),
+        "dramatiq", "orchestration.bench.raw_dramatiq", "--processes", str(w)], _enqueue_calls),
     Peer("Huey", "orchestration.bench.raw_huey", lambda w: [
         "huey.bin.huey_consumer", "orchestration.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
-        "--logfile", os.devnull]),
+        "--logfile", os.devnull], _enqueue_calls),
 )  # fmt: skip
 
 
-def pipeline(base: str, token: str, n: int, owner_id: int) -> float:
+def _session(token: str) -> requests.Session:
     session = requests.Session()
     session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    return session
+
+
+def _start_latencies(jobs: QuerySet[Job]) -> list[float]:
+    """submit→start (started_at - created_at) of `jobs`, once all started (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while jobs.filter(started_at__isnull=True).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = jobs.filter(started_at__isnull=False).values_list("created_at", "started_at")
+    return [(started - created).total_seconds() for created, started in rows if started and created]
+
+
+def pipeline(base: str, token: str, n: int, owner_id: int) -> float:
+    session = _session(token)
     since = timezone.now()
     progress = Progress("pipeline", n)
     started = time.perf_counter()
@@ -132,8 +146,7 @@ def pipeline(base: str, token: str, n: int, owner_id: int) -> float:
 
 def light_load(base: str, token: str, rate: float, seconds: float, owner_id: int) -> list[float]:
     """Single submits at `rate`/s; returns submit→start latencies (started_at - created_at)."""
-    session = requests.Session()
-    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    session = _session(token)
     body = orjson.dumps({"type": "demo.noop"})
     ids = []
     total = int(rate * seconds)
@@ -143,17 +156,12 @@ def light_load(base: str, token: str, rate: float, seconds: float, owner_id: int
         time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
         ids.append(session.post(f"{base}/api/v1/jobs/", data=body).json()["id"])
         progress.update(i + 1)
-    deadline = time.monotonic() + 60
-    while Job.objects.filter(id__in=ids, started_at__isnull=True).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    rows = Job.objects.filter(id__in=ids, started_at__isnull=False).values_list("created_at", "started_at")
-    return [(started - created).total_seconds() for created, started in rows if started and created]
+    return _start_latencies(Job.objects.filter(id__in=ids))
 
 
 def offered_load(base: str, token: str, rate: float, seconds: float, owner_id: int) -> list[float]:
     """Bulk submits every 50 ms adding up to `rate` jobs/s; returns submit→start latencies."""
-    session = requests.Session()
-    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    session = _session(token)
     ticks = int(seconds * 20)
     since = timezone.now()
     owed = 0.0
@@ -165,12 +173,7 @@ def offered_load(base: str, token: str, rate: float, seconds: float, owner_id: i
             body = orjson.dumps({"jobs": [{"type": "demo.noop"}] * int(owed)})
             session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()
             owed -= int(owed)
-    mine = Job.objects.filter(owner_id=owner_id, created_at__gte=since)
-    deadline = time.monotonic() + 60
-    while mine.filter(started_at__isnull=True).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    rows = mine.filter(started_at__isnull=False).values_list("created_at", "started_at")
-    return [(started - created).total_seconds() for created, started in rows if started and created]
+    return _start_latencies(Job.objects.filter(owner_id=owner_id, created_at__gte=since))
 
 
 def set_bridge_batch_size(size: int | None) -> None:
