@@ -324,6 +324,13 @@ JOB_CANCEL_GRACE_SECONDS = env.float("JOB_CANCEL_GRACE_SECONDS", default=5.0)
 WORKER_QUEUES = env.list("WORKER_QUEUES", default=["default"])
 # Exception classes (dotted paths) that dead-letter at once, like PermanentError does.
 JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
+# What a handler hands back is stored whatever it is (jobs/outputs.py): a result larger than
+# this (as JSON) is replaced by a marker with a preview; longer error texts and tracebacks are
+# cut with a marker. The error also travels in the `jobs.dead` message, which stays far below
+# Kafka's message size limit this way.
+JOB_RESULT_MAX_BYTES = env.int("JOB_RESULT_MAX_BYTES", default=1024 * 1024)
+JOB_ERROR_MAX_CHARS = env.int("JOB_ERROR_MAX_CHARS", default=16 * 1024)
+JOB_TRACEBACK_MAX_CHARS = env.int("JOB_TRACEBACK_MAX_CHARS", default=64 * 1024)
 
 # --- Scheduler ------------------------------------------------------------------------------
 SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=0.5)

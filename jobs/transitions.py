@@ -57,6 +57,7 @@ class Claim:
     owner_id: int = 0
     workflow_id: uuid.UUID | None = None
     waiting_since: datetime | None = None  # when it was dispatched (or created): queue wait ends now
+    dispatch_token: uuid.UUID | None = None  # of the delivery that won the claim
 
 
 def current_status(job_id: uuid.UUID | str) -> str | None:
@@ -127,7 +128,20 @@ def mark_running(
 
 
 def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
-    attempt_seq, attempts, max_attempts, type_, queue, payload, backoff, timeout, owner_id, workflow_id, since = row
+    (
+        attempt_seq,
+        attempts,
+        max_attempts,
+        type_,
+        queue,
+        payload,
+        backoff,
+        timeout,
+        owner_id,
+        workflow_id,
+        since,
+        token,
+    ) = row
     return Claim(
         job_id=uuid.UUID(str(job_id)),
         attempt=attempt_seq,
@@ -143,6 +157,7 @@ def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
         owner_id=owner_id,
         workflow_id=workflow_id,
         waiting_since=since,
+        dispatch_token=token,
     )
 
 
@@ -168,13 +183,14 @@ WITH wanted AS (
        AND j.status IN ('PENDING', 'QUEUED') AND j.dispatch_token = w.token
        AND j.attempts < j.max_attempts
     RETURNING j.id, j.attempt_seq, j.attempts, j.max_attempts, j.type, j.queue, j.payload, j.backoff,
-              j.timeout_seconds, j.owner_id, j.workflow_id, coalesce(j.queued_at, j.created_at) AS waiting_since
+              j.timeout_seconds, j.owner_id, j.workflow_id, coalesce(j.queued_at, j.created_at) AS waiting_since,
+              j.dispatch_token
 ), history AS (
     INSERT INTO jobs_jobattempt (job_id, attempt, status, worker, started_at, error, traceback)
     SELECT id, attempt_seq, 'RUNNING', %(worker)s, %(now)s, '', '' FROM claimed
 )
 SELECT id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, timeout_seconds, owner_id,
-       workflow_id, waiting_since
+       workflow_id, waiting_since, dispatch_token
   FROM claimed
 """
 
@@ -182,7 +198,10 @@ SELECT id, attempt_seq, attempts, max_attempts, type, queue, payload, backoff, t
 def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_seconds: float) -> list[Claim]:
     """`mark_running` for (job id, dispatch token) pairs: one statement claims every job whose
     token is current and writes their RUNNING history rows. Returns the claims won, in the
-    order given; a job missing from them was a duplicate or stale delivery."""
+    order given, one per job however often it was given (the relay re-sends by design, and
+    both copies can land in one batch); a job missing from them was a duplicate or stale
+    delivery."""
+    dispatches = list(dict.fromkeys(dispatches))
     if not dispatches:
         return []
     now = timezone.now()
@@ -194,7 +213,37 @@ def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_s
              "now": now, "lease": lease},
         )  # fmt: skip
         rows = {str(row[0]): row for row in cur.fetchall()}
-    return [_claim(rows[job_id][1:], job_id, lease) for job_id, _ in dispatches if job_id in rows]
+    return [_claim(rows[job_id][1:], job_id, lease) for job_id in _unique_ids(dispatches) if job_id in rows]
+
+
+def _unique_ids(dispatches: list[tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(job_id for job_id, _ in dispatches))
+
+
+_HELD_SQL = """
+SELECT j.id, j.attempt_seq, j.attempts, j.max_attempts, j.type, j.queue, j.payload, j.backoff, j.timeout_seconds,
+       j.owner_id, j.workflow_id, coalesce(j.queued_at, j.created_at), j.dispatch_token, j.lease_expires_at
+  FROM jobs_job j JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token) ON j.id = u.id
+ WHERE j.status = 'RUNNING' AND j.dispatch_token = u.token AND j.worker = %(worker)s
+"""
+
+
+def claims_held(dispatches: list[tuple[str, str]], *, worker: str) -> list[Claim]:
+    """The claims `worker` already holds on these dispatches: after a claim whose commit
+    landed but whose reply was lost, running the claim again wins nothing, and without this
+    the job would sit RUNNING until reaped (LOST: a used attempt for a job that never ran)."""
+    if not dispatches:
+        return []
+    with connection.cursor() as cur:
+        cur.execute(
+            _HELD_SQL,
+            {"ids": pg_array(d[0] for d in dispatches), "tokens": pg_array(d[1] for d in dispatches),
+             "worker": worker},
+        )  # fmt: skip
+        rows = {str(row[0]): row for row in cur.fetchall()}
+    return [
+        _claim(rows[job_id][1:-1], job_id, rows[job_id][-1]) for job_id in _unique_ids(dispatches) if job_id in rows
+    ]
 
 
 # Hand-back: RUNNING → QUEUED for claimed jobs whose handler never started (a batch that
@@ -272,6 +321,7 @@ def _end_running(
     tb: str = "",
     lease_expired_before: datetime | None = None,
     in_workflow: bool | None = None,
+    unless_cancel_requested: bool = False,
     **fields: Any,
 ) -> bool:
     """RUNNING → `status` for the attempt that holds the job, and close its history row,
@@ -295,9 +345,9 @@ def _end_running(
     for column, value in fields.items():
         sets += f", {column} = %({column})s"
         params[column] = Jsonb(value) if column == "result" else value
-    guard = ""
+    guard = " AND cancel_requested_at IS NULL" if unless_cancel_requested else ""
     if lease_expired_before is not None:
-        guard = " AND lease_expires_at < %(expired_before)s"
+        guard += " AND lease_expires_at < %(expired_before)s"
         params["expired_before"] = lease_expired_before
     extra = _DEAD_OUTBOX_CTE if status == JobStatus.DEAD_LETTER else ""
     terminal = status in TERMINAL_STATUSES
@@ -386,11 +436,12 @@ def schedule_retry(
     attempt_status: str = AttemptStatus.FAILED,
     lease_expired_before: datetime | None = None,
 ) -> bool:
-    """RUNNING → RETRYING: this attempt failed and the next waits for its backoff."""
+    """RUNNING → RETRYING: this attempt failed and the next waits for its backoff. Never for
+    a job with a cancel request: it loses, and the caller cancels it (`mark_cancelled`)."""
     return _end_running(
         job_id, attempt, status=JobStatus.RETRYING, attempt_status=attempt_status, error=error, tb=tb,
         lease_expired_before=lease_expired_before, next_retry_at=next_retry_at, last_error=error,
-        dispatch_token=None,
+        dispatch_token=None, unless_cancel_requested=True,
     )  # fmt: skip
 
 
@@ -450,13 +501,16 @@ def mark_cancelled(
     *,
     attempt: int,
     reason: str = "cancelled",
+    attempt_status: str = AttemptStatus.CANCELLED,
+    tb: str = "",
     lease_expired_before: datetime | None = None,
     in_workflow: bool | None = None,
 ) -> bool:
     """RUNNING → CANCELLED once the worker stopped the handler of `attempt` (or, with
-    `lease_expired_before`, once its worker was lost after the cancel was requested)."""
+    `lease_expired_before`, once its worker was lost after the cancel was requested). An
+    attempt that failed or timed out after the request keeps that status in its history."""
     return _end_running(
-        job_id, attempt, status=JobStatus.CANCELLED, attempt_status=AttemptStatus.CANCELLED, error=reason,
+        job_id, attempt, status=JobStatus.CANCELLED, attempt_status=attempt_status, error=reason, tb=tb,
         lease_expired_before=lease_expired_before, finished_at=timezone.now(), dispatch_token=None,
         in_workflow=in_workflow,
     )  # fmt: skip
@@ -618,23 +672,20 @@ def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) 
     )
 
 
-def renew_leases(held: list[tuple[uuid.UUID, int]], *, lease_seconds: float) -> int:
-    """`renew_lease` for every job a worker holds (a batch it claimed and is working through)."""
+def renew_leases(held: list[tuple[uuid.UUID, int]], *, worker: str, lease_seconds: float) -> dict[uuid.UUID, bool]:
+    """`renew_lease` for every job a worker holds (a batch it claimed and is working through).
+    Returns the jobs still held, each with whether a cancel was requested; a job missing was
+    taken from the worker (reaped after its lease lapsed, handed back, cancelled). Guarded by
+    the worker too: a handed-back job's attempt number is claimed again by another worker."""
     if not held:
-        return 0
+        return {}
     with connection.cursor() as cur:
         cur.execute(
             """UPDATE jobs_job AS j SET lease_expires_at = %(lease)s
                  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS u(id, attempt)
-                WHERE j.id = u.id AND j.status = 'RUNNING' AND j.attempt_seq = u.attempt""",
-            {"ids": pg_array(h[0] for h in held), "attempts": pg_array(h[1] for h in held),
+                WHERE j.id = u.id AND j.status = 'RUNNING' AND j.attempt_seq = u.attempt AND j.worker = %(worker)s
+            RETURNING j.id, j.cancel_requested_at IS NOT NULL""",
+            {"ids": pg_array(h[0] for h in held), "attempts": pg_array(h[1] for h in held), "worker": worker,
              "lease": timezone.now() + timedelta(seconds=lease_seconds)},
         )  # fmt: skip
-        return cur.rowcount
-
-
-def cancel_requested_among(job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of these jobs have a cancel request (checked before each job of a batch runs)."""
-    if not job_ids:
-        return set()
-    return set(Job.objects.filter(id__in=job_ids, cancel_requested_at__isnull=False).values_list("id", flat=True))
+        return {uuid.UUID(str(job_id)): cancel for job_id, cancel in cur.fetchall()}

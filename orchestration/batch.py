@@ -2,11 +2,14 @@
 
     breaker gate per job ─ HOLD/PROBE or a concurrency limit → the single-job path
     claim the rest with one statement ─ jobs not won: duplicate or stale delivery, skipped
+    (a job given twice in the batch is claimed and run once)
     for each claimed job, in order:
+        taken from the batch meanwhile (reaped after its lease lapsed)? → skipped
         cancel requested meanwhile? → CANCELLED without running
         run its handler as the single path does (timeout, failure, retry: its own policy)
         success outside a workflow → the recorder, which writes many in one statement
     the monitor ticks the batch: every held job's lease stays alive until the batch is done
+    the worker being stopped mid-batch: successes written, jobs not started handed back
 
 Per-job semantics stay those of `orchestration.worker`: every edge is guarded by the job's
 dispatch token or attempt number, so a duplicate batch claims nothing twice, and a worker
@@ -31,7 +34,17 @@ from jobs import transitions
 from logs.context import JobLogContext, job_log_context
 from logs.handler import flush_all
 from orchestration import breaker, celery_queues
-from orchestration.worker import MONITOR, Outcome, execute, gate, run_claimed, tell_breaker, with_reconnect, worker_id
+from orchestration.worker import (
+    MONITOR,
+    Outcome,
+    claim_many,
+    execute,
+    gate,
+    run_claimed,
+    tell_breaker,
+    with_reconnect,
+    worker_id,
+)
 
 logger = logging.getLogger("orchestration.worker")
 
@@ -74,9 +87,13 @@ class Recorder:
         if self.logged:  # the jobs' log lines reach Kafka before their outcomes commit
             flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
             self.logged = False
-        won = with_reconnect(
-            lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result in pending])
-        )
+        try:
+            won = with_reconnect(
+                lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result in pending])
+            )
+        except BaseException:
+            self.pending = pending + self.pending  # kept for the next flush, not dropped
+            raise
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
@@ -102,38 +119,44 @@ def _log_context(claim: transitions.Claim) -> JobLogContext:
 
 
 def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None) -> list[Outcome]:
-    """Claim and run a batch of dispatched jobs. Safe to call twice with the same batch."""
+    """Claim and run a batch of dispatched jobs. Safe to call twice with the same batch, and
+    with the same job twice in it (the relay re-sends by design: both copies can be packed
+    together): each job is claimed and run at most once."""
     worker = worker or worker_id()
     outcomes: list[Outcome] = []
-    batch: list[dict[str, Any]] = []
+    batch: dict[tuple[str, str], dict[str, Any]] = {}
     for envelope in envelopes:
+        dispatch = (envelope["job_id"], envelope["dispatch_token"])
+        if dispatch in batch:
+            outcomes.append(_skipped(envelope["job_id"], "duplicate in batch"))
+            continue
         answer = gate(envelope)
         if answer != breaker.RUN or envelope.get("concurrency_key"):
             outcomes.append(execute(envelope, worker=worker, gate_=answer))
         else:
-            batch.append(envelope)
-    claims = with_reconnect(
-        lambda: transitions.mark_running_many(
-            [(e["job_id"], e["dispatch_token"]) for e in batch], worker=worker,
-            lease_seconds=settings.JOB_LEASE_SECONDS,
-        )
-    )  # fmt: skip
-    claimed = {str(c.job_id) for c in claims}
-    for envelope in batch:
-        if envelope["job_id"] not in claimed:
-            logger.info("job.claim_lost", extra={"job_id": envelope["job_id"], "batch": True})
-            outcomes.append(Outcome(envelope["job_id"], "SKIPPED", recorded=False))
-    outcomes.extend(_run_claims(claims, {e["job_id"]: e for e in batch}))
+            batch[dispatch] = envelope
+    claims = claim_many(list(batch), worker=worker)
+    won = {(str(c.job_id), str(c.dispatch_token)) for c in claims}
+    outcomes.extend(_skipped(job_id, "claim lost") for job_id, token in batch if (job_id, token) not in won)
+    outcomes.extend(_run_claims(claims, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
     return outcomes
+
+
+def _skipped(job_id: str, why: str) -> Outcome:
+    logger.info("job.claim_lost", extra={"job_id": job_id, "batch": True, "why": why})
+    return Outcome(job_id, "SKIPPED", recorded=False)
 
 
 class BatchRun:
     """A claimed batch being worked through: the jobs not started yet, the recorder, and what
     the monitor thread does while a long job runs (`tick`)."""
 
-    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]], worker: str) -> None:
+        self.worker = worker
         self.leases = [(c.job_id, c.attempt) for c in claims]  # renewed until the batch is done
-        self.renewed_at = time.monotonic()
+        self.renewed_at = self.checked_at = time.monotonic()
+        self.cancelled: set[uuid.UUID] = set()  # of the jobs held at the last look
+        self.lost: set[uuid.UUID] = set()  # taken from the batch: never to be started here
         self.waiting = collections.deque(claims)
         self.envelopes = envelopes
         self.recorder = Recorder()
@@ -144,19 +167,26 @@ class BatchRun:
         with self._lock:
             return self.waiting.popleft() if self.waiting else None
 
-    def waiting_ids(self) -> list[uuid.UUID]:
+    def renew(self) -> None:
+        """Push out the leases of every job still held and learn which are not (reaped after
+        they lapsed, cancelled) and which have a cancel request. Before it starts a waiting
+        job the batch looks again if it has not for a while: a handler that held the GIL, or
+        a hung connection, can keep the monitor from renewing until the leases lapse."""
         with self._lock:
-            return [c.job_id for c in self.waiting]
+            leases = list(self.leases)
+        held = transitions.renew_leases(leases, worker=self.worker, lease_seconds=settings.JOB_LEASE_SECONDS)
+        with self._lock:
+            self.lost |= {job_id for job_id, _ in leases if job_id not in held}
+            self.cancelled = {job_id for job_id, cancel in held.items() if cancel}
+            self.renewed_at = self.checked_at = time.monotonic()
 
     def tick(self, *, running_for: float) -> None:
         """From the monitor thread: every job of the batch keeps its lease (the ones waiting
         their turn must not look like a dead worker's; a finished one's renewal changes
         nothing), successes waited long enough are written, and once the current job has run
         BATCH_HAND_BACK_SECONDS the jobs still waiting go back."""
-        lease = settings.JOB_LEASE_SECONDS
-        if time.monotonic() - self.renewed_at >= lease / 3:
-            self.renewed_at = time.monotonic()
-            transitions.renew_leases(self.leases, lease_seconds=lease)
+        if time.monotonic() - self.renewed_at >= settings.JOB_LEASE_SECONDS / 3:
+            self.renew()
         self.recorder.flush_if_due()
         if running_for >= settings.BATCH_HAND_BACK_SECONDS:
             self.hand_back()
@@ -179,8 +209,21 @@ class BatchRun:
         with self._lock:
             self.waiting.extend(c for c in rest if c.job_id not in back)
             self.handed_back.extend(c for c in rest if c.job_id in back)
+            # Another worker claims them under the same attempt numbers: hands off their leases.
+            self.leases = [(job_id, attempt) for job_id, attempt in self.leases if job_id not in back]
         _dispatch_again([self.envelopes[str(c.job_id)] for c in rest if c.job_id in back])
         logger.info("batch.handed_back", extra={"jobs": len(back), "kept": len(rest) - len(back)})
+
+
+def _wind_down(run: BatchRun) -> None:
+    """The batch stops early (the worker is being stopped, or the database went away): write
+    the successes it has, and give the jobs it never started to other workers, so neither is
+    left RUNNING for the reaper to fail as LOST. Best effort: what fails here is reaped."""
+    for step in (run.recorder.flush, run.hand_back):
+        try:
+            step()
+        except Exception:
+            logger.exception("batch.wind_down_failed", extra={"step": step.__name__})
 
 
 def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
@@ -188,25 +231,28 @@ def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
         celery_queues.publish(app, queue, priority, group)
 
 
-def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]]) -> list[Outcome]:
-    run = BatchRun(claims, envelopes)
+def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]], worker: str) -> list[Outcome]:
+    run = BatchRun(claims, envelopes, worker)
     recorder = run.recorder
     ran: list[tuple[transitions.Claim, Outcome]] = []
     MONITOR.hold(run)
     try:
-        checked, cancelled = time.monotonic(), set[uuid.UUID]()
         while (claim := run.next()) is not None:
             recorder.flush_if_due()
-            if time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
-                waiting = [claim.job_id, *run.waiting_ids()]
-                cancelled = with_reconnect(lambda: transitions.cancel_requested_among(waiting))  # noqa: B023
-                checked = time.monotonic()
-            if claim.job_id in cancelled:
+            if time.monotonic() - run.checked_at >= CANCEL_CHECK_SECONDS:
+                with_reconnect(run.renew)
+            if claim.job_id in run.lost:
+                ran.append((claim, _skipped(str(claim.job_id), "taken from the batch (lease lapsed)")))
+                continue
+            if claim.job_id in run.cancelled:
                 ran.append((claim, _cancel_unstarted(claim)))
                 continue
             with job_log_context(_log_context(claim)):
                 ran.append((claim, run_claimed(claim, recorder)))
         recorder.flush()
+    except BaseException:
+        _wind_down(run)
+        raise
     finally:
         MONITOR.release()
     outcomes = []

@@ -7,7 +7,13 @@
       ├ cancelled        → CANCELLED
       ├ timed out        → failure (TIMED_OUT attempt) → policy
       ├ PermanentError   → DEAD_LETTER
-      └ other exception  → policy: RETRYING at next_retry_at, or DEAD_LETTER
+      ├ other exception  → policy: RETRYING at next_retry_at, or DEAD_LETTER
+      └ BaseException    → the same (SystemExit, CancelledError…: a handler's, not ours);
+                           a worker being stopped (KeyboardInterrupt, Celery's shutdown)
+                           records the failure, then lets the exception go on
+    a cancel requested meanwhile wins over a retry: the job ends CANCELLED
+
+Whatever a handler returns or raises is stored (`jobs.outputs`): NUL replaced, size bounded.
 
 Every outcome is written with a transition guarded by the attempt number, so a result that
 arrives after the job was reaped, re-dispatched or cancelled changes nothing.
@@ -33,12 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from celery.exceptions import WorkerShutdown, WorkerTerminate
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from jobs import transitions
+from jobs import outputs, transitions
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
 from logs.handler import flush_all, job_records_written
@@ -52,6 +59,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("orchestration.worker")
 T = TypeVar("T")
+
+# Raised in a handler's thread when the worker process itself is being stopped: the attempt's
+# failure is recorded, then the exception goes on so the process stops. Every other
+# BaseException from a handler (sys.exit in argparse or click, asyncio.CancelledError) is
+# that job's failure, and the worker goes on.
+STOPPING: tuple[type[BaseException], ...] = (KeyboardInterrupt, WorkerShutdown, WorkerTerminate)
 
 
 def worker_id() -> str:
@@ -257,19 +270,13 @@ def tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
 
 def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
     if envelope.get("concurrency_key"):
-        claim = with_reconnect(lambda: _claim_within_limit(envelope, worker or worker_id()))
+        claim = _claim_keyed(envelope, worker or worker_id())
         if claim == "HELD":
             logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
             return Outcome(str(job_id), "HELD")
     else:
-        claim = with_reconnect(
-            lambda: transitions.mark_running(
-                job_id,
-                dispatch_token=envelope["dispatch_token"],
-                worker=worker or worker_id(),
-                lease_seconds=settings.JOB_LEASE_SECONDS,
-            )
-        )
+        claims = claim_many([(str(job_id), envelope["dispatch_token"])], worker=worker or worker_id())
+        claim = claims[0] if claims else None
     assert not isinstance(claim, str)
     if claim is None:
         logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
@@ -315,7 +322,7 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
                     result = handler(claim.payload, ctx)
                 finally:  # failures and timeouts have a duration too
                     prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
-            orjson.dumps(result)  # must be storable as JSON
+            result = outputs.bounded_result(result)  # must be JSON; stored whatever its content
             succeeded = True
         except orjson.JSONEncodeError as exc:
             raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
@@ -336,6 +343,11 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
         return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
+    except BaseException as exc:
+        outcome = _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, False)
+        if isinstance(exc, STOPPING):
+            raise
+        return outcome
     if recorder is not None:
         recorder.succeeded(claim, result, logged=logged)
         return Outcome(str(job_id), "SUCCEEDED", recorded=False)  # the recorder has the verdict
@@ -343,6 +355,33 @@ def run_claimed(claim: transitions.Claim, deferred: Recorder | None = None) -> O
         lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
     )
     return _record(job_id, "SUCCEEDED", won)
+
+
+def claim_many(dispatches: list[tuple[str, str]], *, worker: str) -> list[transitions.Claim]:
+    """Claim (job id, dispatch token) pairs, surviving a dropped connection. The claim may
+    have committed before its reply was lost: then running it again wins nothing, so what
+    this worker already holds of them is taken back too (else the job would sit RUNNING
+    until reaped as LOST, an attempt used by a job that never ran)."""
+    lease = settings.JOB_LEASE_SECONDS
+    try:
+        return transitions.mark_running_many(dispatches, worker=worker, lease_seconds=lease)
+    except (OperationalError, InterfaceError):
+        connection.close()
+    held = {c.job_id: c for c in transitions.claims_held(dispatches, worker=worker)}
+    won = {c.job_id: c for c in transitions.mark_running_many(dispatches, worker=worker, lease_seconds=lease)}
+    both = held | won
+    return [both[i] for i in dict.fromkeys(uuid.UUID(d[0]) for d in dispatches) if i in both]
+
+
+def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | str | None:
+    """`_claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
+    would take a second slot and lose the claim its first run committed."""
+    try:
+        return _claim_within_limit(envelope, worker)
+    except (OperationalError, InterfaceError):
+        connection.close()
+    held = transitions.claims_held([(envelope["job_id"], envelope["dispatch_token"])], worker=worker)
+    return held[0] if held else _claim_within_limit(envelope, worker)
 
 
 def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | str | None:
@@ -376,6 +415,7 @@ def with_reconnect(write: Callable[[], T]) -> T:
 
 
 def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
+    error, tb = outputs.bounded_error(error), outputs.bounded_traceback(tb)
     decision = policy.decide(
         attempts=claim.attempts, max_attempts=claim.max_attempts, backoff=claim.backoff, now=timezone.now(),
         permanent=permanent,
@@ -388,6 +428,8 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
                 attempt_status=attempt_status,
             )
         )  # fmt: skip
+        if not won:  # a cancel was requested meanwhile (or the attempt lost its job): not again
+            return _cancel_failed(claim, error, tb, attempt_status)
         outcome = _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
         return dataclasses.replace(outcome, breaker_failure=not permanent)
     won = with_reconnect(
@@ -398,6 +440,18 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
     )  # fmt: skip
     outcome = _record(claim.job_id, "DEAD_LETTER", won, error=error, reason=decision.reason)
     return dataclasses.replace(outcome, breaker_failure=not permanent)
+
+
+def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str) -> Outcome:
+    """The attempt failed after its job's cancel was requested: the job ends CANCELLED, its
+    history keeps the failure (the reaper does the same for a lost worker)."""
+    won = with_reconnect(
+        lambda: transitions.mark_cancelled(
+            claim.job_id, attempt=claim.attempt, reason=error, attempt_status=attempt_status, tb=tb,
+            in_workflow=claim.workflow_id is not None,
+        )
+    )  # fmt: skip
+    return _record(claim.job_id, "CANCELLED", won, error=error)
 
 
 def _record(job_id: uuid.UUID, status: str, won: bool, **fields: Any) -> Outcome:

@@ -1,0 +1,59 @@
+"""What a handler hands back (its result, its error text and traceback), made storable.
+
+Handlers are user code: a result may hold U+0000 (which PostgreSQL's jsonb and text refuse),
+an exception's text may hold lone surrogates (which no UTF-8 encoder accepts), and either may
+be megabytes. Refusing them would lose the outcome, and one refused row in a batch's write
+lost every success beside it. So outcomes are never refused: NUL becomes U+FFFD, invalid
+code points become "?", and anything over its limit is cut with a visible marker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+NUL, REPLACEMENT = "\x00", "\ufffd"
+PREVIEW_CHARS = 1000  # of a result too large to keep
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """`text` without NUL or lone surrogates, at most `limit` characters (cut with a marker)."""
+    text = text.replace(NUL, REPLACEMENT).encode("utf-8", "replace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    marker = f"… [truncated: {len(text):,} characters in all]"
+    return text[: max(0, limit - len(marker))] + marker[:limit]
+
+
+def bounded_error(text: str) -> str:
+    return bounded_text(text, settings.JOB_ERROR_MAX_CHARS)
+
+
+def bounded_traceback(text: str) -> str:
+    return bounded_text(text, settings.JOB_TRACEBACK_MAX_CHARS)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def bounded_result(result: Any) -> Any:
+    """The result as it will be stored. Raises orjson.JSONEncodeError when it is not JSON at
+    all (the caller dead-letters the job: retrying cannot change that)."""
+    data = orjson.dumps(result)
+    if b"\\u0000" in data:  # JSON escapes NUL so: a cheap test before the walk
+        result = _without_nul(result)
+        data = orjson.dumps(result)
+    limit = settings.JOB_RESULT_MAX_BYTES
+    if len(data) <= limit:
+        return result
+    preview = data[:PREVIEW_CHARS].decode("utf-8", "ignore")
+    return {"truncated": True, "bytes": len(data), "limit": limit, "preview": preview}
