@@ -60,9 +60,11 @@ bench-logs: venv
 chaos: venv
 	LOG_SHIPPING=false $(PY) -m orchestration.chaos
 
-# API fuzzing with schemathesis against the OpenAPI schema (in-process, real engines).
+# Fuzzing on the real engines, exploring new examples each run: the API against its OpenAPI
+# schema (schemathesis), hostile handler output through every role (the pipeline), and the
+# worker's batch path as a Hypothesis state machine. `make test` runs a fixed-seed subset.
 fuzz: venv
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests/security
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests
 
 # Soak: 200,000 jobs at a steady rate against a running `make run`; memory of every role.
 soak: venv

@@ -309,6 +309,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 @pytest.mark.django_db(transaction=True)
 def test_the_batch_path_keeps_its_promises(settings_override: None) -> None:
     run_state_machine_as_test(

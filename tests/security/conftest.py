@@ -1,2 +1,4 @@
-# A ClickHouse table of the test's own, for the injection tests on log search.
-from tests.logs.conftest import ch_table  # noqa: F401
+# A ClickHouse table of the test's own, for the injection tests on log search; the dispatch
+# and log pipelines' fixtures for the pipeline fuzz target.
+from tests.logs.conftest import ch_table, log_topics  # noqa: F401
+from tests.orchestration.conftest import queue, topics  # noqa: F401
