@@ -173,29 +173,55 @@ class Scheduler:
         epoch = self.lock.epoch
         assert epoch is not None
         result = TickResult()
+        scans: list[tuple[str, str | None, Callable[[], int | None]]] = [
+            ("retries", "retries", lambda: self._release("retries", epoch)),
+            ("delayed", "delayed", lambda: self._release("delayed", epoch)),
+            ("leases", "lost_workers", lambda: self._reap_expired_leases(epoch)),
+            ("stale", "stale_dispatches", lambda: self._redispatch_stale(epoch, result)),
+            ("cron", "cron_fired", lambda: self._fire_schedules(epoch)),
+            ("held", "held_released", lambda: self._release_held(epoch)),
+            ("breaker", "breaker_released", lambda: self._release_breaker_held(epoch)),
+        ]
+        if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
+            scans.append(("stats", None, self.report_stats))
         try:
-            result.retries = self._timed("retries", lambda: self._release("retries", epoch))
-            result.delayed = self._timed("delayed", lambda: self._release("delayed", epoch))
-            result.lost_workers = self._timed("leases", lambda: self._reap_expired_leases(epoch))
-            result.stale_dispatches = self._timed("stale", lambda: self._redispatch_stale(epoch, result))
-            result.cron_fired = self._timed("cron", lambda: self._fire_schedules(epoch))
-            result.held_released = self._timed("held", lambda: self._release_held(epoch))
-            result.breaker_released = self._timed("breaker", lambda: self._release_breaker_held(epoch))
-            if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
-                self._timed("stats", self.report_stats)
+            for scan, attr, run in scans:
+                moved = self._timed(scan, run, result)
+                if attr is not None:
+                    setattr(result, attr, moved)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
             return None
         return result
 
-    def _timed(self, scan: str, run: Callable[[], int | None]) -> int:
+    def _timed(self, scan: str, run: Callable[[], int | None], result: TickResult) -> int:
+        """Run one scan in isolation: its failure is logged and counted and the tick goes on.
+        Only `Fenced` and a lost connection (PostgreSQL or Redis) end the tick."""
         started = time.perf_counter()
-        moved = run() or 0
+        try:
+            moved = run() or 0
+        except Fenced:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or not connection.is_usable():
+                raise
+            moved = self._scan_failed(scan, result)  # e.g. a deadlock or a statement timeout
+        except Exception:
+            moved = self._scan_failed(scan, result)
         prom.SCHEDULER_SCAN.labels(scan).observe(time.perf_counter() - started)
         if moved:
             prom.SCHEDULER_MOVED.labels(scan).inc(moved)
         return moved
+
+    @staticmethod
+    def _scan_failed(scan: str, result: TickResult) -> int:
+        logger.exception("scheduler.scan_failed", extra={"scan": scan})
+        prom.SCHEDULER_ERRORS.labels(scan).inc()
+        result.skipped.append(f"{scan} scan failed")
+        return 0
 
     def report_stats(self) -> None:
         """Metrics only the leader computes: jobs per state, bridge lag per partition, every
@@ -395,6 +421,10 @@ class Scheduler:
             except (OperationalError, InterfaceError, redis.RedisError) as exc:
                 logger.warning("scheduler.tick_failed", extra={"error": str(exc)})
                 connection.close()
+                result = None
+            except Exception:  # a role never dies on one bad row: log, count, tick again
+                logger.exception("scheduler.tick_failed")
+                prom.SCHEDULER_ERRORS.labels("tick").inc()
                 result = None
             if (result is not None) != leading:
                 leading = result is not None

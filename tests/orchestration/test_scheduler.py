@@ -246,3 +246,102 @@ def test_leaders_still_write_after_redis_lost_its_data(scheduler_keys, settings)
     assert epoch is not None
     assert second.lock.epoch > epoch
     assert first.tick() is None  # the old leader lost its lock and cannot write
+
+
+def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
+    """A job running under `key` (its slot taken through the worker's own path) and a second
+    one that the worker held because the key was full (PENDING, no dispatch). Their outbox
+    rows are gone, as if relayed."""
+    from orchestration.worker import _claim_within_limit
+
+    running = submit(user, concurrency_key=key, concurrency_limit=limit)
+    claimed = _claim_within_limit(Outbox.objects.get(job=running).envelope, "w")
+    assert isinstance(claimed, transitions.Claim)
+    held = submit(user, concurrency_key=key, concurrency_limit=limit, **spec)
+    if held.dispatch_token is None:  # waiting for its run_at: dispatched now, as the scheduler would
+        Job.objects.filter(id=held.id).update(dispatch_token=uuid.uuid4())
+        held.refresh_from_db()
+        services.job_dispatch_released(
+            [transitions.Released(held.id, held.type, held.queue, held.priority, 1, held.dispatch_token, key, limit)]
+        )
+    assert _claim_within_limit(Outbox.objects.get(job=held).envelope, "w") == "HELD"
+    Outbox.objects.filter(job__in=[running, held]).delete()
+    held.refresh_from_db()
+    assert (held.status, held.dispatch_token) == (JobStatus.PENDING, None)
+    return running, held
+
+
+@pytest.mark.django_db
+def test_a_schedule_whose_slot_key_is_taken_skips_that_slot_and_the_tick_goes_on(user, scheduler_keys, topics, caplog):
+    """A user job that took the idempotency key of a schedule's next slot used to crash every
+    tick: that schedule never fired again and the scans after cron stopped."""
+    from jobs.models import Schedule
+
+    now = timezone.now()
+    slot = now.replace(second=0, microsecond=0)
+    broken = Schedule.objects.create(owner=user, name="broken", cron="* * * * *", type="demo.noop", next_fire_at=slot)
+    fine = Schedule.objects.create(owner=user, name="fine", cron="* * * * *", type="demo.noop", next_fire_at=slot)
+    squatter = submit(
+        user, "demo.echo", payload={"mine": True}, idempotency_key=f"schedule:{broken.id}:{slot.isoformat()}"
+    )
+    _, held = hold_by_key(user, "k-tick")
+    Job.objects.filter(concurrency_key="k-tick", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot("k-tick")
+
+    clock = {"now": now}
+    scheduler = Scheduler(clock=lambda: clock["now"])
+    result = scheduler.tick()
+    assert result is not None
+    assert result.cron_fired == 1  # the other schedule fired
+    assert Job.objects.filter(idempotency_key=f"schedule:{fine.id}:{slot.isoformat()}").exists()
+    assert result.held_released == 1  # a scan after cron still ran
+    assert Job.objects.get(id=held.id).dispatch_token is not None
+    broken.refresh_from_db()
+    assert broken.next_fire_at == slot + timedelta(minutes=1)  # the taken slot is skipped, not retried
+    assert Job.objects.get(id=squatter.id).payload == {"mine": True}  # the user's job is left alone
+    warning = next(r for r in caplog.records if r.getMessage() == "schedule.slot_taken")
+    assert warning.schedule_id == str(broken.id)
+    assert warning.taken_by == str(squatter.id)
+
+    clock["now"] = slot + timedelta(minutes=1, seconds=5)
+    result = scheduler.tick()
+    assert result is not None
+    assert result.cron_fired == 2  # the broken schedule's next slot fires normally
+    nxt = (slot + timedelta(minutes=1)).isoformat()
+    assert Job.objects.filter(idempotency_key=f"schedule:{broken.id}:{nxt}").exists()
+
+
+@pytest.mark.django_db
+def test_a_failing_scan_is_logged_and_counted_and_the_other_scans_run(
+    user, scheduler_keys, topics, monkeypatch, caplog
+):
+    from jobs import schedules
+    from metrics import prom
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug in the cron scan")
+
+    monkeypatch.setattr(schedules, "fire_due", broken)  # a fault injected into our own code
+    _, held = hold_by_key(user, "k-scan")
+    Job.objects.filter(concurrency_key="k-scan", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot("k-scan")
+    before = prom.SCHEDULER_ERRORS.labels("cron")._value.get()
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.held_released == 1
+    assert Job.objects.get(id=held.id).dispatch_token is not None
+    assert prom.SCHEDULER_ERRORS.labels("cron")._value.get() == before + 1
+    failed = next(r for r in caplog.records if r.getMessage() == "scheduler.scan_failed")
+    assert failed.scan == "cron"
+    assert failed.exc_info is not None
+    assert any("cron" in s for s in result.skipped)
+
+
+@pytest.mark.django_db
+def test_a_fenced_tick_still_stops_at_once(user, scheduler_keys, settings):
+    scheduler = Scheduler()
+    assert scheduler.tick() is not None
+    epoch = scheduler.lock.epoch
+    fence(epoch + 5)  # a newer leader wrote meanwhile
+    assert scheduler.tick() is None
+    assert scheduler.lock.epoch is None
