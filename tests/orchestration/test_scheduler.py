@@ -345,3 +345,52 @@ def test_a_fenced_tick_still_stops_at_once(user, scheduler_keys, settings):
     fence(epoch + 5)  # a newer leader wrote meanwhile
     assert scheduler.tick() is None
     assert scheduler.lock.epoch is None
+
+
+@pytest.mark.django_db
+def test_a_held_job_with_a_run_at_waits_for_its_key_and_is_dispatched_once(user, scheduler_keys, topics):
+    """A job held by its concurrency key that also has a (past) run_at used to be released by
+    the delayed scan on every tick: a dispatch message per tick, forever."""
+    running, held = hold_by_key(user, "k-run-at", run_at=timezone.now() - timedelta(seconds=5))
+    # and a keyed job whose run_at comes while the key is full: it joins the queue of the key
+    later = submit(user, concurrency_key="k-run-at", concurrency_limit=1, run_at=timezone.now() + timedelta(hours=1))
+    Job.objects.filter(id=later.id).update(run_at=timezone.now() - timedelta(seconds=1))
+    scheduler = Scheduler()
+    for _ in range(5):
+        result = scheduler.tick()
+        assert result is not None
+    assert Outbox.objects.filter(job__in=[held, later]).count() == 0
+    assert Job.objects.get(id=held.id).dispatch_token is None
+
+    claim_ = Job.objects.get(id=running.id).attempt_seq
+    assert transitions.mark_succeeded(running.id, attempt=claim_, result={})  # the slot frees
+    for _ in range(5):
+        scheduler.tick()
+    assert Outbox.objects.filter(job=held).count() == 1  # the oldest goes, once
+    assert Outbox.objects.filter(job=later).count() == 0  # the key has room for one only
+
+
+@pytest.mark.django_db
+def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_keys, topics, settings):
+    from orchestration.breaker import BREAKERS
+    from orchestration.worker import execute
+
+    settings.BREAKER_OPEN_SECONDS = 1.0
+    settings.BREAKER_CACHE_SECONDS = 0
+    BREAKERS.record("demo.fail", ok=False, probe=True)  # a failed probe: open at once
+    job = submit(user, "demo.fail", run_at=timezone.now() - timedelta(seconds=5))
+    assert execute(Outbox.objects.get(job=job).envelope).status == "HELD"
+    Outbox.objects.filter(job=job).delete()
+    scheduler = Scheduler()
+    for _ in range(5):
+        assert scheduler.tick() is not None
+    assert Outbox.objects.filter(job=job).count() == 0
+    assert Job.objects.get(id=job.id).breaker_held_at is not None
+
+    import time
+
+    time.sleep(1.1)  # the open period is over: the breaker lets one probe through
+    assert scheduler.tick().breaker_released == 1
+    for _ in range(3):
+        scheduler.tick()
+    assert Outbox.objects.filter(job=job).count() == 1
