@@ -56,17 +56,26 @@ return 0
 """
 
 
+# Keys with held jobs due and room to run more, the key of the oldest held job first. Keys
+# without room are filtered here, not in Python: they would use up the page and could hide a
+# key with room behind them for good.
 _HELD_KEYS_SQL = """
-SELECT h.concurrency_key, max(h.concurrency_limit),
-       coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = h.concurrency_key), 0),
-       (SELECT count(*) FROM jobs_job f
-         WHERE f.concurrency_key = h.concurrency_key AND f.status IN ('PENDING', 'QUEUED')
-           AND f.dispatch_token IS NOT NULL)
-  FROM jobs_job h
- WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
-   AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
- GROUP BY h.concurrency_key
- LIMIT 100
+WITH held AS (
+    SELECT h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim, min(h.created_at) AS oldest
+      FROM jobs_job h
+     WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
+       AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
+     GROUP BY h.concurrency_key
+), room AS (
+    SELECT held.key, held.oldest,
+           held.lim
+           - coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = held.key), 0)
+           - (SELECT count(*) FROM jobs_job f
+               WHERE f.concurrency_key = held.key AND f.status IN ('PENDING', 'QUEUED')
+                 AND f.dispatch_token IS NOT NULL) AS room
+      FROM held
+)
+SELECT key, room FROM room WHERE room > 0 ORDER BY oldest, key LIMIT %(limit)s
 """
 
 
@@ -160,6 +169,7 @@ class Scheduler:
         )
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
+        self.held_keys_per_tick = 1000
         self._lag_consumer: Consumer | None = None
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
@@ -270,17 +280,12 @@ class Scheduler:
 
     def _release_held(self, epoch: int) -> int:
         """Jobs held by a concurrency key go out, oldest first, as far as the key has room:
-        limit - running - already dispatched."""
+        limit - running - already dispatched. Up to `held_keys_per_tick` keys a tick, those
+        of the oldest held jobs first; the rest come next tick."""
         with connection.cursor() as cur:
-            cur.execute(_HELD_KEYS_SQL, {"now": self.clock()})
+            cur.execute(_HELD_KEYS_SQL, {"now": self.clock(), "limit": self.held_keys_per_tick})
             keys = cur.fetchall()
-        total = 0
-        for key, limit, running, in_flight in keys:
-            room = max(0, limit - running - in_flight)
-            if not room:
-                continue
-            total += self._release_fenced(epoch, "held", limit=room, key=key)
-        return total
+        return sum(self._release_fenced(epoch, "held", limit=room, key=key) for key, room in keys)
 
     def _release_breaker_held(self, epoch: int) -> int:
         """Jobs held by an open circuit breaker: all of them (in batches) once it closed; one,

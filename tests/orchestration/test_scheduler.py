@@ -394,3 +394,61 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
     for _ in range(3):
         scheduler.tick()
     assert Outbox.objects.filter(job=job).count() == 1
+
+
+def insert_held(
+    user, keys: list[str], *, age_seconds: float = 60, type: str = "demo.noop", breaker: bool = False
+) -> None:
+    """One held job per key, as the worker leaves it (PENDING, no dispatch), `age_seconds` old:
+    held by its concurrency key, or with `breaker` by its type's breaker (`keys` are types)."""
+    from django.db import connection
+
+    then = timezone.now() - timedelta(seconds=age_seconds)
+    with connection.cursor() as cur:
+        cur.execute(
+            """INSERT INTO jobs_job (id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq,
+                 max_attempts, backoff, timeout_seconds, request_hash, last_error, worker, created_at, updated_at,
+                 concurrency_key, concurrency_limit, breaker_held_at)
+               SELECT gen_random_uuid(), %(owner)s, CASE WHEN %(breaker)s THEN k ELSE %(type)s END, '{}', 'default',
+                      5, 'PENDING', 0, 0, 4, '{}', 300, '', '', '', %(then)s, %(then)s,
+                      CASE WHEN %(breaker)s THEN NULL ELSE k END, CASE WHEN %(breaker)s THEN NULL ELSE 1 END,
+                      CASE WHEN %(breaker)s THEN %(then)s::timestamptz END
+                 FROM unnest(%(keys)s::text[]) AS k""",
+            {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker},
+        )
+
+
+@pytest.mark.django_db
+def test_held_keys_without_room_do_not_hide_a_key_with_room(user, scheduler_keys, topics):
+    """The held-keys scan looked at 100 keys, in no order, room or not: with more than 100 full
+    keys, a key with room could wait forever."""
+    from jobs.models import ConcurrencySlot
+
+    full = [f"a-full-{i:03}" for i in range(150)]
+    insert_held(user, full, age_seconds=600)  # older than the one that can go
+    ConcurrencySlot.objects.bulk_create([ConcurrencySlot(key=k, running=1) for k in full])
+    insert_held(user, ["z-free"], age_seconds=1)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.held_released == 1
+    assert Job.objects.get(concurrency_key="z-free").dispatch_token is not None
+    assert not Job.objects.filter(concurrency_key__in=full, dispatch_token__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_every_held_key_with_room_is_served_oldest_first(user, scheduler_keys, topics):
+    old = [f"old-{i:03}" for i in range(150)]
+    new = [f"new-{i:03}" for i in range(150)]
+    insert_held(user, new, age_seconds=60)
+    insert_held(user, old, age_seconds=600)
+    scheduler = Scheduler()
+    scheduler.held_keys_per_tick = 100  # the keys of the oldest held jobs first
+    result = scheduler.tick()
+    assert result is not None
+    assert result.held_released == 100
+    assert set(Job.objects.filter(dispatch_token__isnull=False).values_list("concurrency_key", flat=True)) < set(old)
+    scheduler.held_keys_per_tick = 1000  # the default
+    result = scheduler.tick()
+    assert result is not None
+    assert result.held_released == 200
+    assert not Job.objects.filter(concurrency_key__in=old + new, dispatch_token__isnull=True).exists()
