@@ -31,7 +31,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs import schedules, services, transitions
@@ -170,6 +170,8 @@ class Scheduler:
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
         self.held_keys_per_tick = 1000
+        self.stale_pages = 10  # pages of SCHEDULER_BATCH_SIZE QUEUED jobs the stale scan reads a tick
+        self._stale_after: tuple[datetime, uuid.UUID] | None = None  # where the stale scan goes on
         self._lag_consumer: Consumer | None = None
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
@@ -359,22 +361,49 @@ class Scheduler:
         """QUEUED jobs whose message is gone: consumed by the bridge (its committed offset is
         past the message) yet unclaimed long after, with their Celery queue empty (lost in
         Redis), or beyond the end of the partition (the broker lost its data). Messages still
-        in the Kafka backlog are left alone, however old."""
+        in the Kafka backlog are left alone, however old.
+
+        The window (QUEUED before the stale time) is read in pages on (queued_at, id), up to
+        `stale_pages` a tick; the next tick goes on after the last job looked at, and starts
+        over once the window is exhausted. So a page full of jobs legitimately waiting in the
+        backlog cannot hide lost ones behind it."""
         stale_before = self.clock() - timedelta(seconds=settings.DISPATCH_STALE_SECONDS)
-        candidates = list(
-            Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
-            .order_by("queued_at")
-            .values_list("id", "queue", "dispatch_partition", "dispatch_offset")[: self.batch]
+        positions: dict[int, tuple[int, int]] | None = None
+        total = 0
+        for _ in range(self.stale_pages):
+            page = self._stale_page(stale_before)
+            if page and positions is None:
+                positions = self.bridge_positions()
+                if positions is None:
+                    result.skipped.append("stale scan: Kafka positions unknown")
+                    break
+            if page:
+                total += self._redispatch_lost(epoch, stale_before, page, positions or {})
+            if len(page) < self.batch:
+                self._stale_after = None  # the window is exhausted: the next tick starts over
+                break
+            self._stale_after = (page[-1][4], page[-1][0])
+        if total:
+            logger.warning("scheduler.redispatched_lost", extra={"jobs": total})
+        return total
+
+    def _stale_page(self, stale_before: datetime) -> list[tuple[Any, ...]]:
+        candidates = Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
+        if self._stale_after is not None:
+            at, job_id = self._stale_after
+            candidates = candidates.filter(queued_at__gte=at).filter(Q(queued_at__gt=at) | Q(id__gt=job_id))
+        return list(
+            candidates.order_by("queued_at", "id").values_list(
+                "id", "queue", "dispatch_partition", "dispatch_offset", "queued_at"
+            )[: self.batch]
         )
-        if not candidates:
-            return 0
-        positions = self.bridge_positions()
-        if positions is None:
-            result.skipped.append("stale scan: Kafka positions unknown")
-            return 0
-        depths = celery_queues.depths({queue for _, queue, _, _ in candidates})
+
+    def _redispatch_lost(
+        self, epoch: int, stale_before: datetime, page: list[tuple[Any, ...]], positions: dict[int, tuple[int, int]]
+    ) -> int:
+        depths = celery_queues.depths({queue for _, queue, _, _, _ in page})
         lost = []
-        for job_id, queue, partition, offset in candidates:
+        for job_id, queue, partition, offset, _ in page:
             committed, high = positions.get(partition, (0, 0)) if partition is not None else (0, 0)
             consumed = offset is None or offset < committed
             vanished = offset is not None and offset >= high
@@ -385,11 +414,9 @@ class Scheduler:
         with transaction.atomic():
             fence(epoch)
             released = transitions.release_batch(
-                "stale", now=self.clock(), limit=self.batch, stale_before=stale_before, ids=lost
+                "stale", now=self.clock(), limit=len(lost), stale_before=stale_before, ids=lost
             )
             services.job_dispatch_released(released)
-        if released:
-            logger.warning("scheduler.redispatched_lost", extra={"jobs": len(released)})
         return len(released)
 
     def bridge_positions(self) -> dict[int, tuple[int, int]] | None:

@@ -452,3 +452,38 @@ def test_every_held_key_with_room_is_served_oldest_first(user, scheduler_keys, t
     assert result is not None
     assert result.held_released == 200
     assert not Job.objects.filter(concurrency_key__in=old + new, dispatch_token__isnull=True).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("pages", "found_per_tick"), [(None, [1]), (1, [0, 1])])
+def test_lost_messages_behind_a_full_page_of_legitimate_backlog_are_found(
+    user, scheduler_keys, topics, settings, pages, found_per_tick
+):
+    """The stale scan looked at the SCHEDULER_BATCH_SIZE oldest QUEUED jobs only: when those
+    were all still in the Kafka backlog, a lost message behind them was never found."""
+    settings.DISPATCH_STALE_SECONDS = 0
+    settings.SCHEDULER_BATCH_SIZE = 3
+    jobs = [submit(user) for _ in range(4)]
+    Relay().run_once()  # all four in Kafka; the bridge has consumed none: a legitimate backlog
+    now = timezone.now()
+    for i, job in enumerate(jobs):
+        Job.objects.filter(id=job.id).update(queued_at=now - timedelta(seconds=60 - i))
+    lost = jobs[-1]
+    Job.objects.filter(id=lost.id).update(dispatch_offset=10_000)  # beyond the partition's end
+    # One more message per partition, each in a batch of its own: the embedded broker (Tansu)
+    # reports a partition's high watermark as its last batch's first offset + 1, which would
+    # make the relay's batch look partly beyond the end.
+    from confluent_kafka import Producer
+
+    from orchestration import kafka
+
+    producer = Producer(kafka.producer_config())
+    for partition in (0, 1):
+        producer.produce(topics["jobs"], value=b"{}", partition=partition)
+        assert producer.flush(10) == 0
+    scheduler = Scheduler()
+    if pages is not None:
+        scheduler.stale_pages = pages  # one page a tick: the next tick goes on where this one stopped
+    assert [scheduler.tick().stale_dispatches for _ in found_per_tick] == found_per_tick
+    assert Job.objects.get(id=lost.id).status == JobStatus.PENDING
+    assert set(Job.objects.filter(id__in=[j.id for j in jobs[:3]]).values_list("status", flat=True)) == {"QUEUED"}
