@@ -487,3 +487,21 @@ def test_lost_messages_behind_a_full_page_of_legitimate_backlog_are_found(
     assert [scheduler.tick().stale_dispatches for _ in found_per_tick] == found_per_tick
     assert Job.objects.get(id=lost.id).status == JobStatus.PENDING
     assert set(Job.objects.filter(id__in=[j.id for j in jobs[:3]]).values_list("status", flat=True)) == {"QUEUED"}
+
+
+@pytest.mark.django_db
+def test_open_breakers_do_not_hide_a_closed_one(user, scheduler_keys, topics, settings):
+    """The breaker scan looked at 100 held types, in no order: with more than 100 types whose
+    breaker is open, a type whose breaker closed could keep its jobs held for good."""
+    from orchestration.breaker import BREAKERS
+
+    settings.BREAKER_OPEN_SECONDS = 600
+    open_types = [f"a-open-{i:03}" for i in range(150)]
+    for type_ in open_types:
+        BREAKERS.record(type_, ok=False, probe=True)  # a failed probe: open
+    insert_held(user, open_types, breaker=True)
+    insert_held(user, ["z-closed"], breaker=True, age_seconds=1)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.breaker_released == 1
+    assert Job.objects.get(type="z-closed").dispatch_token is not None
