@@ -11,7 +11,15 @@ Each tick, in batches, on partial indexes of live rows only:
 - RUNNING jobs whose lease expired (worker lost) → failed attempt (LOST) → retry policy;
 - cron schedules whose next slot came → a job per slot, at most once per slot;
 - QUEUED jobs whose message was lost (nobody claimed them DISPATCH_STALE_SECONDS after the
-  bridge caught up and their Celery queue is empty) → dispatched again with a new token.
+  bridge caught up and their Celery queue is empty) → dispatched again with a new token;
+- jobs held by a concurrency key (as far as the key has room) or by a breaker that lets them
+  through → outbox.
+
+Each scan runs in isolation: one that fails is logged and counted, and the others still run
+(only a newer leader, or a lost connection, ends a tick). Within the cron scan each schedule
+has its own savepoint (see `jobs.schedules`). No scan reads a fixed window that entries it
+cannot act on could fill for good: the stale scan pages through its window across ticks, the
+held scan asks only for keys with room, the breaker scan looks at every held type.
 """
 
 from __future__ import annotations
