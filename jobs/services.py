@@ -287,7 +287,10 @@ def job_cancel(*, job_id: uuid.UUID | str) -> Job:
     with transaction.atomic():
         if transitions.cancel_waiting(job_id):
             # Its dispatch, if not yet relayed, is pointless now (and would lose its claim).
-            Outbox.objects.filter(job_id=job_id, topic="jobs").delete()
+            # A row the relay holds is being published: skip it, for the relay, which locked
+            # it first, waits for this job's row (waiting for its row back was a deadlock).
+            mine = Outbox.objects.filter(job_id=job_id, topic="jobs").select_for_update(skip_locked=True)
+            Outbox.objects.filter(id__in=mine.values("id")).delete()
         elif not transitions.request_cancel(job_id):
             _raise_illegal(job_id, "cancel")
     return Job.objects.get(id=job_id)

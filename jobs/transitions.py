@@ -587,8 +587,14 @@ RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token
 _RELEASE_SCANS = {
     # RETRYING whose backoff is over
     "retries": ("status = 'RETRYING' AND next_retry_at <= %(now)s", "next_retry_at"),
-    # PENDING jobs waiting for run_at (no dispatch yet)
-    "delayed": ("status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s", "run_at"),
+    # PENDING jobs waiting for run_at (no dispatch yet). Not a job with a concurrency key (the
+    # held scan releases those, as far as the key has room) nor one its breaker holds (the
+    # breaker scan's): either would be dispatched, and held again, on every tick.
+    "delayed": (
+        "status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s"
+        " AND concurrency_key IS NULL AND breaker_held_at IS NULL",
+        "run_at",
+    ),
     # jobs held by their concurrency key, oldest first, as slots free up
     "held": (
         "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s"

@@ -129,3 +129,14 @@ def mark_dead(pid: int) -> None:
     """Forget a finished process's live gauges (gunicorn and circus children)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+# The scheduler goes on past a failing scan or schedule: these count what it set aside.
+SCHEDULER_ERRORS = Counter(
+    P + "scheduler_errors_total", "Scheduler scans that failed; the rest of the tick ran.", ["scan"]
+)
+SCHEDULE_FIRE_FAILED = Counter(
+    P + "schedule_fire_failed_total",
+    "Schedule slots that did not fire: slot_taken (its idempotency key belongs to another job) or error.",
+    ["reason"],
+)

@@ -11,7 +11,15 @@ Each tick, in batches, on partial indexes of live rows only:
 - RUNNING jobs whose lease expired (worker lost) → failed attempt (LOST) → retry policy;
 - cron schedules whose next slot came → a job per slot, at most once per slot;
 - QUEUED jobs whose message was lost (nobody claimed them DISPATCH_STALE_SECONDS after the
-  bridge caught up and their Celery queue is empty) → dispatched again with a new token.
+  bridge caught up and their Celery queue is empty) → dispatched again with a new token;
+- jobs held by a concurrency key (as far as the key has room) or by a breaker that lets them
+  through → outbox.
+
+Each scan runs in isolation: one that fails is logged and counted, and the others still run
+(only a newer leader, or a lost connection, ends a tick). Within the cron scan each schedule
+has its own savepoint (see `jobs.schedules`). No scan reads a fixed window that entries it
+cannot act on could fill for good: the stale scan pages through its window across ticks, the
+held scan asks only for keys with room, the breaker scan looks at every held type.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs import schedules, services, transitions
@@ -56,17 +64,41 @@ return 0
 """
 
 
+# Keys with held jobs due and room to run more, the key of the oldest held job first. Keys
+# without room are filtered here, not in Python: they would use up the page and could hide a
+# key with room behind them for good.
 _HELD_KEYS_SQL = """
-SELECT h.concurrency_key, max(h.concurrency_limit),
-       coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = h.concurrency_key), 0),
-       (SELECT count(*) FROM jobs_job f
-         WHERE f.concurrency_key = h.concurrency_key AND f.status IN ('PENDING', 'QUEUED')
-           AND f.dispatch_token IS NOT NULL)
-  FROM jobs_job h
- WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
-   AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
- GROUP BY h.concurrency_key
- LIMIT 100
+WITH held AS (
+    SELECT h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim, min(h.created_at) AS oldest
+      FROM jobs_job h
+     WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
+       AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
+     GROUP BY h.concurrency_key
+), room AS (
+    SELECT held.key, held.oldest,
+           held.lim
+           - coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = held.key), 0)
+           - (SELECT count(*) FROM jobs_job f
+               WHERE f.concurrency_key = held.key AND f.status IN ('PENDING', 'QUEUED')
+                 AND f.dispatch_token IS NOT NULL) AS room
+      FROM held
+)
+SELECT key, room FROM room WHERE room > 0 ORDER BY oldest, key LIMIT %(limit)s
+"""
+
+
+# Every type with breaker-held jobs, in order: a skip scan of job_breaker_held, one index
+# probe per type however many jobs each holds (a DISTINCT would read them all every tick).
+_BREAKER_HELD_TYPES_SQL = """
+WITH RECURSIVE held(type) AS (
+    (SELECT type FROM jobs_job WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.type FROM jobs_job j
+             WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND j.type > held.type
+             ORDER BY j.type LIMIT 1)
+      FROM held WHERE held.type IS NOT NULL
+)
+SELECT type FROM held WHERE type IS NOT NULL
 """
 
 
@@ -160,6 +192,9 @@ class Scheduler:
         )
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
+        self.held_keys_per_tick = 1000
+        self.stale_pages = 10  # pages of SCHEDULER_BATCH_SIZE QUEUED jobs the stale scan reads a tick
+        self._stale_after: tuple[datetime, uuid.UUID] | None = None  # where the stale scan goes on
         self._lag_consumer: Consumer | None = None
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
@@ -173,29 +208,55 @@ class Scheduler:
         epoch = self.lock.epoch
         assert epoch is not None
         result = TickResult()
+        scans: list[tuple[str, str | None, Callable[[], int | None]]] = [
+            ("retries", "retries", lambda: self._release("retries", epoch)),
+            ("delayed", "delayed", lambda: self._release("delayed", epoch)),
+            ("leases", "lost_workers", lambda: self._reap_expired_leases(epoch)),
+            ("stale", "stale_dispatches", lambda: self._redispatch_stale(epoch, result)),
+            ("cron", "cron_fired", lambda: self._fire_schedules(epoch)),
+            ("held", "held_released", lambda: self._release_held(epoch)),
+            ("breaker", "breaker_released", lambda: self._release_breaker_held(epoch)),
+        ]
+        if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
+            scans.append(("stats", None, self.report_stats))
         try:
-            result.retries = self._timed("retries", lambda: self._release("retries", epoch))
-            result.delayed = self._timed("delayed", lambda: self._release("delayed", epoch))
-            result.lost_workers = self._timed("leases", lambda: self._reap_expired_leases(epoch))
-            result.stale_dispatches = self._timed("stale", lambda: self._redispatch_stale(epoch, result))
-            result.cron_fired = self._timed("cron", lambda: self._fire_schedules(epoch))
-            result.held_released = self._timed("held", lambda: self._release_held(epoch))
-            result.breaker_released = self._timed("breaker", lambda: self._release_breaker_held(epoch))
-            if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
-                self._timed("stats", self.report_stats)
+            for scan, attr, run in scans:
+                moved = self._timed(scan, run, result)
+                if attr is not None:
+                    setattr(result, attr, moved)
         except Fenced as exc:
             logger.warning("scheduler.fenced", extra={"identity": self.identity, "reason": str(exc)})
             self.lock.epoch = None
             return None
         return result
 
-    def _timed(self, scan: str, run: Callable[[], int | None]) -> int:
+    def _timed(self, scan: str, run: Callable[[], int | None], result: TickResult) -> int:
+        """Run one scan in isolation: its failure is logged and counted and the tick goes on.
+        Only `Fenced` and a lost connection (PostgreSQL or Redis) end the tick."""
         started = time.perf_counter()
-        moved = run() or 0
+        try:
+            moved = run() or 0
+        except Fenced:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or not connection.is_usable():
+                raise
+            moved = self._scan_failed(scan, result)  # e.g. a deadlock or a statement timeout
+        except Exception:
+            moved = self._scan_failed(scan, result)
         prom.SCHEDULER_SCAN.labels(scan).observe(time.perf_counter() - started)
         if moved:
             prom.SCHEDULER_MOVED.labels(scan).inc(moved)
         return moved
+
+    @staticmethod
+    def _scan_failed(scan: str, result: TickResult) -> int:
+        logger.exception("scheduler.scan_failed", extra={"scan": scan})
+        prom.SCHEDULER_ERRORS.labels(scan).inc()
+        result.skipped.append(f"{scan} scan failed")
+        return 0
 
     def report_stats(self) -> None:
         """Metrics only the leader computes: jobs per state, bridge lag per partition, every
@@ -244,27 +305,20 @@ class Scheduler:
 
     def _release_held(self, epoch: int) -> int:
         """Jobs held by a concurrency key go out, oldest first, as far as the key has room:
-        limit - running - already dispatched."""
+        limit - running - already dispatched. Up to `held_keys_per_tick` keys a tick, those
+        of the oldest held jobs first; the rest come next tick."""
         with connection.cursor() as cur:
-            cur.execute(_HELD_KEYS_SQL, {"now": self.clock()})
+            cur.execute(_HELD_KEYS_SQL, {"now": self.clock(), "limit": self.held_keys_per_tick})
             keys = cur.fetchall()
-        total = 0
-        for key, limit, running, in_flight in keys:
-            room = max(0, limit - running - in_flight)
-            if not room:
-                continue
-            total += self._release_fenced(epoch, "held", limit=room, key=key)
-        return total
+        return sum(self._release_fenced(epoch, "held", limit=room, key=key) for key, room in keys)
 
     def _release_breaker_held(self, epoch: int) -> int:
         """Jobs held by an open circuit breaker: all of them (in batches) once it closed; one,
-        as the probe, once its open period is over and no probe runs."""
-        types = list(
-            Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
-            .order_by()  # without it, the model's ordering columns would join the DISTINCT
-            .values_list("type", flat=True)
-            .distinct()[:100]
-        )
+        as the probe, once its open period is over and no probe runs. Every held type is
+        looked at each tick (types are registered handlers: few)."""
+        with connection.cursor() as cur:
+            cur.execute(_BREAKER_HELD_TYPES_SQL)
+            types = [row[0] for row in cur.fetchall()]
         total = 0
         for type_ in types:
             state = breaker.state_of(type_)
@@ -328,22 +382,49 @@ class Scheduler:
         """QUEUED jobs whose message is gone: consumed by the bridge (its committed offset is
         past the message) yet unclaimed long after, with their Celery queue empty (lost in
         Redis), or beyond the end of the partition (the broker lost its data). Messages still
-        in the Kafka backlog are left alone, however old."""
+        in the Kafka backlog are left alone, however old.
+
+        The window (QUEUED before the stale time) is read in pages on (queued_at, id), up to
+        `stale_pages` a tick; the next tick goes on after the last job looked at, and starts
+        over once the window is exhausted. So a page full of jobs legitimately waiting in the
+        backlog cannot hide lost ones behind it."""
         stale_before = self.clock() - timedelta(seconds=settings.DISPATCH_STALE_SECONDS)
-        candidates = list(
-            Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
-            .order_by("queued_at")
-            .values_list("id", "queue", "dispatch_partition", "dispatch_offset")[: self.batch]
+        positions: dict[int, tuple[int, int]] | None = None
+        total = 0
+        for _ in range(self.stale_pages):
+            page = self._stale_page(stale_before)
+            if page and positions is None:
+                positions = self.bridge_positions()
+                if positions is None:
+                    result.skipped.append("stale scan: Kafka positions unknown")
+                    break
+            if page:
+                total += self._redispatch_lost(epoch, stale_before, page, positions or {})
+            if len(page) < self.batch:
+                self._stale_after = None  # the window is exhausted: the next tick starts over
+                break
+            self._stale_after = (page[-1][4], page[-1][0])
+        if total:
+            logger.warning("scheduler.redispatched_lost", extra={"jobs": total})
+        return total
+
+    def _stale_page(self, stale_before: datetime) -> list[tuple[Any, ...]]:
+        candidates = Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
+        if self._stale_after is not None:
+            at, job_id = self._stale_after
+            candidates = candidates.filter(queued_at__gte=at).filter(Q(queued_at__gt=at) | Q(id__gt=job_id))
+        return list(
+            candidates.order_by("queued_at", "id").values_list(
+                "id", "queue", "dispatch_partition", "dispatch_offset", "queued_at"
+            )[: self.batch]
         )
-        if not candidates:
-            return 0
-        positions = self.bridge_positions()
-        if positions is None:
-            result.skipped.append("stale scan: Kafka positions unknown")
-            return 0
-        depths = celery_queues.depths({queue for _, queue, _, _ in candidates})
+
+    def _redispatch_lost(
+        self, epoch: int, stale_before: datetime, page: list[tuple[Any, ...]], positions: dict[int, tuple[int, int]]
+    ) -> int:
+        depths = celery_queues.depths({queue for _, queue, _, _, _ in page})
         lost = []
-        for job_id, queue, partition, offset in candidates:
+        for job_id, queue, partition, offset, _ in page:
             committed, high = positions.get(partition, (0, 0)) if partition is not None else (0, 0)
             consumed = offset is None or offset < committed
             vanished = offset is not None and offset >= high
@@ -354,11 +435,9 @@ class Scheduler:
         with transaction.atomic():
             fence(epoch)
             released = transitions.release_batch(
-                "stale", now=self.clock(), limit=self.batch, stale_before=stale_before, ids=lost
+                "stale", now=self.clock(), limit=len(lost), stale_before=stale_before, ids=lost
             )
             services.job_dispatch_released(released)
-        if released:
-            logger.warning("scheduler.redispatched_lost", extra={"jobs": len(released)})
         return len(released)
 
     def bridge_positions(self) -> dict[int, tuple[int, int]] | None:
@@ -395,6 +474,10 @@ class Scheduler:
             except (OperationalError, InterfaceError, redis.RedisError) as exc:
                 logger.warning("scheduler.tick_failed", extra={"error": str(exc)})
                 connection.close()
+                result = None
+            except Exception:  # a role never dies on one bad row: log, count, tick again
+                logger.exception("scheduler.tick_failed")
+                prom.SCHEDULER_ERRORS.labels("tick").inc()
                 result = None
             if (result is not None) != leading:
                 leading = result is not None

@@ -17,6 +17,7 @@ from jobs import transitions
 from jobs.models import Job, JobAttempt, Outbox
 from tests.conftest import client_for
 from tests.factories import submit_job
+from tests.orchestration.conftest import topics  # noqa: F401 (a fixture: a fresh Kafka topic per test)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,3 +101,104 @@ def test_concurrent_success_and_cancel_end_in_one_terminal_state(user):
         job.refresh_from_db()
         assert job.status in ("SUCCEEDED", "CANCELLED")
         assert JobAttempt.objects.get(job=job).status == job.status
+
+
+# -- the relay against a cancel: lock order -------------------------------------------------
+
+
+class _PausedRelay:
+    """The real relay, stopped between producing its batch and marking the jobs QUEUED (the
+    window that waits for Kafka's acknowledgements): its outbox rows stay locked meanwhile."""
+
+    def __init__(self) -> None:
+        from orchestration.relay import Relay
+
+        pause = self
+
+        class Paused(Relay):
+            def _produce(self, rows):  # type: ignore[no-untyped-def]
+                delivered = super()._produce(rows)
+                pause.produced.set()
+                pause.go.wait(20)
+                return delivered
+
+        self.produced, self.go = threading.Event(), threading.Event()
+        self.relay = Paused()
+
+
+def _waiting_for_a_lock(query_part: str) -> bool:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE %s",
+            [f"%{query_part}%"],
+        )
+        return cur.fetchone()[0] > 0
+
+
+def _interleave_with_relay(act: Callable[[], Any], waits_on: str) -> tuple[Any, Any]:
+    """Run the relay's transaction up to its produce, then `act` on another connection, and
+    let the relay go on once `act` finished or blocks on a lock. Returns what each raised."""
+    import time
+
+    paused = _PausedRelay()
+    outcome: dict[str, Any] = {"relay": None, "act": None}
+
+    def in_thread(name: str, fn: Callable[[], Any]) -> threading.Thread:
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:
+                outcome[name] = exc
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    relay = in_thread("relay", paused.relay.run_once)
+    assert paused.produced.wait(20), "the relay did not produce"
+    actor = in_thread("act", act)
+    deadline = time.monotonic() + 10
+    while actor.is_alive() and not _waiting_for_a_lock(waits_on) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    paused.go.set()
+    relay.join(30)
+    actor.join(30)
+    assert not relay.is_alive()
+    assert not actor.is_alive()
+    return outcome["relay"], outcome["act"]
+
+
+def test_cancel_while_the_relay_holds_the_outbox_row_does_not_deadlock(user, topics):  # noqa: F811
+    from jobs import services
+
+    job = submit_job(user)
+    relay_error, cancel_error = _interleave_with_relay(
+        lambda: services.job_cancel(job_id=job.id), waits_on="jobs_outbox"
+    )
+    assert (relay_error, cancel_error) == (None, None)
+    job.refresh_from_db()
+    assert (job.status, job.dispatch_token) == ("CANCELLED", None)
+    assert not Outbox.objects.filter(job=job).exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="workflows.engine.start_saga deletes the cancelled jobs' outbox rows with a plain DELETE after "
+    "locking the jobs: the same lock cycle with the relay (needs FOR UPDATE SKIP LOCKED there too)",
+)
+def test_workflow_cancel_while_the_relay_holds_a_task_outbox_row(user, topics):  # noqa: F811
+    from workflows import services as workflow_services
+    from workflows.serializers import WorkflowInputSerializer
+
+    s = WorkflowInputSerializer(data={"name": "wf", "tasks": [{"id": "a", "type": "demo.noop"}]})
+    s.is_valid(raise_exception=True)
+    workflow, _ = workflow_services.workflow_submit(owner_id=user.pk, spec=s.to_spec(s.validated_data), max_tasks=10)
+    job = Job.objects.get(workflow=workflow)
+    relay_error, cancel_error = _interleave_with_relay(
+        lambda: workflow_services.workflow_cancel(workflow_id=workflow.id), waits_on="jobs_outbox"
+    )
+    assert (relay_error, cancel_error) == (None, None)
+    job.refresh_from_db()
+    assert job.status == "CANCELLED"

@@ -114,3 +114,49 @@ def test_admin_edits_schedules_with_validation(client, staff, user):
     response = client.post("/admin/jobs/schedule/add/", {**form, "cron": "*/5 * * * *"})
     assert response.status_code == 302
     assert Schedule.objects.get(name="from-admin").next_fire_at is not None
+
+
+def test_a_taken_slot_key_skips_that_slot_only(user, caplog):
+    from jobs.services import JobSpec, job_submit
+
+    now = timezone.now().replace(second=30, microsecond=0)
+    slot = now.replace(second=0)
+    taken = make(user, next_fire_at=slot)
+    other = make(user, "*/1 * * * *", next_fire_at=slot)
+    squatter = job_submit(
+        owner_id=user.pk,
+        spec=JobSpec(type="demo.echo", payload={"x": 1}, idempotency_key=f"schedule:{taken.id}:{slot.isoformat()}"),
+    ).job
+    fired = fire_due(now=now)
+    assert [f.schedule_id for f in fired] == [str(other.id)]
+    taken.refresh_from_db()
+    assert taken.next_fire_at == slot + timedelta(minutes=1)
+    assert not ScheduleFire.objects.filter(schedule=taken).exists()
+    record = next(r for r in caplog.records if r.getMessage() == "schedule.slot_taken")
+    assert (record.schedule_id, record.slot, record.taken_by) == (str(taken.id), slot.isoformat(), str(squatter.id))
+    assert record.levelname == "WARNING"
+
+
+def test_a_schedule_that_cannot_fire_is_set_aside_and_the_others_fire(user, caplog):
+    """Rows the validation never saw (written before it, or by hand): a cron with no date ever
+    (31 February), an unknown time zone. Each used to stop the whole cron scan."""
+    now = timezone.now().replace(second=30, microsecond=0)
+    slot = now.replace(second=0)
+    never = make(user, "0 0 31 2 *", next_fire_at=slot)
+    lost = make(user, "*/2 * * * *", next_fire_at=slot, timezone="Mars/Olympus")
+    good = make(user, "*/1 * * * *", next_fire_at=slot)
+    fired = fire_due(now=now)
+    assert [f.schedule_id for f in fired] == [str(good.id)]
+    for schedule in (never, lost):
+        schedule.refresh_from_db()
+        assert (schedule.enabled, schedule.next_fire_at) == (False, None)  # not due on every tick
+    failures = {r.schedule_id: r for r in caplog.records if r.getMessage() == "schedule.fire_failed"}
+    assert set(failures) == {str(never.id), str(lost.id)}
+    assert all(r.error for r in failures.values())
+    assert fire_due(now=now + timedelta(minutes=1)) != []  # the good one goes on
+
+
+def test_a_cron_without_any_date_is_400(api):
+    response = api.post(URL, {**BODY, "cron": "0 0 31 2 *"}, format="json")
+    assert response.status_code == 400
+    assert "never" in str(response.json()["errors"]["cron"])

@@ -246,3 +246,262 @@ def test_leaders_still_write_after_redis_lost_its_data(scheduler_keys, settings)
     assert epoch is not None
     assert second.lock.epoch > epoch
     assert first.tick() is None  # the old leader lost its lock and cannot write
+
+
+def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
+    """A job running under `key` (its slot taken through the worker's own path) and a second
+    one that the worker held because the key was full (PENDING, no dispatch). Their outbox
+    rows are gone, as if relayed."""
+    from orchestration.worker import _claim_within_limit
+
+    running = submit(user, concurrency_key=key, concurrency_limit=limit)
+    claimed = _claim_within_limit(Outbox.objects.get(job=running).envelope, "w")
+    assert isinstance(claimed, transitions.Claim)
+    held = submit(user, concurrency_key=key, concurrency_limit=limit, **spec)
+    if held.dispatch_token is None:  # waiting for its run_at: dispatched now, as the scheduler would
+        Job.objects.filter(id=held.id).update(dispatch_token=uuid.uuid4())
+        held.refresh_from_db()
+        services.job_dispatch_released(
+            [transitions.Released(held.id, held.type, held.queue, held.priority, 1, held.dispatch_token, key, limit)]
+        )
+    assert _claim_within_limit(Outbox.objects.get(job=held).envelope, "w") == "HELD"
+    Outbox.objects.filter(job__in=[running, held]).delete()
+    held.refresh_from_db()
+    assert (held.status, held.dispatch_token) == (JobStatus.PENDING, None)
+    return running, held
+
+
+@pytest.mark.django_db
+def test_a_schedule_whose_slot_key_is_taken_skips_that_slot_and_the_tick_goes_on(user, scheduler_keys, topics, caplog):
+    """A user job that took the idempotency key of a schedule's next slot used to crash every
+    tick: that schedule never fired again and the scans after cron stopped."""
+    from jobs.models import Schedule
+
+    now = timezone.now()
+    slot = now.replace(second=0, microsecond=0)
+    broken = Schedule.objects.create(owner=user, name="broken", cron="* * * * *", type="demo.noop", next_fire_at=slot)
+    fine = Schedule.objects.create(owner=user, name="fine", cron="* * * * *", type="demo.noop", next_fire_at=slot)
+    squatter = submit(
+        user, "demo.echo", payload={"mine": True}, idempotency_key=f"schedule:{broken.id}:{slot.isoformat()}"
+    )
+    _, held = hold_by_key(user, "k-tick")
+    Job.objects.filter(concurrency_key="k-tick", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot("k-tick")
+
+    clock = {"now": now}
+    scheduler = Scheduler(clock=lambda: clock["now"])
+    result = scheduler.tick()
+    assert result is not None
+    assert result.cron_fired == 1  # the other schedule fired
+    assert Job.objects.filter(idempotency_key=f"schedule:{fine.id}:{slot.isoformat()}").exists()
+    assert result.held_released == 1  # a scan after cron still ran
+    assert Job.objects.get(id=held.id).dispatch_token is not None
+    broken.refresh_from_db()
+    assert broken.next_fire_at == slot + timedelta(minutes=1)  # the taken slot is skipped, not retried
+    assert Job.objects.get(id=squatter.id).payload == {"mine": True}  # the user's job is left alone
+    warning = next(r for r in caplog.records if r.getMessage() == "schedule.slot_taken")
+    assert warning.schedule_id == str(broken.id)
+    assert warning.taken_by == str(squatter.id)
+
+    clock["now"] = slot + timedelta(minutes=1, seconds=5)
+    result = scheduler.tick()
+    assert result is not None
+    assert result.cron_fired == 2  # the broken schedule's next slot fires normally
+    nxt = (slot + timedelta(minutes=1)).isoformat()
+    assert Job.objects.filter(idempotency_key=f"schedule:{broken.id}:{nxt}").exists()
+
+
+@pytest.mark.django_db
+def test_a_failing_scan_is_logged_and_counted_and_the_other_scans_run(
+    user, scheduler_keys, topics, monkeypatch, caplog
+):
+    from jobs import schedules
+    from metrics import prom
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug in the cron scan")
+
+    monkeypatch.setattr(schedules, "fire_due", broken)  # a fault injected into our own code
+    _, held = hold_by_key(user, "k-scan")
+    Job.objects.filter(concurrency_key="k-scan", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot("k-scan")
+    before = prom.SCHEDULER_ERRORS.labels("cron")._value.get()
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.held_released == 1
+    assert Job.objects.get(id=held.id).dispatch_token is not None
+    assert prom.SCHEDULER_ERRORS.labels("cron")._value.get() == before + 1
+    failed = next(r for r in caplog.records if r.getMessage() == "scheduler.scan_failed")
+    assert failed.scan == "cron"
+    assert failed.exc_info is not None
+    assert any("cron" in s for s in result.skipped)
+
+
+@pytest.mark.django_db
+def test_a_fenced_tick_still_stops_at_once(user, scheduler_keys, settings):
+    scheduler = Scheduler()
+    assert scheduler.tick() is not None
+    epoch = scheduler.lock.epoch
+    fence(epoch + 5)  # a newer leader wrote meanwhile
+    assert scheduler.tick() is None
+    assert scheduler.lock.epoch is None
+
+
+@pytest.mark.django_db
+def test_a_held_job_with_a_run_at_waits_for_its_key_and_is_dispatched_once(user, scheduler_keys, topics):
+    """A job held by its concurrency key that also has a (past) run_at used to be released by
+    the delayed scan on every tick: a dispatch message per tick, forever."""
+    running, held = hold_by_key(user, "k-run-at", run_at=timezone.now() - timedelta(seconds=5))
+    # and a keyed job whose run_at comes while the key is full: it joins the queue of the key
+    later = submit(user, concurrency_key="k-run-at", concurrency_limit=1, run_at=timezone.now() + timedelta(hours=1))
+    Job.objects.filter(id=later.id).update(run_at=timezone.now() - timedelta(seconds=1))
+    scheduler = Scheduler()
+    for _ in range(5):
+        result = scheduler.tick()
+        assert result is not None
+    assert Outbox.objects.filter(job__in=[held, later]).count() == 0
+    assert Job.objects.get(id=held.id).dispatch_token is None
+
+    claim_ = Job.objects.get(id=running.id).attempt_seq
+    assert transitions.mark_succeeded(running.id, attempt=claim_, result={})  # the slot frees
+    for _ in range(5):
+        scheduler.tick()
+    assert Outbox.objects.filter(job=held).count() == 1  # the oldest goes, once
+    assert Outbox.objects.filter(job=later).count() == 0  # the key has room for one only
+
+
+@pytest.mark.django_db
+def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_keys, topics, settings):
+    from orchestration.breaker import BREAKERS
+    from orchestration.worker import execute
+
+    settings.BREAKER_OPEN_SECONDS = 1.0
+    settings.BREAKER_CACHE_SECONDS = 0
+    BREAKERS.record("demo.fail", ok=False, probe=True)  # a failed probe: open at once
+    job = submit(user, "demo.fail", run_at=timezone.now() - timedelta(seconds=5))
+    assert execute(Outbox.objects.get(job=job).envelope).status == "HELD"
+    Outbox.objects.filter(job=job).delete()
+    scheduler = Scheduler()
+    for _ in range(5):
+        assert scheduler.tick() is not None
+    assert Outbox.objects.filter(job=job).count() == 0
+    assert Job.objects.get(id=job.id).breaker_held_at is not None
+
+    import time
+
+    time.sleep(1.1)  # the open period is over: the breaker lets one probe through
+    assert scheduler.tick().breaker_released == 1
+    for _ in range(3):
+        scheduler.tick()
+    assert Outbox.objects.filter(job=job).count() == 1
+
+
+def insert_held(
+    user, keys: list[str], *, age_seconds: float = 60, type: str = "demo.noop", breaker: bool = False
+) -> None:
+    """One held job per key, as the worker leaves it (PENDING, no dispatch), `age_seconds` old:
+    held by its concurrency key, or with `breaker` by its type's breaker (`keys` are types)."""
+    from django.db import connection
+
+    then = timezone.now() - timedelta(seconds=age_seconds)
+    with connection.cursor() as cur:
+        cur.execute(
+            """INSERT INTO jobs_job (id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq,
+                 max_attempts, backoff, timeout_seconds, request_hash, last_error, worker, created_at, updated_at,
+                 concurrency_key, concurrency_limit, breaker_held_at)
+               SELECT gen_random_uuid(), %(owner)s, CASE WHEN %(breaker)s THEN k ELSE %(type)s END, '{}', 'default',
+                      5, 'PENDING', 0, 0, 4, '{}', 300, '', '', '', %(then)s, %(then)s,
+                      CASE WHEN %(breaker)s THEN NULL ELSE k END, CASE WHEN %(breaker)s THEN NULL ELSE 1 END,
+                      CASE WHEN %(breaker)s THEN %(then)s::timestamptz END
+                 FROM unnest(%(keys)s::text[]) AS k""",
+            {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker},
+        )
+
+
+@pytest.mark.django_db
+def test_held_keys_without_room_do_not_hide_a_key_with_room(user, scheduler_keys, topics):
+    """The held-keys scan looked at 100 keys, in no order, room or not: with more than 100 full
+    keys, a key with room could wait forever."""
+    from jobs.models import ConcurrencySlot
+
+    full = [f"a-full-{i:03}" for i in range(150)]
+    insert_held(user, full, age_seconds=600)  # older than the one that can go
+    ConcurrencySlot.objects.bulk_create([ConcurrencySlot(key=k, running=1) for k in full])
+    insert_held(user, ["z-free"], age_seconds=1)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.held_released == 1
+    assert Job.objects.get(concurrency_key="z-free").dispatch_token is not None
+    assert not Job.objects.filter(concurrency_key__in=full, dispatch_token__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_every_held_key_with_room_is_served_oldest_first(user, scheduler_keys, topics):
+    old = [f"old-{i:03}" for i in range(150)]
+    new = [f"new-{i:03}" for i in range(150)]
+    insert_held(user, new, age_seconds=60)
+    insert_held(user, old, age_seconds=600)
+    scheduler = Scheduler()
+    scheduler.held_keys_per_tick = 100  # the keys of the oldest held jobs first
+    result = scheduler.tick()
+    assert result is not None
+    assert result.held_released == 100
+    assert set(Job.objects.filter(dispatch_token__isnull=False).values_list("concurrency_key", flat=True)) < set(old)
+    scheduler.held_keys_per_tick = 1000  # the default
+    result = scheduler.tick()
+    assert result is not None
+    assert result.held_released == 200
+    assert not Job.objects.filter(concurrency_key__in=old + new, dispatch_token__isnull=True).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("pages", "found_per_tick"), [(None, [1]), (1, [0, 1])])
+def test_lost_messages_behind_a_full_page_of_legitimate_backlog_are_found(
+    user, scheduler_keys, topics, settings, pages, found_per_tick
+):
+    """The stale scan looked at the SCHEDULER_BATCH_SIZE oldest QUEUED jobs only: when those
+    were all still in the Kafka backlog, a lost message behind them was never found."""
+    settings.DISPATCH_STALE_SECONDS = 0
+    settings.SCHEDULER_BATCH_SIZE = 3
+    jobs = [submit(user) for _ in range(4)]
+    Relay().run_once()  # all four in Kafka; the bridge has consumed none: a legitimate backlog
+    now = timezone.now()
+    for i, job in enumerate(jobs):
+        Job.objects.filter(id=job.id).update(queued_at=now - timedelta(seconds=60 - i))
+    lost = jobs[-1]
+    Job.objects.filter(id=lost.id).update(dispatch_offset=10_000)  # beyond the partition's end
+    # One more message per partition, each in a batch of its own: the embedded broker (Tansu)
+    # reports a partition's high watermark as its last batch's first offset + 1, which would
+    # make the relay's batch look partly beyond the end.
+    from confluent_kafka import Producer
+
+    from orchestration import kafka
+
+    producer = Producer(kafka.producer_config())
+    for partition in (0, 1):
+        producer.produce(topics["jobs"], value=b"{}", partition=partition)
+        assert producer.flush(10) == 0
+    scheduler = Scheduler()
+    if pages is not None:
+        scheduler.stale_pages = pages  # one page a tick: the next tick goes on where this one stopped
+    assert [scheduler.tick().stale_dispatches for _ in found_per_tick] == found_per_tick
+    assert Job.objects.get(id=lost.id).status == JobStatus.PENDING
+    assert set(Job.objects.filter(id__in=[j.id for j in jobs[:3]]).values_list("status", flat=True)) == {"QUEUED"}
+
+
+@pytest.mark.django_db
+def test_open_breakers_do_not_hide_a_closed_one(user, scheduler_keys, topics, settings):
+    """The breaker scan looked at 100 held types, in no order: with more than 100 types whose
+    breaker is open, a type whose breaker closed could keep its jobs held for good."""
+    from orchestration.breaker import BREAKERS
+
+    settings.BREAKER_OPEN_SECONDS = 600
+    open_types = [f"a-open-{i:03}" for i in range(150)]
+    for type_ in open_types:
+        BREAKERS.record(type_, ok=False, probe=True)  # a failed probe: open
+    insert_held(user, open_types, breaker=True)
+    insert_held(user, ["z-closed"], breaker=True, age_seconds=1)
+    result = Scheduler().tick()
+    assert result is not None
+    assert result.breaker_released == 1
+    assert Job.objects.get(type="z-closed").dispatch_token is not None
