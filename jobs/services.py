@@ -281,16 +281,23 @@ def job_submit(*, owner_id: int, spec: JobSpec) -> Submitted:
     return job_submit_bulk(owner_id=owner_id, specs=[spec])[0]
 
 
+def discard_dispatches(job_ids: Sequence[uuid.UUID | str]) -> None:
+    """Delete the unrelayed dispatches of jobs just cancelled (in the caller's transaction,
+    which has locked the jobs). A row the relay holds is being published: it is skipped, for
+    the relay locked it first and now waits for the job's row (waiting for the outbox row
+    back was a deadlock); its message carries a token the cancel cleared, so it loses its
+    claim, and the relay deletes the row."""
+    mine = Outbox.objects.filter(job_id__in=job_ids, topic="jobs").select_for_update(skip_locked=True)
+    Outbox.objects.filter(id__in=mine.values("id")).delete()
+
+
 def job_cancel(*, job_id: uuid.UUID | str) -> Job:
     """Waiting jobs end CANCELLED at once; a RUNNING job gets a persisted cancel request
     that its worker acts on. Anything finished raises IllegalTransition."""
     with transaction.atomic():
         if transitions.cancel_waiting(job_id):
             # Its dispatch, if not yet relayed, is pointless now (and would lose its claim).
-            # A row the relay holds is being published: skip it, for the relay, which locked
-            # it first, waits for this job's row (waiting for its row back was a deadlock).
-            mine = Outbox.objects.filter(job_id=job_id, topic="jobs").select_for_update(skip_locked=True)
-            Outbox.objects.filter(id__in=mine.values("id")).delete()
+            discard_dispatches([job_id])
         elif not transitions.request_cancel(job_id):
             _raise_illegal(job_id, "cancel")
     return Job.objects.get(id=job_id)

@@ -31,7 +31,7 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs import services
-from jobs.models import TERMINAL_STATUSES, Job, JobStatus, Outbox
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.services import JobSpec
 from metrics import prom
 from workflows.models import CompensationState, Workflow, WorkflowStatus, WorkflowTask
@@ -178,7 +178,7 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
         cur.execute(_SAGA_STOP_SQL, {"workflow": workflow.id, "now": timezone.now()})
         cancelled = [row[0] for row in cur.fetchall() if row[1] == JobStatus.CANCELLED]
     if cancelled:
-        Outbox.objects.filter(job_id__in=cancelled, topic="jobs").delete()
+        services.discard_dispatches(cancelled)
     advance_saga(workflow)
 
 

@@ -183,11 +183,6 @@ def test_cancel_while_the_relay_holds_the_outbox_row_does_not_deadlock(user, top
     assert not Outbox.objects.filter(job=job).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows.engine.start_saga deletes the cancelled jobs' outbox rows with a plain DELETE after "
-    "locking the jobs: the same lock cycle with the relay (needs FOR UPDATE SKIP LOCKED there too)",
-)
 def test_workflow_cancel_while_the_relay_holds_a_task_outbox_row(user, topics):  # noqa: F811
     from workflows import services as workflow_services
     from workflows.serializers import WorkflowInputSerializer
