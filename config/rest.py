@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -176,6 +177,18 @@ class PerUserThrottle(BaseThrottle):
 # --- Pagination ---------------------------------------------------------------------------
 
 
+def in_utc(value: datetime) -> datetime:
+    """`value` in UTC (naive means UTC). PostgreSQL rejects an offset beyond ±15:59 as a
+    parameter, while Python accepts up to ±23:59. Raises ValueError when the time is outside
+    years 1-9999 once in UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range in UTC") from None
+
+
 def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any], str | None]:
     """One page newest first by (created_at, pk) after `cursor`, and the next page's cursor
     (None at the end). The API and the dashboard page the same way. Raises ValueError for a
@@ -188,6 +201,7 @@ def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any]
         created = parse_datetime(created_text) if created_text else None
         if created is None or not pk:
             raise ValueError("invalid cursor")
+        created = in_utc(created)
         try:
             queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk))
         except DjangoValidationError:
