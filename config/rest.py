@@ -173,6 +173,19 @@ class PerUserThrottle(BaseThrottle):
     def wait(self) -> float:
         return max(1, math.ceil(self._wait))
 
+    def get_ident(self, request: Request) -> str:
+        """The client's address: REMOTE_ADDR, or behind API_TRUSTED_PROXIES proxies the address
+        the outermost of them saw (that many entries from the right of X-Forwarded-For).
+        Clients write the rest of that header themselves, so trusting more of it than there
+        are proxies would let anyone pick a fresh identity per request."""
+        remote = request.META.get("REMOTE_ADDR") or ""
+        proxies = settings.API_TRUSTED_PROXIES
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+        if proxies <= 0 or not forwarded:
+            return remote
+        hops = [hop.strip() for hop in forwarded.split(",")]
+        return hops[-min(proxies, len(hops))]
+
 
 # --- Pagination ---------------------------------------------------------------------------
 

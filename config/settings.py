@@ -157,6 +157,14 @@ if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", API_RATE_LI
     raise ImproperlyConfigured(f"API_RATE_LIMIT must look like '100/s' or '6000/m', not {API_RATE_LIMIT!r}")
 
 API_THROTTLE_PREFIX = env.str("API_THROTTLE_PREFIX", default="throttle")
+# Reverse proxies in front of the web (load balancer, ingress) that append the address they saw
+# to X-Forwarded-For. 0 (the default): the header is ignored and REMOTE_ADDR is the client, as
+# when clients reach the web directly. n: the n-th address from the right is the client.
+# Anything left of it is written by the client, so a higher number than the real count of
+# proxies lets anyone dodge the per-IP throttle of `auth/token/` by rotating the header.
+API_TRUSTED_PROXIES = env.int("API_TRUSTED_PROXIES", default=0)
+if API_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured(f"API_TRUSTED_PROXIES must be 0 or more, not {API_TRUSTED_PROXIES}")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -175,6 +183,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.rest.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "NUM_PROXIES": API_TRUSTED_PROXIES,  # DRF's own client address agrees with our throttle's
 }
 
 SPECTACULAR_SETTINGS = {
