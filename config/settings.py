@@ -23,6 +23,9 @@ if DJANGO_ENV not in ("dev", "production"):
 PRODUCTION = DJANGO_ENV == "production"
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    # Debug pages show settings, SQL and tracebacks to anyone who can make a request fail.
+    raise ImproperlyConfigured("DJANGO_DEBUG must not be true when DJANGO_ENV is 'production'")
 if PRODUCTION:
     SECRET_KEY = env.str("DJANGO_SECRET_KEY")  # required: raises naming the variable
     ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")

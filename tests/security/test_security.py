@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.factories import submit_job
+from tests.orchestration.conftest import REPO
 
 pytestmark = pytest.mark.django_db
 
@@ -140,3 +144,25 @@ def test_behind_trusted_proxies_the_address_they_saw_is_the_client(client, setti
     codes = [token_attempt(client, f"10.0.{i}.1, 203.0.113.7") for i in range(5)]
     assert codes == [400, 400, 400, 429, 429]
     assert token_attempt(client, "203.0.113.8") == 400  # another client behind the same proxy
+
+
+PRODUCTION_ENV = {
+    "DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "x" * 50,
+    "DJANGO_ALLOWED_HOSTS": "example.com", "METRICS_TOKEN": "t",
+}  # fmt: skip
+
+
+def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    code = "from django.conf import settings; print('DEBUG', settings.DEBUG)"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, **PRODUCTION_ENV, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_debug_in_production_fails_at_start_naming_the_variable():
+    assert load_settings(DJANGO_DEBUG="false").stdout.strip() == "DEBUG False"
+    result = load_settings(DJANGO_DEBUG="true")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "DJANGO_DEBUG" in result.stderr
