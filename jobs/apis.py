@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from config.rest import KeysetPagination, ORJSONParser, ORJSONRenderer, PerUserThrottle
 from jobs import selectors, services
 from jobs.serializers import (
+    KEY_HELP,
     BulkInputSerializer,
     BulkOutputSerializer,
     JobDetailSerializer,
@@ -31,7 +32,7 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
-    description="Same key and body returns the first job (200); another body gives 409.",
+    description="The body's `idempotency_key`, when that is not set. " + KEY_HELP,
 )
 
 

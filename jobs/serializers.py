@@ -13,12 +13,28 @@ import orjson
 from django.conf import settings
 from rest_framework import serializers
 
+from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
 from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 from orchestration.handlers import is_registered
 
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
+
+KEY_HELP = (
+    "Up to 200 characters, scoped per user: the same key with the same body returns the first one (200), with "
+    f"another body 409. Keys starting with {', '.join(repr(p) for p in RESERVED_KEY_PREFIXES)} are reserved "
+    "for the platform (400)."
+)
+
+
+def validate_idempotency_key(value: str | None) -> str | None:
+    """A user's key, which must not be one the platform makes for itself (jobs.keys)."""
+    prefix = reserved_prefix(value) if value else None
+    if prefix:
+        raise serializers.ValidationError(f"keys starting with {prefix!r} are reserved for the platform.")
+    return value
 
 
 def _reject_nul(value: Any, field: str) -> None:
@@ -43,7 +59,9 @@ class JobInputSerializer(serializers.Serializer):
     backoff = BackoffSerializer(required=False)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
+    )
     concurrency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
     concurrency_limit = serializers.IntegerField(
         min_value=1, max_value=1000, required=False, allow_null=True, default=None
@@ -55,6 +73,9 @@ class JobInputSerializer(serializers.Serializer):
         if data.get("concurrency_key") and data.get("concurrency_limit") is None:
             data["concurrency_limit"] = 1
         return data
+
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        return validate_idempotency_key(value)
 
     def validate_type(self, value: str) -> str:
         if not is_registered(value):

@@ -12,7 +12,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from jobs.models import default_backoff
-from jobs.serializers import QUEUE_NAME, BackoffSerializer, _reject_nul
+from jobs.serializers import KEY_HELP, QUEUE_NAME, BackoffSerializer, _reject_nul, validate_idempotency_key
 from orchestration.handlers import is_registered
 from workflows import dag
 from workflows.models import Workflow, WorkflowStatus, WorkflowTask
@@ -51,7 +51,12 @@ class TaskInputSerializer(JobOptionsSerializer):
 class WorkflowInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
     tasks = TaskInputSerializer(many=True, allow_empty=True)
-    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
+    )
+
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        return validate_idempotency_key(value)
 
     def validate_tasks(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nodes = [dag.Node(t["id"], tuple(t["depends_on"])) for t in tasks]

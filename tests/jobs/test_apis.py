@@ -10,6 +10,7 @@ from datetime import timezone as dt_timezone
 import pytest
 from django.utils import timezone
 
+from jobs import services
 from jobs.models import Job, JobStatus, Outbox
 from jobs.transitions import mark_running
 from tests.conftest import client_for
@@ -206,6 +207,28 @@ def test_idempotency_keys_are_per_user(api, other_api):
     theirs = other_api.post(JOBS, body, format="json")
     assert (mine.status_code, theirs.status_code) == (201, 201)
     assert mine.json()["id"] != theirs.json()["id"]
+
+
+def test_a_key_the_scheduler_uses_cannot_be_taken(api, user):
+    # A schedule's slot is submitted as its owner with the key `schedule:<id>:<slot>`: a user
+    # who took it first made that slot's submit conflict (and the scheduler crash-loop).
+    schedule = services.schedule_save(
+        owner_id=user.pk, data={"name": "every minute", "cron": "* * * * *", "type": "demo.noop"}
+    )
+    key = f"schedule:{schedule.id}:{schedule.next_fire_at.isoformat()}"
+    responses = [
+        api.post(JOBS, {"type": "demo.noop", "idempotency_key": key}, format="json"),
+        api.post(JOBS, {"type": "demo.noop"}, format="json", HTTP_IDEMPOTENCY_KEY=key),
+        api.post(JOBS + "bulk/", {"jobs": [{"type": "demo.noop"}, {"type": "demo.noop", "idempotency_key": key}]},
+                 format="json"),
+    ]  # fmt: skip
+    for response in responses:
+        assert response.status_code == 400, response.content[:300]
+        assert "reserved for the platform" in response.json()["detail"]
+    assert "idempotency_key" in responses[0].json()["errors"]
+    assert "idempotency_key" in responses[2].json()["errors"]["jobs"]["1"]
+    assert not Job.objects.exists()
+    assert api.post(JOBS, {"type": "demo.noop", "idempotency_key": "my-schedule:1"}, format="json").status_code == 201
 
 
 # --- bulk -----------------------------------------------------------------------------------
