@@ -147,6 +147,8 @@ def fresh_scrape(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], 
         "print(Client().get('/metrics').content.decode())"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "METRICS_TOKEN": "", **env}
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):  # set at all, even empty, prometheus_client writes files
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=60
     ).stdout
