@@ -141,9 +141,6 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = WHITENOISE_AUTOREFRESH = not PRODUCTION
 
 # --- Security ---------------------------------------------------------------------------
-# Bodies above this are refused with 413 before they are parsed (a bulk of 1,000 jobs with
-# modest payloads fits comfortably).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
@@ -153,6 +150,29 @@ if PRODUCTION:
     # TLS usually ends at the load balancer; turn these on once it is HTTPS end to end.
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
     SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+
+# --- Limits at the API boundary ------------------------------------------------------------
+# Each error that enforces one names its variable; the OpenAPI schema states them all.
+# Bodies above this are refused with 413 while they are read (a bulk of 1,000 jobs with
+# modest payloads fits comfortably). Django's name for it guards its own forms too.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Objects and arrays in a JSON body nest at most this deep (400 beyond). orjson writes at most
+# 254 levels, and every job payload is wrapped again on its way to a worker.
+API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
+# A job's payload (jobs, bulk, schedules, workflow tasks and compensations), as JSON.
+JOB_PAYLOAD_MAX_BYTES = env.int("JOB_PAYLOAD_MAX_BYTES", default=2 * 1024 * 1024)
+# A log record's `message` and `exception` (characters) and `extra` (bytes as JSON) in
+# `POST logs/`: over them is a 400. The platform's own records are never refused for their
+# size; the sink cuts long text at 64 KiB (logs.records.MAX_MESSAGE_CHARS).
+LOG_MESSAGE_MAX_CHARS = env.int("LOG_MESSAGE_MAX_CHARS", default=64 * 1024)
+LOG_EXTRA_MAX_BYTES = env.int("LOG_EXTRA_MAX_BYTES", default=64 * 1024)
+for _name, _value in (
+    ("API_MAX_BODY_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE), ("API_JSON_MAX_DEPTH", API_JSON_MAX_DEPTH),
+    ("JOB_PAYLOAD_MAX_BYTES", JOB_PAYLOAD_MAX_BYTES), ("LOG_MESSAGE_MAX_CHARS", LOG_MESSAGE_MAX_CHARS),
+    ("LOG_EXTRA_MAX_BYTES", LOG_EXTRA_MAX_BYTES),
+):  # fmt: skip
+    if _value < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1, not {_value}")
 
 # --- API --------------------------------------------------------------------------------
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="100/s")
@@ -191,7 +211,13 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Job orchestration API",
-    "DESCRIPTION": "Submit jobs and workflows, inspect their state and logs.",
+    "DESCRIPTION": (
+        "Submit jobs and workflows, inspect their state and logs.\n\n"
+        f"Every request body is at most {DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes (API_MAX_BODY_BYTES; 413 beyond) "
+        f"and nests objects and arrays at most {API_JSON_MAX_DEPTH} levels deep (API_JSON_MAX_DEPTH; 400 beyond). "
+        "No text anywhere in a body, keys included, may hold NUL (U+0000) or a lone surrogate (400). "
+        "The other limits are stated on the fields they apply to; every error names its setting."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
