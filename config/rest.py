@@ -8,8 +8,10 @@ where `errors` (validation only) holds DRF's field errors, by position for lists
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -19,7 +21,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.utils.dateparse import parse_datetime
 from rest_framework import exceptions, parsers, renderers, status
 from rest_framework.request import Request
@@ -53,23 +55,144 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "Request body too large."
     default_code = "too_large"
 
+    def __init__(self) -> None:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"Request body is larger than {limit:,} bytes (API_MAX_BODY_BYTES).")
+
+
+def read_body(stream: Any) -> bytes:
+    """The request body, refused with 413 over DATA_UPLOAD_MAX_MEMORY_SIZE (API_MAX_BODY_BYTES).
+
+    DRF's parsers read the request stream directly, which skips Django's own size check, so the
+    limit is enforced here while reading (a missing or lying Content-Length cannot get past it).
+    """
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = stream.read(limit + 1) if stream is not None else b""
+    if len(body) > limit:
+        raise PayloadTooLarge()
+    return body
+
 
 class ORJSONParser(parsers.JSONParser):
-    """Parses with orjson and refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with 413.
-
-    DRF reads the request stream directly, which skips Django's own size check, so the limit
-    is enforced here while reading (a missing or lying Content-Length cannot get past it).
-    """
+    """Parses with orjson, within the body size and nesting limits (413 and 400 beyond)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        body = stream.read(limit + 1) if stream is not None else b""
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+        body = read_body(stream)
         try:
-            return orjson.loads(body)
+            data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise exceptions.ParseError(f"JSON parse error: {exc}") from exc
+            raise _parse_error(body, exc) from exc
+        _check_depth(data)
+        return data
+
+
+class LimitedFormParser(parsers.FormParser):
+    """A form body (the token endpoint takes them), within the body size limit."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        return QueryDict(read_body(stream), encoding=encoding)
+
+
+def _parse_error(body: bytes, exc: orjson.JSONDecodeError) -> exceptions.APIException:
+    """orjson refuses a lone surrogate escape (`"\\ud800"`: JSON's grammar allows it, but it is
+    no Unicode text, and neither PostgreSQL nor Kafka's UTF-8 can carry it). Python's json
+    reads it, which finds the field to name."""
+    if "surrogate" in str(exc):
+        try:
+            data = json.loads(body, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            for key, value in data.items():
+                problem = find_bad_text(value, str(key))
+                if problem:
+                    return exceptions.ValidationError({key: [problem]})
+    return exceptions.ParseError(f"JSON parse error: {exc}")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_depth(data: Any) -> None:
+    """400 for objects and arrays nested deeper than API_JSON_MAX_DEPTH (orjson reads 1,024
+    levels, but writes only 254, and Python's own json overflows its stack sooner)."""
+    limit = settings.API_JSON_MAX_DEPTH
+    level, depth = [data], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise exceptions.ParseError(
+                f"JSON nests objects and arrays more than {limit} levels deep (API_JSON_MAX_DEPTH)."
+            )
+        level = [child for item in level for child in _containers_in(item)]
+
+
+def _containers_in(item: Any) -> list[Any]:
+    values = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+    return [v for v in values if isinstance(v, dict | list)]
+
+
+# --- Text and size of input ------------------------------------------------------------------
+
+
+def text_problem(text: str) -> str | None:
+    """Why no store of ours can hold `text` (PostgreSQL refuses NUL; UTF-8 has no lone
+    surrogates), or None."""
+    if "\x00" in text:
+        return "contains NUL (U+0000)"
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate (U+{ord(text[exc.start]):04X})"
+    return None
+
+
+def find_bad_text(value: Any, path: str) -> str | None:
+    """'<path> contains ...' for the first string anywhere in `value` (keys too) that
+    text_problem refuses, or None. Iterative: nesting is bounded by the parser, not the stack."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                return f"{where} {problem}"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = text_problem(key) if isinstance(key, str) else None
+                if problem:
+                    return f"a key in {where} {problem}"
+                stack.append((child, f"{where}.{str(key)[:40]}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def check_json(value: Any, field: str, *, max_bytes: int, setting: str) -> None:
+    """Raise ValidationError when `value` holds text no store can hold or is over `max_bytes`
+    as JSON, naming `field`, the size and the `setting` that sets the limit."""
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise exceptions.ValidationError(find_bad_text(value, field) or f"{field} is not JSON: {exc}") from None
+    if b"\\u0000" in encoded:  # orjson escapes NUL so; a text "\\u0000" only looks like it
+        problem = find_bad_text(value, field)
+        if problem:
+            raise exceptions.ValidationError(f"{problem}, which PostgreSQL cannot store.")
+    if len(encoded) > max_bytes:
+        raise exceptions.ValidationError(
+            f"{field} is {len(encoded):,} bytes as JSON; the limit is {max_bytes:,} ({setting})."
+        )
+
+
+def check_length(value: str, field: str, *, max_chars: int, setting: str) -> str:
+    if len(value) > max_chars:
+        raise exceptions.ValidationError(
+            f"{field} is {len(value):,} characters; the limit is {max_chars:,} ({setting})."
+        )
+    return value
 
 
 # --- Errors -------------------------------------------------------------------------------
@@ -172,8 +295,33 @@ class PerUserThrottle(BaseThrottle):
     def wait(self) -> float:
         return max(1, math.ceil(self._wait))
 
+    def get_ident(self, request: Request) -> str:
+        """The client's address: REMOTE_ADDR, or behind API_TRUSTED_PROXIES proxies the address
+        the outermost of them saw (that many entries from the right of X-Forwarded-For).
+        Clients write the rest of that header themselves, so trusting more of it than there
+        are proxies would let anyone pick a fresh identity per request."""
+        remote = request.META.get("REMOTE_ADDR") or ""
+        proxies = settings.API_TRUSTED_PROXIES
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+        if proxies <= 0 or not forwarded:
+            return remote
+        hops = [hop.strip() for hop in forwarded.split(",")]
+        return hops[-min(proxies, len(hops))]
+
 
 # --- Pagination ---------------------------------------------------------------------------
+
+
+def in_utc(value: datetime) -> datetime:
+    """`value` in UTC (naive means UTC). PostgreSQL rejects an offset beyond ±15:59 as a
+    parameter, while Python accepts up to ±23:59. Raises ValueError when the time is outside
+    years 1-9999 once in UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range in UTC") from None
 
 
 def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any], str | None]:
@@ -188,6 +336,7 @@ def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any]
         created = parse_datetime(created_text) if created_text else None
         if created is None or not pk:
             raise ValueError("invalid cursor")
+        created = in_utc(created)
         try:
             queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk))
         except DjangoValidationError:

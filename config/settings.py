@@ -23,6 +23,9 @@ if DJANGO_ENV not in ("dev", "production"):
 PRODUCTION = DJANGO_ENV == "production"
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    # Debug pages show settings, SQL and tracebacks to anyone who can make a request fail.
+    raise ImproperlyConfigured("DJANGO_DEBUG must not be true when DJANGO_ENV is 'production'")
 if PRODUCTION:
     SECRET_KEY = env.str("DJANGO_SECRET_KEY")  # required: raises naming the variable
     ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
@@ -138,9 +141,6 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = WHITENOISE_AUTOREFRESH = not PRODUCTION
 
 # --- Security ---------------------------------------------------------------------------
-# Bodies above this are refused with 413 before they are parsed (a bulk of 1,000 jobs with
-# modest payloads fits comfortably).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
@@ -151,12 +151,43 @@ if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
     SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
 
+# --- Limits at the API boundary ------------------------------------------------------------
+# Each error that enforces one names its variable; the OpenAPI schema states them all.
+# Bodies above this are refused with 413 while they are read (a bulk of 1,000 jobs with
+# modest payloads fits comfortably). Django's name for it guards its own forms too.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Objects and arrays in a JSON body nest at most this deep (400 beyond). orjson writes at most
+# 254 levels, and every job payload is wrapped again on its way to a worker.
+API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
+# A job's payload (jobs, bulk, schedules, workflow tasks and compensations), as JSON.
+JOB_PAYLOAD_MAX_BYTES = env.int("JOB_PAYLOAD_MAX_BYTES", default=2 * 1024 * 1024)
+# A log record's `message` and `exception` (characters) and `extra` (bytes as JSON) in
+# `POST logs/`: over them is a 400. The platform's own records are never refused for their
+# size; the sink cuts long text at 64 KiB (logs.records.MAX_MESSAGE_CHARS).
+LOG_MESSAGE_MAX_CHARS = env.int("LOG_MESSAGE_MAX_CHARS", default=64 * 1024)
+LOG_EXTRA_MAX_BYTES = env.int("LOG_EXTRA_MAX_BYTES", default=64 * 1024)
+for _name, _value in (
+    ("API_MAX_BODY_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE), ("API_JSON_MAX_DEPTH", API_JSON_MAX_DEPTH),
+    ("JOB_PAYLOAD_MAX_BYTES", JOB_PAYLOAD_MAX_BYTES), ("LOG_MESSAGE_MAX_CHARS", LOG_MESSAGE_MAX_CHARS),
+    ("LOG_EXTRA_MAX_BYTES", LOG_EXTRA_MAX_BYTES),
+):  # fmt: skip
+    if _value < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1, not {_value}")
+
 # --- API --------------------------------------------------------------------------------
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="100/s")
 if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", API_RATE_LIMIT):
     raise ImproperlyConfigured(f"API_RATE_LIMIT must look like '100/s' or '6000/m', not {API_RATE_LIMIT!r}")
 
 API_THROTTLE_PREFIX = env.str("API_THROTTLE_PREFIX", default="throttle")
+# Reverse proxies in front of the web (load balancer, ingress) that append the address they saw
+# to X-Forwarded-For. 0 (the default): the header is ignored and REMOTE_ADDR is the client, as
+# when clients reach the web directly. n: the n-th address from the right is the client.
+# Anything left of it is written by the client, so a higher number than the real count of
+# proxies lets anyone dodge the per-IP throttle of `auth/token/` by rotating the header.
+API_TRUSTED_PROXIES = env.int("API_TRUSTED_PROXIES", default=0)
+if API_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured(f"API_TRUSTED_PROXIES must be 0 or more, not {API_TRUSTED_PROXIES}")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -175,11 +206,18 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.rest.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "NUM_PROXIES": API_TRUSTED_PROXIES,  # DRF's own client address agrees with our throttle's
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Job orchestration API",
-    "DESCRIPTION": "Submit jobs and workflows, inspect their state and logs.",
+    "DESCRIPTION": (
+        "Submit jobs and workflows, inspect their state and logs.\n\n"
+        f"Every request body is at most {DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes (API_MAX_BODY_BYTES; 413 beyond) "
+        f"and nests objects and arrays at most {API_JSON_MAX_DEPTH} levels deep (API_JSON_MAX_DEPTH; 400 beyond). "
+        "No text anywhere in a body, keys included, may hold NUL (U+0000) or a lone surrogate (400). "
+        "The other limits are stated on the fields they apply to; every error names its setting."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,

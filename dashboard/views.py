@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 
 from dashboard import charts, queries
 from jobs import selectors, services
@@ -156,13 +156,23 @@ def _job_context(request: HttpRequest, job_id: uuid.UUID) -> dict[str, Any]:
 job_detail, job_panel = _page_and_panel("dashboard/job.html", "dashboard/_job_panel.html", _job_context)
 
 
+# What each button on a job's page does, and what it says when it worked.
+JOB_ACTIONS: dict[str, tuple[Callable[..., Any], str]] = {
+    "retry": (services.job_retry, "Job requeued."),
+    "cancel": (services.job_cancel, "Job cancel requested."),
+}
+
+
 @login_required
 @require_POST
 def job_action(request: HttpRequest, job_id: uuid.UUID, action: str) -> HttpResponse:
+    if action not in JOB_ACTIONS:
+        raise Http404("no such action")  # never a default: a typo must not cancel a job
     job = _job_or_404(request, job_id)
+    do, done = JOB_ACTIONS[action]
     try:
-        (services.job_retry if action == "retry" else services.job_cancel)(job_id=job.id)
-        messages.success(request, f"Job {'requeued' if action == 'retry' else 'cancel requested'}.")
+        do(job_id=job.id)
+        messages.success(request, done)
     except JobError as exc:
         messages.warning(request, str(exc))
     return redirect("dashboard:job", job_id=job.id)
@@ -274,7 +284,10 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpResponse:
-    schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
+    try:
+        schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
+    except NotFound:  # the API's 404; outside DRF it would be a 500
+        raise Http404("no such schedule") from None
     services.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
     messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")
     return redirect("dashboard:schedules")

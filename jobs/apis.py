@@ -9,13 +9,15 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import KeysetPagination, ORJSONParser, ORJSONRenderer, PerUserThrottle
+from config.rest import KeysetPagination, LimitedFormParser, ORJSONParser, ORJSONRenderer, PerUserThrottle
 from jobs import selectors, services
 from jobs.serializers import (
+    KEY_HELP,
     BulkInputSerializer,
     BulkOutputSerializer,
     JobDetailSerializer,
@@ -31,7 +33,7 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
-    description="Same key and body returns the first job (200); another body gives 409.",
+    description="The body's `idempotency_key`, when that is not set. " + KEY_HELP,
 )
 
 
@@ -134,7 +136,7 @@ class TokenObtainApi(ObtainAuthToken):
     """POST username and password, get `{"token": ...}`; wrong credentials give 400."""
 
     throttle_classes = [PerUserThrottle]
-    parser_classes = [ORJSONParser, *ObtainAuthToken.parser_classes[:2]]
+    parser_classes = [ORJSONParser, LimitedFormParser, MultiPartParser]
     renderer_classes = [ORJSONRenderer]
 
 

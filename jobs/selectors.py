@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import django_filters
+from django import forms
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, QuerySet
 from django.utils import timezone
+from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import NotFound, ValidationError
 
+from config.rest import in_utc
 from jobs.errors import JobNotFound
 from jobs.models import Job, JobStatus, Schedule
 
@@ -40,12 +43,23 @@ class CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
     """`status=FAILED` or `status=PENDING,RUNNING`."""
 
 
-class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
-    """An ISO 8601 time, compared in UTC. Any offset Python accepts (up to ±23:59) works, where
-    PostgreSQL would reject one beyond ±15:59 as a parameter (a 500 schemathesis found)."""
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time, in UTC. Any offset Python accepts (up to ±23:59) works, where
+    PostgreSQL would reject one beyond ±15:59 as a parameter (a 500 schemathesis found); a
+    time that leaves years 1-9999 once in UTC is a field error."""
 
-    def filter(self, qs: Any, value: Any) -> Any:
-        return super().filter(qs, value.astimezone(UTC) if value is not None else value)
+    def to_python(self, value: Any) -> datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return in_utc(parsed)
+        except ValueError:
+            raise forms.ValidationError("is out of range once converted to UTC", code="invalid") from None
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
 
 
 class JobFilter(django_filters.FilterSet):

@@ -9,22 +9,58 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from django.conf import settings
 from rest_framework import serializers
 
+from config.rest import check_json
+from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
 from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 from orchestration.handlers import is_registered
 
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+QUEUE_ERRORS: dict[str, Any] = {"invalid": "must be 1-100 letters, digits and '_.:-', starting with a letter or digit."}
 
 
-def _reject_nul(value: Any, field: str) -> None:
-    # PostgreSQL's jsonb cannot hold U+0000; say so instead of failing at INSERT.
-    if b"\\u0000" in orjson.dumps(value):
-        raise serializers.ValidationError(f"{field} must not contain NUL (\\u0000) characters.")
+KEY_HELP = (
+    "Up to 200 characters, scoped per user: the same key with the same body returns the first one (200), with "
+    f"another body 409. Keys starting with {', '.join(repr(p) for p in RESERVED_KEY_PREFIXES)} are reserved "
+    "for the platform (400)."
+)
+
+
+def validate_idempotency_key(value: str | None) -> str | None:
+    """A user's key, which must not be one the platform makes for itself (jobs.keys)."""
+    prefix = reserved_prefix(value) if value else None
+    if prefix:
+        raise serializers.ValidationError(f"keys starting with {prefix!r} are reserved for the platform.")
+    return value
+
+
+PAYLOAD_HELP = (
+    f"A JSON object of at most {settings.JOB_PAYLOAD_MAX_BYTES:,} bytes as JSON (JOB_PAYLOAD_MAX_BYTES); no key "
+    "or string in it may hold NUL (U+0000). Handlers ignore keys they do not know."
+)
+
+
+class PayloadField(serializers.JSONField):
+    """A job's payload: a JSON object PostgreSQL can store, within JOB_PAYLOAD_MAX_BYTES.
+
+    The parser has made it from JSON already, so DRF's check that it encodes (json.dumps, which
+    recursed on deep input) is replaced by one orjson pass that also measures it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("default", dict)
+        kwargs.setdefault("help_text", PAYLOAD_HELP)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(f"payload must be a JSON object, not {type(data).__name__}.")
+        name = self.field_name or "payload"
+        check_json(data, name, max_bytes=settings.JOB_PAYLOAD_MAX_BYTES, setting="JOB_PAYLOAD_MAX_BYTES")
+        return data
 
 
 class BackoffSerializer(serializers.Serializer):
@@ -36,14 +72,16 @@ class BackoffSerializer(serializers.Serializer):
 
 class JobInputSerializer(serializers.Serializer):
     type = serializers.CharField(max_length=200)
-    payload = serializers.JSONField(default=dict)
-    queue = serializers.RegexField(QUEUE_NAME, default="default")
+    payload = PayloadField()
+    queue = serializers.RegexField(QUEUE_NAME, default="default", error_messages=QUEUE_ERRORS)
     priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
     backoff = BackoffSerializer(required=False)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
+    )
     concurrency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
     concurrency_limit = serializers.IntegerField(
         min_value=1, max_value=1000, required=False, allow_null=True, default=None
@@ -56,15 +94,12 @@ class JobInputSerializer(serializers.Serializer):
             data["concurrency_limit"] = 1
         return data
 
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        return validate_idempotency_key(value)
+
     def validate_type(self, value: str) -> str:
         if not is_registered(value):
             raise serializers.ValidationError(f"Unknown job type {value!r}: no handler is registered under that name.")
-        return value
-
-    def validate_payload(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise serializers.ValidationError(f"payload must be a JSON object, not {type(value).__name__}.")
-        _reject_nul(value, "payload")
         return value
 
     def to_spec(self, data: dict[str, Any]) -> JobSpec:
@@ -84,7 +119,11 @@ class JobInputSerializer(serializers.Serializer):
 
 
 class BulkInputSerializer(serializers.Serializer):
-    jobs = JobInputSerializer(many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX)  # type: ignore[call-arg]
+    jobs = JobInputSerializer(  # type: ignore[call-arg]
+        many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX,
+        help_text=f"At most {settings.JOBS_BULK_MAX:,} jobs (JOBS_BULK_MAX), each as for a single submit.",
+        error_messages={"max_length": "at most {max_length} jobs per request (JOBS_BULK_MAX)."},
+    )  # fmt: skip
 
     def validate_jobs(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Errors by position, the shape DRF uses for the per-item errors of `jobs`.
@@ -216,11 +255,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
     """A cron schedule and its job template; validated like a job submit."""
 
     backoff = BackoffSerializer(required=False)
-    queue = serializers.RegexField(QUEUE_NAME, default="default")
+    queue = serializers.RegexField(QUEUE_NAME, default="default", error_messages=QUEUE_ERRORS)
     priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
-    payload = serializers.JSONField(default=dict)
+    payload = PayloadField()
 
     class Meta:
         model = Schedule
@@ -243,7 +282,6 @@ class ScheduleSerializer(serializers.ModelSerializer):
         return value
 
     validate_type = JobInputSerializer.validate_type
-    validate_payload = JobInputSerializer.validate_payload
 
     def validate_backoff(self, value: dict[str, Any]) -> dict[str, Any]:
         return {**default_backoff(), **value}

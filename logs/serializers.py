@@ -7,7 +7,8 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from logs.records import LEVELS, MAX_MESSAGE_CHARS
+from config.rest import check_json, check_length
+from logs.records import LEVELS
 
 
 class LevelField(serializers.ChoiceField):
@@ -63,8 +64,14 @@ class LogPageSerializer(serializers.Serializer):
     next = serializers.URLField(allow_null=True)
 
 
+TEXT_HELP = f"At most {settings.LOG_MESSAGE_MAX_CHARS:,} characters (LOG_MESSAGE_MAX_CHARS); no NUL (U+0000)."
+
+
 class IngestRecordSerializer(serializers.Serializer):
-    message = serializers.CharField(max_length=MAX_MESSAGE_CHARS, allow_blank=True, trim_whitespace=False)
+    """One record to ingest. Over a limit is a 400 naming it: what a client sends on purpose is
+    not cut silently (the platform's own records are, by the sink)."""
+
+    message = serializers.CharField(allow_blank=True, trim_whitespace=False, help_text=TEXT_HELP)
     level = LevelField()
     service = serializers.CharField(max_length=128)
     timestamp = serializers.DateTimeField(required=False, help_text="Defaults to the time of the request.")
@@ -74,16 +81,36 @@ class IngestRecordSerializer(serializers.Serializer):
     attempt = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31)
     host = serializers.CharField(required=False, max_length=256, allow_blank=True, default="")
     pid = serializers.IntegerField(required=False, min_value=0, max_value=2**32 - 1, default=0)
-    exception = serializers.CharField(required=False, max_length=MAX_MESSAGE_CHARS, allow_blank=True, default="")
-    extra = serializers.DictField(required=False, default=dict)
+    exception = serializers.CharField(required=False, allow_blank=True, default="", help_text=TEXT_HELP)
+    extra = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text=f"At most {settings.LOG_EXTRA_MAX_BYTES:,} bytes as JSON (LOG_EXTRA_MAX_BYTES); no NUL (U+0000).",
+    )
+
+    def validate_message(self, value: str) -> str:
+        return check_length(value, "message", max_chars=settings.LOG_MESSAGE_MAX_CHARS, setting="LOG_MESSAGE_MAX_CHARS")
+
+    def validate_exception(self, value: str) -> str:
+        return check_length(
+            value, "exception", max_chars=settings.LOG_MESSAGE_MAX_CHARS, setting="LOG_MESSAGE_MAX_CHARS"
+        )
+
+    def validate_extra(self, value: dict[str, Any]) -> dict[str, Any]:
+        check_json(value, "extra", max_bytes=settings.LOG_EXTRA_MAX_BYTES, setting="LOG_EXTRA_MAX_BYTES")
+        return value
 
 
 class IngestSerializer(serializers.Serializer):
-    records = IngestRecordSerializer(many=True, allow_empty=False)
+    records = IngestRecordSerializer(
+        many=True, allow_empty=False, help_text=f"At most {settings.LOGS_INGEST_MAX:,} records (LOGS_INGEST_MAX)."
+    )
 
     def validate_records(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(value) > settings.LOGS_INGEST_MAX:
-            raise serializers.ValidationError(f"at most {settings.LOGS_INGEST_MAX} records per request")
+            raise serializers.ValidationError(
+                f"at most {settings.LOGS_INGEST_MAX:,} records per request (LOGS_INGEST_MAX)"
+            )
         return value
 
 

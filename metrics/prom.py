@@ -10,8 +10,10 @@ and the web serves its own at `/metrics`. Gauges say how they combine across pro
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client.metrics_core import Metric
 
 P = "orchestration_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -104,11 +106,88 @@ ROLE_HEARTBEAT = Gauge(
 )
 
 
+# --- known series ---------------------------------------------------------------------------
+# The contract metrics are exposed from the start, at 0, for every label set known in advance
+# (a dashboard or alert on `rate(...)` or `absent(...)` needs the series before the first
+# event). Types and roles are the contract's built-in handlers and roles; user types appear
+# with their first job.
+BUILTIN_TYPES = ("demo.noop", "demo.echo", "demo.sleep", "demo.fail", "demo.flaky", "demo.log")
+ROLES = ("web", "worker", "relay", "bridge", "scheduler", "log-sink")
+JOB_STATUSES = ("PENDING", "QUEUED", "RUNNING", "SUCCEEDED", "RETRYING", "DEAD_LETTER", "CANCELLED")
+TERMINAL_STATUSES = ("SUCCEEDED", "DEAD_LETTER", "CANCELLED")
+
+
+def known_series() -> dict[Counter | Gauge | Histogram, list[tuple[str, ...]]]:
+    """Each labelled contract metric and its label values known in advance."""
+    from django.conf import settings
+
+    queues = sorted({"default", *settings.WORKER_QUEUES})
+    by_type: list[tuple[str, ...]] = [(t, q) for t in BUILTIN_TYPES for q in queues]
+    return {
+        JOBS_SUBMITTED: by_type,
+        JOBS_FINISHED: [(s, t, q) for s in TERMINAL_STATUSES for t, q in by_type],
+        JOB_DURATION: by_type,
+        JOB_QUEUE_WAIT: by_type,
+        JOBS_IN_STATE: [(s,) for s in JOB_STATUSES],
+        BRIDGE_LAG: [(str(p),) for p in range(settings.KAFKA_JOBS_PARTITIONS)],
+        LOGS_DROPPED: [(r,) for r in ROLES],
+    }
+
+
+_declared = False
+
+
+def declare_known_series() -> None:
+    """Create every known series at 0 in this process (once). In multiprocess mode that writes
+    zeros to this process's files: counters and histograms add up across processes, so it
+    changes no total; `mostrecent` gauges are filled in by `_KnownGauges` instead."""
+    global _declared
+    if _declared:
+        return
+    for metric, label_sets in known_series().items():
+        for values in label_sets:
+            metric.labels(*values)
+    _declared = True
+
+
+class _KnownGauges:
+    """The multiprocess collector with the known series of `mostrecent` gauges at 0 where no
+    process has set them yet. Such a gauge shows the value written last (by time), so a zero
+    written by this process would hide the scheduler's real one: it is added at read time."""
+
+    def __init__(self) -> None:
+        self.inner = multiprocess.MultiProcessCollector(None)
+
+    def collect(self) -> Iterator[Metric]:
+        missing: dict[str, tuple[Gauge, list[tuple[str, ...]]]] = {OUTBOX_PENDING._name: (OUTBOX_PENDING, [()])}
+        for metric, label_sets in known_series().items():
+            if isinstance(metric, Gauge) and metric._multiprocess_mode == "mostrecent":
+                missing[metric._name] = (metric, label_sets)
+        for family in self.inner.collect():
+            if family.name in missing:
+                _add_zeros(family, *missing.pop(family.name))
+            yield family
+        for metric, label_sets in missing.values():
+            family = next(iter(metric.describe()))  # the family, without samples
+            _add_zeros(family, metric, label_sets)
+            yield family
+
+
+def _add_zeros(family: Metric, metric: Gauge, label_sets: list[tuple[str, ...]]) -> None:
+    names = metric._labelnames  # type: ignore[attr-defined]
+    present = {tuple(s.labels.get(n, "") for n in names) for s in family.samples}
+    for values in label_sets:
+        if values not in present:
+            family.add_sample(family.name, dict(zip(names, values, strict=True)), 0.0)
+
+
 def registry() -> CollectorRegistry:
-    """What to expose: every process's metrics in multiprocess mode, else this process's."""
+    """What to expose: every process's metrics in multiprocess mode, else this process's;
+    either way with the contract's known series at 0 until they move."""
+    declare_known_series()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         collected = CollectorRegistry()
-        multiprocess.MultiProcessCollector(collected)
+        collected.register(_KnownGauges())  # type: ignore[arg-type]
         return collected
     from prometheus_client import REGISTRY
 

@@ -12,7 +12,14 @@ from django.conf import settings
 from rest_framework import serializers
 
 from jobs.models import default_backoff
-from jobs.serializers import QUEUE_NAME, BackoffSerializer, _reject_nul
+from jobs.serializers import (
+    KEY_HELP,
+    QUEUE_ERRORS,
+    QUEUE_NAME,
+    BackoffSerializer,
+    PayloadField,
+    validate_idempotency_key,
+)
 from orchestration.handlers import is_registered
 from workflows import dag
 from workflows.models import Workflow, WorkflowStatus, WorkflowTask
@@ -22,40 +29,50 @@ JOB_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds"
 
 
 class JobOptionsSerializer(serializers.Serializer):
-    queue = serializers.RegexField(QUEUE_NAME, required=False)
+    queue = serializers.RegexField(QUEUE_NAME, required=False, error_messages=QUEUE_ERRORS)
     priority = serializers.IntegerField(min_value=0, max_value=9, required=False)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, required=False)
     backoff = BackoffSerializer(required=False)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, required=False)
 
-    def validate_payload(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise serializers.ValidationError(f"payload must be a JSON object, not {type(value).__name__}.")
-        _reject_nul(value, "payload")
-        return value
-
 
 class CompensationSerializer(JobOptionsSerializer):
     type = serializers.CharField(max_length=200)
-    payload = serializers.JSONField(default=dict)
+    payload = PayloadField()
 
 
 class TaskInputSerializer(JobOptionsSerializer):
     id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", help_text="Unique within the workflow.")
     type = serializers.CharField(max_length=200)
-    payload = serializers.JSONField(default=dict)
+    payload = PayloadField()
     depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
     compensation = CompensationSerializer(required=False, allow_null=True, default=None)
 
 
 class WorkflowInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
-    tasks = TaskInputSerializer(many=True, allow_empty=True)
-    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    tasks = TaskInputSerializer(
+        many=True,
+        allow_empty=True,
+        help_text=f"At most {settings.WORKFLOW_MAX_TASKS:,} tasks (WORKFLOW_MAX_TASKS); each task's payload and its "
+        "compensation's payload as a job's (JOB_PAYLOAD_MAX_BYTES).",
+    )
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
+    )
+
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        return validate_idempotency_key(value)
 
     def validate_tasks(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nodes = [dag.Node(t["id"], tuple(t["depends_on"])) for t in tasks]
-        problems = dag.find_problems(nodes, max_tasks=settings.WORKFLOW_MAX_TASKS)
+        limit = settings.WORKFLOW_MAX_TASKS
+        problems = []
+        if len(nodes) > limit:  # said here to name the setting; the graph check gets a bound it meets
+            problems.append(
+                f"a workflow may have at most {limit:,} tasks (WORKFLOW_MAX_TASKS), this one has {len(nodes):,}"
+            )
+        problems += dag.find_problems(nodes, max_tasks=max(limit, len(nodes)))
         for t in tasks:
             if not is_registered(t["type"]):
                 problems.append(f"task {t['id']!r}: unknown job type {t['type']!r} (no handler is registered)")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.test import Client
 
-from jobs import transitions
-from jobs.models import Job, JobStatus
+from jobs import services, transitions
+from jobs.models import Job, JobStatus, Schedule
 from tests.factories import submit_job
 from tests.workflows.conftest import run_all, task
 
@@ -75,3 +77,25 @@ def test_login_page_and_wrong_password(client, user):
     assert "did not match" in response.content.decode()
     response = client.post("/login/", {"username": user.username, "password": "correct horse battery staple"})
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize("action", ["delete", "CANCEL", "cancel-all", "x"])
+def test_an_unknown_job_action_is_404_and_leaves_the_job_alone(logged_in, user, action):
+    job = submit_job(user)
+    assert logged_in.post(f"/jobs/{job.id}/{action}/").status_code == 404
+    assert Job.objects.get(id=job.id).status == JobStatus.PENDING
+    assert logged_in.post(f"/jobs/{job.id}/cancel/").status_code == 302  # the real action still works
+    assert Job.objects.get(id=job.id).status == JobStatus.CANCELLED
+
+
+def test_toggling_another_users_schedule_or_none_is_404(client, user, other_user):
+    data = {"name": "nightly", "cron": "0 3 * * *", "type": "demo.noop"}
+    theirs = services.schedule_save(owner_id=other_user.pk, data=data)
+    client.force_login(user)
+    client.raise_request_exception = False  # a 500 must show as one, not as the test's exception
+    for schedule_id in (theirs.id, uuid.uuid4()):
+        assert client.post(f"/schedules/{schedule_id}/toggle/").status_code == 404
+    assert Schedule.objects.get(id=theirs.id).enabled is True
+    mine = services.schedule_save(owner_id=user.pk, data=data)
+    assert client.post(f"/schedules/{mine.id}/toggle/").status_code == 302
+    assert Schedule.objects.get(id=mine.id).enabled is False

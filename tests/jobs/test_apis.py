@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.utils import timezone
 
+from jobs import services
 from jobs.models import Job, JobStatus, Outbox
 from jobs.transitions import mark_running
 from tests.conftest import client_for
@@ -206,6 +209,28 @@ def test_idempotency_keys_are_per_user(api, other_api):
     assert mine.json()["id"] != theirs.json()["id"]
 
 
+def test_a_key_the_scheduler_uses_cannot_be_taken(api, user):
+    # A schedule's slot is submitted as its owner with the key `schedule:<id>:<slot>`: a user
+    # who took it first made that slot's submit conflict (and the scheduler crash-loop).
+    schedule = services.schedule_save(
+        owner_id=user.pk, data={"name": "every minute", "cron": "* * * * *", "type": "demo.noop"}
+    )
+    key = f"schedule:{schedule.id}:{schedule.next_fire_at.isoformat()}"
+    responses = [
+        api.post(JOBS, {"type": "demo.noop", "idempotency_key": key}, format="json"),
+        api.post(JOBS, {"type": "demo.noop"}, format="json", HTTP_IDEMPOTENCY_KEY=key),
+        api.post(JOBS + "bulk/", {"jobs": [{"type": "demo.noop"}, {"type": "demo.noop", "idempotency_key": key}]},
+                 format="json"),
+    ]  # fmt: skip
+    for response in responses:
+        assert response.status_code == 400, response.content[:300]
+        assert "reserved for the platform" in response.json()["detail"]
+    assert "idempotency_key" in responses[0].json()["errors"]
+    assert "idempotency_key" in responses[2].json()["errors"]["jobs"]["1"]
+    assert not Job.objects.exists()
+    assert api.post(JOBS, {"type": "demo.noop", "idempotency_key": "my-schedule:1"}, format="json").status_code == 201
+
+
 # --- bulk -----------------------------------------------------------------------------------
 
 
@@ -311,6 +336,32 @@ def test_list_default_page_is_50(api):
     page = api.get(JOBS).json()
     assert len(page["results"]) == 50
     assert page["next"]
+
+
+def cursor_for(created_at, pk) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode()
+
+
+def test_a_cursor_with_any_offset_python_accepts_pages_in_utc(api, user):
+    # PostgreSQL rejects an offset beyond ±15:59 as a parameter: the cursor's time is
+    # normalised to UTC like the time filters, so this is the same position as ever.
+    jobs = [submit_job(user) for _ in range(3)]
+    far_east = dt_timezone(timedelta(hours=23, minutes=59))
+    cursor = cursor_for(jobs[2].created_at.astimezone(far_east), jobs[2].id)
+    for url in (JOBS, "/api/v1/workflows/"):
+        response = api.get(url, {"cursor": cursor})
+        assert response.status_code == 200, (url, response.content[:200])
+    assert [j["id"] for j in api.get(JOBS, {"cursor": cursor}).json()["results"]] == [str(jobs[1].id), str(jobs[0].id)]
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"])
+def test_a_cursor_or_time_filter_out_of_range_in_utc_is_400(api, when):
+    for url in (JOBS, "/api/v1/workflows/"):
+        assert api.get(url, {"cursor": cursor_for(datetime.fromisoformat(when), uuid.uuid4())}).status_code == 400
+        for param in ("created_after", "created_before"):
+            response = api.get(url, {param: when})
+            assert response.status_code == 400, (url, param, response.content[:200])
+            assert param in response.json()["errors"]
 
 
 @pytest.mark.parametrize("query", ["page_size=0", "page_size=1001", "page_size=x", "cursor=%%%", "cursor=YWJj"])

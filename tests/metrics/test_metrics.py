@@ -132,3 +132,76 @@ def test_a_role_serves_its_own_metrics_on_metrics_port(topics, queue, tmp_path):
         assert "orchestration_outbox_pending" in scraped()
     finally:
         stack.close()
+
+
+BUILTIN_TYPES = ["demo.noop", "demo.echo", "demo.sleep", "demo.fail", "demo.flaky", "demo.log"]
+TERMINAL = ["SUCCEEDED", "DEAD_LETTER", "CANCELLED"]
+STATUSES = ["PENDING", "QUEUED", "RUNNING", "SUCCEEDED", "RETRYING", "DEAD_LETTER", "CANCELLED"]
+ROLES = ["web", "worker", "relay", "bridge", "scheduler", "log-sink"]
+
+
+def fresh_scrape(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics of a process that has done nothing yet, as Prometheus would read it."""
+    code = (
+        "import django; django.setup(); from django.test import Client; "
+        "print(Client().get('/metrics').content.decode())"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "METRICS_TOKEN": "", **env}
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):  # set at all, even empty, prometheus_client writes files
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(out)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize("multiprocess", [True, False], ids=["dev-stack", "production"])
+def test_every_contract_metric_is_there_from_the_start_at_zero(tmp_path, multiprocess):
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)} if multiprocess else {"PROMETHEUS_MULTIPROC_DIR": ""}
+    samples = fresh_scrape({**env, "KAFKA_JOBS_PARTITIONS": "4"})
+    expected = [("orchestration_outbox_pending", {}), ("orchestration_logs_ingested_total", {})]
+    for t in BUILTIN_TYPES:
+        labels = {"type": t, "queue": "default"}
+        expected += [
+            ("orchestration_jobs_submitted_total", labels),
+            ("orchestration_job_duration_seconds_count", labels),
+            ("orchestration_job_queue_wait_seconds_count", labels),
+        ]
+        expected += [("orchestration_jobs_finished_total", {"status": s, **labels}) for s in TERMINAL]
+    expected += [("orchestration_jobs_in_state", {"status": s}) for s in STATUSES]
+    expected += [("orchestration_bridge_lag", {"partition": str(p)}) for p in range(4)]
+    expected += [("orchestration_logs_dropped_total", {"service": r}) for r in ROLES]
+    missing = [(n, lab) for n, lab in expected if (n, tuple(sorted(lab.items()))) not in samples]
+    assert missing == []
+    assert all(samples[(n, tuple(sorted(lab.items())))] == 0 for n, lab in expected)
+
+
+def test_the_known_label_values_are_the_platforms():
+    # metrics loads before Django's apps (the log handler uses it), so it keeps its own lists.
+    from jobs.models import TERMINAL_STATUSES, JobStatus
+    from metrics import prom
+    from orchestration.handlers import is_registered
+
+    assert sorted(prom.BUILTIN_TYPES) == sorted(BUILTIN_TYPES)
+    assert all(is_registered(t) for t in prom.BUILTIN_TYPES)
+    assert list(prom.JOB_STATUSES) == JobStatus.values
+    assert set(prom.TERMINAL_STATUSES) == set(TERMINAL_STATUSES)
+
+
+def test_known_series_at_zero_never_hide_what_a_role_wrote(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    scheduler = (
+        "from metrics import prom; prom.JOBS_IN_STATE.labels('PENDING').set(5); prom.OUTBOX_PENDING.set(2); "
+        "prom.LOGS_DROPPED.labels('worker').inc(3)"
+    )
+    subprocess.run([sys.executable, "-c", scheduler], cwd=REPO, env=env, check=True)
+    samples = fresh_scrape({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert samples[("orchestration_jobs_in_state", (("status", "PENDING"),))] == 5
+    assert samples[("orchestration_jobs_in_state", (("status", "QUEUED"),))] == 0
+    assert samples[("orchestration_outbox_pending", ())] == 2
+    assert samples[("orchestration_logs_dropped_total", (("service", "worker"),))] == 3
+    assert samples[("orchestration_logs_dropped_total", (("service", "relay"),))] == 0

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.factories import submit_job
+from tests.orchestration.conftest import REPO
 
 pytestmark = pytest.mark.django_db
 
@@ -119,3 +123,46 @@ def test_a_time_with_any_offset_python_accepts_is_not_a_500(api):
             assert response.status_code == 200, (url, param, response.content[:200])
     response = api.post("/api/v1/jobs/", {"type": "demo.noop", "run_at": "2030-01-01T00:00:00+23:59"}, format="json")
     assert response.status_code in (201, 400)
+
+
+def token_attempt(client, forwarded_for: str) -> int:
+    body = {"username": "nobody", "password": "guess"}
+    return client.post("/api/v1/auth/token/", body, HTTP_X_FORWARDED_FOR=forwarded_for).status_code
+
+
+def test_rotating_x_forwarded_for_does_not_escape_the_login_throttle(client, settings):
+    # With no proxy configured the header is the client's to write: it names nobody.
+    settings.API_RATE_LIMIT = "3/h"
+    codes = [token_attempt(client, f"10.0.{i}.1") for i in range(5)]
+    assert codes == [400, 400, 400, 429, 429]
+
+
+def test_behind_trusted_proxies_the_address_they_saw_is_the_client(client, settings):
+    settings.API_RATE_LIMIT = "3/h"
+    settings.API_TRUSTED_PROXIES = 1
+    # What the client wrote comes first; our proxy appends the address it saw.
+    codes = [token_attempt(client, f"10.0.{i}.1, 203.0.113.7") for i in range(5)]
+    assert codes == [400, 400, 400, 429, 429]
+    assert token_attempt(client, "203.0.113.8") == 400  # another client behind the same proxy
+
+
+PRODUCTION_ENV = {
+    "DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "x" * 50,
+    "DJANGO_ALLOWED_HOSTS": "example.com", "METRICS_TOKEN": "t",
+}  # fmt: skip
+
+
+def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    code = "from django.conf import settings; print('DEBUG', settings.DEBUG)"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, **PRODUCTION_ENV, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_debug_in_production_fails_at_start_naming_the_variable():
+    assert load_settings(DJANGO_DEBUG="false").stdout.strip() == "DEBUG False"
+    result = load_settings(DJANGO_DEBUG="true")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "DJANGO_DEBUG" in result.stderr

@@ -96,6 +96,15 @@ def test_idempotency_keys_replay_or_conflict(api):
     assert other.json()["workflow"] == first.json()["id"]
 
 
+def test_keys_reserved_for_the_platform_are_refused(api):
+    for response in (
+        post(api, [task("a")], idempotency_key="schedule:1:2"),
+        api.post("/api/v1/workflows/", {"tasks": [task("a")]}, format="json", HTTP_IDEMPOTENCY_KEY="schedule:x"),
+    ):
+        assert response.status_code == 400
+        assert "reserved for the platform" in response.json()["errors"]["idempotency_key"][0]
+
+
 def test_users_see_only_their_own_workflows(api, other_api, staff_api):
     mine = post(api, [task("a")]).json()["id"]
     assert other_api.get(f"/api/v1/workflows/{mine}/").status_code == 404
