@@ -174,14 +174,23 @@ class JobAttempt(models.Model):
 
 
 class ConcurrencySlot(models.Model):
-    """Running jobs per concurrency key. Taken with a conditional UPDATE when a job is claimed,
-    given back in the same statement that ends the attempt: PostgreSQL keeps the count."""
+    """Running jobs per owner and concurrency key. Taken with a conditional UPDATE when a job
+    is claimed, given back in the same statement that ends the attempt: PostgreSQL keeps the
+    count. Keys are each owner's own (`<owner id>:<concurrency key>`, see `key_for`): the
+    same name in another tenant's jobs neither takes nor widens these slots."""
 
-    key = models.CharField(max_length=200, primary_key=True)
+    key = models.CharField(max_length=255, primary_key=True)
     running = models.PositiveIntegerField(default=0)
+
+    # The same key in SQL, over a jobs_job row.
+    KEY_SQL = "owner_id::text || ':' || concurrency_key"
 
     def __str__(self) -> str:
         return f"{self.key}: {self.running} running"
+
+    @staticmethod
+    def key_for(owner_id: int, concurrency_key: str) -> str:
+        return f"{owner_id}:{concurrency_key}"
 
 
 class Outbox(models.Model):

@@ -25,7 +25,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobStatus
+from jobs.models import TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
 from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
@@ -287,10 +287,10 @@ _END_SQL = """
 WITH ended AS (
     UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
      WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
-    RETURNING id, type, queue, attempt_seq, concurrency_key, workflow_id
+    RETURNING id, type, queue, attempt_seq, owner_id::text || ':' || concurrency_key AS slot, workflow_id
 ), freed AS (
     UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
-      FROM ended WHERE s.key = ended.concurrency_key AND s.running > 0
+      FROM ended WHERE s.key = ended.slot AND s.running > 0
 ), closed AS (
     UPDATE jobs_jobattempt
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
@@ -597,7 +597,7 @@ _RELEASE_SCANS = {
     ),
     # jobs held by their concurrency key, oldest first, as slots free up
     "held": (
-        "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s"
+        "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s AND owner_id = %(owner)s"
         " AND breaker_held_at IS NULL AND (run_at IS NULL OR run_at <= %(now)s)",
         "created_at",
     ),
@@ -619,33 +619,44 @@ def release_batch(
     stale_before: datetime | None = None,
     ids: list[uuid.UUID] | None = None,
     key: str | None = None,
+    owner: int | None = None,
 ) -> list[Released]:
     """Make up to `limit` due jobs of one kind dispatchable again with a fresh token (one
-    statement; rows another scheduler holds are skipped)."""
+    statement; rows another scheduler holds are skipped). `key` (and `owner`, for a
+    concurrency key, which is each owner's own) narrow the held and breaker scans."""
     condition, order = _RELEASE_SCANS[scan]
     with connection.cursor() as cur:
         cur.execute(
             _RELEASE_SQL.format(condition=condition, order=order),
-            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key},
+            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key, "owner": owner},
         )
         return [Released(*row) for row in cur.fetchall()]
 
 
-def take_slot(key: str, limit: int) -> bool:
-    """One more running job for `key` if fewer than `limit` run: a conditional upsert."""
+# A slot's key comes from the job's row (its owner and key), never from a message.
+_TAKE_SLOT_SQL = f"""
+INSERT INTO jobs_concurrencyslot (key, running)
+SELECT {ConcurrencySlot.KEY_SQL}, 1 FROM jobs_job WHERE id = %s AND concurrency_key IS NOT NULL
+    ON CONFLICT (key) DO UPDATE SET running = jobs_concurrencyslot.running + 1
+ WHERE jobs_concurrencyslot.running < %s
+"""  # noqa: S608 (KEY_SQL is a constant)
+_GIVE_BACK_SLOT_SQL = f"""
+UPDATE jobs_concurrencyslot SET running = running - 1
+ WHERE key = (SELECT {ConcurrencySlot.KEY_SQL} FROM jobs_job WHERE id = %s) AND running > 0
+"""  # noqa: S608 (KEY_SQL is a constant)
+
+
+def take_slot(job_id: uuid.UUID | str, limit: int) -> bool:
+    """One more running job for the job's owner and concurrency key if fewer than `limit`
+    run: a conditional upsert."""
     with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO jobs_concurrencyslot (key, running) VALUES (%s, 1) "
-            "ON CONFLICT (key) DO UPDATE SET running = jobs_concurrencyslot.running + 1 "
-            "WHERE jobs_concurrencyslot.running < %s",
-            [key, limit],
-        )
+        cur.execute(_TAKE_SLOT_SQL, [str(job_id), limit])
         return cur.rowcount == 1
 
 
-def give_back_slot(key: str) -> None:
+def give_back_slot(job_id: uuid.UUID | str) -> None:
     with connection.cursor() as cur:
-        cur.execute("UPDATE jobs_concurrencyslot SET running = running - 1 WHERE key = %s AND running > 0", [key])
+        cur.execute(_GIVE_BACK_SLOT_SQL, [str(job_id)])
 
 
 def hold(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:

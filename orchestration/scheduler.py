@@ -69,21 +69,23 @@ return 0
 # key with room behind them for good.
 _HELD_KEYS_SQL = """
 WITH held AS (
-    SELECT h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim, min(h.created_at) AS oldest
+    SELECT h.owner_id AS owner, h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim,
+           min(h.created_at) AS oldest
       FROM jobs_job h
      WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
        AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
-     GROUP BY h.concurrency_key
+     GROUP BY h.owner_id, h.concurrency_key
 ), room AS (
-    SELECT held.key, held.oldest,
+    SELECT held.owner, held.key, held.oldest,
            held.lim
-           - coalesce((SELECT s.running FROM jobs_concurrencyslot s WHERE s.key = held.key), 0)
+           - coalesce((SELECT s.running FROM jobs_concurrencyslot s
+                        WHERE s.key = held.owner::text || ':' || held.key), 0)
            - (SELECT count(*) FROM jobs_job f
-               WHERE f.concurrency_key = held.key AND f.status IN ('PENDING', 'QUEUED')
+               WHERE f.concurrency_key = held.key AND f.owner_id = held.owner AND f.status IN ('PENDING', 'QUEUED')
                  AND f.dispatch_token IS NOT NULL) AS room
       FROM held
 )
-SELECT key, room FROM room WHERE room > 0 ORDER BY oldest, key LIMIT %(limit)s
+SELECT owner, key, room FROM room WHERE room > 0 ORDER BY oldest, owner, key LIMIT %(limit)s
 """
 
 
@@ -286,12 +288,14 @@ class Scheduler:
     def details(self) -> dict[str, Any]:
         return {"leading": self.lock.epoch is not None, "identity": self.identity, **self.last}
 
-    def _release_fenced(self, epoch: int, scan: str, *, limit: int, key: str | None = None) -> int:
+    def _release_fenced(
+        self, epoch: int, scan: str, *, limit: int, key: str | None = None, owner: int | None = None
+    ) -> int:
         """One fenced transaction: make up to `limit` jobs of a scan dispatchable and write
         their outbox rows."""
         with transaction.atomic():
             fence(epoch)
-            released = transitions.release_batch(scan, now=self.clock(), limit=limit, key=key)
+            released = transitions.release_batch(scan, now=self.clock(), limit=limit, key=key, owner=owner)
             services.job_dispatch_released(released)
         return len(released)
 
@@ -304,13 +308,14 @@ class Scheduler:
                 return total
 
     def _release_held(self, epoch: int) -> int:
-        """Jobs held by a concurrency key go out, oldest first, as far as the key has room:
+        """Jobs held by a concurrency key go out, oldest first, as far as the key has room
+        (keys are each owner's own):
         limit - running - already dispatched. Up to `held_keys_per_tick` keys a tick, those
         of the oldest held jobs first; the rest come next tick."""
         with connection.cursor() as cur:
             cur.execute(_HELD_KEYS_SQL, {"now": self.clock(), "limit": self.held_keys_per_tick})
             keys = cur.fetchall()
-        return sum(self._release_fenced(epoch, "held", limit=room, key=key) for key, room in keys)
+        return sum(self._release_fenced(epoch, "held", limit=room, key=key, owner=owner) for owner, key, room in keys)
 
     def _release_breaker_held(self, epoch: int) -> int:
         """Jobs held by an open circuit breaker: all of them (in batches) once it closed; one,

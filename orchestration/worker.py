@@ -388,9 +388,9 @@ def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Cl
     """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
     scheduler releases it when a slot frees). One transaction, so a lost claim gives the
     slot back."""
-    key, limit = envelope["concurrency_key"], int(envelope.get("concurrency_limit") or 1)
+    job_id, limit = envelope["job_id"], int(envelope.get("concurrency_limit") or 1)
     with transaction.atomic():
-        if not transitions.take_slot(key, limit):
+        if not transitions.take_slot(job_id, limit):
             transitions.hold(envelope["job_id"], dispatch_token=envelope["dispatch_token"])
             return "HELD"
         claim = transitions.mark_running(
@@ -398,7 +398,7 @@ def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Cl
             lease_seconds=settings.JOB_LEASE_SECONDS,
         )  # fmt: skip
         if claim is None:
-            transitions.give_back_slot(key)
+            transitions.give_back_slot(job_id)
         return claim
 
 

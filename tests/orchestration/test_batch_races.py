@@ -253,3 +253,34 @@ def test_a_claim_whose_reply_was_lost_is_taken_back_not_orphaned(user, monkeypat
     assert {o.status for o in outcomes} == {"SUCCEEDED"}
     assert status(job) == JobStatus.SUCCEEDED
     assert JobAttempt.objects.filter(job=job).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrency_keys_are_each_owners_own(user, other_user, settings):
+    from orchestration.scheduler import Scheduler
+
+    settings.SCHEDULER_LOCK_KEY = f"test-keys-{time.monotonic_ns()}"
+
+    def keyed(job: Job, limit: int = 1) -> dict[str, Any]:
+        return envelope(job) | {"concurrency_key": "shared-name", "concurrency_limit": limit}
+
+    mine, held_mine = (submit(user, concurrency_key="shared-name", concurrency_limit=1) for _ in range(2))
+    theirs = submit(other_user, concurrency_key="shared-name", concurrency_limit=1)
+    # One owner's running job holds its own slot of "shared-name" only...
+    first = worker._claim_within_limit(keyed(mine), "w1")
+    assert isinstance(first, transitions.Claim)
+    # ...so another owner's job with the same key name still runs at once,
+    assert isinstance(worker._claim_within_limit(keyed(theirs), "w2"), transitions.Claim), "a tenant took a slot"
+    # while the owner's own second job is held by the owner's limit.
+    assert worker._claim_within_limit(keyed(held_mine), "w3") == "HELD"
+    # Another owner's wider limit under the same name does not widen this owner's slots.
+    wide = submit(other_user, concurrency_key="shared-name", concurrency_limit=5)
+    transitions.hold(wide.id, dispatch_token=wide.dispatch_token)
+    scheduler = Scheduler()
+    scheduler.tick()
+    assert Job.objects.get(id=held_mine.id).dispatch_token is None, "released past its owner's limit"
+    assert Job.objects.get(id=wide.id).dispatch_token is not None  # its own owner has room
+    # When the owner's running job ends, its own slot frees and its held job goes out.
+    assert transitions.mark_succeeded(first.job_id, attempt=first.attempt, result={})
+    scheduler.tick()
+    assert Job.objects.get(id=held_mine.id).dispatch_token is not None

@@ -217,7 +217,7 @@ def test_a_concurrency_key_is_never_exceeded(user, scheduler_keys, topics):
     assert Job.objects.get(id=free.id).attempts == 1
     from jobs.models import ConcurrencySlot
 
-    assert ConcurrencySlot.objects.get(key="account-7").running == 0
+    assert ConcurrencySlot.objects.get(key=ConcurrencySlot.key_for(user.pk, "account-7")).running == 0
 
 
 @pytest.mark.django_db
@@ -284,9 +284,9 @@ def test_a_schedule_whose_slot_key_is_taken_skips_that_slot_and_the_tick_goes_on
     squatter = submit(
         user, "demo.echo", payload={"mine": True}, idempotency_key=f"schedule:{broken.id}:{slot.isoformat()}"
     )
-    _, held = hold_by_key(user, "k-tick")
-    Job.objects.filter(concurrency_key="k-tick", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
-    transitions.give_back_slot("k-tick")
+    running, held = hold_by_key(user, "k-tick")
+    Job.objects.filter(id=running.id).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot(running.id)
 
     clock = {"now": now}
     scheduler = Scheduler(clock=lambda: clock["now"])
@@ -322,9 +322,9 @@ def test_a_failing_scan_is_logged_and_counted_and_the_other_scans_run(
         raise RuntimeError("a bug in the cron scan")
 
     monkeypatch.setattr(schedules, "fire_due", broken)  # a fault injected into our own code
-    _, held = hold_by_key(user, "k-scan")
-    Job.objects.filter(concurrency_key="k-scan", status=JobStatus.RUNNING).update(status=JobStatus.SUCCEEDED)
-    transitions.give_back_slot("k-scan")
+    running, held = hold_by_key(user, "k-scan")
+    Job.objects.filter(id=running.id).update(status=JobStatus.SUCCEEDED)
+    transitions.give_back_slot(running.id)
     before = prom.SCHEDULER_ERRORS.labels("cron")._value.get()
     result = Scheduler().tick()
     assert result is not None
@@ -426,7 +426,9 @@ def test_held_keys_without_room_do_not_hide_a_key_with_room(user, scheduler_keys
 
     full = [f"a-full-{i:03}" for i in range(150)]
     insert_held(user, full, age_seconds=600)  # older than the one that can go
-    ConcurrencySlot.objects.bulk_create([ConcurrencySlot(key=k, running=1) for k in full])
+    ConcurrencySlot.objects.bulk_create(
+        [ConcurrencySlot(key=ConcurrencySlot.key_for(user.pk, k), running=1) for k in full]
+    )
     insert_held(user, ["z-free"], age_seconds=1)
     result = Scheduler().tick()
     assert result is not None
