@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs.errors import IdempotencyConflict
+from jobs.keys import SCHEDULE_KEY_PREFIX
 from jobs.models import MisfirePolicy, Schedule
 from jobs.services import JobSpec, job_submit_bulk
 from metrics import prom
@@ -107,7 +108,7 @@ def fire_due(*, now: datetime, limit: int = 100) -> list[Fired]:
 
 def _fire(schedule: Schedule, slot: datetime) -> str | None:
     """The slot's job, or None when the slot fired already or its key is taken."""
-    key = f"schedule:{schedule.id}:{slot.isoformat()}"
+    key = f"{SCHEDULE_KEY_PREFIX}{schedule.id}:{slot.isoformat()}"
     spec = JobSpec(
         type=schedule.type,
         payload=schedule.payload,
