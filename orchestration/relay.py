@@ -63,7 +63,8 @@ class Relay:
         self.failures = 0
 
     def ensure_topics(self) -> None:
-        kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DLQ_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
+        """The topics the relay writes to: dispatches and dead letters."""
+        kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
 
     def run_once(self) -> int:
         """Relay one batch; returns the number of rows delivered (0: nothing to do)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import orjson
 import pytest
@@ -114,3 +115,38 @@ def test_kafka_down_keeps_the_rows(user, topics, settings):
     assert Outbox.objects.count() == 3
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.PENDING}
     assert relay.backoff() > 0
+
+
+# --- topics: the relay creates those it writes to, with the size limit ------------------------
+
+
+def topic_names() -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    from orchestration import kafka
+
+    return set(AdminClient(kafka.base_config()).list_topics(timeout=10).topics)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fresh_relay_creates_the_topics_it_writes_to_with_the_size_limit(user, settings):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from orchestration import kafka
+
+    suffix = uuid.uuid4().hex[:10]
+    settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC = f"jobs-{suffix}", f"jobs-{suffix}.dead"
+    assert not {settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC} & topic_names()
+    relay = Relay()
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    admin = AdminClient(kafka.base_config())
+    try:
+        wait_for(lambda: {settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC} <= topic_names(), timeout=10)
+        [configs] = admin.describe_configs([ConfigResource("topic", settings.KAFKA_JOBS_DEAD_TOPIC)]).values()
+        assert configs.result()["max.message.bytes"].value == "1048588"
+    finally:
+        stop.set()
+        thread.join(10)
+        admin.delete_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC])
