@@ -129,3 +129,11 @@ def mark_dead(pid: int) -> None:
     """Forget a finished process's live gauges (gunicorn and circus children)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+# --- dispatch: rows set aside ---------------------------------------------------------------
+RELAY_POISON = Counter(
+    P + "relay_poison_total",
+    "Outbox rows the relay set aside because Kafka can never take them (by logical topic and error).",
+    ["topic", "reason"],
+)
