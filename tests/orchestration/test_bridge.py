@@ -287,3 +287,30 @@ def test_postgresql_away_for_a_dead_letter_does_not_stop_the_bridge(user):
     with pytest.raises(InvalidMessage):  # PostgreSQL back: the next delivery dead-letters it
         step.submit(message)
     assert Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER
+
+
+def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkeypatch, caplog):
+    """Unknown depth is "blocked": the step rejects the message (arroyo keeps it in Kafka and
+    offers it again) instead of raising redis' ConnectionError, which crash-looped the bridge
+    while Redis was down. Logged at most every 10 s."""
+    from datetime import UTC, datetime
+
+    from arroyo.processing.strategies.abstract import MessageRejected
+    from arroyo.processing.strategies.noop import Noop
+    from arroyo.types import BrokerValue, Message, Partition, Topic
+
+    from config.celery import app
+    from orchestration.consumers.envelope import parse
+    from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
+
+    monkeypatch.setattr(celery_queues, "_client", None)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
+    step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
+    message = Message(BrokerValue(parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC)))
+    for _ in range(5):
+        with pytest.raises(MessageRejected):
+            step.submit(message)
+    assert step.enqueued == 0
+    logged = [r for r in caplog.records if r.getMessage() == "bridge.depth_unknown"]
+    assert len(logged) == 1
+    assert logged[0].levelname == "WARNING"
