@@ -706,3 +706,36 @@ def renew_leases(held: list[tuple[uuid.UUID, int]], *, worker: str, lease_second
              "lease": timezone.now() + timedelta(seconds=lease_seconds)},
         )  # fmt: skip
         return {uuid.UUID(str(job_id)): cancel for job_id, cancel in cur.fetchall()}
+
+
+# A dispatch that can never reach a worker: the relay cannot send its message (Kafka refuses
+# it for good), or the bridge has no handler for its type. The job ends like a permanent
+# failure, without an attempt: DEAD_LETTER with the reason and its `jobs.dead` message.
+_UNDISPATCHABLE_SQL = """
+WITH ended AS (
+    UPDATE jobs_job
+       SET status = 'DEAD_LETTER', last_error = %(error)s, finished_at = %(now)s, dispatch_token = NULL,
+           next_retry_at = NULL, breaker_held_at = NULL, lease_expires_at = NULL, updated_at = %(now)s
+     WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED') AND dispatch_token = %(token)s
+    RETURNING id, type, queue, attempt_seq, workflow_id
+){dead}
+SELECT workflow_id, type, queue FROM ended
+"""
+
+
+def dead_letter_undispatchable(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str, error: str) -> bool:
+    """PENDING/QUEUED → DEAD_LETTER for a dispatch that can never be delivered (`error` says
+    why), and its `jobs.dead` message. Guarded by the dispatch token: a stale message (the job
+    was cancelled, re-dispatched or claimed meanwhile) changes nothing. A job of a workflow
+    moves its workflow on in the same transaction."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(
+            _UNDISPATCHABLE_SQL.format(dead=_DEAD_OUTBOX_CTE),
+            {"id": str(job_id), "token": str(dispatch_token), "error": error, "now": timezone.now()},
+        )
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            _workflow_job_ended(job_id, row[0], JobStatus.DEAD_LETTER)
+    if row is not None:
+        _count_end(JobStatus.DEAD_LETTER, row[1], row[2])
+    return row is not None

@@ -10,6 +10,10 @@ again underneath. If Kafka is away, librdkafka buffers up to `buffer_max` record
 `message_timeout_ms`; after that, and when our own queue is full, records are dropped and
 counted (`dropped`), never waited for.
 
+The handler creates its topic (with the configured partitions and size limit, see
+orchestration.kafka) from its flusher thread before it first ships, and tries again every
+30 s while that fails: a broker's auto-creation would give it neither.
+
 Fork safety: a Celery prefork child inherits the parent's queue but not its thread; the
 handler resets itself in the child (os.register_at_fork) and starts a flusher there on first
 use, so records are neither lost nor sent twice.
@@ -26,6 +30,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -61,9 +66,14 @@ class KafkaLogHandler(logging.Handler):
         message_timeout_ms: int = 60_000,
         service: str | None = None,
         level: int | str = logging.NOTSET,
+        partitions: int | None = None,
     ) -> None:
         super().__init__(level)
         self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+        self.partitions = partitions  # None: settings.KAFKA_LOGS_PARTITIONS
+        self._topic_ready = False
+        self._next_topic_attempt = 0.0
         self.queue_size = queue_size
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -183,6 +193,7 @@ class KafkaLogHandler(logging.Handler):
     def _run(self) -> None:
         self._thread_ident = threading.get_ident()
         while not self._closing:
+            self._ensure_topic()
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._ship()
@@ -221,6 +232,24 @@ class KafkaLogHandler(logging.Handler):
             prom.LOGS_QUEUED.labels(self.service).set(len(self._queue))
             if dropped:
                 self._count_dropped(dropped)
+
+    def _ensure_topic(self) -> None:
+        """Create the topic if it is missing (on the flusher thread: the caller never waits)."""
+        if self._topic_ready or time.monotonic() < self._next_topic_attempt:
+            return
+        try:
+            from django.conf import settings
+
+            from orchestration import kafka
+
+            partitions = self.partitions or settings.KAFKA_LOGS_PARTITIONS
+            kafka.ensure_topics(
+                [self.topic], partitions, timeout=2.0, client={"bootstrap.servers": self.bootstrap_servers}
+            )
+            self._topic_ready = True
+        except Exception as exc:  # Kafka away: records wait in the producer meanwhile
+            self._next_topic_attempt = time.monotonic() + 30.0
+            print(f"log shipping: cannot create topic {self.topic!r} yet: {exc}", file=sys.stderr)
 
     def _get_producer(self) -> Any:
         if self._producer is None:

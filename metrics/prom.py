@@ -219,3 +219,10 @@ SCHEDULE_FIRE_FAILED = Counter(
     "Schedule slots that did not fire: slot_taken (its idempotency key belongs to another job) or error.",
     ["reason"],
 )
+
+# --- dispatch: rows set aside ---------------------------------------------------------------
+RELAY_POISON = Counter(
+    P + "relay_poison_total",
+    "Outbox rows the relay set aside because Kafka can never take them (by logical topic and error).",
+    ["topic", "reason"],
+)

@@ -1,8 +1,26 @@
 """Kafka configuration shared by the relay, the bridge and the tests.
 
 Topics: `jobs` (dispatch envelopes, key = job id), `jobs.dlq` (messages the bridge could
-not use, with the reason, partition and offset in headers). Settings choose the names so
-tests can use a fresh topic each.
+not use, with the reason, partition and offset in headers), `jobs.dead` (a message per job
+that dead-lettered), `logs` and `logs.dlq`. Settings choose the names so tests can use a
+fresh topic each. Every role creates the topics it writes to (`ensure_topics`): the relay
+`jobs` and `jobs.dead`, the bridge `jobs` and `jobs.dlq`, the log handler `logs`, the log
+sink `logs` and `logs.dlq`.
+
+Size limits, set on purpose (they used to be whatever the libraries defaulted to):
+- Producers: `message.max.bytes` = KAFKA_MESSAGE_MAX_BYTES, 1,000,000 by default. A larger
+  message is refused by produce() itself (MSG_SIZE_TOO_LARGE) before it reaches a broker;
+  librdkafka also caps each batch it sends at this size (with `batch.size`, same default).
+  1,000,000 is librdkafka's default and stays under what Kafka accepts out of the box.
+- Topics we create: `max.message.bytes` = KAFKA_MESSAGE_MAX_BYTES + 48,588, i.e. 1,048,588
+  by default: Kafka's own broker default (1 MiB + 12 bytes of log overhead). A topic must
+  accept a little more than the producer's largest batch (record-batch framing comes on
+  top); were it smaller, the broker would refuse whole batches of small, good messages.
+  Brokers that ignore the setting (the embedded Tansu stores it but accepts any size) or
+  refuse it still get the topic, created without it.
+- A dispatch envelope is a few hundred bytes; what can come near the limit is user text: a
+  `jobs.dead` message carries the job's last error. The relay sets aside any row Kafka can
+  never take (see orchestration.relay) instead of retrying it forever.
 """
 
 from __future__ import annotations
@@ -17,6 +35,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+# Record-batch framing on top of the producer's largest batch: the topic accepts this much
+# more than KAFKA_MESSAGE_MAX_BYTES (with the default, exactly Kafka's 1,048,588).
+TOPIC_HEADROOM_BYTES = 48_588
+
+
+def topic_max_message_bytes() -> int:
+    return settings.KAFKA_MESSAGE_MAX_BYTES + TOPIC_HEADROOM_BYTES
 
 
 # A commit refused because the group moved on without this member: the broker restarted and
@@ -67,6 +93,9 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
         # A few ms of batching turns a burst of outbox rows into a handful of requests.
         "linger.ms": 2,
         "message.timeout.ms": 30000,
+        # See the module docstring: the largest message and batch we send.
+        "message.max.bytes": settings.KAFKA_MESSAGE_MAX_BYTES,
+        "batch.size": settings.KAFKA_MESSAGE_MAX_BYTES,
         **overrides,
     }
 
@@ -89,19 +118,38 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def ensure_topics(names: list[str], partitions: int, timeout: float = 10.0) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    admin = AdminClient(base_config())
+def ensure_topics(
+    names: list[str], partitions: int, timeout: float = 10.0, *, client: dict[str, Any] | None = None
+) -> None:
+    """Create missing topics (with `max.message.bytes`, see the module docstring); existing
+    ones are left as they are. `client`: the admin client's config (default: `base_config`)."""
+    admin = AdminClient(client or base_config())
     existing = admin.list_topics(timeout=timeout).topics
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing
-    ]
+    missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+    config = {"max.message.bytes": str(topic_max_message_bytes())}
+    refused = _create(admin, missing, partitions, config, timeout)
+    if refused:  # a broker that refuses the setting still gets the topic, without it
+        logger.warning("kafka.topic_config_refused", extra={"topics": sorted(refused), "config": config,
+                                                              "error": next(iter(refused.values()))})  # fmt: skip
+        refused = _create(admin, list(refused), partitions, {}, timeout)
+        if refused:
+            raise next(iter(refused.values()))
+
+
+def _create(
+    admin: AdminClient, names: list[str], partitions: int, config: dict[str, str], timeout: float
+) -> dict[str, KafkaException]:
+    """Create topics; returns those the broker refused (one that exists already is fine:
+    another role created it first)."""
+    topics = [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config) for name in names]
+    refused: dict[str, KafkaException] = {}
+    for name, future in admin.create_topics(topics, operation_timeout=timeout).items():
         try:
             future.result()
-            logger.info("kafka.topic_created", extra={"topic": name, "partitions": partitions})
+            logger.info("kafka.topic_created", extra={"topic": name, "partitions": partitions, "config": config})
         except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another role created it first
-                raise
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                refused[name] = exc
+    return refused

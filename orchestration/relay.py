@@ -7,6 +7,13 @@ rows. A row whose delivery failed stays and is retried. A crash after producing 
 commit re-sends the row: the duplicate carries the same dispatch token, and only one claim
 can win.
 
+A row Kafka can never take (larger than the limit, an invalid record, an envelope that is
+not a JSON object) is a poison row: it is set aside in the same round and the rest of the
+batch goes on. A dispatch row's job ends DEAD_LETTER with the reason; a `jobs.dead` row is
+sent again in a shortened form, or dropped with an ERROR line if even that fails. Retrying a
+poison row could only fail again, and it used to stop all dispatch: the relay died on it,
+restarted, claimed the same lowest rows and died again.
+
 The relay sleeps on LISTEN jobs_outbox (a trigger NOTIFYs at every outbox insert), so a
 single job is relayed within milliseconds; a slow poll covers a missed notification.
 """
@@ -16,13 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
@@ -35,12 +43,27 @@ logger = logging.getLogger("orchestration.relay")
 CHANNEL = "jobs_outbox"
 FLUSH_TIMEOUT = 15.0  # seconds to wait for delivery reports before giving a batch up for now
 MAX_BACKOFF = 10.0  # seconds between rounds while Kafka keeps failing
+DEAD_ERROR_MAX = 4000  # characters of the error a shortened `jobs.dead` message keeps
+TRUNCATED = "… [truncated]"
 
 _CLAIM_SQL = """
-SELECT id, job_id, topic, envelope FROM jobs_outbox
+SELECT id, job_id, topic, envelope, envelope ->> 'dispatch_token' FROM jobs_outbox
  ORDER BY id LIMIT %s
    FOR UPDATE SKIP LOCKED
 """
+
+# Errors that say this one message can never be accepted, however often it is sent: too large
+# for the producer (raised by produce() itself) or for the broker (in the delivery report), or
+# a record the broker refuses as invalid. Anything else (broker down, leader moving, timeouts,
+# an unknown topic) is transient: the row stays and is retried.
+_PERMANENT = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+     KafkaError._INVALID_ARG}
+)  # fmt: skip
+
+
+def permanent(err: KafkaError) -> bool:
+    return err.code() in _PERMANENT and not err.retriable() and not err.fatal()
 
 
 @dataclass(frozen=True)
@@ -48,7 +71,22 @@ class OutboxRow:
     id: int
     job_id: str
     topic: str
-    envelope: dict[str, Any]
+    envelope: Any  # the decoded JSON (a dict for every row our code writes)
+    value: bytes  # the message: the envelope as compact JSON
+    token: str | None = None  # the envelope's dispatch_token, read by PostgreSQL
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Why a row can never be sent: `reason` is short and stable (a metric label), `detail`
+    the full text."""
+
+    reason: str
+    detail: str
+
+
+class _BadRow(ValueError):
+    pass
 
 
 def physical_topic(logical: str) -> str:
@@ -56,31 +94,86 @@ def physical_topic(logical: str) -> str:
     return {"jobs": settings.KAFKA_JOBS_TOPIC, "jobs.dead": settings.KAFKA_JOBS_DEAD_TOPIC}.get(logical, logical)
 
 
+def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None) -> OutboxRow:
+    # Django's psycopg set-up loads jsonb as text on raw cursors.
+    try:
+        envelope = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+        value = orjson.dumps(envelope)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:  # e.g. 1e400, which jsonb holds
+        raise _BadRow(f"the envelope is not valid JSON for Kafka: {exc}") from exc
+    return OutboxRow(row_id, str(job_id), topic, envelope, value, token)
+
+
+def _dispatch_token(row: OutboxRow) -> str | None:
+    try:
+        return str(uuid.UUID(row.token)) if row.token else None
+    except ValueError:
+        return None
+
+
+def shortened_dead_letter(row: OutboxRow) -> dict[str, Any]:
+    """The smallest useful `jobs.dead` message: who died, where, after how many attempts,
+    and the start of the error."""
+    envelope = row.envelope if isinstance(row.envelope, dict) else {}
+    error = str(envelope.get("error", ""))
+    if len(error) > DEAD_ERROR_MAX:
+        error = error[:DEAD_ERROR_MAX] + TRUNCATED
+    attempts = envelope.get("attempts")
+    return {
+        "v": 1, "job_id": row.job_id, "type": str(envelope.get("type", ""))[:200],
+        "queue": str(envelope.get("queue", ""))[:100], "attempts": attempts if isinstance(attempts, int) else None,
+        "error": error, "dead_at": envelope.get("dead_at") if isinstance(envelope.get("dead_at"), str) else None,
+    }  # fmt: skip
+
+
 class Relay:
     def __init__(self, producer: Producer | None = None, *, batch_size: int | None = None) -> None:
         self.producer = producer or Producer(kafka.producer_config())
         self.batch_size = batch_size or settings.RELAY_BATCH_SIZE
         self.failures = 0
+        self.poison = 0  # rows set aside since start
 
     def ensure_topics(self) -> None:
-        kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DLQ_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
+        """The topics the relay writes to: dispatches and dead letters."""
+        kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
+
+    def _ensure_topics_or_warn(self) -> None:
+        try:
+            self.ensure_topics()
+        except Exception as exc:  # Kafka away: producing will fail and bring us back here
+            logger.warning("relay.topics_not_ensured", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def run_once(self) -> int:
         """Relay one batch; returns the number of rows delivered (0: nothing to do)."""
         with transaction.atomic():
             with connection.cursor() as cur:
                 cur.execute(_CLAIM_SQL, [self.batch_size])
-                rows = [
-                    OutboxRow(r[0], str(r[1]), r[2], orjson.loads(r[3]) if isinstance(r[3], str) else r[3])
-                    for r in cur.fetchall()
-                ]
-            if not rows:
+                claimed = cur.fetchall()
+            if not claimed:
                 return 0
-            prom.RELAY_BATCH.observe(len(rows))
-            delivered, errors = self._produce(rows)
+            prom.RELAY_BATCH.observe(len(claimed))
+            rows: list[OutboxRow] = []
+            poison: dict[int, tuple[OutboxRow, Poison]] = {}
+            for row_id, job_id, topic, raw, token in claimed:
+                try:
+                    row = _decode(row_id, job_id, topic, raw, token)
+                except _BadRow as exc:
+                    poison[row_id] = (
+                        OutboxRow(
+                            row_id, str(job_id), topic, None, raw.encode() if isinstance(raw, str) else b"", token
+                        ),
+                        Poison("INVALID_ENVELOPE", str(exc)),
+                    )
+                    continue
+                if topic == "jobs" and _dispatch_token(row) is None:
+                    poison[row_id] = (row, Poison("INVALID_ENVELOPE", "the envelope has no valid dispatch_token"))
+                    continue
+                rows.append(row)
+            delivered, refused, errors = self._produce(rows)
+            poison.update(refused)
             transitions.mark_queued_many(
                 [
-                    transitions.Relayed(r.job_id, r.envelope["dispatch_token"], *delivered[r.id])
+                    transitions.Relayed(r.job_id, r.token or "", *delivered[r.id])
                     for r in rows
                     if r.id in delivered and r.topic == "jobs"
                 ]
@@ -89,14 +182,16 @@ class Relay:
                 with connection.cursor() as cur:
                     ids = transitions.pg_array(delivered)
                     cur.execute("DELETE FROM jobs_outbox WHERE id = ANY(%s::bigint[])", [ids])
+            for row, why in poison.values():
+                self._set_aside(row, why)
         if errors:
             self.failures += 1
             logger.warning(
                 "relay.delivery_failed",
-                extra={"failed": len(rows) - len(delivered), "batch": len(rows), "error": errors[0]},
+                extra={"failed": len(errors), "batch": len(claimed), "error": errors[0]},
             )
             if any("UNKNOWN_TOPIC" in e for e in errors):
-                self.ensure_topics()  # e.g. an embedded broker restarted and lost its topics
+                self._ensure_topics_or_warn()  # e.g. an embedded broker restarted and lost its topics
         else:
             self.failures = 0
         for row in rows:
@@ -113,44 +208,134 @@ class Relay:
         age = round(float(age or 0.0), 3)
         prom.OUTBOX_PENDING.set(pending)
         prom.OUTBOX_AGE.set(age)
-        return {"outbox_pending": pending, "outbox_oldest_age_seconds": age, "delivery_failures": self.failures}
+        return {
+            "outbox_pending": pending, "outbox_oldest_age_seconds": age, "delivery_failures": self.failures,
+            "poison_rows": self.poison,
+        }  # fmt: skip
 
-    def _produce(self, rows: list[OutboxRow]) -> tuple[dict[int, tuple[int, int]], list[str]]:
-        """Produce every row; returns {outbox id: (partition, offset)} of those acknowledged."""
+    def _produce(
+        self, rows: list[OutboxRow]
+    ) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[OutboxRow, Poison]], list[str]]:
+        """Produce every row. Returns {outbox id: (partition, offset)} of those acknowledged,
+        the poison rows (with why), and the transient errors (their rows stay)."""
         delivered: dict[int, tuple[int, int]] = {}
+        poison: dict[int, tuple[OutboxRow, Poison]] = {}
         errors: list[str] = []
+        refused: dict[int, KafkaError] = {}  # delivery reports with a permanent error
 
-        def report(row_id: int) -> Callable[[KafkaError | None, Any], None]:
+        def report(row: OutboxRow) -> Callable[[KafkaError | None, Any], None]:
             def on_delivery(err: KafkaError | None, msg: Any) -> None:
                 if err is None:
-                    delivered[row_id] = (msg.partition(), msg.offset())
+                    delivered[row.id] = (msg.partition(), msg.offset())
+                elif permanent(err):
+                    refused[row.id] = err
                 else:
                     errors.append(f"{err.name()}: {err.str()}")
 
             return on_delivery
 
-        for row in rows:
+        def send(row: OutboxRow) -> bool:
             while True:
                 try:
                     self.producer.produce(
-                        physical_topic(row.topic),
-                        key=row.job_id.encode(),
-                        value=orjson.dumps(row.envelope),
-                        on_delivery=report(row.id),
+                        physical_topic(row.topic), key=row.job_id.encode(), value=row.value, on_delivery=report(row)
                     )
-                    break
+                    return True
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self.producer.poll(0.05)
+                except KafkaException as exc:  # refused before sending, this row only
+                    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    if err is not None and permanent(err):
+                        poison[row.id] = (row, Poison(err.name(), f"{err.name()}: {err.str()}"))
+                    else:
+                        errors.append(f"{err.name()}: {err.str()}" if err is not None else str(exc))
+                    return False
+                except (TypeError, ValueError) as exc:  # arguments librdkafka cannot take, for good
+                    poison[row.id] = (row, Poison("INVALID_MESSAGE", f"{type(exc).__name__}: {exc}"))
+                    return False
+
+        sent = sum(send(row) for row in rows)
         remaining = self.producer.flush(FLUSH_TIMEOUT)
         if remaining:
             errors.append(f"{remaining} message(s) not acknowledged within {FLUSH_TIMEOUT:.0f}s")
-        return delivered, errors
+        # The broker refuses a whole record batch for one bad message (librdkafka does not split
+        # it): a refused row is poison only if it is refused when sent alone.
+        alone = sent <= 1
+        by_id = {row.id: row for row in rows}
+        while refused:
+            row_id, err = refused.popitem()
+            row = by_id[row_id]
+            if not alone:
+                send(row)
+                self.producer.flush(FLUSH_TIMEOUT)
+                err = refused.pop(row_id, None)
+                if err is None:
+                    continue  # delivered now, or a transient error: noted by the report
+            poison[row_id] = (row, Poison(err.name(), f"{err.name()}: {err.str()}"))
+        return delivered, poison, errors
+
+    def _set_aside(self, row: OutboxRow, why: Poison) -> None:
+        """Take a poison row out of the way, in a savepoint: should that fail, the row stays
+        for the next round and the rest of this one is kept."""
+        size = len(row.value)
+        logger.warning(
+            "relay.poison_row",
+            extra={"job_id": row.job_id, "topic": row.topic, "size": size, "reason": why.detail[:500]},
+        )
+        try:
+            with transaction.atomic():
+                if row.topic == "jobs":
+                    self._dead_letter_job(row, why, size)
+                elif row.topic == "jobs.dead":
+                    self._shorten_dead_letter(row)
+                else:
+                    self._delete(row)
+                    logger.error(
+                        "relay.row_dropped",
+                        extra={"job_id": row.job_id, "topic": row.topic, "reason": why.detail[:500]},
+                    )
+        except Exception:
+            logger.exception("relay.set_aside_failed", extra={"job_id": row.job_id, "topic": row.topic})
+            return
+        self.poison += 1
+        prom.RELAY_POISON.labels(row.topic, why.reason).inc()
+
+    def _dead_letter_job(self, row: OutboxRow, why: Poison, size: int) -> None:
+        token = _dispatch_token(row)
+        won = token is not None and transitions.dead_letter_undispatchable(
+            row.job_id,
+            dispatch_token=token,
+            error=f"the relay cannot send this job's dispatch message to Kafka ({size} bytes, limit "
+            f"{settings.KAFKA_MESSAGE_MAX_BYTES}): {why.detail}",
+        )
+        self._delete(row)
+        if token is None:
+            # Our code never writes such a row; without its token the job cannot be told apart
+            # from a newer dispatch of it, so it is left as it is.
+            logger.error("relay.row_dropped", extra={"job_id": row.job_id, "topic": row.topic, "reason": why.detail})
+        elif not won:
+            logger.info("relay.poison_row_stale", extra={"job_id": row.job_id})  # cancelled or re-dispatched
+
+    def _shorten_dead_letter(self, row: OutboxRow) -> None:
+        short = shortened_dead_letter(row)
+        if short != row.envelope:
+            with connection.cursor() as cur:
+                cur.execute(
+                    "UPDATE jobs_outbox SET envelope = %s::jsonb WHERE id = %s", [orjson.dumps(short).decode(), row.id]
+                )
+            return
+        self._delete(row)  # even the shortened message is refused: the job itself keeps its state
+        logger.error("relay.dead_letter_dropped", extra={"job_id": row.job_id, "size": len(row.value)})
+
+    def _delete(self, row: OutboxRow) -> None:
+        with connection.cursor() as cur:
+            cur.execute("DELETE FROM jobs_outbox WHERE id = %s", [row.id])
 
     def backoff(self) -> float:
         return min(MAX_BACKOFF, 0.5 * 2 ** max(self.failures - 1, 0)) if self.failures else 0.0
 
     def run_forever(self, stop: threading.Event) -> None:
-        self.ensure_topics()
+        self._ensure_topics_or_warn()
         listener = _Listener()
         logger.info("relay.started", extra={"batch_size": self.batch_size, "topic": settings.KAFKA_JOBS_TOPIC})
         while not stop.is_set():
@@ -160,6 +345,14 @@ class Relay:
                 logger.warning("relay.database_unavailable", extra={"error": str(exc)})
                 connection.close()
                 stop.wait(1.0)
+                continue
+            except Exception:
+                # Whatever it was, it was rolled back: log it, back off, try again. One bad
+                # round must not become a crash loop that stops all dispatch.
+                logger.exception("relay.round_failed")
+                self.failures += 1
+                connection.close()
+                stop.wait(self.backoff())
                 continue
             if self.failures:
                 stop.wait(self.backoff())

@@ -143,6 +143,34 @@ def test_a_forked_child_ships_its_own_records_and_not_its_parents(log_topics):
         handler.close()
 
 
+@pytest.mark.timeout(60)
+def test_the_handler_creates_its_topic_with_the_size_limit(settings):
+    """The log handler writes to `logs`, so it creates it: with the configured partitions and
+    max.message.bytes, not whatever a broker's auto-creation would give it."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from orchestration import kafka
+
+    settings.KAFKA_LOGS_PARTITIONS = 3
+    topic = f"logs-fresh-{uuid.uuid4().hex[:8]}"
+    handler = KafkaLogHandler(settings.KAFKA_BOOTSTRAP_SERVERS, topic=topic, flush_interval=0.05)
+    log = logging.getLogger(f"tests.fresh.{uuid.uuid4().hex[:6]}")
+    log.addHandler(handler)
+    log.propagate = False
+    admin = AdminClient(kafka.base_config())
+    try:
+        log.warning("the first record")
+        wait_for(lambda: topic in admin.list_topics(timeout=5).topics, timeout=10, message="the topic")
+        assert len(admin.list_topics(timeout=5).topics[topic].partitions) == 3
+        [configs] = admin.describe_configs([ConfigResource("topic", topic)]).values()
+        assert configs.result()["max.message.bytes"].value == str(kafka.topic_max_message_bytes())
+        assert [d["message"] for d in decoded(consume_all(topic, 1))] == ["the first record"]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        admin.delete_topics([topic])
+
+
 @pytest.mark.parametrize(
     ("argv", "role"),
     [

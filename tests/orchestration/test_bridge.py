@@ -35,7 +35,15 @@ class RunningBridge:
     def __init__(self, high_water: int = 1000, low_water: int = 100, batch_size: int | None = None) -> None:
         self.factory = BridgeStrategyFactory(high_water=high_water, low_water=low_water, batch_size=batch_size)
         self.processor = build_processor(self.factory)
-        self.thread = threading.Thread(target=self.processor.run, daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            self.processor.run()
+        finally:
+            connection.close()  # the bridge thread's own (it writes dead letters)
 
     def __enter__(self) -> RunningBridge:
         self.thread.start()
@@ -68,7 +76,7 @@ POISON = [
     (b"[1, 2, 3]", "must be a JSON object"),
     (orjson.dumps({"v": 1}), "missing field"),
     (orjson.dumps({**envelope("x"), "v": 99}), "unsupported envelope version 99"),
-    (orjson.dumps({**envelope("x"), "type": "no.such.handler"}), "unknown job type"),
+    (orjson.dumps({**envelope("x"), "type": "no.such.handler"}), "no handler registered for job type"),
     (orjson.dumps({**envelope("x"), "job_id": "nope"}), "not a UUID"),
     (orjson.dumps({**envelope("x"), "priority": 42}), "outside 0-9"),
 ]
@@ -206,3 +214,103 @@ def test_a_commit_after_the_group_moved_on_is_logged_not_raised(topics, caplog):
 
     with pytest.raises(KafkaException):  # anything else still stops the bridge
         tolerant_commit(broken)({})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_type_the_bridge_does_not_know_dead_letters_the_job(topics, queue, bridge, user):
+    """A rolling deploy: the web knows a new type, the bridge's code does not. The job ends
+    DEAD_LETTER with the reason (as a worker without the handler would do it), the message is
+    in the DLQ, and a stale message of another job changes nothing."""
+    from jobs.models import Job, JobStatus, Outbox
+    from orchestration.relay import Relay
+    from tests.factories import submit_job
+
+    job = submit_job(user, type="deploy.new", queue=queue)
+    other = submit_job(user, type="deploy.new", queue=queue)
+    Outbox.objects.filter(job_id=other.id).delete()
+    Job.objects.filter(id=other.id).update(status=JobStatus.QUEUED)
+    assert Relay().run_once() == 1
+    stale = envelope(queue, job_id=str(other.id), type="deploy.new")  # a dispatch token not current
+    good = envelope(queue)
+    produce(topics["jobs"], [orjson.dumps(stale), orjson.dumps(good)], key=b"same-partition")
+    with bridge():
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        dead = consume_all(topics["dlq"], 2)
+        wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER, message="dead letter")
+    reason = "no handler registered for job type 'deploy.new' on the bridge"
+    dead_job = Job.objects.get(id=job.id)
+    assert dead_job.last_error == reason
+    assert dead_job.finished_at is not None
+    assert Outbox.objects.filter(job_id=job.id, topic="jobs.dead").exists()
+    assert {m.key() for m in dead} >= {str(job.id).encode()}
+    assert all(reason in dict(m.headers())["reason"].decode() for m in dead)
+    assert Job.objects.get(id=other.id).status == JobStatus.QUEUED  # stale: left alone
+    assert celery_messages(queue) == [good]
+
+
+def kafka_message(value: bytes) -> Any:
+    from datetime import UTC, datetime
+
+    from arroyo.backends.kafka import KafkaPayload
+    from arroyo.types import BrokerValue, Message, Partition, Topic
+
+    return Message(BrokerValue(KafkaPayload(None, value, []), Partition(Topic("jobs"), 0), 7, datetime.now(UTC)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_away_for_a_dead_letter_does_not_stop_the_bridge(user):
+    """The message still goes to the DLQ (InvalidMessage); the job stays QUEUED for the stale
+    scan to dispatch again later."""
+    from arroyo.dlq import InvalidMessage
+    from arroyo.processing.strategies.noop import Noop
+    from django.db import connection
+
+    from jobs.models import Job, JobStatus
+    from orchestration.consumers.steps.decode_job_event import DecodeJobEvent
+    from tests.factories import submit_job
+
+    job = submit_job(user, type="deploy.new")
+    Job.objects.filter(id=job.id).update(status=JobStatus.QUEUED)
+    step = DecodeJobEvent(Noop())
+    message = kafka_message(orjson.dumps(envelope("q", job_id=str(job.id), type="deploy.new",
+                                                  dispatch_token=str(job.dispatch_token))))  # fmt: skip
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = 1  # nothing listens there: connection refused
+    try:
+        with pytest.raises(InvalidMessage):
+            step.submit(message)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert Job.objects.get(id=job.id).status == JobStatus.QUEUED
+    with pytest.raises(InvalidMessage):  # PostgreSQL back: the next delivery dead-letters it
+        step.submit(message)
+    assert Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER
+
+
+def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkeypatch, caplog):
+    """Unknown depth is "blocked": the step rejects the message (arroyo keeps it in Kafka and
+    offers it again) instead of raising redis' ConnectionError, which crash-looped the bridge
+    while Redis was down. Logged at most every 10 s."""
+    from datetime import UTC, datetime
+
+    from arroyo.processing.strategies.abstract import MessageRejected
+    from arroyo.processing.strategies.noop import Noop
+    from arroyo.types import BrokerValue, Message, Partition, Topic
+
+    from config.celery import app
+    from orchestration.consumers.envelope import parse
+    from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
+
+    monkeypatch.setattr(celery_queues, "_client", None)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
+    step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
+    message = Message(BrokerValue(parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC)))
+    for _ in range(5):
+        with pytest.raises(MessageRejected):
+            step.submit(message)
+    assert step.enqueued == 0
+    logged = [r for r in caplog.records if r.getMessage() == "bridge.depth_unknown"]
+    assert len(logged) == 1
+    assert logged[0].levelname == "WARNING"

@@ -1,7 +1,13 @@
-"""DecodeJobEvent: Kafka bytes → DispatchEnvelope; anything unusable goes to the DLQ."""
+"""DecodeJobEvent: Kafka bytes → DispatchEnvelope; anything unusable goes to the DLQ.
+
+A job whose type has no handler here (a rolling deploy: the web already knows a new type,
+this bridge's code does not) is dead-lettered as well, with the reason, exactly as a worker
+without the handler would do it: otherwise it would stay QUEUED, and the scheduler's stale
+scan would send it to the DLQ again and again."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import orjson
@@ -9,7 +15,9 @@ from arroyo.backends.kafka import KafkaPayload
 from arroyo.dlq import InvalidMessage
 from arroyo.processing.strategies.abstract import ProcessingStrategy
 from arroyo.types import BrokerValue, Message
+from django.db import connection
 
+from jobs import transitions
 from orchestration.consumers.envelope import BadEnvelope, DispatchEnvelope, parse
 from orchestration.consumers.steps.forwarding import ForwardingStep
 from orchestration.handlers import is_registered
@@ -26,7 +34,9 @@ class DecodeJobEvent(ForwardingStep):
         try:
             envelope = parse(orjson.loads(message.payload.value))
             if not is_registered(envelope.type):
-                raise BadEnvelope(f"unknown job type {envelope.type!r}")
+                reason = f"no handler registered for job type {envelope.type!r} on the bridge"
+                self._dead_letter(envelope, reason)
+                raise BadEnvelope(reason)
         except (orjson.JSONDecodeError, BadEnvelope) as exc:
             value = message.value
             assert isinstance(value, BrokerValue)
@@ -38,3 +48,23 @@ class DecodeJobEvent(ForwardingStep):
             )
             raise InvalidMessage(value.partition, value.offset, reason=reason, log_exception=False) from exc
         self.next_step.submit(message.replace(envelope))
+
+    def _dead_letter(self, envelope: DispatchEnvelope, reason: str) -> None:
+        """The job ends DEAD_LETTER if this message is its current dispatch (a stale one
+        changes nothing). PostgreSQL away, or anything else going wrong here, must not stop
+        the bridge: the message still goes to the DLQ, the job stays QUEUED, and the
+        scheduler's stale scan dispatches it again later, when this is tried once more."""
+        try:
+            won = transitions.dead_letter_undispatchable(
+                envelope.job_id, dispatch_token=envelope.dispatch_token, error=reason
+            )
+        except Exception as exc:
+            logger.warning(
+                "bridge.dead_letter_failed",
+                extra={"job_id": envelope.job_id, "error": f"{type(exc).__name__}: {exc}"[:500]},
+            )
+            with contextlib.suppress(Exception):
+                connection.close()  # a fresh connection next time (the old one may be dead)
+            return
+        if won:
+            logger.warning("bridge.job_dead_lettered", extra={"job_id": envelope.job_id, "reason": reason})

@@ -4,7 +4,9 @@ Backpressure: above `high_water` ready messages in a queue, submit raises Messag
 (arroyo holds the message, stops fetching, and pauses the partitions if it lasts), until the
 queue drained below `low_water`. So a burst waits in Kafka, and Redis holds only a window.
 Depth is read from Redis at most every `depth_ttl` seconds and estimated in between from
-what this step sent.
+what this step sent. A depth that cannot be read (Redis away) counts as "blocked": messages
+wait in Kafka, the read is tried again after a second, and a warning is logged at most every
+10 s (raising would stop the bridge, and it would crash-loop for as long as Redis is away).
 
 Rate limits (QUEUE_RATE_LIMITS): a queue limited to r jobs/s gets a token bucket; without a
 token the message is rejected the same way, so held-back jobs wait in Kafka, in order.
@@ -28,6 +30,7 @@ from arroyo.processing.strategies.abstract import MessageRejected, ProcessingStr
 from arroyo.types import BrokerValue, Message
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from metrics import prom
 from orchestration import celery_queues
@@ -35,6 +38,9 @@ from orchestration.consumers.envelope import DispatchEnvelope
 from orchestration.consumers.steps.forwarding import ForwardingStep
 
 logger = logging.getLogger("orchestration.bridge")
+
+DEPTH_RETRY_SECONDS = 1.0  # after a failed depth read, before the next one
+ERROR_LOG_SECONDS = 10.0  # at most one warning per kind of Redis failure this often
 
 
 class LingeringConsumer(KafkaConsumer):
@@ -79,22 +85,36 @@ class EnqueueToCelery(ForwardingStep):
         self.paused: set[str] = set()
         self._depth: dict[str, tuple[float, int]] = {}  # queue → (read at, depth then + sent since)
         self.enqueued = 0
-        self._last_error_log = 0.0
+        self._last_error_log = -1e9
+        self._last_depth_log = -1e9
+        self._depth_retry_at = -1e9
         # Token buckets for queues with a rate limit (jobs/s, burst of one second's worth).
         self.rates = rate_limits or {}
         self._buckets: dict[str, tuple[float, float]] = {}  # queue → (tokens, refilled at)
 
-    def _depth_of(self, queue: str) -> int:
+    def _depth_of(self, queue: str) -> int | None:
+        """Ready messages in the queue; None while Redis cannot say."""
         now = self.clock()
         read_at, depth = self._depth.get(queue, (-1e9, 0))
         if now - read_at >= self.depth_ttl:
-            depth = celery_queues.depths([queue])[queue]
+            if now < self._depth_retry_at:
+                return None
+            try:
+                depth = celery_queues.depths([queue])[queue]
+            except RedisError as exc:
+                self._depth_retry_at = now + DEPTH_RETRY_SECONDS
+                if now - self._last_depth_log >= ERROR_LOG_SECONDS:
+                    self._last_depth_log = now
+                    logger.warning("bridge.depth_unknown", extra={"queue": queue, "error": str(exc)[:500]})
+                return None
             self._depth[queue] = (now, depth)
             prom.CELERY_QUEUE_DEPTH.labels(queue).set(depth)
         return depth
 
     def _blocked(self, queue: str) -> bool:
         depth = self._depth_of(queue)
+        if depth is None:
+            return True  # unknown: hold the message in Kafka rather than guess
         if queue in self.paused:
             if depth > self.low_water:
                 return True
@@ -162,7 +182,7 @@ class EnqueueToCelery(ForwardingStep):
                 self._send(queue, priority, envelopes)
         except OperationalError as exc:
             now = self.clock()
-            if now - self._last_error_log > 10:
+            if now - self._last_error_log >= ERROR_LOG_SECONDS:
                 self._last_error_log = now
                 logger.warning("bridge.enqueue_failed", extra={"error": str(exc)})
             return False
