@@ -163,7 +163,7 @@ API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
 JOB_PAYLOAD_MAX_BYTES = env.int("JOB_PAYLOAD_MAX_BYTES", default=2 * 1024 * 1024)
 # A log record's `message` and `exception` (characters) and `extra` (bytes as JSON) in
 # `POST logs/`: over them is a 400. The platform's own records are never refused for their
-# size; the sink cuts long text at 64 KiB (logs.records.MAX_MESSAGE_CHARS).
+# size: the handler cuts them to these limits with a marker (logs.handler).
 LOG_MESSAGE_MAX_CHARS = env.int("LOG_MESSAGE_MAX_CHARS", default=64 * 1024)
 LOG_EXTRA_MAX_BYTES = env.int("LOG_EXTRA_MAX_BYTES", default=64 * 1024)
 for _name, _value in (
@@ -313,6 +313,8 @@ if LOG_SHIPPING:
         "queue_size": LOG_HANDLER_QUEUE_SIZE,
         "flush_interval": LOG_HANDLER_FLUSH_SECONDS,
         "level": LOG_SHIPPING_LEVEL,
+        "message_max_chars": LOG_MESSAGE_MAX_CHARS,
+        "extra_max_bytes": LOG_EXTRA_MAX_BYTES,
     }
     LOGGING["root"]["handlers"].append("kafka")
 

@@ -3,8 +3,8 @@
 Handlers are user code: a result may hold U+0000 (which PostgreSQL's jsonb and text refuse),
 an exception's text may hold lone surrogates (which no UTF-8 encoder accepts), and either may
 be megabytes. Refusing them would lose the outcome, and one refused row in a batch's write
-lost every success beside it. So outcomes are never refused: NUL becomes U+FFFD, invalid
-code points become "?", and anything over its limit is cut with a visible marker.
+lost every success beside it. So outcomes are never refused (`config.text`): NUL becomes
+U+FFFD, invalid code points become "?", and anything over its limit is cut with a marker.
 """
 
 from __future__ import annotations
@@ -14,17 +14,9 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-NUL, REPLACEMENT = "\x00", "\ufffd"
+from config.text import NUL, REPLACEMENT, bounded_text
+
 PREVIEW_CHARS = 1000  # of a result too large to keep
-
-
-def bounded_text(text: str, limit: int) -> str:
-    """`text` without NUL or lone surrogates, at most `limit` characters (cut with a marker)."""
-    text = text.replace(NUL, REPLACEMENT).encode("utf-8", "replace").decode("utf-8")
-    if len(text) <= limit:
-        return text
-    marker = f"… [truncated: {len(text):,} characters in all]"
-    return text[: max(0, limit - len(marker))] + marker[:limit]
 
 
 def bounded_error(text: str) -> str:

@@ -38,12 +38,21 @@ from typing import Any
 
 import orjson
 
+from config.text import bounded_text, storable
 from logs.context import current_job, service_name
 from logs.formatting import STANDARD_ATTRS
 from metrics import prom
 
 _HANDLERS: weakref.WeakSet[KafkaLogHandler] = weakref.WeakSet()
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        orjson.dumps(value, default=str, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def _looks_like_uuid(value: Any) -> bool:
@@ -67,6 +76,8 @@ class KafkaLogHandler(logging.Handler):
         service: str | None = None,
         level: int | str = logging.NOTSET,
         partitions: int | None = None,
+        message_max_chars: int = 64 * 1024,
+        extra_max_bytes: int = 64 * 1024,
     ) -> None:
         super().__init__(level)
         self.topic = topic
@@ -75,6 +86,8 @@ class KafkaLogHandler(logging.Handler):
         self._topic_ready = False
         self._next_topic_attempt = 0.0
         self.queue_size = queue_size
+        # A record is cut, never dropped, for its size (see `_dumps`).
+        self.message_max_chars, self.extra_max_bytes = message_max_chars, extra_max_bytes
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.service = service or service_name()
@@ -170,7 +183,30 @@ class KafkaLogHandler(logging.Handler):
             doc["exception"] = record.stack_info
         if extra:
             doc["extra"] = extra
-        return orjson.dumps(doc, default=str, option=_DUMPS_OPTIONS)
+        return self._dumps(doc)
+
+    def _dumps(self, doc: dict[str, Any]) -> bytes:
+        """The record as JSON, whatever user code put in it: a message or exception past
+        `message_max_chars` is cut with a marker, an `extra` past `extra_max_bytes` becomes a
+        marker, and text JSON cannot carry (a lone surrogate) is replaced. A record must fit
+        in a Kafka message: one that did not was dropped whole."""
+        for key in ("message", "exception"):
+            text = doc.get(key)
+            if text is not None and len(text) > self.message_max_chars:
+                doc[key] = bounded_text(text, self.message_max_chars)
+        try:
+            data = orjson.dumps(doc, default=str, option=_DUMPS_OPTIONS)
+        except orjson.JSONEncodeError:  # a lone surrogate, or nesting orjson will not write
+            doc = {k: storable(v) if isinstance(v, str) else v for k, v in doc.items()}
+            if "extra" in doc and not _encodes(doc["extra"]):
+                doc["extra"] = {"unserializable": True}
+            data = orjson.dumps(doc, default=str, option=_DUMPS_OPTIONS)
+        if "extra" in doc and len(data) > self.extra_max_bytes:  # only then can extra be too large
+            size = len(orjson.dumps(doc["extra"], default=str, option=_DUMPS_OPTIONS))
+            if size > self.extra_max_bytes:
+                doc["extra"] = {"truncated": True, "bytes": size, "limit": self.extra_max_bytes}
+                data = orjson.dumps(doc, default=str, option=_DUMPS_OPTIONS)
+        return data
 
     def _count_dropped(self, n: int) -> None:
         with self._count_lock:

@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-MAX_MESSAGE_CHARS = 64 * 1024  # longer messages are cut, not rejected
+# Longer messages are cut, not rejected (the handler already cut its own records, with a
+# marker, to LOG_MESSAGE_MAX_CHARS; this guards the sink against any other producer).
+MAX_MESSAGE_CHARS = 64 * 1024
 
 COLUMNS = (
     "timestamp", "level", "level_no", "service", "logger", "host", "pid", "message", "job_id", "workflow_id",

@@ -23,7 +23,10 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture
 def shipped(log_topics) -> Iterator[tuple[logging.Logger, KafkaLogHandler]]:
     """A logger of its own whose records go only to a fresh handler on this test's topic."""
-    handler = KafkaLogHandler(settings.KAFKA_BOOTSTRAP_SERVERS, topic=log_topics["logs"], service="test-role")
+    handler = KafkaLogHandler(
+        settings.KAFKA_BOOTSTRAP_SERVERS, topic=log_topics["logs"], service="test-role",
+        message_max_chars=settings.LOG_MESSAGE_MAX_CHARS, extra_max_bytes=settings.LOG_EXTRA_MAX_BYTES,
+    )  # fmt: skip
     log = logging.getLogger(f"tests.shipped.{uuid.uuid4().hex[:6]}")
     log.addHandler(handler)
     log.propagate = False
@@ -62,6 +65,27 @@ def test_a_record_carries_its_origin_its_job_its_extras_and_its_traceback(shippe
     )  # fmt: skip
     assert "ValueError: bad value" in inside["exception"]
     assert inside["extra"]["obj"].startswith("<object object")  # unserializable extras become text
+
+
+def test_huge_or_unencodable_records_are_cut_and_shipped_not_dropped(shipped, log_topics):
+    """A handler's 3 MB log line, its 2 MB extra, or a lone surrogate used to make a record
+    Kafka refuses (dropped whole) or JSON cannot write (lost to stderr)."""
+    log, handler = shipped
+    log.warning("m" * 3_000_000)
+    log.warning("small", extra={"blob": "e" * 2_000_000})
+    log.warning("bad \ud800 text", extra={"also": "\ud800"})
+    log.warning("nul \x00 is fine")
+    handler.flush()
+    records = decoded(consume_all(log_topics["logs"], expect=4))
+    by_start = {r["message"][:5]: r for r in records}
+    cut = by_start["mmmmm"]["message"]
+    assert len(cut) == settings.LOG_MESSAGE_MAX_CHARS
+    assert cut.endswith("[truncated: 3,000,000 characters in all]")
+    assert by_start["small"]["extra"] == {"truncated": True, "bytes": 2_000_011, "limit": settings.LOG_EXTRA_MAX_BYTES}
+    assert by_start["bad ?"]["message"] == "bad ? text"
+    assert by_start["bad ?"]["extra"] == {"unserializable": True}
+    assert by_start["nul \x00"]["message"] == "nul \x00 is fine"
+    assert handler.dropped == 0
 
 
 def test_a_job_id_given_as_an_extra_outside_an_attempt_tags_the_record(shipped):
