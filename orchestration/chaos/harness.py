@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import requests
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, close_old_connections, connection
+from django.db import OperationalError, close_old_connections, connection, models, transaction
 
 from jobs import services
 from jobs.models import TERMINAL_STATUSES, Job
@@ -197,6 +197,7 @@ class Harness:
         self.supervisor = Supervisor(log_dir, web_port)
         self.data_dir = Path(os.environ["DATA_DIR"])
         self.notes: list[str] = []
+        self.hostile_owners: list[int] = []  # a fault's odd users: their jobs must end terminal too
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -254,6 +255,12 @@ class Harness:
         result.submitted = jobs.count()  # jobs, workflow tasks and compensations included
         result.finished = jobs.filter(status__in=TERMINAL_STATUSES).count()
         result.lost = jobs.exclude(status__in=TERMINAL_STATUSES).count()
+        odd = Job.objects.filter(owner_id__in=self.hostile_owners)
+        result.lost += odd.exclude(status__in=TERMINAL_STATUSES).count()
+        if self.hostile_owners:
+            ends = dict(odd.order_by().values_list("status").annotate(n=models.Count("id")))
+            self.notes.append("odd jobs ended " + ", ".join(f"{n} {status}" for status, n in sorted(ends.items())))
+            self.hostile_owners.clear()
         with connection.cursor() as cur:
             cur.execute(_OVERLAP_SQL, [owner_id])
             result.overlapping = cur.fetchone()[0]
@@ -418,6 +425,56 @@ def poison(h: Harness) -> None:
     producer.flush(10)
 
 
+def _odd_user(h: Harness, name: str) -> int:
+    user = get_user_model().objects.create(username=f"chaos-{name}-{uuid.uuid4().hex[:6]}")
+    h.hostile_owners.append(user.pk)
+    return user.pk
+
+
+def poison_outbox(h: Harness) -> None:
+    """Outbox rows Kafka refuses: a dead letter whose error is 1.1 MB (its `jobs.dead`
+    message once stopped the relay for everyone) and a dispatch padded past the broker's
+    message size. The relay must set them aside (the job DEAD_LETTER with the reason) and
+    keep relaying everyone else's jobs."""
+    from jobs.models import Outbox
+
+    owner = _odd_user(h, "poison-outbox")
+    big = JobSpec(type="demo.fail", payload={"message": "x" * 1_100_000, "retryable": False}, max_attempts=1)
+    services.job_submit(owner_id=owner, spec=big)
+    with transaction.atomic():  # the relay only ever sees the padded row
+        padded = services.job_submit(owner_id=owner, spec=JobSpec(type="demo.noop")).job
+        row = Outbox.objects.get(job_id=padded.id, topic="jobs")
+        row.envelope = {**row.envelope, "pad": "y" * 2_000_000}
+        row.save(update_fields=["envelope"])
+
+
+def slot_key_taken(h: Harness) -> None:
+    """A schedule whose due slot's idempotency key (`schedule:<id>:<slot>`) its owner already
+    used for another job: firing it once crash-looped the scheduler, and the scans after cron
+    stopped. Jobs held by a concurrency key (released by a later scan) go in beside it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs import schedules
+    from jobs.models import Schedule
+
+    owner = _odd_user(h, "slot-key")
+    schedule = Schedule.objects.create(owner_id=owner, name="taken", cron="* * * * *", type="demo.noop")
+    now = timezone.now()
+    for minute in (0, 1, 2):  # the slot due now, whichever minute the next tick falls in
+        slot = schedules.latest_slot(schedule, now + timedelta(minutes=minute))
+        spec = JobSpec(
+            type="demo.echo", payload={"taken": True}, idempotency_key=f"schedule:{schedule.id}:{slot.isoformat()}"
+        )
+        services.job_submit(owner_id=owner, spec=spec)
+    Schedule.objects.filter(id=schedule.id).update(next_fire_at=now)
+    services.job_submit_bulk(owner_id=owner, specs=[
+        JobSpec(type="demo.sleep", payload={"seconds": 0.2}, concurrency_key="chaos-held", concurrency_limit=1)
+        for _ in range(10)
+    ])  # fmt: skip
+
+
 FAULTS: dict[str, Callable[[Harness], None]] = {
     "worker-kill": kill_worker,
     "bridge-kill": kill_role("bridge"),
@@ -431,8 +488,10 @@ FAULTS: dict[str, Callable[[Harness], None]] = {
     "clickhouse-down": restart_engine("clickhouse", down_for=60.0),
     "worker-stall": stall_worker,
     "poison": poison,
+    "poison-outbox": poison_outbox,
+    "slot-key-taken": slot_key_taken,
 }
-FAST_SUBSET = ("worker-kill", "bridge-kill", "poison")
+FAST_SUBSET = ("worker-kill", "bridge-kill", "poison", "poison-outbox")
 
 
 def table(results: list[Result]) -> str:
