@@ -205,4 +205,9 @@ class LogSink:
         # the next owner of these partitions reads it again.
         if self._offsets and not self.flush(retry=False):
             self._reset_batch()
-        self.stats.paused = False
+        if self.stats.paused:
+            # librdkafka keeps a partition paused across a rebalance that hands it back to
+            # us: resumed now, or the sink would never read it again.
+            consumer.resume(partitions)
+            self.stats.paused = False
+            prom.LOG_SINK_PAUSED.set(0)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +146,132 @@ def test_the_sink_commits_only_what_clickhouse_took(log_topics, ch_table, settin
         wait_for(lambda: stored() == 50, timeout=60, message="the next sink stored the batch")
     finally:
         second.close()
+
+
+# --- ClickHouse answers lost or refused, rebalances while the sink waits ---------------------
+
+
+def unique_messages(ch) -> int:
+    return ch.query(f"SELECT uniqExact(message) FROM {store.table()}").result_rows[0][0]  # noqa: S608
+
+
+class FaultyLink:
+    """A TCP proxy in front of ClickHouse. `lose`: an INSERT goes through but its answer is
+    dropped and the connection cut (the rows land, the sink sees the insert fail; other
+    requests are answered); `down`: connections are cut before anything goes through; `up`:
+    a plain proxy."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 8123)
+        self.mode = "up"
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = url.replace(f":{parts.port}", f":{self.server.getsockname()[1]}", 1)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode == "down":
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            state = {"insert": False}  # is the request in flight on this connection an insert?
+            for src, dst, back in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, back, state, client, upstream), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, back: bool, state: dict, *both: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.mode == "down" or (back and self.mode == "lose" and state["insert"]):
+                    break
+                if not back and data.startswith(b"POST "):
+                    # the sink's insert: its token in the URL, its rows streamed (chunked)
+                    head = data.split(b"\r\n\r\n", 1)[0]
+                    state["insert"] = b"insert_deduplication_token=" in head and b"chunked" in head.lower()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in both:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def produce_to_both(topic: str, prefix: str, n: int) -> None:
+    """n records to each of the topic's two partitions."""
+    from confluent_kafka import Producer
+
+    from orchestration import kafka
+
+    producer = Producer(kafka.producer_config())
+    for p in (0, 1):
+        for i in range(n):
+            producer.produce(topic, orjson.dumps(record(f"{prefix} p{p} {i}")), partition=p)
+    assert producer.flush(10) == 0
+
+
+@contextlib.contextmanager
+def another_member(group: str, topic: str) -> Iterator[list[int]]:
+    """A second consumer in the sink's group for as long as the block runs (it takes
+    partitions from the sink, reads nothing, commits nothing): a rebalance when it joins and
+    another when it leaves. Yields the partitions it holds."""
+    import threading
+
+    from confluent_kafka import Consumer
+
+    from orchestration import kafka
+
+    stop = threading.Event()
+    held: list[int] = []
+
+    def member() -> None:
+        consumer = Consumer(kafka.consumer_config(group, **{"enable.auto.commit": False}))
+        consumer.subscribe([topic], on_assign=lambda _, partitions: held.extend(p.partition for p in partitions))
+        while not stop.is_set():
+            consumer.poll(0.1)
+        consumer.close()
+
+    thread = threading.Thread(target=member, daemon=True)
+    thread.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_topics, ch_table, settings):
+    """librdkafka keeps a partition paused across a rebalance that hands it back: a sink
+    that paused for ClickHouse and then lost and regained its partitions never read them
+    again."""
+    ch = store.connect()
+    link = FaultyLink(settings.CLICKHOUSE_URL)
+    settings.CLICKHOUSE_URL = link.url
+    topic = log_topics["logs"]
+    sink = RunningSink()
+    try:
+        produce(topic, [orjson.dumps(record("warm-up"))])
+        wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+        link.mode = "down"
+        produce_to_both(topic, "held", 50)
+        wait_for(lambda: sink.sink.stats.paused, timeout=30, message="the sink paused")
+        with another_member(settings.KAFKA_LOG_SINK_GROUP, topic) as held:
+            wait_for(lambda: held, timeout=30, message="a rebalance")
+            link.mode = "up"
+            time.sleep(2)
+        wait_for(lambda: unique_messages(ch) == 101, timeout=60, message="every record stored")
+    finally:
+        sink.close()
+        link.close()
