@@ -275,3 +275,72 @@ def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_top
     finally:
         sink.close()
         link.close()
+
+
+# --- the deduplication token covers exactly the rows of the insert ----------------------------
+
+
+def test_offsets_used_again_after_the_broker_lost_its_topic_are_not_duplicates(log_topics, ch_table, settings):
+    """The embedded broker keeps topics in memory: after a restart `logs` starts at offset 0
+    again. New records at old offsets are new rows, not a retry of an old insert (a token
+    made of offsets only had ClickHouse drop them as duplicates)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from orchestration import kafka
+
+    ch = store.connect()
+    topic = log_topics["logs"]
+    admin = AdminClient(kafka.base_config())
+    produce(topic, [orjson.dumps(record(f"before {i}")) for i in range(10)], key=b"one-partition")
+    first = RunningSink()
+    try:
+        wait_for(lambda: unique_messages(ch) == 10, timeout=60, message="the first records stored")
+    finally:
+        first.close()
+    # The broker "restarts": the topic and the group's offsets are gone.
+    for future in admin.delete_topics([topic]).values():
+        future.result()
+    wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, timeout=10, message="topic gone")
+    for future in admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)]).values():
+        future.result()
+    settings.KAFKA_LOG_SINK_GROUP = f"{settings.KAFKA_LOG_SINK_GROUP}-after"
+    produce(topic, [orjson.dumps(record(f"after {i}")) for i in range(10)], key=b"one-partition")
+    second = RunningSink()
+    try:
+        wait_for(lambda: second.sink.stats.ingested == 10, timeout=60, message="the new records inserted")
+        assert unique_messages(ch) == 20
+    finally:
+        second.close()
+
+
+def test_a_batch_that_grew_while_its_insert_was_retried_is_stored_whole(log_topics, ch_table, settings):
+    """An insert that landed but whose answer was lost is retried under the same token. If
+    the batch grew meanwhile (a rebalance took the sink's partitions and gave one back while
+    it waited, and it read that one again with the records added since), a token computed
+    once made ClickHouse drop the whole grown batch as a duplicate of the first insert, and
+    its offsets were committed: records lost."""
+    ch = store.connect()
+    link = FaultyLink(settings.CLICKHOUSE_URL)
+    settings.CLICKHOUSE_URL = link.url
+    topic = log_topics["logs"]
+    sink = RunningSink()
+    try:
+        produce(topic, [orjson.dumps(record("warm-up"))])
+        wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+        link.mode = "lose"
+        produce_to_both(topic, "first", 100)
+        wait_for(lambda: sink.sink.stats.insert_failures >= 1, timeout=60, message="an insert lost its answer")
+        link.mode = "down"
+        assert unique_messages(ch) == 201  # it did land
+        produce_to_both(topic, "second", 50)  # waits in Kafka: the sink's partitions are paused
+        # The retries back off to 10 s; then another member joins: a rebalance in the wait.
+        wait_for(lambda: sink.sink.stats.insert_failures >= 7, timeout=60, message="a long backoff")
+        with another_member(settings.KAFKA_LOG_SINK_GROUP, topic):
+            # The sink reads the partition it got back again, with the records added since.
+            wait_for(lambda: any(b >= 149 for _, b in sink.sink._offsets.values()), timeout=30, message="regrown")
+            link.mode = "up"
+            wait_for(lambda: not sink.sink._offsets, timeout=30, message="the grown batch inserted")
+        wait_for(lambda: unique_messages(ch) == 301, timeout=60, message="every record stored")
+    finally:
+        sink.close()
+        link.close()
