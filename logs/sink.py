@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from django.conf import settings
 
 from logs import store
@@ -134,9 +134,19 @@ class LogSink:
             ("original_offset", str(msg.offset()).encode()),
             ("reason", reason.encode()),
         ]
-        self.dlq.produce(settings.KAFKA_LOGS_DLQ_TOPIC, value=msg.value(), key=msg.key(), headers=headers)
-        self.dlq.poll(0)
+        # A record near the size limit would be over it with these headers: cut short.
+        value, headers = kafka.fit_dead_letter(msg.value(), msg.key(), headers)
         logger.warning("log_sink.malformed", extra={"reason": reason, "offset": msg.offset()})
+        while True:
+            try:
+                self.dlq.produce(settings.KAFKA_LOGS_DLQ_TOPIC, value=value, key=msg.key(), headers=headers)
+                break
+            except BufferError:  # the producer's queue is full: let deliveries drain
+                self.dlq.poll(0.1)
+            except KafkaException as exc:  # never stop the sink on one record
+                logger.error("log_sink.dead_letter_failed", extra={"offset": msg.offset(), "error": str(exc)})
+                break
+        self.dlq.poll(0)
 
     # -- insert and commit -----------------------------------------------------------------
 

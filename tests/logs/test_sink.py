@@ -344,3 +344,23 @@ def test_a_batch_that_grew_while_its_insert_was_retried_is_stored_whole(log_topi
     finally:
         sink.close()
         link.close()
+
+
+# --- a malformed record as large as Kafka allows ------------------------------------------------
+
+
+def test_a_malformed_record_at_the_size_limit_goes_to_the_dlq_shortened(sink, log_topics):
+    """Its dead letter (the record plus the reason in headers) would be over the limit: it
+    goes out with the value cut short, and the sink goes on (it used to die on it, and on it
+    again after every restart)."""
+    huge = b"not json " + b"x" * 999_800
+    good = [orjson.dumps(record(f"good {i}")) for i in range(20)]
+    produce(log_topics["logs"], [huge, *good], key=b"one-partition")
+    wait_for(lambda: stored() == 20, timeout=60, message="the good records stored")
+    [dead] = consume_all(log_topics["dlq"], 1)
+    headers = dict(dead.headers())
+    assert headers["reason"].decode().startswith("not JSON")
+    assert int(headers["original_size"]) == len(huge)
+    assert dead.value() == huge[: len(dead.value())]
+    assert len(dead.value()) < 100_000
+    assert sink.thread.is_alive()
