@@ -8,8 +8,12 @@ Nothing is lost: offsets are committed only after ClickHouse took the batch. Whi
 ClickHouse is down the sink pauses its partitions (Kafka holds the records, the group
 membership stays alive) and retries the same batch with exponential backoff; when the
 partitions are taken away meanwhile, the batch is dropped from memory uncommitted and the
-new owner reads it again. A retried insert carries a deduplication token built from the
-batch's offsets, so ClickHouse stores it once even if the first attempt did land.
+new owner reads it again. A retried insert carries a deduplication token, so ClickHouse
+stores it once even if the first attempt did land. The token is made at each attempt from
+exactly the records in the batch then (their offsets and a hash of their bytes): a batch
+that grew while it was retried (a rebalance gave partitions back meanwhile), or new records
+at offsets used before (a broker that lost its topics starts again at 0), is new data, not
+a duplicate; a token made once from offsets alone had ClickHouse drop such rows.
 
 Why plain confluent-kafka rather than arroyo (which the bridge uses): the sink's work is one
 insert per batch, and arroyo's per-message strategy calls cost more than the parsing; with
@@ -18,13 +22,14 @@ insert per batch, and arroyo's per-message strategy calls cost more than the par
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from django.conf import settings
 
 from logs import store
@@ -64,6 +69,7 @@ class LogSink:
         self.stats = SinkStats()
         self._batch = Batch()
         self._offsets: dict[int, tuple[int, int]] = {}  # partition → (first, last) offset in the batch
+        self._digest = hashlib.blake2b(digest_size=16)  # of every record taken into the batch
         self._batch_started = 0.0
         self._stop: threading.Event | None = None
 
@@ -110,6 +116,9 @@ class LogSink:
             self._batch_started = time.monotonic()
         first, _ = self._offsets.get(partition, (offset, offset))
         self._offsets[partition] = (first, offset)
+        value = msg.value() or b""
+        self._digest.update(b"%d:%d:%d:" % (partition, offset, len(value)))
+        self._digest.update(value)
         try:
             self._batch.add(msg.value())
         except MalformedRecord as exc:
@@ -125,9 +134,19 @@ class LogSink:
             ("original_offset", str(msg.offset()).encode()),
             ("reason", reason.encode()),
         ]
-        self.dlq.produce(settings.KAFKA_LOGS_DLQ_TOPIC, value=msg.value(), key=msg.key(), headers=headers)
-        self.dlq.poll(0)
+        # A record near the size limit would be over it with these headers: cut short.
+        value, headers = kafka.fit_dead_letter(msg.value(), msg.key(), headers)
         logger.warning("log_sink.malformed", extra={"reason": reason, "offset": msg.offset()})
+        while True:
+            try:
+                self.dlq.produce(settings.KAFKA_LOGS_DLQ_TOPIC, value=value, key=msg.key(), headers=headers)
+                break
+            except BufferError:  # the producer's queue is full: let deliveries drain
+                self.dlq.poll(0.1)
+            except KafkaException as exc:  # never stop the sink on one record
+                logger.error("log_sink.dead_letter_failed", extra={"offset": msg.offset(), "error": str(exc)})
+                break
+        self.dlq.poll(0)
 
     # -- insert and commit -----------------------------------------------------------------
 
@@ -136,10 +155,9 @@ class LogSink:
         paused) until it works or the sink is stopped. Returns whether the batch is stored."""
         if not self._offsets:
             return True
-        token = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self._offsets.items()))
         delay = 0.2
         while True:
-            if self._insert(token):
+            if self._insert(self._token()):
                 break
             if not retry or (self._stop is not None and self._stop.is_set()) or not self._offsets:
                 return False  # uncommitted: read again by whoever owns the partitions next
@@ -163,6 +181,11 @@ class LogSink:
         self._resume()
         return True
 
+    def _token(self) -> str:
+        """The deduplication token of the batch as it is now: it covers exactly its rows."""
+        offsets = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self._offsets.items()))
+        return f"{offsets}/{self._digest.hexdigest()}"
+
     def _insert(self, token: str) -> bool:
         if not self._batch.size:
             return True
@@ -185,6 +208,7 @@ class LogSink:
     def _reset_batch(self) -> None:
         self._batch = Batch()
         self._offsets = {}
+        self._digest = hashlib.blake2b(digest_size=16)
 
     def _pause(self) -> None:
         if not self.stats.paused:
@@ -205,4 +229,9 @@ class LogSink:
         # the next owner of these partitions reads it again.
         if self._offsets and not self.flush(retry=False):
             self._reset_batch()
-        self.stats.paused = False
+        if self.stats.paused:
+            # librdkafka keeps a partition paused across a rebalance that hands it back to
+            # us: resumed now, or the sink would never read it again.
+            consumer.resume(partitions)
+            self.stats.paused = False
+            prom.LOG_SINK_PAUSED.set(0)

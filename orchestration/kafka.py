@@ -74,6 +74,37 @@ def commit_refusal_logged(log: logging.Logger, event: str) -> Iterator[None]:
         log.warning(event, extra={"error": str(exc)})
 
 
+DEAD_LETTER_VALUE_MAX = 64 * 1024  # bytes of an oversized message that its dead letter keeps
+_FRAMING = 1024  # bytes of record framing allowed for when a message is sized by hand
+# The headers our dead-letter producers add (kept when an oversized message's own are dropped).
+_DEAD_LETTER_HEADERS = frozenset(
+    {"original_topic", "original_partition", "original_offset", "reason", "truncated", "original_size"}
+)
+
+
+def fit_dead_letter(
+    value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> tuple[bytes | None, list[tuple[str, bytes | None]]]:
+    """A dead letter is the original message plus headers saying why, so one near the size
+    limit would be over it (and produce() would raise, on the same message after every
+    restart). Then the value is cut to DEAD_LETTER_VALUE_MAX bytes, headers `truncated` and
+    `original_size` say so, and if the original's own headers are still too large, only ours
+    are kept."""
+
+    def size(v: bytes | None, hs: list[tuple[str, bytes | None]]) -> int:
+        return len(v or b"") + len(key or b"") + sum(len(k) + len(h or b"") for k, h in hs) + _FRAMING
+
+    limit = settings.KAFKA_MESSAGE_MAX_BYTES
+    if size(value, headers) <= limit:
+        return value, headers
+    marks: list[tuple[str, bytes | None]] = [("truncated", b"true"), ("original_size", str(len(value or b"")).encode())]
+    short = (value or b"")[:DEAD_LETTER_VALUE_MAX]
+    fitted = [*headers, *marks]
+    if size(short, fitted) > limit:
+        fitted = [h for h in fitted if h[0] in _DEAD_LETTER_HEADERS]
+    return short, fitted
+
+
 def base_config() -> dict[str, Any]:
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
         from django.core.exceptions import ImproperlyConfigured

@@ -1,7 +1,10 @@
 """Dead-letter producer for consumers: the original message plus why it failed.
 
 arroyo's KafkaDlqProducer adds the original partition and offset as headers; this adds the
-reason too, so an operator reading `jobs.dlq` sees what was wrong with each message."""
+reason too, so an operator reading `jobs.dlq` sees what was wrong with each message. A
+message so large that it would be over the size limit with those headers goes out cut
+short (`kafka.fit_dead_letter`): raising here would stop the bridge on it after every
+restart."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from arroyo.backends.kafka import KafkaPayload
 from arroyo.backends.kafka.consumer import KafkaProducer
 from arroyo.dlq import DlqLimit, DlqLimitState, DlqProducer
 from arroyo.types import BrokerValue, Partition, Topic
+
+from orchestration import kafka
 
 
 class ReasonDlqProducer(DlqProducer[KafkaPayload]):
@@ -25,8 +30,9 @@ class ReasonDlqProducer(DlqProducer[KafkaPayload]):
             ("original_offset", str(value.offset).encode()),
             ("reason", (reason or "invalid message").encode()),
         ]
+        payload, headers = kafka.fit_dead_letter(value.payload.value, value.payload.key, headers)
         self.produced += 1
-        return self.producer.produce(self.topic, KafkaPayload(value.payload.key, value.payload.value, headers))
+        return self.producer.produce(self.topic, KafkaPayload(value.payload.key, payload, headers))
 
     @classmethod
     def build_initial_state(cls, limit: DlqLimit | None, assignment: dict[Partition, int]) -> DlqLimitState:  # type: ignore[override]

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +146,221 @@ def test_the_sink_commits_only_what_clickhouse_took(log_topics, ch_table, settin
         wait_for(lambda: stored() == 50, timeout=60, message="the next sink stored the batch")
     finally:
         second.close()
+
+
+# --- ClickHouse answers lost or refused, rebalances while the sink waits ---------------------
+
+
+def unique_messages(ch) -> int:
+    return ch.query(f"SELECT uniqExact(message) FROM {store.table()}").result_rows[0][0]  # noqa: S608
+
+
+class FaultyLink:
+    """A TCP proxy in front of ClickHouse. `lose`: an INSERT goes through but its answer is
+    dropped and the connection cut (the rows land, the sink sees the insert fail; other
+    requests are answered); `down`: connections are cut before anything goes through; `up`:
+    a plain proxy."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 8123)
+        self.mode = "up"
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = url.replace(f":{parts.port}", f":{self.server.getsockname()[1]}", 1)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode == "down":
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            state = {"insert": False}  # is the request in flight on this connection an insert?
+            for src, dst, back in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, back, state, client, upstream), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, back: bool, state: dict, *both: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.mode == "down" or (back and self.mode == "lose" and state["insert"]):
+                    break
+                if not back and data.startswith(b"POST "):
+                    # the sink's insert: its token in the URL, its rows streamed (chunked)
+                    head = data.split(b"\r\n\r\n", 1)[0]
+                    state["insert"] = b"insert_deduplication_token=" in head and b"chunked" in head.lower()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in both:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def produce_to_both(topic: str, prefix: str, n: int) -> None:
+    """n records to each of the topic's two partitions."""
+    from confluent_kafka import Producer
+
+    from orchestration import kafka
+
+    producer = Producer(kafka.producer_config())
+    for p in (0, 1):
+        for i in range(n):
+            producer.produce(topic, orjson.dumps(record(f"{prefix} p{p} {i}")), partition=p)
+    assert producer.flush(10) == 0
+
+
+@contextlib.contextmanager
+def another_member(group: str, topic: str) -> Iterator[list[int]]:
+    """A second consumer in the sink's group for as long as the block runs (it takes
+    partitions from the sink, reads nothing, commits nothing): a rebalance when it joins and
+    another when it leaves. Yields the partitions it holds."""
+    import threading
+
+    from confluent_kafka import Consumer
+
+    from orchestration import kafka
+
+    stop = threading.Event()
+    held: list[int] = []
+
+    def member() -> None:
+        consumer = Consumer(kafka.consumer_config(group, **{"enable.auto.commit": False}))
+        consumer.subscribe([topic], on_assign=lambda _, partitions: held.extend(p.partition for p in partitions))
+        while not stop.is_set():
+            consumer.poll(0.1)
+        consumer.close()
+
+    thread = threading.Thread(target=member, daemon=True)
+    thread.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_topics, ch_table, settings):
+    """librdkafka keeps a partition paused across a rebalance that hands it back: a sink
+    that paused for ClickHouse and then lost and regained its partitions never read them
+    again."""
+    ch = store.connect()
+    link = FaultyLink(settings.CLICKHOUSE_URL)
+    settings.CLICKHOUSE_URL = link.url
+    topic = log_topics["logs"]
+    sink = RunningSink()
+    try:
+        produce(topic, [orjson.dumps(record("warm-up"))])
+        wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+        link.mode = "down"
+        produce_to_both(topic, "held", 50)
+        wait_for(lambda: sink.sink.stats.paused, timeout=30, message="the sink paused")
+        with another_member(settings.KAFKA_LOG_SINK_GROUP, topic) as held:
+            wait_for(lambda: held, timeout=30, message="a rebalance")
+            link.mode = "up"
+            time.sleep(2)
+        wait_for(lambda: unique_messages(ch) == 101, timeout=60, message="every record stored")
+    finally:
+        sink.close()
+        link.close()
+
+
+# --- the deduplication token covers exactly the rows of the insert ----------------------------
+
+
+def test_offsets_used_again_after_the_broker_lost_its_topic_are_not_duplicates(log_topics, ch_table, settings):
+    """The embedded broker keeps topics in memory: after a restart `logs` starts at offset 0
+    again. New records at old offsets are new rows, not a retry of an old insert (a token
+    made of offsets only had ClickHouse drop them as duplicates)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from orchestration import kafka
+
+    ch = store.connect()
+    topic = log_topics["logs"]
+    admin = AdminClient(kafka.base_config())
+    produce(topic, [orjson.dumps(record(f"before {i}")) for i in range(10)], key=b"one-partition")
+    first = RunningSink()
+    try:
+        wait_for(lambda: unique_messages(ch) == 10, timeout=60, message="the first records stored")
+    finally:
+        first.close()
+    # The broker "restarts": the topic and the group's offsets are gone.
+    for future in admin.delete_topics([topic]).values():
+        future.result()
+    wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, timeout=10, message="topic gone")
+    for future in admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)]).values():
+        future.result()
+    settings.KAFKA_LOG_SINK_GROUP = f"{settings.KAFKA_LOG_SINK_GROUP}-after"
+    produce(topic, [orjson.dumps(record(f"after {i}")) for i in range(10)], key=b"one-partition")
+    second = RunningSink()
+    try:
+        wait_for(lambda: second.sink.stats.ingested == 10, timeout=60, message="the new records inserted")
+        assert unique_messages(ch) == 20
+    finally:
+        second.close()
+
+
+def test_a_batch_that_grew_while_its_insert_was_retried_is_stored_whole(log_topics, ch_table, settings):
+    """An insert that landed but whose answer was lost is retried under the same token. If
+    the batch grew meanwhile (a rebalance took the sink's partitions and gave one back while
+    it waited, and it read that one again with the records added since), a token computed
+    once made ClickHouse drop the whole grown batch as a duplicate of the first insert, and
+    its offsets were committed: records lost."""
+    ch = store.connect()
+    link = FaultyLink(settings.CLICKHOUSE_URL)
+    settings.CLICKHOUSE_URL = link.url
+    topic = log_topics["logs"]
+    sink = RunningSink()
+    try:
+        produce(topic, [orjson.dumps(record("warm-up"))])
+        wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+        link.mode = "lose"
+        produce_to_both(topic, "first", 100)
+        wait_for(lambda: sink.sink.stats.insert_failures >= 1, timeout=60, message="an insert lost its answer")
+        link.mode = "down"
+        assert unique_messages(ch) == 201  # it did land
+        produce_to_both(topic, "second", 50)  # waits in Kafka: the sink's partitions are paused
+        # The retries back off to 10 s; then another member joins: a rebalance in the wait.
+        wait_for(lambda: sink.sink.stats.insert_failures >= 7, timeout=60, message="a long backoff")
+        with another_member(settings.KAFKA_LOG_SINK_GROUP, topic):
+            # The sink reads the partition it got back again, with the records added since.
+            wait_for(lambda: any(b >= 149 for _, b in sink.sink._offsets.values()), timeout=30, message="regrown")
+            link.mode = "up"
+            wait_for(lambda: not sink.sink._offsets, timeout=30, message="the grown batch inserted")
+        wait_for(lambda: unique_messages(ch) == 301, timeout=60, message="every record stored")
+    finally:
+        sink.close()
+        link.close()
+
+
+# --- a malformed record as large as Kafka allows ------------------------------------------------
+
+
+def test_a_malformed_record_at_the_size_limit_goes_to_the_dlq_shortened(sink, log_topics):
+    """Its dead letter (the record plus the reason in headers) would be over the limit: it
+    goes out with the value cut short, and the sink goes on (it used to die on it, and on it
+    again after every restart)."""
+    huge = b"not json " + b"x" * 999_800
+    good = [orjson.dumps(record(f"good {i}")) for i in range(20)]
+    produce(log_topics["logs"], [huge, *good], key=b"one-partition")
+    wait_for(lambda: stored() == 20, timeout=60, message="the good records stored")
+    [dead] = consume_all(log_topics["dlq"], 1)
+    headers = dict(dead.headers())
+    assert headers["reason"].decode().startswith("not JSON")
+    assert int(headers["original_size"]) == len(huge)
+    assert dead.value() == huge[: len(dead.value())]
+    assert len(dead.value()) < 100_000
+    assert sink.thread.is_alive()

@@ -314,3 +314,19 @@ def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkey
     logged = [r for r in caplog.records if r.getMessage() == "bridge.depth_unknown"]
     assert len(logged) == 1
     assert logged[0].levelname == "WARNING"
+
+
+def test_a_message_at_the_size_limit_goes_to_the_dlq_shortened(topics, queue, bridge):
+    """Its dead letter (the message plus the reason in headers) would be over the limit: it
+    goes out with the value cut short, and the bridge goes on."""
+    huge = b"not json " + b"x" * 999_800
+    good = envelope(queue)
+    produce(topics["jobs"], [huge, orjson.dumps(good)], key=b"same-partition")
+    with bridge() as running:
+        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        [dead] = consume_all(topics["dlq"], 1)
+        assert running.thread.is_alive()
+    headers = dict(dead.headers())
+    assert "JSONDecodeError" in headers["reason"].decode()
+    assert int(headers["original_size"]) == len(huge)
+    assert dead.value() == huge[: len(dead.value())]
