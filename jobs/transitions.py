@@ -474,15 +474,21 @@ RETURNING workflow_id, type, queue
 
 def cancel_waiting(job_id: uuid.UUID | str) -> bool:
     """PENDING/QUEUED/RETRYING → CANCELLED at once; a message still in flight loses its claim."""
+    params = {"id": str(job_id), "now": timezone.now(), "waiting": [w.value for w in WAITING]}
+    return _end_unstarted(job_id, JobStatus.CANCELLED, _CANCEL_WAITING_SQL, params)
+
+
+def _end_unstarted(job_id: uuid.UUID | str, status: str, sql: str, params: dict[str, Any]) -> bool:
+    """Run an edge that ends a job no attempt holds (its statement returns the job's
+    workflow_id, type and queue); a job of a workflow moves its workflow on in the same
+    transaction."""
     with _workflow_transaction(True), connection.cursor() as cur:
-        cur.execute(
-            _CANCEL_WAITING_SQL, {"id": str(job_id), "now": timezone.now(), "waiting": [w.value for w in WAITING]}
-        )
+        cur.execute(sql, params)
         row = cur.fetchone()
         if row is not None and row[0] is not None:
-            _workflow_job_ended(job_id, row[0], JobStatus.CANCELLED)
+            _workflow_job_ended(job_id, row[0], status)
     if row is not None:
-        _count_end(JobStatus.CANCELLED, row[1], row[2])
+        _count_end(status, row[1], row[2])
     return row is not None
 
 
@@ -728,14 +734,5 @@ def dead_letter_undispatchable(job_id: uuid.UUID | str, *, dispatch_token: uuid.
     why), and its `jobs.dead` message. Guarded by the dispatch token: a stale message (the job
     was cancelled, re-dispatched or claimed meanwhile) changes nothing. A job of a workflow
     moves its workflow on in the same transaction."""
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(
-            _UNDISPATCHABLE_SQL.format(dead=_DEAD_OUTBOX_CTE),
-            {"id": str(job_id), "token": str(dispatch_token), "error": error, "now": timezone.now()},
-        )
-        row = cur.fetchone()
-        if row is not None and row[0] is not None:
-            _workflow_job_ended(job_id, row[0], JobStatus.DEAD_LETTER)
-    if row is not None:
-        _count_end(JobStatus.DEAD_LETTER, row[1], row[2])
-    return row is not None
+    params = {"id": str(job_id), "token": str(dispatch_token), "error": error, "now": timezone.now()}
+    return _end_unstarted(job_id, JobStatus.DEAD_LETTER, _UNDISPATCHABLE_SQL.format(dead=_DEAD_OUTBOX_CTE), params)

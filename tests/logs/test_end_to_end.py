@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.conf import settings
 
 from jobs.models import Job, JobStatus
-from tests.orchestration.conftest import Stack, wait_for
+from tests.orchestration.conftest import Stack, log_shipping_env, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
@@ -17,15 +16,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 def test_a_jobs_log_lines_are_searchable_within_seconds(
     api, topics, log_topics, ch_table, queue, tmp_path, transactional_db
 ):
-    stack = Stack(
-        topics, queue, tmp_path,
-        LOG_SHIPPING="true",
-        KAFKA_LOGS_TOPIC=log_topics["logs"],
-        KAFKA_LOGS_DLQ_TOPIC=log_topics["dlq"],
-        KAFKA_LOG_SINK_GROUP=log_topics["group"],
-        CLICKHOUSE_URL=settings.CLICKHOUSE_URL,
-        CLICKHOUSE_LOGS_TABLE=ch_table,
-    )  # fmt: skip
+    stack = Stack(topics, queue, tmp_path, **log_shipping_env(log_topics, ch_table))
     try:
         for role in ("log-sink", "relay", "bridge", "worker"):
             stack.start(role)

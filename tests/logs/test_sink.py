@@ -252,18 +252,29 @@ def another_member(group: str, topic: str) -> Iterator[list[int]]:
         thread.join(30)
 
 
-def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_topics, ch_table, settings):
-    """librdkafka keeps a partition paused across a rebalance that hands it back: a sink
-    that paused for ClickHouse and then lost and regained its partitions never read them
-    again."""
+@contextlib.contextmanager
+def sink_behind_a_faulty_link(settings, topic: str) -> Iterator[tuple[object, FaultyLink, RunningSink]]:
+    """A running sink that reaches ClickHouse through a FaultyLink, connected (one record
+    stored), and a direct client to count what ClickHouse holds."""
     ch = store.connect()
     link = FaultyLink(settings.CLICKHOUSE_URL)
     settings.CLICKHOUSE_URL = link.url
-    topic = log_topics["logs"]
     sink = RunningSink()
     try:
         produce(topic, [orjson.dumps(record("warm-up"))])
         wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+        yield ch, link, sink
+    finally:
+        sink.close()
+        link.close()
+
+
+def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_topics, ch_table, settings):
+    """librdkafka keeps a partition paused across a rebalance that hands it back: a sink
+    that paused for ClickHouse and then lost and regained its partitions never read them
+    again."""
+    topic = log_topics["logs"]
+    with sink_behind_a_faulty_link(settings, topic) as (ch, link, sink):
         link.mode = "down"
         produce_to_both(topic, "held", 50)
         wait_for(lambda: sink.sink.stats.paused, timeout=30, message="the sink paused")
@@ -272,9 +283,6 @@ def test_a_rebalance_while_clickhouse_is_down_leaves_no_partition_paused(log_top
             link.mode = "up"
             time.sleep(2)
         wait_for(lambda: unique_messages(ch) == 101, timeout=60, message="every record stored")
-    finally:
-        sink.close()
-        link.close()
 
 
 # --- the deduplication token covers exactly the rows of the insert ----------------------------
@@ -319,14 +327,8 @@ def test_a_batch_that_grew_while_its_insert_was_retried_is_stored_whole(log_topi
     it waited, and it read that one again with the records added since), a token computed
     once made ClickHouse drop the whole grown batch as a duplicate of the first insert, and
     its offsets were committed: records lost."""
-    ch = store.connect()
-    link = FaultyLink(settings.CLICKHOUSE_URL)
-    settings.CLICKHOUSE_URL = link.url
     topic = log_topics["logs"]
-    sink = RunningSink()
-    try:
-        produce(topic, [orjson.dumps(record("warm-up"))])
-        wait_for(lambda: sink.sink.stats.ingested == 1, timeout=60, message="the sink connected")
+    with sink_behind_a_faulty_link(settings, topic) as (ch, link, sink):
         link.mode = "lose"
         produce_to_both(topic, "first", 100)
         wait_for(lambda: sink.sink.stats.insert_failures >= 1, timeout=60, message="an insert lost its answer")
@@ -341,9 +343,6 @@ def test_a_batch_that_grew_while_its_insert_was_retried_is_stored_whole(log_topi
             link.mode = "up"
             wait_for(lambda: not sink.sink._offsets, timeout=30, message="the grown batch inserted")
         wait_for(lambda: unique_messages(ch) == 301, timeout=60, message="every record stored")
-    finally:
-        sink.close()
-        link.close()
 
 
 # --- a malformed record as large as Kafka allows ------------------------------------------------

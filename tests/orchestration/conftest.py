@@ -168,6 +168,18 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
 
 
+def log_shipping_env(log_topics: dict[str, str], ch_table: str) -> dict[str, str]:
+    """A Stack's environment for shipping logs to this test's topics and ClickHouse table."""
+    return {
+        "LOG_SHIPPING": "true",
+        "KAFKA_LOGS_TOPIC": log_topics["logs"],
+        "KAFKA_LOGS_DLQ_TOPIC": log_topics["dlq"],
+        "KAFKA_LOG_SINK_GROUP": log_topics["group"],
+        "CLICKHOUSE_URL": settings.CLICKHOUSE_URL,
+        "CLICKHOUSE_LOGS_TABLE": ch_table,
+    }
+
+
 @pytest.fixture
 def stack(topics: dict[str, str], queue: str, tmp_path: Path, transactional_db: None) -> Iterator[Stack]:
     s = Stack(topics, queue, tmp_path)

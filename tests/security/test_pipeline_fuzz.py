@@ -13,13 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from django.conf import settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
-from tests.orchestration.conftest import Stack, wait_for
+from tests.orchestration.conftest import Stack, log_shipping_env, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow, pytest.mark.fuzz]
 
@@ -57,12 +56,7 @@ API_PAYLOAD = st.recursive(
 def fuzz_stack(topics, log_topics, ch_table, queue, tmp_path, transactional_db):
     stack = Stack(
         topics, queue, tmp_path,
-        LOG_SHIPPING="true",
-        KAFKA_LOGS_TOPIC=log_topics["logs"],
-        KAFKA_LOGS_DLQ_TOPIC=log_topics["dlq"],
-        KAFKA_LOG_SINK_GROUP=log_topics["group"],
-        CLICKHOUSE_URL=settings.CLICKHOUSE_URL,
-        CLICKHOUSE_LOGS_TABLE=ch_table,
+        **log_shipping_env(log_topics, ch_table),
         JOB_HANDLER_MODULES="orchestration.builtin_handlers,tests.security.fuzz_handlers",
         SCHEDULER_TICK_SECONDS="0.2",
         # Failing on purpose would open fuzz.hostile's circuit breaker and hold the rest of
