@@ -88,12 +88,13 @@ def fire_due(*, now: datetime, limit: int = 100) -> list[Fired]:
         ids = [row[0] for row in cur.fetchall()]
     fired = []
     for schedule in Schedule.objects.filter(id__in=ids):
-        slot = schedule.next_fire_at
+        due = slot = schedule.next_fire_at
+        assert due is not None  # selected by next_fire_at <= now
         try:
             with transaction.atomic():  # a savepoint: a failure undoes this schedule's work only
                 slot = latest_slot(schedule, now)  # several missed slots collapse into the latest
                 job = None
-                if not (slot > schedule.next_fire_at and schedule.misfire_policy == MisfirePolicy.SKIP):
+                if not (slot > due and schedule.misfire_policy == MisfirePolicy.SKIP):
                     job = _fire(schedule, slot)
                 schedule.next_fire_at = next_slot(schedule, now)
                 schedule.last_fired_at = now

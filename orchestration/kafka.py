@@ -26,7 +26,7 @@ Size limits, set on purpose (they used to be whatever the libraries defaulted to
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -83,20 +83,20 @@ _DEAD_LETTER_HEADERS = frozenset(
 
 
 def fit_dead_letter(
-    value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]]
-) -> tuple[bytes | None, list[tuple[str, bytes | None]]]:
+    value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> tuple[bytes, list[tuple[str, Any]]]:
     """A dead letter is the original message plus headers saying why, so one near the size
     limit would be over it (and produce() would raise, on the same message after every
     restart). Then the value is cut to DEAD_LETTER_VALUE_MAX bytes, headers `truncated` and
     `original_size` say so, and if the original's own headers are still too large, only ours
     are kept."""
 
-    def size(v: bytes | None, hs: list[tuple[str, bytes | None]]) -> int:
+    def size(v: bytes | None, hs: Sequence[tuple[str, bytes | None]]) -> int:
         return len(v or b"") + len(key or b"") + sum(len(k) + len(h or b"") for k, h in hs) + _FRAMING
 
     limit = settings.KAFKA_MESSAGE_MAX_BYTES
     if size(value, headers) <= limit:
-        return value, headers
+        return value or b"", list(headers)
     marks: list[tuple[str, bytes | None]] = [("truncated", b"true"), ("original_size", str(len(value or b"")).encode())]
     short = (value or b"")[:DEAD_LETTER_VALUE_MAX]
     fitted = [*headers, *marks]

@@ -268,9 +268,10 @@ class Relay:
             if not alone:
                 send(row)
                 self.producer.flush(FLUSH_TIMEOUT)
-                err = refused.pop(row_id, None)
-                if err is None:
+                again = refused.pop(row_id, None)
+                if again is None:
                     continue  # delivered now, or a transient error: noted by the report
+                err = again
             poison[row_id] = (row, Poison(err.name(), f"{err.name()}: {err.str()}"))
         return delivered, poison, errors
 

@@ -23,16 +23,16 @@ class ReasonDlqProducer(DlqProducer[KafkaPayload]):
         self.produced = 0
 
     def produce(self, value: BrokerValue[KafkaPayload], reason: str | None = None):  # type: ignore[no-untyped-def]
-        headers = [
+        headers: list[tuple[str, bytes | None]] = [
             *value.payload.headers,
             ("original_topic", value.partition.topic.name.encode()),
             ("original_partition", str(value.partition.index).encode()),
             ("original_offset", str(value.offset).encode()),
             ("reason", (reason or "invalid message").encode()),
         ]
-        payload, headers = kafka.fit_dead_letter(value.payload.value, value.payload.key, headers)
+        payload, fitted = kafka.fit_dead_letter(value.payload.value, value.payload.key, headers)
         self.produced += 1
-        return self.producer.produce(self.topic, KafkaPayload(value.payload.key, payload, headers))
+        return self.producer.produce(self.topic, KafkaPayload(value.payload.key, payload, fitted))
 
     @classmethod
     def build_initial_state(cls, limit: DlqLimit | None, assignment: dict[Partition, int]) -> DlqLimitState:  # type: ignore[override]
