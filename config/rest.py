@@ -31,8 +31,7 @@ from rest_framework.throttling import BaseThrottle
 if TYPE_CHECKING:  # rest_framework.views imports this module's renderer via settings
     from rest_framework.views import APIView
 
-from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
-from workflows.errors import WorkflowFinished, WorkflowNotFound
+from config.errors import ObjectNotFound, StateConflict
 
 # --- JSON codec ---------------------------------------------------------------------------
 
@@ -216,20 +215,12 @@ def _summarize(errors: Any, prefix: str = "") -> list[str]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, ObjectNotFound):
         exc = exceptions.NotFound(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
-    elif isinstance(exc, IllegalTransition):
-        body = {"detail": str(exc), "code": "illegal_transition", "status": exc.current}
-        return Response(body, status=status.HTTP_409_CONFLICT)
-    elif isinstance(exc, IdempotencyConflict):
-        body = {"detail": str(exc), "code": "idempotency_conflict", exc.kind: str(exc.job_id)}
-        return Response(body, status=status.HTTP_409_CONFLICT)
-    elif isinstance(exc, WorkflowNotFound):
-        exc = exceptions.NotFound(str(exc))
-    elif isinstance(exc, WorkflowFinished):
-        body = {"detail": str(exc), "code": "illegal_transition", "status": exc.status}
+    elif isinstance(exc, StateConflict):
+        body = {"detail": str(exc), "code": exc.code, **exc.fields()}
         return Response(body, status=status.HTTP_409_CONFLICT)
 
     from rest_framework.views import exception_handler as drf_exception_handler
@@ -278,7 +269,7 @@ class PerUserThrottle(BaseThrottle):
         now = time.time()
         window = int(now // self.period)
         key = f"{settings.API_THROTTLE_PREFIX}:{ident}:{self.period}:{window}"
-        from orchestration.celery_queues import client  # the process's shared Redis client
+        from config.broker import client  # the process's shared Redis client
 
         pipe = client().pipeline(transaction=False)
         pipe.incr(key)

@@ -327,7 +327,7 @@ KAFKA_JOBS_DEAD_TOPIC = env.str("KAFKA_JOBS_DEAD_TOPIC", default=f"{KAFKA_JOBS_T
 KAFKA_JOBS_PARTITIONS = env.int("KAFKA_JOBS_PARTITIONS", default=4)
 KAFKA_BRIDGE_GROUP = env.str("KAFKA_BRIDGE_GROUP", default="orchestration-bridge")
 # The largest message our producers send (librdkafka's message.max.bytes); topics we create
-# accept a little more (max.message.bytes). Why these numbers: orchestration/kafka.py.
+# accept a little more (max.message.bytes). Why these numbers: config/kafka.py.
 KAFKA_MESSAGE_MAX_BYTES = env.int("KAFKA_MESSAGE_MAX_BYTES", default=1_000_000)
 # librdkafka's default 45 s session makes joining a group take ~25 s on the embedded
 # broker; 6 s / 1 s joins in ~3 s and still tolerates a GC pause or a slow poll.

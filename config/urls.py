@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/", include("jobs.urls")),
     path("api/v1/", include("logs.urls")),
     path("api/v1/", include("workflows.urls")),
+    path("api/v1/", include("orchestration.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics_views.metrics, name="metrics"),

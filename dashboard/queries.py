@@ -10,11 +10,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from config import rest
+from config import broker, rest
 from jobs.models import Job, JobStatus
 from jobs.selectors import job_get_stats, job_visible_to
 from metrics import heartbeat
-from orchestration import celery_queues
 
 _PER_MINUTE_SQL = """
 SELECT date_trunc('minute', finished_at) AS minute,
@@ -72,7 +71,7 @@ def overview(user: Any) -> dict[str, Any]:
             "outbox": outbox,
             "outbox_age": float(outbox_age),
             "kafka_lag": scheduler.get("bridge_lag") if scheduler else None,
-            "celery": celery_queues.depths(queues),
+            "celery": broker.depths(queues),
         },
         "workers": [r for r in roles if r["role"] == "worker"],
         "roles": roles,

@@ -19,9 +19,9 @@ from django.utils.html import format_html, format_html_join
 
 from jobs import services
 from jobs.errors import JobError
+from jobs.handlers import is_registered
 from jobs.models import Job, JobAttempt, Outbox, Schedule
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
-from orchestration.handlers import is_registered
 
 
 def pretty_json(value: Any) -> str:

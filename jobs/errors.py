@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+from config.errors import ObjectNotFound, StateConflict
 
 
 class JobError(Exception):
     """Base class for errors about jobs."""
 
 
-class JobNotFound(JobError):
+class JobNotFound(JobError, ObjectNotFound):
     def __init__(self, job_id: uuid.UUID | str) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
 
 
-class IllegalTransition(JobError):
+class IllegalTransition(JobError, StateConflict):
     """A state change the job's current state does not allow (API: 409)."""
+
+    code = "illegal_transition"
 
     def __init__(self, job_id: uuid.UUID | str, current: str | None, action: str) -> None:
         state = current if current is not None else "gone"
@@ -25,12 +30,20 @@ class IllegalTransition(JobError):
         self.current = current
         self.action = action
 
+    def fields(self) -> dict[str, Any]:
+        return {"status": self.current}
 
-class IdempotencyConflict(JobError):
+
+class IdempotencyConflict(JobError, StateConflict):
     """The idempotency key was used before with a different request body (API: 409)."""
+
+    code = "idempotency_conflict"
 
     def __init__(self, key: str, job_id: uuid.UUID | str, kind: str = "job") -> None:
         super().__init__(f"idempotency key {key!r} was already used for {kind} {job_id} with a different request body")
         self.key = key
         self.job_id = job_id
         self.kind = kind
+
+    def fields(self) -> dict[str, Any]:
+        return {self.kind: str(self.job_id)}

@@ -13,11 +13,11 @@ from django.conf import settings
 from rest_framework import serializers
 
 from config.rest import check_json
+from jobs.handlers import is_registered
 from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
 from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
-from orchestration.handlers import is_registered
 
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 QUEUE_ERRORS: dict[str, Any] = {"invalid": "must be 1-100 letters, digits and '_.:-', starting with a letter or digit."}

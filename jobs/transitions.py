@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -372,10 +373,22 @@ def _workflow_transaction(needed: bool) -> Any:
     return transaction.atomic(savepoint=False) if needed else nullcontext()
 
 
-def _workflow_job_ended(job_id: uuid.UUID | str, workflow_id: uuid.UUID | str, status: str) -> None:
-    from workflows import engine
+# What moves a workflow on when one of its jobs ends, inside the transaction of that edge.
+# The workflows app registers it at start (`on_workflow_job_ended`): the state machine does
+# not import its own client.
+WorkflowHook = Callable[[uuid.UUID, uuid.UUID, str], None]
+_workflow_hook: WorkflowHook | None = None
 
-    engine.job_ended(uuid.UUID(str(job_id)), uuid.UUID(str(workflow_id)), status)
+
+def on_workflow_job_ended(hook: WorkflowHook) -> None:
+    global _workflow_hook
+    _workflow_hook = hook
+
+
+def _workflow_job_ended(job_id: uuid.UUID | str, workflow_id: uuid.UUID | str, status: str) -> None:
+    if _workflow_hook is None:
+        raise RuntimeError("a job of a workflow ended, but no workflow hook is registered (is `workflows` installed?)")
+    _workflow_hook(uuid.UUID(str(job_id)), uuid.UUID(str(workflow_id)), status)
 
 
 def mark_succeeded(job_id: uuid.UUID | str, *, attempt: int, result: Any, in_workflow: bool | None = None) -> bool:

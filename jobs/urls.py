@@ -10,8 +10,6 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="job-retry"),
-    path("breakers/", apis.BreakerListApi.as_view(), name="breaker-list"),
-    path("breakers/<str:job_type>/", apis.BreakerDetailApi.as_view(), name="breaker-detail"),
     path("schedules/", apis.ScheduleListCreateApi.as_view(), name="schedule-list"),
     path("schedules/<uuid:schedule_id>/", apis.ScheduleDetailApi.as_view(), name="schedule-detail"),
 ]

@@ -11,7 +11,7 @@ again underneath. If Kafka is away, librdkafka buffers up to `buffer_max` record
 counted (`dropped`), never waited for.
 
 The handler creates its topic (with the configured partitions and size limit, see
-orchestration.kafka) from its flusher thread before it first ships, and tries again every
+config.kafka) from its flusher thread before it first ships, and tries again every
 30 s while that fails: a broker's auto-creation would give it neither.
 
 Fork safety: a Celery prefork child inherits the parent's queue but not its thread; the
@@ -276,7 +276,7 @@ class KafkaLogHandler(logging.Handler):
         try:
             from django.conf import settings
 
-            from orchestration import kafka
+            from config import kafka
 
             partitions = self.partitions or settings.KAFKA_LOGS_PARTITIONS
             kafka.ensure_topics(

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from config import kafka
 from jobs.selectors import job_visible_to
-from orchestration import kafka
 
 _producer: Any = None
 _producer_pid = 0

@@ -32,10 +32,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from django.conf import settings
 
+from config import kafka
 from logs import store
 from logs.records import Batch, MalformedRecord
 from metrics import prom
-from orchestration import kafka
 
 logger = logging.getLogger("logs.sink")
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from config import broker
 from metrics import prom
 
 logger = logging.getLogger("metrics.heartbeat")
@@ -29,12 +30,10 @@ def _key(role: str) -> str:
 
 
 def beat(role: str, details: dict[str, Any] | None = None) -> None:
-    from orchestration import celery_queues
-
     now = time.time()
     record = {"role": role, "host": socket.gethostname(), "pid": os.getpid(), "at": now, **(details or {})}
     ttl = max(1, int(settings.HEARTBEAT_SECONDS * 3))
-    celery_queues.client().set(_key(role), orjson.dumps(record, default=str), ex=ttl)
+    broker.client().set(_key(role), orjson.dumps(record, default=str), ex=ttl)
     prom.ROLE_HEARTBEAT.labels(role).set(now)
 
 
@@ -61,9 +60,7 @@ class Heartbeat(threading.Thread):
 
 def roles() -> list[dict[str, Any]]:
     """Every live role process, oldest heartbeat first; `age` is seconds since its last beat."""
-    from orchestration import celery_queues
-
-    client = celery_queues.client()
+    client = broker.client()
     keys = list(client.scan_iter(match=f"{settings.HEARTBEAT_PREFIX}:*", count=1000))
     now = time.time()
     out = []

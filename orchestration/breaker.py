@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
-from orchestration import celery_queues
+from config import broker
 
 RUN, PROBE, HOLD = "run", "probe", "hold"
 
@@ -123,7 +123,7 @@ class Breakers:
         now = time.time()
         if self._closed_until.get(type_, 0.0) > now:
             return RUN
-        decision = _text(celery_queues.client().eval(_ALLOW, 1, _state_key(type_), now, probe_seconds))
+        decision = _text(broker.client().eval(_ALLOW, 1, _state_key(type_), now, probe_seconds))
         if decision == RUN:
             self._closed_until[type_] = now + settings.BREAKER_CACHE_SECONDS
         return str(decision)
@@ -140,7 +140,7 @@ class Breakers:
 
     def abandon_probe(self, type_: str) -> None:
         """The probe did not run (its claim lost, or it was cancelled): let another one go."""
-        celery_queues.client().hset(_state_key(type_), "probe_until", 0)
+        broker.client().hset(_state_key(type_), "probe_until", 0)
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
@@ -152,7 +152,7 @@ class Breakers:
     def _send(self, type_: str, ok: int, failed: int, *, probe: bool, probe_ok: bool) -> str:
         now = time.time()
         buckets = _bucket_keys(type_, now)
-        result = celery_queues.client().eval(
+        result = broker.client().eval(
             _RECORD, 2 + len(buckets), _state_key(type_), buckets[0], *buckets,
             now, ok, failed, int(probe), int(probe_ok), int(settings.BREAKER_WINDOW_SECONDS * 2),
             settings.BREAKER_MIN_CALLS, settings.BREAKER_FAILURE_RATIO, settings.BREAKER_OPEN_SECONDS,
@@ -169,7 +169,7 @@ BREAKERS = Breakers()
 def state_of(type_: str, now: float | None = None) -> BreakerState:
     """A type's breaker as stored in Redis (the API, the scheduler and metrics read this)."""
     now = time.time() if now is None else now
-    client = celery_queues.client()
+    client = broker.client()
     raw = {_text(k): _text(v) for k, v in client.hgetall(_state_key(type_)).items()}
     ok = failed = 0
     pipe = client.pipeline()
@@ -194,7 +194,7 @@ def known_types() -> list[str]:
     """Types with a breaker state or recent results in Redis."""
     prefix = f"{settings.BREAKER_PREFIX}:"
     types = set()
-    for key in celery_queues.client().scan_iter(match=f"{prefix}*", count=1000):
+    for key in broker.client().scan_iter(match=f"{prefix}*", count=1000):
         name = _text(key)[len(prefix) :]
         types.add(name.rsplit(":state", 1)[0] if name.endswith(":state") else name.split(":w:", 1)[0])
     return sorted(types)

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from orchestration.handlers import JobContext, PermanentError, handler
+from jobs.handlers import JobContext, PermanentError, handler
 
 logger = logging.getLogger("orchestration.demo")
 

@@ -1,9 +1,8 @@
-"""Celery queues on Redis: the messages that carry jobs, the lists behind a queue, and
-their depth.
+"""The Celery messages that carry jobs: one per queue and priority, a lone job or a batch.
+(The Redis lists behind a queue and their depth are `config.broker`.)
 
-With `priority_steps` 0-9 and separator ':', kombu keeps one Redis list per priority level:
-`q` for level 0 and `q:1` … `q:9`. Kombu serves lower numbers first, while our jobs say
-"higher priority runs first", hence `celery_priority`.
+Kombu serves lower priority levels first, while our jobs say "higher priority runs first",
+hence `celery_priority`.
 """
 
 from __future__ import annotations
@@ -11,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from celery import Celery
-from django.conf import settings
 
-LEVELS = range(10)
 TASK_NAME = "orchestration.run_job"
 BATCH_TASK_NAME = "orchestration.run_jobs"
 
@@ -47,28 +43,3 @@ def publish(app: Celery, queue: str, priority: int, envelopes: list[dict[str, An
         priority=celery_priority(priority),
         retry=False,
     )
-
-
-def list_names(queue: str) -> list[str]:
-    return [queue if level == 0 else f"{queue}:{level}" for level in LEVELS]
-
-
-_client: redis.Redis | None = None
-
-
-def client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    return _client
-
-
-def depths(queues: Iterable[str]) -> dict[str, int]:
-    """Ready messages per queue (not counting ones a worker has prefetched), one round trip."""
-    queues = list(queues)
-    pipe = client().pipeline(transaction=False)
-    for queue in queues:
-        for name in list_names(queue):
-            pipe.llen(name)
-    counts = pipe.execute()
-    return {queue: sum(counts[i * len(LEVELS) : (i + 1) * len(LEVELS)]) for i, queue in enumerate(queues)}

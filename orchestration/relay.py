@@ -34,9 +34,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
+from config import kafka
 from jobs import transitions
 from metrics import prom
-from orchestration import kafka
 
 logger = logging.getLogger("orchestration.relay")
 

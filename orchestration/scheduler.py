@@ -42,10 +42,11 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from config import broker, kafka
 from jobs import schedules, services, transitions
 from jobs.models import AttemptStatus, Job, JobStatus
 from metrics import prom
-from orchestration import breaker, celery_queues, kafka, policy
+from orchestration import breaker, policy
 
 logger = logging.getLogger("orchestration.scheduler")
 
@@ -427,7 +428,7 @@ class Scheduler:
     def _redispatch_lost(
         self, epoch: int, stale_before: datetime, page: list[tuple[Any, ...]], positions: dict[int, tuple[int, int]]
     ) -> int:
-        depths = celery_queues.depths({queue for _, queue, _, _, _ in page})
+        depths = broker.depths({queue for _, queue, _, _, _ in page})
         lost = []
         for job_id, queue, partition, offset, _ in page:
             committed, high = positions.get(partition, (0, 0)) if partition is not None else (0, 0)

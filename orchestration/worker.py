@@ -46,13 +46,13 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from jobs import outputs, transitions
+from jobs.handlers import JobCancelled, JobContext, PermanentError, get_handler
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
 from logs.handler import flush_all, job_records_written
 from metrics import prom
 from orchestration import breaker, policy
 from orchestration.breaker import BREAKERS
-from orchestration.handlers import JobCancelled, JobContext, PermanentError, get_handler
 
 if TYPE_CHECKING:
     from orchestration.batch import BatchRun, Recorder

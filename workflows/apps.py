@@ -5,3 +5,10 @@ class WorkflowsConfig(AppConfig):
     name = "workflows"
     verbose_name = "Workflows"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # A job of a workflow that ends moves its workflow on, in the same transaction.
+        from jobs import transitions
+        from workflows import engine
+
+        transitions.on_workflow_job_ended(engine.job_ended)

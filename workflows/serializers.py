@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from jobs.handlers import is_registered
 from jobs.models import default_backoff
 from jobs.serializers import (
     KEY_HELP,
@@ -20,7 +21,6 @@ from jobs.serializers import (
     PayloadField,
     validate_idempotency_key,
 )
-from orchestration.handlers import is_registered
 from workflows import dag
 from workflows.models import Workflow, WorkflowStatus, WorkflowTask
 from workflows.services import TaskSpec, WorkflowSpec

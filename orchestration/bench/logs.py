@@ -29,10 +29,10 @@ from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.test.utils import override_settings
 
+from config import kafka
 from logs import search, store
 from logs.handler import KafkaLogHandler
 from logs.sink import LogSink
-from orchestration import kafka
 from orchestration.bench.stats import Out, Progress, percentile
 
 MESSAGE = "processing item %d for customer %s: charged %d cents"

@@ -416,7 +416,7 @@ def poison(h: Harness) -> None:
     from confluent_kafka import Producer
     from django.conf import settings
 
-    from orchestration import kafka
+    from config import kafka
 
     producer = Producer(kafka.producer_config())
     for value in (b"not json", b"{}", orjson.dumps({"v": 99, "job_id": "nope"}), b"\x00\xff" * 50):

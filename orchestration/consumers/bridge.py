@@ -23,8 +23,8 @@ from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, Proc
 from arroyo.types import Commit, Partition, Topic
 from django.conf import settings
 
+from config import kafka
 from config.celery import app as celery_app
-from orchestration import kafka
 from orchestration.consumers.dlq import ReasonDlqProducer
 from orchestration.consumers.steps.decode_job_event import DecodeJobEvent
 from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery, LingeringConsumer

@@ -13,7 +13,7 @@ from arroyo.backends.kafka.consumer import KafkaProducer
 from arroyo.dlq import DlqLimit, DlqLimitState, DlqProducer
 from arroyo.types import BrokerValue, Partition, Topic
 
-from orchestration import kafka
+from config import kafka
 
 
 class ReasonDlqProducer(DlqProducer[KafkaPayload]):

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from config import kafka
 from logs import store
 from logs.records import Batch
 from logs.sink import LogSink
-from orchestration import kafka
 
 
 @pytest.fixture

@@ -173,7 +173,7 @@ def test_the_handler_creates_its_topic_with_the_size_limit(settings):
     max.message.bytes, not whatever a broker's auto-creation would give it."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from orchestration import kafka
+    from config import kafka
 
     settings.KAFKA_LOGS_PARTITIONS = 3
     topic = f"logs-fresh-{uuid.uuid4().hex[:8]}"

@@ -213,7 +213,7 @@ def produce_to_both(topic: str, prefix: str, n: int) -> None:
     """n records to each of the topic's two partitions."""
     from confluent_kafka import Producer
 
-    from orchestration import kafka
+    from config import kafka
 
     producer = Producer(kafka.producer_config())
     for p in (0, 1):
@@ -231,7 +231,7 @@ def another_member(group: str, topic: str) -> Iterator[list[int]]:
 
     from confluent_kafka import Consumer
 
-    from orchestration import kafka
+    from config import kafka
 
     stop = threading.Event()
     held: list[int] = []
@@ -294,7 +294,7 @@ def test_offsets_used_again_after_the_broker_lost_its_topic_are_not_duplicates(l
     made of offsets only had ClickHouse drop them as duplicates)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from orchestration import kafka
+    from config import kafka
 
     ch = store.connect()
     topic = log_topics["logs"]

@@ -182,9 +182,9 @@ def test_every_contract_metric_is_there_from_the_start_at_zero(tmp_path, multipr
 
 def test_the_known_label_values_are_the_platforms():
     # metrics loads before Django's apps (the log handler uses it), so it keeps its own lists.
+    from jobs.handlers import is_registered
     from jobs.models import TERMINAL_STATUSES, JobStatus
     from metrics import prom
-    from orchestration.handlers import is_registered
 
     assert sorted(prom.BUILTIN_TYPES) == sorted(BUILTIN_TYPES)
     assert all(is_registered(t) for t in prom.BUILTIN_TYPES)

@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 
-from orchestration import celery_queues, kafka
+from config import broker, kafka
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def queue() -> Iterator[str]:
     """A Celery queue name of this test's own; its Redis lists are removed afterwards."""
     name = f"q-{uuid.uuid4().hex[:10]}"
     yield name
-    celery_queues.client().delete(*celery_queues.list_names(name))
+    broker.client().delete(*broker.list_names(name))
 
 
 def consume_all(topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
@@ -84,8 +84,8 @@ def celery_messages(queue: str, *, batches: bool = False) -> list[Any]:
     """The dispatch envelopes waiting in a Celery queue (all priority levels), newest first;
     a batch's jobs are counted one by one. With `batches`, each message's list of jobs."""
     out: list[Any] = []
-    for name in celery_queues.list_names(queue):
-        for raw in celery_queues.client().lrange(name, 0, -1):
+    for name in broker.list_names(queue):
+        for raw in broker.client().lrange(name, 0, -1):
             message = orjson.loads(raw)  # kombu's Redis framing; the body is base64 JSON
             args, _kwargs, _embed = orjson.loads(base64.b64decode(message["body"]))  # task protocol 2
             jobs = args[0] if message["headers"]["task"] == "orchestration.run_jobs" else [args[0]]

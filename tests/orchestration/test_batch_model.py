@@ -30,13 +30,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from config import broker
 from jobs import services, transitions
 from jobs.errors import IllegalTransition
+from jobs.handlers import PermanentError, handler
 from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
-from orchestration import celery_queues, worker
+from orchestration import worker
 from orchestration.batch import execute_batch
-from orchestration.handlers import PermanentError, handler
 from orchestration.scheduler import Scheduler
 
 BEHAVIOURS = ("ok", "fail", "permanent", "exit", "nul", "timeout", "cancel_self", "hand_back", "lapse", "steal")
@@ -301,8 +302,8 @@ class BatchModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         World.machine = None
-        names = celery_queues.list_names(self.queue)
-        celery_queues.client().delete(*names)
+        names = broker.list_names(self.queue)
+        broker.client().delete(*names)
 
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))

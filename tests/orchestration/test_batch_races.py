@@ -15,11 +15,11 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from jobs import services, transitions
+from jobs.handlers import handler
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from jobs.services import JobSpec
 from orchestration import worker
 from orchestration.batch import execute_batch
-from orchestration.handlers import handler
 from tests.orchestration.conftest import wait_for
 
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from orchestration import celery_queues
+from config import broker
 from orchestration.consumers.bridge import BridgeStrategyFactory, build_processor
 from tests.orchestration.conftest import Stack, celery_messages, consume_all, produce, wait_for
 
@@ -63,9 +63,9 @@ def test_enqueues_each_job_on_its_queue_with_priority(topics, queue, bridge):
     envelopes = [envelope(queue, priority=p) for p in (0, 5, 9)]
     produce(topics["jobs"], [orjson.dumps(e) for e in envelopes])
     with bridge():
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 3, message="3 tasks in Redis")
+        wait_for(lambda: broker.depths([queue])[queue] == 3, message="3 tasks in Redis")
     assert sorted(celery_messages(queue), key=lambda e: e["priority"]) == envelopes
-    client = celery_queues.client()
+    client = broker.client()
     # priority 9 (most urgent) sits on the list kombu serves first
     assert client.llen(queue) == 1
     assert client.llen(f"{queue}:9") == 1
@@ -86,7 +86,7 @@ def test_poison_messages_go_to_the_dlq_with_reason_and_the_bridge_goes_on(topics
     good = envelope(queue)
     produce(topics["jobs"], [value for value, _ in POISON] + [orjson.dumps(good)], key=b"same-partition")
     with bridge():
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        wait_for(lambda: broker.depths([queue])[queue] == 1, message="the good message in Redis")
         dead = consume_all(topics["dlq"], len(POISON))
     assert celery_messages(queue) == [good]
     for message, (value, reason) in zip(dead, POISON, strict=True):
@@ -101,13 +101,13 @@ def test_poison_messages_go_to_the_dlq_with_reason_and_the_bridge_goes_on(topics
 def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics, queue, bridge):
     total, high, low = 120, 20, 5
     produce(topics["jobs"], [orjson.dumps(envelope(queue)) for _ in range(total)])
-    client = celery_queues.client()
-    names = celery_queues.list_names(queue)
+    client = broker.client()
+    names = broker.list_names(queue)
     with bridge(high_water=high, low_water=low, batch_size=1) as running:  # counted in messages
-        wait_for(lambda: celery_queues.depths([queue])[queue] >= high, message="queue filled to the high-water mark")
+        wait_for(lambda: broker.depths([queue])[queue] >= high, message="queue filled to the high-water mark")
         # Held there: the rest waits in Kafka, not in Redis.
         for _ in range(20):
-            assert celery_queues.depths([queue])[queue] <= high + 1
+            assert broker.depths([queue])[queue] <= high + 1
             threading.Event().wait(0.1)
         step = running.factory.enqueue
         assert step is not None
@@ -116,14 +116,14 @@ def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics
 
         consumed = 0
         while consumed < total:  # act as the workers: take tasks off the queue
-            depth = celery_queues.depths([queue])[queue]
+            depth = broker.depths([queue])[queue]
             assert depth <= high + 1
             for name in names:
                 while client.lpop(name) is not None:
                     consumed += 1
             threading.Event().wait(0.05)
             if consumed < total:
-                wait_for(lambda: celery_queues.depths([queue])[queue] > 0 or step.enqueued == total, timeout=30)
+                wait_for(lambda: broker.depths([queue])[queue] > 0 or step.enqueued == total, timeout=30)
         assert step.enqueued == total
 
 
@@ -168,7 +168,7 @@ def test_a_queue_rate_limit_spaces_dispatches_and_keeps_order(topics, queue, set
     envelopes = [envelope(queue, attempt=i + 1) for i in range(15)]
     produce(topics["jobs"], [orjson.dumps(e) for e in envelopes], key=b"one-partition")
     with bridge():
-        wait_for(lambda: celery_queues.depths([queue])[queue] >= 1, timeout=30, message="the first task")
+        wait_for(lambda: broker.depths([queue])[queue] >= 1, timeout=30, message="the first task")
         started = time.monotonic()
         wait_for(lambda: len(celery_messages(queue)) == 15, timeout=30, message="all 15 jobs")
         elapsed = time.monotonic() - started
@@ -183,7 +183,7 @@ def test_a_commit_after_the_group_moved_on_is_logged_not_raised(topics, caplog):
     its revoke callback, and raising there killed the bridge in the middle of its next join."""
     from confluent_kafka import Consumer
 
-    from orchestration import kafka
+    from config import kafka
     from orchestration.consumers.bridge import tolerant_commit
 
     produce(topics["jobs"], [b"x"])
@@ -234,7 +234,7 @@ def test_a_job_type_the_bridge_does_not_know_dead_letters_the_job(topics, queue,
     good = envelope(queue)
     produce(topics["jobs"], [orjson.dumps(stale), orjson.dumps(good)], key=b"same-partition")
     with bridge():
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        wait_for(lambda: broker.depths([queue])[queue] == 1, message="the good message in Redis")
         dead = consume_all(topics["dlq"], 2)
         wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER, message="dead letter")
     reason = "no handler registered for job type 'deploy.new' on the bridge"
@@ -303,7 +303,7 @@ def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkey
     from orchestration.consumers.envelope import parse
     from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
 
-    monkeypatch.setattr(celery_queues, "_client", None)
+    monkeypatch.setattr(broker, "_client", None)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
     step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
     message = Message(BrokerValue(parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC)))
@@ -323,7 +323,7 @@ def test_a_message_at_the_size_limit_goes_to_the_dlq_shortened(topics, queue, br
     good = envelope(queue)
     produce(topics["jobs"], [huge, orjson.dumps(good)], key=b"same-partition")
     with bridge() as running:
-        wait_for(lambda: celery_queues.depths([queue])[queue] == 1, message="the good message in Redis")
+        wait_for(lambda: broker.depths([queue])[queue] == 1, message="the good message in Redis")
         [dead] = consume_all(topics["dlq"], 1)
         assert running.thread.is_alive()
     headers = dict(dead.headers())

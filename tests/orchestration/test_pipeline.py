@@ -55,14 +55,14 @@ def test_a_job_survives_a_bridge_killed_before_it_committed(stack, user, queue):
     stack.start("relay")
     stack.start("bridge")
     job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop", queue=queue)).job
-    from orchestration import celery_queues
+    from config import broker
 
-    wait_for(lambda: celery_queues.depths([queue])[queue] == 1, timeout=60, message="the job enqueued")
+    wait_for(lambda: broker.depths([queue])[queue] == 1, timeout=60, message="the job enqueued")
     stack.stop("bridge", sig=9)  # enqueued, offset never committed
     stack.env["BRIDGE_COMMIT_SECONDS"] = "1"
     stack.start("bridge")
-    wait_for(lambda: celery_queues.depths([queue])[queue] == 2, timeout=60, message="the job enqueued again")
+    wait_for(lambda: broker.depths([queue])[queue] == 2, timeout=60, message="the job enqueued again")
     stack.start("worker")
     wait_for(lambda: status_of(job.id) == JobStatus.SUCCEEDED, timeout=60, message="the job succeeded")
-    wait_for(lambda: celery_queues.depths([queue])[queue] == 0, timeout=30, message="the duplicate consumed")
+    wait_for(lambda: broker.depths([queue])[queue] == 0, timeout=30, message="the duplicate consumed")
     assert JobAttempt.objects.filter(job_id=job.id).count() == 1

@@ -10,10 +10,10 @@ import time
 import orjson
 import pytest
 
+from config import broker
 from jobs import services
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
-from orchestration import celery_queues
 from tests.orchestration.conftest import Stack, celery_messages, consume_all, wait_for
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_messages_lost_in_redis_are_dispatched_again(stack, user, queue):
         stack.start(role)
     jobs = [submit(user, queue, "demo.noop") for _ in range(5)]
     wait_for(lambda: len(celery_messages(queue)) >= 5, timeout=60, message="5 jobs in Redis")
-    celery_queues.client().delete(*celery_queues.list_names(queue))  # Redis flushed: messages gone
+    broker.client().delete(*broker.list_names(queue))  # Redis flushed: messages gone
     time.sleep(0.5)
     stack.start("worker")
     for job in jobs:

@@ -123,7 +123,7 @@ def test_kafka_down_keeps_the_rows(user, topics, settings):
 def topic_names() -> set[str]:
     from confluent_kafka.admin import AdminClient
 
-    from orchestration import kafka
+    from config import kafka
 
     return set(AdminClient(kafka.base_config()).list_topics(timeout=10).topics)
 
@@ -132,7 +132,7 @@ def topic_names() -> set[str]:
 def test_a_fresh_relay_creates_the_topics_it_writes_to_with_the_size_limit(user, settings):
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from orchestration import kafka
+    from config import kafka
 
     suffix = uuid.uuid4().hex[:10]
     settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DEAD_TOPIC = f"jobs-{suffix}", f"jobs-{suffix}.dead"
@@ -251,7 +251,7 @@ class BrokerRejects:
     def __init__(self, too_large: set[bytes]) -> None:
         from confluent_kafka import Producer
 
-        from orchestration import kafka
+        from config import kafka
 
         self.real = Producer(kafka.producer_config())
         self.too_large = too_large

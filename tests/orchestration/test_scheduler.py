@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from config import broker
 from jobs import services, transitions
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from jobs.services import JobSpec
-from orchestration import celery_queues
 from orchestration.relay import Relay
 from orchestration.scheduler import Fenced, Scheduler, fence
 
@@ -21,8 +21,8 @@ from orchestration.scheduler import Fenced, Scheduler, fence
 def scheduler_keys(settings):
     # A leadership of this test's own: no other scheduler (a dev stack's, another test's) competes.
     settings.SCHEDULER_LOCK_KEY = f"test-scheduler-{uuid.uuid4().hex}"
-    yield celery_queues.client()
-    celery_queues.client().delete(f"{settings.SCHEDULER_LOCK_KEY}:leader", f"{settings.SCHEDULER_LOCK_KEY}:epoch")
+    yield broker.client()
+    broker.client().delete(f"{settings.SCHEDULER_LOCK_KEY}:leader", f"{settings.SCHEDULER_LOCK_KEY}:epoch")
 
 
 def submit(user, type: str = "demo.noop", **spec) -> Job:
@@ -102,7 +102,7 @@ def test_a_message_lost_after_the_bridge_took_it_is_dispatched_again(user, sched
     # The bridge consumed and committed it, but Redis lost it (its queue is empty).
     from confluent_kafka import Consumer, TopicPartition
 
-    from orchestration import kafka
+    from config import kafka
 
     consumer = Consumer(kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP, **{"enable.auto.commit": False}))
     consumer.commit(
@@ -477,7 +477,7 @@ def test_lost_messages_behind_a_full_page_of_legitimate_backlog_are_found(
     # make the relay's batch look partly beyond the end.
     from confluent_kafka import Producer
 
-    from orchestration import kafka
+    from config import kafka
 
     producer = Producer(kafka.producer_config())
     for partition in (0, 1):

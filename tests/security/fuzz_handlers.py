@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestration.handlers import JobContext, PermanentError, handler
+from jobs.handlers import JobContext, PermanentError, handler
 
 logger = logging.getLogger("tests.fuzz")
 

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
 
+from config import broker
 from metrics import heartbeat
-from orchestration import celery_queues
 
 EXPECTED_ROLES = ("worker", "relay", "bridge", "scheduler", "log-sink")
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
             outbox, age = cur.fetchone()
         scheduler = next((r for r in records if r["role"] == "scheduler" and r.get("leading")), {})
         queues = [q.strip() for q in opts["queues"].split(",") if q.strip()]
-        depths = celery_queues.depths(queues)
+        depths = broker.depths(queues)
         self.stdout.write("")
         self.stdout.write(
             _table([

@@ -18,9 +18,9 @@ from arroyo.types import BrokerValue, Message
 from django.db import connection
 
 from jobs import transitions
+from jobs.handlers import is_registered
 from orchestration.consumers.envelope import BadEnvelope, DispatchEnvelope, parse
 from orchestration.consumers.steps.forwarding import ForwardingStep
-from orchestration.handlers import is_registered
 
 logger = logging.getLogger("orchestration.bridge")
 

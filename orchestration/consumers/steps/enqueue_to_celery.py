@@ -32,6 +32,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from config import broker
 from metrics import prom
 from orchestration import celery_queues
 from orchestration.consumers.envelope import DispatchEnvelope
@@ -100,7 +101,7 @@ class EnqueueToCelery(ForwardingStep):
             if now < self._depth_retry_at:
                 return None
             try:
-                depth = celery_queues.depths([queue])[queue]
+                depth = broker.depths([queue])[queue]
             except RedisError as exc:
                 self._depth_retry_at = now + DEPTH_RETRY_SECONDS
                 if now - self._last_depth_log >= ERROR_LOG_SECONDS:

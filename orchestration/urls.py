@@ -1,0 +1,8 @@
+from django.urls import path
+
+from orchestration import apis
+
+urlpatterns = [
+    path("breakers/", apis.BreakerListApi.as_view(), name="breaker-list"),
+    path("breakers/<str:job_type>/", apis.BreakerDetailApi.as_view(), name="breaker-detail"),
+]
