@@ -47,3 +47,16 @@ class IdempotencyConflict(JobError, StateConflict):
 
     def fields(self) -> dict[str, Any]:
         return {self.kind: str(self.job_id)}
+
+
+class ScheduleNameTaken(StateConflict):
+    """The owner already has a schedule of that name (API: 409)."""
+
+    code = "name_taken"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"you already have a schedule named {name!r}")
+        self.name = name
+
+    def fields(self) -> dict[str, Any]:
+        return {"name": self.name}

@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
 
 from jobs import transitions
-from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
+from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScheduleNameTaken
 from jobs.models import Job, JobStatus, Outbox, Schedule, default_backoff
 from metrics import prom
 
@@ -346,7 +346,11 @@ def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | N
     for field_name, value in data.items():
         setattr(schedule, field_name, value)
     schedule_prepare(schedule, now=timezone.now())
-    schedule.save()
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError:  # (owner, name) is unique: a second schedule of that name, or a race
+        raise ScheduleNameTaken(schedule.name) from None
     return schedule
 
 

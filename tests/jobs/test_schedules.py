@@ -160,3 +160,14 @@ def test_a_cron_without_any_date_is_400(api):
     response = api.post(URL, {**BODY, "cron": "0 0 31 2 *"}, format="json")
     assert response.status_code == 400
     assert "never" in str(response.json()["errors"]["cron"])
+
+
+def test_a_second_schedule_of_the_same_name_is_a_conflict_not_a_500(api, other_api):
+    assert api.post(URL, BODY, format="json").status_code == 201
+    again = api.post(URL, BODY, format="json")
+    assert again.status_code == 409, again.content
+    assert again.json()["code"] == "name_taken"
+    assert BODY["name"] in again.json()["detail"]
+    renamed = api.post(URL, {**BODY, "name": "other"}, format="json").json()["id"]
+    assert api.patch(f"{URL}{renamed}/", {"name": BODY["name"]}, format="json").status_code == 409
+    assert other_api.post(URL, BODY, format="json").status_code == 201  # names are each owner's own
