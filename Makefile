@@ -22,13 +22,13 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 # Dev stack in the foreground: engines, migrations, every role; Ctrl-C stops it all.
 run: venv
-	$(PY) -m orchestration.devstack
+	$(PY) -m devtools.devstack
 
 # Test suite against real engines (embedded ones for any URL that is unset).
 # LOG_SHIPPING=false: the test process's own records stay on the console (tests that ship
 # logs set up their handler and topics themselves).
 test: venv
-	LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
+	LOG_SHIPPING=false $(PY) -m devtools.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # Lint and type-check.
 lint: venv
@@ -58,13 +58,13 @@ bench-logs: venv
 # Chaos: every fault, one at a time, against private embedded engines; prints a table and
 # fails if any job was lost, run twice or left unfinished (about 15 minutes).
 chaos: venv
-	LOG_SHIPPING=false $(PY) -m orchestration.chaos
+	LOG_SHIPPING=false $(PY) -m devtools.chaos
 
 # Fuzzing on the real engines, exploring new examples each run: the API against its OpenAPI
 # schema (schemathesis), hostile handler output through every role (the pipeline), and the
 # worker's batch path as a Hypothesis state machine. `make test` runs a fixed-seed subset.
 fuzz: venv
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} LOG_SHIPPING=false $(PY) -m orchestration.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} LOG_SHIPPING=false $(PY) -m devtools.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest -m fuzz -p no:cacheprovider tests
 
 # Soak: 200,000 jobs at a steady rate against a running `make run`; memory of every role.
 soak: venv
@@ -76,5 +76,5 @@ audit: venv
 
 # Stop embedded engines and delete their data.
 clean-data: venv
-	$(PY) -m orchestration.engines down
+	$(PY) -m devtools.engines down
 	rm -rf .data

@@ -13,13 +13,29 @@ from pathlib import Path
 
 import environ
 
-from orchestration.engines import read_env_file
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data")
 ENV_FILE = DATA_DIR / "env"
 
 env = environ.Env()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse ``VAR=value`` lines (``#`` comments, blank lines, optional quotes). Missing: {}."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return {}
+    result = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            result[key.strip()] = value
+    return result
 
 
 def load_env_file(path: Path = ENV_FILE) -> None:

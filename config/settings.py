@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "logs",
     "metrics",
 ]
+if not PRODUCTION:
+    INSTALLED_APPS.append("devtools")  # tooling: `manage.py bench`, `manage.py chaos`
 
 MIDDLEWARE = [
     # Request counts and latencies by view and status (django-prometheus), around everything.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestration import engines
-from orchestration.devstack import roles
+from devtools import engines
+from devtools.devstack import roles
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text())
 

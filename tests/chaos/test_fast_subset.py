@@ -22,7 +22,7 @@ def test_fast_chaos_subset_loses_nothing_and_runs_nothing_twice():
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL")}  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "orchestration.chaos", "--faults", ",".join(FAULTS), "--rate", "10"],
+        [sys.executable, "-m", "devtools.chaos", "--faults", ",".join(FAULTS), "--rate", "10"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=880,
     )  # fmt: skip
     print(result.stdout[-4000:], result.stderr[-4000:])

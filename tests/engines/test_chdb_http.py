@@ -15,7 +15,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from orchestration.engines.clickhouse import ClickHouse
+from devtools.engines.clickhouse import ClickHouse
 
 TABLE = """
 CREATE TABLE {name} (

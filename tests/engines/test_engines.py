@@ -13,8 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestration import engines
-from orchestration.engines import EngineError, ensure, read_env_file, stop, write_env_file
+from config.env import read_env_file
+from devtools import engines
+from devtools.engines import EngineError, ensure, stop, write_env_file
 
 
 def free_port() -> int:
@@ -156,7 +157,7 @@ def test_cli_run_exports_urls_and_stops_what_it_started(data_dir: Path, environ:
     env = {k: v for k, v in os.environ.items() if k not in engines.ENV_VARS.values()}
     env.update(environ)
     script = "import os, sys; print(os.environ['REDIS_URL']); sys.exit(3)"
-    cli = [sys.executable, "-m", "orchestration.engines", "run", "--only", "redis", "--data-dir", str(data_dir)]
+    cli = [sys.executable, "-m", "devtools.engines", "run", "--only", "redis", "--data-dir", str(data_dir)]
     command = [*cli, "--", sys.executable, "-c", script]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 3, result.stderr
@@ -171,7 +172,7 @@ def test_cli_up_status_down(data_dir: Path, environ: dict[str, str]) -> None:
     env.update(environ)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "orchestration.engines", *args, "--only", "redis", "--data-dir", str(data_dir)]
+        command = [sys.executable, "-m", "devtools.engines", *args, "--only", "redis", "--data-dir", str(data_dir)]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
     assert cli("up").returncode == 0

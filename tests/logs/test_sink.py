@@ -82,7 +82,7 @@ class ClickHouseProcess:
         cmd = [
             sys.executable,
             "-m",
-            "orchestration.engines.chdb_http",
+            "devtools.engines.chdb_http",
             "--path",
             str(self.path),
             "--port",

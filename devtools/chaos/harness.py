@@ -31,10 +31,10 @@ import requests
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, close_old_connections, connection, models, transaction
 
+from devtools import engines
 from jobs import services
 from jobs.models import TERMINAL_STATUSES, Job
 from jobs.services import JobSpec
-from orchestration import engines
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import requests
 
+from devtools.bench.api import bench_token
+from devtools.bench.stats import Out, Progress
 from jobs.models import Job, JobStatus
-from orchestration.bench.api import bench_token
-from orchestration.bench.stats import Out, Progress
 from workflows.models import WORKFLOW_TERMINAL, Workflow
 
 NOOP = {"type": "demo.noop", "payload": {}}

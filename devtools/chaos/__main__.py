@@ -1,4 +1,4 @@
-"""`make chaos` / `python -m orchestration.chaos [--faults a,b] [--keep-engines]`.
+"""`make chaos` / `python -m devtools.chaos [--faults a,b] [--keep-engines]`.
 
 Starts a private set of embedded engines (their own data directory and ports, so the dev
 stack is untouched and an engine can be restarted as a fault), migrates, then runs
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestration import engines
+from devtools import engines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestration.chaos")
+    parser = argparse.ArgumentParser(prog="python -m devtools.chaos")
     parser.add_argument("--faults", default="all", help="comma-separated fault names, or all")
     parser.add_argument("--rate", type=float, default=15.0, help="jobs per second while a fault runs")
     parser.add_argument("--data-dir", help="engines' data directory (default: a temporary one)")

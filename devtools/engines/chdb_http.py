@@ -26,7 +26,7 @@ Not supported (not needed by the platform): sessions. All clients share one chDB
 parameters are per request). Also: external data, streaming of large results (each result is
 materialized in memory), progress headers, authentication (it listens on 127.0.0.1 only).
 
-Usage: ``python -m orchestration.engines.chdb_http --path .data/clickhouse/db --port 58123``
+Usage: ``python -m devtools.engines.chdb_http --path .data/clickhouse/db --port 58123``
 """
 
 from __future__ import annotations

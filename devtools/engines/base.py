@@ -146,7 +146,7 @@ class Engine:
                 raise EngineError(
                     f"Embedded {self.name} runs from {self.dir} (pid {pid}) but does not answer on "
                     f"127.0.0.1:{self.port}. It may have been started with another port; stop it with "
-                    f"`python -m orchestration.engines down --only {self.name}` and start again."
+                    f"`python -m devtools.engines down --only {self.name}` and start again."
                 )
             self.pidfile.unlink(missing_ok=True)  # stale: its process is gone
             if port_in_use(self.port):

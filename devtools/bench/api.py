@@ -23,9 +23,9 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from devtools.bench.stats import Progress, ms, percentile
 from jobs.models import Job
 from jobs.services import JobSpec, dispatch_envelope
-from orchestration.bench.stats import Progress, ms, percentile
 
 BENCH_USER = "bench"
 

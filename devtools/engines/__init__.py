@@ -23,7 +23,7 @@ clickhouse  CLICKHOUSE_URL             58123   chDB behind ``chdb_http`` (ClickH
 - Engines run detached from the caller's terminal (Ctrl-C does not reach them) and keep
   running until ``stop()``; ``run`` stops the ones it started when its command ends.
 
-CLI (``python -m orchestration.engines``)::
+CLI (``python -m devtools.engines``)::
 
     up     [--only a,b] [--env-file PATH]   start, write VAR=url lines (default <data>/env), exit
     down   [--only a,b] [--env-file PATH]   stop, drop their lines from the env file
@@ -52,7 +52,7 @@ from .redis import Redis
 
 __all__ = [
     "DEFAULT_PORTS", "ENGINES", "ENV_VARS", "EngineError", "EngineStatus", "default_data_dir",
-    "ensure", "env_vars", "forget_env", "main", "read_env_file", "stop", "write_env_file",
+    "ensure", "env_vars", "forget_env", "main", "stop", "write_env_file",
 ]  # fmt: skip
 
 _CLASSES: dict[str, type[Engine]] = {cls.name: cls for cls in (Postgres, Redis, Kafka, ClickHouse)}
@@ -139,36 +139,20 @@ def write_env_file(path: Path, urls: Mapping[str, str]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# URLs of the embedded engines (python -m orchestration.engines)\n" + "".join(lines))
+    tmp.write_text("# URLs of the embedded engines (python -m devtools.engines)\n" + "".join(lines))
     tmp.replace(path)  # readers never see a half-written file
 
 
 def forget_env(path: Path, names: Iterable[str]) -> None:
     """Drop the variables of stopped engines from the env file (delete it when empty)."""
     gone = {ENV_VARS[n] for n in names}
+    from config.env import read_env_file  # here, not at the top: chdb_http's process needs none of config
+
     remaining = {k: v for k, v in read_env_file(path).items() if k not in gone}
     if remaining:
         write_env_file(path, remaining)
     else:
         Path(path).unlink(missing_ok=True)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse ``VAR=value`` lines (``#`` comments, blank lines, optional quotes). Missing: {}."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return {}
-    result = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            result[key.strip()] = value
-    return result
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -227,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--only", help=f"comma-separated subset of {','.join(ENGINES)}")
     common.add_argument("--data-dir", type=Path, help="default: $DATA_DIR or <repo>/.data")
-    parser = argparse.ArgumentParser(prog="python -m orchestration.engines", description="Embedded dev/test engines.")
+    parser = argparse.ArgumentParser(prog="python -m devtools.engines", description="Embedded dev/test engines.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("up", "start and leave running"), ("down", "stop")):
         sub = commands.add_parser(name, parents=[common], help=help_text)
@@ -243,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             statuses = ensure(names, data_dir=data_dir)
+            from config.env import read_env_file
+
             write_env_file(env_file, {**read_env_file(env_file), **env_vars(statuses)})
             say(f"wrote {env_file}")
         elif args.command == "down":

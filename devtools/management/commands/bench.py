@@ -60,7 +60,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["which"] == "api":
-            from orchestration.bench import api
+            from devtools.bench import api
 
             self.stdout.write(f"bench api against {opts['url']} ({os.cpu_count()} CPUs)")
             api.run(
@@ -72,7 +72,7 @@ class Command(BaseCommand):
                 out=self.stdout,
             )
         elif opts["which"] == "workflows":
-            from orchestration.bench import workflows
+            from devtools.bench import workflows
 
             self.stdout.write(f"bench workflows against {opts['url']} ({os.cpu_count()} CPUs)")
             workflows.run(
@@ -80,18 +80,18 @@ class Command(BaseCommand):
                 out=self.stdout,
             )  # fmt: skip
         elif opts["which"] == "dashboard":
-            from orchestration.bench import dashboard
+            from devtools.bench import dashboard
 
             self.stdout.write(f"bench dashboard ({os.cpu_count()} CPUs)")
             dashboard.run(jobs=opts["jobs"], repeat=opts["repeat"], keep=opts["keep"], out=self.stdout)
         elif opts["which"] == "soak":
-            from orchestration.bench import soak
+            from devtools.bench import soak
 
             self.stdout.write(f"soak against {opts['url']} ({os.cpu_count()} CPUs)")
             soak.run(base=opts["url"].rstrip("/"), jobs=opts["jobs"], rate=opts["rate"], keep=opts["keep"],
                      out=self.stdout)  # fmt: skip
         elif opts["which"] == "logs":
-            from orchestration.bench import logs
+            from devtools.bench import logs
 
             self.stdout.write(f"bench logs ({os.cpu_count()} CPUs, Kafka {settings.KAFKA_BOOTSTRAP_SERVERS}, "
                               f"ClickHouse {settings.CLICKHOUSE_URL})")  # fmt: skip
@@ -100,7 +100,7 @@ class Command(BaseCommand):
                 lookups=opts["lookups"], only=opts["only"], out=self.stdout,
             )  # fmt: skip
         elif opts["which"] == "pipeline":
-            from orchestration.bench import pipeline
+            from devtools.bench import pipeline
 
             self.stdout.write(f"bench pipeline against {opts['url']} ({os.cpu_count()} CPUs)")
             pipeline.run(

@@ -22,11 +22,11 @@ import requests
 from django.db.models import Count
 from django.utils import timezone
 
+from devtools.bench.api import bench_token
+from devtools.bench.pipeline import PEERS
+from devtools.bench.processes import role_processes
+from devtools.bench.stats import Out, Progress
 from jobs.models import Job, JobStatus
-from orchestration.bench.api import bench_token
-from orchestration.bench.pipeline import PEERS
-from orchestration.bench.processes import role_processes
-from orchestration.bench.stats import Out, Progress
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.1}

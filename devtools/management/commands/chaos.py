@@ -1,5 +1,5 @@
-"""`manage.py chaos`: run the chaos harness (orchestration/chaos/harness.py) against the
-engines in the environment. Use `make chaos` (python -m orchestration.chaos), which gives it
+"""`manage.py chaos`: run the chaos harness (devtools/chaos/harness.py) against the
+engines in the environment. Use `make chaos` (python -m devtools.chaos), which gives it
 private engines it may restart."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--rate", type=float, default=15.0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        from orchestration.chaos import harness
-        from orchestration.chaos.__main__ import free_port
+        from devtools.chaos import harness
+        from devtools.chaos.__main__ import free_port
 
         if opts["faults"] == "all":
             names = list(harness.FAULTS)

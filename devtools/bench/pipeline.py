@@ -29,10 +29,10 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from devtools.bench.api import bench_token
+from devtools.bench.processes import CpuMeter
+from devtools.bench.stats import Progress, percentile
 from jobs.models import Job, JobStatus
-from orchestration.bench.api import bench_token
-from orchestration.bench.processes import CpuMeter
-from orchestration.bench.stats import Progress, percentile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ class Peer:
     its worker command, how to enqueue one task, and the counter its task bumps."""
 
     name: str
-    module: str  # orchestration.bench.raw_* (imported after BENCH_RAW_BROKER is set)
+    module: str  # devtools.bench.raw_* (imported after BENCH_RAW_BROKER is set)
     command: Callable[[int], list[str]]  # worker processes → the worker's command line
     enqueue: Callable[[Any, int], None]  # (the imported module, n): enqueue n no-op tasks
 
@@ -96,14 +96,14 @@ def _enqueue_calls(raw: Any, n: int) -> None:
 
 
 PEERS = (
-    Peer("Celery", "orchestration.bench.raw_celery", lambda w: [
-        "celery", "-A", "orchestration.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
+    Peer("Celery", "devtools.bench.raw_celery", lambda w: [
+        "celery", "-A", "devtools.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
         "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
         _enqueue_celery),
-    Peer("Dramatiq", "orchestration.bench.raw_dramatiq", lambda w: [
-        "dramatiq", "orchestration.bench.raw_dramatiq", "--processes", str(w)], _enqueue_calls),
-    Peer("Huey", "orchestration.bench.raw_huey", lambda w: [
-        "huey.bin.huey_consumer", "orchestration.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
+    Peer("Dramatiq", "devtools.bench.raw_dramatiq", lambda w: [
+        "dramatiq", "devtools.bench.raw_dramatiq", "--processes", str(w)], _enqueue_calls),
+    Peer("Huey", "devtools.bench.raw_huey", lambda w: [
+        "huey.bin.huey_consumer", "devtools.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
         "--logfile", os.devnull], _enqueue_calls),
 )  # fmt: skip
 
@@ -181,8 +181,8 @@ def set_bridge_batch_size(size: int | None) -> None:
     circus' control socket, and wait until it holds its partitions again."""
     from circus.client import CircusClient
 
+    from devtools import engines
     from metrics import heartbeat
-    from orchestration import engines
 
     client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=30)
     env = client.call({"command": "get", "properties": {"name": "bridge", "keys": ["env"]}})["options"]["env"]

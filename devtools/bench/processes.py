@@ -14,7 +14,7 @@ ROLES = (
     ("run_relay", "relay"), ("run_bridge", "bridge"), ("run_scheduler", "scheduler"), ("run_log_sink", "log-sink"),
     ("gunicorn", "web"), ("celery -A config worker", "worker"), ("flower", "flower"),
     ("chdb_http", "clickhouse (chDB)"), ("bin/postgres", "postgresql"), ("redis-server", "redis"),
-    ("tansu", "kafka (Tansu)"), ("orchestration.devstack", "make run (circus, role output)"),
+    ("tansu", "kafka (Tansu)"), ("devtools.devstack", "make run (circus, role output)"),
 )  # fmt: skip
 ROLE_NAMES = frozenset({"relay", "bridge", "scheduler", "log-sink", "web", "worker", "flower"})
 

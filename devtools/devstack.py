@@ -26,7 +26,7 @@ from typing import Any
 
 from circus.stream import StdoutStream
 
-from orchestration import engines
+from devtools import engines
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -178,7 +178,7 @@ def run_roles(port: int, env: dict[str, str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     watchers = []
     for role in roles(port):
-        stream = {"class": "orchestration.devstack.RoleStream", "role": role.name, "color": role.color}
+        stream = {"class": "devtools.devstack.RoleStream", "role": role.name, "color": role.color}
         watchers.append(
             {
                 "name": role.name,

@@ -30,10 +30,10 @@ from django.conf import settings
 from django.test.utils import override_settings
 
 from config import kafka
+from devtools.bench.stats import Out, Progress, percentile
 from logs import search, store
 from logs.handler import KafkaLogHandler
 from logs.sink import LogSink
-from orchestration.bench.stats import Out, Progress, percentile
 
 MESSAGE = "processing item %d for customer %s: charged %d cents"
 

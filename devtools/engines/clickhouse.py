@@ -21,7 +21,7 @@ class ClickHouse(Engine):
     name = "clickhouse"
     env_var = "CLICKHOUSE_URL"
     default_port = 58123
-    process_marker = "orchestration.engines.chdb_http"
+    process_marker = "devtools.engines.chdb_http"
 
     @property
     def url(self) -> str:
@@ -31,7 +31,7 @@ class ClickHouse(Engine):
         return [sys.executable, "-m", self.process_marker, "--path", str(self.dir / "db"), "--port", str(self.port)]
 
     def popen_kwargs(self) -> dict[str, Any]:
-        # The server runs with the engine directory as its cwd, so `orchestration` must be
+        # The server runs with the engine directory as its cwd, so `devtools` must be
         # importable from the repository root.
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         return {"env": {**os.environ, "PYTHONPATH": path}}

@@ -18,8 +18,8 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
+from devtools.bench.stats import Out, Progress, percentile
 from jobs.models import Job
-from orchestration.bench.stats import Out, Progress, percentile
 from workflows.models import Workflow
 
 BENCH_USER = "bench-dashboard"

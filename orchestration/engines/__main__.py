@@ -1,5 +1,0 @@
-"""``python -m orchestration.engines up|down|status|run``; see the package docstring."""
-
-from . import main
-
-raise SystemExit(main())
