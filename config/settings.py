@@ -124,7 +124,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
 
 # --- Internationalisation ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

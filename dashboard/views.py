@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import NotFound, ValidationError
 
 from dashboard import charts, queries
-from jobs import selectors, services
+from jobs import schedules, selectors, services
 from jobs.errors import JobError
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
@@ -288,7 +288,7 @@ def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpRespons
         schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
     except NotFound:  # the API's 404; outside DRF it would be a 500
         raise Http404("no such schedule") from None
-    services.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
+    schedules.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
     messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")
     return redirect("dashboard:schedules")
 

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.rest import KeysetPagination, LimitedFormParser, ORJSONParser, ORJSONRenderer, PerUserThrottle
-from jobs import selectors, services
+from jobs import schedules, selectors, services
 from jobs.serializers import (
     KEY_HELP,
     BulkInputSerializer,
@@ -154,7 +154,7 @@ class ScheduleListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = ScheduleSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        schedule = services.schedule_save(owner_id=_owner_id(request), data=serializer.validated_data)
+        schedule = schedules.schedule_save(owner_id=_owner_id(request), data=serializer.validated_data)
         return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
 
 
@@ -168,7 +168,9 @@ class ScheduleDetailApi(APIView):
         schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
         serializer = ScheduleSerializer(schedule, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        schedule = services.schedule_save(owner_id=schedule.owner_id, data=serializer.validated_data, schedule=schedule)
+        schedule = schedules.schedule_save(
+            owner_id=schedule.owner_id, data=serializer.validated_data, schedule=schedule
+        )
         return Response(ScheduleSerializer(schedule).data)
 
     @extend_schema(responses={204: None})

@@ -17,12 +17,13 @@ import logging
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from croniter import croniter
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from jobs.errors import IdempotencyConflict
+from jobs.errors import IdempotencyConflict, ScheduleNameTaken
 from jobs.keys import SCHEDULE_KEY_PREFIX
 from jobs.models import MisfirePolicy, Schedule
 from jobs.services import JobSpec, job_submit_bulk
@@ -172,3 +173,17 @@ def _fire_failed(schedule: Schedule, slot: datetime | None, now: datetime, exc: 
 def schedule_prepare(schedule: Schedule, *, now: datetime) -> None:
     """Set the cursor of a new or edited schedule to its next slot from now."""
     schedule.next_fire_at = next_slot(schedule, now) if schedule.enabled else None
+
+
+def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | None = None) -> Schedule:
+    """Create or update a schedule; its next slot is computed from now."""
+    schedule = schedule or Schedule(owner_id=owner_id)
+    for field_name, value in data.items():
+        setattr(schedule, field_name, value)
+    schedule_prepare(schedule, now=timezone.now())
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError:  # (owner, name) is unique: a second schedule of that name, or a race
+        raise ScheduleNameTaken(schedule.name) from None
+    return schedule

@@ -15,13 +15,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
 
 from jobs import transitions
-from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound, ScheduleNameTaken
-from jobs.models import Job, JobStatus, Outbox, Schedule, default_backoff
+from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
+from jobs.models import Job, JobStatus, Outbox, default_backoff
 from metrics import prom
 
 ENVELOPE_VERSION = 1
@@ -336,22 +336,6 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
             envelope = dispatch_envelope(job.id, job, attempt=job.attempt_seq + 1, token=token)
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
-
-
-def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | None = None) -> Schedule:
-    """Create or update a schedule; its next slot is computed from now."""
-    from jobs.schedules import schedule_prepare
-
-    schedule = schedule or Schedule(owner_id=owner_id)
-    for field_name, value in data.items():
-        setattr(schedule, field_name, value)
-    schedule_prepare(schedule, now=timezone.now())
-    try:
-        with transaction.atomic():
-            schedule.save()
-    except IntegrityError:  # (owner, name) is unique: a second schedule of that name, or a race
-        raise ScheduleNameTaken(schedule.name) from None
-    return schedule
 
 
 def job_dispatch_released(released: Sequence[transitions.Released]) -> None:

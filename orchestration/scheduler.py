@@ -2,7 +2,7 @@
 
 Leadership: a Redis lock (SET NX PX) that the leader renews every tick; a standby takes over
 within SCHEDULER_LOCK_TTL_SECONDS of the leader dying. Each new leader takes a fencing epoch
-(Redis INCR) and every scheduler transaction first raises the epoch in PostgreSQL
+from PostgreSQL, beside the fence, and every scheduler transaction first raises the epoch
 (`SchedulerFence`) only if it is not behind: a leader paused past its lock's expiry finds a
 newer epoch there, writes nothing, and steps down.
 

@@ -97,9 +97,9 @@ def test_log_search(page, user, ch_table):
 
 
 def test_schedules_enable_and_disable(page, user):
-    from jobs import services
+    from jobs import schedules
 
-    services.schedule_save(owner_id=user.pk, data={"name": "nightly-report", "cron": "0 3 * * *", "type": "demo.noop"})
+    schedules.schedule_save(owner_id=user.pk, data={"name": "nightly-report", "cron": "0 3 * * *", "type": "demo.noop"})
     login(page, user.username)
     page.goto("/schedules/")
     page.get_by_role("button", name="Enabled: disable").click()

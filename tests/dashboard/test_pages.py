@@ -7,7 +7,7 @@ import uuid
 import pytest
 from django.test import Client
 
-from jobs import services, transitions
+from jobs import schedules, transitions
 from jobs.models import Job, JobStatus, Schedule
 from tests.factories import submit_job
 from tests.workflows.conftest import run_all, task
@@ -90,12 +90,12 @@ def test_an_unknown_job_action_is_404_and_leaves_the_job_alone(logged_in, user, 
 
 def test_toggling_another_users_schedule_or_none_is_404(client, user, other_user):
     data = {"name": "nightly", "cron": "0 3 * * *", "type": "demo.noop"}
-    theirs = services.schedule_save(owner_id=other_user.pk, data=data)
+    theirs = schedules.schedule_save(owner_id=other_user.pk, data=data)
     client.force_login(user)
     client.raise_request_exception = False  # a 500 must show as one, not as the test's exception
     for schedule_id in (theirs.id, uuid.uuid4()):
         assert client.post(f"/schedules/{schedule_id}/toggle/").status_code == 404
     assert Schedule.objects.get(id=theirs.id).enabled is True
-    mine = services.schedule_save(owner_id=user.pk, data=data)
+    mine = schedules.schedule_save(owner_id=user.pk, data=data)
     assert client.post(f"/schedules/{mine.id}/toggle/").status_code == 302
     assert Schedule.objects.get(id=mine.id).enabled is False

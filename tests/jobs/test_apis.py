@@ -10,7 +10,7 @@ from datetime import timezone as dt_timezone
 import pytest
 from django.utils import timezone
 
-from jobs import services
+from jobs import schedules
 from jobs.models import Job, JobStatus, Outbox
 from jobs.transitions import mark_running
 from tests.conftest import client_for
@@ -212,7 +212,7 @@ def test_idempotency_keys_are_per_user(api, other_api):
 def test_a_key_the_scheduler_uses_cannot_be_taken(api, user):
     # A schedule's slot is submitted as its owner with the key `schedule:<id>:<slot>`: a user
     # who took it first made that slot's submit conflict (and the scheduler crash-loop).
-    schedule = services.schedule_save(
+    schedule = schedules.schedule_save(
         owner_id=user.pk, data={"name": "every minute", "cron": "* * * * *", "type": "demo.noop"}
     )
     key = f"schedule:{schedule.id}:{schedule.next_fire_at.isoformat()}"
