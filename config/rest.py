@@ -374,3 +374,10 @@ class KeysetPagination:
             params["cursor"] = token
             next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params, doseq=True)
         return rows, next_url
+
+
+def request_owner_id(request: Request) -> int:
+    """The id of the authenticated user a request acts for (the owner of what it creates)."""
+    pk = request.user.pk  # IsAuthenticated ran first: always a saved user here
+    assert pk is not None
+    return int(pk)

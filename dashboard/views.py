@@ -17,15 +17,16 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 
 from dashboard import charts, queries
 from jobs import schedules, selectors, services
-from jobs.errors import JobError
+from jobs.errors import JobError, ScheduleNotFound
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
 from logs import search
 from logs.records import LEVELS
+from logs.services import log_scope
 from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
 from workflows.errors import WorkflowFinished, WorkflowNotFound
@@ -237,12 +238,9 @@ def log_search(request: HttpRequest) -> HttpResponse:
     if level and level not in LEVELS:
         error, level = f"Unknown level {level!r}.", None
     since = _parse_since(g.get("window", "1h"))
-    owner = None if request.user.is_staff else request.user.pk
-    if job_id and not request.user.is_staff:
-        if selectors.job_visible_to(request.user).filter(id=job_id).exists():
-            owner = None  # the job's own lines, those written outside an attempt included
-        else:
-            job_id = "00000000-0000-0000-0000-000000000000"  # another user's job: nothing
+    visible, owner = log_scope(request.user, job_id)
+    if not visible:
+        job_id = "00000000-0000-0000-0000-000000000000"  # another user's job: nothing
     if "q" in g or job_id or level or g.get("service"):
         try:
             records, next_cursor = search.search(
@@ -286,7 +284,7 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
 def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpResponse:
     try:
         schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)
-    except NotFound:  # the API's 404; outside DRF it would be a 500
+    except ScheduleNotFound:
         raise Http404("no such schedule") from None
     schedules.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
     messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")

@@ -14,7 +14,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import KeysetPagination, LimitedFormParser, ORJSONParser, ORJSONRenderer, PerUserThrottle
+from config.rest import (
+    KeysetPagination,
+    LimitedFormParser,
+    ORJSONParser,
+    ORJSONRenderer,
+    PerUserThrottle,
+    request_owner_id,
+)
 from jobs import schedules, selectors, services
 from jobs.serializers import (
     KEY_HELP,
@@ -35,12 +42,6 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="The body's `idempotency_key`, when that is not set. " + KEY_HELP,
 )
-
-
-def _owner_id(request: Request) -> int:
-    pk = request.user.pk  # IsAuthenticated ran first: always a saved user here
-    assert pk is not None
-    return int(pk)
 
 
 def _page_response(request: Request, rows: list[Any], next_url: str | None, serializer: type) -> Response:
@@ -88,7 +89,9 @@ class JobListCreateApi(APIView):
             data = {**data, "idempotency_key": header_key}
         serializer = JobInputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        submitted = services.job_submit(owner_id=_owner_id(request), spec=serializer.to_spec(serializer.validated_data))
+        submitted = services.job_submit(
+            owner_id=request_owner_id(request), spec=serializer.to_spec(serializer.validated_data)
+        )
         code = status.HTTP_201_CREATED if submitted.created else status.HTTP_200_OK
         return Response(JobSerializer(submitted.job).data, status=code)
 
@@ -100,7 +103,7 @@ class JobBulkCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         to_spec = JobInputSerializer().to_spec
         specs = [to_spec(item) for item in serializer.validated_data["jobs"]]
-        submitted = services.job_submit_bulk(owner_id=_owner_id(request), specs=specs)
+        submitted = services.job_submit_bulk(owner_id=request_owner_id(request), specs=specs)
         represent = JobSerializer().to_representation
         return Response({"jobs": [represent(s.job) for s in submitted]}, status=status.HTTP_201_CREATED)
 
@@ -154,7 +157,7 @@ class ScheduleListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = ScheduleSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        schedule = schedules.schedule_save(owner_id=_owner_id(request), data=serializer.validated_data)
+        schedule = schedules.schedule_save(owner_id=request_owner_id(request), data=serializer.validated_data)
         return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
 
 

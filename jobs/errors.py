@@ -49,6 +49,11 @@ class IdempotencyConflict(JobError, StateConflict):
         return {self.kind: str(self.job_id)}
 
 
+class ScheduleNotFound(ObjectNotFound):
+    def __init__(self, schedule_id: uuid.UUID | str) -> None:
+        super().__init__(f"schedule {schedule_id} not found")
+
+
 class ScheduleNameTaken(StateConflict):
     """The owner already has a schedule of that name (API: 409)."""
 

@@ -13,10 +13,10 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 
 from config.rest import in_utc
-from jobs.errors import JobNotFound
+from jobs.errors import JobNotFound, ScheduleNotFound
 from jobs.models import Job, JobStatus, Schedule
 
 M = TypeVar("M", Job, Schedule)
@@ -151,4 +151,4 @@ def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:
     try:
         return schedule_visible_to(user).get(id=schedule_id)
     except (Schedule.DoesNotExist, ValueError):
-        raise NotFound(f"schedule {schedule_id} not found") from None
+        raise ScheduleNotFound(schedule_id) from None

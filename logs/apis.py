@@ -32,10 +32,7 @@ def _params(request: Request, serializer: type[serializers.Serializer] = LogSear
     return dict(params.validated_data)
 
 
-def _query(request: Request, data: dict[str, Any], *, job_checked: bool = False) -> search.LogQuery:
-    """The search the caller may run: staff anything; others the logs of their own jobs."""
-    user = request.user
-    owner_id = None if user.is_staff or job_checked else user.pk
+def _query(data: dict[str, Any], owner_id: int | None) -> search.LogQuery:
     return search.LogQuery(
         job_id=data.get("job_id"),
         workflow_id=data.get("workflow_id"),
@@ -54,11 +51,8 @@ def _query(request: Request, data: dict[str, Any], *, job_checked: bool = False)
 def _visible_query(request: Request, data: dict[str, Any]) -> search.LogQuery | None:
     """The query for a search or stats request; None when it names another user's job (a
     filter that matches nothing, as for any other object the caller cannot see)."""
-    if data.get("job_id") is None or request.user.is_staff:
-        return _query(request, data)
-    if not selectors.job_visible_to(request.user).filter(id=data["job_id"]).exists():
-        return None
-    return _query(request, data, job_checked=True)
+    visible, owner_id = services.log_scope(request.user, data.get("job_id"))
+    return _query(data, owner_id) if visible else None
 
 
 def _page(request: Request, query: search.LogQuery) -> Response:
@@ -123,7 +117,7 @@ class JobLogsApi(APIView):
         job = selectors.job_get(user=request.user, job_id=job_id)  # 404 for another user's job
         data = _params(request)
         data["job_id"] = job.id
-        return _page(request, _query(request, data, job_checked=True))
+        return _page(request, _query(data, owner_id=None))  # the caller's job: all its lines
 
 
 class LogStatsApi(APIView):

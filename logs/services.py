@@ -18,6 +18,21 @@ _producer_pid = 0
 _lock = threading.Lock()
 
 
+def log_scope(user: Any, job_id: Any = None) -> tuple[bool, int | None]:
+    """Which records `user` may search, for a search about `job_id` (or none): (visible, the
+    owner to filter by). Staff see every record (no filter); others the records of their own
+    jobs, and for a job of theirs all its lines, those written outside an attempt included
+    (no filter). Another user's job is not visible at all. The API and the dashboard both ask
+    here: one rule."""
+    if user.is_staff:
+        return True, None
+    if job_id is None:
+        return True, user.pk
+    if job_visible_to(user).filter(id=job_id).exists():
+        return True, None
+    return False, user.pk
+
+
 class IngestUnavailable(Exception):
     """Kafka did not acknowledge the records in time: nothing was accepted."""
 

@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import KeysetPagination
-from jobs.apis import IDEMPOTENCY_HEADER, _owner_id
+from config.rest import KeysetPagination, request_owner_id
+from jobs.apis import IDEMPOTENCY_HEADER
 from workflows import selectors, services
 from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer, WorkflowSerializer
 
@@ -62,7 +62,7 @@ class WorkflowListCreateApi(APIView):
         serializer = WorkflowInputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         workflow, created = services.workflow_submit(
-            owner_id=_owner_id(request),
+            owner_id=request_owner_id(request),
             spec=serializer.to_spec(serializer.validated_data),
             max_tasks=settings.WORKFLOW_MAX_TASKS,
         )
