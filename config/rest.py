@@ -381,3 +381,21 @@ def request_owner_id(request: Request) -> int:
     pk = request.user.pk  # IsAuthenticated ran first: always a saved user here
     assert pk is not None
     return int(pk)
+
+
+def with_idempotency_header(request: Request) -> Any:
+    """The request's body, with the `Idempotency-Key` header as its `idempotency_key` when the
+    body has none (jobs and workflows take the key either way)."""
+    data, header_key = request.data, request.headers.get("Idempotency-Key")
+    if header_key and isinstance(data, dict) and not data.get("idempotency_key"):
+        return {**data, "idempotency_key": header_key}
+    return data
+
+
+def filtered_page(request: Request, filterset_class: type, queryset: Any, serializer: type) -> Response:
+    """A list GET: the filters (400 with their errors), then one keyset page of `serializer`."""
+    filterset = filterset_class(request.query_params, queryset=queryset, request=request)
+    if not filterset.is_valid():
+        raise exceptions.ValidationError(filterset.errors)
+    rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+    return Response({"results": serializer(rows, many=True).data, "next": next_url})

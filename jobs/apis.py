@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.rest import (
-    KeysetPagination,
     LimitedFormParser,
     ORJSONParser,
     ORJSONRenderer,
     PerUserThrottle,
+    filtered_page,
     request_owner_id,
+    with_idempotency_header,
 )
 from jobs import schedules, selectors, services
 from jobs.serializers import (
@@ -44,10 +42,6 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
-def _page_response(request: Request, rows: list[Any], next_url: str | None, serializer: type) -> Response:
-    return Response({"results": [serializer(row).data for row in rows], "next": next_url})
-
-
 class JobListCreateApi(APIView):
     @extend_schema(
         operation_id="jobs_list",
@@ -68,26 +62,16 @@ class JobListCreateApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        filterset = selectors.JobFilter(
-            request.query_params, queryset=selectors.job_visible_to(request.user), request=request
-        )
-        if not filterset.is_valid():
-            raise ValidationError(filterset.errors)
-        try:
-            rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+        try:  # the `log_contains` filter asks ClickHouse
+            return filtered_page(request, selectors.JobFilter, selectors.job_visible_to(request.user), JobSerializer)
         except LogStoreUnavailable as exc:
             raise LogStoreUnavailableError() from exc
-        return _page_response(request, rows, next_url, JobSerializer)
 
     @extend_schema(
         request=JobInputSerializer, responses={201: JobSerializer, 200: JobSerializer}, parameters=[IDEMPOTENCY_HEADER]
     )
     def post(self, request: Request) -> Response:
-        data = request.data
-        header_key = request.headers.get("Idempotency-Key")
-        if header_key and isinstance(data, dict) and not data.get("idempotency_key"):
-            data = {**data, "idempotency_key": header_key}
-        serializer = JobInputSerializer(data=data)
+        serializer = JobInputSerializer(data=with_idempotency_header(request))
         serializer.is_valid(raise_exception=True)
         submitted = services.job_submit(
             owner_id=request_owner_id(request), spec=serializer.to_spec(serializer.validated_data)

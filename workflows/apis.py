@@ -6,12 +6,11 @@ from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import KeysetPagination, request_owner_id
+from config.rest import filtered_page, request_owner_id, with_idempotency_header
 from jobs.apis import IDEMPOTENCY_HEADER
 from workflows import selectors, services
 from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer, WorkflowSerializer
@@ -41,11 +40,8 @@ class WorkflowListCreateApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        filterset = selectors.WorkflowFilter(request.query_params, queryset=selectors.workflow_visible_to(request.user))
-        if not filterset.is_valid():
-            raise ValidationError(filterset.errors)
-        rows, next_url = KeysetPagination().paginate(filterset.qs, request)
-        return Response({"results": WorkflowSerializer(rows, many=True).data, "next": next_url})
+        qs = selectors.workflow_visible_to(request.user)
+        return filtered_page(request, selectors.WorkflowFilter, qs, WorkflowSerializer)
 
     @extend_schema(
         operation_id="workflows_submit",
@@ -55,11 +51,7 @@ class WorkflowListCreateApi(APIView):
         description=SUBMIT_DOC,
     )
     def post(self, request: Request) -> Response:
-        data = request.data
-        header_key = request.headers.get("Idempotency-Key")
-        if header_key and isinstance(data, dict) and not data.get("idempotency_key"):
-            data = {**data, "idempotency_key": header_key}
-        serializer = WorkflowInputSerializer(data=data)
+        serializer = WorkflowInputSerializer(data=with_idempotency_header(request))
         serializer.is_valid(raise_exception=True)
         workflow, created = services.workflow_submit(
             owner_id=request_owner_id(request),
