@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Collection
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+S = TypeVar("S", bound=_HasStatus)
+
+
+def wait_for_end(
+    name: str,
+    load: Callable[[], S],
+    ended: Collection[str],
+    *,
+    timeout: float,
+    interval: float,
+    on_poll: Callable[[S], None] | None = None,
+) -> S:
+    """`--wait`: load the object until its status is one of `ended` and return it; a
+    CommandError naming it and its status once `timeout` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = load()
+        if on_poll is not None:
+            on_poll(obj)
+        if obj.status in ended:
+            return obj
+        if time.monotonic() >= deadline:
+            raise CommandError(f"{name} is still {obj.status} after {timeout:.0f}s")
+        time.sleep(interval)
 
 
 def dump(data: Any) -> str:

@@ -9,7 +9,6 @@ jobs retry ID
 
 from __future__ import annotations
 
-import time
 from datetime import UTC
 from typing import Any
 
@@ -18,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 
 from jobs import selectors, services
-from jobs.cli import OPERATOR, cli_owner, dump
+from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
 from jobs.errors import JobError
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.serializers import JobDetailSerializer, JobInputSerializer
@@ -86,14 +85,11 @@ class Command(BaseCommand):
             self.stdout.write(str(job.id))
             return
         self.stderr.write(f"submitted {job.id}, waiting up to {opts['timeout']:.0f}s ...")
-        deadline = time.monotonic() + opts["timeout"]
-        while time.monotonic() < deadline:
-            job = Job.objects.get(id=job.id)
-            if job.status in TERMINAL_STATUSES:
-                break
-            time.sleep(0.05)
-        else:
-            raise CommandError(f"job {job.id} is still {job.status} after {opts['timeout']:.0f}s")
+        job_id = job.id
+        job = wait_for_end(
+            f"job {job_id}", lambda: Job.objects.get(id=job_id), TERMINAL_STATUSES, timeout=opts["timeout"],
+            interval=0.05,
+        )  # fmt: skip
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} ended {job.status}: {job.last_error}")
         self.stdout.write(dump(job.result))

@@ -8,7 +8,6 @@ workflows cancel ID
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs.cli import OPERATOR, cli_owner, dump
+from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
 from workflows import selectors, services
 from workflows.errors import WorkflowFinished, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus
@@ -63,19 +62,19 @@ class Command(BaseCommand):
         self.stderr.write(
             f"submitted {workflow.id} ({workflow.tasks_total} tasks), waiting up to {opts['timeout']:.0f}s ..."
         )
-        deadline = time.monotonic() + opts["timeout"]
-        last = ""
-        while time.monotonic() < deadline:
-            workflow = Workflow.objects.get(id=workflow.id)
-            progress = f"  {workflow.status}: {workflow.tasks_succeeded}/{workflow.tasks_total} tasks succeeded"
-            if progress != last:
+        shown: set[str] = set()
+
+        def report(w: Workflow) -> None:  # a line each time the progress changes
+            progress = f"  {w.status}: {w.tasks_succeeded}/{w.tasks_total} tasks succeeded"
+            if progress not in shown:
+                shown.add(progress)
                 self.stderr.write(progress)
-                last = progress
-            if workflow.status in WORKFLOW_TERMINAL:
-                break
-            time.sleep(0.1)
-        else:
-            raise CommandError(f"workflow {workflow.id} is still {workflow.status} after {opts['timeout']:.0f}s")
+
+        workflow_id = workflow.id
+        workflow = wait_for_end(
+            f"workflow {workflow_id}", lambda: Workflow.objects.get(id=workflow_id), WORKFLOW_TERMINAL,
+            timeout=opts["timeout"], interval=0.1, on_poll=report,
+        )  # fmt: skip
         self.stdout.write(dump(WorkflowDetailSerializer(workflow).data))
         if workflow.status != WorkflowStatus.SUCCEEDED:
             raise CommandError(
