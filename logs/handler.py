@@ -229,7 +229,6 @@ class KafkaLogHandler(logging.Handler):
     def _run(self) -> None:
         self._thread_ident = threading.get_ident()
         while not self._closing:
-            self._ensure_topic()
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._ship()
@@ -241,6 +240,10 @@ class KafkaLogHandler(logging.Handler):
                 if self._producer is not None:
                     self._producer.poll(0)  # serve delivery reports
                 return
+            # Only once there is something to send: a thread that talks to Kafka the moment it
+            # starts could be inside librdkafka when the process forks (a forked child's first
+            # records were lost so, in CI).
+            self._ensure_topic()
             producer = self._get_producer()
             if producer is None:
                 n = len(self._queue)
