@@ -231,6 +231,11 @@ class KafkaLogHandler(logging.Handler):
         while not self._closing:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
+            # Not before the first wait: a thread that talks to Kafka the moment it starts
+            # could be inside librdkafka when the process forks (a forked child's first records
+            # were lost so, in CI). Not in `_ship` either, which callers run: a flush before a
+            # job's outcome must not wait on an admin request.
+            self._ensure_topic()
             self._ship()
 
     def _ship(self) -> None:
@@ -240,10 +245,6 @@ class KafkaLogHandler(logging.Handler):
                 if self._producer is not None:
                     self._producer.poll(0)  # serve delivery reports
                 return
-            # Only once there is something to send: a thread that talks to Kafka the moment it
-            # starts could be inside librdkafka when the process forks (a forked child's first
-            # records were lost so, in CI).
-            self._ensure_topic()
             producer = self._get_producer()
             if producer is None:
                 n = len(self._queue)
