@@ -21,7 +21,7 @@ app.autodiscover_tasks()
 def _flush_shipped_logs(**kwargs: object) -> None:
     # A prefork child leaves through os._exit, which skips atexit and so logging.shutdown:
     # send its last log records to Kafka first.
-    from logs.handler import flush_all
+    from logs.shipping import flush_all
 
     flush_all()
 

@@ -164,7 +164,7 @@ API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=64)
 JOB_PAYLOAD_MAX_BYTES = env.int("JOB_PAYLOAD_MAX_BYTES", default=2 * 1024 * 1024)
 # A log record's `message` and `exception` (characters) and `extra` (bytes as JSON) in
 # `POST logs/`: over them is a 400. The platform's own records are never refused for their
-# size: the handler cuts them to these limits with a marker (logs.handler).
+# size: the log shipper cuts them to these limits with a marker (logs.shipping).
 LOG_MESSAGE_MAX_CHARS = env.int("LOG_MESSAGE_MAX_CHARS", default=64 * 1024)
 LOG_EXTRA_MAX_BYTES = env.int("LOG_EXTRA_MAX_BYTES", default=64 * 1024)
 for _name, _value in (
@@ -273,7 +273,7 @@ KAFKA_LOGS_TOPIC = env.str("KAFKA_LOGS_TOPIC", default="logs")
 KAFKA_LOGS_DLQ_TOPIC = env.str("KAFKA_LOGS_DLQ_TOPIC", default=f"{KAFKA_LOGS_TOPIC}.dlq")
 KAFKA_LOGS_PARTITIONS = env.int("KAFKA_LOGS_PARTITIONS", default=4)
 KAFKA_LOG_SINK_GROUP = env.str("KAFKA_LOG_SINK_GROUP", default="orchestration-log-sink")
-# Every role ships its records to Kafka `logs` (logs.handler) when Kafka is configured.
+# Every role ships its records to Kafka `logs` (logs.shipping) when Kafka is configured.
 LOG_SHIPPING = env.bool("LOG_SHIPPING", default=bool(KAFKA_BOOTSTRAP_SERVERS))
 LOG_SHIPPING_LEVEL = env.str("LOG_SHIPPING_LEVEL", default=LOG_LEVEL)
 LOG_HANDLER_QUEUE_SIZE = env.int("LOG_HANDLER_QUEUE_SIZE", default=10_000)
@@ -308,7 +308,7 @@ LOGGING: dict[str, Any] = {
 }
 if LOG_SHIPPING:
     LOGGING["handlers"]["kafka"] = {
-        "()": "logs.handler.KafkaLogHandler",
+        "()": "logs.shipping.KafkaLogHandler",
         "bootstrap_servers": KAFKA_BOOTSTRAP_SERVERS,
         "topic": KAFKA_LOGS_TOPIC,
         "queue_size": LOG_HANDLER_QUEUE_SIZE,

@@ -65,15 +65,6 @@ def current_status(job_id: uuid.UUID | str) -> str | None:
     return Job.objects.filter(id=job_id).values_list("status", flat=True).first()
 
 
-def mark_queued(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID) -> bool:
-    """PENDING → QUEUED once the dispatch message is durably in Kafka (relay)."""
-    return bool(
-        Job.objects.filter(id=job_id, status=JobStatus.PENDING, dispatch_token=dispatch_token).update(
-            status=JobStatus.QUEUED, queued_at=timezone.now(), updated_at=timezone.now()
-        )
-    )
-
-
 _MARK_QUEUED_MANY_SQL = """
 UPDATE jobs_job AS j
    SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
@@ -332,7 +323,7 @@ def _end_running(
     Guarded by the attempt number, so a late result of an attempt that lost the job (lease
     expired, re-dispatched, cancelled) changes nothing.
 
-    A job of a workflow that ends here moves its workflow on (`workflows.engine`) in the same
+    A job of a workflow that ends here moves its workflow on (`workflows.progress`) in the same
     transaction. `in_workflow=False` says the caller knows the job has no workflow (the
     worker, from its claim) and saves the transaction block; None means "find out".
     """
@@ -557,19 +548,6 @@ def requeue(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | None) -> boo
             finished_at=None,
             updated_at=now,
         )
-    )
-
-
-def release(job_id: uuid.UUID | str, *, expected: str, dispatch_token: uuid.UUID) -> bool:
-    """A waiting job becomes dispatchable: RETRYING whose backoff is over, or a PENDING job
-    whose `run_at` came, or a QUEUED job whose message was lost (a new token makes the old
-    message, should it reappear, lose its claim). The caller writes the outbox row."""
-    assert expected in WAITING, expected
-    now = timezone.now()
-    return bool(
-        Job.objects.filter(id=job_id, status=expected)
-        .exclude(dispatch_token=dispatch_token)
-        .update(status=JobStatus.PENDING, dispatch_token=dispatch_token, next_retry_at=None, updated_at=now)
     )
 
 

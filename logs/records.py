@@ -1,6 +1,6 @@
 """The log record on the wire (Kafka `logs`, JSON) and as a ClickHouse row.
 
-Wire format, written by `logs.handler` and by `POST /api/v1/logs/`:
+Wire format, written by `logs.shipping` and by `POST /api/v1/logs/`:
 
     {"timestamp": 1764445200123456,  # µs since the epoch, UTC
      "level": "INFO", "logger": "orchestration.demo", "message": "...", "service": "worker",
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-# Longer messages are cut, not rejected (the handler already cut its own records, with a
+# Longer messages are cut, not rejected (the log shipper already cut its own records, with a
 # marker, to LOG_MESSAGE_MAX_CHARS; this guards the sink against any other producer).
 MAX_MESSAGE_CHARS = 64 * 1024
 

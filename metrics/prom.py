@@ -91,7 +91,7 @@ WORKFLOWS_FINISHED = Counter(P + "workflows_finished_total", "Workflows that rea
 LOGS_SHIPPED = Counter(P + "logs_shipped_total", "Log records handed to Kafka by the shipping handler.", ["service"])
 LOGS_DROPPED = Counter(P + "logs_dropped_total", "Log records the shipping handler gave up on.", ["service"])
 LOGS_QUEUED = Gauge(
-    P + "logs_queued", "Log records waiting in the handler's queue.", ["service"], multiprocess_mode="livesum"
+    P + "logs_queued", "Log records waiting in the log shipper's queue.", ["service"], multiprocess_mode="livesum"
 )
 LOGS_INGESTED = Counter(P + "logs_ingested_total", "Log records the sink stored in ClickHouse.")
 LOGS_MALFORMED = Counter(P + "logs_malformed_total", "Log records the sink sent to logs.dlq.")

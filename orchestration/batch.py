@@ -32,7 +32,7 @@ from django.conf import settings
 from config.celery import app
 from jobs import transitions
 from logs.context import JobLogContext, job_log_context
-from logs.handler import flush_all
+from logs.shipping import flush_all
 from orchestration import breaker, celery_queues
 from orchestration.worker import (
     MONITOR,

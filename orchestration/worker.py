@@ -49,7 +49,7 @@ from jobs import outputs, transitions
 from jobs.handlers import JobCancelled, JobContext, PermanentError, get_handler
 from jobs.models import AttemptStatus, Job
 from logs.context import JobLogContext, job_log_context
-from logs.handler import flush_all, job_records_written
+from logs.shipping import flush_all, job_records_written
 from metrics import prom
 from orchestration import breaker, policy
 from orchestration.breaker import BREAKERS

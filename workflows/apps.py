@@ -9,6 +9,6 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         # A job of a workflow that ends moves its workflow on, in the same transaction.
         from jobs import transitions
-        from workflows import engine
+        from workflows import progress
 
-        transitions.on_workflow_job_ended(engine.job_ended)
+        transitions.on_workflow_job_ended(progress.job_ended)

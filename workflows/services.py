@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from jobs.errors import IdempotencyConflict
 from metrics import prom
-from workflows import dag, engine
+from workflows import dag, progress
 from workflows.errors import WorkflowFinished, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus, WorkflowTask
 
@@ -79,7 +79,7 @@ def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tup
                 for t, n in zip(spec.tasks, nodes, strict=True)
             ]
         )  # fmt: skip
-        engine.release(workflow, [t for t in tasks if t.pending_parents == 0])
+        progress.release(workflow, [t for t in tasks if t.pending_parents == 0])
     prom.WORKFLOWS_SUBMITTED.inc()
     return workflow, True
 
@@ -103,7 +103,7 @@ def workflow_cancel(*, workflow_id: uuid.UUID | str) -> Workflow:
         if workflow.cancel_requested_at is None:
             workflow.cancel_requested_at = timezone.now()
         if workflow.status == WorkflowStatus.RUNNING:
-            engine.start_saga(workflow)
+            progress.start_saga(workflow)
         else:
             workflow.save(update_fields=["cancel_requested_at", "updated_at"])
     workflow.refresh_from_db()

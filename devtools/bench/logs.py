@@ -32,7 +32,7 @@ from django.test.utils import override_settings
 from config import kafka
 from devtools.bench.stats import Out, Progress, percentile
 from logs import search, store
-from logs.handler import KafkaLogHandler
+from logs.shipping import KafkaLogHandler
 from logs.sink import LogSink
 
 MESSAGE = "processing item %d for customer %s: charged %d cents"

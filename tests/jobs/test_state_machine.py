@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
@@ -78,7 +79,7 @@ class JobMachine(RuleBasedStateMachine):
         token = uuid.UUID(row.envelope["dispatch_token"])
         if mark:
             with transaction.atomic():
-                transitions.mark_queued(job_id, dispatch_token=token)
+                transitions.mark_queued_many([transitions.Relayed(str(job_id), str(token), 0, 0)])
                 row.delete()
         return Message(job_id, token)
 
@@ -113,16 +114,20 @@ class JobMachine(RuleBasedStateMachine):
                     held.job_id, attempt=held.attempt, next_retry_at=decision.at, error="x", attempt_status=status
                 )
 
-    @rule(index=st.integers(0, 50), expected=st.sampled_from([JobStatus.RETRYING, JobStatus.QUEUED]))
-    def release(self, index: int, expected: str) -> None:
-        """Scheduler: a due retry, or a QUEUED job whose message was lost, is dispatched anew."""
+    @rule(index=st.integers(0, 50), scan=st.sampled_from(["retries", "stale"]))
+    def release(self, index: int, scan: str) -> None:
+        """Scheduler: a retry (its backoff treated as over), or a QUEUED job whose message was
+        lost, is dispatched anew with a fresh token, through the scheduler's own statement."""
         if not self.jobs:
             return
         job_id = self._job(index)
-        token = uuid.uuid4()
+        later = timezone.now() + timedelta(days=1)
         with transaction.atomic():
-            if transitions.release(job_id, expected=expected, dispatch_token=token):
-                Outbox.objects.create(job_id=job_id, envelope={"dispatch_token": str(token)})
+            if scan == "retries":
+                released = transitions.release_batch("retries", now=later, limit=1000)
+            else:
+                released = transitions.release_batch("stale", now=later, limit=1, stale_before=later, ids=[job_id])
+            services.job_dispatch_released(released)
 
     @rule(index=st.integers(0, 50))
     def cancel(self, index: int) -> None:

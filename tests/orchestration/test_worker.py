@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -71,7 +70,9 @@ def test_concurrent_duplicate_deliveries_run_one_attempt(user):
 def test_a_stale_message_of_an_earlier_dispatch_loses(user):
     job = submit(user)
     stale = envelope_of(job)
-    transitions.release(job.id, expected=JobStatus.PENDING, dispatch_token=uuid.uuid4())
+    transitions.mark_queued_many([transitions.Relayed(str(job.id), str(job.dispatch_token), 0, 0)])
+    later = timezone.now() + timedelta(days=1)
+    assert transitions.release_batch("stale", now=later, limit=1, stale_before=later, ids=[job.id])
     assert execute(stale).status == "SKIPPED"
     assert Job.objects.get(id=job.id).status == JobStatus.PENDING
 

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 
 from logs.context import JobLogContext, job_log_context, service_name
-from logs.handler import KafkaLogHandler
+from logs.shipping import KafkaLogHandler
 from tests.orchestration.conftest import consume_all, wait_for
 
 pytestmark = pytest.mark.kafka
