@@ -39,12 +39,11 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from config import broker, kafka
-from jobs import schedules, services, transitions
-from jobs.models import AttemptStatus, Job, JobStatus
+from jobs import schedules, selectors, services, transitions
+from jobs.models import AttemptStatus, JobStatus
 from metrics import prom
 from orchestration import breaker, policy
 
@@ -62,46 +61,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
-"""
-
-
-# Keys with held jobs due and room to run more, the key of the oldest held job first. Keys
-# without room are filtered here, not in Python: they would use up the page and could hide a
-# key with room behind them for good.
-_HELD_KEYS_SQL = """
-WITH held AS (
-    SELECT h.owner_id AS owner, h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim,
-           min(h.created_at) AS oldest
-      FROM jobs_job h
-     WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
-       AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
-     GROUP BY h.owner_id, h.concurrency_key
-), room AS (
-    SELECT held.owner, held.key, held.oldest,
-           held.lim
-           - coalesce((SELECT s.running FROM jobs_concurrencyslot s
-                        WHERE s.key = held.owner::text || ':' || held.key), 0)
-           - (SELECT count(*) FROM jobs_job f
-               WHERE f.concurrency_key = held.key AND f.owner_id = held.owner AND f.status IN ('PENDING', 'QUEUED')
-                 AND f.dispatch_token IS NOT NULL) AS room
-      FROM held
-)
-SELECT owner, key, room FROM room WHERE room > 0 ORDER BY oldest, owner, key LIMIT %(limit)s
-"""
-
-
-# Every type with breaker-held jobs, in order: a skip scan of job_breaker_held, one index
-# probe per type however many jobs each holds (a DISTINCT would read them all every tick).
-_BREAKER_HELD_TYPES_SQL = """
-WITH RECURSIVE held(type) AS (
-    (SELECT type FROM jobs_job WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL ORDER BY type LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.type FROM jobs_job j
-             WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND j.type > held.type
-             ORDER BY j.type LIMIT 1)
-      FROM held WHERE held.type IS NOT NULL
-)
-SELECT type FROM held WHERE type IS NOT NULL
 """
 
 
@@ -265,9 +224,7 @@ class Scheduler:
         """Metrics only the leader computes: jobs per state, bridge lag per partition, every
         breaker, breaker-held jobs."""
         self._stats_at = time.monotonic()
-        with connection.cursor() as cur:
-            cur.execute("SELECT status, count(*) FROM jobs_job GROUP BY status")
-            counts = dict(cur.fetchall())
+        counts = selectors.job_counts_by_status()
         for status in JobStatus.values:
             prom.JOBS_IN_STATE.labels(status).set(counts.get(status, 0))
         positions = self.bridge_positions() or {}
@@ -276,12 +233,7 @@ class Scheduler:
             prom.BRIDGE_LAG.labels(str(partition)).set(behind)
         for type_ in breaker.known_types():
             prom.BREAKER_STATE.labels(type_).set(prom.BREAKER_STATES[breaker.state_of(type_).state])
-        held = dict(
-            Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
-            .order_by()
-            .values_list("type")
-            .annotate(n=Count("id"))
-        )
+        held = selectors.job_breaker_held_counts()
         for type_, n in held.items():
             prom.JOBS_HELD.labels(type_).set(n)
         self.last = {"jobs_in_state": counts, "bridge_lag": sum(lag.values()), "breaker_held": sum(held.values())}
@@ -313,18 +265,14 @@ class Scheduler:
         (keys are each owner's own):
         limit - running - already dispatched. Up to `held_keys_per_tick` keys a tick, those
         of the oldest held jobs first; the rest come next tick."""
-        with connection.cursor() as cur:
-            cur.execute(_HELD_KEYS_SQL, {"now": self.clock(), "limit": self.held_keys_per_tick})
-            keys = cur.fetchall()
+        keys = selectors.job_held_keys_with_room(now=self.clock(), limit=self.held_keys_per_tick)
         return sum(self._release_fenced(epoch, "held", limit=room, key=key, owner=owner) for owner, key, room in keys)
 
     def _release_breaker_held(self, epoch: int) -> int:
         """Jobs held by an open circuit breaker: all of them (in batches) once it closed; one,
         as the probe, once its open period is over and no probe runs. Every held type is
         looked at each tick (types are registered handlers: few)."""
-        with connection.cursor() as cur:
-            cur.execute(_BREAKER_HELD_TYPES_SQL)
-            types = [row[0] for row in cur.fetchall()]
+        types = selectors.job_breaker_held_types()
         total = 0
         for type_ in types:
             state = breaker.state_of(type_)
@@ -349,39 +297,31 @@ class Scheduler:
 
     def _reap_expired_leases(self, epoch: int) -> int:
         now = self.clock()
-        expired = list(
-            Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
-            .order_by("lease_expires_at")
-            .values("id", "attempt_seq", "attempts", "max_attempts", "backoff", "worker", "cancel_requested_at")[
-                : self.batch
-            ]
-        )
+        expired = selectors.job_expired_leases(now=now, limit=self.batch)
         reaped = 0
         for job in expired:
-            error = f"worker lost: lease expired (worker {job['worker'] or 'unknown'})"
-            decision = policy.decide(
-                attempts=job["attempts"], max_attempts=job["max_attempts"], backoff=job["backoff"], now=now
-            )
+            error = f"worker lost: lease expired (worker {job.worker or 'unknown'})"
+            decision = policy.decide(attempts=job.attempts, max_attempts=job.max_attempts, backoff=job.backoff, now=now)
             with transaction.atomic():
                 fence(epoch)
-                if job["cancel_requested_at"] is not None:  # a cancel outlives its worker
+                if job.cancel_requested_at is not None:  # a cancel outlives its worker
                     won = transitions.mark_cancelled(
-                        job["id"], attempt=job["attempt_seq"], reason="cancelled (worker lost)",
+                        job.id, attempt=job.attempt_seq, reason="cancelled (worker lost)",
                         lease_expired_before=now,
                     )  # fmt: skip
                 elif isinstance(decision, policy.Retry):
                     won = transitions.schedule_retry(
-                        job["id"], attempt=job["attempt_seq"], next_retry_at=decision.at, error=error,
+                        job.id, attempt=job.attempt_seq, next_retry_at=decision.at, error=error,
                         attempt_status=AttemptStatus.LOST, lease_expired_before=now,
                     )  # fmt: skip
                 else:
                     won = transitions.move_to_dead_letter(
-                        job["id"], attempt=job["attempt_seq"], error=error, attempt_status=AttemptStatus.LOST,
+                        job.id, attempt=job.attempt_seq, error=error, attempt_status=AttemptStatus.LOST,
                         lease_expired_before=now,
                     )  # fmt: skip
             if won:
                 reaped += 1
-                logger.warning("job.worker_lost", extra={"job_id": str(job["id"]), "attempt": job["attempt_seq"]})
+                logger.warning("job.worker_lost", extra={"job_id": str(job.id), "attempt": job.attempt_seq})
         return reaped
 
     def _redispatch_stale(self, epoch: int, result: TickResult) -> int:
@@ -398,7 +338,7 @@ class Scheduler:
         positions: dict[int, tuple[int, int]] | None = None
         total = 0
         for _ in range(self.stale_pages):
-            page = self._stale_page(stale_before)
+            page = selectors.job_queued_before(stale_before, after=self._stale_after, limit=self.batch)
             if page and positions is None:
                 positions = self.bridge_positions()
                 if positions is None:
@@ -414,19 +354,12 @@ class Scheduler:
             logger.warning("scheduler.redispatched_lost", extra={"jobs": total})
         return total
 
-    def _stale_page(self, stale_before: datetime) -> list[tuple[Any, ...]]:
-        candidates = Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
-        if self._stale_after is not None:
-            at, job_id = self._stale_after
-            candidates = candidates.filter(queued_at__gte=at).filter(Q(queued_at__gt=at) | Q(id__gt=job_id))
-        return list(
-            candidates.order_by("queued_at", "id").values_list(
-                "id", "queue", "dispatch_partition", "dispatch_offset", "queued_at"
-            )[: self.batch]
-        )
-
     def _redispatch_lost(
-        self, epoch: int, stale_before: datetime, page: list[tuple[Any, ...]], positions: dict[int, tuple[int, int]]
+        self,
+        epoch: int,
+        stale_before: datetime,
+        page: list[selectors.QueuedDispatch],
+        positions: dict[int, tuple[int, int]],
     ) -> int:
         depths = broker.depths({queue for _, queue, _, _, _ in page})
         lost = []
