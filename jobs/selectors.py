@@ -1,16 +1,17 @@
-"""Reads on jobs: querysets scoped to what a user may see, and statistics."""
+"""Reads on jobs: querysets scoped to what a user may see, statistics, and what the
+scheduler's scans read."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import django_filters
 from django import forms
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError
@@ -152,3 +153,131 @@ def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:
         return schedule_visible_to(user).get(id=schedule_id)
     except (Schedule.DoesNotExist, ValueError):
         raise ScheduleNotFound(schedule_id) from None
+
+
+# -- what the scheduler reads (its writes are in transitions and services) ---------------------
+
+
+def job_counts_by_status() -> dict[str, int]:
+    """Jobs per status, all owners (the scheduler's `jobs_in_state` gauges and heartbeat); a
+    status with no jobs is absent."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT status, count(*) FROM jobs_job GROUP BY status")
+        return dict(cur.fetchall())
+
+
+def job_breaker_held_counts() -> dict[str, int]:
+    """Jobs held by their type's open breaker, per type (absent: none held)."""
+    return dict(
+        Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
+        .order_by()
+        .values_list("type")
+        .annotate(n=Count("id"))
+    )
+
+
+# Every type with breaker-held jobs, in order: a skip scan of job_breaker_held, one index
+# probe per type however many jobs each holds (a DISTINCT would read them all every tick).
+_BREAKER_HELD_TYPES_SQL = """
+WITH RECURSIVE held(type) AS (
+    (SELECT type FROM jobs_job WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.type FROM jobs_job j
+             WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND j.type > held.type
+             ORDER BY j.type LIMIT 1)
+      FROM held WHERE held.type IS NOT NULL
+)
+SELECT type FROM held WHERE type IS NOT NULL
+"""
+
+
+def job_breaker_held_types() -> list[str]:
+    """Every type that has jobs held by its breaker, in order (each looked at every tick: types
+    are registered handlers, few)."""
+    with connection.cursor() as cur:
+        cur.execute(_BREAKER_HELD_TYPES_SQL)
+        return [row[0] for row in cur.fetchall()]
+
+
+# Keys with held jobs due and room to run more, the key of the oldest held job first. Keys
+# without room are filtered here, not in Python: they would use up the page and could hide a
+# key with room behind them for good.
+_HELD_KEYS_SQL = """
+WITH held AS (
+    SELECT h.owner_id AS owner, h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim,
+           min(h.created_at) AS oldest
+      FROM jobs_job h
+     WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
+       AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
+     GROUP BY h.owner_id, h.concurrency_key
+), room AS (
+    SELECT held.owner, held.key, held.oldest,
+           held.lim
+           - coalesce((SELECT s.running FROM jobs_concurrencyslot s
+                        WHERE s.key = held.owner::text || ':' || held.key), 0)
+           - (SELECT count(*) FROM jobs_job f
+               WHERE f.concurrency_key = held.key AND f.owner_id = held.owner AND f.status IN ('PENDING', 'QUEUED')
+                 AND f.dispatch_token IS NOT NULL) AS room
+      FROM held
+)
+SELECT owner, key, room FROM room WHERE room > 0 ORDER BY oldest, owner, key LIMIT %(limit)s
+"""
+
+
+def job_held_keys_with_room(*, now: datetime, limit: int) -> list[tuple[int, str, int]]:
+    """(owner, concurrency key, room) for up to `limit` keys that hold jobs due by `now` and
+    have room to run more (keys are each owner's own): room is the key's limit - its running
+    jobs - its jobs already dispatched. The keys of the oldest held jobs come first."""
+    with connection.cursor() as cur:
+        cur.execute(_HELD_KEYS_SQL, {"now": now, "limit": limit})
+        return [(owner, key, room) for owner, key, room in cur.fetchall()]
+
+
+class ExpiredLease(NamedTuple):
+    """A RUNNING job whose lease expired, with what the reaper needs to end its attempt."""
+
+    id: uuid.UUID
+    attempt_seq: int
+    attempts: int
+    max_attempts: int
+    backoff: dict[str, Any]
+    worker: str
+    cancel_requested_at: datetime | None
+
+
+def job_expired_leases(*, now: datetime, limit: int) -> list[ExpiredLease]:
+    """Up to `limit` RUNNING jobs whose lease expired before `now` (their worker is lost), the
+    longest expired first."""
+    return [
+        ExpiredLease._make(row)
+        for row in Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
+        .order_by("lease_expires_at")
+        .values_list(*ExpiredLease._fields)[:limit]
+    ]
+
+
+class QueuedDispatch(NamedTuple):
+    """A QUEUED job and where its dispatch message landed in Kafka (None: not known)."""
+
+    id: uuid.UUID
+    queue: str
+    partition: int | None
+    offset: int | None
+    queued_at: datetime  # never None here: the window is queued_at < stale_before
+
+
+def job_queued_before(
+    stale_before: datetime, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[QueuedDispatch]:
+    """One page of the jobs QUEUED before `stale_before`, in (queued_at, id) order, starting
+    after `after` (a page's last (queued_at, id)), so a caller can page through the window."""
+    candidates = Job.objects.filter(status=JobStatus.QUEUED, queued_at__lt=stale_before)
+    if after is not None:
+        at, job_id = after
+        candidates = candidates.filter(queued_at__gte=at).filter(Q(queued_at__gt=at) | Q(id__gt=job_id))
+    return [
+        QueuedDispatch._make(row)
+        for row in candidates.order_by("queued_at", "id").values_list(
+            "id", "queue", "dispatch_partition", "dispatch_offset", "queued_at"
+        )[:limit]
+    ]

@@ -1,5 +1,6 @@
-"""`manage.py run_scheduler`: the scheduler role (see orchestration.scheduler). Run two for
-availability: one leads, the other takes over when it dies."""
+"""`manage.py run_scheduler`: the scheduler role (see `orchestration.scheduler.leader` for
+leadership and the tick, and a module per scan beside it). Run two for availability: one
+leads, the other takes over when it dies."""
 
 from __future__ import annotations
 
