@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from config.roles import run_role
 from logs import sink, store
-from orchestration.roles import run_role
 
 
 class Command(BaseCommand):

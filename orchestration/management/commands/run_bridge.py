@@ -7,8 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from config.roles import run_role
 from orchestration.consumers import bridge
-from orchestration.roles import run_role
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from orchestration.roles import run_role
+from config.roles import run_role
 from orchestration.scheduler import Scheduler
 
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger("orchestration.roles")
+logger = logging.getLogger("config.roles")
 
 
 def run_role(
