@@ -36,7 +36,7 @@ from logs.shipping import flush_all
 from orchestration import breaker, celery_queues
 from orchestration.worker.claims import claim_many, worker_id
 from orchestration.worker.monitor import MONITOR
-from orchestration.worker.outcomes import Outcome, tell_breaker, with_reconnect
+from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 from orchestration.worker.single import execute, gate
 
@@ -92,18 +92,18 @@ class Recorder:
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
-        logger.info("jobs.finished", extra={"outcome": "SUCCEEDED", "jobs": len(won), "dropped": dropped})
+        logger.info("jobs.finished", extra={"outcome": Status.SUCCEEDED, "jobs": len(won), "dropped": dropped})
         each = logger.isEnabledFor(logging.DEBUG)
         for claim, _ in pending:
             recorded = claim.job_id in won
             if not recorded or each:
                 with job_log_context(log_context(claim)):
                     if recorded:
-                        logger.debug("job.finished", extra={"job_id": str(claim.job_id), "outcome": "SUCCEEDED"})
+                        logger.debug("job.finished", extra={"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED})
                     else:  # reaped or cancelled meanwhile: the attempt lost its job
-                        extra = {"job_id": str(claim.job_id), "outcome": "SUCCEEDED"}
+                        extra = {"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED}
                         logger.warning("job.outcome_dropped", extra=extra)
-            self.outcomes[claim.job_id] = Outcome(str(claim.job_id), "SUCCEEDED", recorded=recorded)
+            self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
 
 
 def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None) -> list[Outcome]:
@@ -132,7 +132,7 @@ def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None)
 
 def _skipped(job_id: str, why: str) -> Outcome:
     logger.info("job.claim_lost", extra={"job_id": job_id, "batch": True, "why": why})
-    return Outcome(job_id, "SKIPPED", recorded=False)
+    return Outcome(job_id, Status.SKIPPED, recorded=False)
 
 
 class BatchRun:
@@ -248,7 +248,7 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, 
         outcome = recorder.outcomes.get(claim.job_id, outcome)
         tell_breaker(claim.type, outcome, probe=False)
         outcomes.append(outcome)
-    outcomes.extend(Outcome(str(c.job_id), "HANDED_BACK", recorded=True) for c in run.handed_back)
+    outcomes.extend(Outcome(str(c.job_id), Status.HANDED_BACK, recorded=True) for c in run.handed_back)
     return outcomes
 
 
@@ -257,4 +257,4 @@ def _cancel_unstarted(claim: transitions.Claim) -> Outcome:
     won = with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=attempt, in_workflow=in_workflow))
     with job_log_context(log_context(claim)):
         logger.info("job.cancelled_before_start", extra={"job_id": str(claim.job_id), "recorded": won})
-    return Outcome(str(claim.job_id), "CANCELLED", recorded=won)
+    return Outcome(str(claim.job_id), Status.CANCELLED, recorded=won)

@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connection
@@ -22,12 +23,23 @@ logger = logging.getLogger("orchestration.worker")
 T = TypeVar("T")
 
 
+class Status(StrEnum):
+    """What became of a delivered job. A StrEnum whose names are its values: it equals (and
+    hashes like) the plain string, which callers and log records have always seen."""
+
+    SUCCEEDED = "SUCCEEDED"
+    RETRYING = "RETRYING"
+    DEAD_LETTER = "DEAD_LETTER"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"  # the claim was lost: a duplicate or stale delivery
+    HELD = "HELD"  # by its concurrency limit or its type's breaker
+    HANDED_BACK = "HANDED_BACK"  # a batch gave it, unstarted, to other workers
+
+
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    # SUCCEEDED, RETRYING, DEAD_LETTER, CANCELLED, SKIPPED (claim lost), HELD (limit or breaker)
-    # or HANDED_BACK (a batch gave it, unstarted, to other workers)
-    status: str
+    status: Status
     recorded: bool = True  # False: the job had moved on (e.g. reaped) and the outcome was dropped
     breaker_failure: bool = False  # a failure that counts against the type's circuit breaker
 
@@ -44,7 +56,7 @@ def with_reconnect(write: Callable[[], T]) -> T:
         return write()
 
 
-def _record(job_id: uuid.UUID, status: str, won: bool, **fields: Any) -> Outcome:
+def _record(job_id: uuid.UUID, status: Status, won: bool, **fields: Any) -> Outcome:
     if won:
         logger.info("job.finished", extra={"job_id": str(job_id), "outcome": status, **fields})
     else:
@@ -55,7 +67,7 @@ def _record(job_id: uuid.UUID, status: str, won: bool, **fields: Any) -> Outcome
 
 def tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
     try:
-        if outcome.status == "SUCCEEDED" and outcome.recorded:
+        if outcome.status == Status.SUCCEEDED and outcome.recorded:
             BREAKERS.record(type_, ok=True, probe=probe)
         elif outcome.breaker_failure:
             BREAKERS.record(type_, ok=False, probe=probe)

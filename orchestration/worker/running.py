@@ -37,7 +37,7 @@ from logs.shipping import flush_all, job_records_written
 from metrics import prom
 from orchestration import policy
 from orchestration.worker.monitor import MONITOR, Interrupted, _handler_running
-from orchestration.worker.outcomes import Outcome, _record, with_reconnect
+from orchestration.worker.outcomes import Outcome, Status, _record, with_reconnect
 
 # Raised in a handler's thread when the worker process itself is being stopped: the attempt's
 # failure is recorded, then the exception goes on so the process stops. Every other
@@ -106,7 +106,7 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
             won = with_reconnect(
                 lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
             )
-            return _record(job_id, "CANCELLED", won)
+            return _record(job_id, Status.CANCELLED, won)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
@@ -118,11 +118,11 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
         return outcome
     if recorder is not None:
         recorder.succeeded(claim, result, logged=logged)
-        return Outcome(str(job_id), "SUCCEEDED", recorded=False)  # the recorder has the verdict
+        return Outcome(str(job_id), Status.SUCCEEDED, recorded=False)  # the recorder has the verdict
     won = with_reconnect(
         lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
     )
-    return _record(job_id, "SUCCEEDED", won)
+    return _record(job_id, Status.SUCCEEDED, won)
 
 
 def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
@@ -141,7 +141,7 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
         )  # fmt: skip
         if not won:  # a cancel was requested meanwhile (or the attempt lost its job): not again
             return _cancel_failed(claim, error, tb, attempt_status)
-        outcome = _record(claim.job_id, "RETRYING", won, error=error, retry_in=round(decision.delay_seconds, 3))
+        outcome = _record(claim.job_id, Status.RETRYING, won, error=error, retry_in=round(decision.delay_seconds, 3))
         return dataclasses.replace(outcome, breaker_failure=not permanent)
     won = with_reconnect(
         lambda: transitions.move_to_dead_letter(
@@ -149,7 +149,7 @@ def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, pe
             in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
-    outcome = _record(claim.job_id, "DEAD_LETTER", won, error=error, reason=decision.reason)
+    outcome = _record(claim.job_id, Status.DEAD_LETTER, won, error=error, reason=decision.reason)
     return dataclasses.replace(outcome, breaker_failure=not permanent)
 
 
@@ -162,4 +162,4 @@ def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status
             in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
-    return _record(claim.job_id, "CANCELLED", won, error=error)
+    return _record(claim.job_id, Status.CANCELLED, won, error=error)

@@ -21,7 +21,7 @@ from logs.context import job_log_context
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
 from orchestration.worker.claims import _claim_keyed, claim_many, worker_id
-from orchestration.worker.outcomes import Outcome, tell_breaker, with_reconnect
+from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 
 logger = logging.getLogger("orchestration.worker")
@@ -42,7 +42,7 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None, gate_: str |
     if gate_ == breaker.HOLD:
         held = with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
         logger.info("job.held_by_breaker", extra={"job_id": str(job_id), "type": type_, "held": held})
-        return Outcome(str(job_id), "HELD", recorded=held)
+        return Outcome(str(job_id), Status.HELD, recorded=held)
     outcome = _claim_and_run(envelope, job_id, worker)
     if type_:
         tell_breaker(type_, outcome, probe=gate_ == breaker.PROBE)
@@ -54,14 +54,14 @@ def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | No
         claim = _claim_keyed(envelope, worker or worker_id())
         if claim == "HELD":
             logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
-            return Outcome(str(job_id), "HELD")
+            return Outcome(str(job_id), Status.HELD)
     else:
         claims = claim_many([(str(job_id), envelope["dispatch_token"])], worker=worker or worker_id())
         claim = claims[0] if claims else None
     assert not isinstance(claim, str)
     if claim is None:
         logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
-        return Outcome(str(job_id), "SKIPPED", recorded=False)
+        return Outcome(str(job_id), Status.SKIPPED, recorded=False)
 
     # Every record written from here to the outcome (the handler's and ours) carries the job.
     with job_log_context(log_context(claim)):
