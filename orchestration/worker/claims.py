@@ -7,12 +7,21 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from jobs import transitions
+
+
+class Held(StrEnum):
+    """What a keyed claim gives when its concurrency key had no free slot: the job was held
+    (the scheduler releases it when a slot frees), not claimed. One member; a StrEnum, so it
+    still equals the "HELD" it was before it had a type."""
+
+    HELD = "HELD"
 
 
 def worker_id() -> str:
@@ -35,7 +44,7 @@ def claim_many(dispatches: list[tuple[str, str]], *, worker: str) -> list[transi
     return [both[i] for i in dict.fromkeys(uuid.UUID(d[0]) for d in dispatches) if i in both]
 
 
-def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | str | None:
+def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
     """`_claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
     would take a second slot and lose the claim its first run committed."""
     try:
@@ -46,7 +55,7 @@ def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | s
     return held[0] if held else _claim_within_limit(envelope, worker)
 
 
-def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | str | None:
+def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
     """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
     scheduler releases it when a slot frees). One transaction, so a lost claim gives the
     slot back."""
@@ -54,7 +63,7 @@ def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Cl
     with transaction.atomic():
         if not transitions.take_slot(job_id, limit):
             transitions.hold(envelope["job_id"], dispatch_token=envelope["dispatch_token"])
-            return "HELD"
+            return Held.HELD
         claim = transitions.mark_running(
             envelope["job_id"], dispatch_token=envelope["dispatch_token"], worker=worker,
             lease_seconds=settings.JOB_LEASE_SECONDS,

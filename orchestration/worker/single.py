@@ -20,7 +20,7 @@ from jobs import transitions
 from logs.context import job_log_context
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
-from orchestration.worker.claims import _claim_keyed, claim_many, worker_id
+from orchestration.worker.claims import Held, _claim_keyed, claim_many, worker_id
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 
@@ -50,19 +50,20 @@ def execute(envelope: dict[str, Any], *, worker: str | None = None, gate_: str |
 
 
 def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
+    claim: transitions.Claim | Held | None
     if envelope.get("concurrency_key"):
         claim = _claim_keyed(envelope, worker or worker_id())
-        if claim == "HELD":
-            logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
-            return Outcome(str(job_id), Status.HELD)
     else:
         claims = claim_many([(str(job_id), envelope["dispatch_token"])], worker=worker or worker_id())
         claim = claims[0] if claims else None
-    assert not isinstance(claim, str)
-    if claim is None:
-        logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
-        return Outcome(str(job_id), Status.SKIPPED, recorded=False)
-
-    # Every record written from here to the outcome (the handler's and ours) carries the job.
-    with job_log_context(log_context(claim)):
-        return run_claimed(claim)
+    match claim:
+        case transitions.Claim():
+            # Every record written from here to the outcome (the handler's and ours) carries the job.
+            with job_log_context(log_context(claim)):
+                return run_claimed(claim)
+        case Held():
+            logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
+            return Outcome(str(job_id), Status.HELD)
+        case None:
+            logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
+            return Outcome(str(job_id), Status.SKIPPED, recorded=False)
