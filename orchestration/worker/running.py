@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from jobs import outputs, transitions
-from jobs.handlers import JobCancelled, JobContext, PermanentError, get_handler
+from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, get_handler
 from jobs.models import AttemptStatus
 from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
@@ -77,30 +77,11 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
     if claim.waiting_since is not None:
         wait = (timezone.now() - claim.waiting_since).total_seconds()
         prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
-    started = time.perf_counter()
-    records_before = job_records_written()
     recorder = None if in_workflow else deferred
-    logged = succeeded = False
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
-        try:
-            with _handler_running(job_id, claim.attempt, claim.timeout_seconds):
-                try:
-                    result = handler(claim.payload, ctx)
-                finally:  # failures and timeouts have a duration too
-                    prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
-            result = outputs.bounded_result(result)  # must be JSON; stored whatever its content
-            succeeded = True
-        except orjson.JSONEncodeError as exc:
-            raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
-        finally:
-            # The attempt's log lines reach Kafka before its outcome commits: a worker killed
-            # right after cannot leave a finished job with lines missing. A success handed to
-            # the recorder leaves it to the recorder, which flushes once for the whole batch.
-            logged = job_records_written() != records_before
-            if logged and not (succeeded and recorder is not None):
-                flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
+        result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             won = with_reconnect(
@@ -123,6 +104,34 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
         lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
     )
     return _record(job_id, Status.SUCCEEDED, won)
+
+
+def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool) -> tuple[Any, bool]:
+    """Call the handler under the job's timeout and return its result, bounded for storing,
+    and whether the attempt wrote log lines. Whatever it raises goes to the caller (a result
+    that is not JSON as a PermanentError), after the duration is observed and the logs flushed."""
+    started = time.perf_counter()
+    records_before = job_records_written()
+    succeeded = False
+    try:
+        with _handler_running(claim.job_id, claim.attempt, claim.timeout_seconds):
+            try:
+                result = handler(claim.payload, ctx)
+            finally:  # failures and timeouts have a duration too
+                prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
+        result = outputs.bounded_result(result)  # must be JSON; stored whatever its content
+        succeeded = True
+    except orjson.JSONEncodeError as exc:
+        raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
+    finally:
+        # The attempt's log lines reach Kafka before its outcome commits: a worker killed
+        # right after cannot leave a finished job with lines missing. A success handed to
+        # the recorder (`deferring`) leaves it to the recorder, which flushes once for the
+        # whole batch.
+        logged = job_records_written() != records_before
+        if logged and not (succeeded and deferring):
+            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
+    return result, logged
 
 
 def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
