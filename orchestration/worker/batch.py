@@ -11,11 +11,11 @@
     the monitor ticks the batch: every held job's lease stays alive until the batch is done
     the worker being stopped mid-batch: successes written, jobs not started handed back
 
-Per-job semantics stay those of the single path (`single`, `running`): every edge is guarded by the job's
-dispatch token or attempt number, so a duplicate batch claims nothing twice, and a worker
-killed mid-batch leaves RUNNING jobs whose leases run out and the reaper retries. A success
-still in the recorder when the worker dies is such a job: its handler ran, its outcome was
-never written, and it runs again (at least once, as after any crash before the outcome).
+Per-job semantics stay those of the single path (`single`, `running`): every edge is guarded
+by the job's dispatch token or attempt number, so a duplicate batch claims nothing twice, and
+a worker killed mid-batch leaves RUNNING jobs whose leases run out and the reaper retries. A
+success still in the recorder when the worker dies is such a job: its handler ran, its outcome
+was never written, and it runs again (at least once, as after any crash before the outcome).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Batched execution (orchestration.worker.batch) against real PostgreSQL: one claim for many jobs,
-per-job outcomes, duplicate batches, cancel inside a batch, leases of the jobs waiting their
-turn. A worker SIGKILLed mid-batch is in test_recovery (it needs every role)."""
+"""Batched execution (orchestration.worker.batch) against real PostgreSQL: one claim for many
+jobs, per-job outcomes, duplicate batches, cancel inside a batch, leases of the jobs waiting
+their turn. A worker SIGKILLed mid-batch is in test_recovery (it needs every role)."""
 
 from __future__ import annotations
 
