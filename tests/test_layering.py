@@ -32,6 +32,7 @@ VIOLATIONS = {
     "logs/apis.py": "from orchestration import breaker",
     "logs/search.py": "from jobs import selectors",
     "orchestration/relay.py": "from devtools import chaos",
+    "orchestration/worker/monitor.py": "from orchestration.worker import batch",
 }
 
 

@@ -1,6 +1,6 @@
-"""Batched execution (orchestration.batch) against real PostgreSQL: one claim for many jobs,
-per-job outcomes, duplicate batches, cancel inside a batch, leases of the jobs waiting their
-turn. A worker SIGKILLed mid-batch is in test_recovery (it needs every role)."""
+"""Batched execution (orchestration.worker.batch) against real PostgreSQL: one claim for many
+jobs, per-job outcomes, duplicate batches, cancel inside a batch, leases of the jobs waiting
+their turn. A worker SIGKILLed mid-batch is in test_recovery (it needs every role)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from django.db import connection
 from jobs import services, transitions
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
-from orchestration.batch import execute_batch
+from orchestration.worker.batch import execute_batch
 from tests.orchestration.conftest import celery_messages, wait_for
 
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}

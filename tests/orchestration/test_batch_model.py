@@ -37,8 +37,9 @@ from jobs.handlers import PermanentError, handler
 from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
 from orchestration import worker
-from orchestration.batch import execute_batch
 from orchestration.scheduler import Scheduler
+from orchestration.worker import running
+from orchestration.worker.batch import execute_batch
 
 BEHAVIOURS = ("ok", "fail", "permanent", "exit", "nul", "timeout", "cancel_self", "hand_back", "lapse", "steal")
 
@@ -238,7 +239,7 @@ class BatchModel(RuleBasedStateMachine):
                 if transitions.mark_succeeded(claim.job_id, attempt=claim.attempt, result={"w2": True}):
                     self.succeeded.append((claim.job_id, claim.attempt))
             else:
-                worker._fail(claim, "RuntimeError: w2 failed", "", AttemptStatus.FAILED, permanent=False)
+                running._fail(claim, "RuntimeError: w2 failed", "", AttemptStatus.FAILED, permanent=False)
 
     @precondition(lambda self: self.w2)
     @rule()

@@ -252,7 +252,7 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
     """A job running under `key` (its slot taken through the worker's own path) and a second
     one that the worker held because the key was full (PENDING, no dispatch). Their outbox
     rows are gone, as if relayed."""
-    from orchestration.worker import _claim_within_limit
+    from orchestration.worker.claims import _claim_within_limit
 
     running = submit(user, concurrency_key=key, concurrency_limit=limit)
     claimed = _claim_within_limit(Outbox.objects.get(job=running).envelope, "w")

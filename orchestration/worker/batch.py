@@ -11,11 +11,11 @@
     the monitor ticks the batch: every held job's lease stays alive until the batch is done
     the worker being stopped mid-batch: successes written, jobs not started handed back
 
-Per-job semantics stay those of `orchestration.worker`: every edge is guarded by the job's
-dispatch token or attempt number, so a duplicate batch claims nothing twice, and a worker
-killed mid-batch leaves RUNNING jobs whose leases run out and the reaper retries. A success
-still in the recorder when the worker dies is such a job: its handler ran, its outcome was
-never written, and it runs again (at least once, as after any crash before the outcome).
+Per-job semantics stay those of the single path (`single`, `running`): every edge is guarded
+by the job's dispatch token or attempt number, so a duplicate batch claims nothing twice, and
+a worker killed mid-batch leaves RUNNING jobs whose leases run out and the reaper retries. A
+success still in the recorder when the worker dies is such a job: its handler ran, its outcome
+was never written, and it runs again (at least once, as after any crash before the outcome).
 """
 
 from __future__ import annotations
@@ -31,20 +31,14 @@ from django.conf import settings
 
 from config.celery import app
 from jobs import transitions
-from logs.context import JobLogContext, job_log_context
+from logs.context import job_log_context
 from logs.shipping import flush_all
 from orchestration import breaker, celery_queues
-from orchestration.worker import (
-    MONITOR,
-    Outcome,
-    claim_many,
-    execute,
-    gate,
-    run_claimed,
-    tell_breaker,
-    with_reconnect,
-    worker_id,
-)
+from orchestration.worker.claims import claim_many, worker_id
+from orchestration.worker.monitor import MONITOR
+from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
+from orchestration.worker.running import log_context, run_claimed
+from orchestration.worker.single import execute, gate
 
 logger = logging.getLogger("orchestration.worker")
 
@@ -54,7 +48,8 @@ CANCEL_CHECK_SECONDS = 1.0  # a batch looks for cancel requests of its waiting j
 class Recorder:
     """Successes of a batch, written together: at the end of the batch, or once the oldest
     has waited RECORD_SECONDS, by the batch before its next job or by the monitor while a
-    long job runs (so a batch never sits on finished jobs)."""
+    long job runs (so a batch never sits on finished jobs). `run_claimed` hands it its
+    successes (a `running.SuccessSink`)."""
 
     RECORD_SECONDS = 0.05
 
@@ -97,25 +92,18 @@ class Recorder:
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
-        logger.info("jobs.finished", extra={"outcome": "SUCCEEDED", "jobs": len(won), "dropped": dropped})
+        logger.info("jobs.finished", extra={"outcome": Status.SUCCEEDED, "jobs": len(won), "dropped": dropped})
         each = logger.isEnabledFor(logging.DEBUG)
         for claim, _ in pending:
             recorded = claim.job_id in won
             if not recorded or each:
-                with job_log_context(_log_context(claim)):
+                with job_log_context(log_context(claim)):
                     if recorded:
-                        logger.debug("job.finished", extra={"job_id": str(claim.job_id), "outcome": "SUCCEEDED"})
+                        logger.debug("job.finished", extra={"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED})
                     else:  # reaped or cancelled meanwhile: the attempt lost its job
-                        extra = {"job_id": str(claim.job_id), "outcome": "SUCCEEDED"}
+                        extra = {"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED}
                         logger.warning("job.outcome_dropped", extra=extra)
-            self.outcomes[claim.job_id] = Outcome(str(claim.job_id), "SUCCEEDED", recorded=recorded)
-
-
-def _log_context(claim: transitions.Claim) -> JobLogContext:
-    return JobLogContext(
-        job_id=str(claim.job_id), attempt=claim.attempt, type=claim.type, queue=claim.queue,
-        owner_id=claim.owner_id, workflow_id=str(claim.workflow_id) if claim.workflow_id else None,
-    )  # fmt: skip
+            self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
 
 
 def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None) -> list[Outcome]:
@@ -144,12 +132,12 @@ def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None)
 
 def _skipped(job_id: str, why: str) -> Outcome:
     logger.info("job.claim_lost", extra={"job_id": job_id, "batch": True, "why": why})
-    return Outcome(job_id, "SKIPPED", recorded=False)
+    return Outcome(job_id, Status.SKIPPED, recorded=False)
 
 
 class BatchRun:
     """A claimed batch being worked through: the jobs not started yet, the recorder, and what
-    the monitor thread does while a long job runs (`tick`)."""
+    the monitor thread does while a long job runs (`tick`: a `monitor.Ticking`)."""
 
     def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]], worker: str) -> None:
         self.worker = worker
@@ -247,7 +235,7 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, 
             if claim.job_id in run.cancelled:
                 ran.append((claim, _cancel_unstarted(claim)))
                 continue
-            with job_log_context(_log_context(claim)):
+            with job_log_context(log_context(claim)):
                 ran.append((claim, run_claimed(claim, recorder)))
         recorder.flush()
     except BaseException:
@@ -260,13 +248,13 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, 
         outcome = recorder.outcomes.get(claim.job_id, outcome)
         tell_breaker(claim.type, outcome, probe=False)
         outcomes.append(outcome)
-    outcomes.extend(Outcome(str(c.job_id), "HANDED_BACK", recorded=True) for c in run.handed_back)
+    outcomes.extend(Outcome(str(c.job_id), Status.HANDED_BACK, recorded=True) for c in run.handed_back)
     return outcomes
 
 
 def _cancel_unstarted(claim: transitions.Claim) -> Outcome:
     job_id, attempt, in_workflow = claim.job_id, claim.attempt, claim.workflow_id is not None
     won = with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=attempt, in_workflow=in_workflow))
-    with job_log_context(_log_context(claim)):
+    with job_log_context(log_context(claim)):
         logger.info("job.cancelled_before_start", extra={"job_id": str(claim.job_id), "recorded": won})
-    return Outcome(str(claim.job_id), "CANCELLED", recorded=won)
+    return Outcome(str(claim.job_id), Status.CANCELLED, recorded=won)

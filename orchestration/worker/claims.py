@@ -1,0 +1,73 @@
+"""Claiming dispatched jobs for this worker: PENDING|QUEUED → RUNNING, the dispatch token must
+match, so a duplicate or stale delivery wins nothing. Each claim survives a dropped connection
+without orphaning what its first run committed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection, transaction
+
+from jobs import transitions
+
+
+class Held(StrEnum):
+    """What a keyed claim gives when its concurrency key had no free slot: the job was held
+    (the scheduler releases it when a slot frees), not claimed. One member; a StrEnum, so it
+    still equals the "HELD" it was before it had a type."""
+
+    HELD = "HELD"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_many(dispatches: list[tuple[str, str]], *, worker: str) -> list[transitions.Claim]:
+    """Claim (job id, dispatch token) pairs, surviving a dropped connection. The claim may
+    have committed before its reply was lost: then running it again wins nothing, so what
+    this worker already holds of them is taken back too (else the job would sit RUNNING
+    until reaped as LOST, an attempt used by a job that never ran)."""
+    lease = settings.JOB_LEASE_SECONDS
+    try:
+        return transitions.mark_running_many(dispatches, worker=worker, lease_seconds=lease)
+    except (OperationalError, InterfaceError):
+        connection.close()
+    held = {c.job_id: c for c in transitions.claims_held(dispatches, worker=worker)}
+    won = {c.job_id: c for c in transitions.mark_running_many(dispatches, worker=worker, lease_seconds=lease)}
+    both = held | won
+    return [both[i] for i in dict.fromkeys(uuid.UUID(d[0]) for d in dispatches) if i in both]
+
+
+def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
+    """`_claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
+    would take a second slot and lose the claim its first run committed."""
+    try:
+        return _claim_within_limit(envelope, worker)
+    except (OperationalError, InterfaceError):
+        connection.close()
+    held = transitions.claims_held([(envelope["job_id"], envelope["dispatch_token"])], worker=worker)
+    return held[0] if held else _claim_within_limit(envelope, worker)
+
+
+def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
+    """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
+    scheduler releases it when a slot frees). One transaction, so a lost claim gives the
+    slot back."""
+    job_id, limit = envelope["job_id"], int(envelope.get("concurrency_limit") or 1)
+    with transaction.atomic():
+        if not transitions.take_slot(job_id, limit):
+            transitions.hold(envelope["job_id"], dispatch_token=envelope["dispatch_token"])
+            return Held.HELD
+        claim = transitions.mark_running(
+            envelope["job_id"], dispatch_token=envelope["dispatch_token"], worker=worker,
+            lease_seconds=settings.JOB_LEASE_SECONDS,
+        )  # fmt: skip
+        if claim is None:
+            transitions.give_back_slot(job_id)
+        return claim

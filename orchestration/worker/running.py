@@ -1,0 +1,174 @@
+"""Running a claimed job: its handler under the job's timeout, then its outcome recorded. The
+one way both the single-job path and the batch path run a job.
+
+    a monitor thread renews the lease and watches for a cancel request
+    handler(payload, ctx) under the job's timeout
+      ├ returns          → SUCCEEDED with the result
+      ├ cancelled        → CANCELLED
+      ├ timed out        → failure (TIMED_OUT attempt) → policy
+      ├ PermanentError   → DEAD_LETTER
+      ├ other exception  → policy: RETRYING at next_retry_at, or DEAD_LETTER
+      └ BaseException    → the same (SystemExit, CancelledError…: a handler's, not ours);
+                           a worker being stopped (KeyboardInterrupt, Celery's shutdown)
+                           records the failure, then lets the exception go on
+    a cancel requested meanwhile wins over a retry: the job ends CANCELLED
+
+Whatever a handler returns or raises is stored (`jobs.outputs`): NUL replaced, size bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from typing import Any, Protocol
+
+import orjson
+from celery.exceptions import WorkerShutdown, WorkerTerminate
+from django.conf import settings
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from jobs import outputs, transitions
+from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, get_handler
+from jobs.models import AttemptStatus
+from logs.context import JobLogContext
+from logs.shipping import flush_all, job_records_written
+from metrics import prom
+from orchestration import policy
+from orchestration.worker.monitor import MONITOR, Interrupted, _handler_running
+from orchestration.worker.outcomes import Outcome, Status, _record, with_reconnect
+
+# Raised in a handler's thread when the worker process itself is being stopped: the attempt's
+# failure is recorded, then the exception goes on so the process stops. Every other
+# BaseException from a handler (sys.exit in argparse or click, asyncio.CancelledError) is
+# that job's failure, and the worker goes on.
+STOPPING: tuple[type[BaseException], ...] = (KeyboardInterrupt, WorkerShutdown, WorkerTerminate)
+
+
+class SuccessSink(Protocol):
+    """Where a batch collects its jobs' successes to write them together (`batch.Recorder`)."""
+
+    def succeeded(self, claim: transitions.Claim, result: Any, *, logged: bool) -> None: ...
+
+
+def log_context(claim: transitions.Claim) -> JobLogContext:
+    """What every record written while the claimed job runs carries: the job's own fields."""
+    return JobLogContext(
+        job_id=str(claim.job_id), attempt=claim.attempt, type=claim.type, queue=claim.queue,
+        owner_id=claim.owner_id, workflow_id=str(claim.workflow_id) if claim.workflow_id else None,
+    )  # fmt: skip
+
+
+def _permanent_exceptions() -> tuple[type[BaseException], ...]:
+    return (PermanentError, *(import_string(path) for path in settings.JOB_PERMANENT_EXCEPTIONS))
+
+
+def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -> Outcome:
+    """Run a claimed job's handler and record its outcome. With `deferred`, a success of a
+    job outside any workflow is handed to the batch's recorder instead of written now."""
+    job_id = claim.job_id
+    in_workflow = claim.workflow_id is not None  # its end moves the workflow on, in one transaction
+    handler = get_handler(claim.type)
+    ctx = JobContext(
+        job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
+        is_cancel_requested=MONITOR.cancel_requested,
+    )  # fmt: skip
+    if claim.waiting_since is not None:
+        wait = (timezone.now() - claim.waiting_since).total_seconds()
+        prom.JOB_QUEUE_WAIT.labels(claim.type, claim.queue).observe(max(wait, 0.0))
+    recorder = None if in_workflow else deferred
+    try:
+        if handler is None:
+            raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
+        result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None)
+    except (JobCancelled, Interrupted) as exc:
+        if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
+            won = with_reconnect(
+                lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
+            )
+            return _record(job_id, Status.CANCELLED, won)
+        return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
+    except Exception as exc:
+        permanent = isinstance(exc, _permanent_exceptions())
+        return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
+    except BaseException as exc:
+        outcome = _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, False)
+        if isinstance(exc, STOPPING):
+            raise
+        return outcome
+    if recorder is not None:
+        recorder.succeeded(claim, result, logged=logged)
+        return Outcome(str(job_id), Status.SUCCEEDED, recorded=False)  # the recorder has the verdict
+    won = with_reconnect(
+        lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
+    )
+    return _record(job_id, Status.SUCCEEDED, won)
+
+
+def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool) -> tuple[Any, bool]:
+    """Call the handler under the job's timeout and return its result, bounded for storing,
+    and whether the attempt wrote log lines. Whatever it raises goes to the caller (a result
+    that is not JSON as a PermanentError), after the duration is observed and the logs flushed."""
+    started = time.perf_counter()
+    records_before = job_records_written()
+    succeeded = False
+    try:
+        with _handler_running(claim.job_id, claim.attempt, claim.timeout_seconds):
+            try:
+                result = handler(claim.payload, ctx)
+            finally:  # failures and timeouts have a duration too
+                prom.JOB_DURATION.labels(claim.type, claim.queue).observe(time.perf_counter() - started)
+        result = outputs.bounded_result(result)  # must be JSON; stored whatever its content
+        succeeded = True
+    except orjson.JSONEncodeError as exc:
+        raise PermanentError(f"handler result is not JSON-serializable: {exc}") from exc
+    finally:
+        # The attempt's log lines reach Kafka before its outcome commits: a worker killed
+        # right after cannot leave a finished job with lines missing. A success handed to
+        # the recorder (`deferring`) leaves it to the recorder, which flushes once for the
+        # whole batch.
+        logged = job_records_written() != records_before
+        if logged and not (succeeded and deferring):
+            flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
+    return result, logged
+
+
+def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
+    error, tb = outputs.bounded_error(error), outputs.bounded_traceback(tb)
+    decision = policy.decide(
+        attempts=claim.attempts, max_attempts=claim.max_attempts, backoff=claim.backoff, now=timezone.now(),
+        permanent=permanent,
+    )  # fmt: skip
+    if isinstance(decision, policy.Retry):
+        at = decision.at
+        won = with_reconnect(
+            lambda: transitions.schedule_retry(
+                claim.job_id, attempt=claim.attempt, next_retry_at=at, error=error, tb=tb,
+                attempt_status=attempt_status,
+            )
+        )  # fmt: skip
+        if not won:  # a cancel was requested meanwhile (or the attempt lost its job): not again
+            return _cancel_failed(claim, error, tb, attempt_status)
+        outcome = _record(claim.job_id, Status.RETRYING, won, error=error, retry_in=round(decision.delay_seconds, 3))
+        return dataclasses.replace(outcome, breaker_failure=not permanent)
+    won = with_reconnect(
+        lambda: transitions.move_to_dead_letter(
+            claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status,
+            in_workflow=claim.workflow_id is not None,
+        )
+    )  # fmt: skip
+    outcome = _record(claim.job_id, Status.DEAD_LETTER, won, error=error, reason=decision.reason)
+    return dataclasses.replace(outcome, breaker_failure=not permanent)
+
+
+def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str) -> Outcome:
+    """The attempt failed after its job's cancel was requested: the job ends CANCELLED, its
+    history keeps the failure (the reaper does the same for a lost worker)."""
+    won = with_reconnect(
+        lambda: transitions.mark_cancelled(
+            claim.job_id, attempt=claim.attempt, reason=error, attempt_status=attempt_status, tb=tb,
+            in_workflow=claim.workflow_id is not None,
+        )
+    )  # fmt: skip
+    return _record(claim.job_id, Status.CANCELLED, won, error=error)

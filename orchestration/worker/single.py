@@ -1,0 +1,69 @@
+"""Running one dispatched job inside a Celery worker process: claim, run the handler, record
+the outcome.
+
+    breaker gate ─ HOLD → held until the breaker lets its type run again
+    claim (PENDING|QUEUED → RUNNING, token must match) ─ lost? → nothing to do (duplicate/stale)
+      │ with a concurrency key: a free slot first, else the job is held
+    run the handler and record its outcome (`running.run_claimed`)
+    tell the breaker how it went
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from django.conf import settings
+
+from jobs import transitions
+from logs.context import job_log_context
+from orchestration import breaker
+from orchestration.breaker import BREAKERS
+from orchestration.worker.claims import Held, _claim_keyed, claim_many, worker_id
+from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
+from orchestration.worker.running import log_context, run_claimed
+
+logger = logging.getLogger("orchestration.worker")
+
+
+def gate(envelope: dict[str, Any]) -> str:
+    """What the job type's circuit breaker says: RUN, PROBE (run as the one probe) or HOLD."""
+    type_ = envelope.get("type")
+    return BREAKERS.allow(type_, probe_seconds=settings.BREAKER_PROBE_SECONDS) if type_ else breaker.RUN
+
+
+def execute(envelope: dict[str, Any], *, worker: str | None = None, gate_: str | None = None) -> Outcome:
+    """Claim and run one dispatched job. Safe to call twice with the same envelope. `gate_`
+    is the breaker's answer when the caller already asked (a batch asks once per job)."""
+    job_id = uuid.UUID(envelope["job_id"])
+    type_ = envelope.get("type")
+    gate_ = gate_ or gate(envelope)
+    if gate_ == breaker.HOLD:
+        held = with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
+        logger.info("job.held_by_breaker", extra={"job_id": str(job_id), "type": type_, "held": held})
+        return Outcome(str(job_id), Status.HELD, recorded=held)
+    outcome = _claim_and_run(envelope, job_id, worker)
+    if type_:
+        tell_breaker(type_, outcome, probe=gate_ == breaker.PROBE)
+    return outcome
+
+
+def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
+    claim: transitions.Claim | Held | None
+    if envelope.get("concurrency_key"):
+        claim = _claim_keyed(envelope, worker or worker_id())
+    else:
+        claims = claim_many([(str(job_id), envelope["dispatch_token"])], worker=worker or worker_id())
+        claim = claims[0] if claims else None
+    match claim:
+        case transitions.Claim():
+            # Every record written from here to the outcome (the handler's and ours) carries the job.
+            with job_log_context(log_context(claim)):
+                return run_claimed(claim)
+        case Held():
+            logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
+            return Outcome(str(job_id), Status.HELD)
+        case None:
+            logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
+            return Outcome(str(job_id), Status.SKIPPED, recorded=False)
