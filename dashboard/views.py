@@ -141,15 +141,16 @@ def job_logs(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     return render(request, "dashboard/_log_tail.html", {"records": records, "error": error, "job": job})
 
 
-def _job_or_404(request: HttpRequest, job_id: uuid.UUID) -> Any:
+def _job_or_404(request: HttpRequest, job_id: uuid.UUID, *, detail: bool = False) -> Any:
     try:
-        return selectors.job_get(user=request.user, job_id=job_id)
+        get = selectors.job_get_detail if detail else selectors.job_get
+        return get(user=request.user, job_id=job_id)
     except JobError:
         raise Http404("no such job") from None
 
 
 def _job_context(request: HttpRequest, job_id: uuid.UUID) -> dict[str, Any]:
-    job = _job_or_404(request, job_id)
+    job = _job_or_404(request, job_id, detail=True)
     data = JobDetailSerializer(job).data
     return {"job": job, "data": data, "terminal": job.status in TERMINAL_STATUSES}
 

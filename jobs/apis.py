@@ -95,7 +95,7 @@ class JobBulkCreateApi(APIView):
 class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailSerializer)
     def get(self, request: Request, job_id: str) -> Response:
-        job = selectors.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get_detail(user=request.user, job_id=job_id)
         return Response(JobDetailSerializer(job).data)
 
 

@@ -40,6 +40,32 @@ def job_get(*, user: Any, job_id: uuid.UUID | str) -> Job:
         raise JobNotFound(job_id) from None
 
 
+FAILED_ATTEMPT_STATUSES = frozenset({"FAILED", "TIMED_OUT", "LOST"})
+
+
+def job_get_detail(*, user: Any, job_id: uuid.UUID | str) -> Job:
+    """`job_get`, plus the last log lines of each failed attempt as `job.failed_log_lines`:
+    {attempt: records}, the records None when the log store cannot say."""
+    job = job_get(user=user, job_id=job_id)
+    failed = [h.attempt for h in job.history.all() if h.status in FAILED_ATTEMPT_STATUSES]
+    lines = _last_log_lines(job.id, failed) if failed else {}
+    job.failed_log_lines = {a: None if lines is None else lines.get(a, []) for a in failed}  # type: ignore[attr-defined]
+    return job
+
+
+def _last_log_lines(job_id: uuid.UUID, attempts: list[int]) -> dict[int, list[dict[str, Any]]] | None:
+    from logs import search
+
+    if not settings.CLICKHOUSE_URL:
+        return None
+    try:
+        by_attempt = search.last_lines_by_attempt(job_id, attempts, settings.JOB_FAILED_LOG_LINES)
+    except search.LogStoreUnavailable:
+        return None  # the job is still worth showing without its logs
+    keep = ("timestamp", "level", "logger", "message", "exception")
+    return {a: [{k: r[k] for k in keep} for r in records] for a, records in by_attempt.items()}
+
+
 class CSVChoiceFilter(django_filters.BaseInFilter, django_filters.ChoiceFilter):
     """`status=FAILED` or `status=PENDING,RUNNING`."""
 

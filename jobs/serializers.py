@@ -205,9 +205,6 @@ class JobSerializer(serializers.Serializer):
         }
 
 
-FAILED_ATTEMPT_STATUSES = frozenset({"FAILED", "TIMED_OUT", "LOST"})
-
-
 class JobDetailSerializer(JobSerializer):
     """A job with its attempt history. Each failed attempt carries `last_log_lines`: the last
     records it wrote before it failed (from ClickHouse; null when the log store is away)."""
@@ -217,27 +214,12 @@ class JobDetailSerializer(JobSerializer):
     def to_representation(self, job: Job) -> dict[str, Any]:
         data = super().to_representation(job)
         history = [dict(h) for h in AttemptSerializer(job.history.all(), many=True).data]
-        failed = [h["attempt"] for h in history if h["status"] in FAILED_ATTEMPT_STATUSES]
-        if failed:
-            lines = _last_log_lines(job.id, failed)
-            for h in history:
-                if h["attempt"] in failed:
-                    h["last_log_lines"] = None if lines is None else lines.get(h["attempt"], [])
+        lines = getattr(job, "failed_log_lines", {})  # read by selectors.job_get_detail
+        for h in history:
+            if h["attempt"] in lines:
+                h["last_log_lines"] = lines[h["attempt"]]
         data["history"] = history
         return data
-
-
-def _last_log_lines(job_id: Any, attempts: list[int]) -> dict[int, list[dict[str, Any]]] | None:
-    from logs import search
-
-    if not settings.CLICKHOUSE_URL:
-        return None
-    try:
-        by_attempt = search.last_lines_by_attempt(job_id, attempts, settings.JOB_FAILED_LOG_LINES)
-    except search.LogStoreUnavailable:
-        return None  # the job is still worth showing without its logs
-    keep = ("timestamp", "level", "logger", "message", "exception")
-    return {a: [{k: r[k] for k in keep} for r in records] for a, records in by_attempt.items()}
 
 
 class BulkOutputSerializer(serializers.Serializer):

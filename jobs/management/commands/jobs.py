@@ -95,7 +95,7 @@ class Command(BaseCommand):
         self.stdout.write(dump(job.result))
 
     def do_show(self, opts: dict[str, Any]) -> None:
-        job = selectors.job_get(user=OPERATOR, job_id=opts["job_id"])
+        job = selectors.job_get_detail(user=OPERATOR, job_id=opts["job_id"])
         self.stdout.write(dump(JobDetailSerializer(job).data))
 
     def do_list(self, opts: dict[str, Any]) -> None:
