@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from config import kafka
+from config.text import bounded_text
 from jobs import transitions
 from metrics import prom
 
@@ -44,7 +45,6 @@ CHANNEL = "jobs_outbox"
 FLUSH_TIMEOUT = 15.0  # seconds to wait for delivery reports before giving a batch up for now
 MAX_BACKOFF = 10.0  # seconds between rounds while Kafka keeps failing
 DEAD_ERROR_MAX = 4000  # characters of the error a shortened `jobs.dead` message keeps
-TRUNCATED = "… [truncated]"
 
 _CLAIM_SQL = """
 SELECT id, job_id, topic, envelope, envelope ->> 'dispatch_token' FROM jobs_outbox
@@ -115,9 +115,7 @@ def shortened_dead_letter(row: OutboxRow) -> dict[str, Any]:
     """The smallest useful `jobs.dead` message: who died, where, after how many attempts,
     and the start of the error."""
     envelope = row.envelope if isinstance(row.envelope, dict) else {}
-    error = str(envelope.get("error", ""))
-    if len(error) > DEAD_ERROR_MAX:
-        error = error[:DEAD_ERROR_MAX] + TRUNCATED
+    error = bounded_text(str(envelope.get("error", "")), DEAD_ERROR_MAX)
     attempts = envelope.get("attempts")
     return {
         "v": 1, "job_id": row.job_id, "type": str(envelope.get("type", ""))[:200],
