@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from django.db import connection, transaction
@@ -20,11 +20,10 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 
 from jobs import transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
 from jobs.models import Job, JobStatus, Outbox, default_backoff
 from metrics import prom
-
-ENVELOPE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -57,45 +56,6 @@ class JobSpec:
 class Submitted:
     job: Job
     created: bool  # False: an idempotent replay returned the job created earlier
-
-
-class DispatchSource(Protocol):
-    """What a dispatch is made from: a JobSpec, a Job, or a job the scheduler released."""
-
-    # Read-only members, so frozen dataclasses satisfy it too.
-    @property
-    def type(self) -> str: ...
-    @property
-    def queue(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def concurrency_key(self) -> str | None: ...
-    @property
-    def concurrency_limit(self) -> int | None: ...
-    @property
-    def workflow_id(self) -> uuid.UUID | None: ...
-
-
-def dispatch_envelope(job_id: uuid.UUID, source: DispatchSource, *, attempt: int, token: uuid.UUID) -> dict[str, Any]:
-    """The small, versioned message the relay publishes to Kafka for one dispatch (the
-    concurrency fields only when the job has a key, `workflow_id` only for workflow jobs)."""
-    optional: dict[str, Any] = (
-        {"concurrency_key": source.concurrency_key, "concurrency_limit": source.concurrency_limit}
-        if source.concurrency_key
-        else {}
-    )
-    if source.workflow_id:
-        optional["workflow_id"] = str(source.workflow_id)
-    return optional | {
-        "v": ENVELOPE_VERSION,
-        "job_id": str(job_id),
-        "type": source.type,
-        "queue": source.queue,
-        "priority": source.priority,
-        "attempt": attempt,
-        "dispatch_token": str(token),
-    }
 
 
 def _is_due(run_at: datetime | None, now: datetime) -> bool:
@@ -175,7 +135,7 @@ def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) 
     return {row[0] for row in cur.fetchall()}
 
 
-def _write_outbox(rows: Sequence[tuple[uuid.UUID, dict[str, Any]]], now: datetime) -> None:
+def _write_outbox(rows: Sequence[tuple[uuid.UUID, DispatchEnvelope]], now: datetime) -> None:
     """One COPY for any number of dispatches, in the caller's transaction."""
     if not rows:
         return
@@ -184,7 +144,7 @@ def _write_outbox(rows: Sequence[tuple[uuid.UUID, dict[str, Any]]], now: datetim
         cur.cursor.copy("COPY jobs_outbox (job_id, topic, envelope, created_at) FROM STDIN") as copy,
     ):
         for job_id, envelope in rows:
-            copy.write_row((job_id, "jobs", orjson.dumps(envelope).decode(), now))
+            copy.write_row((job_id, "jobs", orjson.dumps(envelope.as_dict()).decode(), now))
 
 
 def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitted]:
@@ -217,7 +177,7 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
         replays = _existing_for_replays(owner_id, [r for r in keyed if r.id not in inserted])
         _write_outbox(
             [
-                (r.id, dispatch_envelope(r.id, r.spec, attempt=1, token=r.token))
+                (r.id, DispatchEnvelope.build(r.id, r.spec, owner_id=owner_id, attempt=1, token=r.token))
                 for r in rows
                 if r.token is not None and r.id in inserted
             ],
@@ -310,6 +270,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
             Job.objects.filter(id=job_id)
             .only(
                 "id",
+                "owner_id",
                 "type",
                 "queue",
                 "priority",
@@ -333,7 +294,9 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
         if not transitions.requeue(job_id, dispatch_token=token):
             _raise_illegal(job_id, "retry")
         if token is not None:
-            envelope = dispatch_envelope(job.id, job, attempt=job.attempt_seq + 1, token=token)
+            envelope = DispatchEnvelope.build(
+                job.id, job, owner_id=job.owner_id, attempt=job.attempt_seq + 1, token=token
+            )
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
 
@@ -341,7 +304,13 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
 def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
     """Outbox rows for jobs the scheduler made dispatchable (call in its transaction)."""
     _write_outbox(
-        [(r.job_id, dispatch_envelope(r.job_id, r, attempt=r.attempt, token=r.dispatch_token)) for r in released],
+        [
+            (
+                r.job_id,
+                DispatchEnvelope.build(r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token),
+            )
+            for r in released
+        ],
         timezone.now(),
     )
 

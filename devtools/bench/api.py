@@ -24,8 +24,9 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from devtools.bench.stats import Progress, ms, percentile
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import Job
-from jobs.services import JobSpec, dispatch_envelope
+from jobs.services import JobSpec
 
 BENCH_USER = "bench"
 
@@ -133,9 +134,9 @@ def _timed_batches(
     return Result(label, batches * size, elapsed, latencies)
 
 
-def _envelope(job_id: uuid.UUID, token: uuid.UUID) -> str:
-    env = dispatch_envelope(job_id, JobSpec(type="demo.noop"), attempt=1, token=token)
-    return orjson.dumps(env).decode()
+def _envelope(job_id: uuid.UUID, owner_id: int, token: uuid.UUID) -> str:
+    env = DispatchEnvelope.build(job_id, JobSpec(type="demo.noop"), owner_id=owner_id, attempt=1, token=token)
+    return orjson.dumps(env.as_dict()).decode()
 
 
 def raw_inserts(owner_id: int, batches: int, size: int) -> Result:
@@ -148,7 +149,7 @@ def raw_inserts(owner_id: int, batches: int, size: int) -> Result:
             _RAW_JOB,
             [(i, owner_id, orjson.dumps({"i": n}).decode(), _BACKOFF, t, now, now) for n, (i, t) in enumerate(ids)],
         )
-        cur.executemany(_RAW_OUTBOX, [(i, _envelope(i, t), now) for i, t in ids])
+        cur.executemany(_RAW_OUTBOX, [(i, _envelope(i, owner_id, t), now) for i, t in ids])
 
     return _timed_batches(f"raw insert (psycopg executemany, {size}/txn)", batches, size, write)
 
@@ -167,7 +168,7 @@ def raw_copy(owner_id: int, batches: int, size: int) -> Result:
                 ))  # fmt: skip
         with cur.copy(_COPY_OUTBOX) as copy:
             for i, t in ids:
-                copy.write_row((i, _envelope(i, t), "jobs", now))
+                copy.write_row((i, _envelope(i, owner_id, t), "jobs", now))
 
     return _timed_batches(f"raw insert (psycopg COPY, {size}/txn)", batches, size, write)
 

@@ -31,7 +31,8 @@ from django.conf import settings
 
 from config.celery import app
 from jobs import transitions
-from logs.context import job_log_context
+from jobs.dispatch import DispatchEnvelope
+from logs.context import JobLogContext, job_log_context
 from logs.shipping import flush_all
 from orchestration import breaker, celery_queues
 from orchestration.worker.claims import claim_many, worker_id
@@ -106,40 +107,41 @@ class Recorder:
             self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
 
 
-def execute_batch(envelopes: list[dict[str, Any]], *, worker: str | None = None) -> list[Outcome]:
+def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = None) -> list[Outcome]:
     """Claim and run a batch of dispatched jobs. Safe to call twice with the same batch, and
     with the same job twice in it (the relay re-sends by design: both copies can be packed
     together): each job is claimed and run at most once."""
     worker = worker or worker_id()
     outcomes: list[Outcome] = []
-    batch: dict[tuple[str, str], dict[str, Any]] = {}
+    batch: dict[tuple[str, str], DispatchEnvelope] = {}
     for envelope in envelopes:
-        dispatch = (envelope["job_id"], envelope["dispatch_token"])
+        dispatch = (envelope.job_id, envelope.dispatch_token)
         if dispatch in batch:
-            outcomes.append(_skipped(envelope["job_id"], "duplicate in batch"))
+            outcomes.append(_skipped(envelope.log_context(), "duplicate in batch"))
             continue
         answer = gate(envelope)
-        if answer != breaker.RUN or envelope.get("concurrency_key"):
+        if answer != breaker.RUN or envelope.concurrency_key:
             outcomes.append(execute(envelope, worker=worker, gate_=answer))
         else:
             batch[dispatch] = envelope
     claims = claim_many(list(batch), worker=worker)
     won = {(str(c.job_id), str(c.dispatch_token)) for c in claims}
-    outcomes.extend(_skipped(job_id, "claim lost") for job_id, token in batch if (job_id, token) not in won)
+    outcomes.extend(_skipped(e.log_context(), "claim lost") for dispatch, e in batch.items() if dispatch not in won)
     outcomes.extend(_run_claims(claims, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
     return outcomes
 
 
-def _skipped(job_id: str, why: str) -> Outcome:
-    logger.info("job.claim_lost", extra={"job_id": job_id, "batch": True, "why": why})
-    return Outcome(job_id, Status.SKIPPED, recorded=False)
+def _skipped(job: JobLogContext, why: str) -> Outcome:
+    with job_log_context(job):  # the line is the job's too: its owner sees what happened to it
+        logger.info("job.claim_lost", extra={"job_id": job.job_id, "batch": True, "why": why})
+    return Outcome(job.job_id, Status.SKIPPED, recorded=False)
 
 
 class BatchRun:
     """A claimed batch being worked through: the jobs not started yet, the recorder, and what
     the monitor thread does while a long job runs (`tick`: a `monitor.Ticking`)."""
 
-    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]], worker: str) -> None:
+    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, DispatchEnvelope], worker: str) -> None:
         self.worker = worker
         self.leases = [(c.job_id, c.attempt) for c in claims]  # renewed until the batch is done
         self.renewed_at = self.checked_at = time.monotonic()
@@ -214,12 +216,12 @@ def _wind_down(run: BatchRun) -> None:
             logger.exception("batch.wind_down_failed", extra={"step": step.__name__})
 
 
-def _dispatch_again(envelopes: list[dict[str, Any]]) -> None:
+def _dispatch_again(envelopes: list[DispatchEnvelope]) -> None:
     for (queue, priority), group in celery_queues.by_queue(envelopes).items():
         celery_queues.publish(app, queue, priority, group)
 
 
-def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, Any]], worker: str) -> list[Outcome]:
+def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, DispatchEnvelope], worker: str) -> list[Outcome]:
     run = BatchRun(claims, envelopes, worker)
     recorder = run.recorder
     ran: list[tuple[transitions.Claim, Outcome]] = []
@@ -230,7 +232,7 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, dict[str, 
             if time.monotonic() - run.checked_at >= CANCEL_CHECK_SECONDS:
                 with_reconnect(run.renew)
             if claim.job_id in run.lost:
-                ran.append((claim, _skipped(str(claim.job_id), "taken from the batch (lease lapsed)")))
+                ran.append((claim, _skipped(log_context(claim), "taken from the batch (lease lapsed)")))
                 continue
             if claim.job_id in run.cancelled:
                 ran.append((claim, _cancel_unstarted(claim)))

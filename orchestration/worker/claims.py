@@ -8,12 +8,12 @@ import os
 import socket
 import uuid
 from enum import StrEnum
-from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from jobs import transitions
+from jobs.dispatch import DispatchEnvelope
 
 
 class Held(StrEnum):
@@ -44,30 +44,27 @@ def claim_many(dispatches: list[tuple[str, str]], *, worker: str) -> list[transi
     return [both[i] for i in dict.fromkeys(uuid.UUID(d[0]) for d in dispatches) if i in both]
 
 
-def _claim_keyed(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
+def _claim_keyed(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
     """`_claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
     would take a second slot and lose the claim its first run committed."""
     try:
         return _claim_within_limit(envelope, worker)
     except (OperationalError, InterfaceError):
         connection.close()
-    held = transitions.claims_held([(envelope["job_id"], envelope["dispatch_token"])], worker=worker)
+    held = transitions.claims_held([(envelope.job_id, envelope.dispatch_token)], worker=worker)
     return held[0] if held else _claim_within_limit(envelope, worker)
 
 
-def _claim_within_limit(envelope: dict[str, Any], worker: str) -> transitions.Claim | Held | None:
+def _claim_within_limit(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
     """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
     scheduler releases it when a slot frees). One transaction, so a lost claim gives the
     slot back."""
-    job_id, limit = envelope["job_id"], int(envelope.get("concurrency_limit") or 1)
+    job_id, token, lease = envelope.job_id, envelope.dispatch_token, settings.JOB_LEASE_SECONDS
     with transaction.atomic():
-        if not transitions.take_slot(job_id, limit):
-            transitions.hold(envelope["job_id"], dispatch_token=envelope["dispatch_token"])
+        if not transitions.take_slot(job_id, envelope.concurrency_limit or 1):
+            transitions.hold(job_id, dispatch_token=token)
             return Held.HELD
-        claim = transitions.mark_running(
-            envelope["job_id"], dispatch_token=envelope["dispatch_token"], worker=worker,
-            lease_seconds=settings.JOB_LEASE_SECONDS,
-        )  # fmt: skip
+        claim = transitions.mark_running(job_id, dispatch_token=token, worker=worker, lease_seconds=lease)
         if claim is None:
             transitions.give_back_slot(job_id)
         return claim

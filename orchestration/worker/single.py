@@ -11,12 +11,11 @@ the outcome.
 from __future__ import annotations
 
 import logging
-import uuid
-from typing import Any
 
 from django.conf import settings
 
 from jobs import transitions
+from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
@@ -27,34 +26,34 @@ from orchestration.worker.running import log_context, run_claimed
 logger = logging.getLogger("orchestration.worker")
 
 
-def gate(envelope: dict[str, Any]) -> str:
+def gate(envelope: DispatchEnvelope) -> str:
     """What the job type's circuit breaker says: RUN, PROBE (run as the one probe) or HOLD."""
-    type_ = envelope.get("type")
-    return BREAKERS.allow(type_, probe_seconds=settings.BREAKER_PROBE_SECONDS) if type_ else breaker.RUN
+    return BREAKERS.allow(envelope.type, probe_seconds=settings.BREAKER_PROBE_SECONDS)
 
 
-def execute(envelope: dict[str, Any], *, worker: str | None = None, gate_: str | None = None) -> Outcome:
+def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str | None = None) -> Outcome:
     """Claim and run one dispatched job. Safe to call twice with the same envelope. `gate_`
     is the breaker's answer when the caller already asked (a batch asks once per job)."""
-    job_id = uuid.UUID(envelope["job_id"])
-    type_ = envelope.get("type")
     gate_ = gate_ or gate(envelope)
-    if gate_ == breaker.HOLD:
-        held = with_reconnect(lambda: transitions.hold_for_breaker(job_id, dispatch_token=envelope["dispatch_token"]))
-        logger.info("job.held_by_breaker", extra={"job_id": str(job_id), "type": type_, "held": held})
-        return Outcome(str(job_id), Status.HELD, recorded=held)
-    outcome = _claim_and_run(envelope, job_id, worker)
-    if type_:
-        tell_breaker(type_, outcome, probe=gate_ == breaker.PROBE)
+    # What is logged before a claim (held, claim lost) carries the job too: its owner sees why.
+    with job_log_context(envelope.log_context()):
+        if gate_ == breaker.HOLD:
+            token = envelope.dispatch_token
+            held = with_reconnect(lambda: transitions.hold_for_breaker(envelope.job_id, dispatch_token=token))
+            logger.info("job.held_by_breaker", extra={"job_id": envelope.job_id, "type": envelope.type, "held": held})
+            return Outcome(envelope.job_id, Status.HELD, recorded=held)
+        outcome = _claim_and_run(envelope, worker or worker_id())
+    tell_breaker(envelope.type, outcome, probe=gate_ == breaker.PROBE)
     return outcome
 
 
-def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | None) -> Outcome:
+def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
+    job_id = envelope.job_id
     claim: transitions.Claim | Held | None
-    if envelope.get("concurrency_key"):
-        claim = _claim_keyed(envelope, worker or worker_id())
+    if envelope.concurrency_key:
+        claim = _claim_keyed(envelope, worker)
     else:
-        claims = claim_many([(str(job_id), envelope["dispatch_token"])], worker=worker or worker_id())
+        claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
         claim = claims[0] if claims else None
     match claim:
         case transitions.Claim():
@@ -62,8 +61,8 @@ def _claim_and_run(envelope: dict[str, Any], job_id: uuid.UUID, worker: str | No
             with job_log_context(log_context(claim)):
                 return run_claimed(claim)
         case Held():
-            logger.info("job.held", extra={"job_id": str(job_id), "concurrency_key": envelope["concurrency_key"]})
-            return Outcome(str(job_id), Status.HELD)
+            logger.info("job.held", extra={"job_id": job_id, "concurrency_key": envelope.concurrency_key})
+            return Outcome(job_id, Status.HELD)
         case None:
-            logger.info("job.claim_lost", extra={"job_id": str(job_id), "dispatch_token": envelope["dispatch_token"]})
-            return Outcome(str(job_id), Status.SKIPPED, recorded=False)
+            logger.info("job.claim_lost", extra={"job_id": job_id, "dispatch_token": envelope.dispatch_token})
+            return Outcome(job_id, Status.SKIPPED, recorded=False)

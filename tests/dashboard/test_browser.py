@@ -16,6 +16,7 @@ from jobs.models import Job, JobStatus, Schedule
 from orchestration.worker import execute
 from tests.conftest import client_for
 from tests.dashboard.conftest import login, shot
+from tests.factories import dispatch_of
 from tests.logs.conftest import record, store_records
 from tests.workflows.conftest import run_all, task
 
@@ -36,7 +37,7 @@ def test_overview_and_a_job_reaching_succeeded_live(page, user):
     status = page.locator("#job-status")
     assert status.inner_text() == "PENDING"
     job = Job.objects.get(id=job_id)
-    execute({"job_id": job_id, "dispatch_token": str(job.dispatch_token), "type": "demo.echo"})
+    execute(dispatch_of(job))
     status.filter(has_text="SUCCEEDED").wait_for(timeout=10_000)  # the panel refreshed itself
     assert "browser" in page.locator("main").inner_text()
     shot(page, "02-job-succeeded")

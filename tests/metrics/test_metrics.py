@@ -16,6 +16,7 @@ from jobs import services
 from jobs.services import JobSpec
 from metrics import heartbeat
 from orchestration.worker import execute
+from tests.factories import dispatch_of
 from tests.orchestration.conftest import REPO
 
 pytestmark = pytest.mark.django_db
@@ -44,7 +45,7 @@ def value(samples, name: str, **labels: str) -> float:
 def test_metrics_move_when_jobs_run(client, user):
     before = scrape(client)
     job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.echo", queue="metrics-q")).job
-    execute({"job_id": str(job.id), "dispatch_token": str(job.dispatch_token), "type": "demo.echo"})
+    execute(dispatch_of(job))
     after = scrape(client)
     labels = {"type": "demo.echo", "queue": "metrics-q"}
     assert (

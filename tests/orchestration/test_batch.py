@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 from django.db import connection
 
 from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
 from orchestration.worker.batch import execute_batch
+from tests.factories import dispatch_of
 from tests.orchestration.conftest import celery_messages, wait_for
 
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}
@@ -24,12 +25,8 @@ def submit(user, type: str = "demo.noop", **spec) -> Job:
     return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type, backoff=FAST, **spec)).job
 
 
-def envelopes(*jobs: Job) -> list[dict[str, Any]]:
-    return [
-        {"v": 1, "job_id": str(j.id), "type": j.type, "queue": j.queue, "priority": j.priority, "attempt": 1,
-         "dispatch_token": str(j.dispatch_token)}
-        for j in jobs
-    ]  # fmt: skip
+def envelopes(*jobs: Job) -> list[DispatchEnvelope]:
+    return [dispatch_of(j) for j in jobs]
 
 
 def statuses(*jobs: Job) -> list[str]:
@@ -193,7 +190,7 @@ def test_a_slow_batch_hands_its_waiting_jobs_back_for_other_workers(user, settin
     [batch] = celery_messages(queue, batches=True)  # dispatched again, as one batch
     assert sorted(e["job_id"] for e in batch) == sorted(str(j.id) for j in waiting)
     # Whichever worker takes it claims them as if for the first time.
-    assert {o.status for o in execute_batch(batch)} == {"SUCCEEDED"}
+    assert {o.status for o in execute_batch([DispatchEnvelope.parse(e) for e in batch])} == {"SUCCEEDED"}
     assert list(JobAttempt.objects.filter(job__in=waiting).values_list("attempt", flat=True)) == [1, 1]
 
 

@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from config import broker
 from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.errors import IllegalTransition
 from jobs.handlers import PermanentError, handler
 from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobAttempt, JobStatus
@@ -40,6 +41,7 @@ from orchestration import worker
 from orchestration.scheduler import Scheduler
 from orchestration.worker import running
 from orchestration.worker.batch import execute_batch
+from tests.factories import dispatch_of
 
 BEHAVIOURS = ("ok", "fail", "permanent", "exit", "nul", "timeout", "cancel_self", "hand_back", "lapse", "steal")
 
@@ -134,7 +136,7 @@ class BatchModel(RuleBasedStateMachine):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _envelopes(self, picks: list[int], stale: bool) -> list[dict[str, Any]]:
+    def _envelopes(self, picks: list[int], stale: bool) -> list[DispatchEnvelope]:
         rows = {
             j.id: j
             for j in Job.objects.filter(id__in=[self.jobs[i % len(self.jobs)] for i in picks]).only(
@@ -149,8 +151,7 @@ class BatchModel(RuleBasedStateMachine):
             if token is None:
                 continue
             self.tokens[job.id].add(str(token))
-            out.append({"v": 1, "job_id": str(job.id), "type": job.type, "queue": job.queue,
-                        "priority": job.priority, "attempt": 1, "dispatch_token": str(token)})  # fmt: skip
+            out.append(dispatch_of(job, token))
         return out
 
     def _lapse_leases(self, *, ids: list[uuid.UUID] | None = None, worker_name: str | None = None) -> None:

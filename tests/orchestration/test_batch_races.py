@@ -5,6 +5,7 @@ Real PostgreSQL and real worker code; handlers registered here run in this proce
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -15,12 +16,14 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.handlers import handler
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from jobs.services import JobSpec
 from orchestration import worker
 from orchestration.worker import claims
 from orchestration.worker.batch import execute_batch
+from tests.factories import dispatch_of
 from tests.orchestration.conftest import wait_for
 
 FAST = {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}
@@ -45,9 +48,8 @@ def submit(user, type: str = "test.race", **spec) -> Job:
     return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type, backoff=FAST, **spec)).job
 
 
-def envelope(job: Job) -> dict[str, Any]:
-    return {"v": 1, "job_id": str(job.id), "type": job.type, "queue": job.queue, "priority": job.priority,
-            "attempt": 1, "dispatch_token": str(job.dispatch_token)}  # fmt: skip
+def envelope(job: Job) -> DispatchEnvelope:
+    return dispatch_of(job)
 
 
 def status(job: Job) -> str:
@@ -262,8 +264,8 @@ def test_concurrency_keys_are_each_owners_own(user, other_user, settings):
 
     settings.SCHEDULER_LOCK_KEY = f"test-keys-{time.monotonic_ns()}"
 
-    def keyed(job: Job, limit: int = 1) -> dict[str, Any]:
-        return envelope(job) | {"concurrency_key": "shared-name", "concurrency_limit": limit}
+    def keyed(job: Job, limit: int = 1) -> DispatchEnvelope:
+        return dataclasses.replace(envelope(job), concurrency_key="shared-name", concurrency_limit=limit)
 
     mine, held_mine = (submit(user, concurrency_key="shared-name", concurrency_limit=1) for _ in range(2))
     theirs = submit(other_user, concurrency_key="shared-name", concurrency_limit=1)

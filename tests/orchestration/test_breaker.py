@@ -8,12 +8,14 @@ import time
 import pytest
 
 from jobs import services
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import Job, JobStatus
 from jobs.services import JobSpec
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
 from orchestration.scheduler import Scheduler
 from orchestration.worker import execute
+from tests.factories import dispatch_of
 
 pytestmark = pytest.mark.django_db
 
@@ -33,9 +35,8 @@ def submit(user, type_: str, **payload) -> Job:
     return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type_, payload=payload, max_attempts=5)).job
 
 
-def envelope(job: Job) -> dict[str, str]:
-    job.refresh_from_db()
-    return {"v": 1, "job_id": str(job.id), "type": job.type, "dispatch_token": str(job.dispatch_token)}
+def envelope(job: Job) -> DispatchEnvelope:
+    return dispatch_of(job)
 
 
 def test_failures_open_the_breaker_and_jobs_are_held_without_using_attempts(user, quick_breaker):

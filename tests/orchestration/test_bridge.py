@@ -300,13 +300,15 @@ def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkey
     from arroyo.types import BrokerValue, Message, Partition, Topic
 
     from config.celery import app
-    from orchestration.consumers.envelope import parse
+    from jobs.dispatch import DispatchEnvelope
     from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
 
     monkeypatch.setattr(broker, "_client", None)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
     step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
-    message = Message(BrokerValue(parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC)))
+    message = Message(
+        BrokerValue(DispatchEnvelope.parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC))
+    )
     for _ in range(5):
         with pytest.raises(MessageRejected):
             step.submit(message)

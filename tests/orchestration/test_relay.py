@@ -39,6 +39,7 @@ def test_relays_in_batches_and_marks_queued(user, topics):
     assert envelope == {
         "v": 1,
         "job_id": str(jobs[0].id),
+        "owner_id": jobs[0].owner_id,
         "type": "demo.noop",
         "queue": "default",
         "priority": 5,

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from config import broker
 from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from jobs.services import JobSpec
 from orchestration.relay import Relay
@@ -192,7 +193,7 @@ def test_a_concurrency_key_is_never_exceeded(user, scheduler_keys, topics):
                 time.sleep(0.02)
                 continue
             envelope = orjson.loads(row[0]) if isinstance(row[0], str) else row[0]
-            outcomes.append(execute(envelope).status)
+            outcomes.append(execute(DispatchEnvelope.parse(envelope)).status)
         connection.close()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -255,7 +256,7 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
     from orchestration.worker.claims import _claim_within_limit
 
     running = submit(user, concurrency_key=key, concurrency_limit=limit)
-    claimed = _claim_within_limit(Outbox.objects.get(job=running).envelope, "w")
+    claimed = _claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=running).envelope), "w")
     assert isinstance(claimed, transitions.Claim)
     held = submit(user, concurrency_key=key, concurrency_limit=limit, **spec)
     if held.dispatch_token is None:  # waiting for its run_at: dispatched now, as the scheduler would
@@ -264,7 +265,7 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
         services.job_dispatch_released(
             [transitions.Released(held.id, held.type, held.queue, held.priority, 1, held.dispatch_token, key, limit)]
         )
-    assert _claim_within_limit(Outbox.objects.get(job=held).envelope, "w") == "HELD"
+    assert _claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=held).envelope), "w") == "HELD"
     Outbox.objects.filter(job__in=[running, held]).delete()
     held.refresh_from_db()
     assert (held.status, held.dispatch_token) == (JobStatus.PENDING, None)
@@ -379,7 +380,7 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
     settings.BREAKER_CACHE_SECONDS = 0
     BREAKERS.record("demo.fail", ok=False, probe=True)  # a failed probe: open at once
     job = submit(user, "demo.fail", run_at=timezone.now() - timedelta(seconds=5))
-    assert execute(Outbox.objects.get(job=job).envelope).status == "HELD"
+    assert execute(DispatchEnvelope.parse(Outbox.objects.get(job=job).envelope)).status == "HELD"
     Outbox.objects.filter(job=job).delete()
     scheduler = Scheduler()
     for _ in range(5):

@@ -12,9 +12,11 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import AttemptStatus, Job, JobAttempt, JobStatus
 from jobs.services import JobSpec
 from orchestration.worker import execute
+from tests.factories import dispatch_of
 from tests.orchestration.conftest import wait_for
 
 
@@ -22,8 +24,8 @@ def submit(user, type: str = "demo.noop", **spec) -> Job:
     return services.job_submit(owner_id=user.pk, spec=JobSpec(type=type, **spec)).job
 
 
-def envelope_of(job: Job) -> dict[str, str]:
-    return {"v": 1, "job_id": str(job.id), "dispatch_token": str(job.dispatch_token)}
+def envelope_of(job: Job) -> DispatchEnvelope:
+    return dispatch_of(job)
 
 
 @pytest.mark.django_db

@@ -7,14 +7,17 @@ from typing import Any
 
 import orjson
 
+from jobs.dispatch import DispatchEnvelope
 from jobs.models import Job, Outbox
 from orchestration.worker import execute
 
 
-def pending_dispatches() -> list[dict[str, Any]]:
+def pending_dispatches() -> list[DispatchEnvelope]:
     rows = list(Outbox.objects.filter(topic="jobs").order_by("id"))
     Outbox.objects.filter(id__in=[r.id for r in rows]).delete()
-    return [r.envelope if isinstance(r.envelope, dict) else orjson.loads(r.envelope) for r in rows]
+    return [
+        DispatchEnvelope.parse(r.envelope if isinstance(r.envelope, dict) else orjson.loads(r.envelope)) for r in rows
+    ]
 
 
 def run_all(max_rounds: int = 1000) -> list[str]:
@@ -26,7 +29,7 @@ def run_all(max_rounds: int = 1000) -> list[str]:
             return ran
         for envelope in envelopes:
             execute(envelope, worker="test")
-            ran.append(Job.objects.get(id=envelope["job_id"]).payload.get("name", envelope["type"]))
+            ran.append(Job.objects.get(id=envelope.job_id).payload.get("name", envelope.type))
     raise AssertionError("workflow did not settle")
 
 

@@ -158,7 +158,7 @@ def test_cancel_reaches_running_jobs_and_waits_for_them(user):
         user,
         [task("a", compensation=undo("a")), task("slow", type="demo.sleep", payload={"name": "slow", "seconds": 30})],
     )
-    envelopes = {e["type"]: e for e in pending_dispatches()}
+    envelopes = {e.type: e for e in pending_dispatches()}
     execute(envelopes["demo.echo"], worker="test")
     slow = Job.objects.get(workflow=workflow, type="demo.sleep")
     assert transitions.mark_running(slow.id, dispatch_token=slow.dispatch_token, worker="w", lease_seconds=30)

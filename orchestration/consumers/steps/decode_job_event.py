@@ -18,8 +18,9 @@ from arroyo.types import BrokerValue, Message
 from django.db import connection
 
 from jobs import transitions
+from jobs.dispatch import BadEnvelope, DispatchEnvelope
 from jobs.handlers import is_registered
-from orchestration.consumers.envelope import BadEnvelope, DispatchEnvelope, parse
+from logs.context import job_log_context
 from orchestration.consumers.steps.forwarding import ForwardingStep
 
 logger = logging.getLogger("orchestration.bridge")
@@ -32,10 +33,11 @@ class DecodeJobEvent(ForwardingStep):
 
     def submit(self, message: Message[KafkaPayload]) -> None:
         try:
-            envelope = parse(orjson.loads(message.payload.value))
+            envelope = DispatchEnvelope.parse(orjson.loads(message.payload.value))
             if not is_registered(envelope.type):
                 reason = f"no handler registered for job type {envelope.type!r} on the bridge"
-                self._dead_letter(envelope, reason)
+                with job_log_context(envelope.log_context()):  # its owner finds why in the job's logs
+                    self._dead_letter(envelope, reason)
                 raise BadEnvelope(reason)
         except (orjson.JSONDecodeError, BadEnvelope) as exc:
             value = message.value

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.processing.strategies.abstract import MessageRejected, ProcessingStrategy
@@ -33,9 +32,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from config import broker
+from jobs.dispatch import DispatchEnvelope
 from metrics import prom
 from orchestration import celery_queues
-from orchestration.consumers.envelope import DispatchEnvelope
 from orchestration.consumers.steps.forwarding import ForwardingStep
 
 logger = logging.getLogger("orchestration.bridge")
@@ -178,7 +177,7 @@ class EnqueueToCelery(ForwardingStep):
         if not self._held:
             return True
         try:
-            groups = celery_queues.by_queue(m.payload.as_dict() for m in self._held)
+            groups = celery_queues.by_queue(m.payload for m in self._held)
             for (queue, priority), envelopes in groups.items():
                 self._send(queue, priority, envelopes)
         except OperationalError as exc:
@@ -194,7 +193,7 @@ class EnqueueToCelery(ForwardingStep):
             self.next_step.submit(message)
         return True
 
-    def _send(self, queue: str, priority: int, envelopes: list[dict[str, Any]]) -> None:
+    def _send(self, queue: str, priority: int, envelopes: list[DispatchEnvelope]) -> None:
         celery_queues.publish(self.app, queue, priority, envelopes)
         read_at, depth = self._depth.get(queue, (self.clock(), 0))
         self._depth[queue] = (read_at, depth + 1)  # the depth is counted in Celery messages
