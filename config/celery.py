@@ -1,5 +1,5 @@
-"""The Celery app shared by every role. Workers and the bridge import it; the one task lives
-in `orchestration.tasks`."""
+"""The Celery app shared by every role. Workers and the bridge import it; the tasks (one job,
+or a batch) live in `orchestration.tasks`."""
 
 import os
 
@@ -11,8 +11,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("orchestration")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Celery's Django fix-up closes the database connection before and after every task unless
-# told otherwise: a new PostgreSQL connection per job. Reuse it; orchestration.worker checks
-# it at the start of each task (close_old_connections), as Django does per request.
+# told otherwise: a new PostgreSQL connection per job. Reuse it: a connection that died
+# meanwhile (a PostgreSQL restart) fails its first statement, and the worker reconnects and
+# runs it once more (`orchestration.worker.outcomes.with_reconnect`, claims.claim_many).
 app.conf["CELERY_DB_REUSE_MAX"] = 10_000
 app.autodiscover_tasks()
 
