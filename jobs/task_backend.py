@@ -255,7 +255,7 @@ def _json_value(value: Any, path: str, depth: int) -> Any:
         for key, child in value.items():
             if not isinstance(key, str):
                 kind = type(key).__name__
-                raise InvalidTaskArguments(f"a key in {path} is a {kind} ({key!r:.40}): JSON keys are text")
+                raise InvalidTaskArguments(f"a key in {path} is {kind} {key!r:.40}, not text: JSON keys are text")
             problem = text_problem(key)
             if problem:
                 raise InvalidTaskArguments(f"a key in {path} {problem}, which PostgreSQL cannot store")
