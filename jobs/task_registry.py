@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 import traceback
 from collections.abc import Iterable
 from types import ModuleType
@@ -28,6 +29,8 @@ from django.utils import timezone
 from jobs import handlers, task_results
 from jobs.handlers import Handler, JobContext, PermanentError
 from jobs.task_api import Task, TaskContext, TaskError, TaskResult, TaskResultStatus, signals
+
+logger = logging.getLogger("jobs.tasks")
 
 _TASKS: dict[str, Task] = {}
 
@@ -93,7 +96,10 @@ def run(task: Task, payload: dict[str, Any], ctx: JobContext) -> Any:
         else:
             value = _call(task, *args, **kwargs)
     except BaseException as exc:
-        _finished(result, TaskResultStatus.FAILED, error=exc)
+        try:
+            _finished(result, TaskResultStatus.FAILED, error=exc)
+        except Exception:  # a receiver's own failure must not replace the task's
+            logger.exception("task.finished_signal_failed", extra={"task": task.module_path})
         raise
     _finished(result, TaskResultStatus.SUCCESSFUL, value=value)
     return value
