@@ -68,7 +68,7 @@ def staff_api(staff) -> APIClient:
 
 
 @pytest.fixture
-def test_tasks(settings):
+def tasks_app(settings):
     """tests/tasks_app/tasks.py as a listed task module of this process: its tasks registered,
     enqueueable, and run by the worker code called in-process."""
     import importlib

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -46,14 +47,14 @@ def stray() -> None:
 # --- enqueue → job → worker → get_result -------------------------------------------------
 
 
-def test_an_enqueued_task_becomes_a_job_runs_and_its_result_comes_back(test_tasks):
-    result = test_tasks.multiply.enqueue(6, 7)
+def test_an_enqueued_task_becomes_a_job_runs_and_its_result_comes_back(tasks_app):
+    result = tasks_app.multiply.enqueue(6, 7)
 
     assert result.status == TaskResultStatus.READY
     assert result.args == [6, 7]
     assert result.kwargs == {}
     job = Job.objects.get(id=result.id)
-    assert job.type == "tests.tasks_app.tasks.multiply" == test_tasks.multiply.module_path
+    assert job.type == "tests.tasks_app.tasks.multiply" == tasks_app.multiply.module_path
     assert job.payload == {"args": [6, 7], "kwargs": {}}
     assert (job.queue, job.priority, job.status) == ("default", 5, JobStatus.PENDING)
     assert job.owner.username == "tasks"
@@ -61,7 +62,7 @@ def test_an_enqueued_task_becomes_a_job_runs_and_its_result_comes_back(test_task
     assert Outbox.objects.filter(job_id=job.id).exists()
 
     assert run_dispatched() == 1
-    done = test_tasks.multiply.get_result(result.id)
+    done = tasks_app.multiply.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL
     assert done.return_value == 42
     assert done.worker_ids == ["test-worker"]
@@ -76,26 +77,26 @@ def test_an_enqueued_task_becomes_a_job_runs_and_its_result_comes_back(test_task
     assert result.return_value == 42
 
 
-def test_a_task_that_takes_context_gets_its_job_as_a_running_result(test_tasks):
-    result = test_tasks.whoami.enqueue(tag="ctx")
+def test_a_task_that_takes_context_gets_its_job_as_a_running_result(tasks_app):
+    result = tasks_app.whoami.enqueue(tag="ctx")
     run_dispatched()
-    value = test_tasks.whoami.get_result(result.id).return_value
+    value = tasks_app.whoami.get_result(result.id).return_value
     assert value == {
         "id": result.id, "attempt": 1, "status": "RUNNING", "tag": "ctx", "workers": ["test-worker"],
         "args": [], "kwargs": {"tag": "ctx"},
     }  # fmt: skip
 
 
-def test_an_async_task_runs_in_its_own_event_loop(test_tasks):
-    result = test_tasks.async_double.enqueue(21)
+def test_an_async_task_runs_in_its_own_event_loop(tasks_app):
+    result = tasks_app.async_double.enqueue(21)
     run_dispatched()
-    assert test_tasks.async_double.get_result(result.id).return_value == 42
+    assert tasks_app.async_double.get_result(result.id).return_value == 42
 
 
-def test_a_failing_task_is_failed_with_our_recorded_error(test_tasks):
-    result = test_tasks.explode.enqueue("kaboom")
+def test_a_failing_task_is_failed_with_our_recorded_error(tasks_app):
+    result = tasks_app.explode.enqueue("kaboom")
     run_dispatched()
-    failed = test_tasks.explode.get_result(result.id)
+    failed = tasks_app.explode.get_result(result.id)
     assert failed.status == TaskResultStatus.FAILED
     assert Job.objects.get(id=result.id).status == JobStatus.DEAD_LETTER
     [error] = failed.errors
@@ -108,10 +109,10 @@ def test_a_failing_task_is_failed_with_our_recorded_error(test_tasks):
         _ = failed.return_value
 
 
-def test_a_retried_task_is_ready_again_with_the_first_error_then_succeeds(test_tasks):
-    result = test_tasks.flaky.enqueue("first time")
+def test_a_retried_task_is_ready_again_with_the_first_error_then_succeeds(tasks_app):
+    result = tasks_app.flaky.enqueue("first time")
     run_dispatched()
-    waiting = test_tasks.flaky.get_result(result.id)
+    waiting = tasks_app.flaky.get_result(result.id)
     assert Job.objects.get(id=result.id).status == JobStatus.RETRYING
     assert waiting.status == TaskResultStatus.READY
     assert [e.exception_class_path for e in waiting.errors] == ["tests.tasks_app.tasks.Boom"]
@@ -120,7 +121,7 @@ def test_a_retried_task_is_ready_again_with_the_first_error_then_succeeds(test_t
 
     release_retries()
     assert run_dispatched() == 1
-    done = test_tasks.flaky.get_result(result.id)
+    done = tasks_app.flaky.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL
     assert done.return_value == 2
     assert done.attempts == 2
@@ -128,15 +129,15 @@ def test_a_retried_task_is_ready_again_with_the_first_error_then_succeeds(test_t
     assert done.last_attempted_at > done.started_at
 
 
-def test_a_cancelled_task_is_failed_with_the_cancel_as_its_error(test_tasks):
-    result = test_tasks.multiply.enqueue(1, 1)
+def test_a_cancelled_task_is_failed_with_the_cancel_as_its_error(tasks_app):
+    result = tasks_app.multiply.enqueue(1, 1)
     services.job_cancel(job_id=result.id)
-    cancelled = test_tasks.multiply.get_result(result.id)
+    cancelled = tasks_app.multiply.get_result(result.id)
     assert cancelled.status == TaskResultStatus.FAILED
     assert [e.exception_class for e in cancelled.errors] == [JobCancelled]
 
 
-def test_the_frameworks_signals_are_sent(test_tasks):
+def test_the_frameworks_signals_are_sent(tasks_app):
     seen: list[tuple[str, str]] = []
 
     def receiver(name: str) -> Any:
@@ -150,7 +151,7 @@ def test_the_frameworks_signals_are_sent(test_tasks):
     for sig, fn in receivers.items():
         sig.connect(fn)
     try:
-        test_tasks.multiply.enqueue(2, 3)
+        tasks_app.multiply.enqueue(2, 3)
         run_dispatched()
     finally:
         for sig, fn in receivers.items():
@@ -162,12 +163,12 @@ def test_the_frameworks_signals_are_sent(test_tasks):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_enqueue_in_a_rolled_back_transaction_leaves_no_job_and_no_dispatch(test_tasks):
+def test_an_enqueue_in_a_rolled_back_transaction_leaves_no_job_and_no_dispatch(tasks_app):
     enqueued: list[str] = []
 
     def view() -> None:
         with transaction.atomic():
-            enqueued.append(test_tasks.multiply.enqueue(1, 2).id)
+            enqueued.append(tasks_app.multiply.enqueue(1, 2).id)
             assert Job.objects.filter(id=enqueued[0]).exists()  # written in the caller's transaction
             raise RuntimeError("the view failed after enqueueing")
 
@@ -179,9 +180,19 @@ def test_an_enqueue_in_a_rolled_back_transaction_leaves_no_job_and_no_dispatch(t
     assert not get_user_model().objects.filter(username="tasks").exists()  # made in it: gone with it
 
     with transaction.atomic():
-        kept = test_tasks.multiply.enqueue(3, 4)  # the owner is made again; nothing stale was cached
+        kept = tasks_app.multiply.enqueue(3, 4)  # the owner is made again; nothing stale was cached
     assert Job.objects.filter(id=kept.id).exists()
     assert Outbox.objects.filter(job_id=kept.id).exists()
+
+
+def test_the_owner_is_the_named_user_who_must_exist(tasks_app, settings, user):
+    backend = settings.TASKS["default"]
+    settings.TASKS = {"default": {**backend, "OPTIONS": {"OWNER": "nobody"}}}
+    with pytest.raises(ImproperlyConfigured, match="user 'nobody' \\(TASKS_OWNER\\), does not exist"):
+        tasks_app.multiply.enqueue(1, 1)
+    settings.TASKS = {"default": {**backend, "OPTIONS": {"OWNER": user.username}}}
+    result = tasks_app.multiply.enqueue(1, 1)
+    assert Job.objects.get(id=result.id).owner_id == user.pk
 
 
 # --- what enqueue refuses -----------------------------------------------------------------
@@ -201,9 +212,9 @@ def test_an_enqueue_in_a_rolled_back_transaction_leaves_no_job_and_no_dispatch(t
         ((b"raw",), {}, "args[0] is a bytes"),
     ],
 )
-def test_arguments_that_are_not_storable_json_are_refused_at_enqueue(test_tasks, args, kwargs, message):
+def test_arguments_that_are_not_storable_json_are_refused_at_enqueue(tasks_app, args, kwargs, message):
     with pytest.raises(InvalidTaskArguments) as caught:
-        test_tasks.multiply.enqueue(*args, **kwargs)
+        tasks_app.multiply.enqueue(*args, **kwargs)
     assert message in str(caught.value)
     assert isinstance(caught.value, ValueError)
     assert isinstance(caught.value, InvalidTask)
@@ -211,32 +222,32 @@ def test_arguments_that_are_not_storable_json_are_refused_at_enqueue(test_tasks,
     assert not Outbox.objects.exists()
 
 
-def test_tuples_travel_as_lists(test_tasks):
-    result = test_tasks.multiply.enqueue((1, 2), b={"t": (3,)})
+def test_tuples_travel_as_lists(tasks_app):
+    result = tasks_app.multiply.enqueue((1, 2), b={"t": (3,)})
     assert Job.objects.get(id=result.id).payload == {"args": [[1, 2]], "kwargs": {"b": {"t": [3]}}}
 
 
-def test_a_task_outside_job_task_modules_is_refused_with_a_hint(test_tasks):
+def test_a_task_outside_job_task_modules_is_refused_with_a_hint(tasks_app):
     with pytest.raises(InvalidTask, match="not in JOB_TASK_MODULES: add the module there"):
         task(stray)
 
 
-def test_a_bad_queue_name_is_refused_and_a_good_one_is_the_jobs_queue(test_tasks):
+def test_a_bad_queue_name_is_refused_and_a_good_one_is_the_jobs_queue(tasks_app):
     with pytest.raises(InvalidTask, match="not a valid queue name"):
-        test_tasks.multiply.using(queue_name="no spaces please")
-    result = test_tasks.multiply.using(queue_name="emails").enqueue(1, 1)
+        tasks_app.multiply.using(queue_name="no spaces please")
+    result = tasks_app.multiply.using(queue_name="emails").enqueue(1, 1)
     assert Job.objects.get(id=result.id).queue == "emails"
-    assert test_tasks.multiply.get_result(result.id).task.queue_name == "emails"
+    assert tasks_app.multiply.get_result(result.id).task.queue_name == "emails"
 
 
-def test_run_after_waits_in_postgresql_as_the_jobs_run_at(test_tasks):
+def test_run_after_waits_in_postgresql_as_the_jobs_run_at(tasks_app):
     later = timezone.now() + timedelta(hours=1)
-    result = test_tasks.multiply.using(run_after=later).enqueue(1, 1)
+    result = tasks_app.multiply.using(run_after=later).enqueue(1, 1)
     job = Job.objects.get(id=result.id)
     assert job.run_at == later
     assert job.dispatch_token is None
     assert not Outbox.objects.filter(job_id=job.id).exists()  # the scheduler releases it when due
-    assert test_tasks.multiply.get_result(result.id).task.run_after == later
+    assert tasks_app.multiply.get_result(result.id).task.run_after == later
 
 
 # --- priority ------------------------------------------------------------------------------
@@ -256,31 +267,31 @@ def test_priority_bands_round_trip():
     assert (from_job_priority(0), from_job_priority(5), from_job_priority(9)) == (-100, 0, 100)
 
 
-def test_priority_at_the_edges_reaches_the_job_and_comes_back(test_tasks):
+def test_priority_at_the_edges_reaches_the_job_and_comes_back(tasks_app):
     for priority, expected in [(100, 9), (-100, 0), (0, 5), (30, 7)]:
-        result = test_tasks.multiply.using(priority=priority).enqueue(1, 1)
+        result = tasks_app.multiply.using(priority=priority).enqueue(1, 1)
         assert Job.objects.get(id=result.id).priority == expected
         # The band's top comes back when the job's priority is not the registered task's own.
-        assert test_tasks.multiply.get_result(result.id).task.priority == (50 if priority == 30 else priority)
+        assert tasks_app.multiply.get_result(result.id).task.priority == (50 if priority == 30 else priority)
     with pytest.raises(InvalidTask, match="priority"):
-        test_tasks.multiply.using(priority=101)
+        tasks_app.multiply.using(priority=101)
 
 
 # --- bulk ----------------------------------------------------------------------------------
 
 
-def test_enqueue_many_is_one_bulk_submit_all_or_nothing(test_tasks, django_assert_max_num_queries):
-    calls = [(test_tasks.multiply, (i, i), {}) for i in range(50)] + [(test_tasks.whoami, (), {"tag": "t"})]
+def test_enqueue_many_is_one_bulk_submit_all_or_nothing(tasks_app, django_assert_max_num_queries):
+    calls = [(tasks_app.multiply, (i, i), {}) for i in range(50)] + [(tasks_app.whoami, (), {"tag": "t"})]
     with django_assert_max_num_queries(12):  # the owner (made on first use), a savepoint, the COPYs: not 51
         results = enqueue_many(calls)
     assert [r.status for r in results] == [TaskResultStatus.READY] * 51
     assert Job.objects.filter(id__in=[r.id for r in results]).count() == 51
     assert run_dispatched() == 51
-    assert [test_tasks.multiply.get_result(r.id).return_value for r in results[:3]] == [0, 1, 4]
+    assert [tasks_app.multiply.get_result(r.id).return_value for r in results[:3]] == [0, 1, 4]
 
     Job.objects.all().delete()
     with pytest.raises(InvalidTaskArguments, match=r"calls\[1\]: args\[0\] is a set"):
-        enqueue_many([(test_tasks.multiply, (1, 2), {}), (test_tasks.multiply, ({3},), {})])
+        enqueue_many([(tasks_app.multiply, (1, 2), {}), (tasks_app.multiply, ({3},), {})])
     assert not Job.objects.exists()
 
 
@@ -288,23 +299,23 @@ def test_enqueue_many_is_one_bulk_submit_all_or_nothing(test_tasks, django_asser
 
 
 @pytest.mark.parametrize("result_id", [str(uuid.uuid4()), "not-a-uuid", ""])
-def test_get_result_of_an_unknown_id_does_not_exist(test_tasks, result_id):
+def test_get_result_of_an_unknown_id_does_not_exist(tasks_app, result_id):
     with pytest.raises(TaskResultDoesNotExist):
-        test_tasks.multiply.get_backend().get_result(result_id)
+        tasks_app.multiply.get_backend().get_result(result_id)
 
 
-def test_get_result_of_a_job_that_is_no_task_does_not_exist(test_tasks, user):
+def test_get_result_of_a_job_that_is_no_task_does_not_exist(tasks_app, user):
     job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.echo")).job
     with pytest.raises(TaskResultDoesNotExist):
-        test_tasks.multiply.get_backend().get_result(str(job.id))
+        tasks_app.multiply.get_backend().get_result(str(job.id))
 
 
 # --- the worker and the API ----------------------------------------------------------------
 
 
-def test_a_payload_not_of_the_tasks_shape_dead_letters_with_the_reason(test_tasks, user):
+def test_a_payload_not_of_the_tasks_shape_dead_letters_with_the_reason(tasks_app, user):
     job = services.job_submit(
-        owner_id=user.pk, spec=JobSpec(type=test_tasks.multiply.module_path, payload={"args": "6, 7"})
+        owner_id=user.pk, spec=JobSpec(type=tasks_app.multiply.module_path, payload={"args": "6, 7"})
     ).job
     run_dispatched()
     job.refresh_from_db()
@@ -314,7 +325,7 @@ def test_a_payload_not_of_the_tasks_shape_dead_letters_with_the_reason(test_task
 
 
 @pytest.mark.parametrize("type_", ["os.system", "tests.tasks_app.unlisted.run", "subprocess.run"])
-def test_the_api_refuses_a_type_no_handler_has_and_imports_nothing(test_tasks, api, type_):
+def test_the_api_refuses_a_type_no_handler_has_and_imports_nothing(tasks_app, api, type_):
     response = api.post("/api/v1/jobs/", {"type": type_, "payload": {"args": ["id"]}}, format="json")
     assert response.status_code == 400
     assert "no handler is registered" in response.json()["detail"]
@@ -322,8 +333,8 @@ def test_the_api_refuses_a_type_no_handler_has_and_imports_nothing(test_tasks, a
     assert not Job.objects.exists()
 
 
-def test_the_api_refuses_a_registered_task_its_arguments_are_the_codes_to_choose(test_tasks, api):
-    path = test_tasks.multiply.module_path
+def test_the_api_refuses_a_registered_task_its_arguments_are_the_codes_to_choose(tasks_app, api):
+    path = tasks_app.multiply.module_path
     response = api.post("/api/v1/jobs/", {"type": path, "payload": {"args": [1, 2]}}, format="json")
     assert response.status_code == 400
     assert "is a Django task: enqueue it from your Django code" in response.json()["detail"]
@@ -334,9 +345,9 @@ def test_the_api_refuses_a_registered_task_its_arguments_are_the_codes_to_choose
     assert not Job.objects.exists()
 
 
-def test_tasks_are_listed_and_filtered_like_any_job(test_tasks, staff_api):
-    test_tasks.multiply.enqueue(1, 2)
-    response = staff_api.get("/api/v1/jobs/", {"type": test_tasks.multiply.module_path})
+def test_tasks_are_listed_and_filtered_like_any_job(tasks_app, staff_api):
+    tasks_app.multiply.enqueue(1, 2)
+    response = staff_api.get("/api/v1/jobs/", {"type": tasks_app.multiply.module_path})
     assert response.status_code == 200
     [job] = response.json()["results"]
     assert job["payload"] == {"args": [1, 2], "kwargs": {}}
