@@ -7,6 +7,7 @@ fallbacks for secrets or hosts.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -52,6 +53,9 @@ INSTALLED_APPS = [
     "logs",
     "metrics",
 ]
+if importlib.util.find_spec("django.tasks") is None:
+    # Django 5.2: the Tasks framework comes from the django-tasks backport (Django 6 has it built in).
+    INSTALLED_APPS.append("django_tasks")
 if not PRODUCTION:
     INSTALLED_APPS.append("devtools")  # tooling: `manage.py bench`, `manage.py chaos`
 
@@ -236,6 +240,17 @@ SPECTACULAR_SETTINGS = {
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # Modules imported at start-up so their @handler registrations exist in every role.
 JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.builtin_handlers"])
+# Django tasks (jobs/task_backend.py): the modules whose @task functions every role imports
+# and workers run, each as jobs of type "<module>.<function>". Only these: a job's type never
+# makes a process import anything.
+JOB_TASK_MODULES = env.list("JOB_TASK_MODULES", default=["orchestration.demo_tasks"])
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.task_backend.JobsBackend",
+        # Whose jobs enqueued tasks become: a login-less account made on first use by default.
+        "OPTIONS": {"OWNER": env.str("TASKS_OWNER", default="tasks")},
+    }
+}
 # `jobs/?log_contains=` asks ClickHouse for the matching job ids first; more than this is an
 # error asking for a narrower filter rather than a huge IN list.
 JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)

@@ -9,6 +9,10 @@ when Django starts, in every role, so submit-time validation and workers agree:
 A handler receives the payload (it must ignore keys it does not know) and a context with
 the job id, attempt number and a cooperative cancel check. Its return value (JSON) becomes
 the job's `result`.
+
+Django tasks (`jobs.task_registry`) register here too, under their import path, but as
+internal: the worker and the bridge know them, the API does not take them (`submit_problem`),
+for their arguments are the calling code's to choose, not an API user's.
 """
 
 from __future__ import annotations
@@ -49,19 +53,28 @@ class Handler(Protocol):
 
 
 _REGISTRY: dict[str, Handler] = {}
+# Registered, but not submittable through the API (jobs, bulk, schedules, workflows).
+_INTERNAL: set[str] = set()
 
 
 def handler(name: str) -> Callable[[Handler], Handler]:
     """Register `fn` under the dotted `name`; registering a name twice is a programming error."""
 
-    def register(fn: Handler) -> Handler:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(f"job handler {name!r} is already registered by {existing!r}")
-        _REGISTRY[name] = fn
+    def decorate(fn: Handler) -> Handler:
+        register(name, fn)
         return fn
 
-    return register
+    return decorate
+
+
+def register(name: str, fn: Handler, *, internal: bool = False) -> None:
+    """`internal`: workers run it, the API refuses it (Django tasks are enqueued from code)."""
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not fn:
+        raise ValueError(f"job handler {name!r} is already registered by {existing!r}")
+    _REGISTRY[name] = fn
+    if internal:
+        _INTERNAL.add(name)
 
 
 def get_handler(name: str) -> Handler | None:
@@ -70,6 +83,18 @@ def get_handler(name: str) -> Handler | None:
 
 def is_registered(name: str) -> bool:
     return name in _REGISTRY
+
+
+def submit_problem(name: str) -> str | None:
+    """Why the API cannot take a job of type `name`, or None. A lookup only: nothing is imported."""
+    if name not in _REGISTRY:
+        return f"Unknown job type {name!r}: no handler is registered under that name."
+    if name in _INTERNAL:
+        return (
+            f"{name!r} is a Django task: enqueue it from your Django code (`task.enqueue(...)`); "
+            "the API does not run tasks with arguments of its callers' choosing."
+        )
+    return None
 
 
 def registered_types() -> list[str]:

@@ -13,7 +13,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from config.rest import check_json
-from jobs.handlers import is_registered
+from jobs.handlers import submit_problem
 from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
 from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
@@ -98,8 +98,9 @@ class JobInputSerializer(serializers.Serializer):
         return validate_idempotency_key(value)
 
     def validate_type(self, value: str) -> str:
-        if not is_registered(value):
-            raise serializers.ValidationError(f"Unknown job type {value!r}: no handler is registered under that name.")
+        problem = submit_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
     def to_spec(self, data: dict[str, Any]) -> JobSpec:

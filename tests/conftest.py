@@ -65,3 +65,17 @@ def other_api(other_user) -> APIClient:
 @pytest.fixture
 def staff_api(staff) -> APIClient:
     return client_for(staff)
+
+
+@pytest.fixture
+def tasks_app(settings):
+    """tests/tasks_app/tasks.py as a listed task module of this process: its tasks registered,
+    enqueueable, and run by the worker code called in-process."""
+    import importlib
+
+    from jobs.task_registry import load_task_modules
+    from tests.tasks_app import TASK_MODULE
+
+    settings.JOB_TASK_MODULES = [*settings.JOB_TASK_MODULES, TASK_MODULE]
+    load_task_modules([TASK_MODULE])
+    return importlib.import_module(TASK_MODULE)

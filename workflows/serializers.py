@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.handlers import is_registered
+from jobs.handlers import is_registered, submit_problem
 from jobs.models import default_backoff
 from jobs.serializers import (
     KEY_HELP,
@@ -76,9 +76,13 @@ class WorkflowInputSerializer(serializers.Serializer):
         for t in tasks:
             if not is_registered(t["type"]):
                 problems.append(f"task {t['id']!r}: unknown job type {t['type']!r} (no handler is registered)")
+            elif problem := submit_problem(t["type"]):
+                problems.append(f"task {t['id']!r}: {problem}")
             comp = t.get("compensation")
             if comp and not is_registered(comp["type"]):
                 problems.append(f"task {t['id']!r}: unknown compensation type {comp['type']!r}")
+            elif comp and (problem := submit_problem(comp["type"])):
+                problems.append(f"task {t['id']!r}: compensation: {problem}")
         if problems:
             raise serializers.ValidationError(problems)
         return tasks
