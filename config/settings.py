@@ -110,12 +110,27 @@ KAFKA_BOOTSTRAP_SERVERS = env.str("KAFKA_BOOTSTRAP_SERVERS", default="")
 KAFKA_DEBUG = env.str("KAFKA_DEBUG", default="")
 CLICKHOUSE_URL = env.str("CLICKHOUSE_URL", default="")
 
+# Every Redis client of ours comes from this one pool per process (django-redis): the cache
+# API and `config.broker.client()` (django_redis.get_redis_connection, raw keys: no KEY_PREFIX).
+# A command (or a connect) waits at most this long, so a hung Redis fails a request, a beat or
+# a tick instead of hanging it; 0 waits forever. The pool refuses ("Too many connections")
+# beyond REDIS_MAX_CONNECTIONS at once in one process (redis-py's own default is 100).
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
+REDIS_CONNECT_TIMEOUT = env.float("REDIS_CONNECT_TIMEOUT", default=5.0)
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=100)
 CACHES = {
     "default": {
-        # Shared by every web process, so throttling and idempotency hints hold across them.
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Shared by every process. Nothing of ours caches through it today (the throttle
+        # counts with raw INCRs, idempotency is a PostgreSQL unique index); it carries the pool.
+        "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="orch"),
+        "OPTIONS": {
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
+            "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS},
+            # Not IGNORE_EXCEPTIONS: a Redis outage raises, as Django's own RedisCache did.
+        },
     }
 }
 

@@ -14,9 +14,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.utils.cache import patch_cache_control
+from django.views.decorators.http import require_POST, require_safe
 from rest_framework.exceptions import ValidationError
 
 from dashboard import charts, queries
@@ -69,6 +71,15 @@ def _overview_context(request: HttpRequest) -> dict[str, Any]:
 overview, overview_panel = _page_and_panel(
     "dashboard/overview.html", "dashboard/_overview_panel.html", _overview_context
 )
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on every page that names no icon of its own (the API's
+    JSON, its docs, the admin): the dashboard's SVG, without login. A day in their cache."""
+    response = redirect(static("dashboard/favicon.svg"))
+    patch_cache_control(response, public=True, max_age=86400)
+    return response
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -72,11 +72,15 @@ def roles(port: int) -> list[Role]:
         Role("bridge", [PY, "manage.py", "run_bridge"], 35),
         Role("scheduler", [PY, "manage.py", "run_scheduler"], 31),
         Role("log-sink", [PY, "manage.py", "run_log_sink"], 94),
+        # Flower keeps the events of its last --max_tasks tasks in memory: at its default of
+        # 100,000 it held about 875 MiB in the soak (docs/reliability.md). 10,000 is the last
+        # minute or so at full speed, which is what Flower is for; a job's history is in
+        # PostgreSQL (API, dashboard) however old.
         Role(
             "flower",
             [
                 PY, "-m", "celery", "-A", "config", "flower", f"--port={flower_port()}", "--address=127.0.0.1",
-                f"--enable_events={os.environ.get('CELERY_TASK_EVENTS', 'true')}",
+                f"--enable_events={os.environ.get('CELERY_TASK_EVENTS', 'true')}", "--max_tasks=10000",
             ],
             36,
         ),

@@ -13,14 +13,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
-CHECK_TIMEOUT = 2.0  # seconds per engine: a probe must answer well within a load balancer's timeout
+from config import broker
+
+CHECK_TIMEOUT = 2.0  # seconds per engine (but Redis): a probe must answer well within a load balancer's timeout
 
 
 def check_postgres() -> str | None:
@@ -34,13 +35,9 @@ def check_postgres() -> str | None:
 
 
 def check_redis() -> str | None:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
-    )
-    try:
-        client.ping()
-    finally:
-        client.close()
+    # Through the process's own pool, the one every Redis call here uses: bounded by
+    # REDIS_CONNECT_TIMEOUT and REDIS_SOCKET_TIMEOUT rather than CHECK_TIMEOUT.
+    broker.client().ping()
     return None
 
 

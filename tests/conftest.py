@@ -30,6 +30,19 @@ def _isolated_breakers(settings):
     BREAKERS.__init__()  # type: ignore[misc]
 
 
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
+
+
+@pytest.fixture
+def redis_down(settings):
+    """Every Redis client of this process (`config.broker.client()`, django-redis' "default"
+    cache) points at a dead Redis until the test ends. Changing CACHES drops Django's cache
+    objects (its setting_changed handler); django-redis keeps one pool per URL, so the dead
+    URL gets its own and the real one is there again afterwards. Kombu's own connections
+    (CELERY_BROKER_URL) are not affected."""
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": DEAD_REDIS}}
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from config import broker
 from devtools.bench.api import bench_token
 from devtools.bench.processes import CpuMeter
 from devtools.bench.stats import Progress, percentile
@@ -51,7 +52,7 @@ class Peer:
         """Jobs/s from the first enqueue to the last completion (worker started first)."""
         os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL  # read by the module, here and in its workers
         raw = importlib.import_module(self.module)
-        r = redis.Redis.from_url(settings.REDIS_URL)
+        r = broker.client()  # the same Redis (REDIS_URL); the peer's keys are raw, as it writes them
         _forget(r, raw)
         worker = subprocess.Popen(
             [sys.executable, "-m", *self.command(workers)], cwd=REPO,

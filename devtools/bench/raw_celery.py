@@ -22,6 +22,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
+# Its own client, not config.broker: this module runs in the peer's worker, without Django settings.
 _redis = redis.Redis.from_url(BROKER)
 
 

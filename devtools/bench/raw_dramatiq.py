@@ -16,6 +16,7 @@ COUNTER = "bench:raw-dramatiq:done"
 
 broker = RedisBroker(url=BROKER, namespace="bench-dramatiq")
 dramatiq.set_broker(broker)
+# Its own client, not config.broker: this module runs in the peer's worker, without Django settings.
 _redis = redis.Redis.from_url(BROKER)
 
 

@@ -14,6 +14,7 @@ QUEUE = "bench-raw-huey"
 COUNTER = "bench:raw-huey:done"
 
 huey = RedisHuey(QUEUE, url=BROKER, results=False)
+# Its own client, not config.broker: this module runs in the peer's worker, without Django settings.
 _redis = redis.Redis.from_url(BROKER)
 
 

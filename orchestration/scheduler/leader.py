@@ -47,6 +47,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
+from config import broker
 from jobs import selectors
 from jobs.models import JobStatus
 from metrics import prom
@@ -125,7 +126,7 @@ class Scheduler:
         identity: str | None = None,
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
-        self.client = client or redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        self.client = client or broker.client()  # the lock's key is raw: no cache KEY_PREFIX
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lock = LeaderLock(
             self.client, self.identity, settings.SCHEDULER_LOCK_TTL_SECONDS, settings.SCHEDULER_LOCK_KEY

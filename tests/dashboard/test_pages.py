@@ -28,6 +28,19 @@ def test_every_page_needs_a_login(client):
         assert response["Location"].startswith("/login/")
 
 
+def test_the_favicon_is_served_without_login_and_linked_from_the_pages(client, user):
+    """Browsers ask for /favicon.ico on every page (a 404 each time, before)."""
+    response = client.get("/favicon.ico", follow=True)
+    assert response.redirect_chain == [("/static/dashboard/favicon.svg", 302)]
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("image/svg+xml")
+    assert b"<svg" in b"".join(response.streaming_content)
+    link = '<link rel="icon" href="/static/dashboard/favicon.svg" type="image/svg+xml">'
+    assert link in client.get("/login/").content.decode()
+    client.force_login(user)
+    assert link in client.get("/").content.decode()  # base.html: every dashboard page
+
+
 def test_pages_render(logged_in, user, api):
     job = submit_job(user, type="demo.echo")
     wf = api.post("/api/v1/workflows/", {"tasks": [task("a"), task("b", "a")]}, format="json").json()

@@ -516,8 +516,7 @@ def test_health(client):
     assert response.json()["checks"]["redis"]["ok"]
 
 
-def test_health_ready_names_a_broken_engine(client, settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+def test_health_ready_names_a_broken_engine(client, redis_down):
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["failed"] == ["redis"]

@@ -289,7 +289,7 @@ def test_postgresql_away_for_a_dead_letter_does_not_stop_the_bridge(user):
     assert Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER
 
 
-def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkeypatch, caplog):
+def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(redis_down, caplog):
     """Unknown depth is "blocked": the step rejects the message (arroyo keeps it in Kafka and
     offers it again) instead of raising redis' ConnectionError, which crash-looped the bridge
     while Redis was down. Logged at most every 10 s."""
@@ -303,8 +303,6 @@ def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(settings, monkey
     from jobs.dispatch import DispatchEnvelope
     from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
 
-    monkeypatch.setattr(broker, "_client", None)
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
     step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
     message = Message(
         BrokerValue(DispatchEnvelope.parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC))

@@ -18,7 +18,7 @@ from tests.orchestration.conftest import REPO
 pytestmark = pytest.mark.django_db
 
 PUBLIC = {"api/schema/", "api/docs/", "api/v1/auth/token/", "health/live", "health/live/", "health/ready",
-          "health/ready/", "login/", "metrics", "metrics/"}  # fmt: skip
+          "health/ready/", "login/", "metrics", "metrics/", "favicon.ico"}  # fmt: skip
 
 
 def routes(resolver: URLResolver | None = None, prefix: str = "") -> list[str]:
