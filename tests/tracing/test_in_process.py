@@ -253,3 +253,12 @@ def test_a_batchs_jobs_each_get_their_spans_in_their_own_traces(traced, user):
         assert all(mine[n].parent.span_id == submit for n in ("job.claim", "job.handler", "job.outcome"))
         assert mine["job.claim"].attributes["batch.size"] == 3
         assert mine["job.outcome"].attributes["job.recorded"] is True
+
+
+def test_under_a_parent_the_sampler_left_out_no_span_is_made_but_the_context_still_travels(traced):
+    unsampled = f"00-{TRACE}-00f067aa0ba902b7-00"
+    with tracing.continued(unsampled), tracing.span("job.handler") as span:
+        assert span is None
+        assert tracing.current_traceparent() == unsampled  # log lines still carry the job's trace id
+    tracing.record("job.claim", parent=unsampled, start_time=1, end_time=2)
+    assert traced.get_finished_spans() == ()
