@@ -86,8 +86,11 @@ def test_one_job_is_one_trace_through_every_role(
                 s.name for s in traced.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id
             }
 
-        wait_for(lambda: wanted <= names() and any(n.endswith(" send") for n in names()), timeout=30,
-                 message="the job's spans from every role")  # fmt: skip
+        def complete() -> bool:
+            seen = names()
+            return wanted <= seen and any(n.endswith(" send") for n in seen) and any(n.startswith("run/") for n in seen)
+
+        wait_for(complete, timeout=30, message="the job's spans from every role")
         spans = in_trace(receiver, trace_id)
         for span in spans:
             if span.name in ROLE_OF:
