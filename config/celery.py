@@ -4,7 +4,7 @@ or a batch) live in `orchestration.tasks`."""
 import os
 
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -18,13 +18,25 @@ app.conf["CELERY_DB_REUSE_MAX"] = 10_000
 app.autodiscover_tasks()
 
 
+@worker_process_init.connect
+def _start_tracing(**kwargs: object) -> None:
+    # In the process that runs tasks (the solo pool's own, or each prefork child after the
+    # fork): a tracer provider's export thread and connections must not be shared by a fork.
+    from config import tracing
+    from logs.context import service_name
+
+    tracing.setup(service_name())
+
+
 @worker_process_shutdown.connect
 def _flush_shipped_logs(**kwargs: object) -> None:
     # A prefork child leaves through os._exit, which skips atexit and so logging.shutdown:
-    # send its last log records to Kafka first.
+    # send its last log records to Kafka (and its last spans) first.
+    from config import tracing
     from logs.shipping import flush_all
 
     flush_all()
+    tracing.flush()
 
 
 @worker_ready.connect

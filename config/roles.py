@@ -17,11 +17,14 @@ logger = logging.getLogger("config.roles")
 def run_role(
     name: str, loop: Callable[[threading.Event], None], details: Callable[[], dict[str, Any]] | None = None
 ) -> None:
-    """Run a role's loop until SIGTERM/SIGINT, with its heartbeat and (on METRICS_PORT) its
-    own /metrics."""
+    """Run a role's loop until SIGTERM/SIGINT, with its heartbeat, (on METRICS_PORT) its
+    own /metrics and (when the environment asks for it) tracing."""
+    from config import tracing
+    from logs.context import service_name
     from metrics.heartbeat import Heartbeat
     from metrics.prom import serve_role_metrics
 
+    tracing.setup(service_name())
     stop = threading.Event()
     serve_role_metrics()
     Heartbeat(name, details).start()

@@ -271,6 +271,14 @@ TASKS = {
 JOBS_LOG_CONTAINS_MAX = env.int("JOBS_LOG_CONTAINS_MAX", default=10_000)
 # Where the dashboard links to Flower (its own port in the dev stack).
 FLOWER_URL = env.str("FLOWER_URL", default=f"http://127.0.0.1:{env.int('FLOWER_PORT', default=5555)}/")
+# Where a job's page links its trace, e.g. Jaeger's "http://localhost:16686/trace/{trace_id}"
+# (empty: the page shows the trace id only). Tracing itself is set by the OTEL_* variables
+# (config/tracing.py).
+TRACE_UI_URL = env.str("TRACE_UI_URL", default="")
+if TRACE_UI_URL and "{trace_id}" not in TRACE_UI_URL:
+    raise ImproperlyConfigured(
+        f"TRACE_UI_URL must contain {{trace_id}}, e.g. http://localhost:16686/trace/{{trace_id}}, not {TRACE_UI_URL!r}"
+    )
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 

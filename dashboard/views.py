@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -163,7 +164,10 @@ def _job_or_404(request: HttpRequest, job_id: uuid.UUID, *, detail: bool = False
 def _job_context(request: HttpRequest, job_id: uuid.UUID) -> dict[str, Any]:
     job = _job_or_404(request, job_id, detail=True)
     data = JobDetailSerializer(job).data
-    return {"job": job, "data": data, "terminal": job.status in TERMINAL_STATUSES}
+    trace_url = (
+        settings.TRACE_UI_URL.replace("{trace_id}", job.trace_id) if job.trace_id and settings.TRACE_UI_URL else ""
+    )
+    return {"job": job, "data": data, "terminal": job.status in TERMINAL_STATUSES, "trace_url": trace_url}
 
 
 job_detail, job_panel = _page_and_panel("dashboard/job.html", "dashboard/_job_panel.html", _job_context)

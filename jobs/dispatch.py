@@ -10,9 +10,11 @@ the current token can win); `type` asks the breaker and finds the handler; `queu
 `priority` route the Celery message; `concurrency_key`/`_limit` decide whether the claim takes
 a slot; `owner_id`, `attempt`, `workflow_id` tag the lines a worker or the bridge writes about
 the job before it is claimed (held, claim lost, dead-lettered), so its owner finds them in the
-job's logs. Optional fields are left out of the JSON when empty; a message of version 1 from
-before `owner_id` existed parses without one (its lines are then visible to staff only),
-and the bridge passes it on as it came.
+job's logs; `traceparent` (W3C) continues the job's trace in every role it passes (the
+submit's span, or the scheduler's release of this attempt). Optional fields are left out of
+the JSON when empty; a message of version 1 from before `owner_id` existed parses without one
+(its lines are then visible to staff only), and the bridge passes it on as it came. A
+malformed `traceparent` is dropped, never an error: tracing must not stop a job.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from config.tracing import valid_traceparent
 from logs.context import JobLogContext
 
 VERSION = 1
@@ -61,11 +64,19 @@ class DispatchEnvelope:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     workflow_id: str | None = None
+    traceparent: str | None = None  # the job's trace context (W3C), None when not traced
     v: int = VERSION
 
     @classmethod
     def build(
-        cls, job_id: uuid.UUID, source: DispatchSource, *, owner_id: int, attempt: int, token: uuid.UUID
+        cls,
+        job_id: uuid.UUID,
+        source: DispatchSource,
+        *,
+        owner_id: int,
+        attempt: int,
+        token: uuid.UUID,
+        traceparent: str | None = None,
     ) -> DispatchEnvelope:
         keyed = bool(source.concurrency_key)
         return cls(
@@ -74,6 +85,7 @@ class DispatchEnvelope:
             concurrency_key=source.concurrency_key if keyed else None,
             concurrency_limit=(source.concurrency_limit or 1) if keyed else None,  # a key alone: one at a time
             workflow_id=str(source.workflow_id) if source.workflow_id else None,
+            traceparent=valid_traceparent(traceparent),
         )  # fmt: skip
 
     def log_context(self) -> JobLogContext:
@@ -94,6 +106,8 @@ class DispatchEnvelope:
             out["concurrency_limit"] = self.concurrency_limit
         if self.workflow_id is not None:
             out["workflow_id"] = self.workflow_id
+        if self.traceparent is not None:
+            out["traceparent"] = self.traceparent
         return out
 
     @classmethod
@@ -117,6 +131,7 @@ class DispatchEnvelope:
             concurrency_key=_field(data, "concurrency_key", str) if keyed else None,
             concurrency_limit=_field(data, "concurrency_limit", int) if keyed else None,
             workflow_id=_uuid(data, "workflow_id") if "workflow_id" in data else None,
+            traceparent=valid_traceparent(data.get("traceparent")),  # bad: treated as absent
         )
         if not 0 <= envelope.priority <= 9:
             raise BadEnvelope(f"priority {envelope.priority} is outside 0-9")

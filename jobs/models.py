@@ -83,6 +83,9 @@ class Job(models.Model):
     # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
     # scheduler releases held jobs when the breaker lets them through.
     breaker_held_at = models.DateTimeField(null=True, blank=True)
+    # The job's trace (W3C traceparent of its submit span; NULL when tracing was off): every
+    # dispatch of it, retries included, continues this trace (config.tracing).
+    traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -144,6 +147,11 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def trace_id(self) -> str | None:
+        """The id of the job's trace (32 hex digits), None when it was not traced."""
+        return self.traceparent[3:35] if self.traceparent else None
 
 
 class JobAttempt(models.Model):

@@ -177,6 +177,7 @@ class JobSerializer(serializers.Serializer):
     queued_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    trace_id = serializers.CharField(allow_null=True, help_text="The job's trace (32 hex digits), null if not traced.")
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return {
@@ -203,6 +204,7 @@ class JobSerializer(serializers.Serializer):
             "queued_at": job.queued_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "trace_id": job.trace_id,
         }
 
 

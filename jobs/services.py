@@ -3,6 +3,11 @@
 This is where outbox rows are written, always in the same transaction as the job change
 they dispatch, so a crash can never leave a job committed without its dispatch (or the
 reverse). Admin actions, the API and management commands all call these functions.
+
+Tracing (config.tracing): a submit is a span, `jobs.submit`, whose context every job it
+writes keeps (`Job.traceparent`) and its dispatch carries; a retry or a scheduler release
+continues that trace with a span of its own, which its dispatch carries instead, so each
+attempt's spans hang under the release that started it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
 
+from config import tracing
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
@@ -68,14 +74,14 @@ _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
     "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
-    "workflow_id",
+    "workflow_id", "traceparent",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
@@ -97,24 +103,27 @@ class _Row:
     token: uuid.UUID | None
 
 
-def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> None:
+def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, traceparent: str | None) -> None:
     with cur.copy(f"COPY jobs_job ({', '.join(_JOB_COLUMNS)}) FROM STDIN") as copy:
         for r in rows:
             s = r.spec
             copy.write_row((
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
-                r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id,
+                r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id, traceparent,
             ))  # fmt: skip
 
 
-def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime) -> set[uuid.UUID]:
+def _insert_keyed(
+    cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, traceparent: str | None
+) -> set[uuid.UUID]:
     """Returns the ids actually inserted; a key already taken inserts nothing."""
     cur.execute(
         _INSERT_KEYED_SQL,
         {
             "owner": owner_id,
             "now": now,
+            "traceparent": traceparent,
             "id": [r.id for r in rows],
             "type": [r.spec.type for r in rows],
             "payload": [orjson.dumps(r.spec.payload).decode() for r in rows],
@@ -147,14 +156,25 @@ def _write_outbox(rows: Sequence[tuple[uuid.UUID, DispatchEnvelope]], now: datet
             copy.write_row((job_id, "jobs", orjson.dumps(envelope.as_dict()).decode(), now))
 
 
-def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitted]:
+def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str | None = None) -> list[Submitted]:
     """Insert jobs and their outbox rows in one transaction and a fixed number of statements.
 
     Idempotency: the (owner, key) unique index decides. A key seen before with the same body
     returns the earlier job (created=False); with another body the whole call fails with
     IdempotencyConflict and nothing is created. Concurrent identical requests block on the
     index until the first commits, then replay it.
+
+    The submit is a span (under `traceparent`, a workflow's trace, else the current one: the
+    web request); the jobs keep its context, and so join that trace.
     """
+    attributes: dict[str, Any] = {"jobs.count": len(specs)}
+    if len(specs) == 1:
+        attributes["job.type"] = specs[0].type
+    with tracing.span("jobs.submit", parent=traceparent, attributes=attributes):
+        return _submit(owner_id, specs, tracing.current_traceparent() or tracing.valid_traceparent(traceparent))
+
+
+def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) -> list[Submitted]:
     now = timezone.now()
     rows = [
         _Row(
@@ -171,13 +191,18 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
         inserted = {r.id for r in plain}
         with connection.cursor() as cur:
             if plain:
-                _copy_jobs(cur.cursor, owner_id, plain, now)
+                _copy_jobs(cur.cursor, owner_id, plain, now, traceparent)
             if keyed:
-                inserted |= _insert_keyed(cur.cursor, owner_id, keyed, now)
+                inserted |= _insert_keyed(cur.cursor, owner_id, keyed, now, traceparent)
         replays = _existing_for_replays(owner_id, [r for r in keyed if r.id not in inserted])
         _write_outbox(
             [
-                (r.id, DispatchEnvelope.build(r.id, r.spec, owner_id=owner_id, attempt=1, token=r.token))
+                (
+                    r.id,
+                    DispatchEnvelope.build(
+                        r.id, r.spec, owner_id=owner_id, attempt=1, token=r.token, traceparent=traceparent
+                    ),
+                )
                 for r in rows
                 if r.token is not None and r.id in inserted
             ],
@@ -185,7 +210,7 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec]) -> list[Submitte
         )
     _count_submitted([r.spec for r in rows if r.id in inserted])
     return [
-        Submitted(_job_from_row(r, owner_id, now), True)
+        Submitted(_job_from_row(r, owner_id, now, traceparent), True)
         if r.id in inserted
         else Submitted(replays[r.spec.idempotency_key], False)  # type: ignore[index]
         for r in rows
@@ -220,7 +245,7 @@ def _existing_for_replays(owner_id: int, conflicted: Sequence[_Row]) -> dict[str
 _FIELD_DEFAULTS = {f.attname: None for f in Job._meta.concrete_fields}
 
 
-def _job_from_row(r: _Row, owner_id: int, now: datetime) -> Job:
+def _job_from_row(r: _Row, owner_id: int, now: datetime, traceparent: str | None) -> Job:
     s = r.spec
     job = Job.__new__(Job)
     job.__dict__.update(
@@ -230,6 +255,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime) -> Job:
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
         concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit, workflow_id=s.workflow_id,
+        traceparent=traceparent,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False
@@ -279,6 +305,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
                 "concurrency_key",
                 "concurrency_limit",
                 "workflow_id",
+                "traceparent",
             )
             .first()
         )
@@ -294,25 +321,36 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
         if not transitions.requeue(job_id, dispatch_token=token):
             _raise_illegal(job_id, "retry")
         if token is not None:
+            attempt = job.attempt_seq + 1
             envelope = DispatchEnvelope.build(
-                job.id, job, owner_id=job.owner_id, attempt=job.attempt_seq + 1, token=token
-            )
+                job.id, job, owner_id=job.owner_id, attempt=attempt, token=token,
+                traceparent=_redispatch_trace("job.requeue", job.id, attempt, job.traceparent),
+            )  # fmt: skip
             _write_outbox([(job.id, envelope)], now)
     return Job.objects.get(id=job_id)
 
 
 def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
     """Outbox rows for jobs the scheduler made dispatchable (call in its transaction)."""
-    _write_outbox(
-        [
-            (
-                r.job_id,
-                DispatchEnvelope.build(r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token),
-            )
-            for r in released
-        ],
-        timezone.now(),
-    )
+    _write_outbox([(r.job_id, _released_envelope(r)) for r in released], timezone.now())
+
+
+def _released_envelope(r: transitions.Released) -> DispatchEnvelope:
+    return DispatchEnvelope.build(
+        r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token,
+        traceparent=_redispatch_trace("job.release", r.job_id, r.attempt, r.traceparent),
+    )  # fmt: skip
+
+
+def _redispatch_trace(name: str, job_id: uuid.UUID, attempt: int, traceparent: str | None) -> str | None:
+    """What a new dispatch of a traced job carries: a span of its own in the job's trace (a
+    retry's or a scheduler release's), under which that attempt's spans will hang; the job's
+    own context when tracing is off here."""
+    if traceparent is None or not tracing.enabled():
+        return traceparent
+    attributes = {"job.id": str(job_id), "job.attempt": attempt}
+    with tracing.span(name, parent=traceparent, attributes=attributes, links=tracing.link_to_current()):
+        return tracing.current_traceparent() or traceparent
 
 
 def _raise_illegal(job_id: uuid.UUID | str, action: str) -> None:

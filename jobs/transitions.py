@@ -565,6 +565,7 @@ class Released:
     concurrency_limit: int | None = None
     workflow_id: uuid.UUID | None = None
     owner_id: int = 0
+    traceparent: str | None = None  # the job's trace, continued by the new dispatch
 
 
 _RELEASE_SQL = """
@@ -577,7 +578,7 @@ UPDATE jobs_job AS j
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
-          j.concurrency_limit, j.workflow_id, j.owner_id
+          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of

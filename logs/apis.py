@@ -36,6 +36,7 @@ def _query(data: dict[str, Any], owner_id: int | None) -> search.LogQuery:
     return search.LogQuery(
         job_id=data.get("job_id"),
         workflow_id=data.get("workflow_id"),
+        trace_id=data.get("trace_id") or None,
         min_level=data.get("level"),
         service=data.get("service"),
         q=data.get("q"),
@@ -72,7 +73,8 @@ def _page(request: Request, query: search.LogQuery) -> Response:
 
 SEARCH_DOC = (
     "Newest first (`order=asc` for oldest first). Filters combine with AND: `job_id`, `workflow_id`, "
-    "`level` (minimum), `service`, `q` (case-insensitive text in the message), `since`, `until`; "
+    "`trace_id` (32 hex digits: the lines of one trace), `level` (minimum), `service`, "
+    "`q` (case-insensitive text in the message), `since`, `until`; "
     "`limit` 1-1000 (default 50); follow `next` for more."
 )
 

@@ -5,19 +5,24 @@ Wire format, written by `logs.shipping` and by `POST /api/v1/logs/`:
     {"timestamp": 1764445200123456,  # µs since the epoch, UTC
      "level": "INFO", "logger": "orchestration.demo", "message": "...", "service": "worker",
      "host": "...", "pid": 123, "job_id": "uuid"?, "workflow_id": "uuid"?, "attempt": 1?,
-     "type": "demo.log"?, "queue": "default"?, "owner_id": 7?, "exception": "Traceback..."?,
-     "extra": {...}?}
+     "type": "demo.log"?, "queue": "default"?, "owner_id": 7?, "trace_id": "32 hex"?,
+     "span_id": "16 hex"?, "exception": "Traceback..."?, "extra": {...}?}
 
 `Batch` turns records into columns for clickhouse-connect's columnar insert, and rejects a
-malformed one with the reason (the sink sends it to `logs.dlq`).
+malformed one with the reason (the sink sends it to `logs.dlq`). A `trace_id` or `span_id`
+that is not lowercase hex of its length is stored empty: a line is never lost for its
+tracing metadata.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import orjson
+
+from config.tracing import SPAN_ID, TRACE_ID
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 # Longer messages are cut, not rejected (the log shipper already cut its own records, with a
@@ -26,7 +31,7 @@ MAX_MESSAGE_CHARS = 64 * 1024
 
 COLUMNS = (
     "timestamp", "level", "level_no", "service", "logger", "host", "pid", "message", "job_id", "workflow_id",
-    "attempt", "type", "queue", "owner_id", "exception", "extra",
+    "attempt", "type", "queue", "owner_id", "exception", "extra", "trace_id", "span_id",
 )  # fmt: skip
 
 # Anything before 2000 or after 2200 is a unit mistake (seconds or ns instead of µs).
@@ -60,6 +65,11 @@ def _text(doc: dict[str, Any], key: str, required: bool = False, limit: int = 10
     if required and not value:
         raise MalformedRecord(f"{key} is empty")
     return value[:limit]
+
+
+def _hex_id(doc: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
+    value = doc.get(key)
+    return value if isinstance(value, str) and pattern.match(value) else ""
 
 
 def _uint(doc: dict[str, Any], key: str) -> int:
@@ -120,6 +130,8 @@ class Batch:
             owner_id,
             _text(doc, "exception", limit=MAX_MESSAGE_CHARS),
             orjson.dumps(extra).decode() if extra else "",
+            _hex_id(doc, "trace_id", TRACE_ID),
+            _hex_id(doc, "span_id", SPAN_ID),
         )
         for column, value in zip(self.columns, row, strict=True):
             column.append(value)

@@ -31,11 +31,11 @@ NIL_UUID = uuid.UUID(int=0)
 # Columns a search returns, in this order.
 FIELDS = (
     "timestamp", "id", "level", "service", "logger", "message", "job_id", "workflow_id", "attempt",
-    "type", "queue", "host", "pid", "exception", "extra",
+    "type", "queue", "host", "pid", "exception", "extra", "trace_id", "span_id",
 )  # fmt: skip
 _SELECT = (
     "toUnixTimestamp64Micro(timestamp), id, level, service, logger, message, job_id, workflow_id, attempt, "
-    "type, queue, host, pid, exception, extra"
+    "type, queue, host, pid, exception, extra, trace_id, span_id"
 )
 
 
@@ -56,6 +56,7 @@ class LogQuery:
     q: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    trace_id: str | None = None  # 32 lowercase hex digits
     owner_id: int | None = None  # None: no owner restriction (staff, or a job already checked)
     limit: int = 50
     cursor: str | None = None
@@ -79,6 +80,7 @@ def _micros(value: datetime) -> int:
 _FILTERS: tuple[tuple[str, str, Any], ...] = (
     ("job_id", "job_id = {job_id:UUID}", str),
     ("workflow_id", "workflow_id = {workflow_id:UUID}", str),
+    ("trace_id", "trace_id = {trace_id:String}", str),
     ("owner_id", "owner_id = {owner_id:UInt64}", int),
     ("min_level", "level_no >= {min_level:UInt8}", LEVELS.__getitem__),
     ("service", "service = {service:String}", str),

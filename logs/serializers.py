@@ -8,6 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from config.rest import check_json, check_length
+from config.tracing import SPAN_ID, TRACE_ID
 from logs.records import LEVELS
 
 
@@ -21,9 +22,25 @@ class LevelField(serializers.ChoiceField):
         return str(super().to_internal_value(data.upper() if isinstance(data, str) else data))
 
 
+class HexIdField(serializers.CharField):
+    """A trace or span id: hex digits of a fixed length, either case on input, lowercase out."""
+
+    def __init__(self, *, digits: int, **kwargs: Any) -> None:
+        self.pattern = TRACE_ID if digits == 32 else SPAN_ID
+        self.digits = digits
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = str(super().to_internal_value(data)).lower()
+        if value and not self.pattern.match(value):
+            raise serializers.ValidationError(f"must be {self.digits} hex digits")
+        return value
+
+
 class LogSearchParams(serializers.Serializer):
     job_id = serializers.UUIDField(required=False)
     workflow_id = serializers.UUIDField(required=False)
+    trace_id = HexIdField(digits=32, required=False, help_text="The records of one trace (32 hex digits).")
     level = LevelField(required=False, help_text="Minimum level: WARNING gives WARNING, ERROR and CRITICAL.")
     service = serializers.CharField(required=False, max_length=128)
     q = serializers.CharField(required=False, max_length=200, help_text="Text in the message (any case).")
@@ -57,6 +74,8 @@ class LogRecordSerializer(serializers.Serializer):
     pid = serializers.IntegerField()
     exception = serializers.CharField(allow_null=True)
     extra = serializers.DictField()
+    trace_id = serializers.CharField(help_text="The trace the record was written in (32 hex digits); empty if none.")
+    span_id = serializers.CharField(help_text="Its span (16 hex digits); empty if none.")
 
 
 class LogPageSerializer(serializers.Serializer):
@@ -81,6 +100,8 @@ class IngestRecordSerializer(serializers.Serializer):
     attempt = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31)
     host = serializers.CharField(required=False, max_length=256, allow_blank=True, default="")
     pid = serializers.IntegerField(required=False, min_value=0, max_value=2**32 - 1, default=0)
+    trace_id = HexIdField(digits=32, required=False, allow_blank=True, default="")
+    span_id = HexIdField(digits=16, required=False, allow_blank=True, default="")
     exception = serializers.CharField(required=False, allow_blank=True, default="", help_text=TEXT_HELP)
     extra = serializers.DictField(
         required=False,

@@ -94,6 +94,8 @@ def logs_ingest(*, user: Any, records: list[dict[str, Any]]) -> int:
             "workflow_id": str(r["workflow_id"]) if r.get("workflow_id") else None,
             "attempt": r.get("attempt") or None,
             "owner_id": owners.get(job_id, 0) if job_id else 0,
+            "trace_id": r.get("trace_id") or None,
+            "span_id": r.get("span_id") or None,
             "exception": r.get("exception") or None,
             "extra": r.get("extra") or None,
         }

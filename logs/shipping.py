@@ -19,8 +19,9 @@ handler resets itself in the child (os.register_at_fork) and starts a flusher th
 use, so records are neither lost nor sent twice.
 
 Each record carries timestamp (µs since the epoch), level, logger, message, service, host,
-pid, the job context the worker set (`logs.context.current_job`), the formatted traceback
-under `exception`, and every `extra=` field under `extra`.
+pid, the job context the worker set (`logs.context.current_job`), the current span's
+`trace_id` and `span_id` (hex; absent outside a span, and always when tracing is off), the
+formatted traceback under `exception`, and every `extra=` field under `extra`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections import deque
 from typing import Any
 
 import orjson
+from opentelemetry.trace import get_current_span
 
 from config.text import bounded_text, storable
 from logs.context import current_job, service_name
@@ -177,6 +179,11 @@ class KafkaLogHandler(logging.Handler):
             doc["job_id"] = str(extra.pop("job_id"))
             if isinstance(extra.get("attempt"), int):
                 doc["attempt"] = extra.pop("attempt")
+        # About a microsecond when no span is current (tracing off): a context lookup.
+        span = get_current_span().get_span_context()
+        if span.is_valid:
+            doc["trace_id"] = f"{span.trace_id:032x}"
+            doc["span_id"] = f"{span.span_id:016x}"
         if record.exc_info:
             doc["exception"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
         elif record.stack_info:

@@ -20,6 +20,9 @@ Schema choices (for the queries in `logs.search`):
 - TTL from LOG_RETENTION_DAYS (default 30); `migrate` applies a changed value to the table.
 - non_replicated_deduplication_window: a retried insert of the same batch (the sink sends a
   token made of the batch's Kafka offsets) is stored once.
+- trace_id, span_id (hex, empty outside a trace) with a bloom filter on trace_id: "the lines
+  of this trace" skips the granules of other traces. Added to an older table by `migrate`
+  (ADD COLUMN IF NOT EXISTS: existing rows read as empty).
 """
 
 from __future__ import annotations
@@ -95,10 +98,13 @@ CREATE TABLE IF NOT EXISTS {name} (
     owner_id    UInt64,
     exception   String CODEC(ZSTD(3)),
     extra       String CODEC(ZSTD(3)),
+    trace_id    String CODEC(ZSTD(1)),
+    span_id     String CODEC(ZSTD(1)),
     INDEX message_ngrams lower(message) TYPE ngrambf_v1(4, 65536, 2, 0) GRANULARITY 1,
     INDEX owner_bloom owner_id TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX workflow_bloom workflow_id TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX time_minmax timestamp TYPE minmax GRANULARITY 1
+    INDEX time_minmax timestamp TYPE minmax GRANULARITY 1,
+    INDEX trace_bloom trace_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = MergeTree
 PARTITION BY toDate(timestamp)
@@ -106,6 +112,13 @@ ORDER BY (job_id, timestamp)
 TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY
 SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000
 """
+
+
+# Columns a table created by an older release lacks, as `ADD COLUMN` clauses (in order).
+ADDED_COLUMNS = (
+    "trace_id String CODEC(ZSTD(1)) AFTER extra",
+    "span_id String CODEC(ZSTD(1)) AFTER trace_id",
+)
 
 
 def migrate(name: str | None = None, retention_days: int | None = None, ch: Client | None = None) -> list[str]:
@@ -118,6 +131,9 @@ def migrate(name: str | None = None, retention_days: int | None = None, ch: Clie
     ch = ch or client()
     statements = [
         create_table_sql(name, days),
+        # Columns added since the table was first created (a no-op on a new table).
+        *(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column}" for column in ADDED_COLUMNS),
+        f"ALTER TABLE {name} ADD INDEX IF NOT EXISTS trace_bloom trace_id TYPE bloom_filter(0.01) GRANULARITY 1",
         # A changed LOG_RETENTION_DAYS reaches an existing table; old parts are dropped as
         # they merge rather than by rewriting the table now.
         f"ALTER TABLE {name} MODIFY TTL toDateTime(timestamp) + INTERVAL {int(days)} DAY",

@@ -16,6 +16,10 @@ restarted, claimed the same lowest rows and died again.
 
 The relay sleeps on LISTEN jobs_outbox (a trigger NOTIFYs at every outbox insert), so a
 single job is relayed within milliseconds; a slow poll covers a missed notification.
+
+Tracing: a round that found rows is a span, `relay.batch` (its statements inside it), and
+each dispatch is produced in its job's trace (the envelope's traceparent), so the producer's
+`<topic> send` span is that job's relay hop; the message's headers carry it on to Kafka.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +39,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
-from config import kafka
+from config import kafka, tracing
 from config.text import bounded_text
 from jobs import transitions
 from metrics import prom
@@ -104,6 +109,11 @@ def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None) -
     return OutboxRow(row_id, str(job_id), topic, envelope, value, token)
 
 
+def _traceparent(row: OutboxRow) -> str | None:
+    envelope = row.envelope
+    return envelope.get("traceparent") if row.topic == "jobs" and isinstance(envelope, dict) else None
+
+
 def _dispatch_token(row: OutboxRow) -> str | None:
     try:
         return str(uuid.UUID(row.token)) if row.token else None
@@ -143,12 +153,20 @@ class Relay:
 
     def run_once(self) -> int:
         """Relay one batch; returns the number of rows delivered (0: nothing to do)."""
+        with ExitStack() as traced:
+            return self._run_once(traced)
+
+    def _run_once(self, traced: ExitStack) -> int:
+        started = time.time_ns()  # an idle round makes no span; a batch's starts with its claim
         with transaction.atomic():
             with connection.cursor() as cur:
                 cur.execute(_CLAIM_SQL, [self.batch_size])
                 claimed = cur.fetchall()
             if not claimed:
                 return 0
+            traced.enter_context(
+                tracing.span("relay.batch", start_time=started, attributes={"relay.rows": len(claimed)})
+            )
             prom.RELAY_BATCH.observe(len(claimed))
             rows: list[OutboxRow] = []
             poison: dict[int, tuple[OutboxRow, Poison]] = {}
@@ -235,9 +253,11 @@ class Relay:
         def send(row: OutboxRow) -> bool:
             while True:
                 try:
-                    self.producer.produce(
-                        physical_topic(row.topic), key=row.job_id.encode(), value=row.value, on_delivery=report(row)
-                    )
+                    with tracing.continued(_traceparent(row)):  # the producer's span joins the job's trace
+                        self.producer.produce(
+                            physical_topic(row.topic), key=row.job_id.encode(), value=row.value,
+                            on_delivery=report(row),
+                        )  # fmt: skip
                     return True
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self.producer.poll(0.05)
@@ -334,6 +354,7 @@ class Relay:
         return min(MAX_BACKOFF, 0.5 * 2 ** max(self.failures - 1, 0)) if self.failures else 0.0
 
     def run_forever(self, stop: threading.Event) -> None:
+        self.producer = tracing.traced_producer(self.producer)  # as it is when tracing is off
         self._ensure_topics_or_warn()
         listener = _Listener()
         logger.info("relay.started", extra={"batch_size": self.batch_size, "topic": settings.KAFKA_JOBS_TOPIC})

@@ -4,8 +4,11 @@ for any URL that is unset), so these tests always talk to real PostgreSQL and Re
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -92,3 +95,22 @@ def tasks_app(settings):
     settings.JOB_TASK_MODULES = [*settings.JOB_TASK_MODULES, TASK_MODULE]
     load_task_modules([TASK_MODULE])
     return importlib.import_module(TASK_MODULE)
+
+
+@pytest.fixture
+def traced() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process (`config.tracing.use`), its spans kept in memory; the global
+    tracer provider is left alone, so other tests see tracing off as before."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    from config import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.DropOrphanSpans(ParentBased(ALWAYS_ON)))  # type: ignore[arg-type]
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use(provider)
+    yield exporter
+    tracing.use(None)
+    provider.shutdown()

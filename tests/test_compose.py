@@ -60,3 +60,14 @@ def test_prometheus_and_grafana_mount_the_repositorys_config():
                  "metrics/grafana/dashboards"):  # fmt: skip
         assert f"./{path}:" in volumes
         assert (Path(__file__).resolve().parent.parent / path).exists()
+
+
+def test_every_role_sends_its_traces_to_jaeger():
+    services = COMPOSE["services"]
+    assert "jaeger" in services
+    jaeger = " ".join(f"{p}" for p in services["jaeger"]["ports"])
+    assert "16686:16686" in jaeger  # the UI; OTLP/HTTP (4318) stays inside the compose network
+    for role in roles(8000):
+        env = services[role.name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith("http://jaeger:4318}"), role.name
+    assert "{trace_id}" in services["web"]["environment"]["TRACE_UI_URL"]

@@ -33,6 +33,7 @@ VIOLATIONS = {
     "logs/search.py": "from jobs import selectors",
     "orchestration/relay.py": "from devtools import chaos",
     "orchestration/worker/monitor.py": "from orchestration.worker import batch",
+    "config/tracing.py": "from logs import context",
 }
 
 

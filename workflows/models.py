@@ -42,6 +42,8 @@ class Workflow(models.Model):
     failed_task = models.CharField(max_length=200, blank=True, default="")  # the task whose failure started the saga
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     failed_compensations = models.JSONField(default=list, blank=True)  # task ids whose compensation dead-lettered
+    # The workflow's trace (W3C traceparent of its submit span): its jobs join it.
+    traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)

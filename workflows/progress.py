@@ -144,7 +144,8 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
         else _spec(workflow, t.type, t.payload, t.options)
         for t in tasks
     ]
-    submitted = services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs)
+    # The jobs join the workflow's trace, whichever process releases them.
+    submitted = services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, traceparent=workflow.traceparent)
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE workflows_workflowtask AS t SET job_id = u.job FROM unnest(%s::bigint[], %s::uuid[]) AS u(id, job)"
@@ -224,6 +225,7 @@ def advance_saga(workflow: Workflow) -> None:
     (sub,) = services.job_submit_bulk(
         owner_id=workflow.owner_id,
         specs=[_spec(workflow, spec["type"], spec.get("payload") or {}, options, extra={COMPENSATES_KEY: compensates})],
+        traceparent=workflow.traceparent,
     )
     next_task.compensation_job_id = sub.job.id
     next_task.compensation_state = CompensationState.RUNNING

@@ -11,6 +11,7 @@ import orjson
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config import tracing
 from jobs.errors import IdempotencyConflict
 from metrics import prom
 from workflows import dag, progress
@@ -46,7 +47,15 @@ class WorkflowSpec:
 
 def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow, bool]:
     """Create the workflow and its tasks and release the root tasks, in one transaction.
-    Returns (workflow, created); a replayed idempotency key returns the first workflow."""
+    Returns (workflow, created); a replayed idempotency key returns the first workflow.
+
+    The submit is a span (`workflow.submit`); the workflow keeps its context, and every job
+    of the workflow (tasks and compensations) is submitted into that trace."""
+    with tracing.span("workflow.submit", attributes={"workflow.tasks": len(spec.tasks)}):
+        return _submit(owner_id, spec, max_tasks)
+
+
+def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow, bool]:
     nodes = spec.nodes()
     problems = dag.find_problems(nodes, max_tasks=max_tasks)
     if problems:
@@ -61,7 +70,7 @@ def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tup
             with transaction.atomic():
                 workflow = Workflow.objects.create(
                     owner_id=owner_id, name=spec.name, idempotency_key=spec.idempotency_key, request_hash=digest,
-                    tasks_total=len(spec.tasks),
+                    tasks_total=len(spec.tasks), traceparent=tracing.current_traceparent(),
                 )  # fmt: skip
         except IntegrityError:  # the same key, committed by a concurrent request meanwhile
             existing = _replay(owner_id, spec.idempotency_key or "", digest)

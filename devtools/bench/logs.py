@@ -216,7 +216,7 @@ def bench_queries(rows: int, lookups: int, out: Out) -> dict[str, float]:
         ch.command(_fill_sql(ours, rows), settings={"max_insert_threads": 2})
         out.write(f"  generated in {time.perf_counter() - started:.0f} s; copying into the naive table ...\n")
         ch.command(f"CREATE TABLE {naive} AS {ours} ENGINE = MergeTree ORDER BY timestamp")
-        for index in ("message_ngrams", "owner_bloom", "workflow_bloom", "time_minmax"):
+        for index in ("message_ngrams", "owner_bloom", "workflow_bloom", "time_minmax", "trace_bloom"):
             ch.command(f"ALTER TABLE {naive} DROP INDEX IF EXISTS {index}")
         ch.command(f"INSERT INTO {naive} SELECT * FROM {ours}")  # noqa: S608
         size = ch.query(

@@ -16,6 +16,10 @@ by the job's dispatch token or attempt number, so a duplicate batch claims nothi
 a worker killed mid-batch leaves RUNNING jobs whose leases run out and the reaper retries. A
 success still in the recorder when the worker dies is such a job: its handler ran, its outcome
 was never written, and it runs again (at least once, as after any crash before the outcome).
+
+Tracing: the batch's one claim gives every job a `job.claim` span in its own trace (the same
+times for all), each job then runs in its trace as on the single path, and the recorder gives
+each success its `job.outcome` span when it writes them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from django.conf import settings
 
+from config import tracing
 from config.celery import app
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
@@ -38,7 +43,7 @@ from orchestration import breaker, celery_queues
 from orchestration.worker.claims import claim_many, worker_id
 from orchestration.worker.monitor import MONITOR
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
-from orchestration.worker.running import log_context, run_claimed
+from orchestration.worker.running import log_context, run_claimed, span_attributes
 from orchestration.worker.single import execute, gate
 
 logger = logging.getLogger("orchestration.worker")
@@ -56,6 +61,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.pending: list[tuple[transitions.Claim, Any]] = []
+        self.traces: dict[uuid.UUID, str | None] = {}  # each pending success's trace (tracing on)
         self.logged = False
         self.first_at = 0.0
         self.outcomes: dict[uuid.UUID, Outcome] = {}
@@ -68,6 +74,8 @@ class Recorder:
                 self.first_at = time.monotonic()
             self.pending.append((claim, result))
             self.logged |= logged
+            if tracing.enabled():
+                self.traces[claim.job_id] = tracing.current_traceparent()
 
     def flush_if_due(self) -> None:
         if self.pending and time.monotonic() - self.first_at >= self.RECORD_SECONDS:
@@ -83,6 +91,7 @@ class Recorder:
         if self.logged:  # the jobs' log lines reach Kafka before their outcomes commit
             flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
             self.logged = False
+        started = time.time_ns()
         try:
             won = with_reconnect(
                 lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result in pending])
@@ -90,6 +99,8 @@ class Recorder:
         except BaseException:
             self.pending = pending + self.pending  # kept for the next flush, not dropped
             raise
+        if self.traces:
+            self._record_spans(pending, won, started)
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
@@ -105,6 +116,20 @@ class Recorder:
                         extra = {"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED}
                         logger.warning("job.outcome_dropped", extra=extra)
             self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
+
+    def _record_spans(self, pending: list[tuple[transitions.Claim, Any]], won: set[uuid.UUID], started: int) -> None:
+        """Each written success's `job.outcome` span, in its job's trace (one write, one time)."""
+        written = time.time_ns()
+        for claim, _ in pending:
+            attributes = {
+                **span_attributes(claim),
+                "job.status": str(Status.SUCCEEDED),
+                "job.recorded": claim.job_id in won,
+            }
+            tracing.record(
+                "job.outcome", parent=self.traces.pop(claim.job_id, None), start_time=started, end_time=written,
+                attributes={**attributes, "batch.size": len(pending)},
+            )  # fmt: skip
 
 
 def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = None) -> list[Outcome]:
@@ -124,11 +149,25 @@ def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = Non
             outcomes.append(execute(envelope, worker=worker, gate_=answer))
         else:
             batch[dispatch] = envelope
+    claiming = time.time_ns()
     claims = claim_many(list(batch), worker=worker)
     won = {(str(c.job_id), str(c.dispatch_token)) for c in claims}
+    if tracing.enabled():
+        _claim_spans(batch, won, claiming)
     outcomes.extend(_skipped(e.log_context(), "claim lost") for dispatch, e in batch.items() if dispatch not in won)
     outcomes.extend(_run_claims(claims, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
     return outcomes
+
+
+def _claim_spans(batch: dict[tuple[str, str], DispatchEnvelope], won: set[tuple[str, str]], started: int) -> None:
+    """Each job's `job.claim` span, in its own trace: one statement claimed them all."""
+    claimed, links = time.time_ns(), tracing.link_to_current()
+    for dispatch, envelope in batch.items():
+        tracing.record(
+            "job.claim", parent=envelope.traceparent, start_time=started, end_time=claimed, links=links,
+            attributes={"job.id": envelope.job_id, "job.attempt": envelope.attempt, "batch.size": len(batch),
+                        "job.claimed": "won" if dispatch in won else "lost"},
+        )  # fmt: skip
 
 
 def _skipped(job: JobLogContext, why: str) -> Outcome:
@@ -237,7 +276,9 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, DispatchEn
             if claim.job_id in run.cancelled:
                 ran.append((claim, _cancel_unstarted(claim)))
                 continue
-            with job_log_context(log_context(claim)):
+            envelope = run.envelopes.get(str(claim.job_id))
+            trace = envelope.traceparent if envelope is not None else None
+            with job_log_context(log_context(claim)), tracing.continued(trace):
                 ran.append((claim, run_claimed(claim, recorder)))
         recorder.flush()
     except BaseException:

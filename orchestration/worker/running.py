@@ -14,6 +14,11 @@ one way both the single-job path and the batch path run a job.
     a cancel requested meanwhile wins over a retry: the job ends CANCELLED
 
 Whatever a handler returns or raises is stored (`jobs.outputs`): NUL replaced, size bounded.
+
+Tracing: the handler runs in a span, `job.handler` (each attempt one: what it logs carries
+its ids), and the outcome is written in another, `job.outcome`; both in the job's trace,
+which the caller made current. A success handed to a batch's recorder gets its outcome span
+when the recorder writes it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -29,6 +35,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from config import tracing
 from jobs import outputs, transitions
 from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, get_handler
 from jobs.models import AttemptStatus
@@ -60,6 +67,22 @@ def log_context(claim: transitions.Claim) -> JobLogContext:
     )  # fmt: skip
 
 
+def span_attributes(claim: transitions.Claim) -> dict[str, str | int]:
+    """What the worker's spans of an attempt say about it."""
+    return {"job.id": str(claim.job_id), "job.type": claim.type, "job.queue": claim.queue, "job.attempt": claim.attempt}
+
+
+def _outcome_span(claim: transitions.Claim, write: Callable[[], Outcome]) -> Outcome:
+    """Write an attempt's outcome (`write`) in its `job.outcome` span."""
+    if not tracing.enabled():
+        return write()
+    with tracing.span("job.outcome", attributes=span_attributes(claim)) as span:
+        outcome = write()
+        if span is not None:
+            span.set_attributes({"job.status": str(outcome.status), "job.recorded": outcome.recorded})
+        return outcome
+
+
 def _permanent_exceptions() -> tuple[type[BaseException], ...]:
     return (PermanentError, *(import_string(path) for path in settings.JOB_PERMANENT_EXCEPTIONS))
 
@@ -84,10 +107,7 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
         result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
-            won = with_reconnect(
-                lambda: transitions.mark_cancelled(job_id, attempt=claim.attempt, in_workflow=in_workflow)
-            )
-            return _record(job_id, Status.CANCELLED, won)
+            return _outcome_span(claim, lambda: _cancelled(claim, in_workflow))
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
@@ -100,10 +120,21 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
     if recorder is not None:
         recorder.succeeded(claim, result, logged=logged)
         return Outcome(str(job_id), Status.SUCCEEDED, recorded=False)  # the recorder has the verdict
+    return _outcome_span(claim, lambda: _succeeded(claim, result, in_workflow))
+
+
+def _succeeded(claim: transitions.Claim, result: Any, in_workflow: bool) -> Outcome:
+    job_id, attempt = claim.job_id, claim.attempt
     won = with_reconnect(
-        lambda: transitions.mark_succeeded(job_id, attempt=claim.attempt, result=result, in_workflow=in_workflow)
+        lambda: transitions.mark_succeeded(job_id, attempt=attempt, result=result, in_workflow=in_workflow)
     )
     return _record(job_id, Status.SUCCEEDED, won)
+
+
+def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:
+    job_id, attempt = claim.job_id, claim.attempt
+    won = with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=attempt, in_workflow=in_workflow))
+    return _record(job_id, Status.CANCELLED, won)
 
 
 def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool) -> tuple[Any, bool]:
@@ -114,7 +145,10 @@ def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *
     records_before = job_records_written()
     succeeded = False
     try:
-        with _handler_running(claim.job_id, claim.attempt, claim.timeout_seconds):
+        with (
+            tracing.span("job.handler", attributes=span_attributes(claim) if tracing.enabled() else None),
+            _handler_running(claim.job_id, claim.attempt, claim.timeout_seconds),
+        ):
             try:
                 result = handler(claim.payload, ctx)
             finally:  # failures and timeouts have a duration too
@@ -135,6 +169,10 @@ def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *
 
 
 def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
+    return _outcome_span(claim, lambda: _failed(claim, error, tb, attempt_status, permanent))
+
+
+def _failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
     error, tb = outputs.bounded_error(error), outputs.bounded_traceback(tb)
     decision = policy.decide(
         attempts=claim.attempts, max_attempts=claim.max_attempts, backoff=claim.backoff, now=timezone.now(),

@@ -6,6 +6,9 @@ the outcome.
       │ with a concurrency key: a free slot first, else the job is held
     run the handler and record its outcome (`running.run_claimed`)
     tell the breaker how it went
+
+All of it runs in the job's trace (the envelope's traceparent): the claim is a span,
+`job.claim`, beside the handler's and the outcome's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 
 from django.conf import settings
 
+from config import tracing
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
@@ -34,6 +38,11 @@ def gate(envelope: DispatchEnvelope) -> str:
 def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str | None = None) -> Outcome:
     """Claim and run one dispatched job. Safe to call twice with the same envelope. `gate_`
     is the breaker's answer when the caller already asked (a batch asks once per job)."""
+    with tracing.continued(envelope.traceparent):
+        return _execute(envelope, worker, gate_)
+
+
+def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) -> Outcome:
     gate_ = gate_ or gate(envelope)
     # What is logged before a claim (held, claim lost) carries the job too: its owner sees why.
     with job_log_context(envelope.log_context()):
@@ -50,11 +59,14 @@ def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str
 def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
     job_id = envelope.job_id
     claim: transitions.Claim | Held | None
-    if envelope.concurrency_key:
-        claim = _claim_keyed(envelope, worker)
-    else:
-        claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
-        claim = claims[0] if claims else None
+    with tracing.span("job.claim", attributes={"job.id": job_id, "job.attempt": envelope.attempt}) as span:
+        if envelope.concurrency_key:
+            claim = _claim_keyed(envelope, worker)
+        else:
+            claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
+            claim = claims[0] if claims else None
+        if span is not None:
+            span.set_attribute("job.claimed", "won" if isinstance(claim, transitions.Claim) else str(claim or "lost"))
     match claim:
         case transitions.Claim():
             # Every record written from here to the outcome (the handler's and ours) carries the job.

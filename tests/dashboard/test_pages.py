@@ -55,6 +55,16 @@ def test_pages_render(logged_in, user, api):
     assert "SUCCEEDED" in page
 
 
+def test_a_jobs_page_shows_its_trace_and_links_it_when_a_trace_ui_is_set(logged_in, user, traced, settings):
+    job = submit_job(user, type="demo.noop")
+    page = logged_in.get(f"/jobs/{job.id}/").content.decode()
+    assert job.trace_id in page
+    assert "trace viewer" not in page
+    settings.TRACE_UI_URL = "http://localhost:16686/trace/{trace_id}"
+    page = logged_in.get(f"/jobs/{job.id}/").content.decode()
+    assert f'href="http://localhost:16686/trace/{job.trace_id}"' in page
+
+
 def test_users_see_only_their_own(client, user, other_user):
     theirs = submit_job(other_user)
     client.force_login(user)

@@ -117,12 +117,29 @@ def test_every_filter(staff_api, ch_table):
         ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "until"),
         ("cursor=%21%21", "cursor"),
         ("q=" + "x" * 201, "q"),
+        ("trace_id=abc", "trace_id"),
+        ("trace_id=" + "g" * 32, "trace_id"),
     ],
 )
 def test_bad_search_parameters_are_400_naming_the_field(staff_api, ch_table, query, field):
     response = staff_api.get(f"/api/v1/logs/?{query}")
     assert response.status_code == 400, response.content
     assert field in response.json()["errors"]
+
+
+def test_the_lines_of_one_trace(api, staff_api, user, mine):
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    store_records(
+        record("in the trace", job_id=mine.id, owner_id=user.pk, trace_id=trace_id, span_id=span_id),
+        record("another trace", job_id=mine.id, owner_id=user.pk, trace_id="1" * 32, span_id="2" * 16),
+        record("no trace", job_id=mine.id, owner_id=user.pk),
+    )
+    (found,) = api.get(f"/api/v1/logs/?trace_id={trace_id}").json()["results"]
+    assert (found["message"], found["trace_id"], found["span_id"]) == ("in the trace", trace_id, span_id)
+    assert messages(staff_api.get(f"/api/v1/logs/?trace_id={trace_id.upper()}")) == ["in the trace"]
+    untraced = api.get(f"/api/v1/jobs/{mine.id}/logs/?q=no+trace").json()["results"]
+    assert (untraced[0]["trace_id"], untraced[0]["span_id"]) == ("", "")
+    assert messages(staff_api.get(f"/api/v1/logs/?trace_id={'3' * 32}")) == []
 
 
 def test_users_see_only_the_logs_of_their_own_jobs(api, other_api, staff_api, user, other_user, ch_table):

@@ -41,6 +41,7 @@ def test_a_jobs_log_lines_are_searchable_within_seconds(
         assert record["service"] == "worker"
         assert record["attempt"] == 1
         assert record["extra"] == {"line": 1}
+        assert (record["trace_id"], record["span_id"]) == ("", "")  # tracing is off: no trace, nothing breaks
         # The worker's own record of the outcome is tagged with the job too.
         assert api.get(f"/api/v1/jobs/{job_id}/logs/?q=job.finished").json()["results"]
     except AssertionError:

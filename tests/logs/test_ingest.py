@@ -15,7 +15,7 @@ def test_ingested_records_are_stored_and_tagged_with_the_callers_job(api, user, 
     job = submit_job(user)
     records = [
         {"message": "from billing", "level": "warning", "service": "billing", "job_id": str(job.id), "attempt": 1,
-         "extra": {"invoice": 12}},
+         "extra": {"invoice": 12}, "trace_id": "4BF92F3577B34DA6A3CE929D0E0E4736", "span_id": "00f067aa0ba902b7"},
         {"message": "no job", "level": "INFO", "service": "billing", "timestamp": "2026-11-29T10:00:00.123456Z"},
     ]  # fmt: skip
     response = api.post("/api/v1/logs/", {"records": records}, format="json")
@@ -30,6 +30,7 @@ def test_ingested_records_are_stored_and_tagged_with_the_callers_job(api, user, 
     assert stored["message"] == "from billing"
     assert stored["level"] == "WARNING"
     assert stored["extra"] == {"invoice": 12}
+    assert (stored["trace_id"], stored["span_id"]) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
     # Stamped with the job's owner, so it shows in the owner's own searches too.
     assert [r["message"] for r in api.get("/api/v1/logs/").json()["results"]] == ["from billing"]
 
@@ -42,6 +43,8 @@ def test_ingested_records_are_stored_and_tagged_with_the_callers_job(api, user, 
         ([{"message": "m", "level": "INFO"}], ["records", "0", "service"]),
         ([{"message": "m", "level": "INFO", "service": "s", "timestamp": "yesterday"}], ["records", "0", "timestamp"]),
         ([{"message": "m", "level": "INFO", "service": "s", "extra": [1]}], ["records", "0", "extra"]),
+        ([{"message": "m", "level": "INFO", "service": "s", "trace_id": "x" * 32}], ["records", "0", "trace_id"]),
+        ([{"message": "m", "level": "INFO", "service": "s", "span_id": "abc"}], ["records", "0", "span_id"]),
         ([], ["records"]),
         ([{"message": "m", "level": "INFO", "service": "s"}] * 1001, ["records"]),
     ],

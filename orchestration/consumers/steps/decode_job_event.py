@@ -17,6 +17,7 @@ from arroyo.processing.strategies.abstract import ProcessingStrategy
 from arroyo.types import BrokerValue, Message
 from django.db import connection
 
+from config import tracing
 from jobs import transitions
 from jobs.dispatch import BadEnvelope, DispatchEnvelope
 from jobs.handlers import is_registered
@@ -36,7 +37,12 @@ class DecodeJobEvent(ForwardingStep):
             envelope = DispatchEnvelope.parse(orjson.loads(message.payload.value))
             if not is_registered(envelope.type):
                 reason = f"no handler registered for job type {envelope.type!r} on the bridge"
-                with job_log_context(envelope.log_context()):  # its owner finds why in the job's logs
+                with (
+                    job_log_context(envelope.log_context()),  # its owner finds why in the job's logs
+                    tracing.span(
+                        "bridge.dead_letter", parent=envelope.traceparent, attributes={"job.id": envelope.job_id}
+                    ),
+                ):
                     self._dead_letter(envelope, reason)
                 raise BadEnvelope(reason)
         except (orjson.JSONDecodeError, BadEnvelope) as exc:

@@ -16,6 +16,12 @@ message of up to `batch_size` jobs per queue and priority (`orchestration.run_jo
 batch goes out when it is full, when the consumer found nothing more to read (caught up: at
 light load that is every message, alone), or after `linger` seconds. Offsets move on only
 for messages already sent, so a crash re-reads what was held, as before.
+
+Tracing: each send is a span, `bridge.batch`, and each job gets a `bridge.enqueue` span in
+its own trace (from its envelope's traceparent), linked to the batch, from when the bridge
+took it to when Redis had it. A lone job's Celery message is published inside its span, so
+Celery's own spans (publish, and the worker's run) join the job's trace; a batch's message
+carries the batch's context (a Celery message has one parent; its jobs, many traces).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from config import broker
+from config import broker, tracing
 from jobs.dispatch import DispatchEnvelope
 from metrics import prom
 from orchestration import celery_queues
@@ -78,6 +84,7 @@ class EnqueueToCelery(ForwardingStep):
         self.batch_size, self.linger, self.consumer = max(1, batch_size), linger, consumer
         self._held: list[Message[DispatchEnvelope]] = []  # accepted, not yet sent
         self._held_since = 0.0
+        self._held_since_ns = 0  # the same instant, wall clock: when the held jobs' spans start
         self.app = app
         self.high_water, self.low_water = high_water, low_water
         self.depth_ttl = depth_ttl
@@ -152,6 +159,7 @@ class EnqueueToCelery(ForwardingStep):
             raise MessageRejected
         if not self._held:
             self._held_since = self.clock()
+            self._held_since_ns = time.time_ns()
         self._held.append(message)
         if len(self._held) >= self.batch_size:
             self._send_held()
@@ -177,9 +185,10 @@ class EnqueueToCelery(ForwardingStep):
         if not self._held:
             return True
         try:
-            groups = celery_queues.by_queue(m.payload for m in self._held)
-            for (queue, priority), envelopes in groups.items():
-                self._send(queue, priority, envelopes)
+            with tracing.span("bridge.batch", attributes={"bridge.jobs": len(self._held)}):
+                groups = celery_queues.by_queue(m.payload for m in self._held)
+                for (queue, priority), envelopes in groups.items():
+                    self._send_traced(queue, priority, envelopes)
         except OperationalError as exc:
             now = self.clock()
             if now - self._last_error_log >= ERROR_LOG_SECONDS:
@@ -193,6 +202,26 @@ class EnqueueToCelery(ForwardingStep):
             self.next_step.submit(message)
         return True
 
+    def _send_traced(self, queue: str, priority: int, envelopes: list[DispatchEnvelope]) -> None:
+        """`_send`, and each job's `bridge.enqueue` span in its trace."""
+        if not tracing.enabled():
+            self._send(queue, priority, envelopes)
+            return
+        links, started = tracing.link_to_current(), self._held_since_ns
+        if len(envelopes) == 1:
+            attributes = _enqueue_attributes(envelopes[0], queue, 1)
+            with tracing.span("bridge.enqueue", parent=envelopes[0].traceparent, attributes=attributes,
+                              start_time=started, links=links):  # fmt: skip
+                self._send(queue, priority, envelopes)
+            return
+        self._send(queue, priority, envelopes)
+        sent = time.time_ns()
+        for envelope in envelopes:
+            tracing.record(
+                "bridge.enqueue", parent=envelope.traceparent, start_time=started, end_time=sent,
+                attributes=_enqueue_attributes(envelope, queue, len(envelopes)), links=links,
+            )  # fmt: skip
+
     def _send(self, queue: str, priority: int, envelopes: list[DispatchEnvelope]) -> None:
         celery_queues.publish(self.app, queue, priority, envelopes)
         read_at, depth = self._depth.get(queue, (self.clock(), 0))
@@ -201,3 +230,7 @@ class EnqueueToCelery(ForwardingStep):
         prom.BRIDGE_ENQUEUED.labels(queue).inc(len(envelopes))
         if len(envelopes) > 1:
             prom.BRIDGE_BATCH_SIZE.observe(len(envelopes))
+
+
+def _enqueue_attributes(envelope: DispatchEnvelope, queue: str, batch: int) -> dict[str, str | int]:
+    return {"job.id": envelope.job_id, "job.attempt": envelope.attempt, "job.queue": queue, "bridge.batch_size": batch}

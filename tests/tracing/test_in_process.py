@@ -1,0 +1,264 @@
+"""Tracing (config.tracing) in this process: when it is on, what the helpers do, and the trace
+context a job keeps from submit to every dispatch, its retries and its workflow's jobs. The
+real roles' spans are checked in test_through_the_roles.py."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import orjson
+import pytest
+from django.utils import timezone
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from config import tracing
+from jobs import services, transitions
+from jobs.dispatch import DispatchEnvelope
+from jobs.models import Job, JobStatus, Outbox
+from jobs.services import JobSpec
+from logs.records import COLUMNS, Batch
+from logs.shipping import KafkaLogHandler
+from orchestration.worker import execute, execute_batch
+from tests.workflows.conftest import pending_dispatches, run_all
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+def traceparent_of(span) -> str:
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SDK_DISABLED": "True"}, []),
+    ],
+)
+def test_tracing_is_off_unless_the_environment_asks_for_it(environ, wanted):
+    assert tracing.exporters(environ) == wanted
+
+
+def test_off_nothing_is_installed_and_the_helpers_do_nothing(monkeypatch):
+    monkeypatch.setattr(tracing, "_setup_pid", 0)
+    assert tracing.setup("web", environ={}) is False
+    assert not tracing.enabled()
+    assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"  # no SDK, no exporter
+    with tracing.span("anything") as span, tracing.continued(PARENT):
+        assert span is None
+        assert tracing.current_traceparent() is None
+    producer = object()
+    assert tracing.traced_producer(producer) is producer
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (PARENT, True),
+        (f"00-{TRACE}-00f067aa0ba902b7-00", True),  # not sampled: still continued (as not sampled)
+        (PARENT.upper(), False),
+        (f"00-{'0' * 32}-00f067aa0ba902b7-01", False),
+        (f"00-{TRACE}-{'0' * 16}-01", False),
+        (f"01-{TRACE}-00f067aa0ba902b7-01", False),
+        (PARENT + "-", False),
+        ("garbage", False),
+        (None, False),
+        (42, False),
+    ],
+)
+def test_a_traceparent_is_checked_and_a_bad_one_ignored(value, valid):
+    assert tracing.valid_traceparent(value) == (value if valid else None)
+    assert tracing.trace_id_of(value) == (TRACE if valid else None)
+
+
+def test_spans_nest_under_a_continued_context_and_orphan_library_spans_are_dropped(traced):
+    with tracing.continued(PARENT), tracing.span("child") as child:
+        assert child is not None
+        assert tracing.current_traceparent() == traceparent_of(child)
+        assert traceparent_of(child).startswith(f"00-{TRACE}-")
+    tracing.record("after", parent=PARENT, start_time=1_000, end_time=2_000)
+    tracer = trace.get_tracer("lib", tracer_provider=tracing._provider)
+    with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as orphan:
+        assert not orphan.is_recording()  # a query outside any trace: not a trace of its own
+    with tracing.span("root"), tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as query:
+        assert query.is_recording()
+    spans = {s.name: s for s in traced.get_finished_spans()}
+    assert set(spans) == {"child", "after", "root", "SELECT"}
+    for name in ("child", "after"):
+        assert f"{spans[name].context.trace_id:032x}" == TRACE
+        assert spans[name].parent.span_id == 0x00F067AA0BA902B7
+    assert (spans["after"].start_time, spans["after"].end_time) == (1_000, 2_000)
+    assert spans["SELECT"].parent.span_id == spans["root"].context.span_id
+
+
+def test_a_log_record_carries_the_current_span(traced):
+    handler = KafkaLogHandler("127.0.0.1:1", service="test")  # serialize() alone: nothing is sent
+
+    def shipped() -> dict:
+        return orjson.loads(handler.serialize(logging.LogRecord("t", logging.INFO, __file__, 1, "hi", None, None)))
+
+    assert "trace_id" not in shipped()
+    with tracing.span("work") as span:
+        doc = shipped()
+    ctx = span.get_span_context()
+    assert (doc["trace_id"], doc["span_id"]) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    batch = Batch()
+    batch.add(orjson.dumps({**doc, "timestamp": 1_764_445_200_000_000}))
+    batch.add(orjson.dumps({**doc, "timestamp": 1_764_445_200_000_000, "trace_id": "not hex", "span_id": 7}))
+    column = dict(zip(COLUMNS, batch.columns, strict=True))
+    assert column["trace_id"] == [doc["trace_id"], ""]  # a bad id is stored empty, the line kept
+    assert column["span_id"] == [doc["span_id"], ""]
+
+
+def _envelope(job: Job) -> DispatchEnvelope:
+    (row,) = Outbox.objects.filter(job_id=job.id, topic="jobs")
+    return DispatchEnvelope.parse(row.envelope if isinstance(row.envelope, dict) else orjson.loads(row.envelope))
+
+
+@pytest.mark.django_db
+def test_a_submit_is_a_span_whose_context_its_jobs_and_dispatches_keep(traced, user, api):
+    (a, b) = services.job_submit_bulk(owner_id=user.pk, specs=[JobSpec(type="demo.noop"), JobSpec(type="demo.noop")])
+    (submit,) = traced.get_finished_spans()
+    assert submit.name == "jobs.submit"
+    assert submit.attributes["jobs.count"] == 2
+    ctx = submit.get_span_context()
+    expected = traceparent_of(submit)
+    for job in (a.job, b.job):
+        assert Job.objects.get(id=job.id).traceparent == expected == job.traceparent
+        assert _envelope(job).traceparent == expected
+    assert api.get(f"/api/v1/jobs/{a.job.id}/").json()["trace_id"] == f"{ctx.trace_id:032x}"
+
+
+@pytest.mark.django_db
+def test_off_a_job_has_no_trace_and_its_dispatch_no_traceparent(user, api):
+    job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job
+    assert Job.objects.get(id=job.id).traceparent is None
+    assert "traceparent" not in Outbox.objects.get(job_id=job.id).envelope
+    assert api.get(f"/api/v1/jobs/{job.id}/").json()["trace_id"] is None
+
+
+@pytest.mark.django_db
+def test_every_attempt_of_a_retried_job_is_in_the_trace_of_its_submit(traced, user):
+    backoff = {"initial": 0.01, "factor": 1.0, "max": 1, "jitter": 0}
+    job = services.job_submit(
+        owner_id=user.pk, spec=JobSpec(type="demo.flaky", payload={"failures": 1}, backoff=backoff)
+    ).job
+    assert execute(_envelope(job), worker="test").status == "RETRYING"
+    Outbox.objects.all().delete()
+    released = transitions.release_batch("retries", now=timezone.now() + timedelta(seconds=5), limit=10)
+    services.job_dispatch_released(released)
+    again = _envelope(job)
+    assert execute(again, worker="test").status == "SUCCEEDED"
+    spans = traced.get_finished_spans()
+    trace_ids = {f"{s.context.trace_id:032x}" for s in spans}
+    assert trace_ids == {Job.objects.get(id=job.id).trace_id}
+    handlers = sorted(s.attributes["job.attempt"] for s in spans if s.name == "job.handler")
+    assert handlers == [1, 2]
+    (release,) = (s for s in spans if s.name == "job.release")
+    assert again.traceparent == traceparent_of(release)
+    by_id = {s.context.span_id: s for s in spans}
+    second = next(s for s in spans if s.name == "job.handler" and s.attributes["job.attempt"] == 2)
+    assert by_id[second.parent.span_id].name == "job.release"  # attempt 2 hangs under its release
+    outcomes = [s.attributes["job.status"] for s in spans if s.name == "job.outcome"]
+    assert outcomes == ["RETRYING", "SUCCEEDED"]
+
+
+@pytest.mark.django_db
+def test_a_manual_retry_continues_the_jobs_trace(traced, user):
+    job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job
+    services.job_cancel(job_id=job.id)
+    services.job_retry(job_id=job.id)
+    assert tracing.trace_id_of(_envelope(job).traceparent) == job.trace_id
+    assert [s.name for s in traced.get_finished_spans()] == ["jobs.submit", "job.requeue"]
+
+
+@pytest.mark.django_db
+def test_a_workflows_jobs_are_in_the_workflows_trace(traced, user):
+    from workflows.models import Workflow
+    from workflows.services import TaskSpec, WorkflowSpec, workflow_submit
+
+    spec = WorkflowSpec(tasks=(TaskSpec("a", "demo.echo"), TaskSpec("b", "demo.echo", depends_on=("a",))))
+    workflow, _ = workflow_submit(owner_id=user.pk, spec=spec, max_tasks=100)
+    run_all()
+    trace_id = tracing.trace_id_of(Workflow.objects.get(id=workflow.id).traceparent)
+    jobs = list(Job.objects.filter(workflow_id=workflow.id))
+    assert len(jobs) == 2
+    assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
+    assert {j.trace_id for j in jobs} == {trace_id}
+    spans = traced.get_finished_spans()
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {trace_id}
+    assert [s.name for s in spans if s.name.endswith("submit")] == ["jobs.submit", "workflow.submit", "jobs.submit"]
+    # Task b was released by a's outcome: its submit nests under that outcome.
+    by_id = {s.context.span_id: s for s in spans}
+    b_submit = [s for s in spans if s.name == "jobs.submit"][-1]
+    assert by_id[b_submit.parent.span_id].name == "job.outcome"
+
+
+@pytest.mark.parametrize("bad", ["garbage", 42, PARENT.upper(), f"00-{'0' * 32}-00f067aa0ba902b7-01"])
+@pytest.mark.django_db
+def test_a_malformed_traceparent_in_an_envelope_is_dropped_and_the_job_runs(traced, user, bad):
+    job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.echo", payload={"x": 1})).job
+    (raw,) = [r.envelope for r in Outbox.objects.filter(job_id=job.id)]
+    raw = {**(raw if isinstance(raw, dict) else orjson.loads(raw)), "traceparent": bad}
+    envelope = DispatchEnvelope.parse(raw)
+    assert envelope.traceparent is None
+    assert "traceparent" not in envelope.as_dict()
+    assert execute(envelope, worker="test").status == "SUCCEEDED"
+    assert Job.objects.get(id=job.id).result == {"x": 1}
+
+
+@pytest.mark.django_db
+def test_the_worker_claims_runs_and_records_in_the_dispatchs_trace(traced, user):
+    job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job
+    (envelope,) = pending_dispatches()
+    execute(envelope, worker="test")
+    spans = {s.name: s for s in traced.get_finished_spans()}
+    submit = spans["jobs.submit"].context.span_id
+    for name in ("job.claim", "job.handler", "job.outcome"):
+        assert spans[name].parent.span_id == submit, name
+        assert spans[name].attributes["job.id"] == str(job.id)
+    assert spans["job.claim"].attributes["job.claimed"] == "won"
+    assert spans["job.outcome"].attributes["job.status"] == "SUCCEEDED"
+
+
+def test_an_envelope_with_a_traceparent_survives_the_wire():
+    envelope = DispatchEnvelope(
+        job_id=str(uuid.uuid4()), owner_id=1, type="t", queue="q", priority=5, attempt=1,
+        dispatch_token=str(uuid.uuid4()), traceparent=PARENT,
+    )  # fmt: skip
+    assert envelope.as_dict()["traceparent"] == PARENT
+    assert DispatchEnvelope.parse(orjson.loads(orjson.dumps(envelope.as_dict()))) == envelope
+
+
+@pytest.mark.django_db
+def test_a_batchs_jobs_each_get_their_spans_in_their_own_traces(traced, user):
+    jobs = [services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job for _ in range(3)]
+    outcomes = execute_batch(pending_dispatches(), worker="test")
+    assert [o.status for o in outcomes] == ["SUCCEEDED"] * 3
+    spans = traced.get_finished_spans()
+    for job in jobs:
+        mine = {s.name: s for s in spans if f"{s.context.trace_id:032x}" == job.trace_id}
+        assert set(mine) == {"jobs.submit", "job.claim", "job.handler", "job.outcome"}, job.id
+        submit = mine["jobs.submit"].context.span_id
+        assert all(mine[n].parent.span_id == submit for n in ("job.claim", "job.handler", "job.outcome"))
+        assert mine["job.claim"].attributes["batch.size"] == 3
+        assert mine["job.outcome"].attributes["job.recorded"] is True
+
+
+def test_under_a_parent_the_sampler_left_out_no_span_is_made_but_the_context_still_travels(traced):
+    unsampled = f"00-{TRACE}-00f067aa0ba902b7-00"
+    with tracing.continued(unsampled), tracing.span("job.handler") as span:
+        assert span is None
+        assert tracing.current_traceparent() == unsampled  # log lines still carry the job's trace id
+    tracing.record("job.claim", parent=unsampled, start_time=1, end_time=2)
+    assert traced.get_finished_spans() == ()
