@@ -8,6 +8,7 @@ import os
 import time
 
 import psutil
+from django.conf import settings
 
 # First match wins. Engines count with their child processes (PostgreSQL's backends).
 ROLES = (
@@ -19,16 +20,25 @@ ROLES = (
 ROLE_NAMES = frozenset({"relay", "bridge", "scheduler", "log-sink", "web", "worker", "flower"})
 
 
+def _of_this_checkout(info: dict, root: str) -> bool:
+    """Whether a process belongs to this checkout's stack: it runs in it (roles, the engines'
+    data directories) or names a path in it. Another checkout's test roles, with the same
+    command lines, are not ours (they once put spikes in a soak's memory chart)."""
+    return (info["cwd"] or "").startswith(root) or any(root in arg for arg in info["cmdline"] or [])
+
+
 def role_processes(*, engines: bool = False) -> dict[int, str]:
-    """pid → role of every running role process (and, with `engines`, the engines' and the
-    dev stack's own). A process its command line does not name takes its nearest named
-    ancestor's role (PostgreSQL's backends, gunicorn's and circus' children)."""
+    """pid → role of every running role process of this checkout's stack (and, with
+    `engines`, the engines' and the dev stack's own). A process its command line does not
+    name takes its nearest named ancestor's role (PostgreSQL's backends, gunicorn's and
+    circus' children)."""
+    root = str(settings.BASE_DIR)
     named: dict[int, str] = {}
     parents: dict[int, int] = {}
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "cwd"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         parents[proc.info["pid"]] = proc.info["ppid"]
-        if " bench " in f"{cmd} ":
+        if " bench " in f"{cmd} " or not _of_this_checkout(proc.info, root):
             continue
         role = next((role for marker, role in ROLES if marker in cmd), None)
         if role is not None:
