@@ -44,18 +44,18 @@ def claim_many(dispatches: list[tuple[str, str]], *, worker: str) -> list[transi
     return [both[i] for i in dict.fromkeys(uuid.UUID(d[0]) for d in dispatches) if i in both]
 
 
-def _claim_keyed(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
-    """`_claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
+def claim_keyed(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
+    """`claim_within_limit`, surviving a dropped connection like `claim_many`: run again, it
     would take a second slot and lose the claim its first run committed."""
     try:
-        return _claim_within_limit(envelope, worker)
+        return claim_within_limit(envelope, worker)
     except (OperationalError, InterfaceError):
         connection.close()
     held = transitions.claims_held([(envelope.job_id, envelope.dispatch_token)], worker=worker)
-    return held[0] if held else _claim_within_limit(envelope, worker)
+    return held[0] if held else claim_within_limit(envelope, worker)
 
 
-def _claim_within_limit(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
+def claim_within_limit(envelope: DispatchEnvelope, worker: str) -> transitions.Claim | Held | None:
     """Take a slot of the job's concurrency key, then claim; no slot: hold the job (the
     scheduler releases it when a slot frees). One transaction, so a lost claim gives the
     slot back."""

@@ -160,7 +160,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def _handler_running(job_id: uuid.UUID, attempt: int, timeout: float) -> Iterator[None]:
+def handler_running(job_id: uuid.UUID, attempt: int, timeout: float) -> Iterator[None]:
     """While the body runs the handler: the monitor watches the job, and SIGALRM is armed for
     `timeout` (the alarm, or the monitor after an ignored cancel, raises Interrupted inside
     it). Outside the main thread only the cooperative checks apply."""

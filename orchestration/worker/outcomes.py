@@ -1,7 +1,7 @@
 """What running a dispatched job came to (`Outcome`), and how an outcome is written and told.
 
 Every outcome is written with a transition guarded by the attempt number, so a result that
-arrives after the job was reaped, re-dispatched or cancelled changes nothing: `_record` logs
+arrives after the job was reaped, re-dispatched or cancelled changes nothing: `record` logs
 it as dropped.
 """
 
@@ -56,7 +56,7 @@ def with_reconnect(write: Callable[[], T]) -> T:
         return write()
 
 
-def _record(job_id: uuid.UUID, status: Status, won: bool, **fields: Any) -> Outcome:
+def record(job_id: uuid.UUID, status: Status, won: bool, **fields: Any) -> Outcome:
     if won:
         logger.info("job.finished", extra={"job_id": str(job_id), "outcome": status, **fields})
     else:

@@ -43,8 +43,8 @@ from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
 from metrics import prom
 from orchestration import policy
-from orchestration.worker.monitor import MONITOR, Interrupted, _handler_running
-from orchestration.worker.outcomes import Outcome, Status, _record, with_reconnect
+from orchestration.worker.monitor import MONITOR, Interrupted, handler_running
+from orchestration.worker.outcomes import Outcome, Status, record, with_reconnect
 
 # Raised in a handler's thread when the worker process itself is being stopped: the attempt's
 # failure is recorded, then the exception goes on so the process stops. Every other
@@ -128,13 +128,13 @@ def _succeeded(claim: transitions.Claim, result: Any, in_workflow: bool) -> Outc
     won = with_reconnect(
         lambda: transitions.mark_succeeded(job_id, attempt=attempt, result=result, in_workflow=in_workflow)
     )
-    return _record(job_id, Status.SUCCEEDED, won)
+    return record(job_id, Status.SUCCEEDED, won)
 
 
 def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:
     job_id, attempt = claim.job_id, claim.attempt
     won = with_reconnect(lambda: transitions.mark_cancelled(job_id, attempt=attempt, in_workflow=in_workflow))
-    return _record(job_id, Status.CANCELLED, won)
+    return record(job_id, Status.CANCELLED, won)
 
 
 def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool) -> tuple[Any, bool]:
@@ -147,7 +147,7 @@ def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *
     try:
         with (
             tracing.span("job.handler", attributes=span_attributes(claim) if tracing.enabled() else None),
-            _handler_running(claim.job_id, claim.attempt, claim.timeout_seconds),
+            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds),
         ):
             try:
                 result = handler(claim.payload, ctx)
@@ -188,7 +188,7 @@ def _failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, 
         )  # fmt: skip
         if not won:  # a cancel was requested meanwhile (or the attempt lost its job): not again
             return _cancel_failed(claim, error, tb, attempt_status)
-        outcome = _record(claim.job_id, Status.RETRYING, won, error=error, retry_in=round(decision.delay_seconds, 3))
+        outcome = record(claim.job_id, Status.RETRYING, won, error=error, retry_in=round(decision.delay_seconds, 3))
         return dataclasses.replace(outcome, breaker_failure=not permanent)
     won = with_reconnect(
         lambda: transitions.move_to_dead_letter(
@@ -196,7 +196,7 @@ def _failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, 
             in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
-    outcome = _record(claim.job_id, Status.DEAD_LETTER, won, error=error, reason=decision.reason)
+    outcome = record(claim.job_id, Status.DEAD_LETTER, won, error=error, reason=decision.reason)
     return dataclasses.replace(outcome, breaker_failure=not permanent)
 
 
@@ -209,4 +209,4 @@ def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status
             in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
-    return _record(claim.job_id, Status.CANCELLED, won, error=error)
+    return record(claim.job_id, Status.CANCELLED, won, error=error)

@@ -23,7 +23,7 @@ from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
-from orchestration.worker.claims import Held, _claim_keyed, claim_many, worker_id
+from orchestration.worker.claims import Held, claim_keyed, claim_many, worker_id
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 
@@ -61,7 +61,7 @@ def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
     claim: transitions.Claim | Held | None
     with tracing.span("job.claim", attributes={"job.id": job_id, "job.attempt": envelope.attempt}) as span:
         if envelope.concurrency_key:
-            claim = _claim_keyed(envelope, worker)
+            claim = claim_keyed(envelope, worker)
         else:
             claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
             claim = claims[0] if claims else None

@@ -270,12 +270,12 @@ def test_concurrency_keys_are_each_owners_own(user, other_user, settings):
     mine, held_mine = (submit(user, concurrency_key="shared-name", concurrency_limit=1) for _ in range(2))
     theirs = submit(other_user, concurrency_key="shared-name", concurrency_limit=1)
     # One owner's running job holds its own slot of "shared-name" only...
-    first = claims._claim_within_limit(keyed(mine), "w1")
+    first = claims.claim_within_limit(keyed(mine), "w1")
     assert isinstance(first, transitions.Claim)
     # ...so another owner's job with the same key name still runs at once,
-    assert isinstance(claims._claim_within_limit(keyed(theirs), "w2"), transitions.Claim), "a tenant took a slot"
+    assert isinstance(claims.claim_within_limit(keyed(theirs), "w2"), transitions.Claim), "a tenant took a slot"
     # while the owner's own second job is held by the owner's limit.
-    assert claims._claim_within_limit(keyed(held_mine), "w3") == "HELD"
+    assert claims.claim_within_limit(keyed(held_mine), "w3") == "HELD"
     # Another owner's wider limit under the same name does not widen this owner's slots.
     wide = submit(other_user, concurrency_key="shared-name", concurrency_limit=5)
     transitions.hold(wide.id, dispatch_token=wide.dispatch_token)

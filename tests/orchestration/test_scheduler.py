@@ -253,10 +253,10 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
     """A job running under `key` (its slot taken through the worker's own path) and a second
     one that the worker held because the key was full (PENDING, no dispatch). Their outbox
     rows are gone, as if relayed."""
-    from orchestration.worker.claims import _claim_within_limit
+    from orchestration.worker.claims import claim_within_limit
 
     running = submit(user, concurrency_key=key, concurrency_limit=limit)
-    claimed = _claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=running).envelope), "w")
+    claimed = claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=running).envelope), "w")
     assert isinstance(claimed, transitions.Claim)
     held = submit(user, concurrency_key=key, concurrency_limit=limit, **spec)
     if held.dispatch_token is None:  # waiting for its run_at: dispatched now, as the scheduler would
@@ -265,7 +265,7 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
         services.job_dispatch_released(
             [transitions.Released(held.id, held.type, held.queue, held.priority, 1, held.dispatch_token, key, limit)]
         )
-    assert _claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=held).envelope), "w") == "HELD"
+    assert claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=held).envelope), "w") == "HELD"
     Outbox.objects.filter(job__in=[running, held]).delete()
     held.refresh_from_db()
     assert (held.status, held.dispatch_token) == (JobStatus.PENDING, None)
