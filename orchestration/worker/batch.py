@@ -51,6 +51,11 @@ logger = logging.getLogger("orchestration.worker")
 CANCEL_CHECK_SECONDS = 1.0  # a batch looks for cancel requests of its waiting jobs this often
 
 
+# A success waiting for the recorder's write: its claim, its result, and the trace it ran in
+# (None: tracing off).
+Success = tuple[transitions.Claim, Any, str | None]
+
+
 class Recorder:
     """Successes of a batch, written together: at the end of the batch, or once the oldest
     has waited RECORD_SECONDS, by the batch before its next job or by the monitor while a
@@ -60,8 +65,7 @@ class Recorder:
     RECORD_SECONDS = 0.05
 
     def __init__(self) -> None:
-        self.pending: list[tuple[transitions.Claim, Any]] = []
-        self.traces: dict[uuid.UUID, str | None] = {}  # each pending success's trace (tracing on)
+        self.pending: list[Success] = []
         self.logged = False
         self.first_at = 0.0
         self.outcomes: dict[uuid.UUID, Outcome] = {}
@@ -72,10 +76,9 @@ class Recorder:
         with self._lock:
             if not self.pending:
                 self.first_at = time.monotonic()
-            self.pending.append((claim, result))
+            trace = tracing.current_traceparent() if tracing.enabled() else None
+            self.pending.append((claim, result, trace))
             self.logged |= logged
-            if tracing.enabled():
-                self.traces[claim.job_id] = tracing.current_traceparent()
 
     def flush_if_due(self) -> None:
         if self.pending and time.monotonic() - self.first_at >= self.RECORD_SECONDS:
@@ -94,19 +97,19 @@ class Recorder:
         started = time.time_ns()
         try:
             won = with_reconnect(
-                lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result in pending])
+                lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result, _ in pending])
             )
         except BaseException:
             self.pending = pending + self.pending  # kept for the next flush, not dropped
             raise
-        if self.traces:
+        if tracing.enabled():
             self._record_spans(pending, won, started)
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
         logger.info("jobs.finished", extra={"outcome": Status.SUCCEEDED, "jobs": len(won), "dropped": dropped})
         each = logger.isEnabledFor(logging.DEBUG)
-        for claim, _ in pending:
+        for claim, _, _ in pending:
             recorded = claim.job_id in won
             if not recorded or each:
                 with job_log_context(log_context(claim)):
@@ -117,19 +120,18 @@ class Recorder:
                         logger.warning("job.outcome_dropped", extra=extra)
             self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
 
-    def _record_spans(self, pending: list[tuple[transitions.Claim, Any]], won: set[uuid.UUID], started: int) -> None:
+    @staticmethod
+    def _record_spans(
+        pending: list[tuple[transitions.Claim, Any, str | None]], won: set[uuid.UUID], started: int
+    ) -> None:
         """Each written success's `job.outcome` span, in its job's trace (one write, one time)."""
         written = time.time_ns()
-        for claim, _ in pending:
+        for claim, _, trace in pending:
             attributes = {
-                **span_attributes(claim),
-                "job.status": str(Status.SUCCEEDED),
-                "job.recorded": claim.job_id in won,
-            }
-            tracing.record(
-                "job.outcome", parent=self.traces.pop(claim.job_id, None), start_time=started, end_time=written,
-                attributes={**attributes, "batch.size": len(pending)},
-            )  # fmt: skip
+                **span_attributes(claim), "job.status": str(Status.SUCCEEDED), "job.recorded": claim.job_id in won,
+                "batch.size": len(pending),
+            }  # fmt: skip
+            tracing.record("job.outcome", parent=trace, start_time=started, end_time=written, attributes=attributes)
 
 
 def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = None) -> list[Outcome]:
