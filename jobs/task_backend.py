@@ -30,7 +30,7 @@ from rest_framework.exceptions import ValidationError
 from config.rest import check_json, in_utc, text_problem
 from jobs import task_registry, task_results
 from jobs.models import Job
-from jobs.serializers import QUEUE_NAME
+from jobs.serializers import QUEUE_ERRORS, QUEUE_NAME
 from jobs.services import JobSpec, job_submit_bulk
 from jobs.task_api import (
     MAX_PRIORITY,
@@ -106,10 +106,7 @@ class JobsBackend(BaseTaskBackend):
         if len(task.module_path) > TYPE_MAX_CHARS:
             raise InvalidTask(f"Task path {task.module_path!r} is longer than {TYPE_MAX_CHARS} characters.")
         if not re.match(QUEUE_NAME, task.queue_name):
-            raise InvalidTask(
-                f"Queue {task.queue_name!r} is not a valid queue name: 1-100 letters, digits and '_.:-', "
-                "starting with a letter or digit."
-            )
+            raise InvalidTask(f"Queue {task.queue_name!r} is not a valid queue name: it {QUEUE_ERRORS['invalid']}")
 
     def _spec(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobSpec:
         self.validate_task(task)
