@@ -55,41 +55,48 @@ def bench_token() -> tuple[int, str]:
 
 
 def single_submits(base: str, token: str, n: int) -> Result:
-    session = requests.Session()
-    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
     body = orjson.dumps({"type": "demo.noop", "payload": {"bench": True}})
-    for _ in range(20):  # warm connections and caches; not measured
-        session.post(f"{base}/api/v1/jobs/", data=body).raise_for_status()
-    progress = Progress("single submit", n)
-    latencies = []
-    started = time.perf_counter()
-    for i in range(n):
-        t0 = time.perf_counter()
-        response = session.post(f"{base}/api/v1/jobs/", data=body)
-        latencies.append(time.perf_counter() - t0)
-        if response.status_code != 201:
-            raise SystemExit(f"single submit answered {response.status_code}: {response.text[:300]}")
-        progress.update(i + 1)
-    return Result("single submit (HTTP)", n, time.perf_counter() - started, latencies)
+    return _timed_posts(base, token, "jobs/", body, requests_n=n, jobs_each=1, warmups=20, label="single submit",
+                        name="single submit (HTTP)")  # fmt: skip
 
 
 def bulk_submits(base: str, token: str, batches: int, size: int) -> Result:
+    body = orjson.dumps({"jobs": [{"type": "demo.noop", "payload": {"i": i}} for i in range(size)]})
+    # Fewer warm-ups: each is a whole bulk; three reach every web worker's connection and imports.
+    return _timed_posts(base, token, "jobs/bulk/", body, requests_n=batches, jobs_each=size, warmups=3,
+                        label="bulk submit", name=f"bulk submit (HTTP, {size}/request)")  # fmt: skip
+
+
+def _timed_posts(
+    base: str,
+    token: str,
+    path: str,
+    body: bytes,
+    *,
+    requests_n: int,
+    jobs_each: int,
+    warmups: int,
+    label: str,
+    name: str,
+) -> Result:
+    """POST `body` to /api/v1/`path` `requests_n` times, one at a time, after `warmups` that
+    are not measured; each request's latency, and the jobs per second over all of them."""
     session = requests.Session()
     session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
-    body = orjson.dumps({"jobs": [{"type": "demo.noop", "payload": {"i": i}} for i in range(size)]})
-    for _ in range(3):  # warm every web worker's connection and imports; not measured
-        session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()
-    progress = Progress("bulk submit", batches * size)
+    url = f"{base}/api/v1/{path}"
+    for _ in range(warmups):  # warm connections and caches; not measured
+        session.post(url, data=body).raise_for_status()
+    progress = Progress(label, requests_n * jobs_each)
     latencies = []
     started = time.perf_counter()
-    for b in range(batches):
+    for i in range(requests_n):
         t0 = time.perf_counter()
-        response = session.post(f"{base}/api/v1/jobs/bulk/", data=body)
+        response = session.post(url, data=body)
         latencies.append(time.perf_counter() - t0)
         if response.status_code != 201:
-            raise SystemExit(f"bulk submit answered {response.status_code}: {response.text[:300]}")
-        progress.update((b + 1) * size)
-    return Result(f"bulk submit (HTTP, {size}/request)", batches * size, time.perf_counter() - started, latencies)
+            raise SystemExit(f"{label} answered {response.status_code}: {response.text[:300]}")
+        progress.update((i + 1) * jobs_each)
+    return Result(name, requests_n * jobs_each, time.perf_counter() - started, latencies)
 
 
 _RAW_JOB = """
