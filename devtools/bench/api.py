@@ -25,7 +25,7 @@ from rest_framework.authtoken.models import Token
 
 from devtools.bench.stats import Progress, ms, percentile
 from jobs.dispatch import DispatchEnvelope
-from jobs.models import Job
+from jobs.models import TERMINAL_STATUSES, Job
 from jobs.services import JobSpec
 
 BENCH_USER = "bench"
@@ -52,6 +52,17 @@ def bench_token() -> tuple[int, str]:
     user.user_permissions.add(Permission.objects.get(codename="unthrottled", content_type__app_label="jobs"))
     token, _ = Token.objects.get_or_create(user=user)
     return user.pk, token.key
+
+
+def delete_bench_jobs(owner_id: int, *, settle_seconds: float = 60.0) -> None:
+    """Delete the bench user's jobs once the running stack has let go of them. Django deletes
+    a job's attempts, then the job: a worker claiming it in between inserts an attempt, and
+    the delete fails on the foreign key (it did, right after a bench of submits)."""
+    mine = Job.objects.filter(owner_id=owner_id)
+    deadline = time.monotonic() + settle_seconds
+    while mine.exclude(status__in=TERMINAL_STATUSES).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    mine.delete()
 
 
 def single_submits(base: str, token: str, n: int) -> Result:
@@ -199,7 +210,7 @@ def run(*, base: str, singles: int, batches: int, size: int, keep: bool, out) ->
         copy = raw_copy(owner_id, batches, size)
     finally:
         if not keep:
-            Job.objects.filter(owner_id=owner_id).delete()
+            delete_bench_jobs(owner_id)
     report([single, bulk, raw, copy], out)
     ratio = bulk.rate / raw.rate
     p50 = percentile(single.latencies, 50)

@@ -30,7 +30,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from config import broker
-from devtools.bench.api import bench_token
+from devtools.bench.api import bench_token, delete_bench_jobs
 from devtools.bench.processes import CpuMeter
 from devtools.bench.stats import Progress, percentile
 from jobs.models import Job, JobStatus
@@ -282,7 +282,7 @@ def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, kee
                 set_bridge_batch_size(None)
     finally:
         if not keep:
-            Job.objects.filter(owner_id=owner_id).delete()
+            delete_bench_jobs(owner_id)
     p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
 
     def verdict(ok: bool) -> str:
