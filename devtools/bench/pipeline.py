@@ -1,12 +1,19 @@
 """End-to-end benchmark (`make bench`, `manage.py bench pipeline`) against the running stack.
 
-1. Baselines: raw Celery (prefork), Dramatiq and Huey, each with the same number of worker
-   processes on the same Redis, drain N no-op tasks of their own.
-2. Pipeline: N `demo.noop` jobs through the bulk API → outbox → relay → Kafka → bridge →
-   Celery → worker → SUCCEEDED, timed from the first submit to the last success.
-3. Light load: single submits at a steady rate; submit→start latency from the job rows.
+1. Rounds (3 by default), each running every system once, interleaved so that drift in a
+   noisy machine touches all of them alike; the report gives each one's median and spread:
+   - pipeline: N `demo.noop` jobs through the bulk API from T client threads → outbox →
+     relay → Kafka → bridge → Celery → worker → SUCCEEDED, first submit to last success;
+   - each peer (Dramatiq, Huey, raw Celery), with as many worker processes as ours on the
+     same Redis, two ways: end to end (its workers running, T threads enqueue N no-op
+     tasks, until the last is done) and drain only (N already queued, from the first task
+     done to the last).
+2. Light load: single submits at a steady rate; submit→start latency from the job rows.
+3. A latency curve against offered load, and a sweep of BRIDGE_BATCH_SIZE.
 
-Prints both rates, the ratio and the latency percentiles, with progress while it runs.
+Every timed run also accounts the machine's busy cores and each process's CPU, and says
+what the system ran out of: all cores, one core (a single busy process), or neither
+(it was waiting on round trips).
 """
 
 from __future__ import annotations
@@ -14,15 +21,18 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import redis
 import requests
 from django.conf import settings
@@ -36,47 +46,157 @@ from devtools.bench.stats import Progress, percentile
 from jobs.models import Job, JobStatus
 
 REPO = Path(__file__).resolve().parents[2]
+BULK = 1000  # jobs per bulk request, the API's maximum
+PIPELINE = "pipeline"
+E2E, DRAIN = "end to end", "drain only"
+
+
+@dataclass
+class Run:
+    """One timed run of one system: its rate and where the CPU went meanwhile."""
+
+    system: str
+    mode: str
+    jobs: int
+    rate: float
+    wall: float
+    cpu: dict[str, float]  # role → CPU seconds, engines included
+    busiest: tuple[str, float]  # (role of the busiest single process, its CPU seconds)
+    machine_busy: float  # cores busy on the whole machine (steal counts as busy)
+
+    def cpu_per_job(self, roles: Sequence[str] | None = None) -> float:
+        used = self.cpu.values() if roles is None else (self.cpu.get(r, 0.0) for r in roles)
+        return sum(used) / self.jobs
+
+    def ran_out_of(self) -> str:
+        cores = os.cpu_count() or 1
+        role, seconds = self.busiest
+        one = seconds / self.wall
+        if self.machine_busy >= 0.9 * cores:
+            return f"CPU ({self.machine_busy:.2f} of {cores} cores busy)"
+        if one >= 0.85:
+            return f"one core ({role}: {one:.0%} of a core)"
+        return f"neither: waiting ({self.machine_busy:.2f} cores busy, {role} {one:.0%} of a core)"
+
+
+class Meter:
+    """CpuMeter plus the machine's busy cores, around a timed run."""
+
+    def __init__(self) -> None:
+        self.cpu = CpuMeter()
+
+    @staticmethod
+    def _machine() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    def start(self) -> None:
+        self.busy0 = self._machine()
+        self.cpu.start()
+
+    def stop(self, system: str, mode: str, jobs: int, elapsed: float) -> Run:
+        busy = self._machine() - self.busy0
+        by_role, wall, busiest = self.cpu.stop()
+        return Run(system, mode, jobs, jobs / elapsed, wall, by_role, busiest, busy / wall)
+
+
+def _chunks(n: int, size: int) -> Iterator[int]:
+    while n > 0:
+        yield min(size, n)
+        n -= size
+
+
+def in_threads(threads: int, n: int, chunk: int, setup: Callable[[], Callable[[int], None]]) -> None:
+    """Send n items in chunks of `chunk` from `threads` threads; each thread calls `setup`
+    once for its own sender (a session, a producer) and takes chunks until none are left."""
+    pending = _chunks(n, chunk)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            send = setup()
+            while True:
+                with lock:
+                    size = next(pending, 0)
+                if not size or errors:
+                    return
+                send(size)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass(frozen=True)
 class Peer:
-    """Another job queue draining n no-op tasks on the same Redis with `workers` processes:
-    its worker command, how to enqueue one task, and the counter its task bumps."""
+    """Another job queue on the same Redis, with as many worker processes as ours: its
+    worker command, a per-thread sender of k no-op tasks, and the counter its task bumps."""
 
     name: str
     module: str  # devtools.bench.raw_* (imported after BENCH_RAW_BROKER is set)
     command: Callable[[int], list[str]]  # worker processes → the worker's command line
-    enqueue: Callable[[Any, int], None]  # (the imported module, n): enqueue n no-op tasks
+    sender: Callable[[Any], Callable[[int], None]]  # (the imported module) → send(k), one per thread
+    jobs: Callable[[int], int] = field(default=lambda n: n)  # how many of the run's n it takes
 
-    def drain(self, n: int, workers: int) -> float:
-        """Jobs/s from the first enqueue to the last completion (worker started first)."""
+    def _module(self) -> Any:
         os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL  # read by the module, here and in its workers
-        raw = importlib.import_module(self.module)
-        r = broker.client()  # the same Redis (REDIS_URL); the peer's keys are raw, as it writes them
-        _forget(r, raw)
-        worker = subprocess.Popen(
+        return importlib.import_module(self.module)
+
+    def _start(self, workers: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", *self.command(workers)], cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+
+    def run(self, mode: str, n: int, workers: int, threads: int) -> Run:
+        """End to end: workers up first, then `threads` threads enqueue n, until all are done.
+        Drain only: n enqueued first, then the workers start; timed from the first task done."""
+        raw = self._module()
+        r = broker.client()  # the same Redis (REDIS_URL); the peer's keys are raw, as it writes them
+        _forget(r, raw)
+        meter = Meter()
+        progress = Progress(f"{self.name} ({mode})", n)
+        worker = None
         try:
-            time.sleep(4)  # let the workers boot and connect
-            progress = Progress(self.name, n)
-            started = time.perf_counter()
-            self.enqueue(raw, n)
+            if mode == DRAIN:
+                in_threads(threads, n, 100, lambda: self.sender(raw))
+                worker = self._start(workers)
+                while (first := int(r.get(raw.COUNTER) or 0)) == 0:
+                    self._check(worker)
+                    time.sleep(0.005)
+                meter.start()
+                started = time.perf_counter()
+            else:
+                worker = self._start(workers)
+                time.sleep(4)  # let the workers boot and connect
+                first = 0
+                meter.start()
+                started = time.perf_counter()
+                in_threads(threads, n, 100, lambda: self.sender(raw))
             while (done := int(r.get(raw.COUNTER) or 0)) < n:
                 progress.update(done)
-                if worker.poll() is not None:
-                    raise SystemExit(f"{self.name} worker exited with {worker.returncode}")
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
+                self._check(worker)
+                time.sleep(0.02)
+            return meter.stop(self.name, mode, n - first, time.perf_counter() - started)
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+            if worker is not None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
             _forget(r, raw)
-        return n / elapsed
+
+    def _check(self, worker: subprocess.Popen[bytes]) -> None:
+        if worker.poll() is not None:
+            raise SystemExit(f"{self.name} worker exited with {worker.returncode}")
 
 
 def _forget(r: redis.Redis, raw: Any) -> None:
@@ -84,28 +204,37 @@ def _forget(r: redis.Redis, raw: Any) -> None:
     r.delete(*keys)
 
 
-def _enqueue_celery(raw: Any, n: int) -> None:
-    with raw.app.producer_or_acquire() as producer:
-        for _ in range(n):
+def _celery_sender(raw: Any) -> Callable[[int], None]:
+    producer = raw.app.producer_pool.acquire(block=True)  # one per thread, held for the run
+
+    def send(k: int) -> None:
+        for _ in range(k):
             raw.app.send_task("bench.noop", queue=raw.QUEUE, producer=producer)
 
+    return send
 
-def _enqueue_calls(raw: Any, n: int) -> None:
-    send = raw.noop.send if hasattr(raw.noop, "send") else raw.noop  # Dramatiq actor / Huey task
-    for _ in range(n):
-        send()
+
+def _call_sender(raw: Any) -> Callable[[int], None]:
+    one = raw.noop.send if hasattr(raw.noop, "send") else raw.noop  # Dramatiq actor / Huey task
+
+    def send(k: int) -> None:
+        for _ in range(k):
+            one()
+
+    return send
 
 
 PEERS = (
+    Peer("Dramatiq", "devtools.bench.raw_dramatiq", lambda w: [
+        "dramatiq", "devtools.bench.raw_dramatiq", "--processes", str(w)], _call_sender),
+    Peer("Huey", "devtools.bench.raw_huey", lambda w: [
+        "huey.bin.huey_consumer", "devtools.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
+        "--logfile", os.devnull], _call_sender),
+    # Prefork Celery drains a few hundred a second: a quarter of the jobs keeps its runs short.
     Peer("Celery", "devtools.bench.raw_celery", lambda w: [
         "celery", "-A", "devtools.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
         "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
-        _enqueue_celery),
-    Peer("Dramatiq", "devtools.bench.raw_dramatiq", lambda w: [
-        "dramatiq", "devtools.bench.raw_dramatiq", "--processes", str(w)], _enqueue_calls),
-    Peer("Huey", "devtools.bench.raw_huey", lambda w: [
-        "huey.bin.huey_consumer", "devtools.bench.raw_huey.huey", "--workers", str(w), "--worker-type", "process",
-        "--logfile", os.devnull], _enqueue_calls),
+        _celery_sender, jobs=lambda n: max(n // 4, 1)),
 )  # fmt: skip
 
 
@@ -124,25 +253,28 @@ def _start_latencies(jobs: QuerySet[Job]) -> list[float]:
     return [(started - created).total_seconds() for created, started in rows if started and created]
 
 
-def pipeline(base: str, token: str, n: int, owner_id: int) -> float:
-    session = _session(token)
+def pipeline(base: str, token: str, n: int, owner_id: int, threads: int = 1) -> Run:
+    """n no-op jobs posted in bulks of 1,000 from `threads` threads, until all SUCCEEDED."""
+    bodies = {k: orjson.dumps({"jobs": [{"type": "demo.noop"}] * k}) for k in {*_chunks(n, BULK)}}
+
+    def sender() -> Callable[[int], None]:
+        session = _session(token)
+        return lambda k: session.post(f"{base}/api/v1/jobs/bulk/", data=bodies[k]).raise_for_status()
+
     since = timezone.now()
-    progress = Progress("pipeline", n)
+    progress = Progress(PIPELINE, n)
+    meter = Meter()
+    meter.start()
     started = time.perf_counter()
-    body = orjson.dumps({"jobs": [{"type": "demo.noop"}] * 1000})
-    for _ in range(n // 1000):
-        session.post(f"{base}/api/v1/jobs/bulk/", data=body).raise_for_status()
-    if n % 1000:
-        tail = orjson.dumps({"jobs": [{"type": "demo.noop"}] * (n % 1000)})
-        session.post(f"{base}/api/v1/jobs/bulk/", data=tail).raise_for_status()
+    in_threads(threads, n, BULK, sender)
     mine = Job.objects.filter(owner_id=owner_id, created_at__gte=since)
     while (done := mine.filter(status=JobStatus.SUCCEEDED).count()) < n:
         progress.update(done)
         failed = mine.filter(status__in=[JobStatus.DEAD_LETTER, JobStatus.CANCELLED]).count()
         if failed:
             raise SystemExit(f"{failed} benchmark job(s) failed; see the worker log")
-        time.sleep(0.1)
-    return n / (time.perf_counter() - started)
+        time.sleep(0.05)
+    return meter.stop(PIPELINE, E2E, n, time.perf_counter() - started)
 
 
 def light_load(base: str, token: str, rate: float, seconds: float, owner_id: int) -> list[float]:
@@ -206,67 +338,161 @@ def set_bridge_batch_size(size: int | None) -> None:
     raise SystemExit("the bridge did not get its partitions back within 60 s")
 
 
-def cpu_table(cpu: dict[str, float], wall: float, n: int) -> str:
-    """Where the pipeline's CPU went, per role and engine, per job."""
-    total = sum(cpu.values())
+def cpu_table(run: Run) -> str:
+    """Where a run's CPU went, per role and engine, per job."""
+    total = sum(run.cpu.values())
     lines = [f"{'process (CPU during the pipeline run)':40} {'CPU s':>7} {'µs/job':>8} {'share':>6}"]
-    for role, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+    for role, seconds in sorted(run.cpu.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.05:
-            lines.append(f"{role:40} {seconds:>7.1f} {seconds / n * 1e6:>8.0f} {seconds / total:>6.0%}")
-    busy = f"({total / wall:.2f} of {os.cpu_count()} cores busy)"
-    lines.append(f"{'all':40} {total:>7.1f} {total / n * 1e6:>8.0f}   {busy}")
+            lines.append(f"{role:40} {seconds:>7.1f} {seconds / run.jobs * 1e6:>8.0f} {seconds / total:>6.0%}")
+    busy = f"({total / run.wall:.2f} of {os.cpu_count()} cores busy)"
+    lines.append(f"{'all':40} {total:>7.1f} {total / run.jobs * 1e6:>8.0f}   {busy}")
     return "\n".join(lines)
 
 
-def chart(path: Path, peers: dict[str, float], sizes: dict[int, float], load: dict[float, list[float]]) -> None:
+@dataclass
+class Summary:
+    """The repeated runs of one system in one mode."""
+
+    system: str
+    mode: str
+    runs: list[Run]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.rate for r in self.runs)
+
+    @property
+    def spread(self) -> str:
+        rates = [r.rate for r in self.runs]
+        return f"{min(rates):,.0f} to {max(rates):,.0f}"
+
+    def middle(self) -> Run:
+        """The run whose rate is the median (its CPU accounting stands for the system)."""
+        return sorted(self.runs, key=lambda r: r.rate)[len(self.runs) // 2]
+
+
+def chart(path: Path, summaries: list[Summary], sizes: dict[int, float], load: dict[float, list[float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    xs = sorted(sizes)
-    left.plot(xs, [sizes[x] for x in xs], "o-", color="tab:blue", label="pipeline (bulk submit → SUCCEEDED)")
-    for (name, value), style in zip(peers.items(), ("--", "-.", ":"), strict=False):
-        left.axhline(value, linestyle=style, color="gray", label=f"{name} drain")
-    left.set(xscale="log", xlabel="BRIDGE_BATCH_SIZE (jobs per Celery message, log scale)", ylabel="jobs/s",
-             title="Throughput against batch size")  # fmt: skip
-    left.set_xticks(xs, [str(x) for x in xs])
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
-    rates = sorted(load)
-    for q, style in ((50, "o-"), (95, "s--"), (99, "^:")):
-        right.plot(rates, [percentile(load[r], q) * 1000 for r in rates], style, label=f"p{q}")
-    right.axhline(30, color="tab:red", linewidth=0.8, label="p50 target 30 ms")
-    right.set(xscale="log", yscale="log", xlabel="offered load, jobs/s (log)", ylabel="submit → start, ms (log)",
-              title="Latency against offered load")  # fmt: skip
-    right.set_xticks(rates, [f"{r:g}" for r in rates])
-    right.xaxis.set_minor_formatter(NullFormatter())
-    right.yaxis.set_major_formatter(ScalarFormatter())
-    right.yaxis.set_minor_formatter(NullFormatter())
-    right.legend(fontsize=8)
-    right.grid(alpha=0.3, which="both")
+    panels = 1 + bool(sizes) + bool(load)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8))
+    axes = list(axes) if panels > 1 else [axes]
+    bars = axes.pop(0)
+    labels = [f"{s.system}\n{s.mode}" for s in summaries]
+    medians = [s.median for s in summaries]
+    low = [s.median - min(r.rate for r in s.runs) for s in summaries]
+    high = [max(r.rate for r in s.runs) - s.median for s in summaries]
+    colors = ["tab:blue" if s.system == PIPELINE else "tab:gray" if s.mode == E2E else "silver" for s in summaries]
+    bars.bar(range(len(summaries)), medians, yerr=[low, high], color=colors, capsize=4)
+    bars.set_xticks(range(len(summaries)), labels, fontsize=7)
+    runs = len(summaries[0].runs)
+    bars.set(ylabel="jobs/s", title=f"No-op jobs/s, median of {runs} interleaved runs (bars: min to max)")
+    bars.grid(alpha=0.3, axis="y")
+    if sizes:
+        left = axes.pop(0)
+        xs = sorted(sizes)
+        left.plot(xs, [sizes[x] for x in xs], "o-", color="tab:blue", label="pipeline (bulk submit → SUCCEEDED)")
+        left.set(xscale="log", xlabel="BRIDGE_BATCH_SIZE (jobs per Celery message, log scale)", ylabel="jobs/s",
+                 title="Throughput against batch size")  # fmt: skip
+        left.set_xticks(xs, [str(x) for x in xs])
+        left.legend(fontsize=8)
+        left.grid(alpha=0.3)
+    if load:
+        right = axes.pop(0)
+        rates = sorted(load)
+        for q, style in ((50, "o-"), (95, "s--"), (99, "^:")):
+            right.plot(rates, [percentile(load[r], q) * 1000 for r in rates], style, label=f"p{q}")
+        right.axhline(15, color="tab:red", linewidth=0.8, label="p50 target 15 ms (light load)")
+        right.set(xscale="log", yscale="log", xlabel="offered load, jobs/s (log)", ylabel="submit → start, ms (log)",
+                  title="Latency against offered load")  # fmt: skip
+        right.set_xticks(rates, [f"{r:g}" for r in rates])
+        right.xaxis.set_minor_formatter(NullFormatter())
+        right.yaxis.set_major_formatter(ScalarFormatter())
+        right.yaxis.set_minor_formatter(NullFormatter())
+        right.legend(fontsize=8)
+        right.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def compare(base: str, token: str, owner_id: int, *, n: int, concurrency: int, threads: int, rounds: int,
+            peers: Sequence[Peer], out: Any) -> list[Summary]:  # fmt: skip
+    """Every system `rounds` times, interleaved: each round runs each system once."""
+    runs: dict[tuple[str, str], list[Run]] = {(PIPELINE, E2E): []}
+    for peer in peers:
+        runs[(peer.name, E2E)], runs[(peer.name, DRAIN)] = [], []
+    for i in range(rounds):
+        out.write(f"round {i + 1} of {rounds}: pipeline {n} jobs from {threads} threads\n")
+        run = pipeline(base, token, n, owner_id, threads)
+        runs[(PIPELINE, E2E)].append(run)
+        delete_bench_jobs(owner_id)
+        for peer in peers:
+            for mode in (E2E, DRAIN):
+                k = peer.jobs(n)
+                out.write(f"round {i + 1} of {rounds}: {peer.name} {mode}, {k} tasks, {concurrency} processes\n")
+                runs[(peer.name, mode)].append(peer.run(mode, k, concurrency, threads))
+    return [Summary(system, mode, found) for (system, mode), found in runs.items()]
+
+
+def report(summaries: list[Summary], threads: int, latencies: list[float], rate: float, out: Any) -> dict[str, float]:
+    ours = next(s for s in summaries if s.system == PIPELINE)
+    out.write(
+        f"\n{'system':10} {'how':46} {'median jobs/s':>13} {'spread':>13} {'pipeline ÷':>10} "
+        f"{'µs CPU/job':>10}  ran out of (median run)\n"
+    )
+    how = {
+        (PIPELINE, E2E): f"bulk submit from {threads} threads → SUCCEEDED",
+        E2E: f"workers running, {threads} threads enqueue",
+        DRAIN: "drain only (all queued before workers start)",
+    }
+    for s in summaries:
+        middle = s.middle()
+        out.write(
+            f"{s.system:10} {how.get((s.system, s.mode)) or how[s.mode]:46} {s.median:>13,.0f} {s.spread:>13} "
+            f"{ours.median / s.median:>10.2f} {middle.cpu_per_job() * 1e6:>10.0f}  {middle.ran_out_of()}\n"
+        )
+    contenders = [s for s in summaries if s.system in ("Dramatiq", "Huey")] or [s for s in summaries if s is not ours]
+    results: dict[str, float] = {f"{s.system} {s.mode}": s.median for s in summaries}
+    out.write("\n")
+    for mode, target, key in ((E2E, 1.3, "e2e_ratio"), (DRAIN, 1.0, "drain_ratio")):
+        best = max((s for s in contenders if s.mode == mode), key=lambda s: s.median, default=None)
+        if best is not None:
+            results[key] = ratio = ours.median / best.median
+            out.write(f"{mode}: pipeline ÷ best peer {mode} ({best.system}): {ratio:.2f}  "
+                      f"(target ≥ {target:g}: {_verdict(ratio >= target)})\n")  # fmt: skip
+    cpu = ours.middle().cpu_per_job()
+    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+    out.write(
+        f"CPU per job, all roles and engines (median run): {cpu * 1e6:.0f} µs  "
+        f"(target ≤ 450: {_verdict(cpu <= 450e-6)})\n"
+        f"submit→start at {rate:g} jobs/s: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+        f"(targets p50 ≤ 15 ms: {_verdict(p50 <= 0.015)}, p99 ≤ 50 ms: {_verdict(p99 <= 0.05)})\n"
+        f"pipeline jobs/min: {ours.median * 60:,.0f}\n\n"
+        f"{cpu_table(ours.middle())}\n"
+    )
+    return {**results, "cpu_per_job": cpu, "p50": p50, "p95": p95, "p99": p99}
+
+
 def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, keep: bool, out: Any,
+        threads: int = 4, rounds: int = 3, peers: Sequence[str] = ("Dramatiq", "Huey", "Celery"),
         batch_sizes: Sequence[int] = (), sweep_jobs: int = 10_000, loads: Sequence[float] = (),
         load_seconds: float = 5.0, chart_path: Path | None = None) -> dict[str, float]:  # fmt: skip
     owner_id, token = bench_token()
-    rates: dict[str, float] = {}
     sizes: dict[int, float] = {}
     by_load: dict[float, list[float]] = {}
+    chosen = [p for p in PEERS if p.name in peers]
     try:
-        for peer in PEERS:
-            out.write(f"{peer.name}: {n} no-op tasks, {concurrency} worker processes\n")
-            rates[peer.name] = peer.drain(n, concurrency)
-        out.write(f"pipeline: {n} demo.noop jobs through the bulk API\n")
-        meter = CpuMeter()
-        meter.start()
-        rates["pipeline"] = pipe_rate = pipeline(base, token, n, owner_id)
-        cpu, wall = meter.stop()
+        summaries = compare(base, token, owner_id, n=n, concurrency=concurrency, threads=threads, rounds=rounds,
+                            peers=chosen, out=out)  # fmt: skip
         out.write(f"light load: {rate:g} jobs/s for {seconds:g}s\n")
         latencies = light_load(base, token, rate, seconds, owner_id)
         for load in loads:
@@ -276,31 +502,14 @@ def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, kee
             for size in batch_sizes:
                 out.write(f"batch size {size}: bridge restarted, {sweep_jobs} jobs\n")
                 set_bridge_batch_size(size)
-                sizes[size] = pipeline(base, token, sweep_jobs, owner_id)
+                sizes[size] = pipeline(base, token, sweep_jobs, owner_id, threads).rate
         finally:
             if batch_sizes:
                 set_bridge_batch_size(None)
     finally:
         if not keep:
             delete_bench_jobs(owner_id)
-    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    out.write(f"\n{'measurement (no-op jobs, same Redis, same 2 cores)':52} {'jobs/s':>9} {'pipeline ÷ this':>16}\n")
-    for name, value in rates.items():
-        label = "pipeline (bulk submit → SUCCEEDED)" if name == "pipeline" else f"{name} (its own no-op task)"
-        out.write(f"{label:52} {value:>9,.0f} {pipe_rate / value:>16.2f}\n")
-    fastest = max((v, k) for k, v in rates.items() if k != "pipeline")
-    out.write(
-        f"\npipeline ÷ fastest peer ({fastest[1]}): {pipe_rate / fastest[0]:.2f}  "
-        f"(target ≥ 1.0: {verdict(pipe_rate >= fastest[0])})\n"
-        f"pipeline jobs/min: {pipe_rate * 60:,.0f}  (target ≥ 30,000: {verdict(pipe_rate * 60 >= 30000)})\n"
-        f"submit→start at {rate:g} jobs/s: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
-        f"(targets p50 ≤ 30 ms: {verdict(p50 <= 0.03)}, p99 ≤ 200 ms: {verdict(p99 <= 0.2)})\n\n"
-        f"{cpu_table(cpu, wall, n)}\n"
-    )
+    results = report(summaries, threads, latencies, rate, out)
     if sizes:
         out.write(f"\n{'BRIDGE_BATCH_SIZE':>18} {'jobs/s':>9}\n")
         for size, value in sizes.items():
@@ -309,7 +518,7 @@ def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, kee
         out.write(f"\n{'offered jobs/s':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}\n")
         for load, values in by_load.items():
             out.write(f"{load:>15g} " + " ".join(f"{percentile(values, q) * 1000:>8.1f}" for q in (50, 95, 99)) + "\n")
-    if chart_path is not None and sizes and by_load:
-        chart(chart_path, {k: v for k, v in rates.items() if k != "pipeline"}, sizes, by_load)
+    if chart_path is not None:
+        chart(chart_path, summaries, sizes, by_load)
         out.write(f"\nchart: {chart_path}\n")
-    return {**rates, "p50": p50, "p95": p95, "p99": p99}
+    return results

@@ -12,6 +12,7 @@ from django.conf import settings
 
 # First match wins. Engines count with their child processes (PostgreSQL's backends).
 ROLES = (
+    ("raw_dramatiq", "Dramatiq workers"), ("raw_huey", "Huey workers"), ("raw_celery", "Celery workers (raw)"),
     ("run_relay", "relay"), ("run_bridge", "bridge"), ("run_scheduler", "scheduler"), ("run_log_sink", "log-sink"),
     ("gunicorn", "web"), ("celery -A config worker", "worker"), ("flower", "flower"),
     ("chdb_http", "clickhouse (chDB)"), ("bin/postgres", "postgresql"), ("redis-server", "redis"),
@@ -75,10 +76,14 @@ class CpuMeter:
     def start(self) -> None:
         self.before, self.wall = self._sample(), time.perf_counter()
 
-    def stop(self) -> tuple[dict[str, float], float]:
-        """(role → CPU seconds, wall seconds). Processes born meanwhile count from zero."""
+    def stop(self) -> tuple[dict[str, float], float, tuple[str, float]]:
+        """(role → CPU seconds, wall seconds, (role, CPU seconds) of the busiest single
+        process). Processes born meanwhile count from zero."""
         after, wall = self._sample(), time.perf_counter() - self.wall
         by_role: dict[str, float] = {}
+        busiest = ("none", 0.0)
         for pid, (role, cpu) in after.items():
-            by_role[role] = by_role.get(role, 0.0) + cpu - self.before.get(pid, (role, 0.0))[1]
-        return by_role, wall
+            used = cpu - self.before.get(pid, (role, 0.0))[1]
+            by_role[role] = by_role.get(role, 0.0) + used
+            busiest = max(busiest, (role, used), key=lambda b: b[1])
+        return by_role, wall, busiest

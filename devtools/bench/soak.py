@@ -23,7 +23,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from devtools.bench.api import bench_token
-from devtools.bench.pipeline import PEERS
+from devtools.bench.pipeline import DRAIN, PEERS
 from devtools.bench.processes import role_processes
 from devtools.bench.stats import Out, Progress
 from jobs.models import Job, JobStatus
@@ -82,7 +82,8 @@ def submit(base: str, token: str, total: int, rate: float, out: Out) -> float:
 def run(*, base: str, jobs: int, rate: float, keep: bool, out: Out) -> dict[str, Any]:
     owner_id, token = bench_token()
     out.write("baseline: raw Celery, 20,000 no-op tasks ...\n")
-    baseline = PEERS[0].drain(20_000, 2)  # raw Celery
+    celery = next(p for p in PEERS if p.name == "Celery")
+    baseline = celery.run(DRAIN, 20_000, 2, 1).rate
     since = timezone.now()
     sampler = MemorySampler()
     sampler.start()

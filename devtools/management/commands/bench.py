@@ -21,10 +21,13 @@ class Command(BaseCommand):
         api.add_argument("--batches", type=int, default=20, help="bulk requests")
         api.add_argument("--size", type=int, default=1000, help="jobs per bulk request")
         api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
-        pipe = sub.add_parser("pipeline", help="end to end vs Celery, Dramatiq and Huey; latency; batch sizes")
+        pipe = sub.add_parser("pipeline", help="end to end and drain vs Dramatiq, Huey, Celery; latency; batch sizes")
         pipe.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         pipe.add_argument("--jobs", type=int, default=20000, help="no-op jobs for the throughput runs")
         pipe.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
+        pipe.add_argument("--threads", type=int, default=4, help="client threads that submit (ours) or enqueue (peers)")
+        pipe.add_argument("--rounds", type=int, default=3, help="interleaved runs of every system (median, spread)")
+        pipe.add_argument("--peers", default="Dramatiq,Huey,Celery", help="peers to compare with (empty: none)")
         pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
         pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
@@ -111,6 +114,9 @@ class Command(BaseCommand):
                 seconds=opts["seconds"],
                 keep=opts["keep"],
                 out=self.stdout,
+                threads=opts["threads"],
+                rounds=opts["rounds"],
+                peers=[x.strip() for x in opts["peers"].split(",") if x.strip()],
                 batch_sizes=[int(x) for x in opts["batch_sizes"].split(",") if x.strip()],
                 sweep_jobs=opts["sweep_jobs"],
                 loads=[float(x) for x in opts["loads"].split(",") if x.strip()],
