@@ -387,6 +387,9 @@ BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
 # goes out full, as soon as the bridge has caught up (so an idle system sends each job
 # alone, at once), or after the linger. Both water marks count Celery messages.
 BRIDGE_BATCH_SIZE = env.int("BRIDGE_BATCH_SIZE", default=32)
+# ... and up to this many while the queue already has messages waiting in Redis: every
+# worker's prefetch is full then, so bigger batches cost no parallelism, only per-message work.
+BRIDGE_BATCH_MAX = env.int("BRIDGE_BATCH_MAX", default=128)
 BRIDGE_BATCH_LINGER_MS = env.float("BRIDGE_BATCH_LINGER_MS", default=5.0)
 # A worker whose current job of a batch has run this long gives the batch's jobs still
 # waiting back to the queue, for idle workers: a batch of slow jobs does not sit on one.

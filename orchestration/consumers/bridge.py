@@ -46,9 +46,12 @@ def tolerant_commit(commit: Commit) -> Commit:
 class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     """Wires the chain back to front, once per partition assignment."""
 
-    def __init__(self, *, high_water: int, low_water: int, batch_size: int | None = None) -> None:
+    def __init__(
+        self, *, high_water: int, low_water: int, batch_size: int | None = None, batch_max: int | None = None
+    ) -> None:
         self.high_water, self.low_water = high_water, low_water
         self.batch_size = settings.BRIDGE_BATCH_SIZE if batch_size is None else batch_size
+        self.batch_max = settings.BRIDGE_BATCH_MAX if batch_max is None else batch_max
         self.consumer: LingeringConsumer | None = None  # set by build_processor
         self.enqueue: EnqueueToCelery | None = None  # the live step, for tests and status
 
@@ -70,6 +73,7 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
             low_water=self.low_water,
             rate_limits=settings.QUEUE_RATE_LIMITS,
             batch_size=self.batch_size,
+            batch_max=self.batch_max,
             linger=settings.BRIDGE_BATCH_LINGER_MS / 1000,
             consumer=self.consumer,
         )

@@ -32,8 +32,12 @@ def envelope(queue: str, **overrides: Any) -> dict[str, Any]:
 
 
 class RunningBridge:
-    def __init__(self, high_water: int = 1000, low_water: int = 100, batch_size: int | None = None) -> None:
-        self.factory = BridgeStrategyFactory(high_water=high_water, low_water=low_water, batch_size=batch_size)
+    def __init__(
+        self, high_water: int = 1000, low_water: int = 100, batch_size: int | None = None, batch_max: int | None = None
+    ) -> None:
+        self.factory = BridgeStrategyFactory(
+            high_water=high_water, low_water=low_water, batch_size=batch_size, batch_max=batch_max
+        )
         self.processor = build_processor(self.factory)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -130,7 +134,7 @@ def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics
 def test_a_backlog_goes_out_in_batches_and_a_lone_job_at_once(topics, queue, bridge):
     backlog = [envelope(queue) for _ in range(200)]
     produce(topics["jobs"], [orjson.dumps(e) for e in backlog], key=b"one-partition")
-    with bridge(batch_size=32):
+    with bridge(batch_size=32, batch_max=32):
         wait_for(lambda: len(celery_messages(queue)) == 200, timeout=30, message="the backlog enqueued")
         batches = celery_messages(queue, batches=True)
         assert max(len(b) for b in batches) == 32
@@ -143,6 +147,30 @@ def test_a_backlog_goes_out_in_batches_and_a_lone_job_at_once(topics, queue, bri
         wait_for(lambda: len(celery_messages(queue)) == 201, timeout=5, interval=0.001, message="the lone job")
         assert time.monotonic() - sent < 0.5  # caught up: no waiting for a batch to fill
         assert celery_messages(queue, batches=True)[0] == [lone]
+
+
+def test_batches_grow_while_messages_wait_and_shrink_when_the_queue_empties(topics, queue, bridge):
+    """No worker takes anything here, so after the first sends the queue has messages waiting:
+    every worker's prefetch would be full, and bigger batches cost nobody parallelism. The
+    bridge reads the depth every 50 ms: the backlog is long enough to outlast a few reads."""
+    backlog = [envelope(queue) for _ in range(3000)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in backlog], key=b"one-partition")
+    with bridge(batch_size=8, batch_max=64):
+        wait_for(lambda: len(celery_messages(queue)) == 3000, timeout=30, message="the backlog enqueued")
+        sizes = [len(b) for b in reversed(celery_messages(queue, batches=True))]  # oldest first
+        assert sizes[0] == 8, sizes  # the queue was empty: a small batch, for an idle worker
+        assert max(sizes) == 64, sizes
+        assert [e["job_id"] for b in reversed(celery_messages(queue, batches=True)) for e in b] == [
+            e["job_id"] for e in backlog
+        ]
+
+        broker.client().delete(*broker.list_names(queue))  # the workers took everything
+        time.sleep(0.2)  # the bridge reads the depth again (every 50 ms)
+        more = [envelope(queue) for _ in range(100)]
+        produce(topics["jobs"], [orjson.dumps(e) for e in more], key=b"one-partition")
+        wait_for(lambda: len(celery_messages(queue)) == 100, timeout=30, message="the second backlog")
+        sizes = [len(b) for b in reversed(celery_messages(queue, batches=True))]
+        assert sizes[0] <= 8, sizes  # small again while the queue was empty
 
 
 def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge, tmp_path):

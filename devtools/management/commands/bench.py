@@ -34,7 +34,7 @@ class Command(BaseCommand):
         pipe.add_argument(
             "--batch-sizes",
             default="1,4,16,32,64,128",
-            help="BRIDGE_BATCH_SIZE values to sweep (restarts make run's bridge); empty: no sweep",
+            help="fixed batch sizes to sweep (restarts make run's bridge); empty: no sweep",
         )
         pipe.add_argument("--sweep-jobs", type=int, default=10_000, help="jobs per batch size")
         pipe.add_argument("--loads", default="20,100,300,1000,2000", help="offered jobs/s for the latency curve")

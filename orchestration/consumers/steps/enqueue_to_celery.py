@@ -12,10 +12,14 @@ Rate limits (QUEUE_RATE_LIMITS): a queue limited to r jobs/s gets a token bucket
 token the message is rejected the same way, so held-back jobs wait in Kafka, in order.
 
 Batches (BRIDGE_BATCH_SIZE > 1): accepted dispatches are held briefly and sent as one Celery
-message of up to `batch_size` jobs per queue and priority (`orchestration.run_jobs`). The
-batch goes out when it is full, when the consumer found nothing more to read (caught up: at
-light load that is every message, alone), or after `linger` seconds. Offsets move on only
-for messages already sent, so a crash re-reads what was held, as before.
+message of up to `batch_size` jobs per queue and priority (`orchestration.run_jobs`), or up
+to `batch_max` while the job's queue already has messages waiting in Redis. Waiting messages
+mean every worker's prefetch is full, so a bigger batch takes parallelism from nobody; it
+only spreads the per-message cost (publish, fetch, ack, task events, one claim and one
+outcome statement) over more jobs. An empty queue gets `batch_size` batches again, spread
+over idle workers. A batch goes out when it is full, when the consumer found nothing more to
+read (caught up: at light load that is every message, alone), or after `linger` seconds.
+Offsets move on only for messages already sent, so a crash re-reads what was held, as before.
 
 Tracing: each send is a span, `bridge.batch`, and each job gets a `bridge.enqueue` span in
 its own trace (from its envelope's traceparent), linked to the batch, from when the bridge
@@ -77,11 +81,13 @@ class EnqueueToCelery(ForwardingStep):
         rate_limits: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         batch_size: int = 1,
+        batch_max: int | None = None,
         linger: float = 0.005,
         consumer: LingeringConsumer | None = None,
     ) -> None:
         self.next_step = next_step
         self.batch_size, self.linger, self.consumer = max(1, batch_size), linger, consumer
+        self.batch_max = max(self.batch_size, batch_max or 0)
         self._held: list[Message[DispatchEnvelope]] = []  # accepted, not yet sent
         self._held_since = 0.0
         self._held_since_ns = 0  # the same instant, wall clock: when the held jobs' spans start
@@ -91,6 +97,7 @@ class EnqueueToCelery(ForwardingStep):
         self.clock = clock
         self.paused: set[str] = set()
         self._depth: dict[str, tuple[float, int]] = {}  # queue → (read at, depth then + sent since)
+        self._waiting: dict[str, int] = {}  # queue → ready messages at the last read (not estimated)
         self.enqueued = 0
         self._last_error_log = -1e9
         self._last_depth_log = -1e9
@@ -115,6 +122,7 @@ class EnqueueToCelery(ForwardingStep):
                     logger.warning("bridge.depth_unknown", extra={"queue": queue, "error": str(exc)[:500]})
                 return None
             self._depth[queue] = (now, depth)
+            self._waiting[queue] = depth
             prom.CELERY_QUEUE_DEPTH.labels(queue).set(depth)
         return depth
 
@@ -151,9 +159,14 @@ class EnqueueToCelery(ForwardingStep):
         self._buckets[queue] = (tokens - 1.0, now)
         return True
 
+    def _limit(self, queue: str) -> int:
+        """Jobs to hold before sending: more while the queue has messages waiting."""
+        return self.batch_max if self._waiting.get(queue, 0) > 0 else self.batch_size
+
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         envelope = message.payload
-        if len(self._held) >= self.batch_size and not self._send_held():
+        limit = self._limit(envelope.queue)
+        if len(self._held) >= limit and not self._send_held():
             raise MessageRejected  # Redis unreachable: the held batch first, then this one
         if self._blocked(envelope.queue) or not self._take_token(envelope.queue):
             raise MessageRejected
@@ -161,7 +174,7 @@ class EnqueueToCelery(ForwardingStep):
             self._held_since = self.clock()
             self._held_since_ns = time.time_ns()
         self._held.append(message)
-        if len(self._held) >= self.batch_size:
+        if len(self._held) >= limit:
             self._send_held()
         elif self.consumer is not None:
             self.consumer.cap = self.linger
