@@ -81,21 +81,35 @@ def bulk_specs(data: Any) -> list[JobSpec] | None:
     items = data.get("jobs")
     if type(items) is not list or not items or len(items) > min(settings.JOBS_BULK_MAX, _DECLARED_BULK_MAX):
         return None
+    jobs = _convert(items, list[_Job])
+    if jobs is None:
+        return None
+    keys: set[str] = set()
     try:
-        jobs = msgspec.convert(items, list[_Job])
-        keys: set[str] = set()
         return [_spec(job, keys) for job in jobs]
-    except (msgspec.ValidationError, ValidationError, _NotSure):
+    except (ValidationError, _NotSure):
         return None
 
 
 def job_spec(data: Any) -> JobSpec | None:
     """The spec of a single submit's body, or None: let `JobInputSerializer` decide."""
-    if type(data) is not dict:
+    job = _convert(data, _Job) if type(data) is dict else None
+    if job is None:
         return None
     try:
-        return _spec(msgspec.convert(data, _Job), set())
-    except (msgspec.ValidationError, ValidationError, _NotSure):
+        return _spec(job, set())
+    except (ValidationError, _NotSure):
+        return None
+
+
+def _convert(data: Any, kind: Any) -> Any:
+    """msgspec's reading of `data` as `kind`, or None when it refuses it in any way. Not only
+    with its ValidationError: a string with a surrogate where it wanted a number raised
+    UnicodeEncodeError (while it wrote its message), and whatever else it may raise on input it
+    does not like is equally DRF's to judge."""
+    try:
+        return msgspec.convert(data, kind)
+    except Exception:  # any refusal: see above
         return None
 
 
