@@ -3,6 +3,10 @@
 Output uses a hand-written `to_representation` (a dict built directly from the row) because
 bulk responses carry 1,000 jobs and DRF's per-field machinery dominated their time. The
 declared fields still drive validation and the OpenAPI schema.
+
+Job submits (single and bulk) try `jobs.fast_input` first, for the same reason on the way in;
+`JobInputSerializer` and `BulkInputSerializer` decide whenever it is not sure, and stay the
+reference it is tested against (tests/jobs/test_fast_input.py, ranges and defaults included).
 """
 
 from __future__ import annotations
