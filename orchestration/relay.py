@@ -24,6 +24,7 @@ each dispatch is produced in its job's trace (the envelope's traceparent), so th
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -110,6 +111,8 @@ def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None) -
 
 
 def _traceparent(row: OutboxRow) -> str | None:
+    if not tracing.enabled():
+        return None
     envelope = row.envelope
     return envelope.get("traceparent") if row.topic == "jobs" and isinstance(envelope, dict) else None
 
@@ -210,9 +213,8 @@ class Relay:
                 self._ensure_topics_or_warn()  # e.g. an embedded broker restarted and lost its topics
         else:
             self.failures = 0
-        for row in rows:
-            if row.id in delivered:
-                prom.RELAYED.labels(row.topic).inc()
+        for topic, count in collections.Counter(row.topic for row in rows if row.id in delivered).items():
+            prom.RELAYED.labels(topic).inc(count)
         return len(delivered)
 
     def report_backlog(self) -> dict[str, Any]:
@@ -238,6 +240,7 @@ class Relay:
         poison: dict[int, tuple[OutboxRow, Poison]] = {}
         errors: list[str] = []
         refused: dict[int, KafkaError] = {}  # delivery reports with a permanent error
+        topics = {topic: physical_topic(topic) for topic in {row.topic for row in rows}}  # settings read once
 
         def report(row: OutboxRow) -> Callable[[KafkaError | None, Any], None]:
             def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -255,9 +258,8 @@ class Relay:
                 try:
                     with tracing.continued(_traceparent(row)):  # the producer's span joins the job's trace
                         self.producer.produce(
-                            physical_topic(row.topic), key=row.job_id.encode(), value=row.value,
-                            on_delivery=report(row),
-                        )  # fmt: skip
+                            topics[row.topic], key=row.job_id.encode(), value=row.value, on_delivery=report(row)
+                        )
                     return True
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self.producer.poll(0.05)

@@ -205,11 +205,12 @@ def _forget(r: redis.Redis, raw: Any) -> None:
 
 
 def _celery_sender(raw: Any) -> Callable[[int], None]:
-    producer = raw.app.producer_pool.acquire(block=True)  # one per thread, held for the run
-
     def send(k: int) -> None:
-        for _ in range(k):
-            raw.app.send_task("bench.noop", queue=raw.QUEUE, producer=producer)
+        # A producer from the pool for each chunk, given back after it: the pool is bounded
+        # (broker_pool_limit), and holding one per thread for good ran it dry by round 2.
+        with raw.app.producer_or_acquire() as producer:
+            for _ in range(k):
+                raw.app.send_task("bench.noop", queue=raw.QUEUE, producer=producer)
 
     return send
 
