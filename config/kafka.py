@@ -144,7 +144,7 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
         "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         # An idle fetch returns after this long at most: librdkafka's 500 ms default would add
         # up to half a second to every job's submit→start latency at light load.
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": settings.KAFKA_FETCH_WAIT_MAX_MS,
         **overrides,
     }
 

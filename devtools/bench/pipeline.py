@@ -315,8 +315,14 @@ def offered_load(base: str, token: str, rate: float, seconds: float, owner_id: i
 
 def set_bridge_batch_size(size: int | None) -> None:
     """Restart `make run`'s bridge with fixed batches of `size` (BRIDGE_BATCH_SIZE and
-    BRIDGE_BATCH_MAX; None: as configured), through
-    circus' control socket, and wait until it holds its partitions again."""
+    BRIDGE_BATCH_MAX; None: as configured)."""
+    value = None if size is None else str(size)
+    restart_bridge({"BRIDGE_BATCH_SIZE": value, "BRIDGE_BATCH_MAX": value})
+
+
+def restart_bridge(overrides: dict[str, str | None]) -> None:
+    """Restart `make run`'s bridge with these environment variables (None: as configured),
+    through circus' control socket, and wait until it holds its partitions again."""
     from circus.client import CircusClient
 
     from devtools import engines
@@ -324,9 +330,8 @@ def set_bridge_batch_size(size: int | None) -> None:
 
     client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=30)
     env = client.call({"command": "get", "properties": {"name": "bridge", "keys": ["env"]}})["options"]["env"]
-    env = {k: v for k, v in env.items() if k not in ("BRIDGE_BATCH_SIZE", "BRIDGE_BATCH_MAX")}
-    if size is not None:
-        env["BRIDGE_BATCH_SIZE"] = env["BRIDGE_BATCH_MAX"] = str(size)
+    env = {k: v for k, v in env.items() if k not in overrides}
+    env.update({k: v for k, v in overrides.items() if v is not None})
     old = {r["pid"] for r in heartbeat.roles() if r["role"] == "bridge"}
     # Stop, set, start: setting the env of a running watcher reloads it, which may start the
     # new bridge before the old one left, and a member leaving mid-join wedges the embedded

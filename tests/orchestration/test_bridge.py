@@ -358,3 +358,24 @@ def test_a_message_at_the_size_limit_goes_to_the_dlq_shortened(topics, queue, br
     assert "JSONDecodeError" in headers["reason"].decode()
     assert int(headers["original_size"]) == len(huge)
     assert dead.value() == huge[: len(dead.value())]
+
+
+def test_a_job_after_a_quiet_spell_goes_without_the_linger(topics, queue, settings, bridge):
+    """At light load each job arrives after a quiet spell longer than the linger, with its
+    queue empty: it must not wait out the linger (a fuller batch is worth waiting for only
+    while every worker is busy). A long linger makes the difference plain: before, each lone
+    job waited all of it."""
+    settings.BRIDGE_BATCH_LINGER_MS = 500
+    taken = lambda: broker.client().delete(*broker.list_names(queue))  # noqa: E731 (a worker took them)
+    with bridge(batch_size=32):
+        produce(topics["jobs"], [orjson.dumps(envelope(queue))])
+        wait_for(lambda: len(celery_messages(queue)) == 1, timeout=30, message="the first job")
+        waits = []
+        for _ in range(5):
+            taken()
+            time.sleep(0.6)  # quiet: nothing arrives for longer than the linger
+            produce(topics["jobs"], [orjson.dumps(envelope(queue))])
+            sent = time.monotonic()
+            wait_for(lambda: len(celery_messages(queue)) == 1, timeout=5, interval=0.001, message="a lone job")
+            waits.append(time.monotonic() - sent)
+        assert sorted(waits)[len(waits) // 2] < 0.2, waits

@@ -18,8 +18,11 @@ mean every worker's prefetch is full, so a bigger batch takes parallelism from n
 only spreads the per-message cost (publish, fetch, ack, task events, one claim and one
 outcome statement) over more jobs. An empty queue gets `batch_size` batches again, spread
 over idle workers. A batch goes out when it is full, when the consumer found nothing more to
-read (caught up: at light load that is every message, alone), or after `linger` seconds.
-Offsets move on only for messages already sent, so a crash re-reads what was held, as before.
+read within `linger`, or after `linger` seconds in all. A job that arrives after a quiet
+spell, while its queue is empty, waits for nothing that is not already fetched: at light
+load every job goes alone, at once (waiting out the linger for each was a third of the
+submit→start latency). Offsets move on only for messages already sent, so a crash re-reads
+what was held, as before.
 
 Tracing: each send is a span, `bridge.batch`, and each job gets a `bridge.enqueue` span in
 its own trace (from its envelope's traceparent), linked to the batch, from when the bridge
@@ -55,17 +58,23 @@ ERROR_LOG_SECONDS = 10.0  # at most one warning per kind of Redis failure this o
 
 class LingeringConsumer(KafkaConsumer):
     """arroyo's Kafka consumer, but while the bridge holds a partial batch a poll waits at
-    most `cap` seconds (arroyo waits up to one second), and `idle` says whether the last poll
-    found nothing, i.e. the bridge has caught up and should not wait for more."""
+    most `cap` seconds (arroyo waits up to one second), `idle` says whether the last poll
+    found nothing, i.e. the bridge has caught up and should not wait for more, and `gap` how
+    long the stream was quiet before the last message (seconds since the one before)."""
 
     cap: float | None = None
     idle = False
+    gap = 0.0
+    _last_at = float("-inf")
 
     def poll(self, timeout: float | None = None) -> BrokerValue[KafkaPayload] | None:
         if self.cap is not None and (timeout is None or timeout > self.cap):
             timeout = self.cap
         message = super().poll(timeout)
         self.idle = message is None
+        if message is not None:
+            now = time.monotonic()
+            self.gap, self._last_at = now - self._last_at, now
         return message
 
 
@@ -159,13 +168,14 @@ class EnqueueToCelery(ForwardingStep):
         self._buckets[queue] = (tokens - 1.0, now)
         return True
 
-    def _limit(self, queue: str) -> int:
-        """Jobs to hold before sending: more while the queue has messages waiting."""
-        return self.batch_max if self._waiting.get(queue, 0) > 0 else self.batch_size
+    def _backlogged(self, queue: str) -> bool:
+        """Whether the queue had messages waiting at the last read: every worker is busy."""
+        return self._waiting.get(queue, 0) > 0
 
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         envelope = message.payload
-        limit = self._limit(envelope.queue)
+        backlogged = self._backlogged(envelope.queue)
+        limit = self.batch_max if backlogged else self.batch_size
         if len(self._held) >= limit and not self._send_held():
             raise MessageRejected  # Redis unreachable: the held batch first, then this one
         if self._blocked(envelope.queue) or not self._take_token(envelope.queue):
@@ -177,7 +187,11 @@ class EnqueueToCelery(ForwardingStep):
         if len(self._held) >= limit:
             self._send_held()
         elif self.consumer is not None:
-            self.consumer.cap = self.linger
+            # The first job after a quiet spell, with a worker possibly idle: it goes as soon
+            # as nothing more is ready, without the linger (at light load, every job). Else
+            # wait up to the linger for a fuller batch.
+            quiet = self.consumer.gap >= self.linger and len(self._held) == 1 and not backlogged
+            self.consumer.cap = 0.0 if quiet else self.linger
 
     def poll(self) -> None:
         if self._held and (
