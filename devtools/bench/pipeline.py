@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import psutil
 import redis
 import requests
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from config import broker
@@ -276,7 +277,7 @@ def pipeline(base: str, token: str, n: int, owner_id: int, threads: int = 1) -> 
         if failed:
             raise SystemExit(f"{failed} benchmark job(s) failed; see the worker log")
         time.sleep(0.5)
-    last = max(mine.values_list("finished_at", flat=True))
+    last: datetime = mine.aggregate(last=Max("finished_at"))["last"]  # every one SUCCEEDED: never None
     elapsed = (last - since).total_seconds()
     return meter.stop(PIPELINE, E2E, n, elapsed)
 
