@@ -111,8 +111,6 @@ def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None) -
 
 
 def _traceparent(row: OutboxRow) -> str | None:
-    if not tracing.enabled():
-        return None
     envelope = row.envelope
     return envelope.get("traceparent") if row.topic == "jobs" and isinstance(envelope, dict) else None
 

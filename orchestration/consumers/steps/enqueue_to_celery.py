@@ -105,8 +105,7 @@ class EnqueueToCelery(ForwardingStep):
         self.depth_ttl = depth_ttl
         self.clock = clock
         self.paused: set[str] = set()
-        self._depth: dict[str, tuple[float, int]] = {}  # queue → (read at, depth then + sent since)
-        self._waiting: dict[str, int] = {}  # queue → ready messages at the last read (not estimated)
+        self._depth: dict[str, tuple[float, int, int]] = {}  # queue → (read at, ready then, sent since)
         self.enqueued = 0
         self._last_error_log = -1e9
         self._last_depth_log = -1e9
@@ -118,22 +117,21 @@ class EnqueueToCelery(ForwardingStep):
     def _depth_of(self, queue: str) -> int | None:
         """Ready messages in the queue; None while Redis cannot say."""
         now = self.clock()
-        read_at, depth = self._depth.get(queue, (-1e9, 0))
+        read_at, ready, sent = self._depth.get(queue, (-1e9, 0, 0))
         if now - read_at >= self.depth_ttl:
             if now < self._depth_retry_at:
                 return None
             try:
-                depth = broker.depths([queue])[queue]
+                ready, sent = broker.depths([queue])[queue], 0
             except RedisError as exc:
                 self._depth_retry_at = now + DEPTH_RETRY_SECONDS
                 if now - self._last_depth_log >= ERROR_LOG_SECONDS:
                     self._last_depth_log = now
                     logger.warning("bridge.depth_unknown", extra={"queue": queue, "error": str(exc)[:500]})
                 return None
-            self._depth[queue] = (now, depth)
-            self._waiting[queue] = depth
-            prom.CELERY_QUEUE_DEPTH.labels(queue).set(depth)
-        return depth
+            self._depth[queue] = (now, ready, 0)
+            prom.CELERY_QUEUE_DEPTH.labels(queue).set(ready)
+        return ready + sent
 
     def _blocked(self, queue: str) -> bool:
         depth = self._depth_of(queue)
@@ -169,8 +167,9 @@ class EnqueueToCelery(ForwardingStep):
         return True
 
     def _backlogged(self, queue: str) -> bool:
-        """Whether the queue had messages waiting at the last read: every worker is busy."""
-        return self._waiting.get(queue, 0) > 0
+        """Whether the queue had messages waiting at the last read (not counting what was
+        sent since, which idle workers may have taken already): every worker is busy."""
+        return self._depth.get(queue, (0.0, 0, 0))[1] > 0
 
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         envelope = message.payload
@@ -251,8 +250,8 @@ class EnqueueToCelery(ForwardingStep):
 
     def _send(self, queue: str, priority: int, envelopes: list[DispatchEnvelope]) -> None:
         celery_queues.publish(self.app, queue, priority, envelopes)
-        read_at, depth = self._depth.get(queue, (self.clock(), 0))
-        self._depth[queue] = (read_at, depth + 1)  # the depth is counted in Celery messages
+        read_at, ready, sent = self._depth.get(queue, (self.clock(), 0, 0))
+        self._depth[queue] = (read_at, ready, sent + 1)  # the depth is counted in Celery messages
         self.enqueued += len(envelopes)
         prom.BRIDGE_ENQUEUED.labels(queue).inc(len(envelopes))
         if len(envelopes) > 1:
