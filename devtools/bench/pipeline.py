@@ -65,9 +65,8 @@ class Run:
     busiest: tuple[str, float]  # (role of the busiest single process, its CPU seconds)
     machine_busy: float  # cores busy on the whole machine (steal counts as busy)
 
-    def cpu_per_job(self, roles: Sequence[str] | None = None) -> float:
-        used = self.cpu.values() if roles is None else (self.cpu.get(r, 0.0) for r in roles)
-        return sum(used) / self.jobs
+    def cpu_per_job(self) -> float:
+        return sum(self.cpu.values()) / self.jobs
 
     def ran_out_of(self) -> str:
         cores = os.cpu_count() or 1
@@ -460,15 +459,12 @@ def report(summaries: list[Summary], threads: int, latencies: list[float], rate:
         f"\n{'system':10} {'how':46} {'median jobs/s':>13} {'spread':>13} {'pipeline ÷':>10} "
         f"{'µs CPU/job':>10}  ran out of (median run)\n"
     )
-    how = {
-        (PIPELINE, E2E): f"bulk submit from {threads} threads → SUCCEEDED",
-        E2E: f"workers running, {threads} threads enqueue",
-        DRAIN: "drain only (all queued before workers start)",
-    }
+    ours_how = f"bulk submit from {threads} threads → SUCCEEDED"
+    how = {E2E: f"workers running, {threads} threads enqueue", DRAIN: "drain only (all queued before workers start)"}
     for s in summaries:
         middle = s.middle()
         out.write(
-            f"{s.system:10} {how.get((s.system, s.mode)) or how[s.mode]:46} {s.median:>13,.0f} {s.spread:>13} "
+            f"{s.system:10} {ours_how if s is ours else how[s.mode]:46} {s.median:>13,.0f} {s.spread:>13} "
             f"{ours.median / s.median:>10.2f} {middle.cpu_per_job() * 1e6:>10.0f}  {middle.ran_out_of()}\n"
         )
     contenders = [s for s in summaries if s.system in ("Dramatiq", "Huey")] or [s for s in summaries if s is not ours]

@@ -366,7 +366,10 @@ def test_a_job_after_a_quiet_spell_goes_without_the_linger(topics, queue, settin
     while every worker is busy). A long linger makes the difference plain: before, each lone
     job waited all of it."""
     settings.BRIDGE_BATCH_LINGER_MS = 500
-    taken = lambda: broker.client().delete(*broker.list_names(queue))  # noqa: E731 (a worker took them)
+
+    def taken() -> None:  # a worker took them
+        broker.client().delete(*broker.list_names(queue))
+
     with bridge(batch_size=32):
         produce(topics["jobs"], [orjson.dumps(envelope(queue))])
         wait_for(lambda: len(celery_messages(queue)) == 1, timeout=30, message="the first job")
