@@ -65,13 +65,24 @@ def current_status(job_id: uuid.UUID | str) -> str | None:
     return Job.objects.filter(id=job_id).values_list("status", flat=True).first()
 
 
+# Rows are locked in id order first, as the claim does: a worker can claim a job before the
+# relay's transaction gets here (the bridge is that quick), and an update locking rows in
+# join order would then wait on the claim while the claim waits on it (a deadlock, seen
+# under load: the batch failed and waited a minute for the stale-dispatch scan).
 _MARK_QUEUED_MANY_SQL = """
+WITH relayed AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(partitions)s::int[], %(offsets)s::bigint[])
+           AS u(id, token, partition, position)
+), locked AS (
+    SELECT j.id FROM jobs_job j JOIN relayed r ON j.id = r.id
+     WHERE j.status = 'PENDING' AND j.dispatch_token = r.token
+     ORDER BY j.id FOR UPDATE OF j
+)
 UPDATE jobs_job AS j
    SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
-       dispatch_partition = u.partition, dispatch_offset = u.position
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(partitions)s::int[], %(offsets)s::bigint[])
-       AS u(id, token, partition, position)
- WHERE j.id = u.id AND j.status = 'PENDING' AND j.dispatch_token = u.token
+       dispatch_partition = r.partition, dispatch_offset = r.position
+  FROM relayed r
+ WHERE j.id IN (SELECT id FROM locked) AND j.id = r.id AND j.status = 'PENDING' AND j.dispatch_token = r.token
 """
 
 

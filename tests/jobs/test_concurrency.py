@@ -197,3 +197,77 @@ def test_workflow_cancel_while_the_relay_holds_a_task_outbox_row(user, topics): 
     assert (relay_error, cancel_error) == (None, None)
     job.refresh_from_db()
     assert job.status == "CANCELLED"
+
+
+def test_a_claim_racing_the_relays_bookkeeping_does_not_deadlock(user):
+    """The bridge is quick: a worker can claim jobs while the relay's transaction is still
+    marking them QUEUED. Both lock rows in id order, whatever order their batches list them
+    in, so they queue instead of deadlocking. Here a third session holds the first row, the
+    claim queues for it first, then the relay (its batch in the other order) queues too:
+    locking in batch order, the relay would hold the second row the claim needs next."""
+    import time
+
+    # The relay's batch lists `second` first, and it is the newest (the old statement's plan
+    # walked the PENDING rows newest first): either way the relay would lock it first.
+    first = submit_job(user)
+    second = submit_job(user)
+    while str(second.id) < str(first.id):
+        second = submit_job(user)
+    outcome: dict[str, Any] = {}
+
+    def in_thread(name: str, fn: Callable[[], Any]) -> threading.Thread:
+        def run() -> None:
+            try:
+                outcome[name] = fn()
+            except Exception as exc:
+                outcome[name] = exc
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def lock_waiters() -> int:
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            return cur.fetchone()[0]
+
+    def wait_for_waiters(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while lock_waiters() < n:
+            assert time.monotonic() < deadline, f"expected {n} sessions waiting on a lock"
+            time.sleep(0.02)
+
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold_first_row() -> None:
+        with transaction.atomic():
+            Job.objects.select_for_update().filter(id=first.id).first()
+            holder_ready.set()
+            release.wait(20)
+
+    holder = in_thread("holder", hold_first_row)
+    assert holder_ready.wait(10)
+    claim = in_thread(
+        "claim",
+        lambda: transitions.mark_running_many(
+            [(str(j.id), str(j.dispatch_token)) for j in (first, second)], worker="w", lease_seconds=30
+        ),
+    )
+    wait_for_waiters(1)
+    relay = in_thread(
+        "relay",
+        lambda: transitions.mark_queued_many(
+            [transitions.Relayed(str(j.id), str(j.dispatch_token), 0, n) for n, j in enumerate((second, first))]
+        ),
+    )
+    wait_for_waiters(2)
+    release.set()
+    for thread in (holder, claim, relay):
+        thread.join(30)
+    assert not isinstance(outcome["claim"], Exception), outcome["claim"]
+    assert not isinstance(outcome["relay"], Exception), outcome["relay"]
+    assert {c.job_id for c in outcome["claim"]} == {first.id, second.id}
+    assert outcome["relay"] == 0  # the claim went first: nothing left PENDING to mark
+    assert set(Job.objects.filter(id__in=[first.id, second.id]).values_list("status", flat=True)) == {"RUNNING"}
