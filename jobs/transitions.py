@@ -72,10 +72,13 @@ def current_status(job_id: uuid.UUID | str) -> str | None:
 # to scan every row of that status once per batch, or once per job of the batch: 437 ms
 # for 128 jobs against 20,000 pending, 4 ms by id (tests/jobs/test_plans.py).
 
-# Rows are locked in id order first, as the claim does: a worker can claim a job before the
-# relay's transaction gets here (the bridge is that quick), and an update locking rows in
-# join order would then wait on the claim while the claim waits on it (a deadlock, seen
-# under load: the batch failed and waited a minute for the stale-dispatch scan).
+# Workers claim jobs while the relay is still here (the bridge is that quick): under load
+# about one row in six of a relayed batch is already claimed or being claimed. Waiting for
+# those claims made the relay hold the rest of its batch locked, and the claims queued
+# behind it (220 ms a statement, workers idle). So the relay's first pass skips rows
+# someone holds, and a second pass, after its commit, waits for them (`skip_locked` off).
+# Rows are locked in id order, as the claim does: two passes that waited in join order
+# deadlocked with claims.
 _MARK_QUEUED_MANY_SQL = """
 WITH relayed AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(partitions)s::int[], %(offsets)s::bigint[])
@@ -83,7 +86,7 @@ WITH relayed AS (
 ), locked AS (
     SELECT j.id FROM jobs_job j JOIN relayed r ON j.id = r.id
      WHERE (j.status = 'PENDING') IS TRUE AND j.dispatch_token = r.token
-     ORDER BY j.id FOR UPDATE OF j
+     ORDER BY j.id FOR UPDATE OF j{skip}
 )
 UPDATE jobs_job AS j
    SET status = 'QUEUED', queued_at = %(now)s, updated_at = %(now)s,
@@ -91,6 +94,7 @@ UPDATE jobs_job AS j
   FROM relayed r
  WHERE j.id IN (SELECT id FROM locked) AND j.id = r.id AND (j.status = 'PENDING') IS TRUE
    AND j.dispatch_token = r.token
+RETURNING j.id
 """
 
 
@@ -104,17 +108,19 @@ class Relayed:
     offset: int
 
 
-def mark_queued_many(dispatches: list[Relayed]) -> int:
+def mark_queued_many(dispatches: list[Relayed], *, skip_locked: bool = False) -> set[str]:
     """PENDING → QUEUED for a relayed batch, in one statement, remembering where each message
     landed (the scheduler compares that with the bridge's progress to spot lost messages).
 
     A job whose token changed meanwhile (cancelled, re-dispatched) or that a worker already
-    claimed is left alone. Returns how many rows moved."""
+    claimed is left alone, and with `skip_locked` so is one another transaction holds (a
+    claim in flight): the caller passes those again once it committed. Returns the ids of
+    the jobs that moved."""
     if not dispatches:
-        return 0
+        return set()
     with connection.cursor() as cur:
         cur.execute(
-            _MARK_QUEUED_MANY_SQL,
+            _MARK_QUEUED_MANY_SQL.format(skip=" SKIP LOCKED" if skip_locked else ""),
             {
                 "now": timezone.now(),
                 "ids": pg_array(d.job_id for d in dispatches),
@@ -123,7 +129,7 @@ def mark_queued_many(dispatches: list[Relayed]) -> int:
                 "offsets": pg_array(d.offset for d in dispatches),
             },
         )
-        return cur.rowcount
+        return {str(row[0]) for row in cur.fetchall()}
 
 
 def mark_running(

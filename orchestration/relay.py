@@ -135,6 +135,12 @@ def shortened_dead_letter(row: OutboxRow) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _delete_outbox(row_ids: list[int]) -> None:
+    if row_ids:
+        with connection.cursor() as cur:
+            cur.execute("DELETE FROM jobs_outbox WHERE id = ANY(%s::bigint[])", [transitions.pg_array(row_ids)])
+
+
 class Relay:
     def __init__(self, producer: Producer | None = None, *, batch_size: int | None = None) -> None:
         self.producer = producer or Producer(kafka.producer_config())
@@ -188,19 +194,23 @@ class Relay:
                 rows.append(row)
             delivered, refused, errors = self._produce(rows)
             poison.update(refused)
-            transitions.mark_queued_many(
-                [
-                    transitions.Relayed(r.job_id, r.token or "", *delivered[r.id])
-                    for r in rows
-                    if r.id in delivered and r.topic == "jobs"
-                ]
-            )
-            if delivered:
-                with connection.cursor() as cur:
-                    ids = transitions.pg_array(delivered)
-                    cur.execute("DELETE FROM jobs_outbox WHERE id = ANY(%s::bigint[])", [ids])
+            dispatched = {
+                r.id: transitions.Relayed(r.job_id, r.token or "", *delivered[r.id])
+                for r in rows
+                if r.id in delivered and r.topic == "jobs"
+            }
+            # Rows a claim holds are skipped here, not waited for (see _MARK_QUEUED_MANY_SQL);
+            # their outbox rows stay until the second pass, so a crash in between sends them
+            # again rather than leaving a job no scan would find.
+            queued = transitions.mark_queued_many(list(dispatched.values()), skip_locked=True)
+            later = {row_id: d for row_id, d in dispatched.items() if d.job_id not in queued}
+            _delete_outbox([row_id for row_id in delivered if row_id not in later])
             for row, why in poison.values():
                 self._set_aside(row, why)
+        if later:
+            with transaction.atomic():  # the claims have committed or rolled back by now
+                transitions.mark_queued_many(list(later.values()))
+                _delete_outbox(list(later))
         if errors:
             self.failures += 1
             logger.warning(

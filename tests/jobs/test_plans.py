@@ -70,7 +70,7 @@ def _rows_read_by_batch() -> dict[str, int]:
     now = timezone.now()
     return {
         "relay": _read(
-            transitions._MARK_QUEUED_MANY_SQL,
+            transitions._MARK_QUEUED_MANY_SQL.format(skip=" SKIP LOCKED"),
             {"now": now, "ids": ids, "tokens": tokens, "partitions": attempts, "offsets": attempts},
         ),
         "claim": _read(

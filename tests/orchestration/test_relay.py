@@ -57,6 +57,57 @@ def test_a_cancelled_job_is_not_marked_queued(user, topics):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("claim_ends", ["commit", "rollback"])
+def test_a_job_being_claimed_does_not_hold_up_the_relays_batch(user, topics, claim_ends):
+    """Under load workers claim jobs while the relay is still marking them QUEUED. The relay
+    skips a row a claim holds, commits the rest at once, and then waits for that claim: if it
+    committed the job is RUNNING, if it rolled back the job is marked QUEUED all the same (or
+    no scan would ever find it), and either way its outbox row goes only then."""
+    from django.db import connection, transaction
+
+    jobs = submit(user, 3)
+    held, release = threading.Event(), threading.Event()
+
+    def claim_in_flight() -> None:
+        try:
+            with transaction.atomic():
+                Job.objects.filter(id=jobs[1].id).update(status=JobStatus.RUNNING, attempts=1, attempt_seq=1)
+                held.set()
+                release.wait(20)
+                if claim_ends == "rollback":
+                    transaction.set_rollback(True)
+        finally:
+            connection.close()
+
+    claimer = threading.Thread(target=claim_in_flight)
+    claimer.start()
+    assert held.wait(10)
+    relay = threading.Thread(target=lambda: (Relay().run_once(), connection.close()))
+    relay.start()
+    wait_for(
+        lambda: (
+            set(Job.objects.filter(id__in=[jobs[0].id, jobs[2].id]).values_list("status", flat=True))
+            == {JobStatus.QUEUED}
+        ),
+        message="the rest of the batch committed QUEUED while the claim is still open",
+    )
+    assert relay.is_alive()  # its second pass waits for the claim
+    assert list(Outbox.objects.values_list("job_id", flat=True)) == [jobs[1].id]
+    release.set()
+    claimer.join(10)
+    relay.join(10)
+    assert not relay.is_alive()
+    job = Job.objects.get(id=jobs[1].id)
+    if claim_ends == "commit":
+        assert job.status == JobStatus.RUNNING
+    else:
+        assert job.status == JobStatus.QUEUED
+        assert job.dispatch_offset is not None
+    assert not Outbox.objects.exists()
+    assert len(consume_all(topics["jobs"], 3)) == 3
+
+
+@pytest.mark.django_db(transaction=True)
 def test_wakes_on_notify_within_milliseconds(user, topics, settings):
     settings.RELAY_POLL_SECONDS = 30  # the fallback poll cannot be what wakes it
     relay = Relay()

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+
+
+def _positive(cast: type[int] | type[float]) -> Any:
+    """An argparse type: a number above zero (a rate of 0 or no rounds measures nothing)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT, AMOUNT = _positive(int), _positive(float)
 
 
 class Command(BaseCommand):
@@ -17,48 +37,50 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="which", required=True)
         api = sub.add_parser("api", help="single and bulk submits over HTTP vs raw psycopg inserts")
         api.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-        api.add_argument("--singles", type=int, default=1000, help="single submits, one at a time")
-        api.add_argument("--batches", type=int, default=20, help="bulk requests")
-        api.add_argument("--size", type=int, default=1000, help="jobs per bulk request")
+        api.add_argument("--singles", type=COUNT, default=1000, help="single submits, one at a time")
+        api.add_argument("--batches", type=COUNT, default=20, help="bulk requests")
+        api.add_argument("--size", type=COUNT, default=1000, help="jobs per bulk request")
         api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
         pipe = sub.add_parser("pipeline", help="end to end and drain vs Dramatiq, Huey, Celery; latency; batch sizes")
         pipe.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-        pipe.add_argument("--jobs", type=int, default=20000, help="no-op jobs for the throughput runs")
-        pipe.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
-        pipe.add_argument("--threads", type=int, default=4, help="client threads that submit (ours) or enqueue (peers)")
-        pipe.add_argument("--rounds", type=int, default=3, help="interleaved runs of every system (median, spread)")
+        pipe.add_argument("--jobs", type=COUNT, default=20000, help="no-op jobs for the throughput runs")
+        pipe.add_argument("--concurrency", type=COUNT, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
+        pipe.add_argument(
+            "--threads", type=COUNT, default=4, help="client threads that submit (ours) or enqueue (peers)"
+        )
+        pipe.add_argument("--rounds", type=COUNT, default=3, help="interleaved runs of every system (median, spread)")
         pipe.add_argument("--peers", default="Dramatiq,Huey,Celery", help="peers to compare with (empty: none)")
-        pipe.add_argument("--rate", type=float, default=20.0, help="jobs/s for the latency run")
-        pipe.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
+        pipe.add_argument("--rate", type=AMOUNT, default=20.0, help="jobs/s for the latency run")
+        pipe.add_argument("--seconds", type=AMOUNT, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
         pipe.add_argument(
             "--batch-sizes",
             default="1,4,16,32,64,128",
             help="fixed batch sizes to sweep (restarts make run's bridge); empty: no sweep",
         )
-        pipe.add_argument("--sweep-jobs", type=int, default=10_000, help="jobs per batch size")
+        pipe.add_argument("--sweep-jobs", type=COUNT, default=10_000, help="jobs per batch size")
         pipe.add_argument("--loads", default="20,100,300,1000,2000", help="offered jobs/s for the latency curve")
-        pipe.add_argument("--load-seconds", type=float, default=5.0, help="length of each offered-load run")
+        pipe.add_argument("--load-seconds", type=AMOUNT, default=5.0, help="length of each offered-load run")
         pipe.add_argument("--chart", default="docs/pipeline-batching.png", help="PNG of both curves (empty: none)")
         flows = sub.add_parser("workflows", help="per-task cost of workflows vs plain jobs (wide and chain)")
         flows.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-        flows.add_argument("--wide", type=int, default=1000, help="independent tasks")
-        flows.add_argument("--chain", type=int, default=200, help="tasks in the chain")
+        flows.add_argument("--wide", type=COUNT, default=1000, help="independent tasks")
+        flows.add_argument("--chain", type=COUNT, default=200, help="tasks in the chain")
         flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         dash = sub.add_parser("dashboard", help="server time of every dashboard page with a large jobs table")
-        dash.add_argument("--jobs", type=int, default=100_000, help="jobs to seed")
-        dash.add_argument("--repeat", type=int, default=30, help="requests per page")
+        dash.add_argument("--jobs", type=COUNT, default=100_000, help="jobs to seed")
+        dash.add_argument("--repeat", type=COUNT, default=30, help="requests per page")
         dash.add_argument("--keep", action="store_true", help="keep the seeded jobs (default: delete them)")
         soak = sub.add_parser("soak", help="a long steady run: memory of every role, rate vs raw Celery")
         soak.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-        soak.add_argument("--jobs", type=int, default=200_000)
-        soak.add_argument("--rate", type=float, default=200.0, help="jobs/s offered")
+        soak.add_argument("--jobs", type=COUNT, default=200_000)
+        soak.add_argument("--rate", type=AMOUNT, default=200.0, help="jobs/s offered")
         soak.add_argument("--keep", action="store_true")
         logs = sub.add_parser("logs", help="log handler cost, sink ingest rate and query latency, with baselines")
-        logs.add_argument("--records", type=int, default=200_000, help="records for the handler cost")
-        logs.add_argument("--sink-records", type=int, default=500_000, help="records for the sink ingest rate")
-        logs.add_argument("--rows", type=int, default=10_000_000, help="rows of the generated table for queries")
-        logs.add_argument("--lookups", type=int, default=200, help="lookups by job id")
+        logs.add_argument("--records", type=COUNT, default=200_000, help="records for the handler cost")
+        logs.add_argument("--sink-records", type=COUNT, default=500_000, help="records for the sink ingest rate")
+        logs.add_argument("--rows", type=COUNT, default=10_000_000, help="rows of the generated table for queries")
+        logs.add_argument("--lookups", type=COUNT, default=200, help="lookups by job id")
         logs.add_argument("--only", nargs="*", choices=["handler", "sink", "query"], help="run only these parts")
 
     def handle(self, *args: Any, **opts: Any) -> None:
