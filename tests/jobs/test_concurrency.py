@@ -6,6 +6,7 @@ index and the conditional UPDATE do the deciding, not test-local state.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -135,30 +136,33 @@ def _waiting_for_a_lock(query_part: str) -> bool:
         return cur.fetchone()[0] > 0
 
 
+def _in_thread(outcome: dict[str, Any], name: str, fn: Callable[[], Any]) -> threading.Thread:
+    """Run fn on a thread of its own (its own connection); outcome[name] gets what it
+    returned or raised."""
+
+    def run() -> None:
+        try:
+            outcome[name] = fn()
+        except Exception as exc:
+            outcome[name] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def _interleave_with_relay(act: Callable[[], Any], waits_on: str) -> tuple[Any, Any]:
     """Run the relay's transaction up to its produce, then `act` on another connection, and
     let the relay go on once `act` finished or blocks on a lock. Returns what each raised."""
     import time
 
     paused = _PausedRelay()
-    outcome: dict[str, Any] = {"relay": None, "act": None}
-
-    def in_thread(name: str, fn: Callable[[], Any]) -> threading.Thread:
-        def run() -> None:
-            try:
-                fn()
-            except Exception as exc:
-                outcome[name] = exc
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        return thread
-
-    relay = in_thread("relay", paused.relay.run_once)
+    outcome: dict[str, Any] = {}
+    relay = _in_thread(outcome, "relay", paused.relay.run_once)
     assert paused.produced.wait(20), "the relay did not produce"
-    actor = in_thread("act", act)
+    actor = _in_thread(outcome, "act", act)
     deadline = time.monotonic() + 10
     while actor.is_alive() and not _waiting_for_a_lock(waits_on) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -167,7 +171,11 @@ def _interleave_with_relay(act: Callable[[], Any], waits_on: str) -> tuple[Any, 
     actor.join(30)
     assert not relay.is_alive()
     assert not actor.is_alive()
-    return outcome["relay"], outcome["act"]
+    relay_raised, act_raised = (outcome.get(name) for name in ("relay", "act"))
+    return (
+        relay_raised if isinstance(relay_raised, Exception) else None,
+        act_raised if isinstance(act_raised, Exception) else None,
+    )
 
 
 def test_cancel_while_the_relay_holds_the_outbox_row_does_not_deadlock(user, topics):  # noqa: F811
@@ -214,19 +222,7 @@ def test_a_claim_racing_the_relays_bookkeeping_does_not_deadlock(user):
     while str(second.id) < str(first.id):
         second = submit_job(user)
     outcome: dict[str, Any] = {}
-
-    def in_thread(name: str, fn: Callable[[], Any]) -> threading.Thread:
-        def run() -> None:
-            try:
-                outcome[name] = fn()
-            except Exception as exc:
-                outcome[name] = exc
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        return thread
+    in_thread = functools.partial(_in_thread, outcome)
 
     def lock_waiters() -> int:
         with connection.cursor() as cur:
