@@ -69,8 +69,8 @@ def current_status(job_id: uuid.UUID | str) -> str | None:
 # `(status = ...) IS TRUE`: the same test, but not one an index can answer, so PostgreSQL
 # always goes by the primary key. Written plainly, stale statistics (a burst of PENDING
 # rows after a quiet spell that left them looking rare, or a freshly emptied table) led it
-# to scan every row of that status once per batch, or once per job of the batch: 437 ms
-# for 128 jobs against 20,000 pending, 4 ms by id (tests/jobs/test_plans.py).
+# to scan every row of that status once per batch, or once per job of the batch: 598 ms
+# for 128 jobs against 20,000 pending, 6 ms by id (tests/jobs/test_plans.py).
 
 # Workers claim jobs while the relay is still here (the bridge is that quick): under load
 # about one row in six of a relayed batch is already claimed or being claimed. Waiting for

@@ -208,7 +208,7 @@ class Relay:
             for row, why in poison.values():
                 self._set_aside(row, why)
         if later:
-            with transaction.atomic():  # the claims have committed or rolled back by now
+            with transaction.atomic():  # waits for the claims still in flight (they lock in id order too)
                 transitions.mark_queued_many(list(later.values()))
                 _delete_outbox(list(later))
         if errors:
