@@ -1,5 +1,6 @@
 """What the dashboard shows, read with a few cheap queries (the pages must stay fast with
-hundreds of thousands of jobs: everything here reads the last hour, live rows or Redis)."""
+millions of jobs: counts and the last hour come from the tallies, the rest from live rows,
+indexes or Redis)."""
 
 from __future__ import annotations
 
@@ -12,43 +13,25 @@ from django.utils import timezone
 
 from config import broker, rest
 from jobs.models import Job, JobStatus
-from jobs.selectors import job_get_stats, job_visible_to
+from jobs.selectors import job_get_stats, job_last_hour, job_visible_to
 from metrics import heartbeat
 
-_PER_MINUTE_SQL = """
-SELECT date_trunc('minute', finished_at) AS minute,
-       count(*) FILTER (WHERE status = 'SUCCEEDED'),
-       count(*) FILTER (WHERE status = 'DEAD_LETTER'),
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status = 'SUCCEEDED'),
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-           FILTER (WHERE status = 'SUCCEEDED')
-  FROM jobs_job
- WHERE finished_at >= %(since)s {owner}
- GROUP BY 1 ORDER BY 1
-"""
 
-
-def per_minute(user: Any, minutes: int = 60) -> dict[str, list[Any]]:
+def per_minute(user: Any) -> dict[str, list[Any]]:
     """The last hour, minute by minute: succeeded, dead-lettered, end-to-end p50 and p95."""
-    now = timezone.now().replace(second=0, microsecond=0)
-    since = now - timedelta(minutes=minutes - 1)
-    params: dict[str, Any] = {"since": since}
-    owner = ""
-    if not user.is_staff:
-        owner, params["owner"] = "AND owner_id = %(owner)s", user.pk
-    with connection.cursor() as cur:
-        cur.execute(_PER_MINUTE_SQL.format(owner=owner), params)
-        rows = {r[0]: r[1:] for r in cur.fetchall()}
+    now = timezone.now()
+    minutes = job_last_hour(user, now=now)
+    since = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
     out: dict[str, list[Any]] = {"labels": [], "succeeded": [], "dead": [], "p50": [], "p95": []}
-    for i in range(minutes):
+    for i in range(60):
         minute = since + timedelta(minutes=i)
-        ok, dead, p50, p95 = rows.get(minute, (0, 0, None, None))
+        tally = minutes.get(minute)
+        p50, p95 = (tally.end_to_end.percentiles((0.5, 0.95)) if tally else None) or (0.0, 0.0)
         out["labels"].append(timezone.localtime(minute).strftime("%H:%M"))
-        out["succeeded"].append(ok)
-        out["dead"].append(dead)
-        out["p50"].append(round(p50 or 0, 3))
-        out["p95"].append(round(p95 or 0, 3))
+        out["succeeded"].append(tally.finished[JobStatus.SUCCEEDED] if tally else 0)
+        out["dead"].append(tally.finished[JobStatus.DEAD_LETTER] if tally else 0)
+        out["p50"].append(round(p50, 3))
+        out["p95"].append(round(p95, 3))
     return out
 
 

@@ -276,3 +276,78 @@ class ScheduleFire(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.fire_time:%Y-%m-%d %H:%M}"
+
+
+# -- tallies: counts and latency histograms kept by triggers, so no read scans jobs_job --------
+# Triggers on jobs_job append deltas in the transaction that changes a job (insert-only: no row
+# every transition would fight over); the scheduler folds them into the totals (jobs.tallies).
+# A count is totals + the deltas not folded yet, so it is exact in any snapshot.
+
+
+class JobCount(models.Model):
+    """Jobs per owner and status (folded)."""
+
+    owner_id = models.IntegerField()  # no foreign key: the deltas of a deleted owner still fold
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner_id", "status"], name="jobcount_owner_status_uniq")]
+
+    def __str__(self) -> str:
+        return f"owner {self.owner_id} {self.status}: {self.n}"
+
+
+class JobCountDelta(models.Model):
+    """A change to JobCount written by a trigger, not folded yet."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner_id = models.IntegerField()
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"owner {self.owner_id} {self.status}: {self.n:+}"
+
+
+class TallyMetric(models.IntegerChoices):
+    FINISHED = 0  # bucket 0: how many jobs reached the status in the minute
+    END_TO_END = 1  # SUCCEEDED: finished_at - created_at, by latency bucket
+    QUEUE_WAIT = 2  # SUCCEEDED: started_at - queued_at (or created_at), by latency bucket
+
+
+class JobMinute(models.Model):
+    """Jobs that finished in a minute, per owner and terminal status, with latency histograms
+    (folded; kept for `jobs.tallies.MINUTES_KEPT`)."""
+
+    minute = models.DateTimeField()
+    owner_id = models.IntegerField()
+    status = models.CharField(max_length=16)
+    metric = models.SmallIntegerField(choices=TallyMetric.choices)
+    bucket = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "owner_id", "status", "metric", "bucket"], name="jobminute_key_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%H:%M} owner {self.owner_id} {self.status} {self.metric}/{self.bucket}: {self.n}"
+
+
+class JobMinuteDelta(models.Model):
+    """A change to JobMinute written by a trigger, not folded yet."""
+
+    id = models.BigAutoField(primary_key=True)
+    minute = models.DateTimeField()
+    owner_id = models.IntegerField()
+    status = models.CharField(max_length=16)
+    metric = models.SmallIntegerField(choices=TallyMetric.choices)
+    bucket = models.SmallIntegerField()
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.minute:%H:%M} owner {self.owner_id} {self.status} {self.metric}/{self.bucket}: {self.n:+}"

@@ -48,7 +48,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from config import broker
-from jobs import selectors
+from jobs import selectors, tallies
 from jobs.models import JobStatus
 from metrics import prom
 from orchestration import breaker
@@ -160,6 +160,7 @@ class Scheduler:
             ("cron", "cron_fired", lambda: cron.fire_schedules(epoch, clock)),
             ("held", "held_released", lambda: held.release_held(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
             ("breaker", "breaker_released", lambda: breaker_held.release_breaker_held(epoch, clock, batch=self.batch)),
+            ("tallies", None, lambda: tallies.fold(now=clock())),
         ]  # fmt: skip
         if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
             scans.append(("stats", None, self.report_stats))

@@ -19,6 +19,7 @@ from jobs.models import Job, JobAttempt, Outbox
 from tests.conftest import client_for
 from tests.factories import submit_job
 from tests.orchestration.conftest import topics  # noqa: F401 (a fixture: a fresh Kafka topic per test)
+from tests.threads import in_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -136,23 +137,6 @@ def _waiting_for_a_lock(query_part: str) -> bool:
         return cur.fetchone()[0] > 0
 
 
-def _in_thread(outcome: dict[str, Any], name: str, fn: Callable[[], Any]) -> threading.Thread:
-    """Run fn on a thread of its own (its own connection); outcome[name] gets what it
-    returned or raised."""
-
-    def run() -> None:
-        try:
-            outcome[name] = fn()
-        except Exception as exc:
-            outcome[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def _interleave_with_relay(act: Callable[[], Any], waits_on: str) -> tuple[Any, Any]:
     """Run the relay's transaction up to its produce, then `act` on another connection, and
     let the relay go on once `act` finished or blocks on a lock. Returns what each raised."""
@@ -160,9 +144,9 @@ def _interleave_with_relay(act: Callable[[], Any], waits_on: str) -> tuple[Any, 
 
     paused = _PausedRelay()
     outcome: dict[str, Any] = {}
-    relay = _in_thread(outcome, "relay", paused.relay.run_once)
+    relay = in_thread(outcome, "relay", paused.relay.run_once)
     assert paused.produced.wait(20), "the relay did not produce"
-    actor = _in_thread(outcome, "act", act)
+    actor = in_thread(outcome, "act", act)
     deadline = time.monotonic() + 10
     while actor.is_alive() and not _waiting_for_a_lock(waits_on) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -222,7 +206,7 @@ def test_a_claim_racing_the_relays_bookkeeping_does_not_deadlock(user):
     while str(second.id) < str(first.id):
         second = submit_job(user)
     outcome: dict[str, Any] = {}
-    in_thread = functools.partial(_in_thread, outcome)
+    start = functools.partial(in_thread, outcome)
 
     def lock_waiters() -> int:
         with connection.cursor() as cur:
@@ -243,16 +227,16 @@ def test_a_claim_racing_the_relays_bookkeeping_does_not_deadlock(user):
             holder_ready.set()
             release.wait(20)
 
-    holder = in_thread("holder", hold_first_row)
+    holder = start("holder", hold_first_row)
     assert holder_ready.wait(10)
-    claim = in_thread(
+    claim = start(
         "claim",
         lambda: transitions.mark_running_many(
             [(str(j.id), str(j.dispatch_token)) for j in (first, second)], worker="w", lease_seconds=30
         ),
     )
     wait_for_waiters(1)
-    relay = in_thread(
+    relay = start(
         "relay",
         lambda: transitions.mark_queued_many(
             [transitions.Relayed(str(j.id), str(j.dispatch_token), 0, n) for n, j in enumerate((second, first))]

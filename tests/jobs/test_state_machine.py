@@ -9,7 +9,8 @@ step the invariants must hold for every job:
 - a terminal job has `finished_at` and no running attempt;
 - never more attempts in the current budget than `max_attempts`;
 - history numbers are 1..attempt_seq with no gaps;
-- nothing leaves a terminal state except an explicit retry.
+- nothing leaves a terminal state except an explicit retry;
+- the counts by status kept by triggers (jobs.tallies) equal a count of the table.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from jobs import services, transitions
+from jobs import services, tallies, transitions
 from jobs.errors import IllegalTransition
 from jobs.models import TERMINAL_STATUSES, AttemptStatus, Job, JobAttempt, JobStatus, Outbox
 from orchestration.policy import DeadLetter, decide
@@ -158,6 +159,24 @@ class JobMachine(RuleBasedStateMachine):
                 raise
         else:
             self.terminal_seen.pop(job_id, None)
+
+    @rule()
+    def fold_tallies(self) -> None:
+        """The scheduler folds the count deltas into the totals (any time, or never)."""
+        tallies.fold(now=timezone.now())
+
+    @invariant()
+    def tallies_match_the_table(self) -> None:
+        """The counts by status the stats read (totals + unfolded deltas) are the table's."""
+        with connection.cursor() as cur:
+            cur.execute("SELECT owner_id, status, count(*) FROM jobs_job GROUP BY 1, 2")
+            actual = cur.fetchall()
+        for owner in {row[0] for row in actual} | {self.owner_id}:
+            expected = dict.fromkeys(JobStatus.values, 0) | {s: n for o, s, n in actual if o == owner}
+            assert tallies.status_counts(owner) == expected
+        assert tallies.status_counts() == dict.fromkeys(JobStatus.values, 0) | {
+            s: sum(n for _, s2, n in actual if s2 == s) for _, s, _ in actual
+        }
 
     @invariant()
     def invariants_hold(self) -> None:
