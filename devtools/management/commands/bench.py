@@ -1,4 +1,4 @@
-"""`manage.py bench api|pipeline|logs|workflows|dashboard`: measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs|workflows|dashboard|scale`: measured numbers next to a same-run baseline."""
 
 from __future__ import annotations
 
@@ -71,6 +71,15 @@ class Command(BaseCommand):
         dash.add_argument("--jobs", type=COUNT, default=100_000, help="jobs to seed")
         dash.add_argument("--repeat", type=COUNT, default=30, help="requests per page")
         dash.add_argument("--keep", action="store_true", help="keep the seeded jobs (default: delete them)")
+        scale = sub.add_parser("scale", help="every hot path at N jobs against the same path before the fill")
+        scale.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        scale.add_argument("--jobs", type=COUNT, default=10_000_000, help="jobs to fill PostgreSQL with (COPY)")
+        scale.add_argument("--repeat", type=COUNT, default=30, help="timed calls of each path")
+        scale.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs of the end-to-end run (0: none)")
+        scale.add_argument("--reuse", action="store_true", help="measure an earlier --keep fill instead of filling")
+        scale.add_argument("--keep", action="store_true", help="keep the filled jobs (default: delete them)")
+        scale.add_argument("--chart", default="docs/scale.png", help="PNG of both measurements (empty: none)")
+        scale.add_argument("--doc", default="docs/benchmarks.md", help="where the table goes (empty: nowhere)")
         soak = sub.add_parser("soak", help="a long steady run: memory of every role, rate vs raw Celery")
         soak.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         soak.add_argument("--jobs", type=COUNT, default=200_000)
@@ -109,6 +118,16 @@ class Command(BaseCommand):
 
             self.stdout.write(f"bench dashboard ({os.cpu_count()} CPUs)")
             dashboard.run(jobs=opts["jobs"], repeat=opts["repeat"], keep=opts["keep"], out=self.stdout)
+        elif opts["which"] == "scale":
+            from devtools.bench import scale
+
+            self.stdout.write(f"bench scale ({os.cpu_count()} CPUs)")
+            scale.run(
+                base=opts["url"].rstrip("/"), jobs=opts["jobs"], repeat=opts["repeat"],
+                pipeline_jobs=opts["pipeline_jobs"], keep=opts["keep"], reuse=opts["reuse"],
+                chart_path=Path(opts["chart"]) if opts["chart"] else None,
+                doc=Path(opts["doc"]) if opts["doc"] else None, out=self.stdout,
+            )  # fmt: skip
         elif opts["which"] == "soak":
             from devtools.bench import soak
 

@@ -1,0 +1,551 @@
+"""`manage.py bench scale`: every hot path at N jobs against the same path before the fill.
+
+Measures each path first on the database as it is (empty, or nearly), then fills PostgreSQL to
+`--jobs` jobs with COPY (a progress line every few seconds), measures every path again in the
+same invocation and prints both with their ratio. The fill is a year's traffic in miniature,
+over 30 days and ten tenants (one of them owns half): 90 % succeeded, 4 % dead-lettered after
+4 attempts, 2 % cancelled, 2 % pending until a `run_at` a month away, 1 % retrying a month
+from now, 0.5 % running under a long lease, 0.5 % tasks of 5-task workflows; every attempt has
+its history row. Nothing filled is due within the run, so the running stack leaves it alone.
+
+Paths: single and bulk submit, an end-to-end pipeline run through the running stack (claim and
+outcome included), each scheduler scan's statement (in a transaction rolled back), every API
+list, filter, detail and stats endpoint as the big tenant and as staff, every dashboard page.
+API and pages are timed in process through Django's test client (server time, no network).
+Afterwards: bytes per job in PostgreSQL (tables and indexes) and per log line in ClickHouse, a
+table and a chart written into docs/benchmarks.md between markers, and the filled rows deleted
+unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection, transaction
+from django.test import Client
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from devtools.bench.stats import Out, Progress, percentile
+from jobs import selectors, tallies, transitions
+from jobs.models import Job, JobStatus
+from workflows.models import Workflow
+
+TENANTS = 10
+TENANT_PREFIX = "bench-scale-"
+BIG = TENANT_PREFIX + "0"  # owns half of the filled jobs: the slowest tenant to serve
+CHUNK = 50_000
+WITHIN = 1.2  # the goal: every path at N jobs within 20 % of empty
+PAGE_P95_MS = 100.0
+
+_JOB_COLUMNS = (
+    "id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq, max_attempts, backoff, "
+    "timeout_seconds, run_at, next_retry_at, request_hash, last_error, result, worker, lease_expires_at, "
+    "workflow_id, created_at, updated_at, queued_at, started_at, finished_at"
+)
+_ATTEMPT_COLUMNS = "job_id, attempt, status, worker, started_at, finished_at, error, traceback"
+_BACKOFF = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
+_TYPES = ("billing.charge", "email.send", "report.build", "demo.echo")
+_QUEUES = ("default", "emails", "reports")
+NULL = r"\N"
+
+
+# -- the fill ---------------------------------------------------------------------------------
+
+
+def tenants() -> list[int]:
+    """The bench tenants' user ids (created once, login-less, exempt from the rate limit)."""
+    ids = []
+    unthrottled = Permission.objects.get(codename="unthrottled", content_type__app_label="jobs")
+    for i in range(TENANTS):
+        user, created = get_user_model().objects.get_or_create(username=f"{TENANT_PREFIX}{i}")
+        if created:
+            user.set_unusable_password()
+            user.save()
+            user.user_permissions.add(unthrottled)
+        ids.append(user.pk)
+    return ids
+
+
+def _kind(i: int) -> str:
+    k = i % 1000
+    if k < 900:
+        return "ok"
+    if k < 940:
+        return "dead"
+    if k < 960:
+        return "cancelled"
+    if k < 980:
+        return "later"
+    if k < 990:
+        return "retrying"
+    if k < 995:
+        return "running"
+    return "task"
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict[int, str]) -> tuple[str, str]:
+    """COPY text for jobs start..start+count and their attempts."""
+    now = timezone.now()
+    first = now - timedelta(days=30)
+    step = (timedelta(days=30) - timedelta(hours=1)) / total  # the newest an hour ago
+    far = _ts(now + timedelta(days=30))
+    jobs, attempts = io.StringIO(), io.StringIO()
+    ids = os.urandom(16 * count)
+    for n in range(count):
+        i = start + n
+        job_id = str(uuid.UUID(bytes=ids[16 * n : 16 * n + 16], version=4))
+        owner = owners[0] if i % 2 == 0 else owners[1 + (i // 2) % (len(owners) - 1)]
+        created = first + step * i
+        c, q, s, f = (
+            _ts(created),
+            _ts(created + timedelta(milliseconds=500)),
+            _ts(created + timedelta(seconds=1)),
+            _ts(created + timedelta(seconds=2)),
+        )
+        kind = _kind(i)
+        type_, queue = _TYPES[i % 4], _QUEUES[i % 3]
+        workflow = NULL
+        status, tries, run_at, retry_at, error, result, lease = "SUCCEEDED", 1, NULL, NULL, "", '{"ok": true}', NULL
+        started, finished = s, f
+        if kind == "dead":
+            status, tries, error, result = "DEAD_LETTER", 4, "Timeout: upstream did not answer", NULL
+        elif kind == "cancelled":
+            status, tries, result, started = "CANCELLED", 0, NULL, NULL
+        elif kind == "later":
+            status, tries, run_at, result, q, started, finished = "PENDING", 0, far, NULL, NULL, NULL, NULL
+        elif kind == "retrying":
+            status, retry_at, error, result, finished = "RETRYING", far, "ConnectionError: reset", NULL, NULL
+        elif kind == "running":
+            status, lease, result, finished = "RUNNING", far, NULL, NULL
+        elif kind == "task":
+            workflow = workflows[i // 1000]
+        jobs.write(
+            f'{job_id}\t{owner}\t{type_}\t{{"n": {i}}}\t{queue}\t5\t{status}\t{tries}\t{tries}\t4\t{_BACKOFF}\t300\t'
+            f"{run_at}\t{retry_at}\t\t{error}\t{result}\tbench\t{lease}\t{workflow}\t{c}\t{f}\t{q}\t{started}\t"
+            f"{finished}\n"
+        )
+        for a in range(1, tries + 1):
+            last = a == tries
+            a_status = {"SUCCEEDED": "SUCCEEDED", "RUNNING": "RUNNING"}.get(status, "FAILED") if last else "FAILED"
+            a_end = NULL if a_status == "RUNNING" else f
+            a_error = "" if a_status in ("SUCCEEDED", "RUNNING") else error
+            attempts.write(f"{job_id}\t{a}\t{a_status}\tbench\t{s}\t{a_end}\t{a_error}\t\n")
+    return jobs.getvalue(), attempts.getvalue()
+
+
+def _workflows(total: int, owners: list[int]) -> dict[int, str]:
+    """One finished 5-task workflow per thousand jobs (its tasks are that block's last five)."""
+    blocks = (total + 999) // 1000
+    ids = {b: str(uuid.uuid4()) for b in range(blocks) if b * 1000 + 995 < total}
+    now = timezone.now()
+    with (
+        connection.cursor() as cur,
+        cur.copy(
+            "COPY workflows_workflow (id, owner_id, name, status, request_hash, tasks_total, tasks_succeeded, "
+            "success_seq, failed_task, failed_compensations, created_at, updated_at, finished_at) FROM STDIN"
+        ) as copy,
+    ):
+        for b, wf in ids.items():
+            at = _ts(now - timedelta(days=30) + timedelta(days=30) * b / max(blocks, 1))
+            owner = owners[0] if b % 2 == 0 else owners[1 + b % (len(owners) - 1)]
+            copy.write(f"{wf}\t{owner}\tbench\tSUCCEEDED\t\t5\t5\t5\t\t[]\t{at}\t{at}\t{at}\n")
+    return ids
+
+
+def fill(total: int, out: Out) -> float:
+    """COPY `total` jobs (with attempts and workflows) into PostgreSQL; seconds taken."""
+    owners = tenants()
+    started = time.perf_counter()
+    workflows = _workflows(total, owners)
+    progress = Progress("fill", total, every=5)
+    starts = range(0, total, CHUNK)
+    # The next chunk's rows are made while PostgreSQL takes this one (two cores, both busy).
+    with ThreadPoolExecutor(1) as maker:
+        made = maker.submit(_rows, 0, min(CHUNK, total), total, owners, workflows)
+        for start in starts:
+            jobs, attempts = made.result()
+            following = start + CHUNK
+            if following < total:
+                made = maker.submit(_rows, following, min(CHUNK, total - following), total, owners, workflows)
+            with transaction.atomic(), connection.cursor() as cur:
+                with cur.copy(f"COPY jobs_job ({_JOB_COLUMNS}) FROM STDIN") as copy:
+                    copy.write(jobs)
+                with cur.copy(f"COPY jobs_jobattempt ({_ATTEMPT_COLUMNS}) FROM STDIN") as copy:
+                    copy.write(attempts)
+            progress.update(min(total, start + CHUNK))
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO workflows_workflowtask (workflow_id, task_id, position, type, payload, depends_on, "
+            "dependents, pending_parents, options, skipped, succeeded_seq, compensation_state, job_id) "
+            "SELECT j.workflow_id, 't' || row_number() OVER w, row_number() OVER w - 1, j.type, '{}', '{}', '{}', "
+            "0, '{}', false, row_number() OVER w, '', j.id FROM jobs_job j "
+            "WHERE j.workflow_id = ANY(%s::uuid[]) WINDOW w AS (PARTITION BY j.workflow_id ORDER BY j.created_at)",
+            [list(workflows.values())],
+        )
+        out.write("  analyzing the tables\n")
+        cur.execute("ANALYZE jobs_job, jobs_jobattempt, workflows_workflow, workflows_workflowtask")
+    tallies.fold(now=timezone.now(), batches=1000)
+    return time.perf_counter() - started
+
+
+def delete_filled(out: Out) -> None:
+    """Remove every bench tenant's jobs, attempts and workflows, in batches."""
+    owners = tenants()
+    progress = Progress("delete", Job.objects.filter(owner_id__in=owners).count(), every=5)
+    done = 0
+    with connection.cursor() as cur:
+        while True:
+            cur.execute(
+                "WITH doomed AS (SELECT id FROM jobs_job WHERE owner_id = ANY(%s) LIMIT %s), "
+                "a AS (DELETE FROM jobs_jobattempt WHERE job_id IN (SELECT id FROM doomed)), "
+                "o AS (DELETE FROM jobs_outbox WHERE job_id IN (SELECT id FROM doomed)), "
+                "t AS (UPDATE workflows_workflowtask SET job_id = NULL WHERE job_id IN (SELECT id FROM doomed)) "
+                "DELETE FROM jobs_job WHERE id IN (SELECT id FROM doomed)",
+                [owners, CHUNK],
+            )
+            done += cur.rowcount
+            progress.update(done)
+            if cur.rowcount < CHUNK:
+                break
+        cur.execute(
+            "DELETE FROM workflows_workflowtask WHERE workflow_id IN "
+            "(SELECT id FROM workflows_workflow WHERE owner_id = ANY(%s))",
+            [owners],
+        )
+        cur.execute("DELETE FROM workflows_workflow WHERE owner_id = ANY(%s)", [owners])
+    tallies.fold(now=timezone.now(), batches=1000)
+    out.write(f"  deleted {done:,} filled jobs\n")
+
+
+# -- the measurements --------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    group: str
+    label: str
+    samples: list[float] = field(default_factory=list)  # seconds
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples, 50) * 1000
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.samples, 95) * 1000
+
+
+def _time(group: str, label: str, repeat: int, fn: Callable[[], Any]) -> Timing:
+    fn()  # warm up: caches, connections, plans
+    timing = Timing(group, label)
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        timing.samples.append(time.perf_counter() - started)
+    return timing
+
+
+def _ok(client: Client, path: str, expect: int = 200, **kwargs: Any) -> Callable[[], Any]:
+    method = client.post if "data" in kwargs else client.get
+
+    def call() -> None:
+        response = method(path, **kwargs)
+        if response.status_code != expect:
+            raise SystemExit(f"{path} answered {response.status_code}: {response.content[:300]!r}")
+
+    return call
+
+
+def _rolled_back(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run a scheduler statement for its cost only: its transaction is rolled back."""
+
+    def call() -> None:
+        with transaction.atomic():
+            fn()
+            transaction.set_rollback(True)
+
+    return call
+
+
+def _api_client(user: Any) -> Client:
+    token, _ = Token.objects.get_or_create(user=user)
+    return Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+
+
+def measure(repeat: int, out: Out) -> list[Timing]:
+    """Every hot path but the pipeline, `repeat` times each."""
+    users = get_user_model()
+    big = users.objects.get(username=BIG)
+    staff, _ = users.objects.get_or_create(username=TENANT_PREFIX + "staff", defaults={"is_staff": True})
+    api, staff_api = _api_client(big), _api_client(staff)
+    dead = Job.objects.filter(owner=big, status=JobStatus.DEAD_LETTER).order_by("-created_at").first()
+    dead = dead or Job.objects.filter(owner=big).order_by("-created_at").first()
+    workflow = Workflow.objects.filter(owner=big).order_by("-created_at").first()
+    if dead is None or workflow is None:
+        raise SystemExit("no sample job or workflow: seed_samples() runs first")
+    week_ago = (timezone.now() - timedelta(days=7)).isoformat().replace("+00:00", "Z")
+    now = timezone.now()
+    single = orjson.dumps({"type": "demo.noop", "run_at": (now + timedelta(days=60)).isoformat()})
+    bulk = orjson.dumps({"jobs": [{"type": "demo.noop", "run_at": (now + timedelta(days=60)).isoformat()}] * 1000})
+    paths: list[tuple[str, str, int, Callable[[], Any]]] = [
+        ("submit", "POST jobs/ (single)", repeat, _ok(api, "/api/v1/jobs/", 201, data=single,
+                                                      content_type="application/json")),
+        ("submit", "POST jobs/bulk/ (1,000)", max(3, repeat // 10), _ok(api, "/api/v1/jobs/bulk/", 201, data=bulk,
+                                                                         content_type="application/json")),
+    ]  # fmt: skip
+    for who, client in (("tenant", api), ("staff", staff_api)):
+        paths += [
+            ("api", f"GET jobs/ ({who})", repeat, _ok(client, "/api/v1/jobs/")),
+            ("api", f"GET jobs/?status=DEAD_LETTER ({who})", repeat, _ok(client, "/api/v1/jobs/?status=DEAD_LETTER")),
+            ("api", f"GET jobs/?type= ({who})", repeat, _ok(client, "/api/v1/jobs/?type=report.build")),
+            ("api", f"GET jobs/?queue= ({who})", repeat, _ok(client, "/api/v1/jobs/?queue=emails")),
+            ("api", f"GET jobs/?created_after= ({who})", repeat,
+             _ok(client, f"/api/v1/jobs/?created_after={week_ago}&status=SUCCEEDED")),
+            ("api", f"GET jobs/stats/ ({who})", repeat, _ok(client, "/api/v1/jobs/stats/")),
+            ("api", f"GET workflows/ ({who})", repeat, _ok(client, "/api/v1/workflows/")),
+        ]  # fmt: skip
+    paths += [
+        ("api", "GET jobs/{id}/", repeat, _ok(api, f"/api/v1/jobs/{dead.id}/")),
+        ("api", "GET schedules/", repeat, _ok(api, "/api/v1/schedules/")),
+        ("api", "GET jobs/?workflow=", repeat, _ok(api, f"/api/v1/jobs/?workflow={workflow.id}")),
+        ("api", "GET workflows/{id}/", repeat, _ok(api, f"/api/v1/workflows/{workflow.id}/")),
+    ]
+    pages = Client()
+    pages.force_login(staff)
+    for label, path in {
+        "overview": "/",
+        "overview panel": "/overview/panel/",
+        "jobs": "/jobs/",
+        "jobs, DEAD_LETTER of a type": "/jobs/?status=DEAD_LETTER&type=billing.charge",
+        "jobs, page 20": _deep_page(pages),
+        "job page": f"/jobs/{dead.id}/",
+        "workflows": "/workflows/",
+        "workflow page": f"/workflows/{workflow.id}/",
+        "schedules": "/schedules/",
+    }.items():
+        paths.append(("dashboard", label, repeat, _ok(pages, path)))
+    later = now + timedelta(days=1)  # due work the scans would find, nothing of the fill
+    paths += [
+        ("scheduler", "retries", repeat, _rolled_back(lambda: transitions.release_batch("retries", now=later,
+                                                                                          limit=1000))),
+        ("scheduler", "delayed", repeat, _rolled_back(lambda: transitions.release_batch("delayed", now=later,
+                                                                                          limit=1000))),
+        ("scheduler", "expired leases", repeat, lambda: selectors.job_expired_leases(now=later, limit=1000)),
+        ("scheduler", "stale dispatches (a page)", repeat,
+         lambda: selectors.job_queued_before(later, after=None, limit=1000)),
+        ("scheduler", "held keys", repeat, lambda: selectors.job_held_keys_with_room(now=later, limit=1000)),
+        ("scheduler", "breaker-held types", repeat, selectors.job_breaker_held_types),
+        ("scheduler", "stats gauges (counts)", repeat, selectors.job_counts_by_status),
+        ("scheduler", "tallies fold", repeat, lambda: tallies.fold(now=timezone.now())),
+    ]  # fmt: skip
+    timings = []
+    progress = Progress("paths", len(paths), every=5)
+    for n, (group, label, times, fn) in enumerate(paths, 1):
+        timings.append(_time(group, label, times, fn))
+        progress.update(n)
+    return timings
+
+
+def seed_samples() -> None:
+    """What the paths read even before the fill: a job and a workflow of the big tenant (both
+    waiting two months, so the same rows are read before and after)."""
+    from jobs.services import JobSpec, job_submit
+    from workflows.services import TaskSpec, WorkflowSpec, workflow_submit
+
+    big = get_user_model().objects.get(username=BIG)
+    if not Job.objects.filter(owner=big, workflow__isnull=True).exists():
+        job_submit(owner_id=big.pk, spec=JobSpec(type="demo.noop", run_at=timezone.now() + timedelta(days=60)))
+    if not Workflow.objects.filter(owner=big).exists():
+        tasks = tuple(TaskSpec(f"t{i}", "demo.sleep", payload={"seconds": 0}) for i in range(5))
+        workflow_submit(owner_id=big.pk, spec=WorkflowSpec(tasks=tasks, name="bench-scale"), max_tasks=100)
+
+
+def _deep_page(client: Client) -> str:
+    url = "/jobs/"
+    for _ in range(20):
+        found = re.search(r'href="\?([^"]*)" rel="next"', client.get(url).content.decode())
+        if found is None:
+            break
+        url = "/jobs/?" + found.group(1).replace("&amp;", "&")
+    return url
+
+
+def pipeline_rate(base: str, jobs: int) -> float | None:
+    """Jobs/s of one end-to-end run through the running stack (None when it is not up)."""
+    from devtools.bench import pipeline
+
+    try:
+        requests.get(f"{base}/health/ready", timeout=2).raise_for_status()
+    except requests.RequestException:
+        return None
+    big = get_user_model().objects.get(username=BIG)
+    token, _ = Token.objects.get_or_create(user=big)
+    run = pipeline.pipeline(base, token.key, jobs, big.pk, threads=4)
+    return run.rate
+
+
+# -- sizes --------------------------------------------------------------------------------------
+
+
+def bytes_per_job() -> dict[str, float]:
+    """PostgreSQL bytes per job (tables, TOAST and indexes of jobs, attempts and workflows) and
+    ClickHouse bytes per stored log line."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY['jobs_job', 'jobs_jobattempt', "
+            "'workflows_workflow', 'workflows_workflowtask']::regclass[]) AS c"
+        )
+        (pg_bytes,) = cur.fetchone()
+        cur.execute("SELECT count(*) FROM jobs_job")
+        (jobs,) = cur.fetchone()
+    sizes: dict[str, Any] = {"postgresql_bytes_per_job": pg_bytes / max(jobs, 1), "jobs": jobs}
+    try:
+        from logs import store
+
+        result = store.client().query(
+            "SELECT sum(bytes_on_disk), sum(rows) FROM system.parts WHERE active AND table = {t:String}",
+            parameters={"t": store.table()},
+        )
+        ch_bytes, rows = result.result_rows[0]
+        if rows:
+            sizes["clickhouse_bytes_per_log_line"] = ch_bytes / rows
+    except Exception as exc:  # no ClickHouse here: PostgreSQL's figure still stands
+        sizes["clickhouse_error"] = str(exc)[:200]
+    return sizes
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _verdict(group: str, empty: Timing, full: Timing) -> str:
+    """Within 20 % of empty by the median (1 ms of slack: below that, timer noise), and API
+    and dashboard p95 under 100 ms."""
+    if full.p50 > max(empty.p50 * WITHIN, empty.p50 + 1.0):
+        return "SLOWER"
+    if group in ("api", "dashboard") and full.p95 > PAGE_P95_MS:
+        return f"p95 over {PAGE_P95_MS:.0f} ms"
+    return "ok"
+
+
+def table(empty: list[Timing], full: list[Timing], n: int, before: int) -> str:
+    lines = [
+        f"| path | p50 ms, {before:,} jobs | p95 ms, {before:,} jobs | p50 ms, {n:,} jobs | p95 ms, {n:,} jobs "
+        "| p50 ratio | |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for e, f in zip(empty, full, strict=True):
+        ratio = f.p50 / e.p50 if e.p50 else float("nan")
+        lines.append(
+            f"| {e.group}: {e.label} | {e.p50:.1f} | {e.p95:.1f} | {f.p50:.1f} | {f.p95:.1f} | {ratio:.2f} "
+            f"| {_verdict(e.group, e, f)} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(path: Path, empty: list[Timing], full: list[Timing], n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{t.group}: {t.label}" for t in empty]
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(labels) + 1.5))
+    ys = range(len(labels))
+    ax.barh([y - 0.2 for y in ys], [t.p50 for t in empty], height=0.4, label="p50 before the fill")
+    ax.barh([y + 0.2 for y in ys], [t.p50 for t in full], height=0.4, label=f"p50 at {n:,} jobs")
+    ax.scatter([t.p95 for t in full], [y + 0.2 for y in ys], marker="|", color="black", label=f"p95 at {n:,} jobs")
+    ax.set_yticks(list(ys), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(PAGE_P95_MS, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("ms (log scale; dotted: the 100 ms p95 goal of API and pages)")
+    ax.set_title(f"Hot paths before and after filling PostgreSQL to {n:,} jobs")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+BEGIN, END = "<!-- bench scale: begin -->", "<!-- bench scale: end -->"
+
+
+def write_doc(doc: Path, text: str) -> None:
+    """Put `text` between the markers in `doc` (appended with them the first time)."""
+    body = doc.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in body and END in body:
+        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END) :]
+    else:
+        body = body.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(body)
+
+
+def run(*, base: str, jobs: int, repeat: int, pipeline_jobs: int, keep: bool, reuse: bool, chart_path: Path | None,
+        doc: Path | None, out: Out) -> None:  # fmt: skip
+    tenants()
+    seed_samples()
+    before = Job.objects.count()
+    out.write(f"measuring every path at {before:,} jobs\n")
+    empty = measure(repeat, out)
+    empty_rate = pipeline_rate(base, pipeline_jobs) if pipeline_jobs else None
+    filled = Job.objects.filter(owner__username__startswith=TENANT_PREFIX).count()
+    if reuse and filled >= jobs * 0.9:
+        out.write(f"reusing the {filled:,} filled jobs already there\n")
+    else:
+        out.write(f"filling PostgreSQL with {jobs:,} jobs\n")
+        took = fill(jobs, out)
+        out.write(f"  filled in {took:.0f} s ({jobs / took:,.0f} jobs/s)\n")
+    total = Job.objects.count()
+    out.write(f"measuring every path at {total:,} jobs\n")
+    full = measure(repeat, out)
+    full_rate = pipeline_rate(base, pipeline_jobs) if pipeline_jobs else None
+    sizes = bytes_per_job()
+    report = [table(empty, full, total, before), ""]
+    if empty_rate and full_rate:
+        verdict = "ok" if full_rate >= empty_rate / WITHIN else "SLOWER"
+        report.append(
+            f"End to end ({pipeline_jobs:,} no-op jobs through the running stack, 4 submit threads): "
+            f"{empty_rate:,.0f} jobs/s at {before:,} jobs, {full_rate:,.0f} at {total:,} "
+            f"({full_rate / empty_rate:.2f}x, {verdict})."
+        )
+    else:
+        report.append("End to end: not measured (no stack answering at " + base + ").")
+    report.append(
+        f"PostgreSQL: {sizes['postgresql_bytes_per_job']:,.0f} bytes per job (jobs, attempts, workflows, "
+        "with TOAST and indexes)"
+        + (
+            f"; ClickHouse: {sizes['clickhouse_bytes_per_log_line']:,.0f} bytes per stored log line."
+            if "clickhouse_bytes_per_log_line" in sizes
+            else "."
+        )
+    )
+    text = "\n".join(report)
+    out.write("\n" + text + "\n")
+    if chart_path is not None:
+        chart(chart_path, empty, full, total)
+        out.write(f"chart: {chart_path}\n")
+    if doc is not None:
+        machine = f"{os.cpu_count()} CPUs, run of {timezone.now():%Y-%m-%d %H:%M} UTC"
+        image = f"\n\n![hot paths before and after the fill]({chart_path.name})" if chart_path else ""
+        write_doc(doc, f"Last `manage.py bench scale` ({machine}):\n\n{text}{image}")
+        out.write(f"table: {doc}\n")
+    if not keep:
+        delete_filled(out)
