@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -315,19 +316,32 @@ def in_utc(value: datetime) -> datetime:
         raise ValueError("out of range in UTC") from None
 
 
+def encode_cursor(created_at: datetime, pk: Any) -> str:
+    """The opaque cursor of a row's position: base64 of its (created_at, pk)."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at in UTC, pk text) of a cursor; ValueError for one that is not ours."""
+    try:
+        created_text, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+    except UnicodeDecodeError:  # bad base64 is a ValueError already
+        raise ValueError("invalid cursor") from None
+    created = parse_datetime(created_text) if created_text else None
+    if created is None or not pk:
+        raise ValueError("invalid cursor")
+    return in_utc(created), pk
+
+
+Pager = Callable[[Any, str | None, int], tuple[list[Any], str | None]]
+
+
 def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any], str | None]:
     """One page newest first by (created_at, pk) after `cursor`, and the next page's cursor
     (None at the end). The API and the dashboard page the same way. Raises ValueError for a
     cursor that is not one of ours."""
     if cursor:
-        try:
-            created_text, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        except UnicodeDecodeError:
-            raise ValueError("invalid cursor") from None
-        created = parse_datetime(created_text) if created_text else None
-        if created is None or not pk:
-            raise ValueError("invalid cursor")
-        created = in_utc(created)
+        created, pk = decode_cursor(cursor)
         try:
             queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk))
         except DjangoValidationError:
@@ -336,8 +350,7 @@ def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any]
     if len(rows) <= size:
         return rows, None
     rows = rows[:size]
-    last = rows[-1]
-    return rows, base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.pk}".encode()).decode()
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].pk)
 
 
 class KeysetPagination:
@@ -362,10 +375,10 @@ class KeysetPagination:
             raise exceptions.ValidationError({"page_size": [f"must be between 1 and {self.max_size}"]})
         return size
 
-    def paginate(self, queryset: Any, request: Request) -> tuple[list[Any], str | None]:
+    def paginate(self, queryset: Any, request: Request, pager: Pager = keyset_page) -> tuple[list[Any], str | None]:
         size = self.page_size(request)
         try:
-            rows, token = keyset_page(queryset, request.query_params.get("cursor"), size)
+            rows, token = pager(queryset, request.query_params.get("cursor"), size)
         except ValueError:
             raise exceptions.ValidationError({"cursor": ["invalid cursor"]}) from None
         next_url = None

@@ -67,9 +67,11 @@ def overview(user: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Job], str | None]:
+def keyset_page(
+    queryset: Any, cursor: str | None, size: int, pager: rest.Pager = rest.keyset_page
+) -> tuple[list[Job], str | None]:
     """The API's keyset pages; a mangled cursor in a page link shows the first page."""
     try:
-        return rest.keyset_page(queryset, cursor, size)
+        return pager(queryset, cursor, size)
     except ValueError:
-        return rest.keyset_page(queryset, None, size)
+        return pager(queryset, None, size)

@@ -92,13 +92,19 @@ def job_list(request: HttpRequest) -> HttpResponse:
     rows: list[Any] = []
     cursor = None
     error = None
+    archived = False
     if filterset.is_valid():
+        archived = bool(filterset.form.cleaned_data.get("archived"))
         try:
-            rows, cursor = queries.keyset_page(filterset.qs, request.GET.get("cursor"), PAGE)
+            if archived:
+                pager = selectors.job_archive_pager(user=request.user, filters=filterset.archive_filters())
+                rows, cursor = queries.keyset_page(None, request.GET.get("cursor"), PAGE, pager)
+            else:
+                rows, cursor = queries.keyset_page(filterset.qs, request.GET.get("cursor"), PAGE)
         except ValidationError as exc:
             error = "; ".join(str(m) for msgs in exc.detail.values() for m in msgs)  # type: ignore[union-attr]
         except search.LogStoreUnavailable:
-            error = "The log store is not answering: the log text filter cannot be used right now."
+            error = "ClickHouse is not answering: the log text filter and the archive cannot be used right now."
     else:
         error = "; ".join(f"{k}: {', '.join(v)}" for k, v in filterset.errors.items())
     params = request.GET.copy()
@@ -110,7 +116,14 @@ def job_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "dashboard/jobs.html",
-        {"jobs": rows, "next_url": next_url, "error": error, "f": request.GET, "statuses": JobStatus.values},
+        {
+            "jobs": rows,
+            "next_url": next_url,
+            "error": error,
+            "f": request.GET,
+            "statuses": JobStatus.values,
+            "archived": archived,
+        },
     )
 
 
@@ -143,7 +156,7 @@ def job_bulk(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job_logs(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    job = _job_or_404(request, job_id)
+    job = _job_or_404(request, job_id, archived=True)
     try:
         records, _ = search.search(search.LogQuery(job_id=job.id, limit=200))
         records.reverse()  # newest last, like a terminal
@@ -153,11 +166,14 @@ def job_logs(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     return render(request, "dashboard/_log_tail.html", {"records": records, "error": error, "job": job})
 
 
-def _job_or_404(request: HttpRequest, job_id: uuid.UUID, *, detail: bool = False) -> Any:
+def _job_or_404(request: HttpRequest, job_id: uuid.UUID, *, detail: bool = False, archived: bool = False) -> Any:
+    """The user's job (`detail` and `archived`: archived ones too); 404 when it is in neither
+    PostgreSQL nor the archive, or the archive cannot be asked."""
     try:
-        get = selectors.job_get_detail if detail else selectors.job_get
-        return get(user=request.user, job_id=job_id)
-    except JobError:
+        if detail:
+            return selectors.job_get_detail(user=request.user, job_id=job_id)
+        return selectors.job_get(user=request.user, job_id=job_id, archived=archived)
+    except (JobError, search.LogStoreUnavailable):
         raise Http404("no such job") from None
 
 

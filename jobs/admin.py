@@ -12,8 +12,11 @@ from typing import Any
 import orjson
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -22,6 +25,14 @@ from jobs.errors import JobError
 from jobs.handlers import is_registered
 from jobs.models import Job, JobAttempt, Outbox, Schedule
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def pretty_json(value: Any) -> str:
@@ -140,6 +151,7 @@ class JobAdmin(ReadOnlyAdmin):
     search_fields = ["idempotency_key"]
     search_help_text = "A job id (exact) or an idempotency key (exact)."
     show_full_result_count = False  # no COUNT(*) over millions of rows per page view
+    change_list_template = "admin/jobs/job/change_list.html"  # adds the link to the archive
     actions = [retry_jobs, cancel_jobs]
     inlines = [AttemptInline]
     fields = readonly_fields = (
@@ -168,6 +180,71 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="backoff")
     def backoff_pretty(self, obj: Job) -> str:
         return pretty_json(obj.backoff)
+
+    # -- the archive (read-only): jobs retention moved to ClickHouse -------------------------
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path("archive/", view(self.archive_view), name="jobs_job_archive"),
+            path("archive/<uuid:job_id>/", view(self.archived_job_view), name="jobs_job_archived"),
+            *super().get_urls(),
+        ]
+
+    def archive_view(self, request: HttpRequest) -> HttpResponse:
+        """Archived jobs newest first, by status, type or queue, or one id; keyset pages."""
+        from jobs import archive
+        from jobs.selectors import job_archive_pager
+        from logs.search import LogStoreUnavailable
+
+        self._staff_only(request)
+        term = request.GET.get("q", "").strip()
+        filters = archive.Filters(
+            statuses=[request.GET["status"]] if request.GET.get("status") else None,
+            type=request.GET.get("type") or None,
+            queue=request.GET.get("queue") or None,
+            ids=[str(uuid.UUID(term))] if _is_uuid(term) else None,
+        )
+        rows: list[Job] = []
+        cursor, error = None, ""
+        try:
+            rows, cursor = job_archive_pager(user=request.user, filters=filters)(None, request.GET.get("cursor"), 100)
+        except ValueError:
+            error = "That page link is not valid any more."
+        except LogStoreUnavailable as exc:
+            error = f"ClickHouse is not answering ({exc})."
+        params = request.GET.copy()
+        if cursor:
+            params["cursor"] = cursor
+        context = {
+            **self.admin_site.each_context(request), "title": "Archived jobs", "opts": self.model._meta,
+            "jobs": rows, "next": f"?{params.urlencode()}" if cursor else None, "error": error, "f": request.GET,
+            "statuses": ["SUCCEEDED", "DEAD_LETTER", "CANCELLED"],
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/jobs/job/archive.html", context)
+
+    def archived_job_view(self, request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+        from jobs import archive
+        from logs.search import LogStoreUnavailable
+
+        self._staff_only(request)
+        try:
+            job = archive.get(job_id, owner_id=None)
+        except LogStoreUnavailable as exc:
+            raise Http404(f"ClickHouse is not answering ({exc})") from exc
+        if job is None:
+            raise Http404("no such archived job")
+        context = {
+            **self.admin_site.each_context(request), "title": f"Archived job {job.id}", "opts": self.model._meta,
+            "job": job, "history": job.history.all(), "payload": pretty_json(job.payload),
+            "result": pretty_json(job.result), "logs": render_job_logs(job),
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/jobs/job/archived_job.html", context)
+
+    @staticmethod
+    def _staff_only(request: HttpRequest) -> None:
+        if not request.user.is_staff:  # admin_view lets only staff in; said again here for the record
+            raise PermissionDenied
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.rest import (
+    KeysetPagination,
     LimitedFormParser,
     ORJSONParser,
     ORJSONRenderer,
@@ -21,6 +22,8 @@ from config.rest import (
     with_idempotency_header,
 )
 from jobs import fast_input, schedules, selectors, services
+from jobs.errors import IllegalTransition, JobNotFound
+from jobs.models import Job
 from jobs.serializers import (
     KEY_HELP,
     BulkInputSerializer,
@@ -54,6 +57,11 @@ class JobListCreateApi(APIView):
             OpenApiParameter(
                 "log_contains", OpenApiTypes.STR, description="Only jobs whose logs contain this text (any case)."
             ),
+            OpenApiParameter(
+                "archived",
+                OpenApiTypes.BOOL,
+                description="true: search the archive (jobs retention moved out of PostgreSQL) with the same filters.",
+            ),
             OpenApiParameter("cursor", OpenApiTypes.STR),
             OpenApiParameter("page_size", OpenApiTypes.INT, description="1-1000, default 50."),
         ],
@@ -62,7 +70,12 @@ class JobListCreateApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        try:  # the `log_contains` filter asks ClickHouse
+        try:  # the `log_contains` filter and the archive ask ClickHouse
+            filters = selectors.JobFilter(request.query_params, queryset=Job.objects.none(), request=request)
+            if filters.is_valid() and filters.form.cleaned_data.get("archived"):
+                pager = selectors.job_archive_pager(user=request.user, filters=filters.archive_filters())
+                rows, next_url = KeysetPagination().paginate(None, request, pager)
+                return Response({"results": JobSerializer(rows, many=True).data, "next": next_url})
             return filtered_page(request, selectors.JobFilter, selectors.job_visible_to(request.user), JobSerializer)
         except LogStoreUnavailable as exc:
             raise LogStoreUnavailableError() from exc
@@ -99,21 +112,36 @@ class JobBulkCreateApi(APIView):
 class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailSerializer)
     def get(self, request: Request, job_id: str) -> Response:
-        job = selectors.job_get_detail(user=request.user, job_id=job_id)
+        try:  # a job retention archived is read from ClickHouse
+            job = selectors.job_get_detail(user=request.user, job_id=job_id)
+        except LogStoreUnavailable as exc:
+            raise LogStoreUnavailableError() from exc
         return Response(JobDetailSerializer(job).data)
+
+
+def _changeable_job(request: Request, job_id: str, action: str) -> Job:
+    """The caller's job, for a state change: 409 for an archived one (read-only), 404 when it is
+    in neither PostgreSQL nor the archive (or the archive cannot be asked)."""
+    try:
+        job = selectors.job_get(user=request.user, job_id=job_id, archived=True)
+    except LogStoreUnavailable:
+        raise JobNotFound(job_id) from None
+    if getattr(job, "archived", False):
+        raise IllegalTransition(job.id, f"{job.status} and archived", action)
+    return job
 
 
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses=JobSerializer)
     def post(self, request: Request, job_id: str) -> Response:
-        job = selectors.job_get(user=request.user, job_id=job_id)
+        job = _changeable_job(request, job_id, "cancel")
         return Response(JobSerializer(services.job_cancel(job_id=job.id)).data)
 
 
 class JobRetryApi(APIView):
     @extend_schema(request=None, responses=JobSerializer)
     def post(self, request: Request, job_id: str) -> Response:
-        job = selectors.job_get(user=request.user, job_id=job_id)
+        job = _changeable_job(request, job_id, "retry")
         return Response(JobSerializer(services.job_retry(job_id=job.id)).data)
 
 

@@ -16,8 +16,8 @@ from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError
 
-from config.rest import in_utc
-from jobs import tallies
+from config.rest import Pager, decode_cursor, encode_cursor, in_utc
+from jobs import archive, tallies
 from jobs.errors import JobNotFound, ScheduleNotFound
 from jobs.models import Job, JobStatus, Schedule
 
@@ -33,21 +33,35 @@ def job_visible_to(user: Any) -> QuerySet[Job]:
     return visible_to(Job.objects.all(), user)
 
 
-def job_get(*, user: Any, job_id: uuid.UUID | str) -> Job:
-    """A job the user may see, or JobNotFound (another user's job is indistinguishable)."""
+def job_get(*, user: Any, job_id: uuid.UUID | str, archived: bool = False) -> Job:
+    """A job the user may see, or JobNotFound (another user's job is indistinguishable).
+    With `archived`, a job retention moved to the archive too (read-only, `job.archived`)."""
     try:
         return job_visible_to(user).get(id=job_id)
     except (Job.DoesNotExist, ValueError):
-        raise JobNotFound(job_id) from None
+        found = job_get_archived(user=user, job_id=job_id) if archived else None
+        if found is None:
+            raise JobNotFound(job_id) from None
+        return found
+
+
+def job_get_archived(*, user: Any, job_id: uuid.UUID | str) -> Job | None:
+    """The archived job, if the user may see it (None without ClickHouse)."""
+    if not settings.CLICKHOUSE_URL:
+        return None
+    try:
+        return archive.get(job_id, owner_id=stats_owner(user))
+    except ValueError:  # not a UUID
+        return None
 
 
 FAILED_ATTEMPT_STATUSES = frozenset({"FAILED", "TIMED_OUT", "LOST"})
 
 
 def job_get_detail(*, user: Any, job_id: uuid.UUID | str) -> Job:
-    """`job_get`, plus the last log lines of each failed attempt as `job.failed_log_lines`:
-    {attempt: records}, the records None when the log store cannot say."""
-    job = job_get(user=user, job_id=job_id)
+    """`job_get` (archived jobs included), plus the last log lines of each failed attempt as
+    `job.failed_log_lines`: {attempt: records}, the records None when the log store cannot say."""
+    job = job_get(user=user, job_id=job_id, archived=True)
     failed = [h.attempt for h in job.history.all() if h.status in FAILED_ATTEMPT_STATUSES]
     lines = _last_log_lines(job.id, failed) if failed else {}
     job.failed_log_lines = {a: None if lines is None else lines.get(a, []) for a in failed}  # type: ignore[attr-defined]
@@ -98,12 +112,36 @@ class JobFilter(django_filters.FilterSet):
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
     workflow = django_filters.UUIDFilter(field_name="workflow_id")
     log_contains = django_filters.CharFilter(method="filter_log_contains", max_length=200)
+    # Chooses where the list reads (the archive, see `archive_filters`), filters nothing here.
+    archived = django_filters.TypedChoiceFilter(
+        choices=[("true", "true"), ("false", "false")], coerce=lambda v: v == "true", method="filter_nothing"
+    )
 
     class Meta:
         model = Job
-        fields = ["status", "type", "queue", "workflow", "created_after", "created_before", "log_contains"]
+        fields = ["status", "type", "queue", "workflow", "created_after", "created_before", "log_contains", "archived"]
+
+    def filter_nothing(self, queryset: QuerySet[Job], name: str, value: Any) -> QuerySet[Job]:
+        return queryset
+
+    def archive_filters(self) -> archive.Filters:
+        """The same filters, for the archive (call after is_valid)."""
+        data = self.form.cleaned_data
+        ids = self._log_job_ids(data["log_contains"]) if data.get("log_contains") else None
+        return archive.Filters(
+            statuses=list(data["status"]) if data.get("status") else None,
+            type=data.get("type") or None,
+            queue=data.get("queue") or None,
+            workflow=data.get("workflow"),
+            created_after=data.get("created_after"),
+            created_before=data.get("created_before"),
+            ids=ids,
+        )
 
     def filter_log_contains(self, queryset: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
+        return queryset.filter(id__in=self._log_job_ids(value))
+
+    def _log_job_ids(self, value: str) -> list[str]:
         """Jobs with a log record containing `value` (any case), asked of ClickHouse first;
         a job's records are never older than the job, so `created_after` bounds that search."""
         from logs import search
@@ -124,7 +162,25 @@ class JobFilter(django_filters.FilterSet):
                     ]
                 }
             )
-        return queryset.filter(id__in=ids)
+        return list(ids)
+
+
+def job_archive_pager(*, user: Any, filters: archive.Filters) -> Pager:
+    """A keyset pager over the archived jobs the user may see, newest first."""
+
+    def pager(_queryset: Any, cursor: str | None, size: int) -> tuple[list[Job], str | None]:
+        after = None
+        if cursor:
+            created, pk = decode_cursor(cursor)
+            after = (created, str(uuid.UUID(pk)))  # a ValueError is an invalid cursor
+        if not settings.CLICKHOUSE_URL:
+            return [], None  # nothing is archived without ClickHouse
+        rows = archive.page(filters, owner_id=stats_owner(user), after=after, size=size + 1)
+        if len(rows) <= size:
+            return rows, None
+        return rows[:size], encode_cursor(rows[size - 1].created_at, rows[size - 1].pk)
+
+    return pager
 
 
 def _percentiles(values: list[float] | None) -> dict[str, float] | None:

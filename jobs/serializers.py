@@ -182,6 +182,9 @@ class JobSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     trace_id = serializers.CharField(allow_null=True, help_text="The job's trace (32 hex digits), null if not traced.")
+    archived = serializers.BooleanField(
+        help_text="Moved to the archive by retention (JOB_RETENTION_DAYS): read-only, searched with archived=true."
+    )
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return {
@@ -209,6 +212,7 @@ class JobSerializer(serializers.Serializer):
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "trace_id": job.trace_id,
+            "archived": getattr(job, "archived", False),
         }
 
 

@@ -116,7 +116,10 @@ class JobLogsApi(APIView):
         description="The job's log records; the same filters as `/api/v1/logs/` (`job_id` is this job).",
     )
     def get(self, request: Request, job_id: str) -> Response:
-        job = selectors.job_get(user=request.user, job_id=job_id)  # 404 for another user's job
+        try:  # 404 for another user's job; an archived job's lines are still here
+            job = selectors.job_get(user=request.user, job_id=job_id, archived=True)
+        except search.LogStoreUnavailable as exc:
+            raise LogStoreUnavailableError() from exc
         data = _params(request)
         data["job_id"] = job.id
         return _page(request, _query(data, owner_id=None))  # the caller's job: all its lines

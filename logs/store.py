@@ -68,14 +68,18 @@ def connect(url: str | None = None, **kwargs: Any) -> Client:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
-def table() -> str:
-    """The logs table's name (it goes into SQL text, so it must be a plain identifier)."""
-    name = settings.CLICKHOUSE_LOGS_TABLE
+def checked_identifier(name: str, setting: str) -> str:
+    """`name`, a table name from `setting` that goes into SQL text: a plain identifier."""
     if not _IDENTIFIER.match(name):
         from django.core.exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured(f"CLICKHOUSE_LOGS_TABLE must be a plain identifier, not {name!r}")
+        raise ImproperlyConfigured(f"{setting} must be a plain identifier, not {name!r}")
     return name
+
+
+def table() -> str:
+    """The logs table's name."""
+    return checked_identifier(settings.CLICKHOUSE_LOGS_TABLE, "CLICKHOUSE_LOGS_TABLE")
 
 
 def create_table_sql(name: str, retention_days: int) -> str:

@@ -52,7 +52,7 @@ from jobs import selectors, tallies
 from jobs.models import JobStatus
 from metrics import prom
 from orchestration import breaker
-from orchestration.scheduler import breaker_held, cron, held, reaper, release, stale
+from orchestration.scheduler import breaker_held, cron, held, reaper, release, retention, stale
 from orchestration.scheduler.fencing import Fenced, next_epoch
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -112,6 +112,7 @@ class TickResult:
     cron_fired: int = 0
     held_released: int = 0
     breaker_released: int = 0
+    archived: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def moved_anything(self) -> bool:
@@ -137,6 +138,7 @@ class Scheduler:
         self.stale_pages = 10  # pages of SCHEDULER_BATCH_SIZE QUEUED jobs the stale scan reads a tick
         self.positions = stale.BridgePositions()
         self.stale_scan = stale.StaleScan(self.positions)  # keeps where it goes on next tick
+        self.retention = retention.RetentionScan()  # likewise
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
 
@@ -161,6 +163,7 @@ class Scheduler:
             ("held", "held_released", lambda: held.release_held(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
             ("breaker", "breaker_released", lambda: breaker_held.release_breaker_held(epoch, clock, batch=self.batch)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
+            ("retention", "archived", lambda: self.retention(epoch, clock)),
         ]  # fmt: skip
         if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
             scans.append(("stats", None, self.report_stats))
