@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -184,3 +184,21 @@ def _create(
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 refused[name] = exc
     return refused
+
+
+def ensure_partitions(name: str, wanted: int, timeout: float = 10.0) -> int:
+    """Grow topic `name` to `wanted` partitions if it has fewer (Kafka cannot shrink one);
+    returns how many it has. A broker that refuses leaves it as it was (logged): the caller
+    decides whether that many will do."""
+    admin = AdminClient(base_config())
+    metadata = admin.list_topics(name, timeout=timeout).topics.get(name)
+    have = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+    if 0 < have < wanted:
+        try:
+            admin.create_partitions([NewPartitions(name, wanted)], operation_timeout=timeout)[name].result()
+            logger.info("kafka.partitions_added", extra={"topic": name, "from": have, "to": wanted})
+            have = wanted
+        except KafkaException as exc:
+            logger.warning("kafka.partitions_refused", extra={"topic": name, "have": have, "wanted": wanted,
+                                                             "error": str(exc)})  # fmt: skip
+    return have

@@ -372,6 +372,12 @@ KAFKA_JOBS_TOPIC = env.str("KAFKA_JOBS_TOPIC", default="jobs")
 KAFKA_JOBS_DLQ_TOPIC = env.str("KAFKA_JOBS_DLQ_TOPIC", default=f"{KAFKA_JOBS_TOPIC}.dlq")
 KAFKA_JOBS_DEAD_TOPIC = env.str("KAFKA_JOBS_DEAD_TOPIC", default=f"{KAFKA_JOBS_TOPIC}.dead")
 KAFKA_JOBS_PARTITIONS = env.int("KAFKA_JOBS_PARTITIONS", default=4)
+# Bridges that run at once (the dev stack starts this many; `docker compose --scale bridge=N`
+# should set it too). Each partition has one bridge, so each bridge checks at start that the
+# jobs topic has at least this many partitions (growing it to KAFKA_JOBS_PARTITIONS first).
+BRIDGES = env.int("BRIDGES", default=1)
+if not 1 <= BRIDGES <= KAFKA_JOBS_PARTITIONS:
+    raise ImproperlyConfigured(f"BRIDGES must be 1 to KAFKA_JOBS_PARTITIONS ({KAFKA_JOBS_PARTITIONS}), not {BRIDGES}")
 KAFKA_BRIDGE_GROUP = env.str("KAFKA_BRIDGE_GROUP", default="orchestration-bridge")
 # The largest message our producers send (librdkafka's message.max.bytes); topics we create
 # accept a little more (max.message.bytes). Why these numbers: config/kafka.py.
@@ -435,6 +441,30 @@ SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=0.5)
 # within about this long after the leader dies.
 SCHEDULER_LOCK_TTL_SECONDS = env.float("SCHEDULER_LOCK_TTL_SECONDS", default=5.0)
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=1000)
+# Retention: finished jobs (and their attempts) leave PostgreSQL this many days after they
+# finished, for the ClickHouse archive (CLICKHOUSE_JOBS_ARCHIVE_TABLE), where the API, the
+# dashboard and the admin still find them. 0 keeps them for good; per queue, e.g.
+# "emails=7,reports=365". Nothing is archived without CLICKHOUSE_URL. A scheduler tick archives
+# at most JOB_RETENTION_BATCH jobs, and looks at most JOB_RETENTION_SCAN_ROWS rows for them.
+JOB_RETENTION_DAYS = env.int("JOB_RETENTION_DAYS", default=30)
+
+
+def _days_by_queue(text: str) -> dict[str, int]:
+    days: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        queue, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not queue or not value.isdigit():
+            raise ImproperlyConfigured(f"JOB_RETENTION_DAYS_BY_QUEUE: {part!r} is not queue=days (e.g. emails=7)")
+        days[queue] = int(value)
+    return days
+
+
+JOB_RETENTION_DAYS_BY_QUEUE = _days_by_queue(env.str("JOB_RETENTION_DAYS_BY_QUEUE", default=""))
+JOB_RETENTION_BATCH = env.int("JOB_RETENTION_BATCH", default=500)
+JOB_RETENTION_SCAN_ROWS = env.int("JOB_RETENTION_SCAN_ROWS", default=5000)
+CLICKHOUSE_JOBS_ARCHIVE_TABLE = env.str("CLICKHOUSE_JOBS_ARCHIVE_TABLE", default="jobs_archive")
+if JOB_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("JOB_RETENTION_DAYS must be 0 (keep) or more")
 # Schedulers that share this name (in Redis and in the PostgreSQL fence) elect one leader.
 SCHEDULER_LOCK_KEY = env.str("SCHEDULER_LOCK_KEY", default="orchestration:scheduler")
 # A QUEUED job nobody claimed this long after its message left Kafka (the bridge has no lag

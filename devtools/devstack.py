@@ -42,7 +42,8 @@ class Role:
 
 def roles(port: int) -> list[Role]:
     web_workers = os.environ.get("WEB_CONCURRENCY", "3")
-    worker_concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
+    # WORKERS (as in `BRIDGES=2 WORKERS=4 make run`) or WORKER_CONCURRENCY: worker processes.
+    worker_concurrency = os.environ.get("WORKERS") or os.environ.get("WORKER_CONCURRENCY", "2")
     queues = os.environ.get("WORKER_QUEUES", "default")
     return [
         Role(
@@ -69,7 +70,8 @@ def roles(port: int) -> list[Role]:
             processes=int(worker_concurrency),
         ),
         Role("relay", [PY, "manage.py", "run_relay"], 34),
-        Role("bridge", [PY, "manage.py", "run_bridge"], 35),
+        # BRIDGES bridges share the jobs topic's partitions (each checks there are enough).
+        Role("bridge", [PY, "manage.py", "run_bridge"], 35, processes=int(os.environ.get("BRIDGES", "1"))),
         Role("scheduler", [PY, "manage.py", "run_scheduler"], 31),
         Role("log-sink", [PY, "manage.py", "run_log_sink"], 94),
         # Flower keeps the events of its last --max_tasks tasks in memory: at its default of

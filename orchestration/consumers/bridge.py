@@ -22,6 +22,7 @@ from arroyo.processing import StreamProcessor
 from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory
 from arroyo.types import Commit, Partition, Topic
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from config import kafka
 from config.celery import app as celery_app
@@ -80,8 +81,22 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
         return DecodeJobEvent(self.enqueue)
 
 
+def check_partitions() -> int:
+    """The jobs topic's partitions, grown to KAFKA_JOBS_PARTITIONS if it has fewer; refuses to
+    start (ImproperlyConfigured) when there are fewer than BRIDGES: a bridge with no partition
+    moves nothing, and the others carry its share."""
+    have = kafka.ensure_partitions(settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_PARTITIONS)
+    if have < settings.BRIDGES:
+        raise ImproperlyConfigured(
+            f"Kafka topic {settings.KAFKA_JOBS_TOPIC!r} has {have} partitions, fewer than BRIDGES={settings.BRIDGES}: "
+            "each bridge needs one at least (raise KAFKA_JOBS_PARTITIONS, or run fewer bridges)"
+        )
+    return have
+
+
 def build_processor(factory: BridgeStrategyFactory | None = None) -> StreamProcessor[KafkaPayload]:
     kafka.ensure_topics([settings.KAFKA_JOBS_TOPIC, settings.KAFKA_JOBS_DLQ_TOPIC], settings.KAFKA_JOBS_PARTITIONS)
+    check_partitions()
     consumer = LingeringConsumer(
         {
             **kafka.consumer_config(settings.KAFKA_BRIDGE_GROUP),
