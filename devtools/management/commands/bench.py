@@ -76,7 +76,9 @@ class Command(BaseCommand):
         scale.add_argument("--jobs", type=COUNT, default=10_000_000, help="jobs to fill PostgreSQL with (COPY)")
         scale.add_argument("--repeat", type=COUNT, default=30, help="timed calls of each path")
         scale.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs of the end-to-end run (0: none)")
-        scale.add_argument("--reuse", action="store_true", help="measure an earlier --keep fill instead of filling")
+        scale.add_argument(
+            "--baseline-jobs", type=COUNT, default=10_000, help="jobs of the first measurement (the same mix)"
+        )
         scale.add_argument("--keep", action="store_true", help="keep the filled jobs (default: delete them)")
         scale.add_argument("--chart", default="docs/scale.png", help="PNG of both measurements (empty: none)")
         scale.add_argument("--doc", default="docs/benchmarks.md", help="where the table goes (empty: nowhere)")
@@ -124,7 +126,7 @@ class Command(BaseCommand):
             self.stdout.write(f"bench scale ({os.cpu_count()} CPUs)")
             scale.run(
                 base=opts["url"].rstrip("/"), jobs=opts["jobs"], repeat=opts["repeat"],
-                pipeline_jobs=opts["pipeline_jobs"], keep=opts["keep"], reuse=opts["reuse"],
+                baseline=opts["baseline_jobs"], pipeline_jobs=opts["pipeline_jobs"], keep=opts["keep"],
                 chart_path=Path(opts["chart"]) if opts["chart"] else None,
                 doc=Path(opts["doc"]) if opts["doc"] else None, out=self.stdout,
             )  # fmt: skip
