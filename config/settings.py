@@ -462,6 +462,10 @@ def _days_by_queue(text: str) -> dict[str, int]:
 JOB_RETENTION_DAYS_BY_QUEUE = _days_by_queue(env.str("JOB_RETENTION_DAYS_BY_QUEUE", default=""))
 JOB_RETENTION_BATCH = env.int("JOB_RETENTION_BATCH", default=500)
 JOB_RETENTION_SCAN_ROWS = env.int("JOB_RETENTION_SCAN_ROWS", default=5000)
+# Retention is background work: a batch at most this often, and none while this many jobs are
+# on their way to a worker (outbox rows and QUEUED jobs: a burst is arriving). 250 a second is 21 million jobs a day.
+JOB_RETENTION_INTERVAL_SECONDS = env.float("JOB_RETENTION_INTERVAL_SECONDS", default=2.0)
+JOB_RETENTION_PAUSE_BACKLOG = env.int("JOB_RETENTION_PAUSE_BACKLOG", default=100)
 CLICKHOUSE_JOBS_ARCHIVE_TABLE = env.str("CLICKHOUSE_JOBS_ARCHIVE_TABLE", default="jobs_archive")
 if JOB_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("JOB_RETENTION_DAYS must be 0 (keep) or more")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -28,7 +29,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from jobs import archive
+from jobs import archive, tallies
+from jobs.models import JobStatus
 from orchestration.scheduler.fencing import fence
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -109,16 +111,37 @@ _DELETE_SQL = (
 )
 
 
+_OUTBOX_SQL = "SELECT count(*) FROM (SELECT 1 FROM jobs_outbox LIMIT %s) t"
+
+
+def _backlog(enough: int) -> int:
+    """Jobs on their way to a worker: waiting for the relay (outbox rows, counted up to
+    `enough`) or dispatched and not yet claimed (QUEUED, from the tallies: no scan)."""
+    with connection.cursor() as cur:
+        cur.execute(_OUTBOX_SQL, [enough])
+        outbox = cur.fetchone()[0]
+    return outbox + tallies.status_counts()[JobStatus.QUEUED]
+
+
 class RetentionScan:
-    """The retention scan, and where it is in its window from one tick to the next."""
+    """The retention scan, and where it is in its window from one tick to the next.
+
+    Retention is background work: it runs a batch at most every JOB_RETENTION_INTERVAL_SECONDS,
+    and not at all while JOB_RETENTION_PAUSE_BACKLOG or more jobs are on their way to a worker
+    (in the outbox or QUEUED: a burst is arriving): archiving a job costs about as much CPU as running a no-op one,
+    and it can wait for a quiet moment."""
 
     def __init__(self) -> None:
         self.after: tuple[datetime, uuid.UUID] | None = None
+        self.next_at = 0.0  # time.monotonic() of the next batch
 
     def __call__(self, epoch: int, clock: Callable[[], datetime]) -> int:
         policy = Policy.from_settings()
         shortest = policy.shortest
-        if not settings.CLICKHOUSE_URL or shortest is None:
+        if not settings.CLICKHOUSE_URL or shortest is None or time.monotonic() < self.next_at:
+            return 0
+        self.next_at = time.monotonic() + settings.JOB_RETENTION_INTERVAL_SECONDS
+        if _backlog(settings.JOB_RETENTION_PAUSE_BACKLOG) >= settings.JOB_RETENTION_PAUSE_BACKLOG:
             return 0
         now = clock()
         due_sql, params = policy.due_sql()

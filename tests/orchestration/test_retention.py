@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import archive, tallies
-from jobs.models import Job, JobAttempt, JobStatus
+from jobs.models import Job, JobAttempt, JobStatus, Outbox
 from logs import store
 from orchestration.scheduler import retention
 from orchestration.scheduler.fencing import next_epoch
@@ -31,6 +31,7 @@ def archive_table(settings: Any) -> Iterator[str]:
     settings.CLICKHOUSE_JOBS_ARCHIVE_TABLE = name
     settings.JOB_RETENTION_DAYS = 30
     settings.JOB_RETENTION_DAYS_BY_QUEUE = {}
+    settings.JOB_RETENTION_INTERVAL_SECONDS = 0  # a batch every call
     yield name
     store.connect().command(f"DROP TABLE IF EXISTS {name}")
     archive._migrated.discard(name)
@@ -262,3 +263,22 @@ def test_a_tick_archives_one_batch_and_the_next_goes_on(archive_table, epoch, se
         finished(user, days_ago=40 + i)
     run = retention.RetentionScan()
     assert [run(epoch, timezone.now) for _ in range(4)] == [2, 2, 1, 0]
+
+
+@pytest.mark.django_db
+def test_retention_waits_while_a_burst_is_being_dispatched_and_between_batches(archive_table, epoch, settings, user):
+    settings.JOB_RETENTION_PAUSE_BACKLOG = 3
+    finished(user, days_ago=40)
+    queued = submit_job(user)
+    Job.objects.filter(id=queued.id).update(status=JobStatus.QUEUED)
+    Outbox.objects.all().delete()  # relayed
+    waiting = [submit_job(user) for _ in range(2)]  # two outbox rows and a QUEUED job: a burst
+    run = retention.RetentionScan()
+    assert run(epoch, timezone.now) == 0
+    Outbox.objects.filter(job_id__in=[j.id for j in waiting]).delete()
+    assert run(epoch, timezone.now) == 1
+    settings.JOB_RETENTION_INTERVAL_SECONDS = 60
+    finished(user, days_ago=41)
+    assert run(epoch, timezone.now) == 1  # this call's batch, then a minute's wait
+    finished(user, days_ago=42)
+    assert run(epoch, timezone.now) == 0
