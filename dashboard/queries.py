@@ -13,19 +13,17 @@ from django.utils import timezone
 
 from config import broker, rest
 from jobs.models import Job, JobStatus
-from jobs.selectors import job_get_stats, job_last_hour, job_visible_to
+from jobs.selectors import LastHour, job_get_stats, job_last_hour, job_visible_to
 from metrics import heartbeat
 
 
-def per_minute(user: Any) -> dict[str, list[Any]]:
+def per_minute(user: Any, last_hour: LastHour | None = None) -> dict[str, list[Any]]:
     """The last hour, minute by minute: succeeded, dead-lettered, end-to-end p50 and p95."""
-    now = timezone.now()
-    minutes = job_last_hour(user, now=now)
-    since = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
+    hour = last_hour or job_last_hour(user)
     out: dict[str, list[Any]] = {"labels": [], "succeeded": [], "dead": [], "p50": [], "p95": []}
     for i in range(60):
-        minute = since + timedelta(minutes=i)
-        tally = minutes.get(minute)
+        minute = hour.since + timedelta(minutes=i)
+        tally = hour.minutes.get(minute)
         p50, p95 = (tally.end_to_end.percentiles((0.5, 0.95)) if tally else None) or (0.0, 0.0)
         out["labels"].append(timezone.localtime(minute).strftime("%H:%M"))
         out["succeeded"].append(tally.finished[JobStatus.SUCCEEDED] if tally else 0)
@@ -36,8 +34,9 @@ def per_minute(user: Any) -> dict[str, list[Any]]:
 
 
 def overview(user: Any) -> dict[str, Any]:
-    stats = job_get_stats(user=user)
-    minutes = per_minute(user)
+    hour = job_last_hour(user)  # read once for both
+    stats = job_get_stats(user=user, last_hour=hour)
+    minutes = per_minute(user, hour)
     finished = sum(minutes["succeeded"]) + sum(minutes["dead"])
     roles = heartbeat.roles()
     scheduler = next((r for r in roles if r["role"] == "scheduler" and r.get("leading")), None)

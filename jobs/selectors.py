@@ -4,6 +4,7 @@ scheduler's scans read."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -194,19 +195,29 @@ def stats_owner(user: Any) -> int | None:
     return None if user.is_staff else user.pk
 
 
-def job_last_hour(user: Any, *, now: datetime) -> dict[datetime, tallies.Minute]:
+@dataclass(frozen=True)
+class LastHour:
     """What finished in each of the last 60 minutes (the current one so far included)."""
+
+    now: datetime
+    since: datetime  # the first of the 60 minutes
+    minutes: dict[datetime, tallies.Minute]
+
+
+def job_last_hour(user: Any) -> LastHour:
+    now = timezone.now()
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
-    return tallies.minutes_since(since, stats_owner(user))
+    return LastHour(now, since, tallies.minutes_since(since, stats_owner(user)))
 
 
-def job_get_stats(*, user: Any) -> dict[str, Any]:
+def job_get_stats(*, user: Any, last_hour: LastHour | None = None) -> dict[str, Any]:
     """Counts by status (exact), throughput over the last minute and hour, latency percentiles
     of the last hour's successes (end to end and queue wait), all from the tallies: nothing
-    here reads jobs_job, whatever its size (jobs.tallies says how)."""
-    now = timezone.now()
+    here reads jobs_job, whatever its size (jobs.tallies says how). `last_hour`: the caller's
+    read of the last hour, when it has one already."""
+    hour = last_hour or job_last_hour(user)
+    now, minutes = hour.now, hour.minutes
     by_status = tallies.status_counts(stats_owner(user))
-    minutes = job_last_hour(user, now=now)
     end_to_end, queue_wait = tallies.Histogram(), tallies.Histogram()
     for minute in minutes.values():
         end_to_end.add(minute.end_to_end)
@@ -220,13 +231,13 @@ def job_get_stats(*, user: Any) -> dict[str, Any]:
     last_minute = (current.finished[JobStatus.SUCCEEDED] if current else 0) + (
         before.finished[JobStatus.SUCCEEDED] * share_of_before if before else 0
     )
-    last_hour = sum(m.finished[JobStatus.SUCCEEDED] for m in minutes.values())
+    succeeded_last_hour = sum(m.finished[JobStatus.SUCCEEDED] for m in minutes.values())
     return {
         "total": sum(by_status.values()),
         "by_status": by_status,
         "throughput": {
             "succeeded_last_minute": round(last_minute),
-            "succeeded_per_minute_last_hour": round(last_hour / 60, 2),
+            "succeeded_per_minute_last_hour": round(succeeded_last_hour / 60, 2),
         },
         "latency_seconds": {
             "end_to_end": _percentiles(end_to_end.percentiles()),
