@@ -346,7 +346,12 @@ def keyset_page(queryset: Any, cursor: str | None, size: int) -> tuple[list[Any]
             queryset = queryset.filter(Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk))
         except DjangoValidationError:
             raise ValueError("invalid cursor") from None
-    rows = list(queryset.order_by("-created_at", "-pk")[: size + 1])
+    return cut_page(list(queryset.order_by("-created_at", "-pk")[: size + 1]), size)
+
+
+def cut_page(rows: list[Any], size: int) -> tuple[list[Any], str | None]:
+    """Rows read newest first, one more than `size`, cut to a page; and the next page's cursor
+    (None when that extra row was not there: the last page)."""
     if len(rows) <= size:
         return rows, None
     rows = rows[:size]
@@ -405,10 +410,21 @@ def with_idempotency_header(request: Request) -> Any:
     return data
 
 
-def filtered_page(request: Request, filterset_class: type, queryset: Any, serializer: type) -> Response:
-    """A list GET: the filters (400 with their errors), then one keyset page of `serializer`."""
+def filtered_page(
+    request: Request,
+    filterset_class: type,
+    queryset: Any,
+    serializer: type,
+    pager_of: Callable[[Any], Pager | None] | None = None,
+) -> Response:
+    """A list GET: the filters (400 with their errors), then one keyset page of `serializer`.
+    `pager_of(filterset)` may name another source of the rows (a Pager), or None: the queryset."""
     filterset = filterset_class(request.query_params, queryset=queryset, request=request)
     if not filterset.is_valid():
         raise exceptions.ValidationError(filterset.errors)
-    rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+    pager = pager_of(filterset) if pager_of is not None else None
+    if pager is None:
+        rows, next_url = KeysetPagination().paginate(filterset.qs, request)
+    else:
+        rows, next_url = KeysetPagination().paginate(None, request, pager)
     return Response({"results": serializer(rows, many=True).data, "next": next_url})

@@ -96,11 +96,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
     if filterset.is_valid():
         archived = bool(filterset.form.cleaned_data.get("archived"))
         try:
-            if archived:
-                pager = selectors.job_archive_pager(user=request.user, filters=filterset.archive_filters())
-                rows, cursor = queries.keyset_page(None, request.GET.get("cursor"), PAGE, pager)
-            else:
+            pager = filterset.pager()
+            if pager is None:
                 rows, cursor = queries.keyset_page(filterset.qs, request.GET.get("cursor"), PAGE)
+            else:
+                rows, cursor = queries.keyset_page(None, request.GET.get("cursor"), PAGE, pager)
         except ValidationError as exc:
             error = "; ".join(str(m) for msgs in exc.detail.values() for m in msgs)  # type: ignore[union-attr]
         except search.LogStoreUnavailable:

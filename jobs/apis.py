@@ -12,7 +12,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.rest import (
-    KeysetPagination,
     LimitedFormParser,
     ORJSONParser,
     ORJSONRenderer,
@@ -71,12 +70,10 @@ class JobListCreateApi(APIView):
     )
     def get(self, request: Request) -> Response:
         try:  # the `log_contains` filter and the archive ask ClickHouse
-            filters = selectors.JobFilter(request.query_params, queryset=Job.objects.none(), request=request)
-            if filters.is_valid() and filters.form.cleaned_data.get("archived"):
-                pager = selectors.job_archive_pager(user=request.user, filters=filters.archive_filters())
-                rows, next_url = KeysetPagination().paginate(None, request, pager)
-                return Response({"results": JobSerializer(rows, many=True).data, "next": next_url})
-            return filtered_page(request, selectors.JobFilter, selectors.job_visible_to(request.user), JobSerializer)
+            return filtered_page(
+                request, selectors.JobFilter, selectors.job_visible_to(request.user), JobSerializer,
+                pager_of=selectors.JobFilter.pager,
+            )  # fmt: skip
         except LogStoreUnavailable as exc:
             raise LogStoreUnavailableError() from exc
 

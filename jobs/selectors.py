@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError
 
-from config.rest import Pager, decode_cursor, encode_cursor, in_utc
+from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies
 from jobs.errors import JobNotFound, ScheduleNotFound
 from jobs.models import Job, JobStatus, Schedule
@@ -125,6 +125,13 @@ class JobFilter(django_filters.FilterSet):
     def filter_nothing(self, queryset: QuerySet[Job], name: str, value: Any) -> QuerySet[Job]:
         return queryset
 
+    def pager(self) -> Pager | None:
+        """Where the rows come from: the archive's pager when `archived=true` was asked for,
+        else None (this filterset's queryset). Call after is_valid."""
+        if not self.form.cleaned_data.get("archived"):
+            return None
+        return job_archive_pager(user=self.request.user, filters=self.archive_filters())
+
     def archive_filters(self) -> archive.Filters:
         """The same filters, for the archive (call after is_valid)."""
         data = self.form.cleaned_data
@@ -176,10 +183,7 @@ def job_archive_pager(*, user: Any, filters: archive.Filters) -> Pager:
             after = (created, str(uuid.UUID(pk)))  # a ValueError is an invalid cursor
         if not settings.CLICKHOUSE_URL:
             return [], None  # nothing is archived without ClickHouse
-        rows = archive.page(filters, owner_id=stats_owner(user), after=after, size=size + 1)
-        if len(rows) <= size:
-            return rows, None
-        return rows[:size], encode_cursor(rows[size - 1].created_at, rows[size - 1].pk)
+        return cut_page(archive.page(filters, owner_id=stats_owner(user), after=after, size=size + 1), size)
 
     return pager
 
