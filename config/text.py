@@ -1,4 +1,4 @@
-"""Text from user code made storable: every process role and the log handler (which loads
+"""Text from user code made storable (and ids in it told apart): every process role and the log handler (which loads
 before Django's apps) share it, so it imports nothing of ours.
 
 PostgreSQL's text and jsonb refuse NUL, no UTF-8 encoder takes a lone surrogate, and an
@@ -8,6 +8,9 @@ and anything over its limit is cut with a visible marker.
 """
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 NUL, REPLACEMENT = "\x00", "\ufffd"
 
@@ -24,3 +27,13 @@ def bounded_text(text: str, limit: int) -> str:
         return text
     marker = f"… [truncated: {len(text):,} characters in all]"
     return text[: max(0, limit - len(marker))] + marker[:limit]
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether `value` (as text) is a UUID: ids from forms, links and log `extra` are checked
+    before they reach a query or a UUID column."""
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True

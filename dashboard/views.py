@@ -22,6 +22,7 @@ from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_POST, require_safe
 from rest_framework.exceptions import ValidationError
 
+from config.text import is_uuid
 from dashboard import charts, queries
 from jobs import schedules, selectors, services
 from jobs.errors import JobError, ScheduleNotFound
@@ -135,7 +136,7 @@ def job_bulk(request: HttpRequest) -> HttpResponse:
     if do is None:
         messages.error(request, "Choose retry or cancel.")
         return _back(request, reverse("dashboard:jobs"))
-    ids = [i for i in request.POST.getlist("ids") if _is_uuid(i)]
+    ids = [i for i in request.POST.getlist("ids") if is_uuid(i)]
     visible = set(selectors.job_visible_to(request.user).filter(id__in=ids).values_list("id", flat=True))
     done, refused = 0, []
     for job_id in visible:
@@ -265,7 +266,7 @@ def log_search(request: HttpRequest) -> HttpResponse:
     error = None
     records: list[dict[str, Any]] = []
     next_cursor = None
-    job_id = g.get("job_id") if _is_uuid(g.get("job_id", "")) else None
+    job_id = g.get("job_id") if is_uuid(g.get("job_id", "")) else None
     level = g.get("level", "").upper() or None
     if level and level not in LEVELS:
         error, level = f"Unknown level {level!r}.", None
@@ -321,14 +322,6 @@ def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpRespons
     schedules.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
     messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")
     return redirect("dashboard:schedules")
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 def _back(request: HttpRequest, fallback: str) -> HttpResponse:

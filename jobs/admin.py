@@ -20,19 +20,12 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from config.text import is_uuid
 from jobs import services
 from jobs.errors import JobError
 from jobs.handlers import is_registered
 from jobs.models import Job, JobAttempt, Outbox, Schedule
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def pretty_json(value: Any) -> str:
@@ -203,7 +196,7 @@ class JobAdmin(ReadOnlyAdmin):
             statuses=[request.GET["status"]] if request.GET.get("status") else None,
             type=request.GET.get("type") or None,
             queue=request.GET.get("queue") or None,
-            ids=[str(uuid.UUID(term))] if _is_uuid(term) else None,
+            ids=[str(uuid.UUID(term))] if is_uuid(term) else None,
         )
         rows: list[Job] = []
         cursor, error = None, ""

@@ -32,7 +32,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import orjson
 from opentelemetry.trace import get_current_span
 
-from config.text import bounded_text, storable
+from config.text import bounded_text, is_uuid, storable
 from logs.context import current_job, service_name
 from logs.formatting import STANDARD_ATTRS
 from metrics import prom
@@ -53,14 +52,6 @@ def _encodes(value: Any) -> bool:
     try:
         orjson.dumps(value, default=str, option=_DUMPS_OPTIONS)
     except orjson.JSONEncodeError:
-        return False
-    return True
-
-
-def _looks_like_uuid(value: Any) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
         return False
     return True
 
@@ -173,7 +164,7 @@ class KafkaLogHandler(logging.Handler):
                 doc["workflow_id"] = job.workflow_id
             if extra and extra.get("job_id") == job.job_id:
                 del extra["job_id"]  # already a column
-        elif extra and "job_id" in extra and _looks_like_uuid(extra["job_id"]):
+        elif extra and "job_id" in extra and is_uuid(extra["job_id"]):
             # Outside an attempt (claim lost, relayed, ...) a record about one job still
             # belongs in that job's logs.
             doc["job_id"] = str(extra.pop("job_id"))
