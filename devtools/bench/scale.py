@@ -85,6 +85,11 @@ def tenants() -> list[int]:
     return ids
 
 
+def _owner(n: int, owners: list[int]) -> int:
+    """Job or workflow n's tenant: the big one (owners[0]) has every other one."""
+    return owners[0] if n % 2 == 0 else owners[1 + (n // 2) % (len(owners) - 1)]
+
+
 def _kind(i: int) -> str:
     k = i % 1000
     if k < 900:
@@ -117,7 +122,7 @@ def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict
     for n in range(count):
         i = start + n
         job_id = str(uuid.UUID(bytes=ids[16 * n : 16 * n + 16], version=4))
-        owner = owners[0] if i % 2 == 0 else owners[1 + (i // 2) % (len(owners) - 1)]
+        owner = _owner(i, owners)
         created = newest - step * i
         c, q, s, f = (
             _ts(created),
@@ -140,8 +145,8 @@ def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict
             status, retry_at, error, result, finished = "RETRYING", far, "ConnectionError: reset", NULL, NULL
         elif kind == "running":
             status, lease, result, finished = "RUNNING", far, NULL, NULL
-        elif kind == "task":
-            workflow = workflows[i // 1000]
+        elif kind == "task":  # the workflow's owner, not the job number's
+            workflow, owner = workflows[i // 1000], _owner(i // 1000, owners)
         jobs.write(
             f'{job_id}\t{owner}\t{type_}\t{{"n": {i}}}\t{queue}\t5\t{status}\t{tries}\t{tries}\t4\t{_BACKOFF}\t300\t'
             f"{run_at}\t{retry_at}\t\t{error}\t{result}\tbench\t{lease}\t{workflow}\t{c}\t{f}\t{q}\t{started}\t"
@@ -170,8 +175,7 @@ def _workflows(start: int, stop: int, total: int, owners: list[int]) -> dict[int
     ):
         for b, wf in ids.items():
             at = _ts(now - timedelta(hours=1) - timedelta(days=30) * b / max(blocks, 1))
-            owner = owners[0] if b % 2 == 0 else owners[1 + b % (len(owners) - 1)]
-            copy.write(f"{wf}\t{owner}\tbench\tSUCCEEDED\t\t5\t5\t5\t\t[]\t{at}\t{at}\t{at}\n")
+            copy.write(f"{wf}\t{_owner(b, owners)}\tbench\tSUCCEEDED\t\t5\t5\t5\t\t[]\t{at}\t{at}\t{at}\n")
     return ids
 
 
