@@ -6,13 +6,14 @@ each, so that PostgreSQL decides every race.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+
+from config.ids import new_id
 
 
 class JobStatus(models.TextChoices):
@@ -42,7 +43,7 @@ def default_backoff() -> dict[str, Any]:
 
 
 class Job(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
     # Not indexed alone: job_owner_created leads with it. Every status change rewrites an
     # entry in each full index of this table (no HOT update: status is indexed), so each
     # index is a cost every job pays three times.
@@ -231,7 +232,7 @@ class MisfirePolicy(models.TextChoices):
 class Schedule(models.Model):
     """A cron schedule: a job template submitted at every slot of a cron expression."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules")
     name = models.CharField(max_length=200)
     cron = models.CharField(max_length=200, help_text="Five-field cron expression, e.g. '*/5 * * * *'.")

@@ -25,6 +25,7 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 
 from config import tracing
+from config.ids import new_id
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
@@ -178,7 +179,7 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
     now = timezone.now()
     rows = [
         _Row(
-            id=uuid.uuid4(),
+            id=new_id(),
             spec=s,
             digest=s.request_hash() if s.idempotency_key else "",
             token=uuid.uuid4() if _is_due(s.run_at, now) else None,

@@ -23,6 +23,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from config.ids import new_id
 from devtools.bench.stats import Progress, ms, percentile
 from jobs.dispatch import DispatchEnvelope
 from jobs.models import TERMINAL_STATUSES, Job
@@ -143,7 +144,7 @@ def _timed_batches(
         started = time.perf_counter()
         for b in range(batches):
             t0 = time.perf_counter()
-            ids = [(uuid.uuid4(), uuid.uuid4()) for _ in range(size)]
+            ids = [(new_id(), uuid.uuid4()) for _ in range(size)]
             with conn.transaction(), conn.cursor() as cur:
                 write(cur, ids)
             latencies.append(time.perf_counter() - t0)

@@ -27,7 +27,6 @@ import io
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from config.ids import id_at
 from devtools.bench.stats import Out, Progress, percentile
 from jobs import selectors, tallies, transitions
 from jobs.models import Job, JobStatus
@@ -118,12 +118,11 @@ def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict
     step = (timedelta(days=30) - timedelta(hours=1)) / total  # job 0 the newest, the last 30 days old
     far = _ts(now + timedelta(days=30))
     jobs, attempts = io.StringIO(), io.StringIO()
-    ids = os.urandom(16 * count)
     for n in range(count):
         i = start + n
-        job_id = str(uuid.UUID(bytes=ids[16 * n : 16 * n + 16], version=4))
         owner = _owner(i, owners)
         created = newest - step * i
+        job_id = str(id_at(created.timestamp()))  # as the platform makes them: time-ordered
         c, q, s, f = (
             _ts(created),
             _ts(created + timedelta(milliseconds=500)),
@@ -164,8 +163,9 @@ def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict
 def _workflows(start: int, stop: int, total: int, owners: list[int]) -> dict[int, str]:
     """One finished 5-task workflow per thousand jobs (its tasks are that block's last five)."""
     blocks = (total + 999) // 1000
-    ids = {b: str(uuid.uuid4()) for b in range(start // 1000, blocks) if start <= b * 1000 + 995 < stop}
     now = timezone.now()
+    at = {b: now - timedelta(hours=1) - timedelta(days=30) * b / max(blocks, 1) for b in range(start // 1000, blocks)}
+    ids = {b: str(id_at(at[b].timestamp())) for b in at if start <= b * 1000 + 995 < stop}
     with (
         connection.cursor() as cur,
         cur.copy(
@@ -174,8 +174,8 @@ def _workflows(start: int, stop: int, total: int, owners: list[int]) -> dict[int
         ) as copy,
     ):
         for b, wf in ids.items():
-            at = _ts(now - timedelta(hours=1) - timedelta(days=30) * b / max(blocks, 1))
-            copy.write(f"{wf}\t{_owner(b, owners)}\tbench\tSUCCEEDED\t\t5\t5\t5\t\t[]\t{at}\t{at}\t{at}\n")
+            ts = _ts(at[b])
+            copy.write(f"{wf}\t{_owner(b, owners)}\tbench\tSUCCEEDED\t\t5\t5\t5\t\t[]\t{ts}\t{ts}\t{ts}\n")
     return ids
 
 
