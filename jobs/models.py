@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 from config.ids import new_id
 
@@ -40,6 +41,16 @@ class AttemptStatus(models.TextChoices):
 
 def default_backoff() -> dict[str, Any]:
     return {"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}
+
+
+# A held job due by %(now)s: a range of the job_keyed_held index, then the exact test on each
+# row ({t}: the table's alias and a dot, or nothing). created_at comes from a web process's
+# clock and now from the scheduler's, so a job may look made a moment after now: the range
+# reaches a minute further (at most a minute of scheduled jobs to step over).
+HELD_DUE_SQL = (
+    "coalesce({t}run_at, {t}created_at) <= %(now)s + interval '1 minute'"
+    " AND ({t}run_at IS NULL OR {t}run_at <= %(now)s)"
+)
 
 
 class Job(models.Model):
@@ -134,11 +145,30 @@ class Job(models.Model):
                 condition=Q(status=JobStatus.PENDING, breaker_held_at__isnull=False),
                 name="job_breaker_held",
             ),
-            # Keyed jobs not yet running: held ones (oldest first) and those in flight.
+            # Keyed jobs held for room, per (owner, key) in the order they became due: the
+            # held scan skips from key to key and reads only each key's first due jobs, so a
+            # key with a million held (or far-future) jobs costs it no more than one with one.
             models.Index(
-                fields=["concurrency_key", "created_at"],
-                condition=Q(status__in=[JobStatus.PENDING, JobStatus.QUEUED], concurrency_key__isnull=False),
-                name="job_keyed_waiting",
+                "owner",
+                "concurrency_key",
+                Coalesce("run_at", "created_at"),
+                condition=Q(
+                    status=JobStatus.PENDING,
+                    dispatch_token__isnull=True,
+                    concurrency_key__isnull=False,
+                    breaker_held_at__isnull=True,
+                ),
+                name="job_keyed_held",
+            ),
+            # Keyed jobs dispatched and not yet running: what a key's room subtracts.
+            models.Index(
+                fields=["owner", "concurrency_key"],
+                condition=Q(
+                    status__in=[JobStatus.PENDING, JobStatus.QUEUED],
+                    dispatch_token__isnull=False,
+                    concurrency_key__isnull=False,
+                ),
+                name="job_keyed_dispatched",
             ),
         ]
 

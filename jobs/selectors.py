@@ -20,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies
 from jobs.errors import JobNotFound, ScheduleNotFound
-from jobs.models import Job, JobStatus, Schedule
+from jobs.models import HELD_DUE_SQL, Job, JobStatus, Schedule
 
 M = TypeVar("M", Job, Schedule)
 
@@ -302,38 +302,61 @@ def job_breaker_held_types() -> list[str]:
         return [row[0] for row in cur.fetchall()]
 
 
-# Keys with held jobs due and room to run more, the key of the oldest held job first. Keys
-# without room are filtered here, not in Python: they would use up the page and could hide a
-# key with room behind them for good.
-_HELD_KEYS_SQL = """
-WITH held AS (
-    SELECT h.owner_id AS owner, h.concurrency_key AS key, coalesce(max(h.concurrency_limit), 1) AS lim,
-           min(h.created_at) AS oldest
-      FROM jobs_job h
-     WHERE h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL
-       AND h.breaker_held_at IS NULL AND (h.run_at IS NULL OR h.run_at <= %(now)s)
-     GROUP BY h.owner_id, h.concurrency_key
-), room AS (
-    SELECT held.owner, held.key, held.oldest,
-           held.lim
-           - coalesce((SELECT s.running FROM jobs_concurrencyslot s
-                        WHERE s.key = held.owner::text || ':' || held.key), 0)
-           - (SELECT count(*) FROM jobs_job f
-               WHERE f.concurrency_key = held.key AND f.owner_id = held.owner AND f.status IN ('PENDING', 'QUEUED')
-                 AND f.dispatch_token IS NOT NULL) AS room
-      FROM held
+# A job held for room by its concurrency key (the `job_keyed_held` index's condition).
+_HELD = (
+    "h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL AND h.breaker_held_at IS NULL"
 )
-SELECT owner, key, room FROM room WHERE room > 0 ORDER BY oldest, owner, key LIMIT %(limit)s
-"""
+_DUE = HELD_DUE_SQL.format(t="h.")
+# The (owner, key) pairs after the cursor, one index probe each (a skip scan: PostgreSQL 15
+# has none of its own), then each pair's first due job and its room. Nothing here reads
+# more than a pair's first index entry, however many jobs the pair holds.
+_HELD_KEYS_SQL = f"""
+WITH RECURSIVE pairs AS (
+    (SELECT h.owner_id, h.concurrency_key FROM jobs_job h
+      WHERE {_HELD} AND (h.owner_id, h.concurrency_key) > (%(owner)s, %(key)s)
+      ORDER BY h.owner_id, h.concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT n.owner_id, n.concurrency_key
+      FROM pairs p CROSS JOIN LATERAL (
+           SELECT h.owner_id, h.concurrency_key FROM jobs_job h
+            WHERE {_HELD} AND (h.owner_id, h.concurrency_key) > (p.owner_id, p.concurrency_key)
+            ORDER BY h.owner_id, h.concurrency_key LIMIT 1) n
+), probed AS (
+    SELECT owner_id, concurrency_key FROM pairs LIMIT %(limit)s
+)
+SELECT p.owner_id, p.concurrency_key,
+       coalesce(first.lim - coalesce(slot.running, 0) - dispatched.n, 0)
+  FROM probed p
+ LEFT JOIN LATERAL (
+       SELECT coalesce(h.concurrency_limit, 1) AS lim FROM jobs_job h
+        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key AND {_DUE}
+        ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first ON true
+  LEFT JOIN jobs_concurrencyslot slot ON slot.key = p.owner_id::text || ':' || p.concurrency_key
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM jobs_job f
+        WHERE f.owner_id = p.owner_id AND f.concurrency_key = p.concurrency_key
+          AND f.status IN ('PENDING', 'QUEUED') AND f.dispatch_token IS NOT NULL) dispatched
+ ORDER BY p.owner_id, p.concurrency_key
+"""  # noqa: S608 (_HELD is a constant)
 
 
-def job_held_keys_with_room(*, now: datetime, limit: int) -> list[tuple[int, str, int]]:
-    """(owner, concurrency key, room) for up to `limit` keys that hold jobs due by `now` and
-    have room to run more (keys are each owner's own): room is the key's limit - its running
-    jobs - its jobs already dispatched. The keys of the oldest held jobs come first."""
+class HeldKey(NamedTuple):
+    """An owner's concurrency key that holds jobs, and how many of them may go now."""
+
+    owner: int
+    key: str
+    room: int  # 0 or less: full, or nothing due yet
+
+
+def job_held_keys(*, now: datetime, after: tuple[int, str] | None, limit: int) -> list[HeldKey]:
+    """Up to `limit` (owner, concurrency key) pairs that hold jobs, in (owner, key) order
+    after `after` (a previous page's last pair), with each key's room: the limit its first
+    due job carries - its running jobs - its jobs already dispatched (0 when none is due by
+    `now`). Keys are each owner's own. The cost is per pair, not per held job."""
+    owner, key = after if after is not None else (0, "")
     with connection.cursor() as cur:
-        cur.execute(_HELD_KEYS_SQL, {"now": now, "limit": limit})
-        return [(owner, key, room) for owner, key, room in cur.fetchall()]
+        cur.execute(_HELD_KEYS_SQL, {"now": now, "limit": limit, "owner": owner, "key": key})
+        return [HeldKey(*row) for row in cur.fetchall()]
 
 
 class ExpiredLease(NamedTuple):

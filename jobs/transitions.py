@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from jobs.models import TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
+from jobs.models import HELD_DUE_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
 from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
@@ -620,11 +620,12 @@ _RELEASE_SCANS = {
         " AND concurrency_key IS NULL AND breaker_held_at IS NULL",
         "run_at",
     ),
-    # jobs held by their concurrency key, oldest first, as slots free up
+    # jobs held by their concurrency key, in the order they became due, as slots free up (the
+    # job_keyed_held index: due is a range of it, so far-future jobs are never read)
     "held": (
         "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s AND owner_id = %(owner)s"
-        " AND breaker_held_at IS NULL AND (run_at IS NULL OR run_at <= %(now)s)",
-        "created_at",
+        " AND breaker_held_at IS NULL AND " + HELD_DUE_SQL.format(t=""),
+        "coalesce(run_at, created_at)",
     ),
     # jobs held back by their type's open circuit breaker, oldest first
     "breaker": (

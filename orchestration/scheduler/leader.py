@@ -23,7 +23,7 @@ Each scan runs in isolation: one that fails is logged and counted, and the other
 (only a newer leader, or a lost connection, ends a tick). Within the cron scan each schedule
 has its own savepoint (see `jobs.schedules`). No scan reads a fixed window that entries it
 cannot act on could fill for good: the stale scan pages through its window across ticks, the
-held scan asks only for keys with room, the breaker scan looks at every held type.
+held scan visits keys from a cursor, the breaker scan looks at every held type.
 
 Scans read jobs through `jobs.selectors` and change them through `jobs.transitions` and
 `jobs.services`, each write in a transaction that starts with `fence`.
@@ -139,6 +139,7 @@ class Scheduler:
         self.positions = stale.BridgePositions()
         self.stale_scan = stale.StaleScan(self.positions)  # keeps where it goes on next tick
         self.retention = retention.RetentionScan()  # likewise
+        self.held_scan = held.HeldScan()  # likewise
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
 
@@ -160,7 +161,7 @@ class Scheduler:
             ("stale", "stale_dispatches",
              lambda: self.stale_scan(epoch, clock, batch=self.batch, pages=self.stale_pages, skipped=result.skipped)),
             ("cron", "cron_fired", lambda: cron.fire_schedules(epoch, clock)),
-            ("held", "held_released", lambda: held.release_held(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
+            ("held", "held_released", lambda: self.held_scan(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
             ("breaker", "breaker_released", lambda: breaker_held.release_breaker_held(epoch, clock, batch=self.batch)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
             ("retention", "archived", lambda: self.retention(epoch, clock)),

@@ -4,7 +4,7 @@ lost workers, lost messages, leader election and fencing."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -398,7 +398,13 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
 
 
 def insert_held(
-    user, keys: list[str], *, age_seconds: float = 60, type: str = "demo.noop", breaker: bool = False
+    user,
+    keys: list[str],
+    *,
+    age_seconds: float = 60,
+    type: str = "demo.noop",
+    breaker: bool = False,
+    run_at: datetime | None = None,
 ) -> None:
     """One held job per key, as the worker leaves it (PENDING, no dispatch), `age_seconds` old:
     held by its concurrency key, or with `breaker` by its type's breaker (`keys` are types)."""
@@ -409,13 +415,13 @@ def insert_held(
         cur.execute(
             """INSERT INTO jobs_job (id, owner_id, type, payload, queue, priority, status, attempts, attempt_seq,
                  max_attempts, backoff, timeout_seconds, request_hash, last_error, worker, created_at, updated_at,
-                 concurrency_key, concurrency_limit, breaker_held_at)
+                 concurrency_key, concurrency_limit, breaker_held_at, run_at)
                SELECT gen_random_uuid(), %(owner)s, CASE WHEN %(breaker)s THEN k ELSE %(type)s END, '{}', 'default',
                       5, 'PENDING', 0, 0, 4, '{}', 300, '', '', '', %(then)s, %(then)s,
                       CASE WHEN %(breaker)s THEN NULL ELSE k END, CASE WHEN %(breaker)s THEN NULL ELSE 1 END,
-                      CASE WHEN %(breaker)s THEN %(then)s::timestamptz END
+                      CASE WHEN %(breaker)s THEN %(then)s::timestamptz END, %(run_at)s
                  FROM unnest(%(keys)s::text[]) AS k""",
-            {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker},
+            {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker, "run_at": run_at},
         )
 
 
@@ -439,22 +445,70 @@ def test_held_keys_without_room_do_not_hide_a_key_with_room(user, scheduler_keys
 
 
 @pytest.mark.django_db
-def test_every_held_key_with_room_is_served_oldest_first(user, scheduler_keys, topics):
-    old = [f"old-{i:03}" for i in range(150)]
-    new = [f"new-{i:03}" for i in range(150)]
-    insert_held(user, new, age_seconds=60)
-    insert_held(user, old, age_seconds=600)
+def test_the_held_scan_visits_every_key_from_a_cursor(user, scheduler_keys, topics):
+    """keys_per_tick keys a tick, from where the last tick stopped, wrapping round: 250 keys
+    at 100 a tick are all served in three ticks, none twice."""
+    keys = [f"k-{i:03}" for i in range(250)]
+    insert_held(user, keys, age_seconds=60)
     scheduler = Scheduler()
-    scheduler.held_keys_per_tick = 100  # the keys of the oldest held jobs first
-    result = scheduler.tick()
-    assert result is not None
-    assert result.held_released == 100
-    assert set(Job.objects.filter(dispatch_token__isnull=False).values_list("concurrency_key", flat=True)) < set(old)
-    scheduler.held_keys_per_tick = 1000  # the default
-    result = scheduler.tick()
-    assert result is not None
-    assert result.held_released == 200
-    assert not Job.objects.filter(concurrency_key__in=old + new, dispatch_token__isnull=True).exists()
+    scheduler.held_keys_per_tick = 100
+    released = [scheduler.tick().held_released for _ in range(3)]
+    assert released == [100, 100, 50]
+    assert not Job.objects.filter(concurrency_key__in=keys, dispatch_token__isnull=True).exists()
+    assert Outbox.objects.count() == 250
+
+
+@pytest.mark.django_db
+def test_a_key_releases_its_jobs_in_the_order_they_became_due(user, scheduler_keys, topics):
+    """Within a key, the job due first goes first: a job created earlier with a run_at after
+    a later job's creation waits for it; one due tomorrow does not go at all."""
+    insert_held(user, ["k"], age_seconds=600, run_at=timezone.now() - timedelta(seconds=60))
+    insert_held(user, ["k"], age_seconds=300)
+    insert_held(user, ["k"], age_seconds=900, run_at=timezone.now() + timedelta(days=1))
+    tomorrow, later, plain = Job.objects.order_by("created_at").values_list("id", flat=True)
+    scheduler = Scheduler()
+    released = []
+    for _ in range(3):
+        assert scheduler.tick().held_released == (1 if len(released) < 2 else 0)
+        dispatched = Job.objects.filter(dispatch_token__isnull=False)
+        released += list(dispatched.values_list("id", flat=True))
+        dispatched.update(status="SUCCEEDED", dispatch_token=None)  # done: the key has room again
+    assert released == [plain, later]  # due 300 s ago, then 60 s ago; tomorrow's waits
+    assert Job.objects.get(id=tomorrow).status == "PENDING"
+
+
+def _buffers(sql: str, params: dict) -> int:
+    """Shared buffers a statement touches (hit or read): its cost, measured without a clock."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+        plan = cur.fetchone()[0][0]["Plan"]
+    return plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+
+
+@pytest.mark.django_db
+def test_a_huge_held_backlog_costs_the_held_scan_nothing(user, other_user, scheduler_keys, topics):
+    """The scan aggregated every held job each tick (and counted each key's jobs to find its
+    room): one owner's 40,000 held jobs, half of them due tomorrow, slowed every tick for
+    every owner. Now a key costs a few index probes, however many jobs it holds."""
+    from jobs import selectors, transitions
+
+    insert_held(other_user, ["mine"], age_seconds=1)
+    params = {"now": timezone.now(), "limit": 1000, "owner": 0, "key": ""}
+    small = _buffers(selectors._HELD_KEYS_SQL, params)
+    insert_held(user, ["flood"] * 20_000, age_seconds=60)
+    insert_held(user, ["later"] * 20_000, age_seconds=120, run_at=timezone.now() + timedelta(days=1))
+    big = _buffers(selectors._HELD_KEYS_SQL, params)
+    assert big <= small + 30, (small, big)
+    condition, order = transitions._RELEASE_SCANS["held"]
+    release = transitions._RELEASE_SQL.format(condition=condition, order=order)
+    later = {"now": timezone.now(), "limit": 1, "key": "later", "owner": user.pk, "stale_before": None, "ids": []}
+    assert _buffers(release, later) < 30  # nothing due: the range is empty
+    keys = selectors.job_held_keys(now=timezone.now(), after=None, limit=1000)
+    assert [(k.key, k.room) for k in keys if k.owner == other_user.pk] == [("mine", 1)]
+    assert {k.key: k.room for k in keys if k.owner == user.pk} == {"flood": 1, "later": 0}
+    assert Scheduler().tick().held_released == 2  # "mine" and one of "flood"
 
 
 @pytest.mark.django_db
