@@ -266,14 +266,10 @@ class Timing:
         return percentile(self.samples, 95) * 1000
 
 
-def _time(group: str, label: str, repeat: int, fn: Callable[[], Any]) -> Timing:
-    fn()  # warm up: caches, connections, plans
-    timing = Timing(group, label)
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        timing.samples.append(time.perf_counter() - started)
-    return timing
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def _ok(client: Client, path: str, expect: int = 200, **kwargs: Any) -> Callable[[], Any]:
@@ -370,11 +366,18 @@ def measure(repeat: int, out: Out) -> list[Timing]:
         ("scheduler", "stats gauges (counts)", repeat, selectors.job_counts_by_status),
         ("scheduler", "tallies fold", repeat, lambda: tallies.fold(now=timezone.now())),
     ]  # fmt: skip
-    timings = []
-    progress = Progress("paths", len(paths), every=5)
-    for n, (group, label, times, fn) in enumerate(paths, 1):
-        timings.append(_time(group, label, times, fn))
-        progress.update(n)
+    for *_, fn in paths:
+        fn()  # warm up: caches, connections, plans
+    # Rounds of one call of each path, not each path's calls in a row: a burst of background
+    # work (autovacuum, a checkpoint) then spreads over every path instead of landing on one.
+    timings = [Timing(group, label) for group, label, _, _ in paths]
+    rounds = max(times for _, _, times, _ in paths)
+    progress = Progress("rounds", rounds, every=5)
+    for r in range(rounds):
+        for timing, (_, _, times, fn) in zip(timings, paths, strict=True):
+            if r < times:
+                timing.samples.append(_timed(fn))
+        progress.update(r + 1)
     return timings
 
 
