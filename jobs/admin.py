@@ -6,6 +6,7 @@ the admin can never bypass the state machine.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -186,26 +187,32 @@ class JobAdmin(ReadOnlyAdmin):
 
     def archive_view(self, request: HttpRequest) -> HttpResponse:
         """Archived jobs newest first, by status, type or queue, or one id; keyset pages."""
-        from jobs import archive
-        from jobs.selectors import job_archive_pager
+        from jobs.selectors import JobFilter, job_archive_pager
         from logs.search import LogStoreUnavailable
 
         self._staff_only(request)
         term = request.GET.get("q", "").strip()
-        filters = archive.Filters(
-            statuses=[request.GET["status"]] if request.GET.get("status") else None,
-            type=request.GET.get("type") or None,
-            queue=request.GET.get("queue") or None,
-            ids=[str(uuid.UUID(term))] if is_uuid(term) else None,
+        # The API's and the dashboard's filters, validated the same way: a bad value is named.
+        filterset = JobFilter(
+            {name: request.GET[name] for name in ("status", "type", "queue") if request.GET.get(name)},
+            queryset=Job.objects.none(),
+            request=request,
         )
         rows: list[Job] = []
         cursor, error = None, ""
-        try:
-            rows, cursor = job_archive_pager(user=request.user, filters=filters)(None, request.GET.get("cursor"), 100)
-        except ValueError:
-            error = "That page link is not valid any more."
-        except LogStoreUnavailable as exc:
-            error = f"ClickHouse is not answering ({exc})."
+        if not filterset.is_valid():
+            error = "; ".join(f"{name}: {' '.join(problems)}" for name, problems in filterset.errors.items())
+        else:
+            filters = filterset.archive_filters()
+            if is_uuid(term):
+                filters = dataclasses.replace(filters, ids=[str(uuid.UUID(term))])
+            try:
+                pager = job_archive_pager(user=request.user, filters=filters)
+                rows, cursor = pager(None, request.GET.get("cursor"), 100)
+            except ValueError:
+                error = "That page link is not valid any more."
+            except LogStoreUnavailable as exc:
+                error = f"ClickHouse is not answering ({exc})."
         params = request.GET.copy()
         if cursor:
             params["cursor"] = cursor

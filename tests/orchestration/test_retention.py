@@ -250,6 +250,10 @@ def test_the_admin_shows_archived_jobs_to_staff_only(archive_table, epoch, user,
     assert str(job.id) in listing
     assert str(job.id) not in client.get("/admin/jobs/job/archive/?status=SUCCEEDED").content.decode()
     assert str(job.id) in client.get(f"/admin/jobs/job/archive/?q={job.id}").content.decode()
+    assert str(job.id) not in client.get(f"/admin/jobs/job/archive/?q={uuid.uuid4()}").content.decode()
+    refused = client.get("/admin/jobs/job/archive/?status=EXPLODED").content.decode()
+    assert "status: Select a valid choice" in refused  # named, not an empty page
+    assert str(job.id) not in refused
     page = client.get(f"/admin/jobs/job/archive/{job.id}/").content.decode()
     assert "boom 1" in page
     assert "read-only" in page
