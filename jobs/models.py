@@ -43,8 +43,15 @@ def default_backoff() -> dict[str, Any]:
     return {"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}
 
 
+# A job held for room by its concurrency key: the job_keyed_held index's condition, in the SQL
+# of the held scan and of its release, which must imply it for the index to serve them ({t}:
+# the table's alias and a dot, or nothing).
+HELD_SQL = (
+    "{t}status = 'PENDING' AND {t}dispatch_token IS NULL AND {t}concurrency_key IS NOT NULL"
+    " AND {t}breaker_held_at IS NULL"
+)
 # A held job due by %(now)s: a range of the job_keyed_held index, then the exact test on each
-# row ({t}: the table's alias and a dot, or nothing). created_at comes from a web process's
+# row. created_at comes from a web process's
 # clock and now from the scheduler's, so a job may look made a moment after now: the range
 # reaches a minute further (at most a minute of scheduled jobs to step over).
 HELD_DUE_SQL = (

@@ -20,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies
 from jobs.errors import JobNotFound, ScheduleNotFound
-from jobs.models import HELD_DUE_SQL, Job, JobStatus, Schedule
+from jobs.models import HELD_DUE_SQL, HELD_SQL, Job, JobStatus, Schedule
 
 M = TypeVar("M", Job, Schedule)
 
@@ -302,10 +302,7 @@ def job_breaker_held_types() -> list[str]:
         return [row[0] for row in cur.fetchall()]
 
 
-# A job held for room by its concurrency key (the `job_keyed_held` index's condition).
-_HELD = (
-    "h.status = 'PENDING' AND h.dispatch_token IS NULL AND h.concurrency_key IS NOT NULL AND h.breaker_held_at IS NULL"
-)
+_HELD = HELD_SQL.format(t="h.")
 _DUE = HELD_DUE_SQL.format(t="h.")
 # The (owner, key) pairs after the cursor, one index probe each (a skip scan: PostgreSQL 15
 # has none of its own), then each pair's first due job and its room. Nothing here reads

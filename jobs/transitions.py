@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from jobs.models import HELD_DUE_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
+from jobs.models import HELD_DUE_SQL, HELD_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
 from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
@@ -623,8 +623,8 @@ _RELEASE_SCANS = {
     # jobs held by their concurrency key, in the order they became due, as slots free up (the
     # job_keyed_held index: due is a range of it, so far-future jobs are never read)
     "held": (
-        "status = 'PENDING' AND dispatch_token IS NULL AND concurrency_key = %(key)s AND owner_id = %(owner)s"
-        " AND breaker_held_at IS NULL AND " + HELD_DUE_SQL.format(t=""),
+        f"{HELD_SQL.format(t='')} AND concurrency_key = %(key)s AND owner_id = %(owner)s"
+        f" AND {HELD_DUE_SQL.format(t='')}",
         "coalesce(run_at, created_at)",
     ),
     # jobs held back by their type's open circuit breaker, oldest first
