@@ -33,7 +33,7 @@ class HeldScan:
                 if room > 0:
                     released += release_fenced(epoch, clock, scan="held", limit=room, key=key, owner=owner)
             budget -= len(keys)
-            if keys and budget == 0:
+            if budget == 0:  # a full page: go on from its last pair next tick
                 self.after = (keys[-1].owner, keys[-1].key)
                 break
             self.after = None  # the end: the keys before the cursor come next
