@@ -19,6 +19,13 @@ from config.text import NUL, REPLACEMENT, bounded_text
 PREVIEW_CHARS = 1000  # of a result too large to keep
 
 
+def to_json(value: Any) -> str:
+    """The one encoder for what a job hands back, on every path that writes it (one job or a
+    batch). orjson writes NaN and ±Infinity, which JSON cannot carry, as null; psycopg's own
+    json.dumps wrote `NaN`, which PostgreSQL refuses, and the job's success was lost."""
+    return orjson.dumps(value).decode()
+
+
 def bounded_error(text: str) -> str:
     return bounded_text(text, settings.JOB_ERROR_MAX_CHARS)
 

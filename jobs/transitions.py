@@ -26,6 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from jobs import outputs
 from jobs.models import HELD_DUE_SQL, HELD_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
 from metrics import prom
 
@@ -362,7 +363,7 @@ def _end_running(
     sets = ""
     for column, value in fields.items():
         sets += f", {column} = %({column})s"
-        params[column] = Jsonb(value) if column == "result" else value
+        params[column] = Jsonb(value, dumps=outputs.to_json) if column == "result" else value
     guard = " AND cancel_requested_at IS NULL" if unless_cancel_requested else ""
     if lease_expired_before is not None:
         guard += " AND lease_expires_at < %(expired_before)s"
@@ -448,7 +449,7 @@ def mark_succeeded_many(successes: list[tuple[uuid.UUID, int, Any]]) -> set[uuid
         cur.execute(
             _SUCCEEDED_MANY_SQL,
             {"ids": pg_array(s[0] for s in successes), "attempts": pg_array(s[1] for s in successes),
-             "results": orjson.dumps([s[2] for s in successes]).decode(), "now": timezone.now()},
+             "results": outputs.to_json([s[2] for s in successes]), "now": timezone.now()},
         )  # fmt: skip
         won = cur.fetchall()
     for (type_, queue), count in Counter((type_, queue) for _, type_, queue in won).items():

@@ -154,3 +154,16 @@ def test_a_late_result_after_the_job_moved_on_is_dropped(user):
     )
     assert not transitions.mark_succeeded(job.id, attempt=claim.attempt, result={"late": True})
     assert Job.objects.get(id=job.id).status == JobStatus.RETRYING
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("seconds", ["nan", "-inf"])
+def test_a_result_json_cannot_carry_ends_the_job_after_one_attempt(user, seconds):
+    # demo.sleep returns {"slept": float(seconds)}: NaN and Infinity are not JSON. Every write
+    # path stores them as null (orjson's reading), as the batch path always did; psycopg's
+    # json.dumps wrote `NaN`, PostgreSQL refused it and the job ran again and again.
+    job = submit(user, "demo.sleep", payload={"seconds": seconds})
+    outcome = execute(envelope_of(job), worker="w1")
+    assert (outcome.status, outcome.recorded) == ("SUCCEEDED", True)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.result) == (JobStatus.SUCCEEDED, 1, {"slept": None})
