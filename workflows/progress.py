@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from jobs import services
+from jobs import services, transitions
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.services import JobSpec
 from metrics import prom
@@ -128,19 +130,26 @@ def _task_ended(workflow: Workflow, task: WorkflowTask, status: str) -> None:
 
 
 def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
-    """Submit a job per task (with its outbox row, in the caller's transaction)."""
+    """Submit a job per task (with its outbox row, in the caller's transaction).
+
+    A task whose parents' results would make its payload larger than JOB_PAYLOAD_MAX_BYTES
+    gets its job all the same, dead-lettered at once with the reason (so the saga
+    compensates): the sizes are added up in PostgreSQL before any result is loaded, so a
+    fan-in of a thousand large results never lands in the releasing worker's memory."""
     tasks = [t for t in tasks if t.job_id is None and not t.skipped]
     if not tasks:
         return
-    parent_ids = {dep for t in tasks for dep in t.depends_on}
+    sizes = _result_sizes(workflow, {dep for t in tasks for dep in t.depends_on})
+    too_large = {t.pk: why for t in tasks if (why := _too_large(t, sizes))}
+    fitting_parents = {dep for t in tasks if t.pk not in too_large for dep in t.depends_on}
     results = dict(
-        Job.objects.filter(workflow_task__workflow=workflow, workflow_task__task_id__in=parent_ids).values_list(
+        Job.objects.filter(workflow_task__workflow=workflow, workflow_task__task_id__in=fitting_parents).values_list(
             "workflow_task__task_id", "result"
         )
     )
     specs = [
         _spec(workflow, t.type, t.payload, t.options, extra={PARENTS_KEY: {d: results.get(d) for d in t.depends_on}})
-        if t.depends_on
+        if t.depends_on and t.pk not in too_large
         else _spec(workflow, t.type, t.payload, t.options)
         for t in tasks
     ]
@@ -154,6 +163,47 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
         )
     for task, sub in zip(tasks, submitted, strict=True):
         task.job_id = sub.job.id
+    for task, sub in zip(tasks, submitted, strict=True):
+        if task.pk in too_large and sub.job.dispatch_token is not None:
+            services.discard_dispatches([sub.job.id])
+            # Its end moves the workflow on (the saga), in this same transaction.
+            transitions.dead_letter_undispatchable(sub.job.id, dispatch_token=sub.job.dispatch_token,
+                                                   error=too_large[task.pk])  # fmt: skip
+
+
+# A result's size as JSON, from its jsonb text: close to what orjson writes (no spaces).
+_RESULT_SIZES_SQL = """
+SELECT t.task_id, coalesce(octet_length(j.result::text), 4)
+  FROM workflows_workflowtask t JOIN jobs_job j ON j.id = t.job_id
+ WHERE t.workflow_id = %(workflow)s AND t.task_id = ANY(%(tasks)s)
+"""
+
+
+def _result_sizes(workflow: Workflow, task_ids: set[str]) -> dict[str, int]:
+    if not task_ids:
+        return {}
+    with connection.cursor() as cur:
+        cur.execute(_RESULT_SIZES_SQL, {"workflow": workflow.id, "tasks": sorted(task_ids)})
+        return dict(cur.fetchall())
+
+
+def _too_large(task: WorkflowTask, sizes: dict[str, int]) -> str:
+    """Why the task's payload with its parents' results would be over JOB_PAYLOAD_MAX_BYTES
+    ("" when it fits)."""
+    if not task.depends_on:
+        return ""
+    limit = settings.JOB_PAYLOAD_MAX_BYTES
+    # The payload, each parent's id and result, and the JSON around them.
+    total = len(orjson.dumps(task.payload)) + sum(sizes.get(d, 4) + len(d) + 4 for d in task.depends_on) + 16
+    if total <= limit:
+        return ""
+    largest = sorted(task.depends_on, key=lambda d: -sizes.get(d, 4))[:5]
+    named = ", ".join(f"{d}: {sizes.get(d, 4):,} bytes" for d in largest)
+    more = f" and {len(task.depends_on) - len(largest)} more" if len(task.depends_on) > len(largest) else ""
+    return (
+        f"the results of its parents ({named}{more}) make its payload {total:,} bytes, over JOB_PAYLOAD_MAX_BYTES "
+        f"({limit:,}): pass large results by reference (store them, return their key)"
+    )
 
 
 def _spec(

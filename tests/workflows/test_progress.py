@@ -201,3 +201,36 @@ def test_a_task_with_two_parents_finishing_at_once_is_released_exactly_once(user
         child = workflow.tasks.get(task_id="child")
         assert child.job_id is not None
         assert child.pending_parents == 0
+
+
+def test_a_fan_in_whose_parents_results_are_too_large_dead_letters_the_child(user, settings):
+    # 1,000 parents of 1 MB each once made one child payload of 1 GB, built in the worker's
+    # memory on every release. Their size is added up in PostgreSQL first: over
+    # JOB_PAYLOAD_MAX_BYTES, the child dead-letters with the reason, nothing is loaded, and
+    # the saga compensates what succeeded.
+    settings.JOB_PAYLOAD_MAX_BYTES = 4000
+    big = "x" * 1500
+    parents = [task(f"p{i}", payload={"name": f"p{i}", "blob": big}, compensation=undo(f"p{i}")) for i in range(3)]
+    workflow = submit(user, [*parents, task("join", *(f"p{i}" for i in range(3)))])
+    ran = run_all()
+    workflow.refresh_from_db()
+    join = Job.objects.get(workflow_task__workflow=workflow, workflow_task__task_id="join")
+    assert join.status == "DEAD_LETTER"
+    assert join.attempts == 0
+    assert "join" not in ran
+    assert "JOB_PAYLOAD_MAX_BYTES" in join.last_error
+    assert "p0: " in join.last_error
+    assert "parents" not in join.payload
+    assert workflow.status == WorkflowStatus.FAILED
+    assert workflow.failed_task == "join"
+    assert sorted(r for r in ran if r.startswith("undo-")) == ["undo-p0", "undo-p1", "undo-p2"]
+
+
+def test_a_fan_in_within_the_limit_gets_every_parents_result(user, settings):
+    settings.JOB_PAYLOAD_MAX_BYTES = 6000
+    parents = [task(f"p{i}", payload={"name": f"p{i}", "blob": "x" * 1500}) for i in range(3)]
+    workflow = submit(user, [*parents, task("join", *(f"p{i}" for i in range(3)))])
+    run_all()
+    join = Job.objects.get(workflow_task__workflow=workflow, workflow_task__task_id="join")
+    assert join.status == "SUCCEEDED"
+    assert sorted(join.payload["parents"]) == ["p0", "p1", "p2"]
