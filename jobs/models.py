@@ -147,10 +147,12 @@ class Job(models.Model):
             models.Index(fields=["next_retry_at"], condition=Q(status=JobStatus.RETRYING), name="job_due_retry"),
             models.Index(fields=["lease_expires_at"], condition=Q(status=JobStatus.RUNNING), name="job_running_lease"),
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
+            # Jobs held by their owner's breaker for their type: the breaker scan skips from
+            # (owner, type) to (owner, type) and releases each pair's oldest first.
             models.Index(
-                fields=["type", "breaker_held_at"],
+                fields=["owner", "type", "breaker_held_at"],
                 condition=Q(status=JobStatus.PENDING, breaker_held_at__isnull=False),
-                name="job_breaker_held",
+                name="job_owner_breaker_held",
             ),
             # Keyed jobs held for room, per (owner, key) in the order they became due: the
             # held scan skips from key to key and reads only each key's first due jobs, so a

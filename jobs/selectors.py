@@ -270,7 +270,7 @@ def job_counts_by_status() -> dict[str, int]:
 
 
 def job_breaker_held_counts() -> dict[str, int]:
-    """Jobs held by their type's open breaker, per type (absent: none held)."""
+    """Jobs held by an open breaker, per type, all owners (absent: none held)."""
     return dict(
         Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
         .order_by()
@@ -279,27 +279,32 @@ def job_breaker_held_counts() -> dict[str, int]:
     )
 
 
-# Every type with breaker-held jobs, in order: a skip scan of job_breaker_held, one index
-# probe per type however many jobs each holds (a DISTINCT would read them all every tick).
-_BREAKER_HELD_TYPES_SQL = """
-WITH RECURSIVE held(type) AS (
-    (SELECT type FROM jobs_job WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL ORDER BY type LIMIT 1)
+# (owner, type) pairs with breaker-held jobs after a cursor, in order: a skip scan of
+# job_owner_breaker_held, one index probe per pair however many jobs each holds (a DISTINCT
+# would read them all every tick).
+_BREAKER_HELD_KEYS_SQL = """
+WITH RECURSIVE held AS (
+    (SELECT owner_id, type FROM jobs_job
+      WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL AND (owner_id, type) > (%(owner)s, %(type)s)
+      ORDER BY owner_id, type LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.type FROM jobs_job j
-             WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND j.type > held.type
-             ORDER BY j.type LIMIT 1)
-      FROM held WHERE held.type IS NOT NULL
+    SELECT n.owner_id, n.type
+      FROM held h CROSS JOIN LATERAL (
+           SELECT j.owner_id, j.type FROM jobs_job j
+            WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND (j.owner_id, j.type) > (h.owner_id, h.type)
+            ORDER BY j.owner_id, j.type LIMIT 1) n
 )
-SELECT type FROM held WHERE type IS NOT NULL
+SELECT owner_id, type FROM held LIMIT %(limit)s
 """
 
 
-def job_breaker_held_types() -> list[str]:
-    """Every type that has jobs held by its breaker, in order (each looked at every tick: types
-    are registered handlers, few)."""
+def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` (owner, type) pairs that have jobs held by their breaker, in order after
+    `after` (a previous page's last pair). The cost is per pair, not per held job."""
+    owner, type_ = after if after is not None else (0, "")
     with connection.cursor() as cur:
-        cur.execute(_BREAKER_HELD_TYPES_SQL)
-        return [row[0] for row in cur.fetchall()]
+        cur.execute(_BREAKER_HELD_KEYS_SQL, {"owner": owner, "type": type_, "limit": limit})
+        return [(row[0], row[1]) for row in cur.fetchall()]
 
 
 _HELD = HELD_SQL.format(t="h.")

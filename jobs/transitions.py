@@ -628,9 +628,9 @@ _RELEASE_SCANS = {
         f" AND {HELD_DUE_SQL.format(t='')}",
         "coalesce(run_at, created_at)",
     ),
-    # jobs held back by their type's open circuit breaker, oldest first
+    # jobs held back by their owner's open circuit breaker for their type, oldest first
     "breaker": (
-        "status = 'PENDING' AND breaker_held_at IS NOT NULL AND type = %(key)s",
+        "status = 'PENDING' AND breaker_held_at IS NOT NULL AND owner_id = %(owner)s AND type = %(key)s",
         "breaker_held_at",
     ),
     # QUEUED jobs the scheduler found to have lost their message

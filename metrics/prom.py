@@ -38,8 +38,9 @@ JOBS_IN_STATE = Gauge(
     multiprocess_mode="mostrecent",
 )  # fmt: skip
 JOBS_HELD = Gauge(
-    P + "jobs_held", "Jobs held back by their type's open circuit breaker.", ["type"], multiprocess_mode="mostrecent"
-)
+    P + "jobs_held", "Jobs held back by their owners' open circuit breakers, per type.", ["type"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
 
 # --- dispatch -----------------------------------------------------------------------------
 OUTBOX_PENDING = Gauge(P + "outbox_pending", "Outbox rows not yet relayed to Kafka.", multiprocess_mode="mostrecent")
@@ -78,7 +79,8 @@ SCHEDULER_MOVED = Counter(P + "scheduler_moved_total", "Jobs each scan moved.", 
 
 # --- circuit breakers ----------------------------------------------------------------------
 BREAKER_STATE = Gauge(
-    P + "breaker_state", "Circuit breaker per job type: 0 closed, 1 half open, 2 open.", ["type"],
+    P + "breaker_state", "Circuit breakers per job type, the most open of its owners' (each has its own): "
+    "0 closed, 1 half open, 2 open.", ["type"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}

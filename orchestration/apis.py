@@ -1,8 +1,13 @@
-"""The circuit breakers API (`breakers/`): the state of each job type's breaker, read-only."""
+"""The circuit breakers API (`breakers/`): the caller's breaker for each job type, read-only.
+Breakers are each owner's own; staff see every owner's (`?owner=` narrows the list, and
+picks whose breaker `breakers/{type}/` shows)."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,6 +17,7 @@ from orchestration import breaker
 
 
 class BreakerSerializer(serializers.Serializer):
+    owner = serializers.IntegerField(help_text="The user whose jobs this breaker counts and holds.")
     type = serializers.CharField()
     state = serializers.ChoiceField(choices=["closed", "open", "half_open"])
     successes = serializers.IntegerField(help_text="In the current window.")
@@ -21,20 +27,45 @@ class BreakerSerializer(serializers.Serializer):
     probe_running = serializers.BooleanField()
 
 
+OWNER = OpenApiParameter(
+    "owner", OpenApiTypes.INT, description="Staff only: whose breakers (default: the caller's, for `breakers/{type}/`)."
+)
+
+
+def _owner(request: Request, *, default_all: bool) -> int | None:
+    """Whose breakers the caller asks for: always its own unless staff; staff name an owner with
+    `?owner=` (else all of them, or their own for one type). A bad owner is a 400."""
+    user: Any = request.user
+    if not user.is_staff:
+        return int(user.pk)
+    raw = request.query_params.get("owner")
+    if raw is None:
+        return None if default_all else int(user.pk)
+    if not raw.isdigit():
+        raise serializers.ValidationError({"owner": ["must be a user id (a whole number)."]})
+    return int(raw)
+
+
 class BreakerListApi(APIView):
     @extend_schema(
         operation_id="breakers_list",
+        parameters=[OWNER],
         responses=inline_serializer(
             "BreakerPage", {"results": BreakerSerializer(many=True), "next": serializers.URLField(allow_null=True)}
         ),
-        description="The circuit breaker of every job type with recent results. While a type's breaker is open "
-        "its jobs wait (PENDING) without using attempts.",
+        description="The caller's circuit breaker for every job type with recent results (staff: every owner's). "
+        "While a breaker is open, its owner's jobs of that type wait (PENDING) without using attempts; other "
+        "owners' jobs of the type are not affected.",
     )
     def get(self, request: Request) -> Response:
-        return Response({"results": [breaker.state_of(t).as_dict() for t in breaker.known_types()], "next": None})
+        owner = _owner(request, default_all=True)
+        states = [breaker.state_of(o, t).as_dict() for o, t in breaker.known(owner)]
+        return Response({"results": states, "next": None})
 
 
 class BreakerDetailApi(APIView):
-    @extend_schema(operation_id="breakers_retrieve", responses=BreakerSerializer)
+    @extend_schema(operation_id="breakers_retrieve", parameters=[OWNER], responses=BreakerSerializer)
     def get(self, request: Request, job_type: str) -> Response:
-        return Response(breaker.state_of(job_type).as_dict())
+        owner = _owner(request, default_all=False)
+        assert owner is not None
+        return Response(breaker.state_of(owner, job_type).as_dict())

@@ -1,4 +1,4 @@
-"""Circuit breakers per job type, shared by every worker through Redis.
+"""Circuit breakers per owner and job type, shared by every worker through Redis.
 
     closed ── failures ≥ BREAKER_FAILURE_RATIO of ≥ BREAKER_MIN_CALLS results
        ▲      within BREAKER_WINDOW_SECONDS ──▶ open (for BREAKER_OPEN_SECONDS)
@@ -6,7 +6,11 @@
        └── the probe succeeds ── half-open: one job runs as the probe ──┘
                                   (the probe fails: open again)
 
-While a type's breaker is open its jobs are held back, not burned through their attempts:
+Each owner has its own breaker for each type: one tenant's failing or timing-out jobs (a
+downstream of its own, `timeout_seconds: 1`) open its breaker only, and never hold another
+tenant's jobs of the same type.
+
+While a breaker is open its jobs are held back, not burned through their attempts:
 the worker leaves them PENDING without a dispatch (`breaker_held_at` set) and does not
 claim them; the scheduler releases held jobs once the breaker is closed, and one of them as
 the probe once the open period is over.
@@ -16,7 +20,7 @@ Only failures that say something about the job's dependencies count: a handler t
 
 Results are counted per process and added to Redis at most every BREAKER_FLUSH_SECONDS (one
 round trip a second per worker rather than one per job); a probe's result is sent at once.
-A worker also keeps a type's "closed" answer for BREAKER_CACHE_SECONDS.
+A worker also keeps a breaker's "closed" answer for BREAKER_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ BUCKETS = 6  # the window is counted in this many buckets
 
 @dataclass(frozen=True)
 class BreakerState:
+    owner: int
     type: str
     state: str  # closed, open, half_open (open period over; a probe may run)
     ok: int
@@ -90,8 +95,9 @@ class BreakerState:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "type": self.type, "state": self.state, "successes": self.ok, "failures": self.failed,
-            "opened_at": self.opened_at, "open_until": self.open_until, "probe_running": self.probe_running,
+            "owner": self.owner, "type": self.type, "state": self.state, "successes": self.ok,
+            "failures": self.failed, "opened_at": self.opened_at, "open_until": self.open_until,
+            "probe_running": self.probe_running,
         }  # fmt: skip
 
 
@@ -99,81 +105,88 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _state_key(type_: str) -> str:
-    return f"{settings.BREAKER_PREFIX}:{type_}:state"
+# Keys: `<prefix>:<owner>:<type>:...`. The owner is a number and comes first, so no job type
+# (any text) can make one owner's key look like another's.
+def _state_key(owner: int, type_: str) -> str:
+    return f"{settings.BREAKER_PREFIX}:{owner}:{type_}:state"
 
 
-def _bucket_keys(type_: str, now: float) -> list[str]:
+def _bucket_keys(owner: int, type_: str, now: float) -> list[str]:
     width = settings.BREAKER_WINDOW_SECONDS / BUCKETS
     current = int(now // width)
-    return [f"{settings.BREAKER_PREFIX}:{type_}:w:{current - i}" for i in range(BUCKETS)]
+    return [f"{settings.BREAKER_PREFIX}:{owner}:{type_}:w:{current - i}" for i in range(BUCKETS)]
+
+
+Key = tuple[int, str]  # (owner, type)
 
 
 class Breakers:
     """The breakers as one worker process sees them."""
 
     def __init__(self) -> None:
-        self._closed_until: dict[str, float] = {}
-        self._counts: dict[str, Counter[str]] = {}
+        self._closed_until: dict[Key, float] = {}
+        self._counts: dict[Key, Counter[str]] = {}
         self._last_flush = time.monotonic()
 
-    def allow(self, type_: str, *, probe_seconds: float) -> str:
+    def allow(self, owner: int, type_: str, *, probe_seconds: float) -> str:
         if not settings.BREAKER_ENABLED:
             return RUN
-        now = time.time()
-        if self._closed_until.get(type_, 0.0) > now:
+        now, key = time.time(), (owner, type_)
+        if self._closed_until.get(key, 0.0) > now:
             return RUN
-        decision = _text(broker.client().eval(_ALLOW, 1, _state_key(type_), now, probe_seconds))
+        decision = _text(broker.client().eval(_ALLOW, 1, _state_key(owner, type_), now, probe_seconds))
         if decision == RUN:
-            self._closed_until[type_] = now + settings.BREAKER_CACHE_SECONDS
+            self._closed_until[key] = now + settings.BREAKER_CACHE_SECONDS
         return str(decision)
 
-    def record(self, type_: str, *, ok: bool, probe: bool) -> None:
+    def record(self, owner: int, type_: str, *, ok: bool, probe: bool) -> None:
         if not settings.BREAKER_ENABLED:
             return
         if probe:
-            self._send(type_, 0, 0, probe=True, probe_ok=ok)
+            self._send((owner, type_), 0, 0, probe=True, probe_ok=ok)
             return
-        self._counts.setdefault(type_, Counter())["ok" if ok else "failed"] += 1
+        self._counts.setdefault((owner, type_), Counter())["ok" if ok else "failed"] += 1
         if time.monotonic() - self._last_flush >= settings.BREAKER_FLUSH_SECONDS:
             self.flush()
 
-    def abandon_probe(self, type_: str) -> None:
+    def abandon_probe(self, owner: int, type_: str) -> None:
         """The probe did not run (its claim lost, or it was cancelled): let another one go."""
-        broker.client().hset(_state_key(type_), "probe_until", 0)
+        broker.client().hset(_state_key(owner, type_), "probe_until", 0)
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         self._last_flush = time.monotonic()
-        for type_, c in counts.items():
-            if self._send(type_, c["ok"], c["failed"], probe=False, probe_ok=False) == "opened":
-                self._closed_until.pop(type_, None)
+        for key, c in counts.items():
+            if self._send(key, c["ok"], c["failed"], probe=False, probe_ok=False) == "opened":
+                self._closed_until.pop(key, None)
 
-    def _send(self, type_: str, ok: int, failed: int, *, probe: bool, probe_ok: bool) -> str:
+    def _send(self, key: Key, ok: int, failed: int, *, probe: bool, probe_ok: bool) -> str:
         now = time.time()
-        buckets = _bucket_keys(type_, now)
+        owner, type_ = key
+        buckets = _bucket_keys(owner, type_, now)
         result = broker.client().eval(
-            _RECORD, 2 + len(buckets), _state_key(type_), buckets[0], *buckets,
+            _RECORD, 2 + len(buckets), _state_key(owner, type_), buckets[0], *buckets,
             now, ok, failed, int(probe), int(probe_ok), int(settings.BREAKER_WINDOW_SECONDS * 2),
             settings.BREAKER_MIN_CALLS, settings.BREAKER_FAILURE_RATIO, settings.BREAKER_OPEN_SECONDS,
         )  # fmt: skip
         result = _text(result)
         if result != "closed":
-            self._closed_until.pop(type_, None)
+            self._closed_until.pop(key, None)
         return result
 
 
 BREAKERS = Breakers()
 
 
-def state_of(type_: str, now: float | None = None) -> BreakerState:
-    """A type's breaker as stored in Redis (the API, the scheduler and metrics read this)."""
+def state_of(owner: int, type_: str, now: float | None = None) -> BreakerState:
+    """An owner's breaker for a type as stored in Redis (the API, the scheduler and metrics
+    read this)."""
     now = time.time() if now is None else now
     client = broker.client()
-    raw = {_text(k): _text(v) for k, v in client.hgetall(_state_key(type_)).items()}
+    raw = {_text(k): _text(v) for k, v in client.hgetall(_state_key(owner, type_)).items()}
     ok = failed = 0
     pipe = client.pipeline()
-    for key in _bucket_keys(type_, now):
+    for key in _bucket_keys(owner, type_, now):
         pipe.hmget(key, "ok", "failed")
     for bucket_ok, bucket_failed in pipe.execute():
         ok += int(bucket_ok or 0)
@@ -183,18 +196,23 @@ def state_of(type_: str, now: float | None = None) -> BreakerState:
     if state == "open" and open_until is not None and now >= open_until:
         state = "half_open"
     return BreakerState(
-        type=type_, state=state, ok=ok, failed=failed,
+        owner=owner, type=type_, state=state, ok=ok, failed=failed,
         opened_at=float(raw["opened_at"]) if "opened_at" in raw else None,
         open_until=open_until if state != "closed" else None,
         probe_running=float(raw.get("probe_until", 0)) > now,
     )  # fmt: skip
 
 
-def known_types() -> list[str]:
-    """Types with a breaker state or recent results in Redis."""
+def known(owner: int | None = None) -> list[Key]:
+    """(owner, type) of the breakers with a state or recent results in Redis; only `owner`'s
+    when given."""
     prefix = f"{settings.BREAKER_PREFIX}:"
-    types = set()
-    for key in broker.client().scan_iter(match=f"{prefix}*", count=1000):
-        name = _text(key)[len(prefix) :]
-        types.add(name.rsplit(":state", 1)[0] if name.endswith(":state") else name.split(":w:", 1)[0])
-    return sorted(types)
+    match = f"{prefix}{owner}:*" if owner is not None else f"{prefix}*"
+    found = set()
+    for raw in broker.client().scan_iter(match=match, count=1000):
+        owner_text, sep, rest = _text(raw)[len(prefix) :].partition(":")
+        if not sep or not owner_text.isdigit():
+            continue  # not one of ours (a key of the old per-type layout, say)
+        type_ = rest.rsplit(":state", 1)[0] if rest.endswith(":state") else rest.rsplit(":w:", 1)[0]
+        found.add((int(owner_text), type_))
+    return sorted(found)

@@ -362,7 +362,7 @@ def measure(repeat: int, out: Out) -> list[Timing]:
         ("scheduler", "stale dispatches (a page)", repeat,
          lambda: selectors.job_queued_before(later, after=None, limit=1000)),
         ("scheduler", "held keys", repeat, lambda: selectors.job_held_keys(now=later, after=None, limit=1000)),
-        ("scheduler", "breaker-held types", repeat, selectors.job_breaker_held_types),
+        ("scheduler", "breaker-held pairs", repeat, lambda: selectors.job_breaker_held_keys(after=None, limit=1000)),
         ("scheduler", "stats gauges (counts)", repeat, selectors.job_counts_by_status),
         ("scheduler", "tallies fold", repeat, lambda: tallies.fold(now=timezone.now())),
     ]  # fmt: skip

@@ -17,27 +17,26 @@ from datetime import datetime
 
 from jobs import selectors
 from orchestration.scheduler.release import release_fenced
+from orchestration.scheduler.walk import Walk
 
 
 class HeldScan:
-    """The held-keys scan with its cursor (the last pair it visited; None: the start)."""
+    """The held-keys scan, walking (owner, key) pairs from where the last tick stopped."""
 
     def __init__(self) -> None:
-        self.after: tuple[int, str] | None = None
+        self.now: datetime | None = None  # the tick's clock, read by the fetch
+        self.walk: Walk[selectors.HeldKey] = Walk(self._fetch)
+
+    def _fetch(self, after: selectors.HeldKey | None, limit: int) -> list[selectors.HeldKey]:
+        assert self.now is not None
+        return selectors.job_held_keys(now=self.now, after=(after.owner, after.key) if after else None, limit=limit)
 
     def __call__(self, epoch: int, clock: Callable[[], datetime], *, keys_per_tick: int) -> int:
-        released, budget, wrapped = 0, keys_per_tick, self.after is None
-        while budget > 0:
-            keys = selectors.job_held_keys(now=clock(), after=self.after, limit=budget)
-            for owner, key, room in keys:
-                if room > 0:
-                    released += release_fenced(epoch, clock, scan="held", limit=room, key=key, owner=owner)
-            budget -= len(keys)
-            if budget == 0:  # a full page: go on from its last pair next tick
-                self.after = (keys[-1].owner, keys[-1].key)
-                break
-            self.after = None  # the end: the keys before the cursor come next
-            if wrapped:
-                break
-            wrapped = True
-        return released
+        self.now = clock()
+
+        def release(held: selectors.HeldKey) -> int:
+            if held.room <= 0:
+                return 0
+            return release_fenced(epoch, clock, scan="held", limit=held.room, key=held.key, owner=held.owner)
+
+        return self.walk(release, budget=keys_per_tick)

@@ -136,10 +136,12 @@ class Scheduler:
         self.batch = settings.SCHEDULER_BATCH_SIZE
         self.held_keys_per_tick = 1000
         self.stale_pages = 10  # pages of SCHEDULER_BATCH_SIZE QUEUED jobs the stale scan reads a tick
+        self.release_batches = 10  # batches of due retries (and of delayed jobs) a tick releases
         self.positions = stale.BridgePositions()
         self.stale_scan = stale.StaleScan(self.positions)  # keeps where it goes on next tick
         self.retention = retention.RetentionScan()  # likewise
         self.held_scan = held.HeldScan()  # likewise
+        self.breaker_scan = breaker_held.BreakerHeldScan()  # likewise
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
 
@@ -162,7 +164,8 @@ class Scheduler:
              lambda: self.stale_scan(epoch, clock, batch=self.batch, pages=self.stale_pages, skipped=result.skipped)),
             ("cron", "cron_fired", lambda: cron.fire_schedules(epoch, clock)),
             ("held", "held_released", lambda: self.held_scan(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
-            ("breaker", "breaker_released", lambda: breaker_held.release_breaker_held(epoch, clock, batch=self.batch)),
+            ("breaker", "breaker_released",
+             lambda: self.breaker_scan(epoch, clock, batch=self.batch, keys_per_tick=self.held_keys_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
             ("retention", "archived", lambda: self.retention(epoch, clock)),
         ]  # fmt: skip
@@ -181,7 +184,7 @@ class Scheduler:
 
     # The two scans tests also drive on their own (tests/orchestration/test_batch_model.py).
     def _release(self, scan: str, epoch: int) -> int:
-        return release.release_due(epoch, self.clock, scan=scan, batch=self.batch)
+        return release.release_due(epoch, self.clock, scan=scan, batch=self.batch, batches=self.release_batches)
 
     def _reap_expired_leases(self, epoch: int) -> int:
         return reaper.reap_expired_leases(epoch, self.clock, batch=self.batch)
@@ -225,8 +228,14 @@ class Scheduler:
         lag = {p: max(0, high - committed) for p, (committed, high) in positions.items()}
         for partition, behind in lag.items():
             prom.BRIDGE_LAG.labels(str(partition)).set(behind)
-        for type_ in breaker.known_types():
-            prom.BREAKER_STATE.labels(type_).set(prom.BREAKER_STATES[breaker.state_of(type_).state])
+        # Per type, the most open of its owners' breakers (a label per owner would be one
+        # series per tenant and type).
+        worst: dict[str, int] = {}
+        for owner, type_ in breaker.known():
+            state = prom.BREAKER_STATES[breaker.state_of(owner, type_).state]
+            worst[type_] = max(worst.get(type_, 0), state)
+        for type_, state in worst.items():
+            prom.BREAKER_STATE.labels(type_).set(state)
         held_by_type = selectors.job_breaker_held_counts()
         for type_, n in held_by_type.items():
             prom.JOBS_HELD.labels(type_).set(n)

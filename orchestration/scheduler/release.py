@@ -37,12 +37,15 @@ def release_fenced(
     return len(released)
 
 
-def release_due(epoch: int, clock: Callable[[], datetime], *, scan: str, batch: int) -> int:
-    """Every due job of `scan` ("retries" or "delayed"), a batch per transaction, until a
-    batch comes back short."""
+def release_due(epoch: int, clock: Callable[[], datetime], *, scan: str, batch: int, batches: int) -> int:
+    """Due jobs of `scan` ("retries" or "delayed"), a batch per transaction, until a batch
+    comes back short or `batches` went out: a tick's work is bounded, so a due backlog of
+    millions (one tenant's, say) never starves the tick's other scans, its lock renewal
+    among them. The rest goes next tick, oldest first."""
     total = 0
-    while True:
+    for _ in range(batches):
         released = release_fenced(epoch, clock, scan=scan, limit=batch)
         total += released
         if released < batch:
-            return total
+            break
+    return total

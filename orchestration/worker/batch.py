@@ -1,9 +1,10 @@
 """Running a batch of dispatched jobs in one Celery task (the bridge packs a backlog so).
 
-    breaker gate per job ─ HOLD/PROBE or a concurrency limit → the single-job path
-    claim the rest with one statement ─ jobs not won: duplicate or stale delivery, skipped
-    (a job given twice in the batch is claimed and run once)
-    for each claimed job, in order:
+    breaker gate per job ─ HOLD/PROBE or a concurrency limit → the single-job path, at its turn
+    claim the rest with one statement, before anything runs ─ jobs not won: duplicate or
+    stale delivery, skipped (a job given twice in the batch is claimed and run once)
+    for each job, in the batch's order:
+        on the single-job path? → `single.execute` (breaker hold or probe, a concurrency slot)
         taken from the batch meanwhile (reaped after its lease lapsed)? → skipped
         cancel requested meanwhile? → CANCELLED without running
         run its handler as the single path does (timeout, failure, retry: its own policy)
@@ -29,6 +30,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -134,30 +136,58 @@ class Recorder:
             tracing.record("job.outcome", parent=trace, start_time=started, end_time=written, attributes=attributes)
 
 
+@dataclass(frozen=True)
+class Single:
+    """A job of the batch that takes the single-job path at its turn: its breaker holds it or
+    lets it through as the probe (`gate`, asked once), or it needs a concurrency slot."""
+
+    envelope: DispatchEnvelope
+    gate: str
+
+
+# What a batch works through, in its order: claimed jobs, and jobs for the single-job path.
+Item = transitions.Claim | Single
+
+
 def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = None) -> list[Outcome]:
     """Claim and run a batch of dispatched jobs. Safe to call twice with the same batch, and
     with the same job twice in it (the relay re-sends by design: both copies can be packed
-    together): each job is claimed and run at most once."""
+    together): each job is claimed and run at most once.
+
+    Every plain job is claimed before anything runs, a job for the single-job path included:
+    a slow keyed job or probe first in the batch once left the jobs behind it (other tenants'
+    too) unclaimed for its whole run, where neither the hand-back nor the stale scan reached
+    them."""
     worker = worker or worker_id()
     outcomes: list[Outcome] = []
+    seen: set[tuple[str, str]] = set()
+    order: list[DispatchEnvelope | Single] = []
     batch: dict[tuple[str, str], DispatchEnvelope] = {}
     for envelope in envelopes:
         dispatch = (envelope.job_id, envelope.dispatch_token)
-        if dispatch in batch:
+        if dispatch in seen:
             outcomes.append(_skipped(envelope.log_context(), "duplicate in batch"))
             continue
+        seen.add(dispatch)
         answer = gate(envelope)
         if answer != breaker.RUN or envelope.concurrency_key:
-            outcomes.append(execute(envelope, worker=worker, gate_=answer))
+            order.append(Single(envelope, answer))
         else:
             batch[dispatch] = envelope
+            order.append(envelope)
     claiming = time.time_ns()
     claims = claim_many(list(batch), worker=worker)
-    won = {(str(c.job_id), str(c.dispatch_token)) for c in claims}
+    won = {(str(c.job_id), str(c.dispatch_token)): c for c in claims}
     if tracing.enabled():
-        _claim_spans(batch, won, claiming)
+        _claim_spans(batch, set(won), claiming)
     outcomes.extend(_skipped(e.log_context(), "claim lost") for dispatch, e in batch.items() if dispatch not in won)
-    outcomes.extend(_run_claims(claims, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
+    items: list[Item] = []
+    for entry in order:
+        if isinstance(entry, Single):
+            items.append(entry)
+        elif (claim := won.get((entry.job_id, entry.dispatch_token))) is not None:
+            items.append(claim)
+    outcomes.extend(_run_items(items, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
     return outcomes
 
 
@@ -182,19 +212,21 @@ class BatchRun:
     """A claimed batch being worked through: the jobs not started yet, the recorder, and what
     the monitor thread does while a long job runs (`tick`: a `monitor.Ticking`)."""
 
-    def __init__(self, claims: list[transitions.Claim], envelopes: dict[str, DispatchEnvelope], worker: str) -> None:
+    def __init__(self, items: list[Item], envelopes: dict[str, DispatchEnvelope], worker: str) -> None:
         self.worker = worker
-        self.leases = [(c.job_id, c.attempt) for c in claims]  # renewed until the batch is done
+        # Renewed until the batch is done.
+        self.leases = [(c.job_id, c.attempt) for c in items if isinstance(c, transitions.Claim)]
         self.renewed_at = self.checked_at = time.monotonic()
         self.cancelled: set[uuid.UUID] = set()  # of the jobs held at the last look
         self.lost: set[uuid.UUID] = set()  # taken from the batch: never to be started here
-        self.waiting = collections.deque(claims)
+        self.waiting: collections.deque[Item] = collections.deque(items)
         self.envelopes = envelopes
         self.recorder = Recorder()
         self.handed_back: list[transitions.Claim] = []
+        self.handed_back_singles: list[Single] = []
         self._lock = threading.Lock()
 
-    def next(self) -> transitions.Claim | None:
+    def next(self) -> Item | None:
         with self._lock:
             return self.waiting.popleft() if self.waiting else None
 
@@ -228,22 +260,29 @@ class BatchRun:
         killed in between leaves them QUEUED without a message: the lost-message scan sends
         them again. Jobs with a cancel request stay, to be cancelled here."""
         with self._lock:
-            rest, self.waiting = list(self.waiting), collections.deque()
-        if not rest:
+            waiting, self.waiting = list(self.waiting), collections.deque()
+        if not waiting:
             return
+        rest = [c for c in waiting if isinstance(c, transitions.Claim)]
+        singles = [s for s in waiting if isinstance(s, Single)]
         try:
             back = transitions.hand_back_many([(c.job_id, c.attempt) for c in rest])
         except Exception:
             with self._lock:  # the database is away: keep them and run them here
-                self.waiting.extendleft(reversed(rest))
+                self.waiting.extendleft(reversed(waiting))
             raise
         with self._lock:
             self.waiting.extend(c for c in rest if c.job_id not in back)
             self.handed_back.extend(c for c in rest if c.job_id in back)
+            self.handed_back_singles.extend(singles)
             # Another worker claims them under the same attempt numbers: hands off their leases.
             self.leases = [(job_id, attempt) for job_id, attempt in self.leases if job_id not in back]
-        _dispatch_again([self.envelopes[str(c.job_id)] for c in rest if c.job_id in back])
-        logger.info("batch.handed_back", extra={"jobs": len(back), "kept": len(rest) - len(back)})
+        for single in singles:  # never claimed here: they go as they came, their gate asked again there
+            if single.gate == breaker.PROBE:
+                breaker.BREAKERS.abandon_probe(single.envelope.owner_id or 0, single.envelope.type)
+        again = [self.envelopes[str(c.job_id)] for c in rest if c.job_id in back]
+        _dispatch_again(again + [s.envelope for s in singles])
+        logger.info("batch.handed_back", extra={"jobs": len(back) + len(singles), "kept": len(rest) - len(back)})
 
 
 def _wind_down(run: BatchRun) -> None:
@@ -262,14 +301,20 @@ def _dispatch_again(envelopes: list[DispatchEnvelope]) -> None:
         celery_queues.publish(app, queue, priority, group)
 
 
-def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, DispatchEnvelope], worker: str) -> list[Outcome]:
-    run = BatchRun(claims, envelopes, worker)
+def _run_items(items: list[Item], envelopes: dict[str, DispatchEnvelope], worker: str) -> list[Outcome]:
+    run = BatchRun(items, envelopes, worker)
     recorder = run.recorder
-    ran: list[tuple[transitions.Claim, Outcome]] = []
+    ran: list[tuple[transitions.Claim | None, Outcome]] = []  # None: a single-path job (told its breaker)
     MONITOR.hold(run)
     try:
         while (claim := run.next()) is not None:
             recorder.flush_if_due()
+            if isinstance(claim, Single):
+                # Its own claim, run and breaker verdict; the monitor ticks the batch meanwhile
+                # (the leases of the claimed jobs waiting, their hand-back once it runs long).
+                with tracing.continued(claim.envelope.traceparent):
+                    ran.append((None, execute(claim.envelope, worker=worker, gate_=claim.gate)))
+                continue
             if time.monotonic() - run.checked_at >= CANCEL_CHECK_SECONDS:
                 with_reconnect(run.renew)
             if claim.job_id in run.lost:
@@ -290,10 +335,12 @@ def _run_claims(claims: list[transitions.Claim], envelopes: dict[str, DispatchEn
         MONITOR.release()
     outcomes = []
     for claim, outcome in ran:
-        outcome = recorder.outcomes.get(claim.job_id, outcome)
-        tell_breaker(claim.type, outcome, probe=False)
+        if claim is not None:
+            outcome = recorder.outcomes.get(claim.job_id, outcome)
+            tell_breaker(claim.owner_id, claim.type, outcome, probe=False)
         outcomes.append(outcome)
     outcomes.extend(Outcome(str(c.job_id), Status.HANDED_BACK, recorded=True) for c in run.handed_back)
+    outcomes.extend(Outcome(s.envelope.job_id, Status.HANDED_BACK, recorded=True) for s in run.handed_back_singles)
     return outcomes
 
 

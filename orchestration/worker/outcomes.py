@@ -65,13 +65,13 @@ def record(job_id: uuid.UUID, status: Status, won: bool, **fields: Any) -> Outco
     return Outcome(str(job_id), status, recorded=won)
 
 
-def tell_breaker(type_: str, outcome: Outcome, *, probe: bool) -> None:
+def tell_breaker(owner: int, type_: str, outcome: Outcome, *, probe: bool) -> None:
     try:
         if outcome.status == Status.SUCCEEDED and outcome.recorded:
-            BREAKERS.record(type_, ok=True, probe=probe)
+            BREAKERS.record(owner, type_, ok=True, probe=probe)
         elif outcome.breaker_failure:
-            BREAKERS.record(type_, ok=False, probe=probe)
+            BREAKERS.record(owner, type_, ok=False, probe=probe)
         elif probe:
-            BREAKERS.abandon_probe(type_)  # claim lost, cancelled, permanent error: no verdict
+            BREAKERS.abandon_probe(owner, type_)  # claim lost, cancelled, permanent error: no verdict
     except Exception:  # Redis away: the job's outcome is recorded; the breaker just misses one result
         logger.exception("breaker.record_failed", extra={"type": type_})

@@ -31,8 +31,9 @@ logger = logging.getLogger("orchestration.worker")
 
 
 def gate(envelope: DispatchEnvelope) -> str:
-    """What the job type's circuit breaker says: RUN, PROBE (run as the one probe) or HOLD."""
-    return BREAKERS.allow(envelope.type, probe_seconds=settings.BREAKER_PROBE_SECONDS)
+    """What the owner's circuit breaker for the job's type says: RUN, PROBE (run as the one
+    probe) or HOLD."""
+    return BREAKERS.allow(envelope.owner_id or 0, envelope.type, probe_seconds=settings.BREAKER_PROBE_SECONDS)
 
 
 def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str | None = None) -> Outcome:
@@ -52,7 +53,7 @@ def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) 
             logger.info("job.held_by_breaker", extra={"job_id": envelope.job_id, "type": envelope.type, "held": held})
             return Outcome(envelope.job_id, Status.HELD, recorded=held)
         outcome = _claim_and_run(envelope, worker or worker_id())
-    tell_breaker(envelope.type, outcome, probe=gate_ == breaker.PROBE)
+    tell_breaker(envelope.owner_id or 0, envelope.type, outcome, probe=gate_ == breaker.PROBE)
     return outcome
 
 

@@ -204,3 +204,52 @@ def test_a_hand_back_leaves_jobs_with_a_cancel_request_or_another_attempt(user):
     back = transitions.hand_back_many([(c.job_id, c.attempt + (c.job_id == moved_on.id)) for c in claims])
     assert back == {fine.id}
     assert statuses(cancelling, moved_on, fine) == [JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.QUEUED]
+
+
+@pytest.mark.django_db
+def test_a_keyed_job_whose_result_json_cannot_carry_leaves_the_batch_whole(user):
+    # The keyed job takes the single path inside the batch; its NaN result once aborted the
+    # batch before the rest of it was claimed.
+    keyed = submit(user, "demo.sleep", payload={"seconds": "nan"}, concurrency_key="k")
+    plain = [submit(user) for _ in range(3)]
+    outcomes = execute_batch(envelopes(keyed, *plain), worker="w1")
+    assert sorted(o.status for o in outcomes) == ["SUCCEEDED"] * 4
+    assert statuses(keyed, *plain) == [JobStatus.SUCCEEDED] * 4
+    assert Job.objects.get(id=keyed.id).result == {"slept": None}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_keyed_job_first_in_a_batch_leaves_no_job_behind_it_unclaimed(user, other_user, settings, queue):
+    # Another tenant's jobs behind a slow keyed job in the same message: claimed before the
+    # keyed job runs, and handed back to other workers once it has run long, not left
+    # QUEUED-but-held for its whole run, where neither the hand-back nor the stale scan went.
+    settings.BATCH_HAND_BACK_SECONDS = 0.3
+    keyed = submit(user, "demo.sleep", payload={"seconds": 1.0}, queue=queue, concurrency_key="k")
+    behind = [submit(other_user, queue=queue) for _ in range(3)]
+    seen: list[list[str]] = []
+
+    def watch() -> None:
+        wait_for(lambda: Job.objects.get(id=keyed.id).status == JobStatus.RUNNING, timeout=10)
+        seen.append(statuses(*behind))
+        connection.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    outcomes = {o.job_id: o.status for o in execute_batch(envelopes(keyed, *behind))}
+    watcher.join(15)
+    assert seen == [[JobStatus.RUNNING] * 3]  # claimed while the keyed job ran
+    assert outcomes == {str(keyed.id): "SUCCEEDED", **{str(j.id): "HANDED_BACK" for j in behind}}
+    assert statuses(*behind) == [JobStatus.QUEUED] * 3
+    [batch] = celery_messages(queue, batches=True)
+    assert sorted(e["job_id"] for e in batch) == sorted(str(j.id) for j in behind)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_job_hands_back_the_keyed_jobs_after_it_too(user, settings, queue):
+    settings.BATCH_HAND_BACK_SECONDS = 0.3
+    slow = submit(user, "demo.sleep", payload={"seconds": 1.0}, queue=queue)
+    keyed = submit(user, queue=queue, concurrency_key="k")
+    outcomes = {o.job_id: o.status for o in execute_batch(envelopes(slow, keyed))}
+    assert outcomes == {str(slow.id): "SUCCEEDED", str(keyed.id): "HANDED_BACK"}
+    assert statuses(keyed) == [JobStatus.PENDING]  # never claimed here (nor relayed): it goes as it came
+    assert [e["job_id"] for e in celery_messages(queue)] == [str(keyed.id)]

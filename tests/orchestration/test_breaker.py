@@ -1,4 +1,4 @@
-"""Circuit breakers per job type, in real Redis, through the real worker code: they open on
+"""Circuit breakers per owner and job type, in real Redis, through the real worker code: they open on
 failures, hold jobs back without using attempts, let one probe through and close on success."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def envelope(job: Job) -> DispatchEnvelope:
 def test_failures_open_the_breaker_and_jobs_are_held_without_using_attempts(user, quick_breaker):
     for _ in range(4):
         assert execute(envelope(submit(user, "demo.fail"))).status == "RETRYING"
-    assert breaker.state_of("demo.fail").state == "open"
+    assert breaker.state_of(user.pk, "demo.fail").state == "open"
     held = submit(user, "demo.fail")
     outcome = execute(envelope(held))
     assert outcome.status == "HELD"
@@ -56,18 +56,18 @@ def test_failures_open_the_breaker_and_jobs_are_held_without_using_attempts(user
 def test_a_successful_probe_closes_the_breaker_and_the_scheduler_releases_held_jobs(user, quick_breaker):
     for _ in range(4):
         execute(envelope(submit(user, "demo.flaky", failures=1)))
-    assert breaker.state_of("demo.flaky").state == "open"
+    assert breaker.state_of(user.pk, "demo.flaky").state == "open"
     held = [submit(user, "demo.flaky", failures=0) for _ in range(3)]
     assert [execute(envelope(j)).status for j in held] == ["HELD"] * 3
 
     scheduler = Scheduler()
     assert scheduler.tick().breaker_released == 0  # still open: nothing goes out
     time.sleep(0.6)
-    assert breaker.state_of("demo.flaky").state == "half_open"
+    assert breaker.state_of(user.pk, "demo.flaky").state == "half_open"
     assert scheduler.tick().breaker_released == 1  # one probe
     probe = next(j for j in held if Job.objects.get(id=j.id).dispatch_token is not None)
     assert execute(envelope(probe)).status == "SUCCEEDED"
-    assert breaker.state_of("demo.flaky").state == "closed"
+    assert breaker.state_of(user.pk, "demo.flaky").state == "closed"
     assert scheduler.tick().breaker_released == 2
     for j in held:
         if j.id != probe.id:
@@ -79,10 +79,10 @@ def test_a_failed_probe_opens_the_breaker_again(user, quick_breaker):
     for _ in range(4):
         execute(envelope(submit(user, "demo.fail")))
     time.sleep(0.6)
-    assert BREAKERS.allow("demo.fail", probe_seconds=60) == breaker.PROBE
-    assert BREAKERS.allow("demo.fail", probe_seconds=60) == breaker.HOLD  # one probe at a time
-    BREAKERS.record("demo.fail", ok=False, probe=True)
-    state = breaker.state_of("demo.fail")
+    assert BREAKERS.allow(user.pk, "demo.fail", probe_seconds=60) == breaker.PROBE
+    assert BREAKERS.allow(user.pk, "demo.fail", probe_seconds=60) == breaker.HOLD  # one probe at a time
+    BREAKERS.record(user.pk, "demo.fail", ok=False, probe=True)
+    state = breaker.state_of(user.pk, "demo.fail")
     assert state.state == "open"
     assert not state.probe_running
 
@@ -91,7 +91,7 @@ def test_permanent_errors_do_not_count(user, quick_breaker):
     for _ in range(6):
         job = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.fail", payload={"retryable": False})).job
         assert execute(envelope(job)).status == "DEAD_LETTER"
-    assert breaker.state_of("demo.fail").state == "closed"
+    assert breaker.state_of(user.pk, "demo.fail").state == "closed"
 
 
 def test_the_api_shows_breakers(api, user, quick_breaker):
@@ -104,3 +104,27 @@ def test_the_api_shows_breakers(api, user, quick_breaker):
     one = api.get("/api/v1/breakers/demo.fail/").json()
     assert one["state"] == "open"
     assert api.get("/api/v1/breakers/demo.noop/").json()["state"] == "closed"
+
+
+def test_one_owners_failures_never_hold_another_owners_jobs_of_the_type(user, other_user, quick_breaker):
+    # One tenant's failing (or timing-out) jobs of a type open its own breaker only.
+    for _ in range(4):
+        assert execute(envelope(submit(user, "demo.flaky", failures=1))).status == "RETRYING"
+    assert breaker.state_of(user.pk, "demo.flaky").state == "open"
+    assert breaker.state_of(other_user.pk, "demo.flaky").state == "closed"
+    assert execute(envelope(submit(user, "demo.flaky", failures=0))).status == "HELD"
+    assert execute(envelope(submit(other_user, "demo.flaky", failures=0))).status == "SUCCEEDED"
+
+
+def test_each_owner_sees_its_own_breakers_and_staff_sees_all(api, other_api, staff_api, user, quick_breaker):
+    for _ in range(4):
+        execute(envelope(submit(user, "demo.fail")))
+    mine = api.get("/api/v1/breakers/").json()["results"]
+    assert [(b["owner"], b["type"], b["state"]) for b in mine] == [(user.pk, "demo.fail", "open")]
+    assert other_api.get("/api/v1/breakers/").json()["results"] == []
+    assert other_api.get("/api/v1/breakers/demo.fail/").json()["state"] == "closed"
+    assert other_api.get(f"/api/v1/breakers/?owner={user.pk}").json()["results"] == []  # not staff: ignored
+    everyone = staff_api.get("/api/v1/breakers/").json()["results"]
+    assert (user.pk, "demo.fail", "open") in [(b["owner"], b["type"], b["state"]) for b in everyone]
+    assert staff_api.get(f"/api/v1/breakers/demo.fail/?owner={user.pk}").json()["state"] == "open"
+    assert staff_api.get("/api/v1/breakers/?owner=x").status_code == 400

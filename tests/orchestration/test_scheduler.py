@@ -378,7 +378,7 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
 
     settings.BREAKER_OPEN_SECONDS = 1.0
     settings.BREAKER_CACHE_SECONDS = 0
-    BREAKERS.record("demo.fail", ok=False, probe=True)  # a failed probe: open at once
+    BREAKERS.record(user.pk, "demo.fail", ok=False, probe=True)  # a failed probe: open at once
     job = submit(user, "demo.fail", run_at=timezone.now() - timedelta(seconds=5))
     assert execute(DispatchEnvelope.parse(Outbox.objects.get(job=job).envelope)).status == "HELD"
     Outbox.objects.filter(job=job).delete()
@@ -407,7 +407,8 @@ def insert_held(
     run_at: datetime | None = None,
 ) -> None:
     """One held job per key, as the worker leaves it (PENDING, no dispatch), `age_seconds` old:
-    held by its concurrency key, or with `breaker` by its type's breaker (`keys` are types)."""
+    held by its concurrency key, or with `breaker` by its owner's breaker for its type (`keys`
+    are types)."""
     from django.db import connection
 
     then = timezone.now() - timedelta(seconds=age_seconds)
@@ -555,10 +556,43 @@ def test_open_breakers_do_not_hide_a_closed_one(user, scheduler_keys, topics, se
     settings.BREAKER_OPEN_SECONDS = 600
     open_types = [f"a-open-{i:03}" for i in range(150)]
     for type_ in open_types:
-        BREAKERS.record(type_, ok=False, probe=True)  # a failed probe: open
+        BREAKERS.record(user.pk, type_, ok=False, probe=True)  # a failed probe: open
     insert_held(user, open_types, breaker=True)
     insert_held(user, ["z-closed"], breaker=True, age_seconds=1)
     result = Scheduler().tick()
     assert result is not None
     assert result.breaker_released == 1
     assert Job.objects.get(type="z-closed").dispatch_token is not None
+
+
+@pytest.mark.django_db
+def test_one_owners_open_breakers_do_not_hide_anothers_closed_one(user, other_user, scheduler_keys, topics, settings):
+    """Breakers are per owner: the scan walks (owner, type) pairs from a cursor, so an owner
+    with more open breakers than a tick visits cannot hold another owner's released jobs."""
+    from orchestration.breaker import BREAKERS
+
+    settings.BREAKER_OPEN_SECONDS = 600
+    open_types = [f"a-open-{i:03}" for i in range(30)]
+    first, second = sorted([user, other_user], key=lambda u: u.pk)  # the walk's order: owner first
+    for type_ in open_types:
+        BREAKERS.record(first.pk, type_, ok=False, probe=True)
+    insert_held(first, open_types, breaker=True)
+    insert_held(second, ["a-open-000"], breaker=True, age_seconds=1)  # the same type, its own breaker closed
+    scheduler = Scheduler()
+    scheduler.held_keys_per_tick = 10
+    released = [scheduler.tick().breaker_released for _ in range(4)]
+    assert released == [0, 0, 0, 1]  # 31 pairs at 10 a tick: the fourth tick reaches it
+    assert Job.objects.get(owner=second, type="a-open-000").dispatch_token is not None
+    assert not Job.objects.filter(owner=first, dispatch_token__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_a_due_backlog_is_released_a_bounded_amount_a_tick(user, scheduler_keys, topics):
+    """release_due looped until the due backlog was empty: one tenant's million due delayed
+    jobs made one tick of minutes, and reaping, cron, the tally fold and the lock's renewal
+    waited behind it."""
+    insert_held(user, [f"d{i}" for i in range(25)], age_seconds=5, run_at=timezone.now() - timedelta(seconds=1))
+    Job.objects.filter(owner=user).update(concurrency_key=None, concurrency_limit=None)  # plain delayed jobs
+    scheduler = Scheduler()
+    scheduler.batch, scheduler.release_batches = 4, 2
+    assert [scheduler.tick().delayed for _ in range(4)] == [8, 8, 8, 1]
