@@ -43,9 +43,11 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# End-to-end benchmark (vs raw Celery, plus light-load latency) against the running dev stack.
+# End-to-end benchmark (vs raw Celery, plus light-load latency) against the running dev stack,
+# then two tenants: one floods or runs long jobs, the other's start wait (fairness on and off).
 bench: venv
 	$(PY) manage.py bench pipeline
+	$(PY) manage.py bench fairness
 
 # Submit-API benchmark against the running dev stack (`make run` in another terminal).
 bench-api: venv

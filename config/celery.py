@@ -1,10 +1,11 @@
 """The Celery app shared by every role. Workers and the bridge import it; the tasks (one job,
 or a batch) live in `orchestration.tasks`."""
 
+import contextlib
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -47,4 +48,25 @@ def _start_worker_heartbeat(sender: object = None, **kwargs: object) -> None:
 
     serve_role_metrics()
     hostname = getattr(sender, "hostname", "")
-    Heartbeat("worker", lambda: {"celery": hostname}).start()
+    # The queues it consumes (`--queues`): `GET /api/v1/queues/` counts each one's consumers,
+    # and each beat counts this process among its queues' slots (orchestration.fair_slots).
+    from orchestration.fair_slots import SLOTS
+    from orchestration.worker.claims import worker_id
+
+    queues = sorted(app.amqp.queues.consume_from or {})
+    SLOTS.configure(worker_id(), queues)
+
+    def details() -> dict[str, object]:
+        SLOTS.beat()
+        return {"celery": hostname, "queues": queues}
+
+    Heartbeat("worker", details).start()
+
+
+@worker_shutdown.connect
+def _leave_slots(**kwargs: object) -> None:
+    # Its slots go at once, not when their entries expire: another worker's jobs may use them.
+    from orchestration.fair_slots import SLOTS
+
+    with contextlib.suppress(Exception):  # Redis away: the entries expire on their own
+        SLOTS.leave()

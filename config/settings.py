@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from config import queues
 from config.env import BASE_DIR, DATA_DIR, dev_secret_key, env, load_env_file
 
 load_env_file()
@@ -97,13 +98,40 @@ TEMPLATES = [
 # --- Engines ----------------------------------------------------------------------------
 # Unset URLs are filled from `.data/env` (written by `make run`) by load_env_file() above.
 DATABASES = {"default": env.db_url("DATABASE_URL")}
+# Every connection has limits, so a hung server, a dropped link or one slow statement fails a
+# request, a tick or a round instead of hanging a role for good: a statement runs at most
+# DB_STATEMENT_TIMEOUT_SECONDS (`manage.py migrate` lifts it: an index built concurrently on
+# a large table takes longer), a transaction may sit idle at most
+# DB_IDLE_IN_TRANSACTION_SECONDS, a connect waits DB_CONNECT_TIMEOUT_SECONDS, and data sent
+# that the server does not acknowledge within DB_SOCKET_TIMEOUT_SECONDS closes the connection
+# (TCP keepalives find a silent peer meanwhile). 0 turns each off.
+DB_STATEMENT_TIMEOUT_SECONDS = env.float("DB_STATEMENT_TIMEOUT_SECONDS", default=30.0)
+DB_IDLE_IN_TRANSACTION_SECONDS = env.float("DB_IDLE_IN_TRANSACTION_SECONDS", default=60.0)
+DB_CONNECT_TIMEOUT_SECONDS = env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5)
+DB_SOCKET_TIMEOUT_SECONDS = env.float("DB_SOCKET_TIMEOUT_SECONDS", default=30.0)
+for _name, _value in (
+    ("DB_STATEMENT_TIMEOUT_SECONDS", DB_STATEMENT_TIMEOUT_SECONDS),
+    ("DB_IDLE_IN_TRANSACTION_SECONDS", DB_IDLE_IN_TRANSACTION_SECONDS),
+    ("DB_CONNECT_TIMEOUT_SECONDS", DB_CONNECT_TIMEOUT_SECONDS),
+    ("DB_SOCKET_TIMEOUT_SECONDS", DB_SOCKET_TIMEOUT_SECONDS),
+):  # fmt: skip
+    if _value < 0:
+        raise ImproperlyConfigured(f"{_name} must be 0 (off) or more, not {_value}")
 DATABASES["default"].update(
     {
         # Roles are long-lived; keep connections but check them after a PostgreSQL restart.
         "CONN_MAX_AGE": env.int("DB_CONN_MAX_AGE", default=60),
         "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "connect_timeout": DB_CONNECT_TIMEOUT_SECONDS,
+            "options": f"-c statement_timeout={int(DB_STATEMENT_TIMEOUT_SECONDS * 1000)}"
+            f" -c idle_in_transaction_session_timeout={int(DB_IDLE_IN_TRANSACTION_SECONDS * 1000)}",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "tcp_user_timeout": int(DB_SOCKET_TIMEOUT_SECONDS * 1000),
+        },
     }
-)
+)  # fmt: skip
 # The planner's price of a random page read for our sessions (SET at connect; 0: the
 # server's own). PostgreSQL's default of 4 is for spinning disks: with it, a seq scan of a
 # 20,000-row jobs table looked cheaper than 128 primary-key probes and a batch statement
@@ -395,11 +423,34 @@ KAFKA_FETCH_WAIT_MAX_MS = env.int("KAFKA_FETCH_WAIT_MAX_MS", default=10)
 
 RELAY_BATCH_SIZE = env.int("RELAY_BATCH_SIZE", default=1000)
 RELAY_POLL_SECONDS = env.float("RELAY_POLL_SECONDS", default=1.0)  # fallback when no NOTIFY arrives
+# While dispatches wait for room in their queue's window (or for its rate), the relay looks
+# again this often: room appears as workers claim jobs, which notify nothing.
+RELAY_WINDOW_POLL_SECONDS = env.float("RELAY_WINDOW_POLL_SECONDS", default=0.02)
 
-# The bridge stops feeding a Celery queue above the high-water mark and starts again below
-# the low-water mark: Redis holds a short window of ready work, Kafka holds the backlog.
-BRIDGE_HIGH_WATER = env.int("BRIDGE_HIGH_WATER", default=2000)
-BRIDGE_LOW_WATER = env.int("BRIDGE_LOW_WATER", default=500)
+# Declared queues (config/queues.py): a job may name only these. Each has a window, the most
+# of its jobs dispatched and not yet started (Kafka, Redis and prefetch hold only that much);
+# its backlog waits in PostgreSQL and the relay picks the next jobs fairly across owners.
+QUEUE_WINDOW = env.int("QUEUE_WINDOW", default=1000)
+# Fair sharing between owners: the relay's weighted pick and express lane, the workers' share
+# of slots. Off (false), a queue's room goes first come, first served, as a plain queue would
+# do it (`manage.py bench fairness` measures both); windows and rates hold either way.
+FAIR_DISPATCH = env.bool("FAIR_DISPATCH", default=True)
+# One owner's long jobs hold at most this share of a queue's workers (orchestration.fair_slots),
+# so another owner's job always finds one; an owner's OwnerShare.slot_share, or a queue's own
+# `slot_share` in QUEUES, overrides it. 1 turns it off. A run is long past FAIR_LONG_SECONDS;
+# a kind of job (owner and type) is remembered as short or long FAIR_KIND_MEMORY_SECONDS.
+FAIR_SLOT_SHARE = env.float("FAIR_SLOT_SHARE", default=0.5)
+FAIR_LONG_SECONDS = env.float("FAIR_LONG_SECONDS", default=1.0)
+FAIR_KIND_MEMORY_SECONDS = env.float("FAIR_KIND_MEMORY_SECONDS", default=600.0)
+FAIR_SLOTS_PREFIX = env.str("FAIR_SLOTS_PREFIX", default="slots")
+if not 0 < FAIR_SLOT_SHARE <= 1:
+    raise ImproperlyConfigured(f"FAIR_SLOT_SHARE must be above 0 and at most 1, not {FAIR_SLOT_SHARE}")
+if FAIR_LONG_SECONDS <= 0 or FAIR_KIND_MEMORY_SECONDS < 1:
+    raise ImproperlyConfigured("FAIR_LONG_SECONDS must be above 0 and FAIR_KIND_MEMORY_SECONDS at least 1")
+try:
+    QUEUES = queues.parse(env.str("QUEUES", default="default"), window=QUEUE_WINDOW, slot_share=FAIR_SLOT_SHARE)
+except queues.QueueError as _exc:
+    raise ImproperlyConfigured(f"QUEUES: {_exc}") from None
 # Under a backlog the bridge packs up to this many jobs of one queue into one Celery message
 # (a worker claims and records them with one statement each); 1 turns batching off. A batch
 # goes out full, as soon as the bridge has caught up (so an idle system sends each job
@@ -412,9 +463,14 @@ BRIDGE_BATCH_LINGER_MS = env.float("BRIDGE_BATCH_LINGER_MS", default=5.0)
 # A worker whose current job of a batch has run this long gives the batch's jobs still
 # waiting back to the queue, for idle workers: a batch of slow jobs does not sit on one.
 BATCH_HAND_BACK_SECONDS = env.float("BATCH_HAND_BACK_SECONDS", default=1.0)
-# Per-queue dispatch rate limits in jobs/s, e.g. "emails=5,reports=0.5". Held-back jobs wait
-# in Kafka, in order; the limit applies per bridge process.
-QUEUE_RATE_LIMITS = {name.strip(): float(rate) for name, rate in env.dict("QUEUE_RATE_LIMITS", default={}).items()}
+# Redis keys of the queues' dispatch rate buckets (orchestration.ratelimit).
+RATE_LIMIT_PREFIX = env.str("RATE_LIMIT_PREFIX", default="rate")
+# Dispatch rates per queue are declared in QUEUES (`emails rate=5/s`), for all relays together.
+if env.str("QUEUE_RATE_LIMITS", default=""):
+    raise ImproperlyConfigured(
+        'QUEUE_RATE_LIMITS is gone: declare the rate with the queue, e.g. QUEUES="default; emails rate=5/s" '
+        "(it now holds across every relay, not per bridge process)"
+    )
 # How often the bridge commits consumed offsets: a crash re-enqueues at most this much work
 # (duplicates whose claims lose), while committing less often saves broker round trips.
 BRIDGE_COMMIT_SECONDS = env.float("BRIDGE_COMMIT_SECONDS", default=1.0)
@@ -425,6 +481,9 @@ JOB_LEASE_SECONDS = env.float("JOB_LEASE_SECONDS", default=30.0)
 # After a cancel request, how long a handler gets to stop by itself before it is interrupted.
 JOB_CANCEL_GRACE_SECONDS = env.float("JOB_CANCEL_GRACE_SECONDS", default=5.0)
 WORKER_QUEUES = env.list("WORKER_QUEUES", default=["default"])
+for _queue in WORKER_QUEUES:
+    if _problem := queues.problem(_queue, QUEUES):
+        raise ImproperlyConfigured(f"WORKER_QUEUES: {_problem}")
 # Exception classes (dotted paths) that dead-letter at once, like PermanentError does.
 JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
 # What a handler hands back is stored whatever it is (jobs/outputs.py): a result larger than

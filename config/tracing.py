@@ -21,6 +21,13 @@ in another process; `span(...)` opens a span under the current parent (or a give
 Spans of instrumented libraries with no parent at all (a scheduler tick's queries, a
 heartbeat's Redis call) are not sampled: each would be a trace of one span. Roots of our own
 and the web's requests go to the configured sampler (default: parent-based, always on).
+
+A request's own trace context (`traceparent`, `tracestate`, `baggage` headers) is not
+continued unless OTEL_TRUST_INCOMING says the callers are trusted: on a public API any
+tenant could otherwise choose to be traced (a sampled flag overrides a ratio sampler, at
+about three times a worker's CPU per job) and attach its jobs to any trace id. Untrusted,
+`UntrustedTraceContext` (first of the web's middleware) takes the headers off, the request
+starts a trace of ours, sampled by our sampler, and its span links the caller's context.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ _NULL: AbstractContextManager[Any] = nullcontext()
 _tracer: trace.Tracer | None = None  # None: tracing is off in this process
 _provider: Any = None
 _setup_pid = 0
+_trust_incoming = False  # OTEL_TRUST_INCOMING: continue a request's own trace context
+CALLER_TRACEPARENT = "orchestration.caller_traceparent"  # request.META: the untrusted caller's context
 
 
 # -- on or off ------------------------------------------------------------------------------
@@ -101,6 +110,7 @@ def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
             provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     use(provider)
+    trust_incoming(environ.get("OTEL_TRUST_INCOMING", "").strip().lower() in ("1", "true", "yes", "on"))
     _instrument(provider, environ)
     logger.info("tracing.on", extra={"service": service, "exporters": ",".join(wanted)})
     return True
@@ -130,12 +140,17 @@ def _instrument(provider: Any, environ: Mapping[str, str]) -> None:
             continue
         try:
             if name == "django":
+                from django.conf import settings
                 from opentelemetry.instrumentation.django import DjangoInstrumentor
 
                 own = environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS") or environ.get("OTEL_PYTHON_EXCLUDED_URLS")
                 DjangoInstrumentor().instrument(
-                    tracer_provider=provider, excluded_urls=None if own else DEFAULT_EXCLUDED_URLS
-                )
+                    tracer_provider=provider, excluded_urls=None if own else DEFAULT_EXCLUDED_URLS,
+                    request_hook=link_caller,
+                )  # fmt: skip
+                # Before OpenTelemetry's own middleware (it inserted itself first): a request's
+                # headers are judged before they are read.
+                settings.MIDDLEWARE.insert(0, UNTRUSTED_MIDDLEWARE)
             elif name == "psycopg":
                 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
@@ -150,6 +165,43 @@ def _instrument(provider: Any, environ: Mapping[str, str]) -> None:
                 RedisInstrumentor().instrument(tracer_provider=provider)
         except Exception as exc:
             logger.warning("tracing.instrumentation_failed", extra={"instrumentation": name, "error": repr(exc)})
+
+
+UNTRUSTED_MIDDLEWARE = "config.tracing.UntrustedTraceContext"
+_CONTEXT_HEADERS = ("HTTP_TRACEPARENT", "HTTP_TRACESTATE", "HTTP_BAGGAGE")
+
+
+def trust_incoming(trusted: bool) -> None:
+    """Whether a request's own trace context is continued (OTEL_TRUST_INCOMING; tests set it)."""
+    global _trust_incoming
+    _trust_incoming = trusted
+
+
+class UntrustedTraceContext:
+    """Django middleware, the first of all: unless callers are trusted, a request's trace
+    headers are taken off before OpenTelemetry reads them (its span then starts a trace of
+    ours), and a valid `traceparent` is kept aside for `link_caller`."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if not _trust_incoming:
+            caller = request.META.get("HTTP_TRACEPARENT")
+            for header in _CONTEXT_HEADERS:
+                request.META.pop(header, None)
+            if valid_traceparent(caller):
+                request.META[CALLER_TRACEPARENT] = caller
+        return self.get_response(request)
+
+
+def link_caller(span: Any, request: Any) -> None:
+    """The request span's link to the caller's own context (DjangoInstrumentor's request hook):
+    the caller's trace can still find the request, without deciding its sampling."""
+    caller = valid_traceparent(request.META.get(CALLER_TRACEPARENT))
+    if caller is not None and span is not None and span.is_recording():
+        link = _remote_context(caller)
+        span.add_link(link, {"orchestration.link": "caller (OTEL_TRUST_INCOMING is off)"})
 
 
 def use(provider: Any) -> None:
@@ -248,8 +300,13 @@ def _parent(traceparent: str | None) -> otel_context.Context | None:
     current = trace.get_current_span().get_span_context()
     if current.is_valid and current.trace_id == trace_id:
         return None
-    remote = SpanContext(trace_id, int(value[36:52], 16), is_remote=True, trace_flags=TraceFlags(int(value[53:], 16)))
-    return trace.set_span_in_context(NonRecordingSpan(remote))
+    return trace.set_span_in_context(NonRecordingSpan(_remote_context(value)))
+
+
+def _remote_context(traceparent: str) -> SpanContext:
+    """A valid traceparent as a remote span context."""
+    return SpanContext(int(traceparent[3:35], 16), int(traceparent[36:52], 16), is_remote=True,
+                       trace_flags=TraceFlags(int(traceparent[53:], 16)))  # fmt: skip
 
 
 # -- spans -------------------------------------------------------------------------------------

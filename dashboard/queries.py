@@ -12,8 +12,9 @@ from django.db import connection
 from django.utils import timezone
 
 from config import broker, rest
+from jobs import visibility
 from jobs.models import Job, JobStatus
-from jobs.selectors import LastHour, job_get_stats, job_last_hour, job_visible_to
+from jobs.selectors import LastHour, job_get_stats, job_last_hour, job_visible_to, queue_backlog
 from metrics import heartbeat
 
 
@@ -34,36 +35,55 @@ def per_minute(user: Any, last_hour: LastHour | None = None) -> dict[str, list[A
 
 
 def overview(user: Any) -> dict[str, Any]:
+    """What the overview shows `user`: its own jobs' counts, charts and queue backlogs (staff:
+    everyone's), and to staff only what is the platform's own (the stages' backlog, Kafka lag,
+    workers, roles, the scheduler, Flower): one tenant learns nothing of another's load."""
+    seen = visibility.scope(user)
     hour = job_last_hour(user)  # read once for both
     stats = job_get_stats(user=user, last_hour=hour)
     minutes = per_minute(user, hour)
     finished = sum(minutes["succeeded"]) + sum(minutes["dead"])
-    roles = heartbeat.roles()
-    scheduler = next((r for r in roles if r["role"] == "scheduler" and r.get("leading")), None)
-    with connection.cursor() as cur:
-        cur.execute("SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM jobs_outbox")
-        outbox, outbox_age = cur.fetchone()
-    queues = list(dict.fromkeys([*settings.WORKER_QUEUES, "default"]))
-    return {
+    data = {
         "stats": stats,
         "minutes": minutes,
         "failure_rate": (sum(minutes["dead"]) / finished) if finished else 0.0,
         "finished_last_hour": finished,
-        "backlog": {
-            "outbox": outbox,
-            "outbox_age": float(outbox_age),
-            "kafka_lag": scheduler.get("bridge_lag") if scheduler else None,
-            "celery": broker.depths(queues),
-        },
-        "workers": [r for r in roles if r["role"] == "worker"],
-        "roles": roles,
-        "scheduler": scheduler,
+        "queues": [
+            {"name": name, **queue_backlog(name, owner_id=seen.owner_id)._asdict()} for name in settings.QUEUES
+        ],
         "dead_letters": list(
             job_visible_to(user).filter(status=JobStatus.DEAD_LETTER).order_by("-created_at")
             .only("id", "type", "queue", "last_error", "finished_at", "created_at")[:10]
         ),
-        "flower_url": settings.FLOWER_URL,
+        "platform": None,
     }  # fmt: skip
+    if seen.everyone:
+        data["platform"] = _platform()
+    return data
+
+
+def _platform() -> dict[str, Any]:
+    """The platform's own state, for staff."""
+    roles = heartbeat.roles()
+    scheduler = next((r for r in roles if r["role"] == "scheduler" and r.get("leading")), None)
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM jobs_outbox),"
+            " coalesce((SELECT extract(epoch FROM now() - created_at) FROM jobs_outbox ORDER BY id LIMIT 1), 0)"
+        )
+        outbox, outbox_age = cur.fetchone()
+    return {
+        "backlog": {
+            "outbox": outbox,
+            "outbox_age": float(outbox_age),
+            "kafka_lag": scheduler.get("bridge_lag") if scheduler else None,
+            "celery": broker.depths(list(settings.QUEUES)),
+        },
+        "workers": [r for r in roles if r["role"] == "worker"],
+        "roles": roles,
+        "scheduler": scheduler,
+        "flower_url": settings.FLOWER_URL,
+    }
 
 
 def keyset_page(

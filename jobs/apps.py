@@ -3,6 +3,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate, pre_migrate
 
 
 def _tune_session(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -10,6 +11,26 @@ def _tune_session(sender: Any, connection: Any, **kwargs: Any) -> None:
     if connection.vendor == "postgresql" and settings.DB_RANDOM_PAGE_COST:
         with connection.cursor() as cur:
             cur.execute("SELECT set_config('random_page_cost', %s, false)", [str(settings.DB_RANDOM_PAGE_COST)])
+
+
+def _no_statement_timeout(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """Migrations may build indexes concurrently on tables of millions of rows: longer than
+    DB_STATEMENT_TIMEOUT_SECONDS allows any other statement (`_statement_timeout_again`
+    restores it for whatever the process does next)."""
+    _session(using, "SET statement_timeout = 0")
+
+
+def _statement_timeout_again(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    _session(using, "RESET statement_timeout")  # back to the connection's own (its options)
+
+
+def _session(using: str, sql: str) -> None:
+    from django.db import connections
+
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(sql)
 
 
 class JobsConfig(AppConfig):
@@ -25,3 +46,5 @@ class JobsConfig(AppConfig):
         load_handler_modules()
         load_task_modules()  # Django tasks (JOB_TASK_MODULES), registered under their import path
         connection_created.connect(_tune_session, dispatch_uid="jobs.tune_session")
+        pre_migrate.connect(_no_statement_timeout, dispatch_uid="jobs.no_statement_timeout")
+        post_migrate.connect(_statement_timeout_again, dispatch_uid="jobs.statement_timeout_again")

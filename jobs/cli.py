@@ -10,6 +10,8 @@ import orjson
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
+from jobs import visibility
+
 
 class _HasStatus(Protocol):
     @property
@@ -46,14 +48,7 @@ def dump(data: Any) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
 
-class _Operator:
-    """The CLI runs with the operator's authority: every object is visible."""
-
-    is_staff = True
-    pk = None
-
-
-OPERATOR = _Operator()
+OPERATOR = visibility.OPERATOR  # the CLI runs with the operator's authority: every object is visible
 
 
 def cli_owner(username: str | None) -> Any:

@@ -11,10 +11,13 @@ the current token can win); `type` asks the breaker and finds the handler; `queu
 a slot; `owner_id`, `attempt`, `workflow_id` tag the lines a worker or the bridge writes about
 the job before it is claimed (held, claim lost, dead-lettered), so its owner finds them in the
 job's logs; `traceparent` (W3C) continues the job's trace in every role it passes (the
-submit's span, or the scheduler's release of this attempt). Optional fields are left out of
-the JSON when empty; a message of version 1 from before `owner_id` existed parses without one
-(its lines are then visible to staff only), and the bridge passes it on as it came. A
-malformed `traceparent` is dropped, never an error: tracing must not stop a job.
+submit's span, or the scheduler's release of this attempt); `lane` is set by the relay:
+"express" for a dispatch whose owner had few jobs in flight in its queue (workers take those
+first, so a light tenant's job never waits behind a heavy tenant's window), absent otherwise.
+Optional fields are left out of the JSON when empty; a message of version 1 from before
+`owner_id` existed parses without one (its lines are then visible to staff only), and the
+bridge passes it on as it came. A malformed `traceparent` is dropped, never an error: tracing
+must not stop a job, and neither does an unknown `lane`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from logs.context import JobLogContext
 
 VERSION = 1
 SUPPORTED_VERSIONS = frozenset({VERSION})
+EXPRESS = "express"  # the one lane a dispatch may name; any other value reads as none
 
 
 class BadEnvelope(ValueError):
@@ -65,6 +69,7 @@ class DispatchEnvelope:
     concurrency_limit: int | None = None
     workflow_id: str | None = None
     traceparent: str | None = None  # the job's trace context (W3C), None when not traced
+    lane: str | None = None  # EXPRESS, set by the relay; None: the bulk lane
     v: int = VERSION
 
     @classmethod
@@ -108,6 +113,8 @@ class DispatchEnvelope:
             out["workflow_id"] = self.workflow_id
         if self.traceparent is not None:
             out["traceparent"] = self.traceparent
+        if self.lane is not None:
+            out["lane"] = self.lane
         return out
 
     @classmethod
@@ -132,6 +139,7 @@ class DispatchEnvelope:
             concurrency_limit=_field(data, "concurrency_limit", int) if keyed else None,
             workflow_id=_uuid(data, "workflow_id") if "workflow_id" in data else None,
             traceparent=valid_traceparent(data.get("traceparent")),  # bad: treated as absent
+            lane=EXPRESS if data.get("lane") == EXPRESS else None,  # advisory: anything else is the bulk lane
         )
         if not 0 <= envelope.priority <= 9:
             raise BadEnvelope(f"priority {envelope.priority} is outside 0-9")

@@ -125,8 +125,8 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
         check_json(payload, "payload", max_bytes=settings.JOB_PAYLOAD_MAX_BYTES, setting="JOB_PAYLOAD_MAX_BYTES")
     else:
         raise _NotSure
-    if _QUEUE.fullmatch(job.queue) is None:
-        raise _NotSure
+    if _QUEUE.fullmatch(job.queue) is None or job.queue not in settings.QUEUES:
+        raise _NotSure  # DRF's to report: the name's rule, or the declared queues
     key = job.idempotency_key
     if key is not None:
         if not _plain(key) or reserved_prefix(key) or key in keys:

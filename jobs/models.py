@@ -43,12 +43,13 @@ def default_backoff() -> dict[str, Any]:
     return {"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}
 
 
-# A job held for room by its concurrency key: the job_keyed_held index's condition, in the SQL
-# of the held scan and of its release, which must imply it for the index to serve them ({t}:
-# the table's alias and a dot, or nothing).
+# A job held for room by its concurrency key (not by its breaker, nor for its owner's share of
+# the workers: their own scans release those): the job_keyed_held index's condition, in the
+# SQL of the held scan and of its release, which must imply it for the index to serve them
+# ({t}: the table's alias and a dot, or nothing).
 HELD_SQL = (
     "{t}status = 'PENDING' AND {t}dispatch_token IS NULL AND {t}concurrency_key IS NOT NULL"
-    " AND {t}breaker_held_at IS NULL"
+    " AND {t}breaker_held_at IS NULL AND {t}slot_held_at IS NULL"
 )
 # A held job due by %(now)s: a range of the job_keyed_held index, then the exact test on each
 # row. created_at comes from a web process's
@@ -102,6 +103,9 @@ class Job(models.Model):
     # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
     # scheduler releases held jobs when the breaker lets them through.
     breaker_held_at = models.DateTimeField(null=True, blank=True)
+    # Held back (PENDING, no dispatch) since then because its owner held its share of the
+    # queue's workers with long jobs (orchestration.fair_slots); released as they end.
+    slot_held_at = models.DateTimeField(null=True, blank=True)
     # The job's trace (W3C traceparent of its submit span; NULL when tracing was off): every
     # dispatch of it, retries included, continues this trace (config.tracing).
     traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
@@ -147,12 +151,21 @@ class Job(models.Model):
             models.Index(fields=["next_retry_at"], condition=Q(status=JobStatus.RETRYING), name="job_due_retry"),
             models.Index(fields=["lease_expires_at"], condition=Q(status=JobStatus.RUNNING), name="job_running_lease"),
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
+            # What each queue's window holds, per owner: the relay's room and lanes.
+            models.Index(fields=["queue", "owner"], condition=Q(status=JobStatus.QUEUED), name="job_queued_owner"),
             # Jobs held by their owner's breaker for their type: the breaker scan skips from
             # (owner, type) to (owner, type) and releases each pair's oldest first.
             models.Index(
                 fields=["owner", "type", "breaker_held_at"],
                 condition=Q(status=JobStatus.PENDING, breaker_held_at__isnull=False),
                 name="job_owner_breaker_held",
+            ),
+            # Jobs held for their owner's share of a queue's workers: the slot scan skips from
+            # (owner, queue) to (owner, queue) and releases each pair's oldest first.
+            models.Index(
+                fields=["owner", "queue", "slot_held_at"],
+                condition=Q(status=JobStatus.PENDING, slot_held_at__isnull=False),
+                name="job_slot_held",
             ),
             # Keyed jobs held for room, per (owner, key) in the order they became due: the
             # held scan skips from key to key and reads only each key's first due jobs, so a
@@ -166,6 +179,7 @@ class Job(models.Model):
                     dispatch_token__isnull=True,
                     concurrency_key__isnull=False,
                     breaker_held_at__isnull=True,
+                    slot_held_at__isnull=True,
                 ),
                 name="job_keyed_held",
             ),
@@ -244,8 +258,10 @@ class ConcurrencySlot(models.Model):
 class Outbox(models.Model):
     """Dispatch requests written in the same transaction as the job change they belong to.
 
-    The relay reads these in id order (FOR UPDATE SKIP LOCKED), publishes the envelope to
-    Kafka, and deletes the row. A crash between commit and publish loses nothing.
+    The outbox is the backlog: a dispatch waits here until its queue's window has room, and
+    the relay picks the next ones fairly across owners (by owner, then priority, then age:
+    `outbox_fair`), publishes them to Kafka and deletes the rows. A crash between commit and
+    publish loses nothing. Dead-letter notices (`jobs.dead`) have no queue and go at once.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -253,12 +269,66 @@ class Outbox(models.Model):
     topic = models.CharField(max_length=100, default="jobs")
     envelope = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # The dispatch's queue, owner and priority (copies of the envelope's), for the relay's
+    # fair pick; NULL on a `jobs.dead` row (and on a dispatch row written by code from
+    # before they existed: the relay sends those as it always did).
+    queue = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
+    owner_id = models.IntegerField(null=True, blank=True)
+    priority = models.SmallIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "outbox"
+        indexes = [
+            # The relay's pick: the owners with work in a queue (a skip scan), and each one's
+            # next dispatches, highest priority first, then oldest.
+            models.Index(
+                "queue",
+                "owner_id",
+                models.F("priority").desc(),
+                "id",
+                condition=Q(topic="jobs", queue__isnull=False),
+                name="outbox_fair",
+            ),
+            # A queue's oldest waiting dispatch: its lag.
+            models.Index(fields=["queue", "id"], condition=Q(topic="jobs", queue__isnull=False), name="outbox_queue"),
+            # Rows without a queue: dead-letter notices, and dispatches written before queues
+            # were copied to the row. They go out at once, oldest first.
+            models.Index(fields=["id"], condition=Q(queue__isnull=True), name="outbox_unrouted"),
+        ]
 
     def __str__(self) -> str:
         return f"outbox {self.id} → {self.topic} ({self.job_id})"
+
+
+class OwnerShare(models.Model):
+    """How an owner's work is weighed against other owners' where they share something: a
+    queue's dispatches (by `weight`, relative to other owners with work waiting there) and its
+    workers' slots (at most `slot_share` of them for long jobs; empty: FAIR_SLOT_SHARE).
+    Owners without a row weigh 1. Staff set these in the admin."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                 related_name="share")  # fmt: skip
+    weight = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1000.0)],
+        help_text="Relative share of each queue's dispatches while other owners have work waiting (0.01-1000).",
+    )  # fmt: skip
+    slot_share = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="The most of a queue's worker slots this owner's long jobs may hold (empty: FAIR_SLOT_SHARE).",
+    )  # fmt: skip
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(weight__gte=0.01) & Q(weight__lte=1000.0), name="ownershare_weight"),
+            models.CheckConstraint(
+                condition=Q(slot_share__isnull=True) | (Q(slot_share__gt=0) & Q(slot_share__lte=1.0)),
+                name="ownershare_slot_share",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"owner {self.owner_id}: weight {self.weight:g}"
 
 
 class MisfirePolicy(models.TextChoices):

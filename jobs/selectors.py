@@ -18,7 +18,7 @@ from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError
 
 from config.rest import Pager, cut_page, decode_cursor, in_utc
-from jobs import archive, tallies
+from jobs import archive, tallies, visibility
 from jobs.errors import JobNotFound, ScheduleNotFound
 from jobs.models import HELD_DUE_SQL, HELD_SQL, Job, JobStatus, Schedule
 
@@ -26,8 +26,8 @@ M = TypeVar("M", Job, Schedule)
 
 
 def visible_to(queryset: QuerySet[M], user: Any) -> QuerySet[M]:
-    """Users see their own objects; staff see all."""
-    return queryset if user.is_staff else queryset.filter(owner_id=user.pk)
+    """The rows `user` may see (jobs.visibility: their own; staff all; nobody else any)."""
+    return visibility.scope(user).filter(queryset)
 
 
 def job_visible_to(user: Any) -> QuerySet[Job]:
@@ -158,7 +158,7 @@ class JobFilter(django_filters.FilterSet):
         limit = settings.JOBS_LOG_CONTAINS_MAX
         ids = search.job_ids_with_text(
             value,
-            owner_id=None if user is None or user.is_staff else user.pk,
+            owner_id=visibility.scope(user).owner_id,  # no request, no user: nobody, not everyone
             since=self.form.cleaned_data.get("created_after"),  # only an integer reaches ClickHouse
             limit=limit + 1,
         )
@@ -195,8 +195,9 @@ def _percentiles(values: list[float] | None) -> dict[str, float] | None:
 
 
 def stats_owner(user: Any) -> int | None:
-    """Whose jobs a user's statistics cover: their own, or everyone's (None) for staff."""
-    return None if user.is_staff else user.pk
+    """Whose jobs a user's statistics (and archive reads) cover: their own, or everyone's
+    (None) for staff (jobs.visibility)."""
+    return visibility.scope(user).owner_id
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,33 @@ WITH RECURSIVE held AS (
 )
 SELECT owner_id, type FROM held LIMIT %(limit)s
 """
+
+
+# (owner, queue) pairs with jobs held for the owner's share of the queue's workers, after a
+# cursor: a skip scan of job_slot_held, one probe per pair.
+_SLOT_HELD_KEYS_SQL = """
+WITH RECURSIVE held AS (
+    (SELECT owner_id, queue FROM jobs_job
+      WHERE status = 'PENDING' AND slot_held_at IS NOT NULL AND (owner_id, queue) > (%(owner)s, %(queue)s)
+      ORDER BY owner_id, queue LIMIT 1)
+    UNION ALL
+    SELECT n.owner_id, n.queue
+      FROM held h CROSS JOIN LATERAL (
+           SELECT j.owner_id, j.queue FROM jobs_job j
+            WHERE j.status = 'PENDING' AND j.slot_held_at IS NOT NULL AND (j.owner_id, j.queue) > (h.owner_id, h.queue)
+            ORDER BY j.owner_id, j.queue LIMIT 1) n
+)
+SELECT owner_id, queue FROM held LIMIT %(limit)s
+"""
+
+
+def job_slot_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` (owner, queue) pairs that have jobs held for the owner's share of the
+    queue's workers, in order after `after`. The cost is per pair, not per held job."""
+    owner, queue = after if after is not None else (0, "")
+    with connection.cursor() as cur:
+        cur.execute(_SLOT_HELD_KEYS_SQL, {"owner": owner, "queue": queue, "limit": limit})
+        return [(row[0], row[1]) for row in cur.fetchall()]
 
 
 def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
@@ -409,3 +437,56 @@ def job_queued_before(
             "id", "queue", "dispatch_partition", "dispatch_offset", "queued_at"
         )[:limit]
     ]
+
+
+# -- what the relay and the queues' readers count -----------------------------------------------
+
+
+def job_in_flight() -> dict[tuple[str, int], int]:
+    """Jobs dispatched and not yet started (QUEUED), per (queue, owner): what each queue's
+    window holds (one read of the job_queued_owner index, at most the windows' size)."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT queue, owner_id, count(*) FROM jobs_job WHERE status = 'QUEUED' GROUP BY queue, owner_id")
+        return {(queue, owner): n for queue, owner, n in cur.fetchall()}
+
+
+def owner_weights(owner_ids: list[int]) -> dict[int, float]:
+    """Each owner's weight (OwnerShare; 1 without a row)."""
+    from jobs.models import OwnerShare
+
+    weights = dict.fromkeys(owner_ids, 1.0)
+    weights.update(OwnerShare.objects.filter(owner_id__in=owner_ids).values_list("owner_id", "weight"))
+    return weights
+
+
+# A queue's backlog (dispatches waiting in the outbox) and its oldest, all owners' or one's.
+# The oldest of one owner is the least id over its priority levels: one probe of outbox_fair
+# per level, however many rows it has.
+_BACKLOG_SQL = """
+SELECT (SELECT count(*) FROM jobs_outbox
+         WHERE topic = 'jobs' AND queue = %(queue)s AND (%(owner)s::int IS NULL OR owner_id = %(owner)s)),
+       (SELECT extract(epoch FROM %(now)s - created_at) FROM jobs_outbox
+         WHERE id = CASE WHEN %(owner)s::int IS NULL
+                         THEN (SELECT id FROM jobs_outbox
+                                WHERE topic = 'jobs' AND queue = %(queue)s ORDER BY id LIMIT 1)
+                         ELSE (SELECT min((SELECT id FROM jobs_outbox
+                                            WHERE topic = 'jobs' AND queue = %(queue)s AND owner_id = %(owner)s
+                                              AND priority = p ORDER BY id LIMIT 1))
+                                 FROM generate_series(0, 9) AS p) END),
+       (SELECT count(*) FROM jobs_job
+         WHERE status = 'QUEUED' AND queue = %(queue)s AND (%(owner)s::int IS NULL OR owner_id = %(owner)s))
+"""
+
+
+class QueueBacklog(NamedTuple):
+    waiting: int  # dispatches in the outbox, waiting for room in the queue's window
+    oldest_seconds: float  # how long the oldest of them has waited (0: none waits)
+    in_flight: int  # dispatched, not yet started (QUEUED)
+
+
+def queue_backlog(queue: str, *, owner_id: int | None) -> QueueBacklog:
+    """A queue's backlog: all owners' (`owner_id` None) or one owner's."""
+    with connection.cursor() as cur:
+        cur.execute(_BACKLOG_SQL, {"queue": queue, "owner": owner_id, "now": timezone.now()})
+        waiting, oldest, in_flight = cur.fetchone()
+    return QueueBacklog(waiting, round(float(oldest or 0.0), 3), in_flight)

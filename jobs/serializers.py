@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from config import queues
 from config.rest import check_json
 from jobs.handlers import submit_problem
 from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
@@ -25,6 +26,23 @@ from jobs.services import JobSpec
 
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 QUEUE_ERRORS: dict[str, Any] = {"invalid": "must be 1-100 letters, digits and '_.:-', starting with a letter or digit."}
+QUEUE_HELP = "A declared queue (QUEUES; `GET /api/v1/queues/` lists them); any other name is a 400 naming them."
+
+
+def validate_queue(value: str) -> None:
+    """A queue a job may name: one of the declared queues (config.queues)."""
+    if problem := queues.problem(value, settings.QUEUES):
+        raise serializers.ValidationError(problem)
+
+
+class QueueField(serializers.RegexField):
+    """A job's queue: a valid name (400 with the rule) that is declared (400 naming the declared ones)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("error_messages", QUEUE_ERRORS)
+        kwargs.setdefault("help_text", QUEUE_HELP)
+        super().__init__(QUEUE_NAME, **kwargs)
+        self.validators.append(validate_queue)
 
 
 KEY_HELP = (
@@ -77,7 +95,7 @@ class BackoffSerializer(serializers.Serializer):
 class JobInputSerializer(serializers.Serializer):
     type = serializers.CharField(max_length=200)
     payload = PayloadField()
-    queue = serializers.RegexField(QUEUE_NAME, default="default", error_messages=QUEUE_ERRORS)
+    queue = QueueField(default="default")
     priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
     backoff = BackoffSerializer(required=False)
@@ -248,7 +266,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
     """A cron schedule and its job template; validated like a job submit."""
 
     backoff = BackoffSerializer(required=False)
-    queue = serializers.RegexField(QUEUE_NAME, default="default", error_messages=QUEUE_ERRORS)
+    queue = QueueField(default="default")
     priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)

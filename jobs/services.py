@@ -151,10 +151,12 @@ def _write_outbox(rows: Sequence[tuple[uuid.UUID, DispatchEnvelope]], now: datet
         return
     with (
         connection.cursor() as cur,
-        cur.cursor.copy("COPY jobs_outbox (job_id, topic, envelope, created_at) FROM STDIN") as copy,
+        cur.cursor.copy(
+            "COPY jobs_outbox (job_id, topic, envelope, created_at, queue, owner_id, priority) FROM STDIN"
+        ) as copy,
     ):
-        for job_id, envelope in rows:
-            copy.write_row((job_id, "jobs", orjson.dumps(envelope.as_dict()).decode(), now))
+        for job_id, e in rows:
+            copy.write_row((job_id, "jobs", orjson.dumps(e.as_dict()).decode(), now, e.queue, e.owner_id, e.priority))
 
 
 def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str | None = None) -> list[Submitted]:

@@ -10,7 +10,8 @@ workers run it through the handler registry (`task_registry`).
 
 Options (`TASKS[alias]["OPTIONS"]`): `OWNER`, the username whose jobs tasks become (default
 `tasks`, a login-less account created on first use). `QUEUES`, when given, narrows the
-queues tasks may name; without it any queue name the API accepts will do.
+queues tasks may name to some of the declared ones (config.queues); without it, any declared
+queue will do, and any other is an InvalidTask naming them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.exceptions import ValidationError
 
+from config import queues
 from config.rest import check_json, in_utc, text_problem
 from jobs import task_registry, task_results
 from jobs.models import Job
@@ -87,15 +89,30 @@ class JobsBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        # The framework's default allows only "default"; our queues are any name the API takes.
-        self.queues = set(params.get("QUEUES", []))
+        self.queues = set(params.get("QUEUES") or [])
+        for name in self.queues:
+            if problem := queues.problem(name, settings.QUEUES):
+                raise ImproperlyConfigured(f"TASKS[{alias!r}]['QUEUES']: {problem}")
         self.owner = str(params.get("OPTIONS", {}).get("OWNER") or DEFAULT_OWNER)
+
+    @property
+    def queues(self) -> set[str]:
+        """The declared queues (config.queues), or those of them this backend's QUEUES names."""
+        return set(self._queues) if self._queues else set(settings.QUEUES)
+
+    @queues.setter
+    def queues(self, names: set[str]) -> None:
+        self._queues = names
 
     # --- validation -------------------------------------------------------------------
 
     def validate_task(self, task: Task) -> None:
         """The framework's checks, and ours: the task's module is one workers load, its path
         fits a job type, its queue is a name the API would take."""
+        if not re.match(QUEUE_NAME, task.queue_name):
+            raise InvalidTask(f"Queue {task.queue_name!r} is not a valid queue name: it {QUEUE_ERRORS['invalid']}")
+        if problem := queues.problem(task.queue_name, dict.fromkeys(self.queues)):
+            raise InvalidTask(f"Task {task.module_path!r}: {problem}")
         super().validate_task(task)
         module = task.func.__module__
         if not task_registry.is_task_module(module):
@@ -105,8 +122,6 @@ class JobsBackend(BaseTaskBackend):
             )
         if len(task.module_path) > TYPE_MAX_CHARS:
             raise InvalidTask(f"Task path {task.module_path!r} is longer than {TYPE_MAX_CHARS} characters.")
-        if not re.match(QUEUE_NAME, task.queue_name):
-            raise InvalidTask(f"Queue {task.queue_name!r} is not a valid queue name: it {QUEUE_ERRORS['invalid']}")
 
     def _spec(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobSpec:
         self.validate_task(task)

@@ -60,6 +60,7 @@ class Claim:
     workflow_id: uuid.UUID | None = None
     waiting_since: datetime | None = None  # when it was dispatched (or created): queue wait ends now
     dispatch_token: uuid.UUID | None = None  # of the delivery that won the claim
+    worker: str = ""  # who claimed it
 
 
 def current_status(job_id: uuid.UUID | str) -> str | None:
@@ -145,7 +146,7 @@ def mark_running(
     return won[0] if won else None
 
 
-def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
+def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime, worker: str) -> Claim:
     (
         attempt_seq,
         attempts,
@@ -176,6 +177,7 @@ def _claim(row: Any, job_id: uuid.UUID | str, lease: datetime) -> Claim:
         workflow_id=workflow_id,
         waiting_since=since,
         dispatch_token=token,
+        worker=worker,
     )
 
 
@@ -231,7 +233,7 @@ def mark_running_many(dispatches: list[tuple[str, str]], *, worker: str, lease_s
              "now": now, "lease": lease},
         )  # fmt: skip
         rows = {str(row[0]): row for row in cur.fetchall()}
-    return [_claim(rows[job_id][1:], job_id, lease) for job_id in _unique_ids(dispatches) if job_id in rows]
+    return [_claim(rows[job_id][1:], job_id, lease, worker) for job_id in _unique_ids(dispatches) if job_id in rows]
 
 
 def _unique_ids(dispatches: list[tuple[str, str]]) -> list[str]:
@@ -260,7 +262,9 @@ def claims_held(dispatches: list[tuple[str, str]], *, worker: str) -> list[Claim
         )  # fmt: skip
         rows = {str(row[0]): row for row in cur.fetchall()}
     return [
-        _claim(rows[job_id][1:-1], job_id, rows[job_id][-1]) for job_id in _unique_ids(dispatches) if job_id in rows
+        _claim(rows[job_id][1:-1], job_id, rows[job_id][-1], worker)
+        for job_id in _unique_ids(dispatches)
+        if job_id in rows
     ]
 
 
@@ -497,7 +501,7 @@ def move_to_dead_letter(
 
 _CANCEL_WAITING_SQL = """
 UPDATE jobs_job SET status = 'CANCELLED', finished_at = %(now)s, dispatch_token = NULL, next_retry_at = NULL,
-       breaker_held_at = NULL, updated_at = %(now)s
+       breaker_held_at = NULL, slot_held_at = NULL, updated_at = %(now)s
  WHERE id = %(id)s AND status = ANY(%(waiting)s)
 RETURNING workflow_id, type, queue
 """
@@ -601,7 +605,7 @@ WITH due AS (
 )
 UPDATE jobs_job AS j
    SET status = 'PENDING', dispatch_token = gen_random_uuid(), next_retry_at = NULL,
-       queued_at = NULL, breaker_held_at = NULL, updated_at = %(now)s
+       queued_at = NULL, breaker_held_at = NULL, slot_held_at = NULL, updated_at = %(now)s
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
@@ -618,7 +622,7 @@ _RELEASE_SCANS = {
     # breaker scan's): either would be dispatched, and held again, on every tick.
     "delayed": (
         "status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s"
-        " AND concurrency_key IS NULL AND breaker_held_at IS NULL",
+        " AND concurrency_key IS NULL AND breaker_held_at IS NULL AND slot_held_at IS NULL",
         "run_at",
     ),
     # jobs held by their concurrency key, in the order they became due, as slots free up (the
@@ -632,6 +636,11 @@ _RELEASE_SCANS = {
     "breaker": (
         "status = 'PENDING' AND breaker_held_at IS NOT NULL AND owner_id = %(owner)s AND type = %(key)s",
         "breaker_held_at",
+    ),
+    # jobs held for their owner's share of a queue's workers, oldest first
+    "slot": (
+        "status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(key)s",
+        "slot_held_at",
     ),
     # QUEUED jobs the scheduler found to have lost their message
     "stale": ("status = 'QUEUED' AND queued_at < %(stale_before)s AND id = ANY(%(ids)s)", "queued_at"),
@@ -705,6 +714,40 @@ def hold_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str
             id=job_id, status__in=[JobStatus.PENDING, JobStatus.QUEUED], dispatch_token=dispatch_token
         ).update(status=JobStatus.PENDING, dispatch_token=None, queued_at=None, breaker_held_at=now, updated_at=now)
     )
+
+
+# A claimed job whose handler has not started goes back to wait for its owner's share of the
+# workers: the claim is undone (attempt counters back, its RUNNING history row deleted, a
+# concurrency slot it took given back) and it waits without a dispatch until the slot scan
+# releases it. Not a job with a cancel request: that one runs, to be cancelled.
+_HOLD_FOR_SLOT_SQL = """
+WITH held AS (
+    UPDATE jobs_job AS j
+       SET status = 'PENDING', attempts = j.attempts - 1, attempt_seq = j.attempt_seq - 1, worker = '',
+           started_at = NULL, lease_expires_at = NULL, queued_at = NULL, dispatch_token = NULL,
+           slot_held_at = %(now)s, updated_at = %(now)s
+     WHERE j.id = %(id)s AND (j.status = 'RUNNING') IS TRUE AND j.attempt_seq = %(attempt)s AND j.worker = %(worker)s
+       AND j.cancel_requested_at IS NULL
+    RETURNING j.id, j.owner_id::text || ':' || j.concurrency_key AS slot
+), freed AS (
+    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1 FROM held WHERE s.key = held.slot AND s.running > 0
+), unstarted AS (
+    DELETE FROM jobs_jobattempt AS a USING held
+     WHERE a.job_id = held.id AND a.attempt = %(attempt)s AND (a.status = 'RUNNING') IS TRUE
+)
+SELECT count(*) FROM held
+"""
+
+
+def hold_for_slot(job_id: uuid.UUID | str, *, attempt: int, worker: str) -> bool:
+    """RUNNING (claimed, its handler not started) → PENDING held for its owner's share of the
+    workers, the claim undone. False: the job is no longer this attempt's, or has a cancel
+    request (then it runs, to be cancelled)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            _HOLD_FOR_SLOT_SQL, {"id": str(job_id), "attempt": attempt, "worker": worker, "now": timezone.now()}
+        )
+        return bool(cur.fetchone()[0])
 
 
 def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) -> bool:

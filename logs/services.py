@@ -11,7 +11,9 @@ import orjson
 from django.conf import settings
 
 from config import kafka
-from jobs.selectors import job_visible_to
+from jobs import visibility
+from jobs.errors import JobNotFound
+from jobs.selectors import job_get, job_visible_to
 
 _producer: Any = None
 _producer_pid = 0
@@ -20,17 +22,18 @@ _lock = threading.Lock()
 
 def log_scope(user: Any, job_id: Any = None) -> tuple[bool, int | None]:
     """Which records `user` may search, for a search about `job_id` (or none): (visible, the
-    owner to filter by). Staff see every record (no filter); others the records of their own
-    jobs, and for a job of theirs all its lines, those written outside an attempt included
-    (no filter). Another user's job is not visible at all. The API and the dashboard both ask
-    here: one rule."""
-    if user.is_staff:
-        return True, None
-    if job_id is None:
-        return True, user.pk
-    if job_visible_to(user).filter(id=job_id).exists():
-        return True, None
-    return False, user.pk
+    owner to filter by), by the one rule (jobs.visibility). Staff see every record (no
+    filter); others the records of their own jobs, and for a job of theirs, live or archived,
+    all its lines, those written outside an attempt included (no filter). Another user's job
+    is not visible at all. The API and the dashboard both ask here."""
+    seen = visibility.scope(user)
+    if seen.everyone or job_id is None:
+        return True, seen.owner_id
+    try:
+        job_get(user=user, job_id=job_id, archived=True)
+    except JobNotFound:
+        return False, seen.owner_id
+    return True, None
 
 
 class IngestUnavailable(Exception):

@@ -71,3 +71,13 @@ def roles() -> list[dict[str, Any]]:
         record["age"] = round(now - record["at"], 1)
         out.append(record)
     return sorted(out, key=lambda r: (r["role"], r["host"], r["pid"]))
+
+
+def consumers() -> dict[str, int]:
+    """Live worker processes per queue they consume (from their heartbeats)."""
+    counts: dict[str, int] = {}
+    for record in roles():
+        if record["role"] == "worker":
+            for queue in record.get("queues") or []:
+                counts[queue] = counts.get(queue, 0) + 1
+    return counts

@@ -55,9 +55,13 @@ BRIDGE_LAG = Gauge(
     P + "bridge_lag", "Messages in Kafka `jobs` the bridge has not committed yet.", ["partition"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
-BRIDGE_PAUSED = Gauge(
-    P + "bridge_paused", "1 while the bridge holds a queue back (above its high-water mark).", ["queue"],
-    multiprocess_mode="max",
+QUEUE_IN_FLIGHT = Gauge(
+    P + "queue_in_flight", "Jobs of a queue dispatched and not yet started: what its window holds.", ["queue"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+QUEUE_HELD = Gauge(
+    P + "queue_held", "1 while a queue's dispatches wait in the outbox for room in its window (reason=window) "
+    "or for its rate (reason=rate).", ["queue", "reason"], multiprocess_mode="max",
 )  # fmt: skip
 BRIDGE_ENQUEUED = Counter(P + "bridge_enqueued_total", "Jobs the bridge put on Celery queues.", ["queue"])
 BRIDGE_BATCH_SIZE = Histogram(

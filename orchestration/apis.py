@@ -1,11 +1,13 @@
-"""The circuit breakers API (`breakers/`): the caller's breaker for each job type, read-only.
-Breakers are each owner's own; staff see every owner's (`?owner=` narrows the list, and
-picks whose breaker `breakers/{type}/` shows)."""
+"""Read-only APIs about dispatch: the declared queues (`queues/`), with their backlog, and
+the circuit breakers (`breakers/`), the caller's for each job type. Breakers and backlogs are
+each owner's own; staff see every owner's (`?owner=` narrows the breakers, and picks whose
+breaker `breakers/{type}/` shows)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -13,6 +15,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs import selectors, visibility
+from metrics import heartbeat
 from orchestration import breaker
 
 
@@ -36,8 +40,9 @@ def _owner(request: Request, *, default_all: bool) -> int | None:
     """Whose breakers the caller asks for: always its own unless staff; staff name an owner with
     `?owner=` (else all of them, or their own for one type). A bad owner is a 400."""
     user: Any = request.user
-    if not user.is_staff:
-        return int(user.pk)
+    seen = visibility.scope(user)
+    if not seen.everyone:
+        return seen.owner_id
     raw = request.query_params.get("owner")
     if raw is None:
         return None if default_all else int(user.pk)
@@ -69,3 +74,42 @@ class BreakerDetailApi(APIView):
         owner = _owner(request, default_all=False)
         assert owner is not None
         return Response(breaker.state_of(owner, job_type).as_dict())
+
+
+class QueueSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    window = serializers.IntegerField(help_text="The most of its jobs dispatched and not yet started.")
+    rate_per_second = serializers.FloatField(allow_null=True, help_text="Dispatch rate limit (null: none).")
+    burst = serializers.IntegerField(allow_null=True)
+    slot_share = serializers.FloatField(help_text="The most of its workers' slots its long jobs may hold.")
+    depth = serializers.IntegerField(
+        help_text="Jobs waiting to be dispatched, behind the window (the caller's; staff: everyone's)."
+    )
+    in_flight = serializers.IntegerField(help_text="Jobs dispatched, not yet started (the caller's; staff: all).")
+    lag_seconds = serializers.FloatField(help_text="How long the oldest waiting job has waited (0: none waits).")
+    consumers = serializers.IntegerField(
+        help_text="Worker processes consuming the queue now (0: nobody runs its jobs)."
+    )
+
+
+class QueueListApi(APIView):
+    @extend_schema(
+        operation_id="queues_list",
+        responses=inline_serializer(
+            "QueuePage", {"results": QueueSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        ),
+        description="The declared queues (QUEUES): the only ones a job may name. Each with its limits, and its "
+        "backlog: the caller's own jobs (staff: everyone's). A queue's jobs beyond its window wait to be "
+        "dispatched, shared fairly between owners; a queue with no consumers holds back only its own jobs.",
+    )
+    def get(self, request: Request) -> Response:
+        owner = visibility.scope(request.user).owner_id
+        consumers = heartbeat.consumers()
+        results = []
+        for queue in settings.QUEUES.values():
+            backlog = selectors.queue_backlog(queue.name, owner_id=owner)
+            results.append({
+                **queue.as_dict(), "depth": backlog.waiting, "in_flight": backlog.in_flight,
+                "lag_seconds": backlog.oldest_seconds, "consumers": consumers.get(queue.name, 0),
+            })  # fmt: skip
+        return Response({"results": results, "next": None})

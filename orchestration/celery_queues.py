@@ -1,8 +1,11 @@
-"""The Celery messages that carry jobs: one per queue and priority, a lone job or a batch.
+"""The Celery messages that carry jobs: one per queue and lane, a lone job or a batch.
 (The Redis lists behind a queue and their depth are `config.broker`.)
 
-Kombu serves lower priority levels first, while our jobs say "higher priority runs first",
-hence `celery_priority`.
+A job's priority is honoured where its queue's backlog waits: the relay dispatches each
+owner's jobs highest priority first. In Redis what counts is the lane: kombu serves lower
+levels first, across every queue a worker consumes, so an express dispatch (an owner with few
+jobs in flight, `jobs.dispatch.EXPRESS`) goes at level 0 and is taken before the bulk lane's,
+which waits at level 9.
 """
 
 from __future__ import annotations
@@ -11,29 +14,31 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from jobs.dispatch import DispatchEnvelope
+from jobs.dispatch import EXPRESS, DispatchEnvelope
 
 TASK_NAME = "orchestration.run_job"
 BATCH_TASK_NAME = "orchestration.run_jobs"
+EXPRESS_LEVEL, BULK_LEVEL = 0, 9
 
 
-def celery_priority(job_priority: int) -> int:
-    """Job priority 9 (most urgent) → kombu level 0 (served first)."""
-    return 9 - job_priority
+def celery_priority(lane: str | None) -> int:
+    """The kombu level of a lane: express first."""
+    return EXPRESS_LEVEL if lane == EXPRESS else BULK_LEVEL
 
 
 def by_queue(envelopes: Iterable[DispatchEnvelope]) -> dict[tuple[str, int], list[DispatchEnvelope]]:
-    """Dispatch envelopes grouped by (queue, priority), in order: one Celery message each."""
+    """Dispatch envelopes grouped by (queue, kombu level), in order: one Celery message each."""
     groups: dict[tuple[str, int], list[DispatchEnvelope]] = {}
     for envelope in envelopes:
-        groups.setdefault((envelope.queue, envelope.priority), []).append(envelope)
+        groups.setdefault((envelope.queue, celery_priority(envelope.lane)), []).append(envelope)
     return groups
 
 
-def publish(app: Celery, queue: str, priority: int, envelopes: list[DispatchEnvelope]) -> None:
-    """One Celery message for jobs of one queue and priority: `run_job` for a lone job,
-    `run_jobs` for a batch (the bridge, and a batch handing its waiting jobs back). Raises
-    kombu's OperationalError when Redis is unreachable; the caller decides about retrying."""
+def publish(app: Celery, queue: str, level: int, envelopes: list[DispatchEnvelope]) -> None:
+    """One Celery message for jobs of one queue and lane (kombu `level`): `run_job` for a lone
+    job, `run_jobs` for a batch (the bridge, and a batch handing its waiting jobs back).
+    Raises kombu's OperationalError when Redis is unreachable; the caller decides about
+    retrying."""
     single = len(envelopes) == 1
     app.send_task(
         TASK_NAME if single else BATCH_TASK_NAME,
@@ -41,6 +46,6 @@ def publish(app: Celery, queue: str, priority: int, envelopes: list[DispatchEnve
         # Celery would otherwise build a safe repr of the whole batch for every message.
         argsrepr=envelopes[0].job_id if single else f"[{len(envelopes)} jobs]",
         queue=queue,
-        priority=celery_priority(priority),
+        priority=level,
         retry=False,
     )

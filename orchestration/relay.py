@@ -1,11 +1,13 @@
 """The outbox relay (`manage.py run_relay`): PostgreSQL outbox → Kafka.
 
-Each round claims up to RELAY_BATCH_SIZE outbox rows with FOR UPDATE SKIP LOCKED (so
-several relays never take the same row), produces them, waits for Kafka's delivery reports,
-then, in the same transaction, marks the dispatched jobs QUEUED and deletes the delivered
-rows. A row whose delivery failed stays and is retried. A crash after producing but before
-commit re-sends the row: the duplicate carries the same dispatch token, and only one claim
-can win.
+The outbox holds the backlog. Each round picks up to RELAY_BATCH_SIZE outbox rows fairly
+(`fair_pick`: per queue as much as its window has room for and its rate allows, shared
+among the owners with work waiting by weight; each dispatch of an owner with few jobs in
+flight marked for the express lane), with FOR UPDATE SKIP LOCKED (so several relays never
+take the same row), produces them, waits for Kafka's delivery reports, then, in the same
+transaction, marks the dispatched jobs QUEUED and deletes the delivered rows. A row whose
+delivery failed stays and is retried. A crash after producing but before commit re-sends
+the row: the duplicate carries the same dispatch token, and only one claim can win.
 
 A row Kafka can never take (larger than the limit, an invalid record, an envelope that is
 not a JSON object) is a poison row: it is set aside in the same round and the rest of the
@@ -15,7 +17,9 @@ poison row could only fail again, and it used to stop all dispatch: the relay di
 restarted, claimed the same lowest rows and died again.
 
 The relay sleeps on LISTEN jobs_outbox (a trigger NOTIFYs at every outbox insert), so a
-single job is relayed within milliseconds; a slow poll covers a missed notification.
+single job is relayed within milliseconds; a slow poll covers a missed notification. While
+dispatches wait for room in a window (or for their queue's rate), it looks again every
+RELAY_WINDOW_POLL_SECONDS instead: room appears as workers claim jobs, which notify nothing.
 
 Tracing: a round that found rows is a span, `relay.batch` (its statements inside it), and
 each dispatch is produced in its job's trace (the envelope's traceparent), so the producer's
@@ -43,7 +47,9 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from config import kafka, tracing
 from config.text import bounded_text
 from jobs import transitions
+from jobs.dispatch import EXPRESS
 from metrics import prom
+from orchestration.fair_pick import FairPick
 
 logger = logging.getLogger("orchestration.relay")
 
@@ -51,12 +57,6 @@ CHANNEL = "jobs_outbox"
 FLUSH_TIMEOUT = 15.0  # seconds to wait for delivery reports before giving a batch up for now
 MAX_BACKOFF = 10.0  # seconds between rounds while Kafka keeps failing
 DEAD_ERROR_MAX = 4000  # characters of the error a shortened `jobs.dead` message keeps
-
-_CLAIM_SQL = """
-SELECT id, job_id, topic, envelope, envelope ->> 'dispatch_token' FROM jobs_outbox
- ORDER BY id LIMIT %s
-   FOR UPDATE SKIP LOCKED
-"""
 
 # Errors that say this one message can never be accepted, however often it is sent: too large
 # for the producer (raised by produce() itself) or for the broker (in the delivery report), or
@@ -100,10 +100,12 @@ def physical_topic(logical: str) -> str:
     return {"jobs": settings.KAFKA_JOBS_TOPIC, "jobs.dead": settings.KAFKA_JOBS_DEAD_TOPIC}.get(logical, logical)
 
 
-def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None) -> OutboxRow:
+def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None, *, express: bool = False) -> OutboxRow:
     # Django's psycopg set-up loads jsonb as text on raw cursors.
     try:
         envelope = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+        if express and isinstance(envelope, dict):
+            envelope = {**envelope, "lane": EXPRESS}
         value = orjson.dumps(envelope)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:  # e.g. 1e400, which jsonb holds
         raise _BadRow(f"the envelope is not valid JSON for Kafka: {exc}") from exc
@@ -147,6 +149,8 @@ class Relay:
         self.batch_size = batch_size or settings.RELAY_BATCH_SIZE
         self.failures = 0
         self.poison = 0  # rows set aside since start
+        self.pick = FairPick()
+        self.waiting = False  # the last round left dispatches waiting for room or rate
 
     def ensure_topics(self) -> None:
         """The topics the relay writes to: dispatches and dead letters."""
@@ -166,9 +170,8 @@ class Relay:
     def _run_once(self, traced: ExitStack) -> int:
         started = time.time_ns()  # an idle round makes no span; a batch's starts with its claim
         with transaction.atomic():
-            with connection.cursor() as cur:
-                cur.execute(_CLAIM_SQL, [self.batch_size])
-                claimed = cur.fetchall()
+            picked = self.pick(self.batch_size)
+            claimed, self.waiting = picked.rows, picked.waiting
             if not claimed:
                 return 0
             traced.enter_context(
@@ -179,7 +182,7 @@ class Relay:
             poison: dict[int, tuple[OutboxRow, Poison]] = {}
             for row_id, job_id, topic, raw, token in claimed:
                 try:
-                    row = _decode(row_id, job_id, topic, raw, token)
+                    row = _decode(row_id, job_id, topic, raw, token, express=row_id in picked.express)
                 except _BadRow as exc:
                     poison[row_id] = (
                         OutboxRow(
@@ -226,10 +229,13 @@ class Relay:
         return len(delivered)
 
     def report_backlog(self) -> dict[str, Any]:
-        """Outbox rows waiting and the age of the oldest (the outbox is small: a cheap read);
-        the heartbeat calls this every few seconds."""
+        """Outbox rows waiting (the backlog) and the age of the oldest (by id: the primary key
+        gives it in one probe); the heartbeat calls this every few seconds."""
         with connection.cursor() as cur:
-            cur.execute("SELECT count(*), extract(epoch FROM now() - min(created_at)) FROM jobs_outbox")
+            cur.execute(
+                "SELECT (SELECT count(*) FROM jobs_outbox),"
+                " (SELECT extract(epoch FROM now() - created_at) FROM jobs_outbox ORDER BY id LIMIT 1)"
+            )
             pending, age = cur.fetchone()
         age = round(float(age or 0.0), 3)
         prom.OUTBOX_PENDING.set(pending)
@@ -386,7 +392,11 @@ class Relay:
                 continue
             if self.failures:
                 stop.wait(self.backoff())
-            elif relayed < self.batch_size:
+            elif relayed >= self.batch_size:
+                continue
+            elif self.waiting:  # room appears as workers claim: look again soon
+                stop.wait(settings.RELAY_WINDOW_POLL_SECONDS)
+            else:
                 listener.wait(settings.RELAY_POLL_SECONDS, stop)
         self.producer.flush(FLUSH_TIMEOUT)
         listener.close()

@@ -24,6 +24,29 @@ def _isolated_throttle(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast fixtures
 
 
+# The queues the tests name (config.queues): declared for every test, as a deployment would.
+# "parked", "typo" and "gone" stay undeclared on purpose.
+TEST_QUEUES = ("default", "q", "q1", "q2", "fast:q", "short", "reports", "keep", "metrics-q", "bridge", "emails")
+
+
+@pytest.fixture(autouse=True)
+def _declared_queues(settings):
+    from config.queues import Queue
+
+    settings.QUEUES = {
+        name: Queue(name, window=settings.QUEUE_WINDOW, slot_share=settings.FAIR_SLOT_SHARE) for name in TEST_QUEUES
+    }
+
+
+@pytest.fixture(autouse=True)
+def _isolated_slots(settings):
+    # The workers' fair share of slots lives in Redis: each test its own workers and kinds.
+    from orchestration import fair_slots
+
+    settings.FAIR_SLOTS_PREFIX = f"slots-{uuid.uuid4().hex}"
+    fair_slots._shares.clear()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_breakers(settings):
     # Circuit breakers live in Redis per job type: each test counts its own failures.

@@ -100,6 +100,10 @@ class WorkflowTask(models.Model):
     compensation_job = models.OneToOneField(
         "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="compensated_task"
     )
+    # Once retention moved its jobs to the archive (their links above are then NULL), what the
+    # workflow still shows of them: {"job", "status", "started_at", "finished_at",
+    # "compensation_job", "compensation_status"}.
+    archived = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["workflow", "position"]

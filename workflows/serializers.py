@@ -6,6 +6,7 @@ reported together in `errors.tasks`, each message naming the task."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -15,10 +16,9 @@ from jobs.handlers import is_registered, submit_problem
 from jobs.models import default_backoff
 from jobs.serializers import (
     KEY_HELP,
-    QUEUE_ERRORS,
-    QUEUE_NAME,
     BackoffSerializer,
     PayloadField,
+    QueueField,
     validate_idempotency_key,
 )
 from workflows import dag
@@ -29,7 +29,7 @@ JOB_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds"
 
 
 class JobOptionsSerializer(serializers.Serializer):
-    queue = serializers.RegexField(QUEUE_NAME, required=False, error_messages=QUEUE_ERRORS)
+    queue = QueueField(required=False)
     priority = serializers.IntegerField(min_value=0, max_value=9, required=False)
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, required=False)
     backoff = BackoffSerializer(required=False)
@@ -132,16 +132,24 @@ class TaskSerializer(serializers.Serializer):
 
 _TASK_COLUMNS = (
     "task_id", "type", "depends_on", "job_id", "compensation_job_id", "compensation", "compensation_state", "skipped",
-    "job__status", "job__started_at", "job__finished_at", "compensation_job__status",
+    "job__status", "job__started_at", "job__finished_at", "compensation_job__status", "archived",
 )  # fmt: skip
 
 
 def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     """Every task of the workflow as the API shows it, in topological order, in one query of
-    plain values (model instances would cost most of a 1,000-task workflow's response)."""
+    plain values (model instances would cost most of a 1,000-task workflow's response). A
+    task whose job went to the archive shows what retention kept of it."""
     out = []
+    rows = workflow.tasks.order_by("position").values_list(*_TASK_COLUMNS)
     for (task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
-         finished, comp_status) in workflow.tasks.order_by("position").values_list(*_TASK_COLUMNS):  # fmt: skip
+         finished, comp_status, archived) in rows:  # fmt: skip
+        if archived:
+            job_id, status = job_id or archived.get("job"), status or archived.get("status")
+            started = started or _when(archived.get("started_at"))
+            finished = finished or _when(archived.get("finished_at"))
+            comp_job_id = comp_job_id or archived.get("compensation_job")
+            comp_status = comp_status or archived.get("compensation_status")
         out.append({
             "id": task_id,
             "type": type_,
@@ -156,8 +164,14 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     return out
 
 
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 def task_status(task: WorkflowTask) -> str:
     if task.job is None:
+        if task.archived and task.archived.get("status"):
+            return str(task.archived["status"])
         return "CANCELLED" if task.skipped else "PENDING"
     return task.job.status
 

@@ -44,9 +44,9 @@ class Result:
         return self.jobs / self.seconds
 
 
-def bench_token() -> tuple[int, str]:
+def bench_token(username: str = BENCH_USER) -> tuple[int, str]:
     """A login-less bench user, exempt from the rate limit, and its API token."""
-    user, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
+    user, _ = get_user_model().objects.get_or_create(username=username)
     if user.has_usable_password():
         user.set_unusable_password()
         user.save(update_fields=["password"])

@@ -322,30 +322,40 @@ def set_bridge_batch_size(size: int | None) -> None:
 
 def restart_bridge(overrides: dict[str, str | None]) -> None:
     """Restart `make run`'s bridge with these environment variables (None: as configured),
-    through circus' control socket, and wait until it holds its partitions again."""
+    and wait until it holds its partitions again."""
+    restart_roles(["bridge"], overrides, ready=lambda r: bool(r.get("assigned")))
+
+
+def restart_roles(
+    roles: Sequence[str], overrides: dict[str, str | None], ready: Callable[[dict[str, Any]], bool] = lambda r: True
+) -> None:
+    """Restart `make run`'s roles (circus watchers) with these environment variables (None:
+    as configured), through circus' control socket, and wait until each beats again (and is
+    `ready`, by its heartbeat)."""
     from circus.client import CircusClient
 
     from devtools import engines
     from metrics import heartbeat
 
-    client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=30)
-    env = client.call({"command": "get", "properties": {"name": "bridge", "keys": ["env"]}})["options"]["env"]
-    env = {k: v for k, v in env.items() if k not in overrides}
-    env.update({k: v for k, v in overrides.items() if v is not None})
-    old = {r["pid"] for r in heartbeat.roles() if r["role"] == "bridge"}
-    # Stop, set, start: setting the env of a running watcher reloads it, which may start the
-    # new bridge before the old one left, and a member leaving mid-join wedges the embedded
-    # broker's group (see docs/reliability.md).
-    client.call({"command": "stop", "properties": {"name": "bridge", "waiting": True}})
-    client.call({"command": "set", "properties": {"name": "bridge", "options": {"env": env}}})
-    client.call({"command": "start", "properties": {"name": "bridge", "waiting": True}})
-    deadline = time.monotonic() + 60
+    client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=60)
+    old = {r["pid"] for r in heartbeat.roles() if r["role"] in roles}
+    for role in roles:
+        env = client.call({"command": "get", "properties": {"name": role, "keys": ["env"]}})["options"]["env"]
+        env = {k: v for k, v in env.items() if k not in overrides}
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        # Stop, set, start: setting the env of a running watcher reloads it, which may start
+        # the new bridge before the old one left, and a member leaving mid-join wedges the
+        # embedded broker's group (see docs/reliability.md).
+        client.call({"command": "stop", "properties": {"name": role, "waiting": True}})
+        client.call({"command": "set", "properties": {"name": role, "options": {"env": env}}})
+        client.call({"command": "start", "properties": {"name": role, "waiting": True}})
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        bridges = [r for r in heartbeat.roles() if r["role"] == "bridge" and r["age"] < 2 and r["pid"] not in old]
-        if bridges and all(r.get("assigned") for r in bridges):
+        fresh = [r for r in heartbeat.roles() if r["role"] in roles and r["age"] < 2 and r["pid"] not in old]
+        if {r["role"] for r in fresh} == set(roles) and all(ready(r) for r in fresh):
             return
         time.sleep(0.5)
-    raise SystemExit("the bridge did not get its partitions back within 60 s")
+    raise SystemExit(f"{', '.join(roles)} did not come back within 90 s")
 
 
 def cpu_table(run: Run) -> str:

@@ -43,6 +43,8 @@ ROLE_ENV = {
     "JOB_LEASE_SECONDS": "4", "DISPATCH_STALE_SECONDS": "4", "SCHEDULER_TICK_SECONDS": "0.3",
     "SCHEDULER_LOCK_TTL_SECONDS": "3", "LOG_SHIPPING": "true", "HEARTBEAT_SECONDS": "1", "BREAKER_ENABLED": "false",
     "BRIDGE_COMMIT_SECONDS": "0.5", "PYTHONUNBUFFERED": "1",
+    # "parked": a queue no worker consumes until the queue-parked fault starts one for it.
+    "QUEUES": "default; parked window=200", "WORKER_QUEUES": "default",
 }  # fmt: skip
 
 
@@ -55,8 +57,8 @@ def role_commands(web_port: int) -> dict[str, list[str]]:
     ]  # fmt: skip
     return {
         "web": web,
-        "worker1": [*worker, "chaos1@%h"],
-        "worker2": [*worker, "chaos2@%h"],
+        "worker1": [*worker, "chaos1@%h", "--queues", "default"],
+        "worker2": [*worker, "chaos2@%h", "--queues", "default"],
         "relay": [PY, "manage.py", "run_relay"],
         "bridge": [PY, "manage.py", "run_bridge"],
         "scheduler1": [PY, "manage.py", "run_scheduler"],
@@ -65,11 +67,18 @@ def role_commands(web_port: int) -> dict[str, list[str]]:
     }
 
 
+# Roles a fault starts when it needs them (the supervisor restarts them too from then on).
+ON_DEMAND = {
+    "worker-parked": [PY, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--without-mingle",
+                      "--without-gossip", "--loglevel", "INFO", "--hostname", "chaos-parked@%h", "--queues", "parked"],
+}  # fmt: skip
+
+
 class Supervisor:
     """Runs every role and restarts one that died within half a second, like circus does."""
 
     def __init__(self, log_dir: Path, web_port: int) -> None:
-        self.commands = role_commands(web_port)
+        self.commands = {**role_commands(web_port), **ON_DEMAND}
         self.env = {**os.environ, **ROLE_ENV}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -84,7 +93,8 @@ class Supervisor:
 
     def run(self) -> None:
         for name in self.commands:
-            self.start(name)
+            if name not in ON_DEMAND:
+                self.start(name)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -124,11 +134,15 @@ class Result:
     workflows_bad: int = 0
     logs_missing: int = 0
     max_latency: float = 0.0
+    slow_starts: int = 0  # the load's jobs that waited past the fault's bound to start (if it sets one)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.overlapping or self.workflows_bad or self.logs_missing)
+        return not (
+            self.lost or self.duplicated or self.overlapping or self.workflows_bad or self.logs_missing
+            or self.slow_starts
+        )  # fmt: skip
 
 
 # A diamond with a flaky branch and a compensation on its root, in the load every 40 submits.
@@ -198,6 +212,10 @@ class Harness:
         self.data_dir = Path(os.environ["DATA_DIR"])
         self.notes: list[str] = []
         self.hostile_owners: list[int] = []  # a fault's odd users: their jobs must end terminal too
+        # A fault's bound on how long the load's jobs may wait to start meanwhile (seconds), and
+        # what it does once the load stopped (before the drain).
+        self.start_bound: float | None = None
+        self.after_load: Callable[[], None] | None = None
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -227,8 +245,11 @@ class Harness:
             time.sleep(remaining)
         load.stop.set()
         load.thread.join(30)
+        if self.after_load is not None:
+            self.after_load()
+            self.after_load = None
         self._drain(user.pk, drain_bound)
-        self._check(user.pk, result)
+        self._check(user.pk, result, since=started)
         if load.errors:
             result.notes.append(f"{load.errors} submits retried during the fault")
         return result
@@ -248,10 +269,12 @@ class Harness:
                 connection.close()
             time.sleep(1.0)
 
-    def _check(self, owner_id: int, result: Result) -> None:
+    def _check(self, owner_id: int, result: Result, since: float) -> None:
         from workflows.models import WORKFLOW_TERMINAL, Workflow
 
         jobs = Job.objects.filter(owner_id=owner_id)
+        if self.start_bound is not None:
+            self._slow_starts(jobs, result, since)
         result.submitted = jobs.count()  # jobs, workflow tasks and compensations included
         result.finished = jobs.filter(status__in=TERMINAL_STATUSES).count()
         result.lost = jobs.exclude(status__in=TERMINAL_STATUSES).count()
@@ -278,6 +301,31 @@ class Harness:
         result.logs_missing = self._missing_logs(owner_id)
         result.notes += self.notes
         self.notes.clear()
+
+    def _slow_starts(self, jobs: Any, result: Result, since: float) -> None:
+        """The load's plain jobs submitted once the fault hit, and whose first attempt waited
+        longer than the fault's bound to start."""
+        from datetime import timedelta
+
+        from django.db.models import Min
+        from django.utils import timezone
+
+        bound, self.start_bound = self.start_bound, None
+        assert bound is not None
+        hit = timezone.now() - timedelta(seconds=time.monotonic() - since)
+        waits = [
+            (first - created).total_seconds()
+            for created, first in jobs.filter(created_at__gte=hit, workflow__isnull=True)
+            .annotate(first=Min("history__started_at")).values_list("created_at", "first")
+            if first is not None
+        ]  # fmt: skip
+        result.slow_starts = sum(1 for w in waits if w > bound)
+        if waits:
+            waits.sort()
+            p99 = waits[max(0, round(0.99 * len(waits)) - 1)]
+            result.notes.append(
+                f"the load's start waits meanwhile: p99 {p99:.2f} s, max {waits[-1]:.2f} s (bound {bound:g} s)"
+            )
 
     def _missing_logs(self, owner_id: int, wait: float = 90.0) -> int:
         from logs import store
@@ -475,6 +523,18 @@ def slot_key_taken(h: Harness) -> None:
     ])  # fmt: skip
 
 
+def queue_parked(h: Harness) -> None:
+    """Another user fills a queue nobody consumes ("parked": a typo, a stopped deployment) with
+    5,000 jobs, in bulks, while the load runs on `default`. The load must keep flowing: every
+    job of it submitted meanwhile starts within 2 s (once, the parked queue held the bridge
+    back for every queue). Afterwards a worker for "parked" starts, and its jobs must end too."""
+    owner = _odd_user(h, "parked")
+    for _ in range(5):
+        services.job_submit_bulk(owner_id=owner, specs=[JobSpec(type="demo.noop", queue="parked")] * 1000)
+    h.start_bound = 2.0
+    h.after_load = lambda: h.supervisor.start("worker-parked")
+
+
 FAULTS: dict[str, Callable[[Harness], None]] = {
     "worker-kill": kill_worker,
     "bridge-kill": kill_role("bridge"),
@@ -490,16 +550,18 @@ FAULTS: dict[str, Callable[[Harness], None]] = {
     "poison": poison,
     "poison-outbox": poison_outbox,
     "slot-key-taken": slot_key_taken,
+    "queue-parked": queue_parked,
 }
-FAST_SUBSET = ("worker-kill", "bridge-kill", "poison", "poison-outbox")
+FAST_SUBSET = ("worker-kill", "bridge-kill", "poison", "poison-outbox", "queue-parked")
 
 
 def table(results: list[Result]) -> str:
     head = ["fault", "submitted", "finished", "lost", "duplicated", "overlapping", "workflows bad", "logs missing",
-            "max latency s", "result"]  # fmt: skip
+            "slow starts", "max latency s", "result"]  # fmt: skip
     rows = [head] + [
         [r.fault, str(r.submitted), str(r.finished), str(r.lost), str(r.duplicated), str(r.overlapping),
-         str(r.workflows_bad), str(r.logs_missing), f"{r.max_latency:.1f}", "ok" if r.ok else "FAILED"]
+         str(r.workflows_bad), str(r.logs_missing), str(r.slow_starts), f"{r.max_latency:.1f}",
+         "ok" if r.ok else "FAILED"]
         for r in results
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

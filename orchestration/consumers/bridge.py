@@ -1,10 +1,16 @@
 """The bridge (`manage.py run_bridge`): Kafka `jobs` → Celery queues on Redis.
 
-    DecodeJobEvent → EnqueueToCelery (packs a backlog into batches) → CommitOffsets
+    DecodeJobEvent → BatchDispatches → PublishToCelery → CommitOffsets
 
-Offsets are committed only for messages already enqueued (at least once: after a crash
-the last second's messages are enqueued again, and their duplicate claims lose). Unusable
-messages go to `jobs.dlq` with the reason, original partition and offset.
+One concern a step, wired back to front by the factory: decode (anything unusable goes to
+the DLQ), batch (when a batch goes), publish (Celery messages per queue and lane, traced),
+commit. Offsets are committed only for messages already enqueued (at least once: after a
+crash the last second's messages are enqueued again, and their duplicate claims lose).
+
+There are no water marks here: what each queue may have in flight is its window, kept by
+the relay (config.queues), so Kafka and Redis only ever hold the windows, and a queue whose
+workers are stopped or missing never holds the bridge back. The only thing that stops it is
+Redis itself being unreachable, which no queue could get past anyway.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from django.core.exceptions import ImproperlyConfigured
 from config import kafka
 from config.celery import app as celery_app
 from orchestration.consumers.dlq import ReasonDlqProducer
+from orchestration.consumers.lingering import LingeringConsumer
+from orchestration.consumers.steps.batch_dispatches import BatchDispatches
 from orchestration.consumers.steps.decode_job_event import DecodeJobEvent
-from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery, LingeringConsumer
+from orchestration.consumers.steps.publish_to_celery import PublishToCelery
 
 logger = logging.getLogger("orchestration.bridge")
 
@@ -47,38 +55,32 @@ def tolerant_commit(commit: Commit) -> Commit:
 class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     """Wires the chain back to front, once per partition assignment."""
 
-    def __init__(
-        self, *, high_water: int, low_water: int, batch_size: int | None = None, batch_max: int | None = None
-    ) -> None:
-        self.high_water, self.low_water = high_water, low_water
+    def __init__(self, *, batch_size: int | None = None, batch_max: int | None = None) -> None:
         self.batch_size = settings.BRIDGE_BATCH_SIZE if batch_size is None else batch_size
         self.batch_max = settings.BRIDGE_BATCH_MAX if batch_max is None else batch_max
         self.consumer: LingeringConsumer | None = None  # set by build_processor
-        self.enqueue: EnqueueToCelery | None = None  # the live step, for tests and status
+        self.publish: PublishToCelery | None = None  # the live step, for tests and status
 
     def details(self) -> dict[str, Any]:
-        """For the heartbeat: what the bridge holds back and how much it moved."""
-        step = self.enqueue
+        """For the heartbeat: whether the bridge has partitions, and how much it moved."""
+        step = self.publish
         if step is None:
             return {"assigned": False}
-        return {"assigned": True, "paused_queues": sorted(step.paused), "enqueued": step.enqueued}
+        return {"assigned": True, "enqueued": step.enqueued}
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
     ) -> ProcessingStrategy[KafkaPayload]:
         logger.info("bridge.assigned", extra={"partitions": sorted(p.index for p in partitions)})
-        self.enqueue = EnqueueToCelery(
-            CommitOffsets(tolerant_commit(commit)),
-            app=celery_app,
-            high_water=self.high_water,
-            low_water=self.low_water,
-            rate_limits=settings.QUEUE_RATE_LIMITS,
+        self.publish = PublishToCelery(CommitOffsets(tolerant_commit(commit)), app=celery_app)
+        batch = BatchDispatches(
+            self.publish,
             batch_size=self.batch_size,
             batch_max=self.batch_max,
             linger=settings.BRIDGE_BATCH_LINGER_MS / 1000,
             consumer=self.consumer,
         )
-        return DecodeJobEvent(self.enqueue)
+        return DecodeJobEvent(batch)
 
 
 def check_partitions() -> int:
@@ -105,7 +107,7 @@ def build_processor(factory: BridgeStrategyFactory | None = None) -> StreamProce
         }
     )
     if factory is None:
-        factory = BridgeStrategyFactory(high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER)
+        factory = BridgeStrategyFactory()
     factory.consumer = consumer
     dlq = ReasonDlqProducer(KafkaProducer(kafka.producer_config()), Topic(settings.KAFKA_JOBS_DLQ_TOPIC))
     return StreamProcessor(

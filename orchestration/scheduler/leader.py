@@ -15,8 +15,9 @@ Each tick, in batches, on partial indexes of live rows only, one module per scan
   bridge caught up and their Celery queue is empty) → dispatched again with a new token
   (`stale`);
 - cron schedules whose next slot came → a job per slot, at most once per slot (`cron`);
-- jobs held by a concurrency key (as far as the key has room) or by a breaker that lets them
-  through → outbox (`held`, `breaker_held`);
+- jobs held by a concurrency key (as far as the key has room), by a breaker that lets them
+  through, or for their owner's share of a queue's workers (as its long jobs end) → outbox
+  (`held`, `breaker_held`, `slot_held`);
 - and, every SCHEDULER_STATS_SECONDS, metrics only the leader computes (`report_stats`).
 
 Each scan runs in isolation: one that fails is logged and counted, and the others still run
@@ -52,7 +53,7 @@ from jobs import selectors, tallies
 from jobs.models import JobStatus
 from metrics import prom
 from orchestration import breaker
-from orchestration.scheduler import breaker_held, cron, held, reaper, release, retention, stale
+from orchestration.scheduler import breaker_held, cron, held, reaper, release, retention, slot_held, stale
 from orchestration.scheduler.fencing import Fenced, next_epoch
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -112,6 +113,7 @@ class TickResult:
     cron_fired: int = 0
     held_released: int = 0
     breaker_released: int = 0
+    slot_released: int = 0
     archived: int = 0
     skipped: list[str] = field(default_factory=list)
 
@@ -142,6 +144,7 @@ class Scheduler:
         self.retention = retention.RetentionScan()  # likewise
         self.held_scan = held.HeldScan()  # likewise
         self.breaker_scan = breaker_held.BreakerHeldScan()  # likewise
+        self.slot_scan = slot_held.SlotHeldScan()  # likewise
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
 
@@ -166,6 +169,8 @@ class Scheduler:
             ("held", "held_released", lambda: self.held_scan(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
             ("breaker", "breaker_released",
              lambda: self.breaker_scan(epoch, clock, batch=self.batch, keys_per_tick=self.held_keys_per_tick)),
+            ("slots", "slot_released",
+             lambda: self.slot_scan(epoch, clock, batch=self.batch, keys_per_tick=self.held_keys_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
             ("retention", "archived", lambda: self.retention(epoch, clock)),
         ]  # fmt: skip

@@ -29,8 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from jobs import archive, tallies
-from jobs.models import JobStatus
+from jobs import archive
 from orchestration.scheduler.fencing import fence
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -55,10 +54,10 @@ class Policy:
         days = [d for d in (self.default, *self.by_queue.values()) if d]
         return min(days) if days else None
 
-    def due_sql(self, alias: str = "j") -> tuple[str, dict[str, Any]]:
+    def due_sql(self, alias: str = "j", *, paused: list[str] | None = None) -> tuple[str, dict[str, Any]]:
         """The condition "finished and past its queue's retention, not in an unfinished
-        workflow", and its parameters (`now` among them)."""
-        params: dict[str, Any] = {"default_days": self.default}
+        workflow (nor in a `paused` queue)", and its parameters (`now` among them)."""
+        params: dict[str, Any] = {"default_days": self.default, "paused": paused or []}
         cases = []
         for n, (queue, days) in enumerate(sorted(self.by_queue.items())):
             cases.append(f"WHEN %(q{n})s THEN %(d{n})s::int")
@@ -72,7 +71,8 @@ class Policy:
             f"{alias}.status IN {TERMINAL} "  # noqa: S608
             f"AND {alias}.finished_at < %(now)s - make_interval(days => {days_sql}) "
             f"AND ({alias}.workflow_id IS NULL OR EXISTS (SELECT 1 FROM workflows_workflow w "
-            f"WHERE w.id = {alias}.workflow_id AND w.status IN {_WORKFLOW_DONE}))"
+            f"WHERE w.id = {alias}.workflow_id AND w.status IN {_WORKFLOW_DONE})) "
+            f"AND NOT ({alias}.queue = ANY(%(paused)s::text[]))"
         )
         return sql, params
 
@@ -100,10 +100,18 @@ SELECT job_id, attempt, status, worker, started_at, finished_at, error, tracebac
 """
 
 # What points at a job goes before it: Django's SET_NULL and CASCADE live in Python, not in
-# the database's foreign keys.
+# the database's foreign keys. A workflow's task keeps what its page shows of the job.
 _DELETE_SQL = (
-    "UPDATE workflows_workflowtask SET job_id = NULL WHERE job_id = ANY(%(ids)s)",
-    "UPDATE workflows_workflowtask SET compensation_job_id = NULL WHERE compensation_job_id = ANY(%(ids)s)",
+    """UPDATE workflows_workflowtask AS t
+          SET archived = coalesce(t.archived, '{}'::jsonb) || jsonb_build_object(
+                  'job', j.id, 'status', j.status, 'started_at', j.started_at, 'finished_at', j.finished_at),
+              job_id = NULL
+         FROM jobs_job j WHERE t.job_id = j.id AND j.id = ANY(%(ids)s)""",
+    """UPDATE workflows_workflowtask AS t
+          SET archived = coalesce(t.archived, '{}'::jsonb) || jsonb_build_object(
+                  'compensation_job', j.id, 'compensation_status', j.status),
+              compensation_job_id = NULL
+         FROM jobs_job j WHERE t.compensation_job_id = j.id AND j.id = ANY(%(ids)s)""",
     "UPDATE jobs_schedulefire SET job_id = NULL WHERE job_id = ANY(%(ids)s)",
     "DELETE FROM jobs_outbox WHERE job_id = ANY(%(ids)s)",
     "DELETE FROM jobs_jobattempt WHERE job_id = ANY(%(ids)s)",
@@ -111,25 +119,34 @@ _DELETE_SQL = (
 )
 
 
-_OUTBOX_SQL = "SELECT count(*) FROM (SELECT 1 FROM jobs_outbox LIMIT %s) t"
+# Per queue: its jobs dispatched and not yet started (what its window holds, small) and its
+# dispatches waiting in the outbox, counted up to `enough` (a backlog of millions costs no more).
+_BUSY_SQL = """
+SELECT q.queue
+  FROM unnest(%(queues)s::text[]) AS q(queue)
+ WHERE (SELECT count(*) FROM jobs_job WHERE status = 'QUEUED' AND queue = q.queue)
+     + (SELECT count(*) FROM (SELECT 1 FROM jobs_outbox o
+                               WHERE o.topic = 'jobs' AND o.queue = q.queue LIMIT %(enough)s) w) >= %(enough)s
+"""
 
 
-def _backlog(enough: int) -> int:
-    """Jobs on their way to a worker: waiting for the relay (outbox rows, counted up to
-    `enough`) or dispatched and not yet claimed (QUEUED, from the tallies: no scan)."""
+def busy_queues(enough: int) -> list[str]:
+    """The declared queues with at least `enough` jobs on their way to a worker (waiting in
+    the outbox, or dispatched and not yet claimed): a burst is arriving there."""
     with connection.cursor() as cur:
-        cur.execute(_OUTBOX_SQL, [enough])
-        outbox = cur.fetchone()[0]
-    return outbox + tallies.status_counts()[JobStatus.QUEUED]
+        cur.execute(_BUSY_SQL, {"queues": list(settings.QUEUES), "enough": enough})
+        return [row[0] for row in cur.fetchall()]
 
 
 class RetentionScan:
     """The retention scan, and where it is in its window from one tick to the next.
 
     Retention is background work: it runs a batch at most every JOB_RETENTION_INTERVAL_SECONDS,
-    and not at all while JOB_RETENTION_PAUSE_BACKLOG or more jobs are on their way to a worker
-    (in the outbox or QUEUED: a burst is arriving): archiving a job costs about as much CPU as running a no-op one,
-    and it can wait for a quiet moment."""
+    and leaves alone the jobs of a queue with JOB_RETENTION_PAUSE_BACKLOG or more jobs on their
+    way to a worker (in the outbox or QUEUED: a burst is arriving there): archiving a job
+    costs about as much CPU as running a no-op one, and it can wait for a quiet moment. Per
+    queue: one tenant's parked or rate-limited queue, its backlog waiting for good, pauses
+    only that queue's archiving, never everyone's."""
 
     def __init__(self) -> None:
         self.after: tuple[datetime, uuid.UUID] | None = None
@@ -141,10 +158,9 @@ class RetentionScan:
         if not settings.CLICKHOUSE_URL or shortest is None or time.monotonic() < self.next_at:
             return 0
         self.next_at = time.monotonic() + settings.JOB_RETENTION_INTERVAL_SECONDS
-        if _backlog(settings.JOB_RETENTION_PAUSE_BACKLOG) >= settings.JOB_RETENTION_PAUSE_BACKLOG:
-            return 0
+        busy = busy_queues(settings.JOB_RETENTION_PAUSE_BACKLOG)
         now = clock()
-        due_sql, params = policy.due_sql()
+        due_sql, params = policy.due_sql(paused=busy)
         params |= {"now": now, "window_end": now - timedelta(days=shortest), "limit": settings.JOB_RETENTION_SCAN_ROWS}
         after = ""
         if self.after is not None:

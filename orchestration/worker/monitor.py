@@ -32,6 +32,14 @@ class Ticking(Protocol):
     def tick(self, *, running_for: float) -> None: ...
 
 
+class LongRun(Protocol):
+    """What the running job's slot hears from the monitor (`running`'s, over
+    `orchestration.fair_slots`): it has run FAIR_LONG_SECONDS, and its lease was renewed."""
+
+    def ran_long(self) -> None: ...
+    def renew(self) -> None: ...
+
+
 class Interrupted(BaseException):  # BaseException: a handler's `except Exception` cannot swallow it
     """Raised inside a handler by SIGALRM: its timeout passed, or its cancel grace ran out."""
 
@@ -47,6 +55,8 @@ class _Watch:
     started: float
     cancel_requested_at: float | None = None
     interrupt_reason: str | None = None
+    long_run: LongRun | None = None
+    long_told: bool = False
 
 
 class Monitor:
@@ -71,10 +81,10 @@ class Monitor:
             self._thread = threading.Thread(target=self._run, name="job-monitor", daemon=True)
             self._thread.start()
 
-    def watch(self, job_id: uuid.UUID, attempt: int) -> _Watch:
+    def watch(self, job_id: uuid.UUID, attempt: int, long_run: LongRun | None = None) -> _Watch:
         self._ensure_thread()
         with self._lock:
-            self._watch = _Watch(job_id, attempt, time.monotonic())
+            self._watch = _Watch(job_id, attempt, time.monotonic(), long_run=long_run)
             return self._watch
 
     def clear(self) -> None:
@@ -116,6 +126,13 @@ class Monitor:
                 continue
             now = time.monotonic()
             try:
+                if (
+                    watch.long_run is not None
+                    and not watch.long_told
+                    and now - watch.started >= settings.FAIR_LONG_SECONDS
+                ):
+                    watch.long_told = True
+                    watch.long_run.ran_long()
                 if now - watch.started >= 1.0 and now - last_check >= 1.0:
                     last_check = now
                     if (
@@ -127,6 +144,8 @@ class Monitor:
                     last_renew = now
                     if not transitions.renew_lease(watch.job_id, attempt=watch.attempt, lease_seconds=lease):
                         logger.warning("job.lease_lost", extra={"job_id": str(watch.job_id), "attempt": watch.attempt})
+                    if watch.long_run is not None:
+                        watch.long_run.renew()
             except Exception:  # the database may be briefly away; the lease has slack
                 logger.exception("job.monitor_failed")
                 connection.close()
@@ -160,12 +179,13 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def handler_running(job_id: uuid.UUID, attempt: int, timeout: float) -> Iterator[None]:
-    """While the body runs the handler: the monitor watches the job, and SIGALRM is armed for
-    `timeout` (the alarm, or the monitor after an ignored cancel, raises Interrupted inside
-    it). Outside the main thread only the cooperative checks apply."""
+def handler_running(job_id: uuid.UUID, attempt: int, timeout: float, long_run: LongRun | None = None) -> Iterator[None]:
+    """While the body runs the handler: the monitor watches the job (and tells `long_run` when
+    it has run long), and SIGALRM is armed for `timeout` (the alarm, or the monitor after an
+    ignored cancel, raises Interrupted inside it). Outside the main thread only the
+    cooperative checks apply."""
     global _armed
-    watch = MONITOR.watch(job_id, attempt)
+    watch = MONITOR.watch(job_id, attempt, long_run)
     armed = threading.current_thread() is threading.main_thread()
     if armed:
         if signal.getsignal(signal.SIGALRM) is not _on_alarm:

@@ -24,6 +24,7 @@ when the recorder writes it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from celery.exceptions import WorkerShutdown, WorkerTerminate
 from django.conf import settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
 
 from config import tracing
 from jobs import outputs, transitions
@@ -42,9 +44,11 @@ from jobs.models import AttemptStatus
 from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
 from metrics import prom
-from orchestration import policy
+from orchestration import fair_slots, policy
 from orchestration.worker.monitor import MONITOR, Interrupted, handler_running
 from orchestration.worker.outcomes import Outcome, Status, record, with_reconnect
+
+logger = logging.getLogger("orchestration.worker")
 
 # Raised in a handler's thread when the worker process itself is being stopped: the attempt's
 # failure is recorded, then the exception goes on so the process stops. Every other
@@ -87,9 +91,65 @@ def _permanent_exceptions() -> tuple[type[BaseException], ...]:
     return (PermanentError, *(import_string(path) for path in settings.JOB_PERMANENT_EXCEPTIONS))
 
 
+class _LongRun:
+    """A running job's slot, as the monitor tells it (`monitor.LongRun`). Redis away: the
+    slot's bookkeeping is skipped (logged); the job goes on."""
+
+    def __init__(self, slot: fair_slots.Slot) -> None:
+        self.slot = slot
+
+    def ran_long(self) -> None:
+        _quietly(fair_slots.SLOTS.ran_long, self.slot)
+
+    def renew(self) -> None:
+        _quietly(fair_slots.SLOTS.renew, self.slot)
+
+
+def _quietly(step: Callable[[fair_slots.Slot], None], slot: fair_slots.Slot) -> None:
+    try:
+        step(slot)
+    except RedisError as exc:
+        logger.warning("slots.unavailable", extra={"error": str(exc)[:300]})
+
+
+def _take_slot(claim: transitions.Claim) -> fair_slots.Slot | str | None:
+    """The job's slot among its queue's workers (`fair_slots`); a string: its owner's (or
+    queue's) share is full, the job waits; None: no limit applies, or Redis cannot say (the
+    job runs: fairness never fails a job)."""
+    owner_share, queue_share = fair_slots.shares(claim.owner_id, claim.queue)
+    if owner_share >= 1 and queue_share >= 1:
+        return None
+    try:
+        return fair_slots.SLOTS.take(
+            queue=claim.queue, owner=claim.owner_id, type_=claim.type, share=owner_share, queue_share=queue_share
+        )
+    except RedisError as exc:
+        logger.warning("slots.unavailable", extra={"error": str(exc)[:300]})
+        return None
+
+
 def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -> Outcome:
     """Run a claimed job's handler and record its outcome. With `deferred`, a success of a
-    job outside any workflow is handed to the batch's recorder instead of written now."""
+    job outside any workflow is handed to the batch's recorder instead of written now. A job
+    whose owner holds its share of the queue's workers with long jobs is held instead, its
+    claim undone (it runs when one of them ends)."""
+    slot = _take_slot(claim)
+    if isinstance(slot, str):
+        held = with_reconnect(
+            lambda: transitions.hold_for_slot(claim.job_id, attempt=claim.attempt, worker=claim.worker)
+        )
+        if held:
+            logger.info("job.held_for_share", extra={"job_id": str(claim.job_id), "full": slot})
+            return Outcome(str(claim.job_id), Status.HELD)
+        slot = None  # a cancel request (or it is no longer this attempt's): it runs, to end as it should
+    try:
+        return _run_claimed(claim, deferred, _LongRun(slot) if slot is not None else None)
+    finally:
+        if slot is not None:
+            _quietly(fair_slots.SLOTS.done, slot)
+
+
+def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_run: _LongRun | None) -> Outcome:
     job_id = claim.job_id
     in_workflow = claim.workflow_id is not None  # its end moves the workflow on, in one transaction
     handler = get_handler(claim.type)
@@ -104,7 +164,7 @@ def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
-        result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None)
+        result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None, long_run=long_run)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             return _outcome_span(claim, lambda: _cancelled(claim, in_workflow))
@@ -137,7 +197,9 @@ def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:
     return record(job_id, Status.CANCELLED, won)
 
 
-def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool) -> tuple[Any, bool]:
+def _call_handler(
+    handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool, long_run: _LongRun | None
+) -> tuple[Any, bool]:
     """Call the handler under the job's timeout and return its result, bounded for storing,
     and whether the attempt wrote log lines. Whatever it raises goes to the caller (a result
     that is not JSON as a PermanentError), after the duration is observed and the logs flushed."""
@@ -147,7 +209,7 @@ def _call_handler(handler: Handler, claim: transitions.Claim, ctx: JobContext, *
     try:
         with (
             tracing.span("job.handler", attributes=span_attributes(claim) if tracing.enabled() else None),
-            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds),
+            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds, long_run),
         ):
             try:
                 result = handler(claim.payload, ctx)

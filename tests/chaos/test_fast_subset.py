@@ -1,6 +1,7 @@
 """The fast subset of `make chaos` (a worker SIGKILLed mid-job, the bridge SIGKILLed, poison
-messages in `jobs` and `logs`, outbox rows Kafka refuses), run as `make chaos` runs it: private engines, every role as a
-process, the invariants checked over every job. The full set is `make chaos`."""
+messages in `jobs` and `logs`, outbox rows Kafka refuses, a queue nobody consumes filled by
+another user), run as `make chaos` runs it: private engines, every role as a process, the
+invariants checked over every job. The full set is `make chaos`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-FAULTS = ("worker-kill", "bridge-kill", "poison", "poison-outbox")
+FAULTS = ("worker-kill", "bridge-kill", "poison", "poison-outbox", "queue-parked")
 
 
 @pytest.mark.timeout(900)

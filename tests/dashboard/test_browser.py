@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def test_overview_and_a_job_reaching_succeeded_live(page, user):
     login(page, user.username)
     assert page.get_by_role("heading", name="Overview").is_visible()
-    assert page.get_by_role("heading", name="Backlog").is_visible()
+    assert page.get_by_role("heading", name="Queues your jobs").is_visible()
     shot(page, "01-overview")
 
     created = client_for(user).post(

@@ -55,6 +55,27 @@ def test_pages_render(logged_in, user, api):
     assert "SUCCEEDED" in page
 
 
+def test_the_overview_shows_a_user_its_own_backlog_and_staff_the_platform(logged_in, user, other_user, client, staff):
+    """The overview once showed every logged-in user the whole platform's backlog, queue
+    depths and workers: another tenant's load, and the machines."""
+    from jobs.services import JobSpec, job_submit_bulk
+
+    job_submit_bulk(owner_id=user.pk, specs=[JobSpec(type="demo.noop")] * 2)
+    job_submit_bulk(owner_id=other_user.pk, specs=[JobSpec(type="demo.noop")] * 5)
+    mine = logged_in.get("/overview/panel/")
+    assert [q["waiting"] for q in mine.context["queues"] if q["name"] == "default"] == [2]
+    assert mine.context["platform"] is None
+    page = mine.content.decode()
+    for platform_only in ("Workers online", "Kafka (bridge lag)", "Open Flower"):
+        assert platform_only not in page
+    assert "Flower</a>" not in logged_in.get("/").content.decode()
+    client.force_login(staff)
+    everyone = client.get("/overview/panel/")
+    assert [q["waiting"] for q in everyone.context["queues"] if q["name"] == "default"] == [7]
+    assert "Workers online" in everyone.content.decode()
+    assert "Flower</a>" in client.get("/").content.decode()
+
+
 def test_a_jobs_page_shows_its_trace_and_links_it_when_a_trace_ui_is_set(logged_in, user, traced, settings):
     job = submit_job(user, type="demo.noop")
     page = logged_in.get(f"/jobs/{job.id}/").content.decode()

@@ -163,7 +163,7 @@ keys = st.sampled_from(["k1", "k2", "k3"]) | plain.filter(lambda s: not s.starts
 
 canonical_fields: dict[str, st.SearchStrategy[Any]] = {
     "payload": payloads,
-    "queue": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", fullmatch=True),
+    "queue": st.sampled_from(["default", "q", "fast:q", "emails"]),  # declared (tests/conftest.py)
     "priority": st.integers(0, 9),
     "max_attempts": st.integers(1, 25),
     "backoff": backoffs,
@@ -193,6 +193,8 @@ def odd_jobs(draw: st.DrawFn) -> dict[str, Any]:
         choice = draw(st.integers(0, 9))
         if choice == 0:
             job.pop(name, None)
+        elif name == "queue" and choice < 4:  # a valid name, but not a declared queue (unless by chance)
+            job[name] = draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", fullmatch=True))
         elif name == "payload":
             job[name] = draw(odd_payloads)
         elif name == "backoff" and choice < 5:

@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 from django.conf import settings
 
 from config import broker, kafka
+from config.queues import Queue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,10 +46,18 @@ def topics(settings: Any) -> Iterator[dict[str, str]]:
     AdminClient(kafka.base_config()).delete_topics([names["jobs"], names["dlq"], names["dead"]])
 
 
+def declare(settings: Any, name: str, **options: Any) -> Queue:
+    """Declare a queue in this test's settings (config.queues), with the defaults otherwise."""
+    queue = Queue(name, **{"window": settings.QUEUE_WINDOW, "slot_share": settings.FAIR_SLOT_SHARE, **options})
+    settings.QUEUES = {**settings.QUEUES, name: queue}
+    return queue
+
+
 @pytest.fixture
-def queue() -> Iterator[str]:
-    """A Celery queue name of this test's own; its Redis lists are removed afterwards."""
+def queue(settings: Any) -> Iterator[str]:
+    """A Celery queue name of this test's own, declared; its Redis lists are removed afterwards."""
     name = f"q-{uuid.uuid4().hex[:10]}"
+    declare(settings, name)
     yield name
     broker.client().delete(*broker.list_names(name))
 
@@ -127,6 +136,8 @@ class Stack:
             "KAFKA_JOBS_PARTITIONS": "2",
             "SCHEDULER_LOCK_KEY": f"test-scheduler-{uuid.uuid4().hex}",
             "BREAKER_PREFIX": settings.BREAKER_PREFIX,
+            "FAIR_SLOTS_PREFIX": settings.FAIR_SLOTS_PREFIX,
+            "QUEUES": f"default; {queue}",
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }
@@ -134,7 +145,8 @@ class Stack:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, role: str) -> subprocess.Popen[bytes]:
+    def start(self, role: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        """Start a role's process (`name`: to run more than one of it, e.g. "worker2")."""
         commands = {
             "relay": [sys.executable, "manage.py", "run_relay"],
             "bridge": [sys.executable, "manage.py", "run_bridge"],
@@ -146,9 +158,10 @@ class Stack:
                 "--loglevel", "INFO",
             ],
         }  # fmt: skip
-        with (self.tmp / f"{role}.log").open("ab") as log:  # the child keeps its own copy of the fd
+        name = name or role
+        with (self.tmp / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(commands[role], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs[role] = proc
+        self.procs[name] = proc
         return proc
 
     def stop(self, role: str, sig: int = 15) -> None:

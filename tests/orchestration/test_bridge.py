@@ -1,5 +1,6 @@
-"""The Kafka → Celery bridge against real Kafka and Redis: enqueue, poison messages to the
-DLQ, backpressure, and surviving a crash between enqueue and commit."""
+"""The Kafka → Celery bridge against real Kafka and Redis: enqueue by queue and lane, poison
+messages to the DLQ, batches, surviving a crash between enqueue and commit, and going on
+whatever one queue does (its window is the relay's: the bridge never stops for a queue)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from config import broker
 from orchestration.consumers.bridge import BridgeStrategyFactory, build_processor
+from tests.conftest import DEAD_REDIS
 from tests.orchestration.conftest import Stack, celery_messages, consume_all, produce, wait_for
 
 
@@ -32,12 +34,8 @@ def envelope(queue: str, **overrides: Any) -> dict[str, Any]:
 
 
 class RunningBridge:
-    def __init__(
-        self, high_water: int = 1000, low_water: int = 100, batch_size: int | None = None, batch_max: int | None = None
-    ) -> None:
-        self.factory = BridgeStrategyFactory(
-            high_water=high_water, low_water=low_water, batch_size=batch_size, batch_max=batch_max
-        )
+    def __init__(self, batch_size: int | None = None, batch_max: int | None = None) -> None:
+        self.factory = BridgeStrategyFactory(batch_size=batch_size, batch_max=batch_max)
         self.processor = build_processor(self.factory)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -63,16 +61,33 @@ def bridge(topics: dict[str, str]) -> type[RunningBridge]:
     return RunningBridge
 
 
-def test_enqueues_each_job_on_its_queue_with_priority(topics, queue, bridge):
-    envelopes = [envelope(queue, priority=p) for p in (0, 5, 9)]
-    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes])
-    with bridge():
+def test_enqueues_each_job_on_its_queue_and_lane(topics, queue, bridge):
+    envelopes = [envelope(queue, lane="express"), envelope(queue), envelope(queue, lane="no such lane")]
+    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes], key=b"one-partition")
+    with bridge(batch_size=1):
         wait_for(lambda: broker.depths([queue])[queue] == 3, message="3 tasks in Redis")
-    assert sorted(celery_messages(queue), key=lambda e: e["priority"]) == envelopes
     client = broker.client()
-    # priority 9 (most urgent) sits on the list kombu serves first
+    # The express lane sits on the list kombu serves first (level 0), across every queue.
+    assert [e["job_id"] for e in celery_messages(queue) if e.get("lane") == "express"] == [envelopes[0]["job_id"]]
     assert client.llen(queue) == 1
-    assert client.llen(f"{queue}:9") == 1
+    assert client.llen(f"{queue}:9") == 2  # the bulk lane: an unknown lane reads as bulk
+    by_id = {e["job_id"]: e for e in celery_messages(queue)}
+    assert "lane" not in by_id[envelopes[2]["job_id"]]  # the bridge sends the envelope as it parsed it
+
+
+def test_a_queue_nobody_consumes_never_holds_the_bridge_back(topics, queue, bridge):
+    """Its window (the relay's) is all of it that ever reaches Kafka; whatever sits in Redis
+    for it, the bridge goes on with the other queues."""
+    parked = f"parked-{uuid.uuid4().hex[:6]}"
+    try:
+        produce(topics["jobs"], [orjson.dumps(envelope(parked)) for _ in range(3000)], key=b"one-partition")
+        after = envelope(queue)
+        produce(topics["jobs"], [orjson.dumps(after)], key=b"one-partition")
+        with bridge():
+            wait_for(lambda: celery_messages(queue) == [after], timeout=30, message="the other queue's job")
+        assert len(celery_messages(parked)) == 3000
+    finally:
+        broker.client().delete(*broker.list_names(parked))
 
 
 POISON = [
@@ -100,38 +115,6 @@ def test_poison_messages_go_to_the_dlq_with_reason_and_the_bridge_goes_on(topics
         assert headers["original_topic"].decode() == topics["jobs"]
         assert int(headers["original_offset"]) >= 0
         assert "original_partition" in headers
-
-
-def test_backpressure_pauses_above_high_water_and_resumes_below_low_water(topics, queue, bridge):
-    total, high, low = 120, 20, 5
-    produce(topics["jobs"], [orjson.dumps(envelope(queue)) for _ in range(total)])
-    client = broker.client()
-    names = broker.list_names(queue)
-    # Water marks count messages: one job each (batch_max too, or a backlog seen in Redis
-    # packs several into one and the loop below, counting messages, never reaches `total`).
-    with bridge(high_water=high, low_water=low, batch_size=1, batch_max=1) as running:
-        wait_for(lambda: broker.depths([queue])[queue] >= high, message="queue filled to the high-water mark")
-        # Held there: the rest waits in Kafka, not in Redis.
-        for _ in range(20):
-            assert broker.depths([queue])[queue] <= high + 1
-            threading.Event().wait(0.1)
-        step = running.factory.enqueue
-        assert step is not None
-        assert queue in step.paused
-        assert step.enqueued <= high + 1
-
-        consumed, deadline = 0, time.monotonic() + 60
-        while consumed < total:  # act as the workers: take tasks off the queue
-            assert time.monotonic() < deadline, f"{consumed} of {total} tasks came through"
-            depth = broker.depths([queue])[queue]
-            assert depth <= high + 1
-            for name in names:
-                while client.lpop(name) is not None:
-                    consumed += 1
-            threading.Event().wait(0.05)
-            if consumed < total:
-                wait_for(lambda: broker.depths([queue])[queue] > 0 or step.enqueued == total, timeout=30)
-        assert step.enqueued == total
 
 
 def test_a_backlog_goes_out_in_batches_and_a_lone_job_at_once(topics, queue, bridge):
@@ -190,22 +173,6 @@ def test_a_crash_between_enqueue_and_commit_enqueues_again(topics, queue, bridge
         wait_for(lambda: len(celery_messages(queue)) == 20, timeout=60, message="10 jobs enqueued again")
     ids = [e["job_id"] for e in celery_messages(queue)]
     assert sorted(ids) == sorted([e["job_id"] for e in envelopes] * 2)
-
-
-def test_a_queue_rate_limit_spaces_dispatches_and_keeps_order(topics, queue, settings, bridge):
-    import time
-
-    settings.QUEUE_RATE_LIMITS = {queue: 5.0}
-    envelopes = [envelope(queue, attempt=i + 1) for i in range(15)]
-    produce(topics["jobs"], [orjson.dumps(e) for e in envelopes], key=b"one-partition")
-    with bridge():
-        wait_for(lambda: broker.depths([queue])[queue] >= 1, timeout=30, message="the first task")
-        started = time.monotonic()
-        wait_for(lambda: len(celery_messages(queue)) == 15, timeout=30, message="all 15 jobs")
-        elapsed = time.monotonic() - started
-    # a burst of 5, then 5 per second: the last of 15 goes out after about 2 s, not at once
-    assert 1.5 <= elapsed <= 4.0, elapsed
-    assert [e["attempt"] for e in reversed(celery_messages(queue))] == list(range(1, 16))
 
 
 def test_a_commit_after_the_group_moved_on_is_logged_not_raised(topics, caplog):
@@ -320,31 +287,47 @@ def test_postgresql_away_for_a_dead_letter_does_not_stop_the_bridge(user):
     assert Job.objects.get(id=job.id).status == JobStatus.DEAD_LETTER
 
 
-def test_redis_away_for_depth_reads_holds_the_messages_in_kafka(redis_down, caplog):
-    """Unknown depth is "blocked": the step rejects the message (arroyo keeps it in Kafka and
-    offers it again) instead of raising redis' ConnectionError, which crash-looped the bridge
-    while Redis was down. Logged at most every 10 s."""
+def test_redis_away_holds_the_batch_and_the_messages_in_kafka(redis_down, caplog, settings):
+    """Redis unreachable: the publish refuses the batch, the batch step keeps it and refuses
+    new messages (arroyo keeps them in Kafka and offers them again) instead of raising, which
+    crash-looped the bridge while Redis was down; depth reads that fail are logged at most
+    every 10 s. Once Redis is back the held batch goes, and nothing was committed before."""
     from datetime import UTC, datetime
 
     from arroyo.processing.strategies.abstract import MessageRejected
-    from arroyo.processing.strategies.noop import Noop
     from arroyo.types import BrokerValue, Message, Partition, Topic
+    from celery import Celery
 
-    from config.celery import app
     from jobs.dispatch import DispatchEnvelope
-    from orchestration.consumers.steps.enqueue_to_celery import EnqueueToCelery
+    from orchestration.consumers.steps.batch_dispatches import BatchDispatches
+    from orchestration.consumers.steps.publish_to_celery import PublishToCelery
 
-    step = EnqueueToCelery(Noop(), app=app, high_water=10, low_water=5, depth_ttl=0)
-    message = Message(
-        BrokerValue(DispatchEnvelope.parse(envelope("q")), Partition(Topic("jobs"), 0), 0, datetime.now(UTC))
-    )
-    for _ in range(5):
+    committed: list[Any] = []
+
+    class Commit:
+        def submit(self, message: Any) -> None:
+            committed.append(message)
+
+        def poll(self) -> None: ...
+
+    dead = Celery("dead-redis", broker=DEAD_REDIS, set_as_current=False)
+    dead.conf.broker_connection_retry = False
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    publish = PublishToCelery(Commit(), app=dead)  # type: ignore[arg-type]
+    step = BatchDispatches(publish, batch_size=2, depth_ttl=0)
+
+    def message(offset: int) -> Message[DispatchEnvelope]:
+        payload = DispatchEnvelope.parse(envelope("q"))
+        return Message(BrokerValue(payload, Partition(Topic("jobs"), 0), offset, datetime.now(UTC)))
+
+    step.submit(message(0))
+    step.submit(message(1))  # full: the send fails, the batch stays
+    for offset in range(2, 6):
         with pytest.raises(MessageRejected):
-            step.submit(message)
-    assert step.enqueued == 0
-    logged = [r for r in caplog.records if r.getMessage() == "bridge.depth_unknown"]
-    assert len(logged) == 1
-    assert logged[0].levelname == "WARNING"
+            step.submit(message(offset))
+    assert (publish.enqueued, committed) == (0, [])
+    assert len([r for r in caplog.records if r.getMessage() == "bridge.depth_unknown"]) == 1
+    assert len([r for r in caplog.records if r.getMessage() == "bridge.enqueue_failed"]) == 1
 
 
 def test_a_message_at_the_size_limit_goes_to_the_dlq_shortened(topics, queue, bridge):

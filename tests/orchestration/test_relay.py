@@ -45,6 +45,7 @@ def test_relays_in_batches_and_marks_queued(user, topics):
         "priority": 5,
         "attempt": 1,
         "dispatch_token": str(jobs[0].dispatch_token),
+        "lane": "express",  # its owner had no job in flight: the relay put it on the express lane
     }
 
 

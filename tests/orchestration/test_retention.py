@@ -19,7 +19,11 @@ from logs import store
 from orchestration.scheduler import retention
 from orchestration.scheduler.fencing import next_epoch
 from tests.factories import UserFactory, submit_job
-from tests.logs.conftest import ch_table  # noqa: F401 (a fixture: a logs table of the test's own)
+from tests.logs.conftest import (
+    ch_table,  # noqa: F401 (a fixture: a logs table of the test's own)
+    record,
+    store_records,
+)
 from tests.threads import in_thread
 
 JOBS = "/api/v1/jobs/"
@@ -101,6 +105,11 @@ def test_a_job_past_retention_moves_to_the_archive_and_the_api_still_serves_it(
     assert response.status_code == 409
     assert "archived" in response.json()["detail"]
     assert api.get(f"{JOBS}{old.id}/logs/").status_code == 200
+    # The log search finds an archived job's lines too (it once asked PostgreSQL only, and
+    # answered as for another user's job: nothing), for its owner only.
+    store_records(record("the old job's line", job_id=old.id, owner_id=user.pk, attempt=3))
+    assert [r["message"] for r in api.get(f"/api/v1/logs/?job_id={old.id}").json()["results"]] == ["the old job's line"]
+    assert other_api.get(f"/api/v1/logs/?job_id={old.id}").json()["results"] == []
 
     listed = api.get(JOBS + "?archived=true").json()["results"]
     assert [j["id"] for j in listed] == [str(old.id)]
@@ -209,17 +218,27 @@ def test_an_archive_interrupted_before_postgres_commits_is_done_again_once(archi
 
 
 @pytest.mark.django_db
-def test_a_workflow_task_keeps_its_row_when_its_job_is_archived(archive_table, epoch, user):
+def test_a_workflow_task_keeps_its_row_and_shows_its_archived_job(archive_table, epoch, user, api):
+    """Its job's link goes with the job, but the workflow still shows the task as it ended
+    (it once showed PENDING, as if never released), with its job and its compensation's."""
     from workflows.models import Workflow, WorkflowTask
 
-    workflow = Workflow.objects.create(owner=user, name="w", status="SUCCEEDED")
+    workflow = Workflow.objects.create(owner=user, name="w", status="FAILED")
     job = finished(user, days_ago=40)
-    Job.objects.filter(id=job.id).update(workflow=workflow)
-    task = WorkflowTask.objects.create(workflow=workflow, task_id="a", position=0, type="demo.noop", job_id=job.id)
-    assert scan(epoch) == 1
+    undo = finished(user, days_ago=40, status=JobStatus.DEAD_LETTER)
+    Job.objects.filter(id__in=[job.id, undo.id]).update(workflow=workflow)
+    task = WorkflowTask.objects.create(
+        workflow=workflow, task_id="a", position=0, type="demo.noop", job_id=job.id, compensation_job_id=undo.id,
+        compensation={"type": "demo.noop"}, compensation_state="FAILED",
+    )  # fmt: skip
+    assert scan(epoch) == 2
     task.refresh_from_db()
-    assert task.job_id is None
+    assert (task.job_id, task.compensation_job_id) == (None, None)
     assert archive.get(job.id, owner_id=user.pk).workflow_id == workflow.id
+    [shown] = api.get(f"/api/v1/workflows/{workflow.id}/").json()["tasks"]
+    assert (shown["status"], shown["job"]) == ("SUCCEEDED", str(job.id))
+    assert (shown["compensation_status"], shown["compensation_job"]) == ("DEAD_LETTER", str(undo.id))
+    assert shown["finished_at"] is not None
 
 
 @pytest.mark.django_db
@@ -286,3 +305,25 @@ def test_retention_waits_while_a_burst_is_being_dispatched_and_between_batches(a
     assert run(epoch, timezone.now) == 1  # this call's batch, then a minute's wait
     finished(user, days_ago=42)
     assert run(epoch, timezone.now) == 0
+
+
+@pytest.mark.django_db
+def test_one_queues_backlog_pauses_only_that_queues_retention(archive_table, epoch, settings, user, other_user):
+    """A tenant's parked (or rate-limited) queue keeps a backlog for good: retention once
+    paused for everyone while 100 jobs of any queue waited."""
+    from tests.orchestration.conftest import declare
+
+    settings.JOB_RETENTION_PAUSE_BACKLOG = 3
+    declare(settings, "parked")
+    parked_old = finished(user, days_ago=40, queue="parked")
+    for _ in range(5):
+        submit_job(user, queue="parked")  # a backlog that will not drain
+    elsewhere = finished(other_user, days_ago=40)
+    run = retention.RetentionScan()
+    assert run(epoch, timezone.now) == 1
+    assert not Job.objects.filter(id=elsewhere.id).exists()  # archived
+    assert Job.objects.filter(id=parked_old.id).exists()  # waits for its queue's quiet moment
+    Outbox.objects.filter(queue="parked").delete()  # the backlog went
+    run.after = None
+    assert run(epoch, timezone.now) == 1
+    assert not Job.objects.filter(id=parked_old.id).exists()

@@ -2,7 +2,9 @@
 errors and log records (up to and past the limits, NUL, lone surrogates, deep nesting, huge
 numbers) go through the real roles (relay, bridge, worker, scheduler, log sink as processes)
 and every example checks that each hostile job ends in a terminal state, that another
-user's job submitted after them still succeeds, and that no role died.
+user's job submitted after them starts within SENTINEL_START_SECONDS (two tenants: the
+hostile one's jobs may take its share of the two workers, never the other's latency), and
+that no role died.
 
 `make test` runs a fixed-seed subset; `make fuzz` explores (FUZZ_EXAMPLES)."""
 
@@ -25,6 +27,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow, pytes
 # Each example runs jobs through every role (a few seconds): a quarter of `make fuzz`'s count.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) // 4
 ROLES = ("log-sink", "relay", "bridge", "worker", "scheduler")
+SENTINEL_START_SECONDS = 2.0  # submit → start of the other tenant's job; idle, about 20 ms
 
 # Text with the characters that broke things: NUL and lone surrogates as tokens the handler
 # expands (an API request cannot carry them), plus odd but legal Unicode.
@@ -65,6 +68,7 @@ def fuzz_stack(topics, log_topics, ch_table, queue, tmp_path, transactional_db):
     )  # fmt: skip
     for role in ROLES:
         stack.start(role)
+    stack.start("worker", "worker2")  # two slots: the hostile owner's long jobs may hold one
     yield stack
     stack.close()
 
@@ -105,6 +109,9 @@ def test_hostile_output_ends_terminal_and_everyone_else_keeps_flowing(fuzz_stack
         sentinel_seconds = time.monotonic() - started
         wait_for(lambda: _terminal(ids), timeout=90, message="every hostile job reached a terminal state")
         assert sentinel_seconds < 30
+        waited = Job.objects.get(id=sentinel)
+        start_wait = (waited.started_at - waited.created_at).total_seconds()
+        assert start_wait < SENTINEL_START_SECONDS, f"the other tenant's job waited {start_wait:.2f} s to start"
         for role, proc in fuzz_stack.procs.items():
             assert proc.poll() is None, f"{role} died:\n{fuzz_stack.logs()}"
         # The sentinel's log line still reaches ClickHouse after the hostile records.

@@ -262,3 +262,76 @@ def test_under_a_parent_the_sampler_left_out_no_span_is_made_but_the_context_sti
         assert tracing.current_traceparent() == unsampled  # log lines still carry the job's trace id
     tracing.record("job.claim", parent=unsampled, start_time=1, end_time=2)
     assert traced.get_finished_spans() == ()
+
+
+# -- a request's own trace context: continued only from trusted callers -------------------------
+
+
+@pytest.fixture
+def web_traced(settings):
+    """Django's instrumentation and our middleware before it, as `setup` installs them, on an
+    in-memory provider whose sampler never samples a root of ours (a ratio sampler at its
+    extreme): only a caller's sampled flag could make a request's spans sampled."""
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.DropOrphanSpans(ParentBased(ALWAYS_OFF)))  # type: ignore[arg-type]
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings.MIDDLEWARE = list(settings.MIDDLEWARE)
+    DjangoInstrumentor().instrument(tracer_provider=provider, request_hook=tracing.link_caller)
+    settings.MIDDLEWARE.insert(0, tracing.UNTRUSTED_MIDDLEWARE)
+    tracing.use(provider)
+    yield exporter
+    tracing.use(None)
+    tracing.trust_incoming(False)
+    DjangoInstrumentor().uninstrument()
+    provider.shutdown()
+
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER = f"00-{CALLER_TRACE}-b7ad6b7169203331-01"  # sampled: "trace me"
+
+
+@pytest.mark.django_db
+def test_an_untrusted_callers_traceparent_neither_samples_nor_owns_its_jobs(web_traced, user):
+    from tests.conftest import client_for
+
+    response = client_for(user).post(
+        "/api/v1/jobs/", {"type": "demo.noop"}, format="json", HTTP_TRACEPARENT=CALLER, HTTP_TRACESTATE="v=1"
+    )
+    assert response.status_code == 201
+    job = Job.objects.get(id=response.json()["id"])
+    assert job.trace_id != CALLER_TRACE  # not attached to the caller's trace
+    assert job.traceparent is None or not int(job.traceparent[-2:], 16) & 1  # our sampler's call: not sampled
+    assert not web_traced.get_finished_spans()  # no span recorded for it at all
+
+
+@pytest.mark.django_db
+def test_a_trusted_callers_traceparent_is_continued(web_traced, user):
+    from tests.conftest import client_for
+
+    tracing.trust_incoming(True)
+    response = client_for(user).post("/api/v1/jobs/", {"type": "demo.noop"}, format="json", HTTP_TRACEPARENT=CALLER)
+    assert Job.objects.get(id=response.json()["id"]).trace_id == CALLER_TRACE
+    assert {s.context.trace_id for s in web_traced.get_finished_spans()} == {int(CALLER_TRACE, 16)}
+
+
+def test_untrusted_a_request_starts_its_own_trace_and_links_the_callers(traced, rf):
+    """The request span of an untrusted caller is a root of ours; it links the caller's context."""
+    request = rf.get("/api/v1/jobs/", HTTP_TRACEPARENT=CALLER, HTTP_TRACESTATE="v=1", HTTP_BAGGAGE="k=v")
+    seen: dict[str, object] = {}
+    tracing.UntrustedTraceContext(lambda r: seen.update(r.META))(request)
+    assert not {"HTTP_TRACEPARENT", "HTTP_TRACESTATE", "HTTP_BAGGAGE"} & set(seen)
+    assert seen[tracing.CALLER_TRACEPARENT] == CALLER
+    with tracing.span("request") as span:
+        tracing.link_caller(span, request)
+    (done,) = traced.get_finished_spans()
+    assert done.context.trace_id != int(CALLER_TRACE, 16)
+    assert [f"{link.context.trace_id:032x}" for link in done.links] == [CALLER_TRACE]
+    bad = rf.get("/", HTTP_TRACEPARENT="00-nonsense")
+    tracing.UntrustedTraceContext(lambda r: seen.update(r.META))(bad)
+    assert tracing.CALLER_TRACEPARENT not in bad.META

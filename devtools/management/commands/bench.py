@@ -62,6 +62,15 @@ class Command(BaseCommand):
         pipe.add_argument("--loads", default="20,100,300,1000,2000", help="offered jobs/s for the latency curve")
         pipe.add_argument("--load-seconds", type=AMOUNT, default=5.0, help="length of each offered-load run")
         pipe.add_argument("--chart", default="docs/pipeline-batching.png", help="PNG of both curves (empty: none)")
+        fair = sub.add_parser("fairness", help="two tenants: one floods (or runs long jobs), the other's start wait")
+        fair.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        fair.add_argument("--jobs", type=COUNT, default=200_000, help="tenant A's no-op jobs in the flood")
+        fair.add_argument("--threads", type=COUNT, default=4, help="A's submitting threads")
+        fair.add_argument("--rate", type=AMOUNT, default=5.0, help="tenant B's jobs/s (single submits)")
+        fair.add_argument("--rounds", type=COUNT, default=3, help="interleaved floods with fairness on and off")
+        fair.add_argument("--long-seconds", type=float, default=60.0, help="A's sleeps in the long-jobs run (0: none)")
+        fair.add_argument("--long-duration", type=AMOUNT, default=30.0, help="how long B submits meanwhile")
+        fair.add_argument("--chart", default="docs/fairness.png", help="PNG of B's waits (empty: none)")
         flows = sub.add_parser("workflows", help="per-task cost of workflows vs plain jobs (wide and chain)")
         flows.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         flows.add_argument("--wide", type=COUNT, default=1000, help="independent tasks")
@@ -107,6 +116,14 @@ class Command(BaseCommand):
                 keep=opts["keep"],
                 out=self.stdout,
             )
+        elif opts["which"] == "fairness":
+            from devtools.bench import fairness
+
+            fairness.run(
+                base=opts["url"].rstrip("/"), n=opts["jobs"], threads=opts["threads"], rate=opts["rate"],
+                rounds=opts["rounds"], long_seconds=opts["long_seconds"], long_duration=opts["long_duration"],
+                out=self.stdout, chart_path=Path(opts["chart"]) if opts["chart"] else None,
+            )  # fmt: skip
         elif opts["which"] == "workflows":
             from devtools.bench import workflows
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from config.roles import run_role
@@ -12,10 +11,8 @@ from orchestration.consumers import bridge
 
 
 class Command(BaseCommand):
-    help = "Move dispatched jobs from Kafka into Celery queues, with backpressure."
+    help = "Move dispatched jobs from Kafka into Celery queues, in batches."
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        factory = bridge.BridgeStrategyFactory(
-            high_water=settings.BRIDGE_HIGH_WATER, low_water=settings.BRIDGE_LOW_WATER
-        )
+        factory = bridge.BridgeStrategyFactory()
         run_role("bridge", lambda stop: bridge.run_forever(stop, factory), factory.details)

@@ -1,0 +1,239 @@
+"""A fair share of the running slots: one owner's long jobs never hold every worker.
+
+A slot is a worker process: it runs one job at a time. Without a limit, an owner whose jobs
+run for minutes takes each worker as it frees up, and another owner's one-millisecond jobs
+wait for the minutes. Running jobs cannot be taken back (they are user code), so the only
+way another owner's job can start within a second is that some worker was never given to
+the long ones. Hence:
+
+- A job holds a *long slot* while it runs if its kind (owner and type) is not known to be
+  short: a kind is short once a run of it ended within FAIR_LONG_SECONDS, and long for
+  FAIR_KIND_MEMORY_SECONDS after any run of it took longer. A job of a kind not seen yet
+  counts as long until one of its runs says otherwise.
+- An owner may hold at most max(1, floor(share * slots)) long slots of a queue at once, where
+  slots are the live workers consuming the queue and share is the owner's `slot_share`
+  (OwnerShare), else FAIR_SLOT_SHARE. A worker that consumes several queues also keeps each
+  queue's long jobs to that queue's `slot_share` (QUEUES) of the queue's workers.
+- A job over its owner's share is held (PENDING, `slot_held_at`), without using an attempt,
+  and the scheduler releases it when the owner's long slots drop below its share.
+
+Short jobs are not limited: a lone owner's short jobs use every worker (the first run of a
+new kind takes one slot; the rest follow as soon as it ended quickly). A lone owner's long
+jobs use its share of the workers, and the rest stay free for whoever comes next: that is
+the price of another owner's job starting within a second, set by FAIR_SLOT_SHARE (1 turns
+it off). A known-short kind whose run turns out long holds a long slot from that moment.
+
+State in Redis, shared by every worker (`<FAIR_SLOTS_PREFIX>:...`): per queue, its live
+workers (each refreshes its own entry with its heartbeat) and the long slots held (one entry
+per worker, refreshed with the job's lease, gone when it ends or its worker dies); per kind,
+"short" or "long". A take is one script, so two workers cannot both take an owner's last
+slot. A worker keeps a kind's verdict for a second or two, so a stream of short jobs costs
+no Redis round trip per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from config import broker
+
+logger = logging.getLogger("orchestration.worker")
+
+SHORT, LONG = "short", "long"
+KIND_CACHE_SECONDS = 2.0
+
+# KEYS[1]: the queue's workers (worker → expiry), KEYS[2]: its long slots (worker → "owner|expiry")
+# ARGV: now, worker, owner, owner share, expiry of this slot, queue share (0: no queue limit)
+# Returns "ok" (the slot is this worker's), or which share is full: "owner" or "queue".
+_TAKE = """
+local now = tonumber(ARGV[1])
+local slots = 0
+local workers = redis.call('HGETALL', KEYS[1])
+for i = 1, #workers, 2 do
+  if tonumber(workers[i + 1]) > now then slots = slots + 1 else redis.call('HDEL', KEYS[1], workers[i]) end
+end
+if slots < 1 then slots = 1 end
+local mine, all = 0, 0
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local owner, expiry = string.match(held[i + 1], '^(%d+)|(.+)$')
+  if tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[2], held[i])
+  elseif held[i] ~= ARGV[2] then
+    all = all + 1
+    if owner == ARGV[3] then mine = mine + 1 end
+  end
+end
+if mine >= math.max(1, math.floor(tonumber(ARGV[4]) * slots + 1e-9)) then return 'owner' end
+local queue_share = tonumber(ARGV[6])
+if queue_share > 0 and all >= math.max(1, math.floor(queue_share * slots + 1e-9)) then return 'queue' end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. '|' .. ARGV[5])
+return 'ok'
+"""
+
+
+def _key(*parts: object) -> str:
+    return ":".join([settings.FAIR_SLOTS_PREFIX, *map(str, parts)])
+
+
+def workers_key(queue: str) -> str:
+    return _key("workers", queue)
+
+
+def held_key(queue: str) -> str:
+    return _key("held", queue)
+
+
+def kind_key(owner: int, type_: str) -> str:
+    return _key("kind", owner, type_)  # the owner (a number) first: no type can pass for another owner's
+
+
+def cap(share: float, slots: int) -> int:
+    """The most long slots a share of `slots` workers allows: at least one."""
+    return max(1, math.floor(share * max(slots, 1) + 1e-9))
+
+
+@dataclass
+class Slot:
+    """The long slot a job took (or, for a known-short kind, took later if it ran long)."""
+
+    queue: str
+    owner: int
+    type: str
+    held: bool  # an entry is in Redis for it
+    started: float = field(default_factory=time.monotonic)
+
+
+class Slots:
+    """One worker process's view: its id, its queues, the kinds it has heard about."""
+
+    def __init__(self) -> None:
+        self.worker = ""
+        self.queues: list[str] = []
+        self._kinds: dict[tuple[int, str], tuple[float, str | None]] = {}  # kind → (read at, verdict)
+
+    def configure(self, worker: str, queues: list[str]) -> None:
+        self.worker, self.queues = worker, list(queues)
+
+    # -- presence -----------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """This worker is alive and consumes its queues (from its heartbeat thread)."""
+        if not self.worker:
+            return
+        expiry = time.time() + 3 * settings.HEARTBEAT_SECONDS
+        pipe = broker.client().pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.hset(workers_key(queue), self.worker, expiry)
+        pipe.execute()
+
+    def leave(self) -> None:
+        if not self.worker:
+            return
+        pipe = broker.client().pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.hdel(workers_key(queue), self.worker)
+            pipe.hdel(held_key(queue), self.worker)
+        pipe.execute()
+
+    # -- a job's slot ---------------------------------------------------------------------
+
+    def kind(self, owner: int, type_: str) -> str | None:
+        """SHORT, LONG or None (not known), at most KIND_CACHE_SECONDS old."""
+        now = time.monotonic()
+        read_at, verdict = self._kinds.get((owner, type_), (float("-inf"), None))
+        if now - read_at >= KIND_CACHE_SECONDS:
+            raw = broker.client().get(kind_key(owner, type_))
+            verdict = raw.decode() if isinstance(raw, bytes) else raw
+            self._kinds[(owner, type_)] = (now, verdict)
+        return verdict
+
+    def take(self, *, queue: str, owner: int, type_: str, share: float, queue_share: float) -> Slot | str:
+        """The job's slot, or the share that is full ("owner" or "queue"): the job must wait.
+        A known-short kind takes no long slot (it runs unregistered, like any short job)."""
+        if self.kind(owner, type_) == SHORT:
+            return Slot(queue, owner, type_, held=False)
+        answer = broker.client().eval(
+            _TAKE, 2, workers_key(queue), held_key(queue), time.time(), self.worker or "anonymous", owner, share,
+            self._expiry(), queue_share if len(self.queues) > 1 else 0,
+        )  # fmt: skip
+        answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return Slot(queue, owner, type_, held=True) if answer == "ok" else answer
+
+    def ran_long(self, slot: Slot) -> None:
+        """The job has run FAIR_LONG_SECONDS (from the worker's monitor thread): its kind is
+        long, and it holds a long slot from now on, whatever its owner's share says (it runs
+        already); the owner's next jobs of the kind wait for their share."""
+        client = broker.client()
+        client.set(kind_key(slot.owner, slot.type), LONG, ex=int(settings.FAIR_KIND_MEMORY_SECONDS))
+        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), LONG)
+        if not slot.held:
+            client.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
+            slot.held = True
+
+    def renew(self, slot: Slot) -> None:
+        """Keep a long job's slot while it runs (with its lease)."""
+        if slot.held:
+            broker.client().hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
+
+    def done(self, slot: Slot) -> None:
+        """The job ended: its slot goes back, and a quick run says the kind is short (unless
+        another run of it said long meanwhile)."""
+        quick = time.monotonic() - slot.started < settings.FAIR_LONG_SECONDS
+        if not slot.held:
+            return  # a known-short kind that stayed short: nothing to say
+        pipe = broker.client().pipeline(transaction=False)
+        pipe.hdel(held_key(slot.queue), self.worker or "anonymous")
+        if quick:
+            pipe.set(kind_key(slot.owner, slot.type), SHORT, ex=int(settings.FAIR_KIND_MEMORY_SECONDS), nx=True)
+        results = pipe.execute()
+        if quick and results[1]:  # this worker's next job of the kind need not ask
+            self._kinds[(slot.owner, slot.type)] = (time.monotonic(), SHORT)
+
+    @staticmethod
+    def _expiry() -> float:
+        return time.time() + settings.JOB_LEASE_SECONDS
+
+
+SLOTS = Slots()
+SHARE_CACHE_SECONDS = 10.0
+_shares: dict[int, tuple[float, float | None]] = {}  # owner → (read at, its slot_share)
+
+
+def shares(owner: int, queue: str) -> tuple[float, float]:
+    """(the owner's share of a queue's workers, the queue's share of its workers), each
+    owner's read from OwnerShare at most every SHARE_CACHE_SECONDS; no limit (1, 1) while
+    FAIR_DISPATCH is off."""
+    from jobs.models import OwnerShare
+
+    if not settings.FAIR_DISPATCH:
+        return 1.0, 1.0
+    now = time.monotonic()
+    read_at, own = _shares.get(owner, (float("-inf"), None))
+    if now - read_at >= SHARE_CACHE_SECONDS:
+        own = OwnerShare.objects.filter(owner_id=owner).values_list("slot_share", flat=True).first()
+        _shares[owner] = (now, own)
+    declared = settings.QUEUES.get(queue)
+    return (own or settings.FAIR_SLOT_SHARE), (declared.slot_share if declared else settings.FAIR_SLOT_SHARE)
+
+
+def held_counts(queue: str) -> tuple[int, dict[int, int]]:
+    """A queue's live workers, and the long slots each owner holds now (the scheduler's view)."""
+    client = broker.client()
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(workers_key(queue))
+    pipe.hgetall(held_key(queue))
+    workers, held = pipe.execute()
+    slots = sum(1 for expiry in workers.values() if float(expiry) > now)
+    owners: dict[int, int] = {}
+    for value in held.values():
+        owner, _, expiry = (value.decode() if isinstance(value, bytes) else value).partition("|")
+        if float(expiry) > now:
+            owners[int(owner)] = owners.get(int(owner), 0) + 1
+    return slots, owners
