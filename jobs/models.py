@@ -161,9 +161,10 @@ class Job(models.Model):
                 name="job_owner_breaker_held",
             ),
             # Jobs held for their owner's share of a queue's workers: the slot scan skips from
-            # (owner, queue) to (owner, queue) and releases each pair's oldest first.
+            # (owner, queue) to (owner, queue), then from type to type within it, and releases
+            # each one's oldest first.
             models.Index(
-                fields=["owner", "queue", "slot_held_at"],
+                fields=["owner", "queue", "type", "slot_held_at"],
                 condition=Q(status=JobStatus.PENDING, slot_held_at__isnull=False),
                 name="job_slot_held",
             ),

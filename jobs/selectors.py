@@ -326,6 +326,30 @@ def job_slot_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tup
         return [(row[0], row[1]) for row in cur.fetchall()]
 
 
+# The types of a pair's held jobs: a skip scan within (owner, queue), one probe per type.
+_SLOT_HELD_TYPES_SQL = """
+WITH RECURSIVE held(type) AS (
+    (SELECT type FROM jobs_job
+      WHERE status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(queue)s
+      ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.type FROM jobs_job j
+             WHERE j.status = 'PENDING' AND j.slot_held_at IS NOT NULL AND j.owner_id = %(owner)s
+               AND j.queue = %(queue)s AND j.type > held.type
+             ORDER BY j.type LIMIT 1)
+      FROM held WHERE held.type IS NOT NULL
+)
+SELECT type FROM held WHERE type IS NOT NULL LIMIT %(limit)s
+"""
+
+
+def job_slot_held_types(owner: int, queue: str, *, limit: int = 100) -> list[str]:
+    """The types of an owner's jobs held for its share of a queue's workers (at most `limit`)."""
+    with connection.cursor() as cur:
+        cur.execute(_SLOT_HELD_TYPES_SQL, {"owner": owner, "queue": queue, "limit": limit})
+        return [row[0] for row in cur.fetchall()]
+
+
 def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
     """Up to `limit` (owner, type) pairs that have jobs held by their breaker, in order after
     `after` (a previous page's last pair). The cost is per pair, not per held job."""

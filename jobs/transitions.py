@@ -637,9 +637,10 @@ _RELEASE_SCANS = {
         "status = 'PENDING' AND breaker_held_at IS NOT NULL AND owner_id = %(owner)s AND type = %(key)s",
         "breaker_held_at",
     ),
-    # jobs held for their owner's share of a queue's workers, oldest first
+    # jobs of a type held for their owner's share of a queue's workers, oldest first
     "slot": (
-        "status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(key)s",
+        "status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(key)s"
+        " AND type = %(type)s",
         "slot_held_at",
     ),
     # QUEUED jobs the scheduler found to have lost their message
@@ -656,16 +657,19 @@ def release_batch(
     ids: list[uuid.UUID] | None = None,
     key: str | None = None,
     owner: int | None = None,
+    type_: str | None = None,
 ) -> list[Released]:
     """Make up to `limit` due jobs of one kind dispatchable again with a fresh token (one
     statement; rows another scheduler holds are skipped). `key` (and `owner`, for a
-    concurrency key, which is each owner's own) narrow the held and breaker scans."""
+    concurrency key, which is each owner's own; and `type_`, for the slot scan) narrow the
+    held, breaker and slot scans."""
     condition, order = _RELEASE_SCANS[scan]
     with connection.cursor() as cur:
         cur.execute(
             _RELEASE_SQL.format(condition=condition, order=order),
-            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key, "owner": owner},
-        )
+            {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key, "owner": owner,
+             "type": type_},
+        )  # fmt: skip
         return [Released(*row) for row in cur.fetchall()]
 
 

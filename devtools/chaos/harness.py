@@ -255,13 +255,16 @@ class Harness:
         return result
 
     def _drain(self, owner_id: int, bound: float) -> None:
+        """Wait (bounded) until the load's jobs and workflows, and the fault's odd users' jobs,
+        have all finished."""
         from workflows.models import WORKFLOW_TERMINAL, Workflow
 
+        owners = [owner_id, *self.hostile_owners]
         deadline = time.monotonic() + bound
         while time.monotonic() < deadline:
             try:
                 close_old_connections()
-                open_jobs = Job.objects.filter(owner_id=owner_id).exclude(status__in=TERMINAL_STATUSES).count()
+                open_jobs = Job.objects.filter(owner_id__in=owners).exclude(status__in=TERMINAL_STATUSES).count()
                 open_flows = Workflow.objects.filter(owner_id=owner_id).exclude(status__in=WORKFLOW_TERMINAL).count()
                 if not open_jobs and not open_flows:
                     return

@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
             model_name="job",
             index=models.Index(
                 condition=models.Q(("slot_held_at__isnull", False), ("status", "PENDING")),
-                fields=["owner", "queue", "slot_held_at"],
+                fields=["owner", "queue", "type", "slot_held_at"],
                 name="job_slot_held",
             ),
         ),

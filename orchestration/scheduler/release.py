@@ -27,12 +27,13 @@ def release_fenced(
     limit: int,
     key: str | None = None,
     owner: int | None = None,
+    type_: str | None = None,
 ) -> int:
     """One fenced transaction: make up to `limit` jobs of a scan dispatchable and write
     their outbox rows."""
     with transaction.atomic():
         fence(epoch)
-        released = transitions.release_batch(scan, now=clock(), limit=limit, key=key, owner=owner)
+        released = transitions.release_batch(scan, now=clock(), limit=limit, key=key, owner=owner, type_=type_)
         services.job_dispatch_released(released)
     return len(released)
 

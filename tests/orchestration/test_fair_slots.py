@@ -125,6 +125,27 @@ def test_a_job_over_its_owners_share_waits_unclaimed_and_goes_when_a_long_job_en
         fair_slots.SLOTS.configure("", [])
 
 
+def test_held_jobs_whose_kind_turned_out_short_go_at_once(user, settings):
+    """A new tenant's burst of a new kind waits while one run says what the kind is; once it
+    is known short, all of the held ones go in the next tick, not one per freed slot."""
+    from config import broker
+
+    settings.SCHEDULER_LOCK_KEY = f"slots-test-{time.monotonic_ns()}"
+    other, _ = workers("other", "here")
+    assert isinstance(take(other, user.pk), Slot)  # the owner's share is held meanwhile
+    fair_slots.SLOTS.configure("here", ["default"])
+    try:
+        jobs = [submit(user, "demo.noop") for _ in range(5)]
+        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"HELD"}
+        Outbox.objects.all().delete()
+        broker.client().set(fair_slots.kind_key(user.pk, "demo.noop"), SHORT)  # a run elsewhere ended quickly
+        fair_slots.SLOTS._kinds.clear()  # the scheduler is another process: it has not cached the old verdict
+        assert Scheduler().tick().slot_released == 5
+        assert Outbox.objects.filter(topic="jobs").count() == 5
+    finally:
+        fair_slots.SLOTS.configure("", [])
+
+
 @pytest.mark.django_db(transaction=True)  # the worker's monitor thread reads the cancel request
 def test_a_job_with_a_cancel_request_runs_to_be_cancelled_rather_than_waiting(user):
     other, _ = workers("other", "here")

@@ -69,6 +69,16 @@ def fuzz_stack(topics, log_topics, ch_table, queue, tmp_path, transactional_db):
     for role in ROLES:
         stack.start(role)
     stack.start("worker", "worker2")  # two slots: the hostile owner's long jobs may hold one
+    # Ready before the first example: groups joined, both workers counted (a first job's
+    # latency would otherwise be the bridge's group join, not anything a tenant did).
+    from jobs.services import JobSpec, job_submit_bulk
+    from orchestration import fair_slots
+    from tests.factories import UserFactory
+
+    warm = job_submit_bulk(owner_id=UserFactory().pk, specs=[JobSpec(type="demo.noop", queue=queue)] * 2)
+    wait_for(lambda: Job.objects.filter(id__in=[w.job.id for w in warm], status=JobStatus.SUCCEEDED).count() == 2,
+             timeout=90, message="the stack ready")  # fmt: skip
+    wait_for(lambda: fair_slots.held_counts(queue)[0] == 2, timeout=30, message="both workers counted")
     yield stack
     stack.close()
 
