@@ -52,7 +52,12 @@ class Flood:
 
 
 def _workers() -> int:
-    return sum(1 for r in heartbeat.roles() if r["role"] == "worker" and r["age"] < 15)
+    """Live worker processes: those that beat within the last two beats (a restarted one's
+    old record stays until it expires)."""
+    from django.conf import settings
+
+    fresh = 2 * settings.HEARTBEAT_SECONDS
+    return sum(1 for r in heartbeat.roles() if r["role"] == "worker" and r["age"] < fresh)
 
 
 def set_fair(mode: str) -> None:
