@@ -256,6 +256,27 @@ class ConcurrencySlot(models.Model):
         return f"{owner_id}:{concurrency_key}"
 
 
+class HeldKey(models.Model):
+    """An owner's concurrency key that holds jobs (PENDING, no dispatch: the key was full, or
+    they wait for a `run_at`), and when the held scan should look at it next: a job of it
+    comes due, or a slot of it frees (the statement that ends a keyed attempt brings this
+    forward). The held scan reads only the keys whose time has come, so a million keys with
+    far-future or full jobs cost it nothing; rows are written beside the holds that need them
+    and a slow sweep registers any key a writer missed (a rolling deploy's older code)."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner_id = models.IntegerField()  # no foreign key: a deleted owner's row finds no jobs and goes
+    key = models.CharField(max_length=200)
+    visit_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner_id", "key"], name="heldkey_owner_key_uniq")]
+        indexes = [models.Index(fields=["visit_at"], name="heldkey_visit_at")]
+
+    def __str__(self) -> str:
+        return f"owner {self.owner_id} key {self.key}: next look {self.visit_at:%H:%M:%S}"
+
+
 class Outbox(models.Model):
     """Dispatch requests written in the same transaction as the job change they belong to.
 

@@ -361,10 +361,80 @@ def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[
 
 _HELD = HELD_SQL.format(t="h.")
 _DUE = HELD_DUE_SQL.format(t="h.")
-# The (owner, key) pairs after the cursor, one index probe each (a skip scan: PostgreSQL 15
-# has none of its own), then each pair's first due job and its room. Nothing here reads
-# more than a pair's first index entry, however many jobs the pair holds.
-_HELD_KEYS_SQL = f"""
+# A pair's room: the limit its first due held job carries, less its running jobs and its jobs
+# already dispatched (0 when none is due). A few index probes, however many jobs it holds.
+_ROOM_SQL = f"""
+SELECT p.owner_id, p.key, coalesce(first.lim - coalesce(slot.running, 0) - dispatched.n, 0)
+  FROM pairs p
+ LEFT JOIN LATERAL (
+       SELECT coalesce(h.concurrency_limit, 1) AS lim FROM jobs_job h
+        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.key AND {_DUE}
+        ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first ON true
+  LEFT JOIN jobs_concurrencyslot slot ON slot.key = p.owner_id::text || ':' || p.key
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM jobs_job f
+        WHERE f.owner_id = p.owner_id AND f.concurrency_key = p.key
+          AND f.status IN ('PENDING', 'QUEUED') AND f.dispatch_token IS NOT NULL) dispatched
+"""  # noqa: S608 (_HELD is a constant)
+
+# The registered keys whose time to be looked at has come (jobs.models.HeldKey), the longest
+# waiting first, with their room. "Now" is the later of the scheduler's clock and the
+# database's (which the writers of "look at once" use).
+_HELD_KEYS_DUE_SQL = f"""
+WITH pairs AS (
+    SELECT owner_id, key, visit_at FROM jobs_heldkey WHERE visit_at <= greatest(%(now)s, now())
+     ORDER BY visit_at LIMIT %(limit)s
+)
+{_ROOM_SQL} ORDER BY p.visit_at
+"""  # noqa: S608 (a constant)
+
+
+class HeldKey(NamedTuple):
+    """An owner's concurrency key that holds jobs, and how many of them may go now."""
+
+    owner: int
+    key: str
+    room: int  # 0 or less: full, or nothing due yet
+
+
+def job_held_keys_due(*, now: datetime, limit: int) -> list[HeldKey]:
+    """Up to `limit` registered (owner, concurrency key) pairs whose time to be looked at has
+    come, the longest waiting first, each with its room. Keys with jobs due later, or full
+    ones already looked at, cost nothing here."""
+    with connection.cursor() as cur:
+        cur.execute(_HELD_KEYS_DUE_SQL, {"now": now, "limit": limit})
+        return [HeldKey(*row) for row in cur.fetchall()]
+
+
+# After a pair's look: its row goes when it holds no job any more; else it is looked at again
+# when its first held job is due, or `revisit` when one is due already (the key was full: the
+# statement that ends a keyed attempt brings it forward as soon as a slot frees).
+_HELD_KEY_DONE_SQL = f"""
+DELETE FROM jobs_heldkey k WHERE k.owner_id = %(owner)s AND k.key = %(key)s
+   AND NOT EXISTS (SELECT 1 FROM jobs_job h WHERE {_HELD} AND h.owner_id = k.owner_id AND h.concurrency_key = k.key)
+"""  # noqa: S608 (_HELD is a constant)
+_HELD_KEY_NEXT_SQL = f"""
+UPDATE jobs_heldkey SET visit_at = CASE WHEN n.first <= %(now)s THEN %(revisit)s ELSE n.first END
+  FROM (SELECT coalesce(h.run_at, h.created_at) AS first FROM jobs_job h
+         WHERE {_HELD} AND h.owner_id = %(owner)s AND h.concurrency_key = %(key)s
+         ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) n
+ WHERE owner_id = %(owner)s AND key = %(key)s
+"""  # noqa: S608 (_HELD is a constant)
+
+
+def job_held_key_looked_at(owner: int, key: str, *, now: datetime, revisit: datetime) -> None:
+    """Record that the held scan looked at a pair (see _HELD_KEY_DONE_SQL)."""
+    params: dict[str, Any] = {"owner": owner, "key": key, "now": now, "revisit": revisit}
+    with connection.cursor() as cur:
+        cur.execute(_HELD_KEY_DONE_SQL, params)
+        if not cur.rowcount:
+            cur.execute(_HELD_KEY_NEXT_SQL, params)
+
+
+# Every (owner, key) pair that holds jobs, after a cursor, one index probe each (a skip scan:
+# PostgreSQL 15 has none of its own), with its first held job's due time: the sweep that
+# registers any key a writer missed.
+_HELD_PAIRS_SQL = f"""
 WITH RECURSIVE pairs AS (
     (SELECT h.owner_id, h.concurrency_key FROM jobs_job h
       WHERE {_HELD} AND (h.owner_id, h.concurrency_key) > (%(owner)s, %(key)s)
@@ -378,39 +448,28 @@ WITH RECURSIVE pairs AS (
 ), probed AS (
     SELECT owner_id, concurrency_key FROM pairs LIMIT %(limit)s
 )
-SELECT p.owner_id, p.concurrency_key,
-       coalesce(first.lim - coalesce(slot.running, 0) - dispatched.n, 0)
-  FROM probed p
- LEFT JOIN LATERAL (
-       SELECT coalesce(h.concurrency_limit, 1) AS lim FROM jobs_job h
-        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key AND {_DUE}
-        ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first ON true
-  LEFT JOIN jobs_concurrencyslot slot ON slot.key = p.owner_id::text || ':' || p.concurrency_key
- CROSS JOIN LATERAL (
-       SELECT count(*) AS n FROM jobs_job f
-        WHERE f.owner_id = p.owner_id AND f.concurrency_key = p.concurrency_key
-          AND f.status IN ('PENDING', 'QUEUED') AND f.dispatch_token IS NOT NULL) dispatched
+SELECT p.owner_id, p.concurrency_key, first.due
+  FROM probed p CROSS JOIN LATERAL (
+       SELECT coalesce(h.run_at, h.created_at) AS due FROM jobs_job h
+        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key
+        ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first
  ORDER BY p.owner_id, p.concurrency_key
 """  # noqa: S608 (_HELD is a constant)
 
 
-class HeldKey(NamedTuple):
-    """An owner's concurrency key that holds jobs, and how many of them may go now."""
-
+class HeldPair(NamedTuple):
     owner: int
     key: str
-    room: int  # 0 or less: full, or nothing due yet
+    due: datetime  # when its first held job comes due
 
 
-def job_held_keys(*, now: datetime, after: tuple[int, str] | None, limit: int) -> list[HeldKey]:
-    """Up to `limit` (owner, concurrency key) pairs that hold jobs, in (owner, key) order
-    after `after` (a previous page's last pair), with each key's room: the limit its first
-    due job carries - its running jobs - its jobs already dispatched (0 when none is due by
-    `now`). Keys are each owner's own. The cost is per pair, not per held job."""
+def job_held_pairs(*, after: tuple[int, str] | None, limit: int) -> list[HeldPair]:
+    """Up to `limit` (owner, concurrency key) pairs that hold jobs, in (owner, key) order after
+    `after`, each with its first held job's due time. The cost is per pair, not per held job."""
     owner, key = after if after is not None else (0, "")
     with connection.cursor() as cur:
-        cur.execute(_HELD_KEYS_SQL, {"now": now, "limit": limit, "owner": owner, "key": key})
-        return [HeldKey(*row) for row in cur.fetchall()]
+        cur.execute(_HELD_PAIRS_SQL, {"limit": limit, "owner": owner, "key": key})
+        return [HeldPair(*row) for row in cur.fetchall()]
 
 
 class ExpiredLease(NamedTuple):

@@ -48,7 +48,8 @@ class QueueField(serializers.RegexField):
 KEY_HELP = (
     "Up to 200 characters, scoped per user: the same key with the same body returns the first one (200), with "
     f"another body 409. Keys starting with {', '.join(repr(p) for p in RESERVED_KEY_PREFIXES)} are reserved "
-    "for the platform (400)."
+    "for the platform (400). A key holds as long as its job is kept in PostgreSQL: until retention archives it, "
+    "JOB_RETENTION_DAYS after it finished (or its queue's own days); after that the same key makes a new job."
 )
 
 

@@ -211,6 +211,14 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
             ],
             now,
         )
+        # Keyed jobs due later wait held by their key: the held scan looks at their key then.
+        transitions.register_held_keys(
+            [
+                (owner_id, r.spec.concurrency_key, r.spec.run_at)
+                for r in rows
+                if r.token is None and r.spec.concurrency_key and r.spec.run_at and r.id in inserted
+            ]
+        )
     _count_submitted([r.spec for r in rows if r.id in inserted])
     return [
         Submitted(_job_from_row(r, owner_id, now, traceparent), True)
@@ -323,6 +331,8 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
         token = uuid.uuid4() if _is_due(job.run_at, now) else None
         if not transitions.requeue(job_id, dispatch_token=token):
             _raise_illegal(job_id, "retry")
+        if token is None and job.concurrency_key and job.run_at:
+            transitions.register_held_keys([(job.owner_id, job.concurrency_key, job.run_at)])
         if token is not None:
             attempt = job.attempt_seq + 1
             envelope = DispatchEnvelope.build(

@@ -310,10 +310,14 @@ _END_SQL = """
 WITH ended AS (
     UPDATE jobs_job SET status = %(status)s, lease_expires_at = NULL, updated_at = %(now)s{sets}
      WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
-    RETURNING id, type, queue, attempt_seq, owner_id::text || ':' || concurrency_key AS slot, workflow_id
+    RETURNING id, type, queue, attempt_seq, owner_id::text || ':' || concurrency_key AS slot, workflow_id,
+              owner_id, concurrency_key
 ), freed AS (
     UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
       FROM ended WHERE s.key = ended.slot AND s.running > 0
+), wake AS (
+    UPDATE jobs_heldkey AS k SET visit_at = now()
+      FROM ended WHERE k.owner_id = ended.owner_id AND k.key = ended.concurrency_key AND k.visit_at > now()
 ), closed AS (
     UPDATE jobs_jobattempt
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
@@ -699,14 +703,46 @@ def give_back_slot(job_id: uuid.UUID | str) -> None:
         cur.execute(_GIVE_BACK_SLOT_SQL, [str(job_id)])
 
 
+# Register keys for the held scan (jobs.models.HeldKey): a row per (owner, key), looked at
+# no later than `visit_at` (the earliest wins). `{rows}` yields (owner_id, key, visit_at). A
+# key to look at now says so in the database's clock (`now()`), which the scan also reads:
+# a worker's clock ahead of the scheduler's cannot postpone it.
+HELD_KEY_UPSERT_SQL = """
+INSERT INTO jobs_heldkey (owner_id, key, visit_at)
+{rows}
+ON CONFLICT (owner_id, key) DO UPDATE SET visit_at = least(jobs_heldkey.visit_at, EXCLUDED.visit_at)
+"""
+
+_HOLD_SQL = f"""
+WITH held AS (
+    UPDATE jobs_job SET status = 'PENDING', dispatch_token = NULL, queued_at = NULL, updated_at = %(now)s
+     WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED') AND dispatch_token = %(token)s
+    RETURNING owner_id, concurrency_key
+), registered AS (
+    {HELD_KEY_UPSERT_SQL.format(rows="SELECT owner_id, concurrency_key, now() FROM held")}
+)
+SELECT count(*) FROM held
+"""  # noqa: S608 (constants only)
+
+
 def hold(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
     """PENDING/QUEUED → PENDING without a dispatch: its concurrency key is at its limit. The
-    scheduler releases held jobs, oldest first, as slots free up."""
-    return bool(
-        Job.objects.filter(
-            id=job_id, status__in=[JobStatus.PENDING, JobStatus.QUEUED], dispatch_token=dispatch_token
-        ).update(status=JobStatus.PENDING, dispatch_token=None, queued_at=None, updated_at=timezone.now())
-    )
+    scheduler releases held jobs in the order they became due as slots free up (its key is
+    registered for the held scan in the same statement)."""
+    with connection.cursor() as cur:
+        cur.execute(_HOLD_SQL, {"id": str(job_id), "token": str(dispatch_token), "now": timezone.now()})
+        return bool(cur.fetchone()[0])
+
+
+def register_held_keys(keys: list[tuple[int, str, datetime]]) -> None:
+    """(owner, concurrency key, when to look) for keyed jobs held from the start: they wait
+    for a `run_at` (a submit or a retry of a job due later)."""
+    if keys:
+        with connection.cursor() as cur:
+            cur.execute(
+                HELD_KEY_UPSERT_SQL.format(rows="SELECT * FROM unnest(%s::int[], %s::text[], %s::timestamptz[])"),
+                [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]],
+            )
 
 
 def hold_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:

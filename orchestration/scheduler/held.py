@@ -1,42 +1,57 @@
 """Jobs held by a concurrency key → outbox, as far as the key has room.
 
-A worker that finds a key full leaves the job PENDING without a dispatch; this scan is the
-only one that releases such a job (the delayed scan once re-released held jobs with a
-`run_at` on every tick). Keys are each owner's own. A tick visits up to `keys_per_tick`
-(owner, key) pairs from where the last one stopped, wrapping round at the end, and releases
-each key's jobs in the order they became due, as far as it has room. What a tick costs
-depends on the keys it visits, never on how many jobs they hold, and every key is visited
-at least once every (keys / keys_per_tick) ticks: full keys, or one owner's million held
-jobs, cannot hide another key with room.
+A worker that finds a key full leaves the job PENDING without a dispatch, and a keyed job due
+later waits so from its submit; this scan is the only one that releases such a job. Keys
+are each owner's own. Each (owner, key) pair that holds jobs is registered (jobs.models.
+HeldKey) with when to look at it next: when its first held job comes due, or at once when
+a slot of it frees (the statement that ends a keyed attempt says so). A tick looks only at
+the pairs whose time has come, up to `keys_per_tick`, the longest waiting first, and
+releases each one's jobs in the order they became due, as far as it has room; a full key is
+looked at again after FULL_REVISIT_SECONDS at the latest. So a million far-future keyed jobs,
+or a thousand full keys, delay nobody's key: the tick's cost is the keys whose time came.
+
+A sweep walks every pair that holds jobs, `sweep_per_tick` a tick from a cursor, and registers
+any a writer missed (a job held by a worker of older code, during a rolling deploy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from jobs import selectors
+from jobs import selectors, transitions
 from orchestration.scheduler.release import release_fenced
 from orchestration.scheduler.walk import Walk
 
+FULL_REVISIT_SECONDS = 5.0  # a full key's next look at the latest (a freed slot brings it forward)
+
 
 class HeldScan:
-    """The held-keys scan, walking (owner, key) pairs from where the last tick stopped."""
-
-    def __init__(self) -> None:
-        self.now: datetime | None = None  # the tick's clock, read by the fetch
-        self.walk: Walk[selectors.HeldKey] = Walk(self._fetch)
-
-    def _fetch(self, after: selectors.HeldKey | None, limit: int) -> list[selectors.HeldKey]:
-        assert self.now is not None
-        return selectors.job_held_keys(now=self.now, after=(after.owner, after.key) if after else None, limit=limit)
+    def __init__(self, sweep_per_tick: int = 100) -> None:
+        self.sweep_per_tick = sweep_per_tick
+        self.sweep: Walk[selectors.HeldPair] = Walk(
+            lambda after, limit: selectors.job_held_pairs(after=(after.owner, after.key) if after else None,
+                                                          limit=limit)
+        )  # fmt: skip
 
     def __call__(self, epoch: int, clock: Callable[[], datetime], *, keys_per_tick: int) -> int:
-        self.now = clock()
+        self.sweep(_register, budget=self.sweep_per_tick)
+        now = clock()
+        released = 0
+        for held in selectors.job_held_keys_due(now=now, limit=keys_per_tick):
+            if held.room > 0:
+                released += release_fenced(epoch, clock, scan="held", limit=held.room, key=held.key, owner=held.owner)
+            selectors.job_held_key_looked_at(
+                held.owner,
+                held.key,
+                now=now + timedelta(minutes=1),
+                revisit=now + timedelta(seconds=FULL_REVISIT_SECONDS),
+            )
+        return released
 
-        def release(held: selectors.HeldKey) -> int:
-            if held.room <= 0:
-                return 0
-            return release_fenced(epoch, clock, scan="held", limit=held.room, key=held.key, owner=held.owner)
 
-        return self.walk(release, budget=keys_per_tick)
+def _register(pair: selectors.HeldPair) -> int:
+    """The sweep's step: the pair is registered, to be looked at no later than its first held
+    job's due time (a row already there keeps the earlier time). Moves no job."""
+    transitions.register_held_keys([(pair.owner, pair.key, pair.due)])
+    return 0

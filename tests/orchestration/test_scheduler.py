@@ -405,6 +405,7 @@ def insert_held(
     type: str = "demo.noop",
     breaker: bool = False,
     run_at: datetime | None = None,
+    register: bool = True,
 ) -> None:
     """One held job per key, as the worker leaves it (PENDING, no dispatch), `age_seconds` old:
     held by its concurrency key, or with `breaker` by its owner's breaker for its type (`keys`
@@ -424,6 +425,8 @@ def insert_held(
                  FROM unnest(%(keys)s::text[]) AS k""",
             {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker, "run_at": run_at},
         )
+    if register and not breaker:  # as the worker's hold (or a submit of a job due later) registers its key
+        transitions.register_held_keys([(user.pk, k, run_at or then) for k in dict.fromkeys(keys)])
 
 
 @pytest.mark.django_db
@@ -500,27 +503,64 @@ def test_a_huge_held_backlog_costs_the_held_scan_nothing(user, other_user, sched
     """The scan aggregated every held job each tick (and counted each key's jobs to find its
     room): one owner's 40,000 held jobs, half of them due tomorrow, slowed every tick for
     every owner. Now a key costs a few index probes, however many jobs it holds."""
-    from jobs import selectors, transitions
+    from jobs import selectors
 
     insert_held(other_user, ["mine"], age_seconds=1)
-    params = {"now": timezone.now(), "limit": 1000, "owner": 0, "key": ""}
-    small = _buffers(selectors._HELD_KEYS_SQL, params)
+    params = {"now": timezone.now(), "limit": 1000}
+    small = _buffers(selectors._HELD_KEYS_DUE_SQL, params)
     insert_held(user, ["flood"] * 20_000, age_seconds=60)
     insert_held(user, ["later"] * 20_000, age_seconds=120, run_at=timezone.now() + timedelta(days=1))
-    big = _buffers(selectors._HELD_KEYS_SQL, params)
+    _analyze()  # the table's statistics as autovacuum would have them by now
+    big = _buffers(selectors._HELD_KEYS_DUE_SQL, params)
     assert big <= small + 30, (small, big)
     condition, order = transitions._RELEASE_SCANS["held"]
     release = transitions._RELEASE_SQL.format(condition=condition, order=order)
     later = {"now": timezone.now(), "limit": 1, "key": "later", "owner": user.pk, "stale_before": None, "ids": []}
-    # The table's statistics as autovacuum would have them by now: with those of the nearly
-    # empty table earlier tests left, the planner took the 40,000 rows for one and joined the
-    # few due ones against a scan of all of them (what this checks is the range read).
-    _analyze()
     assert _buffers(release, later) < 30  # nothing due: the range is empty
-    keys = selectors.job_held_keys(now=timezone.now(), after=None, limit=1000)
+    keys = selectors.job_held_keys_due(now=timezone.now(), limit=1000)
     assert [(k.key, k.room) for k in keys if k.owner == other_user.pk] == [("mine", 1)]
-    assert {k.key: k.room for k in keys if k.owner == user.pk} == {"flood": 1, "later": 0}
+    assert {k.key: k.room for k in keys if k.owner == user.pk} == {"flood": 1}  # "later" is not due: not looked at
     assert Scheduler().tick().held_released == 2  # "mine" and one of "flood"
+
+
+@pytest.mark.django_db
+def test_far_future_keyed_jobs_never_make_a_due_key_wait(user, other_user, scheduler_keys, topics):
+    """The walk visited every pair, due or not, 1,000 a tick: one owner's million keys of
+    far-future jobs made another owner's due key wait a thousand ticks. Only pairs whose time
+    has come are looked at now."""
+    first, second = sorted([user, other_user], key=lambda u: u.pk)  # the old walk's order: owner first
+    insert_held(first, [f"later-{i:05}" for i in range(3000)], run_at=timezone.now() + timedelta(days=1))
+    insert_held(second, ["now"], age_seconds=1)
+    scheduler = Scheduler()
+    scheduler.held_keys_per_tick = 100
+    assert scheduler.tick().held_released == 1
+    assert Job.objects.get(owner=second, concurrency_key="now").dispatch_token is not None
+
+
+@pytest.mark.django_db
+def test_a_key_held_without_being_registered_is_found_by_the_sweep(user, scheduler_keys, topics):
+    """A worker of older code (a rolling deploy) holds a job without registering its key: the
+    sweep, a hundred pairs a tick, registers it, and it goes."""
+    insert_held(user, [f"old-{i:03}" for i in range(150)], age_seconds=60, register=False)
+    scheduler = Scheduler()
+    assert [scheduler.tick().held_released for _ in range(3)] == [100, 50, 0]
+
+
+@pytest.mark.django_db
+def test_a_full_key_is_looked_at_again_as_soon_as_a_slot_frees(user, scheduler_keys, topics):
+    """A full key is not looked at every tick (FULL_REVISIT_SECONDS at the latest), but the
+    statement that ends a keyed attempt brings its next look forward to now."""
+    running = submit(user, concurrency_key="k", concurrency_limit=1)
+    claimed = transitions.mark_running(running.id, dispatch_token=running.dispatch_token, worker="w",
+                                       lease_seconds=60)  # fmt: skip
+    assert claimed is not None
+    assert transitions.take_slot(running.id, 1)
+    insert_held(user, ["k"], age_seconds=5)
+    scheduler = Scheduler()
+    assert scheduler.tick().held_released == 0  # full
+    assert scheduler.tick().held_released == 0  # and not looked at again yet
+    assert transitions.mark_succeeded(running.id, attempt=claimed.attempt, result={})
+    assert scheduler.tick().held_released == 1  # the slot freed: looked at, and released
 
 
 @pytest.mark.django_db
