@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -21,11 +22,12 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from config import queues
 from config.text import is_uuid
 from jobs import services
 from jobs.errors import JobError
 from jobs.handlers import is_registered
-from jobs.models import Job, JobAttempt, Outbox, Schedule
+from jobs.models import Job, JobAttempt, Outbox, OwnerShare, Schedule
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -258,6 +260,18 @@ class JobAdmin(ReadOnlyAdmin):
             return queryset.filter(idempotency_key=term), False
 
 
+@admin.register(OwnerShare)
+class OwnerShareAdmin(admin.ModelAdmin):
+    """An owner's weight in each queue's fair dispatch, and its share of the workers for long
+    jobs (owners without a row weigh 1 and get FAIR_SLOT_SHARE). Read by the relays and the
+    workers within seconds."""
+
+    list_display = ["owner", "weight", "slot_share", "updated_at"]
+    search_fields = ["owner__username"]
+    raw_id_fields = ["owner"]
+    readonly_fields = ["updated_at"]
+
+
 @admin.register(Outbox)
 class OutboxAdmin(ReadOnlyAdmin):
     list_display = ["id", "job_id", "topic", "created_at"]
@@ -279,6 +293,8 @@ class ScheduleForm(forms.ModelForm):
                 self.add_error(field_name, problem)
         if data.get("type") and not is_registered(data["type"]):
             self.add_error("type", f"no handler is registered as {data['type']!r}")
+        if data.get("queue") and (problem := queues.problem(data["queue"], settings.QUEUES)):
+            self.add_error("queue", problem)
         return data
 
 

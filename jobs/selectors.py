@@ -280,50 +280,45 @@ def job_breaker_held_counts() -> dict[str, int]:
     )
 
 
-# (owner, type) pairs with breaker-held jobs after a cursor, in order: a skip scan of
-# job_owner_breaker_held, one index probe per pair however many jobs each holds (a DISTINCT
-# would read them all every tick).
-_BREAKER_HELD_KEYS_SQL = """
+def _pairs_after_sql(held: str, second: str) -> str:
+    """(owner, `second`) pairs of jobs matching `held` after a cursor (%(owner)s, %(second)s),
+    in order, at most %(limit)s: a skip scan of an index leading with (owner, `second`) under
+    that condition, one probe per pair however many jobs each has (a DISTINCT would read them
+    all every tick). `held` (unqualified columns: they are the inner scan's, the only table
+    with them) and `second` are constants of this module, never input."""
+    return f"""
 WITH RECURSIVE held AS (
-    (SELECT owner_id, type FROM jobs_job
-      WHERE status = 'PENDING' AND breaker_held_at IS NOT NULL AND (owner_id, type) > (%(owner)s, %(type)s)
-      ORDER BY owner_id, type LIMIT 1)
+    (SELECT owner_id, {second} FROM jobs_job
+      WHERE {held} AND (owner_id, {second}) > (%(owner)s, %(second)s)
+      ORDER BY owner_id, {second} LIMIT 1)
     UNION ALL
-    SELECT n.owner_id, n.type
+    SELECT n.owner_id, n.{second}
       FROM held h CROSS JOIN LATERAL (
-           SELECT j.owner_id, j.type FROM jobs_job j
-            WHERE j.status = 'PENDING' AND j.breaker_held_at IS NOT NULL AND (j.owner_id, j.type) > (h.owner_id, h.type)
-            ORDER BY j.owner_id, j.type LIMIT 1) n
+           SELECT j.owner_id, j.{second} FROM jobs_job j
+            WHERE {held} AND (j.owner_id, j.{second}) > (h.owner_id, h.{second})
+            ORDER BY j.owner_id, j.{second} LIMIT 1) n
 )
-SELECT owner_id, type FROM held LIMIT %(limit)s
-"""
+SELECT owner_id, {second} FROM held LIMIT %(limit)s
+"""  # noqa: S608 (constants only)
 
 
-# (owner, queue) pairs with jobs held for the owner's share of the queue's workers, after a
-# cursor: a skip scan of job_slot_held, one probe per pair.
-_SLOT_HELD_KEYS_SQL = """
-WITH RECURSIVE held AS (
-    (SELECT owner_id, queue FROM jobs_job
-      WHERE status = 'PENDING' AND slot_held_at IS NOT NULL AND (owner_id, queue) > (%(owner)s, %(queue)s)
-      ORDER BY owner_id, queue LIMIT 1)
-    UNION ALL
-    SELECT n.owner_id, n.queue
-      FROM held h CROSS JOIN LATERAL (
-           SELECT j.owner_id, j.queue FROM jobs_job j
-            WHERE j.status = 'PENDING' AND j.slot_held_at IS NOT NULL AND (j.owner_id, j.queue) > (h.owner_id, h.queue)
-            ORDER BY j.owner_id, j.queue LIMIT 1) n
-)
-SELECT owner_id, queue FROM held LIMIT %(limit)s
-"""
+# (owner, type) pairs with breaker-held jobs (job_owner_breaker_held), and (owner, queue)
+# pairs with jobs held for the owner's share of the queue's workers (job_slot_held).
+_BREAKER_HELD_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND breaker_held_at IS NOT NULL", "type")
+_SLOT_HELD_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND slot_held_at IS NOT NULL", "queue")
+
+
+def _pairs_after(sql: str, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+    owner, second = after if after is not None else (0, "")
+    with connection.cursor() as cur:
+        cur.execute(sql, {"owner": owner, "second": second, "limit": limit})
+        return [(row[0], row[1]) for row in cur.fetchall()]
 
 
 def job_slot_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
     """Up to `limit` (owner, queue) pairs that have jobs held for the owner's share of the
     queue's workers, in order after `after`. The cost is per pair, not per held job."""
-    owner, queue = after if after is not None else (0, "")
-    with connection.cursor() as cur:
-        cur.execute(_SLOT_HELD_KEYS_SQL, {"owner": owner, "queue": queue, "limit": limit})
-        return [(row[0], row[1]) for row in cur.fetchall()]
+    return _pairs_after(_SLOT_HELD_KEYS_SQL, after, limit)
 
 
 # The types of a pair's held jobs: a skip scan within (owner, queue), one probe per type.
@@ -353,10 +348,7 @@ def job_slot_held_types(owner: int, queue: str, *, limit: int = 100) -> list[str
 def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
     """Up to `limit` (owner, type) pairs that have jobs held by their breaker, in order after
     `after` (a previous page's last pair). The cost is per pair, not per held job."""
-    owner, type_ = after if after is not None else (0, "")
-    with connection.cursor() as cur:
-        cur.execute(_BREAKER_HELD_KEYS_SQL, {"owner": owner, "type": type_, "limit": limit})
-        return [(row[0], row[1]) for row in cur.fetchall()]
+    return _pairs_after(_BREAKER_HELD_KEYS_SQL, after, limit)
 
 
 _HELD = HELD_SQL.format(t="h.")

@@ -31,6 +31,11 @@ class BreakerSerializer(serializers.Serializer):
     probe_running = serializers.BooleanField()
 
 
+def _page(name: str, serializer: serializers.Serializer) -> Any:
+    """The schema of a one-page list: {"results": [...], "next": null}."""
+    return inline_serializer(name, {"results": serializer, "next": serializers.URLField(allow_null=True)})
+
+
 OWNER = OpenApiParameter(
     "owner", OpenApiTypes.INT, description="Staff only: whose breakers (default: the caller's, for `breakers/{type}/`)."
 )
@@ -55,9 +60,7 @@ class BreakerListApi(APIView):
     @extend_schema(
         operation_id="breakers_list",
         parameters=[OWNER],
-        responses=inline_serializer(
-            "BreakerPage", {"results": BreakerSerializer(many=True), "next": serializers.URLField(allow_null=True)}
-        ),
+        responses=_page("BreakerPage", BreakerSerializer(many=True)),
         description="The caller's circuit breaker for every job type with recent results (staff: every owner's). "
         "While a breaker is open, its owner's jobs of that type wait (PENDING) without using attempts; other "
         "owners' jobs of the type are not affected.",
@@ -95,9 +98,7 @@ class QueueSerializer(serializers.Serializer):
 class QueueListApi(APIView):
     @extend_schema(
         operation_id="queues_list",
-        responses=inline_serializer(
-            "QueuePage", {"results": QueueSerializer(many=True), "next": serializers.URLField(allow_null=True)}
-        ),
+        responses=_page("QueuePage", QueueSerializer(many=True)),
         description="The declared queues (QUEUES): the only ones a job may name. Each with its limits, and its "
         "backlog: the caller's own jobs (staff: everyone's). A queue's jobs beyond its window wait to be "
         "dispatched, shared fairly between owners; a queue with no consumers holds back only its own jobs.",

@@ -62,3 +62,30 @@ def test_retry_and_cancel_actions(client, staff, user):
     assert "is PENDING, cannot retry" in response.content.decode()
     client.post(CHANGELIST, {"action": "cancel_jobs", "_selected_action": [str(pending.id)]})
     assert Job.objects.get(id=pending.id).status == JobStatus.CANCELLED
+
+
+def test_staff_set_an_owners_weight_and_share_and_the_relay_reads_it(client, staff, user):
+    from jobs.models import OwnerShare
+    from jobs.selectors import owner_weights
+
+    client.force_login(staff)
+    response = client.post("/admin/jobs/ownershare/add/", {"owner": user.pk, "weight": "3", "slot_share": "0.25"})
+    assert response.status_code == 302, response.content[:500]
+    assert (OwnerShare.objects.get(owner=user).weight, OwnerShare.objects.get(owner=user).slot_share) == (3.0, 0.25)
+    assert owner_weights([user.pk, staff.pk]) == {user.pk: 3.0, staff.pk: 1.0}
+    refused = client.post("/admin/jobs/ownershare/add/", {"owner": staff.pk, "weight": "0", "slot_share": "2"})
+    assert refused.status_code == 200  # the form again, with its errors
+    assert not OwnerShare.objects.filter(owner=staff).exists()
+
+
+def test_a_schedule_for_an_undeclared_queue_is_refused_in_the_admin_too(client, staff, user):
+    from jobs.models import Schedule
+
+    client.force_login(staff)
+    body = {"owner": user.pk, "name": "n", "enabled": "on", "cron": "* * * * *", "timezone": "UTC",
+            "misfire_policy": "fire_once", "type": "demo.noop", "payload": "{}", "queue": "parked", "priority": 5,
+            "max_attempts": 4, "backoff": '{"initial": 2, "factor": 2, "max": 3600, "jitter": 0.2}',
+            "timeout_seconds": 300}  # fmt: skip
+    response = client.post("/admin/jobs/schedule/add/", body)
+    assert "is not a declared queue" in response.content.decode()
+    assert not Schedule.objects.exists()
