@@ -25,8 +25,14 @@ def _start_tracing(**kwargs: object) -> None:
     # fork): a tracer provider's export thread and connections must not be shared by a fork.
     from config import tracing
     from logs.context import service_name
+    from orchestration.fair_slots import SLOTS
+    from orchestration.worker.claims import worker_id
 
     tracing.setup(service_name())
+    # This process is a slot of the queues it consumes (orchestration.fair_slots): each process
+    # that runs jobs says so itself, every beat, from a thread of its own.
+    SLOTS.configure(worker_id(), sorted(app.amqp.queues.consume_from or {}))
+    SLOTS.start_beating()
 
 
 @worker_process_shutdown.connect
@@ -48,21 +54,12 @@ def _start_worker_heartbeat(sender: object = None, **kwargs: object) -> None:
 
     serve_role_metrics()
     hostname = getattr(sender, "hostname", "")
-    # The queues it consumes (`--queues`): `GET /api/v1/queues/` counts each one's consumers,
-    # and each beat counts this process among its queues' slots (orchestration.fair_slots).
-    from orchestration.fair_slots import SLOTS
-    from orchestration.worker.claims import worker_id
-
+    # The queues it consumes (`--queues`): `GET /api/v1/queues/` counts each one's consumers.
     queues = sorted(app.amqp.queues.consume_from or {})
-    SLOTS.configure(worker_id(), queues)
-
-    def details() -> dict[str, object]:
-        SLOTS.beat()
-        return {"celery": hostname, "queues": queues}
-
-    Heartbeat("worker", details).start()
+    Heartbeat("worker", lambda: {"celery": hostname, "queues": queues}).start()
 
 
+@worker_process_shutdown.connect
 @worker_shutdown.connect
 def _leave_slots(**kwargs: object) -> None:
     # Its slots go at once, not when their entries expire: another worker's jobs may use them.

@@ -140,7 +140,8 @@ class FairPick:
         """One queue's share of the round; how many rows it took."""
         cur.execute(_LOCK_SQL, {"space": LOCK_SPACE, "queue": queue.name})
         if not cur.fetchone()[0]:
-            return 0  # another relay is sending this queue's dispatches right now
+            picked.waiting = True  # another relay is sending this queue's dispatches right now
+            return 0
         cur.execute(_IN_FLIGHT_SQL, [queue.name])
         in_flight = dict(cur.fetchall())
         flying = sum(in_flight.values())

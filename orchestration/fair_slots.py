@@ -24,8 +24,9 @@ the price of another owner's job starting within a second, set by FAIR_SLOT_SHAR
 it off). A known-short kind whose run turns out long holds a long slot from that moment.
 
 State in Redis, shared by every worker (`<FAIR_SLOTS_PREFIX>:...`): per queue, its live
-workers (each refreshes its own entry with its heartbeat) and the long slots held (one entry
-per worker, refreshed with the job's lease, gone when it ends or its worker dies); per kind,
+workers (each process that runs jobs, a solo worker or a prefork child, refreshes its own
+entry every HEARTBEAT_SECONDS from a thread of its own) and the long slots held (one entry
+per process, refreshed with the job's lease, gone when it ends or its process dies); per kind,
 "short" or "long". A take is one script, so two workers cannot both take an owner's last
 slot. A worker keeps a kind's verdict for a second or two, so a stream of short jobs costs
 no Redis round trip per job.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -116,9 +118,27 @@ class Slots:
         self.worker = ""
         self.queues: list[str] = []
         self._kinds: dict[tuple[int, str], tuple[float, str | None]] = {}  # kind → (read at, verdict)
+        self._beating: threading.Thread | None = None
 
     def configure(self, worker: str, queues: list[str]) -> None:
         self.worker, self.queues = worker, list(queues)
+
+    def start_beating(self) -> None:
+        """Beat from a daemon thread of this process until it ends (every HEARTBEAT_SECONDS;
+        a beat that fails is logged and tried again)."""
+        if self._beating is not None and self._beating.is_alive():
+            return
+
+        def run() -> None:
+            while True:
+                try:
+                    self.beat()
+                except Exception as exc:  # Redis away: the entry expires; the next beat puts it back
+                    logger.warning("slots.beat_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                time.sleep(settings.HEARTBEAT_SECONDS)
+
+        self._beating = threading.Thread(target=run, name="slots-beat", daemon=True)
+        self._beating.start()
 
     # -- presence -----------------------------------------------------------------------
 
