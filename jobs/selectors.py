@@ -345,6 +345,18 @@ def job_slot_held_types(owner: int, queue: str, *, limit: int = 100) -> list[str
         return [row[0] for row in cur.fetchall()]
 
 
+def job_not_started(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Of jobs released to run, those still on their way: dispatched, not started, not held
+    again (one primary-key probe each)."""
+    if not ids:
+        return set()
+    return set(
+        Job.objects.filter(
+            id__in=ids, status__in=(JobStatus.PENDING, JobStatus.QUEUED), slot_held_at__isnull=True
+        ).values_list("id", flat=True)
+    )
+
+
 def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
     """Up to `limit` (owner, type) pairs that have jobs held by their breaker, in order after
     `after` (a previous page's last pair). The cost is per pair, not per held job."""

@@ -8,8 +8,10 @@ the long ones. Hence:
 
 - A job holds a *long slot* while it runs if its kind (owner and type) is not known to be
   short: a kind is short once a run of it ended within FAIR_LONG_SECONDS, and long for
-  FAIR_KIND_MEMORY_SECONDS after any run of it took longer. A job of a kind not seen yet
-  counts as long until one of its runs says otherwise.
+  FAIR_KIND_MEMORY_SECONDS after any run of it took longer, or until QUICK_RUNS_TO_SHORT
+  runs in a row end quickly again (a run stretched by a stalled machine must not slow its
+  kind for ten minutes). A job of a kind not seen yet counts as long until one of its runs
+  says otherwise.
 - An owner may hold at most max(1, floor(share * slots)) long slots of a queue at once, where
   slots are the live workers consuming the queue and share is the owner's `slot_share`
   (OwnerShare), else FAIR_SLOT_SHARE. A worker that consumes several queues also keeps each
@@ -79,6 +81,26 @@ return 'ok'
 """
 
 
+# A quick run's word on its kind. KEYS[1]: the kind's verdict, KEYS[2]: its quick runs in a
+# row since it was last called long. ARGV: how long a verdict is kept, the quick runs in a row
+# that make a long kind short again. Returns the verdict now.
+_QUICK = """
+local verdict = redis.call('GET', KEYS[1])
+if not verdict then
+  redis.call('SET', KEYS[1], 'short', 'EX', ARGV[1])
+  return 'short'
+end
+if verdict == 'short' then return 'short' end
+local quick = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if quick < tonumber(ARGV[2]) then return verdict end
+redis.call('SET', KEYS[1], 'short', 'EX', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 'short'
+"""
+QUICK_RUNS_TO_SHORT = 3  # quick runs in a row that make a long kind short again
+
+
 def _key(*parts: object) -> str:
     return ":".join([settings.FAIR_SLOTS_PREFIX, *map(str, parts)])
 
@@ -95,6 +117,10 @@ def kind_key(owner: int, type_: str) -> str:
     return _key("kind", owner, type_)  # the owner (a number) first: no type can pass for another owner's
 
 
+def quick_key(owner: int, type_: str) -> str:
+    return _key("quick", owner, type_)
+
+
 def cap(share: float, slots: int) -> int:
     """The most long slots a share of `slots` workers allows: at least one."""
     return max(1, math.floor(share * max(slots, 1) + 1e-9))
@@ -108,6 +134,7 @@ class Slot:
     owner: int
     type: str
     held: bool  # an entry is in Redis for it
+    ran_long: bool = False  # the monitor said so: whatever its end, not a quick run
     started: float = field(default_factory=time.monotonic)
 
 
@@ -189,12 +216,15 @@ class Slots:
         """The job has run FAIR_LONG_SECONDS (from the worker's monitor thread): its kind is
         long, and it holds a long slot from now on, whatever its owner's share says (it runs
         already); the owner's next jobs of the kind wait for their share."""
-        client = broker.client()
-        client.set(kind_key(slot.owner, slot.type), LONG, ex=int(settings.FAIR_KIND_MEMORY_SECONDS))
-        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), LONG)
+        slot.ran_long = True
+        pipe = broker.client().pipeline(transaction=False)
+        pipe.set(kind_key(slot.owner, slot.type), LONG, ex=int(settings.FAIR_KIND_MEMORY_SECONDS))
+        pipe.delete(quick_key(slot.owner, slot.type))  # the quick runs in a row start over
         if not slot.held:
-            client.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
-            slot.held = True
+            pipe.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
+        pipe.execute()
+        slot.held = True
+        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), LONG)
 
     def renew(self, slot: Slot) -> None:
         """Keep a long job's slot while it runs (with its lease)."""
@@ -202,18 +232,22 @@ class Slots:
             broker.client().hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
 
     def done(self, slot: Slot) -> None:
-        """The job ended: its slot goes back, and a quick run says the kind is short (unless
-        another run of it said long meanwhile)."""
-        quick = time.monotonic() - slot.started < settings.FAIR_LONG_SECONDS
+        """The job ended: its slot goes back, and a quick run says the kind is short: at once
+        for a kind not known yet, after QUICK_RUNS_TO_SHORT quick runs in a row for one a run
+        called long (one slow run, a stalled machine say, must not slow the kind for good)."""
+        quick = not slot.ran_long and time.monotonic() - slot.started < settings.FAIR_LONG_SECONDS
         if not slot.held:
             return  # a known-short kind that stayed short: nothing to say
-        pipe = broker.client().pipeline(transaction=False)
-        pipe.hdel(held_key(slot.queue), self.worker or "anonymous")
-        if quick:
-            pipe.set(kind_key(slot.owner, slot.type), SHORT, ex=int(settings.FAIR_KIND_MEMORY_SECONDS), nx=True)
-        results = pipe.execute()
-        if quick and results[1]:  # this worker's next job of the kind need not ask
-            self._kinds[(slot.owner, slot.type)] = (time.monotonic(), SHORT)
+        client = broker.client()
+        client.hdel(held_key(slot.queue), self.worker or "anonymous")
+        if not quick:
+            return
+        verdict = client.eval(
+            _QUICK, 2, kind_key(slot.owner, slot.type), quick_key(slot.owner, slot.type),
+            int(settings.FAIR_KIND_MEMORY_SECONDS), QUICK_RUNS_TO_SHORT,
+        )  # fmt: skip
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), verdict)  # its next job need not ask
 
     @staticmethod
     def _expiry() -> float:

@@ -43,4 +43,4 @@ def _release(epoch: int, clock: Callable[[], datetime], owner: int, type_: str, 
         limit = 1
     else:
         return 0
-    return release_fenced(epoch, clock, scan="breaker", limit=limit, key=type_, owner=owner)
+    return len(release_fenced(epoch, clock, scan="breaker", limit=limit, key=type_, owner=owner))

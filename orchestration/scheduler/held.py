@@ -40,7 +40,8 @@ class HeldScan:
         released = 0
         for held in selectors.job_held_keys_due(now=now, limit=keys_per_tick):
             if held.room > 0:
-                released += release_fenced(epoch, clock, scan="held", limit=held.room, key=held.key, owner=held.owner)
+                moved = release_fenced(epoch, clock, scan="held", limit=held.room, key=held.key, owner=held.owner)
+                released += len(moved)
             selectors.job_held_key_looked_at(
                 held.owner,
                 held.key,

@@ -28,14 +28,14 @@ def release_fenced(
     key: str | None = None,
     owner: int | None = None,
     type_: str | None = None,
-) -> int:
+) -> list[transitions.Released]:
     """One fenced transaction: make up to `limit` jobs of a scan dispatchable and write
-    their outbox rows."""
+    their outbox rows. The jobs released."""
     with transaction.atomic():
         fence(epoch)
         released = transitions.release_batch(scan, now=clock(), limit=limit, key=key, owner=owner, type_=type_)
         services.job_dispatch_released(released)
-    return len(released)
+    return released
 
 
 def release_due(epoch: int, clock: Callable[[], datetime], *, scan: str, batch: int, batches: int) -> int:
@@ -45,7 +45,7 @@ def release_due(epoch: int, clock: Callable[[], datetime], *, scan: str, batch: 
     among them. The rest goes next tick, oldest first."""
     total = 0
     for _ in range(batches):
-        released = release_fenced(epoch, clock, scan=scan, limit=batch)
+        released = len(release_fenced(epoch, clock, scan=scan, limit=batch))
         total += released
         if released < batch:
             break

@@ -120,6 +120,9 @@ class Monitor:
                 except Exception:  # the database may be briefly away; the lease has slack
                     logger.exception("job.monitor_failed")
                     connection.close()
+                # The tick may have taken seconds (a log flush while Kafka is away): the job
+                # watched before it may have ended meanwhile, and another begun.
+                watch = self._watch
             if watch is None:
                 if batch is None and connection.connection is not None:
                     connection.close()  # only long jobs and batches need this thread's connection
@@ -130,6 +133,7 @@ class Monitor:
                     watch.long_run is not None
                     and not watch.long_told
                     and now - watch.started >= settings.FAIR_LONG_SECONDS
+                    and self._watch is watch  # still running at `now`: it did run that long
                 ):
                     watch.long_told = True
                     watch.long_run.ran_long()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 
 import pytest
 
@@ -15,6 +16,7 @@ from jobs.services import JobSpec
 from orchestration import fair_slots
 from orchestration.fair_slots import SHORT, Slot, Slots
 from orchestration.scheduler import Scheduler
+from orchestration.worker.monitor import Monitor
 from orchestration.worker.running import run_claimed
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +76,63 @@ def test_a_kind_known_short_takes_no_long_slot_and_a_long_run_makes_it_long(user
     w3.configure("w3", ["default"])
     assert w3.kind(user.pk, "demo.noop") == fair_slots.LONG  # not short again after a long run
     assert take(w3, user.pk, "demo.noop") == "owner"
+
+
+def test_a_long_kind_is_short_again_after_quick_runs_in_a_row(user, settings):
+    """One run stretched by a stalled machine (SIGSTOP, a swap storm) calls its kind long; the
+    kind's next runs, quick again, say otherwise before long rather than after ten minutes.
+    A long run among them starts the count over."""
+    settings.FAIR_LONG_SECONDS = 0.5
+    (w1,) = workers("w1")
+
+    def run(*, long: bool = False) -> str | None:
+        slot = take(w1, user.pk, share=1.0)
+        assert isinstance(slot, Slot)
+        if long:
+            w1.ran_long(slot)
+        w1.done(slot)
+        return Slots().kind(user.pk, "demo.sleep")  # what another worker reads
+
+    assert run() == SHORT
+    assert run(long=True) == fair_slots.LONG
+    assert [run() for _ in range(fair_slots.QUICK_RUNS_TO_SHORT - 1)] == [fair_slots.LONG] * 2
+    assert run(long=True) == fair_slots.LONG  # the count starts over
+    assert [run() for _ in range(fair_slots.QUICK_RUNS_TO_SHORT)] == [fair_slots.LONG] * 2 + [SHORT]
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor's thread asks about cancel requests
+def test_a_job_that_ended_while_the_monitor_was_busy_is_not_called_long(settings):
+    """The monitor ticks the batch before it looks at the job: a tick held up (a log flush
+    waiting for Kafka) must not make the job it watched before look long once it is over."""
+    settings.FAIR_LONG_SECONDS = 1.0
+    told: list[uuid.UUID] = []
+
+    class SlowTick:
+        def tick(self, *, running_for: float) -> None:
+            time.sleep(2.0)
+
+    class Heard:
+        def __init__(self, job_id: uuid.UUID) -> None:
+            self.job_id = job_id
+
+        def ran_long(self) -> None:
+            told.append(self.job_id)
+
+        def renew(self) -> None:
+            pass
+
+    monitor = Monitor()
+    monitor.hold(SlowTick())
+    quick, slow = uuid.uuid4(), uuid.uuid4()
+    monitor.watch(quick, 1, Heard(quick))
+    time.sleep(0.3)  # the monitor is in the tick by now; the job ends meanwhile
+    monitor.clear()
+    time.sleep(2.5)
+    monitor.watch(slow, 1, Heard(slow))
+    time.sleep(3.0)  # this one runs through a tick and beyond
+    monitor.clear()
+    monitor.release()
+    assert told == [slow]
 
 
 def test_a_worker_of_several_queues_keeps_each_queues_long_jobs_to_its_share(user, other_user):
@@ -142,6 +201,31 @@ def test_held_jobs_whose_kind_turned_out_short_go_at_once(user, settings):
         fair_slots.SLOTS._kinds.clear()  # the scheduler is another process: it has not cached the old verdict
         assert Scheduler().tick().slot_released == 5
         assert Outbox.objects.filter(topic="jobs").count() == 5
+    finally:
+        fair_slots.SLOTS.configure("", [])
+
+
+def test_a_held_long_kind_goes_one_by_one_as_each_run_ends_not_after_a_pause(user, settings):
+    """The owner's share is one slot: a released job counts against it while on its way (the
+    next tick releases nothing more), and as soon as it ran the next one goes."""
+    from config import broker
+
+    settings.SCHEDULER_LOCK_KEY = f"slots-test-{time.monotonic_ns()}"
+    other, _ = workers("other", "here")
+    busy = take(other, user.pk)
+    assert isinstance(busy, Slot)
+    broker.client().set(fair_slots.kind_key(user.pk, "demo.sleep"), fair_slots.LONG)
+    fair_slots.SLOTS.configure("here", ["default"])
+    try:
+        jobs = [submit(user, seconds=0.01) for _ in range(3)]
+        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"HELD"}
+        other.done(busy)
+        scheduler = Scheduler()
+        assert scheduler.tick().slot_released == 1
+        assert scheduler.tick().slot_released == 0  # on its way: the share is spoken for
+        [released] = Job.objects.filter(id__in=[j.id for j in jobs], slot_held_at__isnull=True)
+        assert run_claimed(claim(released, "here")).status == "SUCCEEDED"
+        assert scheduler.tick().slot_released == 1  # it ran: the next goes now, not seconds later
     finally:
         fair_slots.SLOTS.configure("", [])
 
