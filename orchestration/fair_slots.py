@@ -10,8 +10,9 @@ the long ones. Hence:
   short: a kind is short once a run of it ended within FAIR_LONG_SECONDS, and long for
   FAIR_KIND_MEMORY_SECONDS after any run of it took longer, or until QUICK_RUNS_TO_SHORT
   runs in a row end quickly again (a run stretched by a stalled machine must not slow its
-  kind for ten minutes). A job of a kind not seen yet counts as long until one of its runs
-  says otherwise.
+  kind for ten minutes); twice as many each time a short verdict of the kind had to be
+  taken back. A job of a kind not seen yet counts as long until one of its runs says
+  otherwise.
 - An owner may hold at most max(1, floor(share * slots)) long slots of a queue at once, where
   slots are the live workers consuming the queue and share is the owner's `slot_share`
   (OwnerShare), else FAIR_SLOT_SHARE. A worker that consumes several queues also keeps each
@@ -81,9 +82,12 @@ return 'ok'
 """
 
 
-# A quick run's word on its kind. KEYS[1]: the kind's verdict, KEYS[2]: its quick runs in a
-# row since it was last called long. ARGV: how long a verdict is kept, the quick runs in a row
-# that make a long kind short again. Returns the verdict now.
+# A kind's verdict keys. KEYS[1]: the verdict, KEYS[2]: quick runs in a row since it was last
+# called long, KEYS[3]: how often a short verdict was taken back (remembered as long as a
+# verdict). ARGV[1]: how long they are kept.
+#
+# A quick run's word (ARGV[2]: the quick runs in a row that make a long kind short, doubled
+# for each verdict taken back). Returns the verdict now.
 _QUICK = """
 local verdict = redis.call('GET', KEYS[1])
 if not verdict then
@@ -93,12 +97,26 @@ end
 if verdict == 'short' then return 'short' end
 local quick = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if quick < tonumber(ARGV[2]) then return verdict end
+local taken_back = math.min(tonumber(redis.call('GET', KEYS[3]) or '0'), 10)
+if quick < tonumber(ARGV[2]) * 2 ^ taken_back then return verdict end
 redis.call('SET', KEYS[1], 'short', 'EX', ARGV[1])
 redis.call('DEL', KEYS[2])
 return 'short'
 """
-QUICK_RUNS_TO_SHORT = 3  # quick runs in a row that make a long kind short again
+# A long run's word: the kind is long, its quick runs start over, and a short verdict taken
+# back is counted (an owner alternating quick and long runs of one type, to have its long
+# ones run unregistered on every worker, needs twice the quick runs each time).
+_LONG = """
+local verdict = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], 'long', 'EX', ARGV[1])
+redis.call('DEL', KEYS[2])
+if verdict == 'short' then
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+end
+return 'long'
+"""
+QUICK_RUNS_TO_SHORT = 3  # quick runs in a row that make a long kind short again (at first)
 
 
 def _key(*parts: object) -> str:
@@ -117,8 +135,9 @@ def kind_key(owner: int, type_: str) -> str:
     return _key("kind", owner, type_)  # the owner (a number) first: no type can pass for another owner's
 
 
-def quick_key(owner: int, type_: str) -> str:
-    return _key("quick", owner, type_)
+def verdict_keys(owner: int, type_: str) -> tuple[str, str, str]:
+    """A kind's verdict, its quick runs in a row, its short verdicts taken back."""
+    return kind_key(owner, type_), _key("quick", owner, type_), _key("flips", owner, type_)
 
 
 def cap(share: float, slots: int) -> int:
@@ -218,8 +237,7 @@ class Slots:
         already); the owner's next jobs of the kind wait for their share."""
         slot.ran_long = True
         pipe = broker.client().pipeline(transaction=False)
-        pipe.set(kind_key(slot.owner, slot.type), LONG, ex=int(settings.FAIR_KIND_MEMORY_SECONDS))
-        pipe.delete(quick_key(slot.owner, slot.type))  # the quick runs in a row start over
+        pipe.eval(_LONG, 3, *verdict_keys(slot.owner, slot.type), int(settings.FAIR_KIND_MEMORY_SECONDS))
         if not slot.held:
             pipe.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
         pipe.execute()
@@ -243,8 +261,8 @@ class Slots:
         if not quick:
             return
         verdict = client.eval(
-            _QUICK, 2, kind_key(slot.owner, slot.type), quick_key(slot.owner, slot.type),
-            int(settings.FAIR_KIND_MEMORY_SECONDS), QUICK_RUNS_TO_SHORT,
+            _QUICK, 3, *verdict_keys(slot.owner, slot.type), int(settings.FAIR_KIND_MEMORY_SECONDS),
+            QUICK_RUNS_TO_SHORT,
         )  # fmt: skip
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         self._kinds[(slot.owner, slot.type)] = (time.monotonic(), verdict)  # its next job need not ask

@@ -81,23 +81,34 @@ def test_a_kind_known_short_takes_no_long_slot_and_a_long_run_makes_it_long(user
 def test_a_long_kind_is_short_again_after_quick_runs_in_a_row(user, settings):
     """One run stretched by a stalled machine (SIGSTOP, a swap storm) calls its kind long; the
     kind's next runs, quick again, say otherwise before long rather than after ten minutes.
-    A long run among them starts the count over."""
+    A long run among them starts the count over; a short verdict taken back doubles it (an
+    owner alternating quick and long runs, to have its long ones run unregistered on every
+    worker, pays more each time)."""
     settings.FAIR_LONG_SECONDS = 0.5
     (w1,) = workers("w1")
+    long, short, first = fair_slots.LONG, SHORT, fair_slots.QUICK_RUNS_TO_SHORT
 
-    def run(*, long: bool = False) -> str | None:
-        slot = take(w1, user.pk, share=1.0)
+    def run(type_: str, *, ran_long: bool = False) -> str | None:
+        slot = take(w1, user.pk, type_, share=1.0)
         assert isinstance(slot, Slot)
-        if long:
+        if ran_long:
             w1.ran_long(slot)
         w1.done(slot)
-        return Slots().kind(user.pk, "demo.sleep")  # what another worker reads
+        return Slots().kind(user.pk, type_)  # what another worker reads
 
-    assert run() == SHORT
-    assert run(long=True) == fair_slots.LONG
-    assert [run() for _ in range(fair_slots.QUICK_RUNS_TO_SHORT - 1)] == [fair_slots.LONG] * 2
-    assert run(long=True) == fair_slots.LONG  # the count starts over
-    assert [run() for _ in range(fair_slots.QUICK_RUNS_TO_SHORT)] == [fair_slots.LONG] * 2 + [SHORT]
+    def quick_runs(type_: str, n: int) -> list[str | None]:
+        return [run(type_) for _ in range(n)]
+
+    assert run("demo.sleep", ran_long=True) == long  # a new kind whose first run is long
+    assert quick_runs("demo.sleep", first) == [long] * (first - 1) + [short]
+
+    assert run("demo.echo") == short
+    assert run("demo.echo", ran_long=True) == long  # a short verdict taken back: twice the runs
+    assert quick_runs("demo.echo", 2 * first - 1) == [long] * (2 * first - 1)
+    assert run("demo.echo", ran_long=True) == long  # the count starts over
+    assert quick_runs("demo.echo", 2 * first) == [long] * (2 * first - 1) + [short]
+    assert run("demo.echo", ran_long=True) == long  # taken back again: twice again
+    assert quick_runs("demo.echo", 4 * first)[-2:] == [long, short]
 
 
 @pytest.mark.django_db(transaction=True)  # the monitor's thread asks about cancel requests
