@@ -2,7 +2,7 @@
 
 `QUEUES` lists them, `;` between queues, options after the name:
 
-    QUEUES="default; emails rate=5/s burst=10; reports window=200 slot_share=0.25"
+    QUEUES="default weight=4; emails rate=5/s burst=10; reports window=200 slot_share=0.25"
 
 - `window`: the most jobs of the queue dispatched and not yet started (in Kafka, in Redis, in
   a worker's prefetch). The backlog beyond it waits in PostgreSQL, where the relay picks the
@@ -12,6 +12,9 @@
   relays together (a token bucket in Redis), `burst` at once (default: one second's worth).
 - `slot_share`: the most of its workers' slots the queue's long jobs may hold while another
   queue's jobs wait for those workers. Default FAIR_SLOT_SHARE.
+- `weight`: the queue's share of a relay round when several queues have dispatches waiting
+  (a queue of weight 4 gets four times the room of one of weight 1, if it can use it; what
+  one leaves goes to the others). Default 1.
 
 Names follow the API's rule (1-100 of letters, digits and `_.:-`). A job for a queue not
 declared here is refused at every submit path with the declared names. This module reads
@@ -28,7 +31,7 @@ QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 _RATE = re.compile(r"(\d+(?:\.\d+)?)/(s|sec|second|m|min|minute|h|hour)\Z")
 _PER_SECOND = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0,
                "hour": 3600.0}  # fmt: skip
-OPTIONS = ("window", "rate", "burst", "slot_share")
+OPTIONS = ("window", "rate", "burst", "slot_share", "weight")
 
 
 class QueueError(ValueError):
@@ -42,10 +45,12 @@ class Queue:
     rate: float | None = None  # jobs per second; None: no limit
     burst: int = 1
     slot_share: float = 1.0
+    weight: float = 1.0
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "window": self.window, "rate_per_second": self.rate,
-                "burst": self.burst if self.rate else None, "slot_share": self.slot_share}  # fmt: skip
+                "burst": self.burst if self.rate else None, "slot_share": self.slot_share,
+                "weight": self.weight}  # fmt: skip
 
 
 def parse_rate(text: str) -> float:
@@ -89,6 +94,7 @@ def _queue(name: str, values: Mapping[str, str], window: int, slot_share: float)
             rate=rate,
             burst=burst,
             slot_share=float(values.get("slot_share", slot_share)),
+            weight=float(values.get("weight", 1.0)),
         )
     except QueueError as exc:
         raise QueueError(f"{name}: {exc}") from None
@@ -102,6 +108,8 @@ def _queue(name: str, values: Mapping[str, str], window: int, slot_share: float)
         raise QueueError(f"{name}: burst needs a rate")
     if not 0 < queue.slot_share <= 1:
         raise QueueError(f"{name}: slot_share must be above 0 and at most 1, not {queue.slot_share}")
+    if not 0.01 <= queue.weight <= 1000:  # also refuses nan and inf
+        raise QueueError(f"{name}: weight must be from 0.01 to 1000, not {values['weight']}")
     return queue
 
 

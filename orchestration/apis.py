@@ -85,6 +85,7 @@ class QueueSerializer(serializers.Serializer):
     rate_per_second = serializers.FloatField(allow_null=True, help_text="Dispatch rate limit (null: none).")
     burst = serializers.IntegerField(allow_null=True)
     slot_share = serializers.FloatField(help_text="The most of its workers' slots its long jobs may hold.")
+    weight = serializers.FloatField(help_text="Its share of a relay round when several queues have work waiting.")
     depth = serializers.IntegerField(
         help_text="Jobs waiting to be dispatched, behind the window (the caller's; staff: everyone's)."
     )

@@ -22,6 +22,7 @@ waiting (a skip scan), for each at most `owners_per_round` owners from a rotatin
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class Round:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     express: set[int] = field(default_factory=set)
     waiting: bool = False
+    again: bool = False  # a queue took all of its share of the round: the next round at once
 
 
 def queue_config(name: str) -> Queue:
@@ -126,18 +128,26 @@ class FairPick:
             picked.rows = [(*row,) for row in cur.fetchall()]
             budget -= len(picked.rows)
             cur.execute(_QUEUES_SQL)
-            queues = [row[0] for row in cur.fetchall()]
+            queues = [queue_config(row[0]) for row in cur.fetchall()]
             self.turn = (self.turn + 1) % max(1, len(queues))
-            for name in queues[self.turn :] + queues[: self.turn]:
-                if budget <= 0:
-                    picked.waiting = True
-                    break
-                sent = self._queue(cur, queue_config(name), budget, picked)
-                budget -= sent
+            # Each queue's share of the round is by its weight, and what one leaves goes to
+            # the ones after it: a queue may take its running total's share less what the
+            # queues before it took. The order rotates, so no queue is always first or last;
+            # a queue that took its whole share says so (`waiting`) and the relay goes again.
+            if budget <= 0 and queues:
+                picked.waiting = True  # the round went to rows without a queue
+            total, given, sent = sum(q.weight for q in queues), 0.0, 0
+            for queue in queues[self.turn :] + queues[: self.turn]:
+                given += queue.weight
+                quota = min(math.ceil(budget * given / total) - sent, budget - sent)
+                if quota > 0:
+                    took = self._queue(cur, queue, quota, picked)
+                    sent += took
+                    picked.again = picked.again or took == quota  # it may have more: no pause
         return picked
 
     def _queue(self, cur: Any, queue: Queue, budget: int, picked: Round) -> int:
-        """One queue's share of the round; how many rows it took."""
+        """One queue's share of the round (at most `budget`); how many rows it took."""
         cur.execute(_LOCK_SQL, {"space": LOCK_SPACE, "queue": queue.name})
         if not cur.fetchone()[0]:
             picked.waiting = True  # another relay is sending this queue's dispatches right now

@@ -151,6 +151,7 @@ class Relay:
         self.poison = 0  # rows set aside since start
         self.pick = FairPick()
         self.waiting = False  # the last round left dispatches waiting for room or rate
+        self.again = False  # ... and a queue of it had more than its share of the round
 
     def ensure_topics(self) -> None:
         """The topics the relay writes to: dispatches and dead letters."""
@@ -171,7 +172,7 @@ class Relay:
         started = time.time_ns()  # an idle round makes no span; a batch's starts with its claim
         with transaction.atomic():
             picked = self.pick(self.batch_size)
-            claimed, self.waiting = picked.rows, picked.waiting
+            claimed, self.waiting, self.again = picked.rows, picked.waiting, picked.again
             if not claimed:
                 return 0
             traced.enter_context(
@@ -392,7 +393,7 @@ class Relay:
                 continue
             if self.failures:
                 stop.wait(self.backoff())
-            elif relayed >= self.batch_size:
+            elif relayed >= self.batch_size or self.again:
                 continue
             elif self.waiting:  # room appears as workers claim: look again soon
                 stop.wait(settings.RELAY_WINDOW_POLL_SECONDS)

@@ -117,6 +117,8 @@ def test_queues_need_a_token(client):
         ("emails window=x", "invalid literal"),
         ("emails slot_share=1.5", "slot_share must be above 0 and at most 1"),
         ("emails colour=red", "'colour=red' is not one of"),
+        ("emails weight=0", "weight must be from 0.01 to 1000, not 0"),
+        ("emails weight=nan", "weight must be from 0.01 to 1000, not nan"),
     ],
 )
 def test_a_bad_declaration_names_the_queue_and_the_problem(text, problem):
@@ -126,8 +128,11 @@ def test_a_bad_declaration_names_the_queue_and_the_problem(text, problem):
 
 
 def test_a_declaration_reads_rates_per_second():
-    parsed = queues.parse("default; emails rate=120/m; reports window=5 slot_share=0.25", window=100, slot_share=0.5)
+    parsed = queues.parse(
+        "default weight=4; emails rate=120/m; reports window=5 slot_share=0.25", window=100, slot_share=0.5
+    )
     assert list(parsed) == ["default", "emails", "reports"]
+    assert parsed["default"] == Queue("default", window=100, slot_share=0.5, weight=4.0)
     assert parsed["emails"] == Queue("emails", window=100, rate=2.0, burst=2, slot_share=0.5)
     assert parsed["reports"] == Queue("reports", window=5, slot_share=0.25)
 

@@ -146,6 +146,32 @@ def test_owners_share_a_queue_by_weight_however_large_their_backlogs(user, other
 
 
 @pytest.mark.django_db
+def test_queues_share_a_relay_round_by_weight_and_pass_on_what_they_leave(user, topics, settings):
+    """Queues with work waiting and a round of 100: shares 4:1 by weight while both have more
+    than that, whichever goes first; a queue with little waiting leaves the rest to the ones
+    after it, and the relay goes again at once rather than pausing."""
+    busy, quiet, small = (f"q-{i}-{time.monotonic_ns()}" for i in range(3))
+    declare(settings, busy, weight=4.0)
+    declare(settings, quiet)
+    submit(user, 1000, busy)
+    submit(user, 1000, quiet)
+    relay = Relay(batch_size=100)
+    for _ in range(4):  # each queue first twice: the order rotates
+        before = {q: queued(queue=q) for q in (busy, quiet)}
+        assert relay.run_once() == 100
+        assert {q: queued(queue=q) - before[q] for q in (busy, quiet)} == {busy: 80, quiet: 20}
+    declare(settings, small, weight=4.0)
+    submit(user, 5, small)
+    before = queued(queue=busy) + queued(queue=quiet)
+    relay.run_once()
+    assert queued(queue=small) == 5  # a share of 44, wherever it came in the round
+    assert queued(queue=busy) + queued(queue=quiet) - before >= 56  # at least their 5/9
+    assert relay.again  # the busy ones had more than their share: the relay goes on at once
+    Job.objects.filter(queue__in=(busy, quiet, small)).delete()
+    Outbox.objects.filter(queue__in=(busy, quiet, small)).delete()
+
+
+@pytest.mark.django_db
 def test_many_owners_each_get_a_turn(topics, settings, queue):
     declare(settings, queue, window=30)
     owners = [UserFactory() for _ in range(12)]
