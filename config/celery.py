@@ -20,7 +20,7 @@ app.autodiscover_tasks()
 
 
 @worker_process_init.connect
-def _start_tracing(**kwargs: object) -> None:
+def _start_process(**kwargs: object) -> None:
     # In the process that runs tasks (the solo pool's own, or each prefork child after the
     # fork): a tracer provider's export thread and connections must not be shared by a fork.
     from config import tracing

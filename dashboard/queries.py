@@ -8,13 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from config import broker, rest
 from jobs import visibility
 from jobs.models import Job, JobStatus
-from jobs.selectors import LastHour, job_get_stats, job_last_hour, job_visible_to, queue_backlog
+from jobs.selectors import LastHour, job_get_stats, job_last_hour, job_visible_to, outbox_backlog, queue_backlog
 from metrics import heartbeat
 
 
@@ -66,16 +65,11 @@ def _platform() -> dict[str, Any]:
     """The platform's own state, for staff."""
     roles = heartbeat.roles()
     scheduler = next((r for r in roles if r["role"] == "scheduler" and r.get("leading")), None)
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT (SELECT count(*) FROM jobs_outbox),"
-            " coalesce((SELECT extract(epoch FROM now() - created_at) FROM jobs_outbox ORDER BY id LIMIT 1), 0)"
-        )
-        outbox, outbox_age = cur.fetchone()
+    outbox, outbox_age = outbox_backlog()
     return {
         "backlog": {
             "outbox": outbox,
-            "outbox_age": float(outbox_age),
+            "outbox_age": outbox_age,
             "kafka_lag": scheduler.get("bridge_lag") if scheduler else None,
             "celery": broker.depths(list(settings.QUEUES)),
         },

@@ -435,30 +435,18 @@ def job_held_key_looked_at(owner: int, key: str, *, now: datetime, revisit: date
             cur.execute(_HELD_KEY_NEXT_SQL, params)
 
 
-# Every (owner, key) pair that holds jobs, after a cursor, one index probe each (a skip scan:
-# PostgreSQL 15 has none of its own), with its first held job's due time: the sweep that
-# registers any key a writer missed.
+# Every (owner, key) pair that holds jobs, after a cursor (the skip scan of `_pairs_after_sql`
+# on job_keyed_held), with its first held job's due time: the sweep that registers any key a
+# writer missed.
 _HELD_PAIRS_SQL = f"""
-WITH RECURSIVE pairs AS (
-    (SELECT h.owner_id, h.concurrency_key FROM jobs_job h
-      WHERE {_HELD} AND (h.owner_id, h.concurrency_key) > (%(owner)s, %(key)s)
-      ORDER BY h.owner_id, h.concurrency_key LIMIT 1)
-    UNION ALL
-    SELECT n.owner_id, n.concurrency_key
-      FROM pairs p CROSS JOIN LATERAL (
-           SELECT h.owner_id, h.concurrency_key FROM jobs_job h
-            WHERE {_HELD} AND (h.owner_id, h.concurrency_key) > (p.owner_id, p.concurrency_key)
-            ORDER BY h.owner_id, h.concurrency_key LIMIT 1) n
-), probed AS (
-    SELECT owner_id, concurrency_key FROM pairs LIMIT %(limit)s
-)
+WITH probed AS ({_pairs_after_sql(HELD_SQL.format(t=""), "concurrency_key")})
 SELECT p.owner_id, p.concurrency_key, first.due
   FROM probed p CROSS JOIN LATERAL (
        SELECT coalesce(h.run_at, h.created_at) AS due FROM jobs_job h
         WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key
         ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first
  ORDER BY p.owner_id, p.concurrency_key
-"""  # noqa: S608 (_HELD is a constant)
+"""  # noqa: S608 (constants only)
 
 
 class HeldPair(NamedTuple):
@@ -472,7 +460,7 @@ def job_held_pairs(*, after: tuple[int, str] | None, limit: int) -> list[HeldPai
     `after`, each with its first held job's due time. The cost is per pair, not per held job."""
     owner, key = after if after is not None else (0, "")
     with connection.cursor() as cur:
-        cur.execute(_HELD_PAIRS_SQL, {"limit": limit, "owner": owner, "key": key})
+        cur.execute(_HELD_PAIRS_SQL, {"limit": limit, "owner": owner, "second": key})
         return [HeldPair(*row) for row in cur.fetchall()]
 
 
@@ -529,12 +517,16 @@ def job_queued_before(
 # -- what the relay and the queues' readers count -----------------------------------------------
 
 
-def job_in_flight() -> dict[tuple[str, int], int]:
-    """Jobs dispatched and not yet started (QUEUED), per (queue, owner): what each queue's
-    window holds (one read of the job_queued_owner index, at most the windows' size)."""
+def outbox_backlog() -> tuple[int, float]:
+    """Outbox rows waiting (every queue's backlog, and dead-letter notices) and the age of the
+    oldest in seconds (0: none waits); the oldest by id: the primary key gives it in one probe."""
     with connection.cursor() as cur:
-        cur.execute("SELECT queue, owner_id, count(*) FROM jobs_job WHERE status = 'QUEUED' GROUP BY queue, owner_id")
-        return {(queue, owner): n for queue, owner, n in cur.fetchall()}
+        cur.execute(
+            "SELECT (SELECT count(*) FROM jobs_outbox),"
+            " (SELECT extract(epoch FROM now() - created_at) FROM jobs_outbox ORDER BY id LIMIT 1)"
+        )
+        pending, age = cur.fetchone()
+    return pending, round(float(age or 0.0), 3)
 
 
 def owner_weights(owner_ids: list[int]) -> dict[int, float]:

@@ -24,7 +24,7 @@ from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 
-QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+QUEUE_NAME = "^" + queues.QUEUE_NAME.pattern  # config.queues' rule, anchored for DRF's search
 QUEUE_ERRORS: dict[str, Any] = {"invalid": "must be 1-100 letters, digits and '_.:-', starting with a letter or digit."}
 QUEUE_HELP = "A declared queue (QUEUES; `GET /api/v1/queues/` lists them); any other name is a 400 naming them."
 

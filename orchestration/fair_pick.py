@@ -35,7 +35,7 @@ from config.queues import Queue
 from jobs import selectors
 from metrics import prom
 from orchestration import ratelimit
-from orchestration.fairness import FairShare, express_count, express_jobs
+from orchestration.fairness import FairShare, express_jobs
 
 _UNROUTED_SQL = """
 SELECT id, job_id, topic, envelope, envelope ->> 'dispatch_token' FROM jobs_outbox
@@ -187,7 +187,7 @@ class FairPick:
         express, seen = express_jobs(queue.window), Counter[int]()
         for row in rows:  # each owner's first ones, in its pick order, while it has few in flight
             owner = row[5]
-            if express_count(in_flight.get(owner, 0) + seen[owner], 1, express):
+            if in_flight.get(owner, 0) + seen[owner] < express:
                 picked.express.add(row[0])
             seen[owner] += 1
         picked.rows.extend(row[:5] for row in rows)

@@ -10,8 +10,8 @@ has nothing more waiting) goes to the others in the next round, and a lone owner
 it. An owner that had nothing waiting starts again at the queue's current level: idle time
 earns no credit to flood with later, and past bursts leave no debt.
 
-`lane` picks each dispatch's lane: express while its owner has fewer than `express_jobs`
-jobs in flight in the queue. Workers take the express lane first, so a light tenant's job
+A dispatch rides the express lane while its owner has fewer than `express_jobs` jobs in
+flight in the queue. Workers take the express lane first, so a light tenant's job
 (a few in flight at most) overtakes a heavy tenant's window instead of queueing behind it.
 """
 
@@ -86,9 +86,3 @@ class FairShare:
         times = self.times.setdefault(queue, {})
         for owner in [o for o in times if o not in waiting]:
             del times[owner]
-
-
-def express_count(in_flight: int, sent: int, express: int) -> int:
-    """How many of `sent` dispatches of an owner with `in_flight` jobs in flight ride the
-    express lane: its first ones, until it has `express` in flight."""
-    return max(0, min(sent, express - in_flight))

@@ -46,7 +46,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 
 from config import kafka, tracing
 from config.text import bounded_text
-from jobs import transitions
+from jobs import selectors, transitions
 from jobs.dispatch import EXPRESS
 from metrics import prom
 from orchestration.fair_pick import FairPick
@@ -230,15 +230,9 @@ class Relay:
         return len(delivered)
 
     def report_backlog(self) -> dict[str, Any]:
-        """Outbox rows waiting (the backlog) and the age of the oldest (by id: the primary key
-        gives it in one probe); the heartbeat calls this every few seconds."""
-        with connection.cursor() as cur:
-            cur.execute(
-                "SELECT (SELECT count(*) FROM jobs_outbox),"
-                " (SELECT extract(epoch FROM now() - created_at) FROM jobs_outbox ORDER BY id LIMIT 1)"
-            )
-            pending, age = cur.fetchone()
-        age = round(float(age or 0.0), 3)
+        """Outbox rows waiting (the backlog) and the age of the oldest; the heartbeat calls this
+        every few seconds."""
+        pending, age = selectors.outbox_backlog()
         prom.OUTBOX_PENDING.set(pending)
         prom.OUTBOX_AGE.set(age)
         return {
