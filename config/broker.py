@@ -16,6 +16,7 @@ With `priority_steps` 0-9 and separator ':', kombu keeps one Redis list per prio
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 from django_redis import get_redis_connection
@@ -31,6 +32,11 @@ def client() -> redis.Redis:
     """The shared raw client. Looked up on each call (cheap: the pool is kept), so a test
     that points `CACHES` at another Redis reaches every caller."""
     return get_redis_connection("default")
+
+
+def text(value: Any) -> str:
+    """A reply of the raw client (bytes) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def depths(queues: Iterable[str]) -> dict[str, int]:

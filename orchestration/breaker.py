@@ -101,10 +101,6 @@ class BreakerState:
         }  # fmt: skip
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # Keys: `<prefix>:<owner>:<type>:...`. The owner is a number and comes first, so no job type
 # (any text) can make one owner's key look like another's.
 def _state_key(owner: int, type_: str) -> str:
@@ -134,7 +130,7 @@ class Breakers:
         now, key = time.time(), (owner, type_)
         if self._closed_until.get(key, 0.0) > now:
             return RUN
-        decision = _text(broker.client().eval(_ALLOW, 1, _state_key(owner, type_), now, probe_seconds))
+        decision = broker.text(broker.client().eval(_ALLOW, 1, _state_key(owner, type_), now, probe_seconds))
         if decision == RUN:
             self._closed_until[key] = now + settings.BREAKER_CACHE_SECONDS
         return str(decision)
@@ -169,7 +165,7 @@ class Breakers:
             now, ok, failed, int(probe), int(probe_ok), int(settings.BREAKER_WINDOW_SECONDS * 2),
             settings.BREAKER_MIN_CALLS, settings.BREAKER_FAILURE_RATIO, settings.BREAKER_OPEN_SECONDS,
         )  # fmt: skip
-        result = _text(result)
+        result = broker.text(result)
         if result != "closed":
             self._closed_until.pop(key, None)
         return result
@@ -183,7 +179,7 @@ def state_of(owner: int, type_: str, now: float | None = None) -> BreakerState:
     read this)."""
     now = time.time() if now is None else now
     client = broker.client()
-    raw = {_text(k): _text(v) for k, v in client.hgetall(_state_key(owner, type_)).items()}
+    raw = {broker.text(k): broker.text(v) for k, v in client.hgetall(_state_key(owner, type_)).items()}
     ok = failed = 0
     pipe = client.pipeline()
     for key in _bucket_keys(owner, type_, now):
@@ -210,7 +206,7 @@ def known(owner: int | None = None) -> list[Key]:
     match = f"{prefix}{owner}:*" if owner is not None else f"{prefix}*"
     found = set()
     for raw in broker.client().scan_iter(match=match, count=1000):
-        owner_text, sep, rest = _text(raw)[len(prefix) :].partition(":")
+        owner_text, sep, rest = broker.text(raw)[len(prefix) :].partition(":")
         if not sep or not owner_text.isdigit():
             continue  # not one of ours (a key of the old per-type layout, say)
         type_ = rest.rsplit(":state", 1)[0] if rest.endswith(":state") else rest.rsplit(":w:", 1)[0]

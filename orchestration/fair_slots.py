@@ -42,6 +42,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from django.conf import settings
 
@@ -49,8 +50,11 @@ from config import broker
 
 logger = logging.getLogger("orchestration.worker")
 
+K = TypeVar("K")
+V = TypeVar("V")
 SHORT, LONG = "short", "long"
 KIND_CACHE_SECONDS = 2.0
+CACHE_MOST = 10_000  # entries a process's caches keep before dropping the stale ones
 
 # KEYS[1]: the queue's workers (worker → expiry), KEYS[2]: its long slots (worker → "owner|expiry")
 # ARGV: now, worker, owner, owner share, expiry of this slot, queue share (0: no queue limit)
@@ -157,13 +161,39 @@ class Slot:
     started: float = field(default_factory=time.monotonic)
 
 
+class Recent(Generic[K, V]):
+    """Values read lately, each good for `ttl` seconds. Stale ones go once there are
+    CACHE_MOST entries (a worker meets every tenant's kinds over its life: it must not keep
+    them all), at most once a `ttl`."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._values: dict[K, tuple[float, V]] = {}  # key → (read at, value)
+        self._pruned_at = float("-inf")
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """(fresh, the value): fresh False when it must be read again."""
+        read_at, value = self._values.get(key, (float("-inf"), None))
+        return time.monotonic() - read_at < self.ttl, value
+
+    def put(self, key: K, value: V) -> None:
+        now = time.monotonic()
+        if len(self._values) >= CACHE_MOST and now - self._pruned_at >= self.ttl:
+            self._pruned_at = now
+            self._values = {k: v for k, v in self._values.items() if now - v[0] < self.ttl}
+        self._values[key] = (now, value)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
 class Slots:
     """One worker process's view: its id, its queues, the kinds it has heard about."""
 
     def __init__(self) -> None:
         self.worker = ""
         self.queues: list[str] = []
-        self._kinds: dict[tuple[int, str], tuple[float, str | None]] = {}  # kind → (read at, verdict)
+        self._kinds: Recent[tuple[int, str], str | None] = Recent(KIND_CACHE_SECONDS)  # kind → verdict
         self._beating: threading.Thread | None = None
 
     def configure(self, worker: str, queues: list[str]) -> None:
@@ -211,12 +241,11 @@ class Slots:
 
     def kind(self, owner: int, type_: str) -> str | None:
         """SHORT, LONG or None (not known), at most KIND_CACHE_SECONDS old."""
-        now = time.monotonic()
-        read_at, verdict = self._kinds.get((owner, type_), (float("-inf"), None))
-        if now - read_at >= KIND_CACHE_SECONDS:
+        fresh, verdict = self._kinds.get((owner, type_))
+        if not fresh:
             raw = broker.client().get(kind_key(owner, type_))
-            verdict = raw.decode() if isinstance(raw, bytes) else raw
-            self._kinds[(owner, type_)] = (now, verdict)
+            verdict = None if raw is None else broker.text(raw)
+            self._kinds.put((owner, type_), verdict)
         return verdict
 
     def take(self, *, queue: str, owner: int, type_: str, share: float, queue_share: float) -> Slot | str:
@@ -228,7 +257,7 @@ class Slots:
             _TAKE, 2, workers_key(queue), held_key(queue), time.time(), self.worker or "anonymous", owner, share,
             self._expiry(), queue_share if len(self.queues) > 1 else 0,
         )  # fmt: skip
-        answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+        answer = broker.text(answer)
         return Slot(queue, owner, type_, held=True) if answer == "ok" else answer
 
     def ran_long(self, slot: Slot) -> None:
@@ -242,7 +271,7 @@ class Slots:
             pipe.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
         pipe.execute()
         slot.held = True
-        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), LONG)
+        self._kinds.put((slot.owner, slot.type), LONG)
 
     def renew(self, slot: Slot) -> None:
         """Keep a long job's slot while it runs (with its lease)."""
@@ -264,8 +293,7 @@ class Slots:
             _QUICK, 3, *verdict_keys(slot.owner, slot.type), int(settings.FAIR_KIND_MEMORY_SECONDS),
             QUICK_RUNS_TO_SHORT,
         )  # fmt: skip
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
-        self._kinds[(slot.owner, slot.type)] = (time.monotonic(), verdict)  # its next job need not ask
+        self._kinds.put((slot.owner, slot.type), broker.text(verdict))  # its next job need not ask
 
     @staticmethod
     def _expiry() -> float:
@@ -274,7 +302,7 @@ class Slots:
 
 SLOTS = Slots()
 SHARE_CACHE_SECONDS = 10.0
-_shares: dict[int, tuple[float, float | None]] = {}  # owner → (read at, its slot_share)
+_shares: Recent[int, float | None] = Recent(SHARE_CACHE_SECONDS)  # owner → its slot_share
 
 
 def shares(owner: int, queue: str) -> tuple[float, float]:
@@ -285,11 +313,10 @@ def shares(owner: int, queue: str) -> tuple[float, float]:
 
     if not settings.FAIR_DISPATCH:
         return 1.0, 1.0
-    now = time.monotonic()
-    read_at, own = _shares.get(owner, (float("-inf"), None))
-    if now - read_at >= SHARE_CACHE_SECONDS:
+    fresh, own = _shares.get(owner)
+    if not fresh:
         own = OwnerShare.objects.filter(owner_id=owner).values_list("slot_share", flat=True).first()
-        _shares[owner] = (now, own)
+        _shares.put(owner, own)
     declared = settings.QUEUES.get(queue)
     return (own or settings.FAIR_SLOT_SHARE), (declared.slot_share if declared else settings.FAIR_SLOT_SHARE)
 
@@ -305,7 +332,7 @@ def held_counts(queue: str) -> tuple[int, dict[int, int]]:
     slots = sum(1 for expiry in workers.values() if float(expiry) > now)
     owners: dict[int, int] = {}
     for value in held.values():
-        owner, _, expiry = (value.decode() if isinstance(value, bytes) else value).partition("|")
+        owner, _, expiry = broker.text(value).partition("|")
         if float(expiry) > now:
             owners[int(owner)] = owners.get(int(owner), 0) + 1
     return slots, owners
