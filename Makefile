@@ -24,11 +24,13 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 run: venv
 	$(PY) -m devtools.devstack
 
-# Test suite against real engines (embedded ones for any URL that is unset).
+# Test suite against real engines (embedded ones for any URL that is unset), then the Django
+# Tasks backend's tests on Django 6.0 (Python 3.12) and 6.1 (Python 3.13), each in a venv of
+# its own (devtools/test_legs.py; a machine without that Python skips the leg and says so).
 # LOG_SHIPPING=false: the test process's own records stay on the console (tests that ship
 # logs set up their handler and topics themselves).
 test: venv
-	LOG_SHIPPING=false $(PY) -m devtools.engines run --only $(TEST_ENGINES) -- $(PY) -m pytest $(PYTEST_ARGS)
+	LOG_SHIPPING=false $(PY) -m devtools.engines run --only $(TEST_ENGINES) -- $(PY) -m devtools.test_legs $(PYTEST_ARGS)
 
 # Lint and type-check.
 lint: venv

@@ -5,7 +5,7 @@ import contextlib
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -17,6 +17,16 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # runs it once more (`orchestration.worker.outcomes.with_reconnect`, claims.claim_many).
 app.conf["CELERY_DB_REUSE_MAX"] = 10_000
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _refuse_without_task_modules(**kwargs: object) -> None:
+    # A worker that could not import a module of JOB_TASK_MODULES would dead-letter every job
+    # of its tasks as "no handler": it stops instead (the web reports it as jobs.E101).
+    from orchestration.worker import task_modules_problem
+
+    if problem := task_modules_problem():
+        raise RuntimeError(problem)
 
 
 @worker_process_init.connect

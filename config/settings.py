@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # ArrayField (Django 6 checks that the app is installed)
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",

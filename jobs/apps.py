@@ -1,7 +1,9 @@
+import importlib.util
 from typing import Any
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.conf import settings
+from django.core import checks
 from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate, pre_migrate
 
@@ -33,6 +35,25 @@ def _session(using: str, sql: str) -> None:
             cur.execute(sql)
 
 
+def tasks_framework_problems(**kwargs: Any) -> list[checks.CheckMessage]:
+    """jobs.E105: on Django 5.2 the Tasks framework is the django-tasks backport, which must
+    be installed and in INSTALLED_APPS (its app runs the framework's checks and signals)."""
+    if importlib.util.find_spec("django.tasks") is not None or apps.is_installed("django_tasks"):
+        return []
+    return [
+        checks.Error(
+            "Django's Tasks framework is missing: this Django has no django.tasks, and django_tasks (the backport) "
+            "is not in INSTALLED_APPS",
+            hint="pip install django-tasks (requirements/base.txt pins it) and add 'django_tasks' to INSTALLED_APPS.",
+            id="jobs.E105",
+        )
+    ]
+
+
+def _framework_installed() -> bool:
+    return importlib.util.find_spec("django.tasks") is not None or importlib.util.find_spec("django_tasks") is not None
+
+
 class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = "Jobs"
@@ -41,10 +62,17 @@ class JobsConfig(AppConfig):
         # Every role registers the same handlers at start-up, so a type accepted at submit
         # is runnable by any worker.
         from jobs.handlers import load_handler_modules
-        from jobs.task_registry import load_task_modules
 
         load_handler_modules()
-        load_task_modules()  # Django tasks (JOB_TASK_MODULES), registered under their import path
+        checks.register(tasks_framework_problems)
+        if _framework_installed():
+            from jobs import transitions
+            from jobs.task_backend import registry
+
+            # Django tasks (JOB_TASK_MODULES), registered under their import path; a module that
+            # does not import is reported by the checks (jobs.E101), and workers refuse to start.
+            registry.load_task_modules(keep_errors=True)
+            transitions.on_job_ended(registry.is_task, registry.ended)
         connection_created.connect(_tune_session, dispatch_uid="jobs.tune_session")
         pre_migrate.connect(_no_statement_timeout, dispatch_uid="jobs.no_statement_timeout")
         post_migrate.connect(_statement_timeout_again, dispatch_uid="jobs.statement_timeout_again")

@@ -145,6 +145,7 @@ def _job_of(row: dict[str, Any]) -> Job:
             started_at=_parse(a["started_at"]),
             finished_at=_parse(a.get("finished_at")),
             error=a.get("error", ""),
+            error_class=a.get("error_class", ""),
             traceback=a.get("traceback", ""),
         )
         for a in json.loads(row["history"] or "[]")

@@ -10,7 +10,7 @@ A handler receives the payload (it must ignore keys it does not know) and a cont
 the job id, attempt number and a cooperative cancel check. Its return value (JSON) becomes
 the job's `result`.
 
-Django tasks (`jobs.task_registry`) register here too, under their import path, but as
+Django tasks (`jobs.task_backend.registry`) register here too, under their import path, but as
 internal: the worker and the bridge know them, the API does not take them (`submit_problem`),
 for their arguments are the calling code's to choose, not an API user's.
 """
@@ -28,6 +28,21 @@ from django.conf import settings
 
 class PermanentError(Exception):
     """Raised by a handler when retrying cannot help: the job goes straight to DEAD_LETTER."""
+
+
+class PermanentFailure(PermanentError):
+    """A handler's own exception of a type declared permanent for it (a Django task's
+    `permanent_exceptions`): the job dead-letters at once, and the attempt is recorded as
+    that exception (its class, text and traceback), not as this wrapper."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def class_path(cls: type) -> str:
+    """A class as the import path a traceback names it by ("billing.errors.CardDeclined")."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class JobCancelled(Exception):

@@ -220,6 +220,10 @@ class JobAttempt(models.Model):
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # The failure's exception class as an import path ("billing.errors.CardDeclined"), taken
+    # from the exception itself: a Django task's TaskError names it, whatever the traceback's
+    # length. Empty for a success, and for attempts recorded before the column existed.
+    error_class = models.CharField(max_length=255, blank=True, default="", db_default="")
     traceback = models.TextField(blank=True, default="")
 
     class Meta:

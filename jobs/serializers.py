@@ -93,15 +93,13 @@ class BackoffSerializer(serializers.Serializer):
     jitter = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.2)
 
 
-class JobInputSerializer(serializers.Serializer):
-    type = serializers.CharField(max_length=200)
-    payload = PayloadField()
-    queue = QueueField(default="default")
-    priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
+class JobOptionsSerializer(serializers.Serializer):
+    """How a job runs, apart from what it is: the API's job fields, and a Django task's
+    options (`jobs.task_backend.JobTask`), checked by the same rules."""
+
     max_attempts = serializers.IntegerField(min_value=1, max_value=25, default=4)
     backoff = BackoffSerializer(required=False)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, default=300)
-    run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(
         max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
     )
@@ -119,6 +117,14 @@ class JobInputSerializer(serializers.Serializer):
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
         return validate_idempotency_key(value)
+
+
+class JobInputSerializer(JobOptionsSerializer):
+    type = serializers.CharField(max_length=200)
+    payload = PayloadField()
+    queue = QueueField(default="default")
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=5)
+    run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
     def validate_type(self, value: str) -> str:
         problem = submit_problem(value)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -320,7 +321,8 @@ WITH ended AS (
       FROM ended WHERE k.owner_id = ended.owner_id AND k.key = ended.concurrency_key AND k.visit_at > now()
 ), closed AS (
     UPDATE jobs_jobattempt
-       SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s
+       SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s,
+           error_class = %(error_class)s
      WHERE job_id IN (SELECT id FROM ended) AND attempt = %(attempt)s AND status = 'RUNNING'
 ){extra}
 SELECT count(*), max(workflow_id::text), max(type), max(queue) FROM ended
@@ -346,6 +348,7 @@ def _end_running(
     attempt_status: str,
     error: str = "",
     tb: str = "",
+    error_class: str = "",
     lease_expired_before: datetime | None = None,
     in_workflow: bool | None = None,
     unless_cancel_requested: bool = False,
@@ -366,7 +369,7 @@ def _end_running(
     assert not unknown, unknown
     params: dict[str, Any] = {
         "id": str(job_id), "attempt": attempt, "status": status, "attempt_status": attempt_status,
-        "error": error, "tb": tb, "now": timezone.now(),
+        "error": error, "tb": tb, "error_class": error_class[:255], "now": timezone.now(),
     }  # fmt: skip
     sets = ""
     for column, value in fields.items():
@@ -385,6 +388,7 @@ def _end_running(
             _workflow_job_ended(job_id, workflow_id, status)
     if won:
         _count_end(status, type_, queue)
+        _tell_ended(job_id, type_, status, attempt=True)
     return bool(won)
 
 
@@ -393,6 +397,24 @@ def _count_end(status: str, type_: str, queue: str) -> None:
         prom.JOBS_FINISHED.labels(status, type_, queue).inc()
     elif status == JobStatus.RETRYING:
         prom.JOB_RETRIES.labels(type_, queue).inc()
+
+
+# Who is told, once it commits, that an attempt ended or a job reached an end: (which job
+# types it wants, the hook). The Django Tasks backend registers here at start (its signals
+# are sent after the state they announce is saved); the state machine imports no client.
+EndedHook = Callable[..., None]  # (job_id, type, status, *, attempt: bool): attempt False = no attempt ran
+_ended_hooks: list[tuple[Callable[[str], bool], EndedHook]] = []
+
+
+def on_job_ended(wants: Callable[[str], bool], hook: EndedHook) -> None:
+    if (wants, hook) not in _ended_hooks:
+        _ended_hooks.append((wants, hook))
+
+
+def _tell_ended(job_id: uuid.UUID | str, type_: str, status: str, *, attempt: bool) -> None:
+    for wants, hook in _ended_hooks:
+        if wants(type_):
+            transaction.on_commit(partial(hook, uuid.UUID(str(job_id)), type_, status, attempt=attempt))
 
 
 def _workflow_transaction(needed: bool) -> Any:
@@ -462,6 +484,8 @@ def mark_succeeded_many(successes: list[tuple[uuid.UUID, int, Any]]) -> set[uuid
         won = cur.fetchall()
     for (type_, queue), count in Counter((type_, queue) for _, type_, queue in won).items():
         prom.JOBS_FINISHED.labels(JobStatus.SUCCEEDED, type_, queue).inc(count)
+    for job_id, type_, _ in won:
+        _tell_ended(job_id, type_, JobStatus.SUCCEEDED, attempt=True)
     return {uuid.UUID(str(row[0])) for row in won}
 
 
@@ -472,6 +496,7 @@ def schedule_retry(
     next_retry_at: datetime,
     error: str,
     tb: str = "",
+    error_class: str = "",
     attempt_status: str = AttemptStatus.FAILED,
     lease_expired_before: datetime | None = None,
 ) -> bool:
@@ -479,8 +504,8 @@ def schedule_retry(
     a job with a cancel request: it loses, and the caller cancels it (`mark_cancelled`)."""
     return _end_running(
         job_id, attempt, status=JobStatus.RETRYING, attempt_status=attempt_status, error=error, tb=tb,
-        lease_expired_before=lease_expired_before, next_retry_at=next_retry_at, last_error=error,
-        dispatch_token=None, unless_cancel_requested=True,
+        error_class=error_class, lease_expired_before=lease_expired_before, next_retry_at=next_retry_at,
+        last_error=error, dispatch_token=None, unless_cancel_requested=True,
     )  # fmt: skip
 
 
@@ -490,6 +515,7 @@ def move_to_dead_letter(
     attempt: int,
     error: str,
     tb: str = "",
+    error_class: str = "",
     attempt_status: str = AttemptStatus.FAILED,
     lease_expired_before: datetime | None = None,
     in_workflow: bool | None = None,
@@ -498,8 +524,8 @@ def move_to_dead_letter(
     `jobs.dead` message."""
     return _end_running(
         job_id, attempt, status=JobStatus.DEAD_LETTER, attempt_status=attempt_status, error=error, tb=tb,
-        lease_expired_before=lease_expired_before, last_error=error, finished_at=timezone.now(),
-        dispatch_token=None, next_retry_at=None, in_workflow=in_workflow,
+        error_class=error_class, lease_expired_before=lease_expired_before, last_error=error,
+        finished_at=timezone.now(), dispatch_token=None, next_retry_at=None, in_workflow=in_workflow,
     )  # fmt: skip
 
 
@@ -528,6 +554,7 @@ def _end_unstarted(job_id: uuid.UUID | str, status: str, sql: str, params: dict[
             _workflow_job_ended(job_id, row[0], status)
     if row is not None:
         _count_end(status, row[1], row[2])
+        _tell_ended(job_id, row[1], status, attempt=False)
     return row is not None
 
 
@@ -548,6 +575,7 @@ def mark_cancelled(
     reason: str = "cancelled",
     attempt_status: str = AttemptStatus.CANCELLED,
     tb: str = "",
+    error_class: str = "",
     lease_expired_before: datetime | None = None,
     in_workflow: bool | None = None,
 ) -> bool:
@@ -556,8 +584,8 @@ def mark_cancelled(
     attempt that failed or timed out after the request keeps that status in its history."""
     return _end_running(
         job_id, attempt, status=JobStatus.CANCELLED, attempt_status=attempt_status, error=reason, tb=tb,
-        lease_expired_before=lease_expired_before, finished_at=timezone.now(), dispatch_token=None,
-        in_workflow=in_workflow,
+        error_class=error_class, lease_expired_before=lease_expired_before, finished_at=timezone.now(),
+        dispatch_token=None, in_workflow=in_workflow,
     )  # fmt: skip
 
 

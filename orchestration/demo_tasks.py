@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from jobs.task_api import TaskContext, task
+from jobs.task_backend.framework import TaskContext, task
 
 logger = logging.getLogger("orchestration.demo_tasks")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -112,7 +113,7 @@ def tasks_app(settings):
     enqueueable, and run by the worker code called in-process."""
     import importlib
 
-    from jobs.task_registry import load_task_modules
+    from jobs.task_backend.registry import load_task_modules
     from tests.tasks_app import TASK_MODULE
 
     settings.JOB_TASK_MODULES = [*settings.JOB_TASK_MODULES, TASK_MODULE]
@@ -137,3 +138,29 @@ def traced() -> Iterator[InMemorySpanExporter]:
     yield exporter
     tracing.use(None)
     provider.shutdown()
+
+
+@pytest.fixture
+def archive_table(settings: Any) -> Iterator[str]:
+    """An archive table of the test's own (ClickHouse), with retention at 30 days, a batch
+    every scan."""
+    from jobs import archive
+    from logs import store
+
+    name = f"jobs_archive_test_{uuid.uuid4().hex[:12]}"
+    settings.CLICKHOUSE_JOBS_ARCHIVE_TABLE = name
+    settings.JOB_RETENTION_DAYS = 30
+    settings.JOB_RETENTION_DAYS_BY_QUEUE = {}
+    settings.JOB_RETENTION_INTERVAL_SECONDS = 0  # a batch every call
+    yield name
+    store.connect().command(f"DROP TABLE IF EXISTS {name}")
+    archive._migrated.discard(name)
+
+
+@pytest.fixture
+def epoch(settings: Any) -> int:
+    """A scheduler epoch of the test's own lock (fencing)."""
+    from orchestration.scheduler.fencing import next_epoch
+
+    settings.SCHEDULER_LOCK_KEY = f"retention-test-{uuid.uuid4().hex[:8]}"
+    return next_epoch(settings.SCHEDULER_LOCK_KEY)

@@ -2,10 +2,12 @@
 
 import django.db.models.deletion
 from django.conf import settings
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+    atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
 
     dependencies = [
         ('jobs', '0006_job_breaker_held_at'),
@@ -14,12 +16,25 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name='job',
-            name='workflow',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+        # The foreign key's own index, which Django would build here, is dropped again by 0008
+        # (job_workflow, partial, replaces it): the column is added without it.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddField(
+                    model_name='job',
+                    name='workflow',
+                    field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                ),
+            ],
+            database_operations=[
+                migrations.AddField(
+                    model_name='job',
+                    name='workflow',
+                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                ),
+            ],
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='job',
             index=models.Index(condition=models.Q(('breaker_held_at__isnull', False), ('status', 'PENDING')), fields=['type', 'breaker_held_at'], name='job_breaker_held'),
         ),

@@ -2,10 +2,12 @@
 
 import django.db.models.deletion
 from django.conf import settings
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+    atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
 
     dependencies = [
         ('jobs', '0007_job_workflow_job_job_breaker_held'),
@@ -14,22 +16,32 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='job',
-            name='owner',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to=settings.AUTH_USER_MODEL),
+        # The foreign keys' own indexes go (each status change rewrote an entry in every one);
+        # dropped CONCURRENTLY, by the names Django gave them in 0001.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='job',
+                    name='owner',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to=settings.AUTH_USER_MODEL),
+                ),
+                migrations.AlterField(
+                    model_name='job',
+                    name='workflow',
+                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                ),
+                migrations.AlterField(
+                    model_name='jobattempt',
+                    name='job',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='history', to='jobs.job'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(f"DROP INDEX CONCURRENTLY IF EXISTS {name}", migrations.RunSQL.noop)
+                for name in ("jobs_job_owner_id_4c884775", "jobs_job_workflow_id_ad436d9d", "jobs_jobattempt_job_id_05797094")
+            ],
         ),
-        migrations.AlterField(
-            model_name='job',
-            name='workflow',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
-        ),
-        migrations.AlterField(
-            model_name='jobattempt',
-            name='job',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='history', to='jobs.job'),
-        ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='job',
             index=models.Index(condition=models.Q(('workflow__isnull', False)), fields=['workflow'], name='job_workflow'),
         ),

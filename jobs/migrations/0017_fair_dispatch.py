@@ -1,8 +1,9 @@
 # The outbox becomes the backlog the relay picks from fairly (queue, owner, priority): its
-# rows carry those three, filled from the envelope for rows already waiting. The outbox is
-# small until now (the relay emptied it within milliseconds), so plain indexes are fine.
+# rows carry those three, filled from the envelope for rows already waiting. The indexes are
+# built CONCURRENTLY: the outbox is written by every submit while they are built.
 
 from django.conf import settings
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 BACKFILL = """
@@ -13,6 +14,7 @@ UPDATE jobs_outbox AS o SET queue = j.queue, owner_id = j.owner_id, priority = j
 
 
 class Migration(migrations.Migration):
+    atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
     dependencies = [
         ("jobs", "0016_owner_breaker_held"),
         ("workflows", "0003_v7_ids"),
@@ -26,7 +28,7 @@ class Migration(migrations.Migration):
             model_name="outbox", name="queue", field=models.CharField(blank=True, max_length=100, null=True)
         ),
         migrations.RunSQL(BACKFILL, reverse_sql=migrations.RunSQL.noop),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name="outbox",
             index=models.Index(
                 models.F("queue"),
@@ -37,13 +39,13 @@ class Migration(migrations.Migration):
                 name="outbox_fair",
             ),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name="outbox",
             index=models.Index(
                 condition=models.Q(("queue__isnull", False), ("topic", "jobs")), fields=["queue", "id"], name="outbox_queue"
             ),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name="outbox",
             index=models.Index(condition=models.Q(("queue__isnull", True)), fields=["id"], name="outbox_unrouted"),
         ),

@@ -95,7 +95,7 @@ SELECT {columns}, j.updated_at FROM jobs_job j
 """
 
 _ATTEMPTS_SQL = """
-SELECT job_id, attempt, status, worker, started_at, finished_at, error, traceback
+SELECT job_id, attempt, status, worker, started_at, finished_at, error, error_class, traceback
   FROM jobs_jobattempt WHERE job_id = ANY(%(ids)s)
 """
 

@@ -19,4 +19,18 @@ from orchestration.worker.monitor import MONITOR
 from orchestration.worker.outcomes import Outcome
 from orchestration.worker.single import execute, gate
 
-__all__ = ["MONITOR", "Outcome", "claim_many", "execute", "execute_batch", "gate", "worker_id"]
+
+def task_modules_problem() -> str | None:
+    """Why this worker must not start: a module of JOB_TASK_MODULES did not import (the
+    jobs of its tasks would dead-letter as having no handler), or None."""
+    from jobs.task_backend.registry import IMPORT_ERRORS
+
+    if not IMPORT_ERRORS:
+        return None
+    failed = "; ".join(f"{module}: {error}" for module, error in sorted(IMPORT_ERRORS.items()))
+    return f"JOB_TASK_MODULES do not import, so this worker cannot run their tasks (jobs.E101): {failed}"
+
+
+__all__ = [
+    "MONITOR", "Outcome", "claim_many", "execute", "execute_batch", "gate", "task_modules_problem", "worker_id",
+]  # fmt: skip

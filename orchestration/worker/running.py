@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from config import tracing
 from jobs import outputs, transitions
-from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, get_handler
+from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, PermanentFailure, class_path, get_handler
 from jobs.models import AttemptStatus
 from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
@@ -171,9 +171,9 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
-        return _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, permanent)
+        return _fail_with(claim, exc.error if isinstance(exc, PermanentFailure) else exc, permanent)
     except BaseException as exc:
-        outcome = _fail(claim, f"{type(exc).__name__}: {exc}", traceback.format_exc(), AttemptStatus.FAILED, False)
+        outcome = _fail_with(claim, exc, permanent=False)
         if isinstance(exc, STOPPING):
             raise
         return outcome
@@ -230,11 +230,21 @@ def _call_handler(
     return result, logged
 
 
-def _fail(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
-    return _outcome_span(claim, lambda: _failed(claim, error, tb, attempt_status, permanent))
+def _fail_with(claim: transitions.Claim, exc: BaseException, permanent: bool) -> Outcome:
+    """The attempt failed with `exc`: its text, traceback and class are recorded."""
+    tb = "".join(traceback.format_exception(exc))
+    return _fail(claim, f"{type(exc).__name__}: {exc}", tb, AttemptStatus.FAILED, permanent, class_path(type(exc)))
 
 
-def _failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool) -> Outcome:
+def _fail(
+    claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool, error_class: str = ""
+) -> Outcome:
+    return _outcome_span(claim, lambda: _failed(claim, error, tb, attempt_status, permanent, error_class))
+
+
+def _failed(
+    claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool, error_class: str
+) -> Outcome:
     error, tb = outputs.bounded_error(error), outputs.bounded_traceback(tb)
     decision = policy.decide(
         attempts=claim.attempts, max_attempts=claim.max_attempts, backoff=claim.backoff, now=timezone.now(),
@@ -245,30 +255,30 @@ def _failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, 
         won = with_reconnect(
             lambda: transitions.schedule_retry(
                 claim.job_id, attempt=claim.attempt, next_retry_at=at, error=error, tb=tb,
-                attempt_status=attempt_status,
+                error_class=error_class, attempt_status=attempt_status,
             )
         )  # fmt: skip
         if not won:  # a cancel was requested meanwhile (or the attempt lost its job): not again
-            return _cancel_failed(claim, error, tb, attempt_status)
+            return _cancel_failed(claim, error, tb, attempt_status, error_class)
         outcome = record(claim.job_id, Status.RETRYING, won, error=error, retry_in=round(decision.delay_seconds, 3))
         return dataclasses.replace(outcome, breaker_failure=not permanent)
     won = with_reconnect(
         lambda: transitions.move_to_dead_letter(
-            claim.job_id, attempt=claim.attempt, error=error, tb=tb, attempt_status=attempt_status,
-            in_workflow=claim.workflow_id is not None,
+            claim.job_id, attempt=claim.attempt, error=error, tb=tb, error_class=error_class,
+            attempt_status=attempt_status, in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
     outcome = record(claim.job_id, Status.DEAD_LETTER, won, error=error, reason=decision.reason)
     return dataclasses.replace(outcome, breaker_failure=not permanent)
 
 
-def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str) -> Outcome:
+def _cancel_failed(claim: transitions.Claim, error: str, tb: str, attempt_status: str, error_class: str) -> Outcome:
     """The attempt failed after its job's cancel was requested: the job ends CANCELLED, its
     history keeps the failure (the reaper does the same for a lost worker)."""
     won = with_reconnect(
         lambda: transitions.mark_cancelled(
             claim.job_id, attempt=claim.attempt, reason=error, attempt_status=attempt_status, tb=tb,
-            in_workflow=claim.workflow_id is not None,
+            error_class=error_class, in_workflow=claim.workflow_id is not None,
         )
     )  # fmt: skip
     return record(claim.job_id, Status.CANCELLED, won, error=error)

@@ -11,7 +11,7 @@ from config import queues
 from config.queues import Queue, QueueError
 from jobs.models import Job, Outbox, Schedule
 from jobs.services import JobSpec, job_submit_bulk
-from jobs.task_api import InvalidTask
+from jobs.task_backend.framework import InvalidTask
 from workflows.models import Workflow
 
 pytestmark = pytest.mark.django_db

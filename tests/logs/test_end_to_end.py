@@ -42,8 +42,12 @@ def test_a_jobs_log_lines_are_searchable_within_seconds(
         assert record["attempt"] == 1
         assert record["extra"] == {"line": 1}
         assert (record["trace_id"], record["span_id"]) == ("", "")  # tracing is off: no trace, nothing breaks
-        # The worker's own record of the outcome is tagged with the job too.
-        assert api.get(f"/api/v1/jobs/{job_id}/logs/?q=job.finished").json()["results"]
+        # The worker's own record of the outcome is tagged with the job too. It is written after
+        # the outcome commits, so it may reach ClickHouse a moment after the handler's lines.
+        wait_for(
+            lambda: api.get(f"/api/v1/jobs/{job_id}/logs/?q=job.finished").json()["results"],
+            timeout=10, interval=0.2, message="the outcome's own record searchable",
+        )  # fmt: skip
     except AssertionError:
         print(stack.logs())
         raise

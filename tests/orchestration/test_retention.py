@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +14,7 @@ from django.utils import timezone
 
 from jobs import archive, tallies
 from jobs.models import Job, JobAttempt, JobStatus, Outbox
-from logs import store
 from orchestration.scheduler import retention
-from orchestration.scheduler.fencing import next_epoch
 from tests.factories import UserFactory, submit_job
 from tests.logs.conftest import (
     ch_table,  # noqa: F401 (a fixture: a logs table of the test's own)
@@ -27,24 +24,6 @@ from tests.logs.conftest import (
 from tests.threads import in_thread
 
 JOBS = "/api/v1/jobs/"
-
-
-@pytest.fixture
-def archive_table(settings: Any) -> Iterator[str]:
-    name = f"jobs_archive_test_{uuid.uuid4().hex[:12]}"
-    settings.CLICKHOUSE_JOBS_ARCHIVE_TABLE = name
-    settings.JOB_RETENTION_DAYS = 30
-    settings.JOB_RETENTION_DAYS_BY_QUEUE = {}
-    settings.JOB_RETENTION_INTERVAL_SECONDS = 0  # a batch every call
-    yield name
-    store.connect().command(f"DROP TABLE IF EXISTS {name}")
-    archive._migrated.discard(name)
-
-
-@pytest.fixture
-def epoch(settings: Any) -> int:
-    settings.SCHEDULER_LOCK_KEY = f"retention-test-{uuid.uuid4().hex[:8]}"
-    return next_epoch(settings.SCHEDULER_LOCK_KEY)
 
 
 def finished(owner: Any, *, days_ago: float, status: str = JobStatus.SUCCEEDED, attempts: int = 1, **kw: Any) -> Job:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.models import Job
-from jobs.task_api import TaskResultStatus
+from jobs.task_backend.framework import TaskResultStatus
 from tests.orchestration.conftest import wait_for
 from tests.tasks_app import TASK_MODULE
 

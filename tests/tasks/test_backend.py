@@ -19,8 +19,9 @@ from jobs import services, transitions
 from jobs.handlers import JobCancelled, PermanentError
 from jobs.models import Job, JobStatus, Outbox
 from jobs.services import JobSpec
-from jobs.task_api import InvalidTask, Task, TaskResultDoesNotExist, TaskResultStatus, signals, task
-from jobs.task_backend import InvalidTaskArguments, enqueue_many, from_job_priority, to_job_priority
+from jobs.task_backend.backend import InvalidTaskArguments, enqueue_many
+from jobs.task_backend.framework import InvalidTask, Task, TaskResultDoesNotExist, TaskResultStatus, signals, task
+from jobs.task_backend.results import from_job_priority, to_job_priority
 from orchestration.worker import execute
 from tests.workflows.conftest import pending_dispatches
 
@@ -137,7 +138,7 @@ def test_a_cancelled_task_is_failed_with_the_cancel_as_its_error(tasks_app):
     assert [e.exception_class for e in cancelled.errors] == [JobCancelled]
 
 
-def test_the_frameworks_signals_are_sent(tasks_app):
+def test_the_frameworks_signals_are_sent(tasks_app, django_capture_on_commit_callbacks):
     seen: list[tuple[str, str]] = []
 
     def receiver(name: str) -> Any:
@@ -152,7 +153,8 @@ def test_the_frameworks_signals_are_sent(tasks_app):
         sig.connect(fn)
     try:
         tasks_app.multiply.enqueue(2, 3)
-        run_dispatched()
+        with django_capture_on_commit_callbacks(execute=True):
+            run_dispatched()
     finally:
         for sig, fn in receivers.items():
             sig.disconnect(fn)

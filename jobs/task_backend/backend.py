@@ -1,17 +1,19 @@
-"""A Django Tasks backend that runs every `@task` as a job of this platform:
+"""The Django Tasks backend: every `@task` runs as a job of this platform.
 
     TASKS = {"default": {"BACKEND": "jobs.task_backend.JobsBackend"}}
 
 `enqueue` submits a job through `jobs.services` in the caller's transaction (a savepoint
 inside it): a rolled-back `transaction.atomic()` leaves neither the job nor its dispatch.
 The job's `type` is the task's import path, its payload `{"args": [...], "kwargs": {...}}`,
-checked at enqueue like an API payload. `get_result` reads the job back (`task_results`);
-workers run it through the handler registry (`task_registry`).
+checked at enqueue like an API payload; the task's options (`options.JobTask`) become the
+job's fields. `get_result` reads the job back (`results`), from the archive once it is past
+retention; workers run it through the handler registry (`registry`).
 
 Options (`TASKS[alias]["OPTIONS"]`): `OWNER`, the username whose jobs tasks become (default
 `tasks`, a login-less account created on first use). `QUEUES`, when given, narrows the
 queues tasks may name to some of the declared ones (config.queues); without it, any declared
-queue will do, and any other is an InvalidTask naming them.
+queue will do, and any other is an InvalidTask naming them. `check()` is the system checks
+of `checks`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -30,20 +33,13 @@ from rest_framework.exceptions import ValidationError
 
 from config import queues
 from config.rest import check_json, in_utc, text_problem
-from jobs import task_registry, task_results
-from jobs.models import Job
-from jobs.serializers import QUEUE_ERRORS, QUEUE_NAME
+from jobs.handlers import class_path
+from jobs.models import Job, default_backoff
+from jobs.serializers import QUEUE_ERRORS, QUEUE_NAME, JobOptionsSerializer
 from jobs.services import JobSpec, job_submit_bulk
-from jobs.task_api import (
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    BaseTaskBackend,
-    InvalidTask,
-    Task,
-    TaskResult,
-    TaskResultDoesNotExist,
-    signals,
-)
+from jobs.task_backend import checks, options, registry
+from jobs.task_backend import results as task_results
+from jobs.task_backend.framework import BaseTaskBackend, InvalidTask, Task, TaskResult, TaskResultDoesNotExist, signals
 
 DEFAULT_OWNER = "tasks"
 TYPE_MAX_CHARS = Job._meta.get_field("type").max_length or 200
@@ -57,31 +53,8 @@ class InvalidTaskArguments(InvalidTask, ValueError):
     cannot store, too large). A ValueError too, as the framework's own JSON check raises."""
 
 
-def to_job_priority(priority: int) -> int:
-    """The framework's -100..100 (default 0) -> our 0..9 (default 5). The sign is kept: any
-    positive priority runs before the default, any negative one after it.
-
-        p > 0: 5 + ceil(p / 25)    1..25 -> 6, 26..50 -> 7, 51..75 -> 8, 76..100 -> 9
-        p < 0: 5 - ceil(-p / 20)   -1..-20 -> 4, -21..-40 -> 3, ..., -81..-100 -> 0
-    """
-    if priority > 0:
-        return 5 + math.ceil(priority / 25)
-    if priority < 0:
-        return 5 - math.ceil(-priority / 20)
-    return 5
-
-
-def from_job_priority(priority: int) -> int:
-    """The highest framework priority in the band of our `priority` (to_job_priority of it
-    gives `priority` back)."""
-    if priority > 5:
-        return min(MAX_PRIORITY, (priority - 5) * 25)
-    if priority < 5:
-        return max(MIN_PRIORITY, (priority - 5) * 20)
-    return 0
-
-
 class JobsBackend(BaseTaskBackend):
+    task_class = options.JobTask  # the framework's Task, with how its jobs run
     supports_defer = True  # run_after → the job's run_at
     supports_async_task = True  # an `async def` task runs in an event loop of its own
     supports_get_result = True  # from any process: the job row is the result
@@ -114,8 +87,9 @@ class JobsBackend(BaseTaskBackend):
         if problem := queues.problem(task.queue_name, dict.fromkeys(self.queues)):
             raise InvalidTask(f"Task {task.module_path!r}: {problem}")
         super().validate_task(task)
+        _check_options(task)
         module = task.func.__module__
-        if not task_registry.is_task_module(module):
+        if not registry.is_task_module(module):
             raise InvalidTask(
                 f"Task {task.module_path!r} is defined in {module!r}, which is not in JOB_TASK_MODULES: add the "
                 "module there (every role imports those modules at start, and runs only the tasks they define)."
@@ -125,13 +99,19 @@ class JobsBackend(BaseTaskBackend):
 
     def _spec(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobSpec:
         self.validate_task(task)
-        registered = task_registry.get_task(task.module_path)
+        registered = registry.get_task(task.module_path)
         if registered is None or registered.func is not task.func:
             raise InvalidTask(
                 f"Task {task.module_path!r} is not registered: define it with @task at the top level of its "
                 "module, so the module's import registers it in every role."
             )
-        payload = {"args": _json_value(list(args), "args", 1), "kwargs": _json_value(dict(kwargs), "kwargs", 1)}
+        payload: dict[str, Any] = {
+            "args": _json_value(list(args), "args", 1),
+            "kwargs": _json_value(dict(kwargs), "kwargs", 1),
+        }
+        chosen = options.options_of(task)
+        if permanent := chosen.pop("permanent_exceptions", ()):
+            payload["permanent_exceptions"] = [class_path(cls) for cls in permanent]
         try:
             check_json(
                 payload, "args and kwargs", max_bytes=settings.JOB_PAYLOAD_MAX_BYTES, setting="JOB_PAYLOAD_MAX_BYTES"
@@ -146,8 +126,14 @@ class JobsBackend(BaseTaskBackend):
             type=task.module_path,
             payload=payload,
             queue=task.queue_name,
-            priority=to_job_priority(task.priority),
+            priority=task_results.to_job_priority(task.priority),
             run_at=run_at,
+            max_attempts=chosen.get("max_attempts", JobSpec.max_attempts),
+            backoff={**default_backoff(), **chosen.get("backoff", {})},
+            timeout_seconds=options.timeout_seconds(chosen.get("timeout", JobSpec.timeout_seconds)),
+            idempotency_key=chosen.get("idempotency_key"),
+            concurrency_key=chosen.get("concurrency_key"),
+            concurrency_limit=chosen.get("concurrency_limit", 1 if "concurrency_key" in chosen else None),
         )
 
     # --- enqueue ----------------------------------------------------------------------
@@ -171,12 +157,13 @@ class JobsBackend(BaseTaskBackend):
         if not prepared:
             return []
         submitted = job_submit_bulk(owner_id=self._owner_id(), specs=[spec for _, spec in prepared])
-        results = [
-            task_results.from_job(s.job, task, [], backend=self.alias)
-            for (task, _), s in zip(prepared, submitted, strict=True)
-        ]
-        for result in results:
-            signals.task_enqueued.send(type(self), task_result=result)
+        results = []
+        for (task, _), s in zip(prepared, submitted, strict=True):
+            enqueued = task if s.created else task_results.as_enqueued(task, s.job)
+            result = task_results.from_job(s.job, enqueued, [], backend=self.alias)
+            if s.created:  # an idempotent replay returns the job enqueued before: not enqueued again
+                signals.task_enqueued.send(type(self), task_result=result)
+            results.append(result)
         return results
 
     def _owner_id(self) -> int:
@@ -205,17 +192,53 @@ class JobsBackend(BaseTaskBackend):
         except ValueError:
             raise TaskResultDoesNotExist(result_id) from None
         loaded = task_results.load(job_id)
-        task = task_registry.get_task(loaded[0].type) if loaded else None
+        task = registry.get_task(loaded[0].type) if loaded else None
         if loaded is None or task is None:
             raise TaskResultDoesNotExist(result_id)
         job, attempts = loaded
-        return task_results.from_job(job, _as_enqueued(task, job), attempts, backend=self.alias)
+        return task_results.from_job(job, task_results.as_enqueued(task, job), attempts, backend=self.alias)
+
+    # --- checks -----------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> Iterable[Any]:
+        """The framework's hook for a backend's system checks (`manage.py check`)."""
+        return checks.backend_problems(self, databases=kwargs.get("databases"))
 
 
-def _as_enqueued(task: Task, job: Job) -> Task:
-    """The task as this job was enqueued: its queue, run_after and (its band of) priority."""
-    priority = task.priority if to_job_priority(task.priority) == job.priority else from_job_priority(job.priority)
-    return task.using(priority=priority, queue_name=job.queue, run_after=job.run_at)
+def _check_options(task: Task) -> None:
+    """The task's options, by the API's rules (`JobOptionsSerializer`): InvalidTask naming
+    each that breaks one."""
+    chosen = options.options_of(task)
+    permanent = chosen.pop("permanent_exceptions", ())
+    if not isinstance(permanent, tuple) or not all(
+        isinstance(cls, type) and issubclass(cls, Exception) for cls in permanent
+    ):
+        raise InvalidTask(
+            f"Task {task.module_path!r}: permanent_exceptions must be a tuple of Exception classes, "
+            f"not {permanent!r:.200}"
+        )
+    if "timeout" in chosen:
+        timeout = chosen.pop("timeout")
+        if not isinstance(timeout, int | float | timedelta) or isinstance(timeout, bool):
+            raise InvalidTask(
+                f"Task {task.module_path!r}: timeout must be seconds or a timedelta, not {timeout!r:.200}"
+            )
+        chosen["timeout_seconds"] = options.timeout_seconds(timeout)
+    serializer = JobOptionsSerializer(data=chosen)
+    if not serializer.is_valid():
+        problems = "; ".join(
+            f"{'timeout' if name == 'timeout_seconds' else name}: {_flat(errors)}"
+            for name, errors in serializer.errors.items()
+        )
+        raise InvalidTask(f"Task {task.module_path!r}: {problems}")
+
+
+def _flat(errors: Any) -> str:
+    if isinstance(errors, dict):
+        return "; ".join(f"{k}: {_flat(v)}" for k, v in errors.items())
+    if isinstance(errors, list):
+        return " ".join(_flat(e) for e in errors)
+    return str(errors)
 
 
 def enqueue_many(calls: Iterable[tuple[Task, Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
