@@ -22,7 +22,7 @@ app.autodiscover_tasks()
 @worker_init.connect
 def _refuse_without_task_modules(**kwargs: object) -> None:
     # A worker that could not import a module of JOB_TASK_MODULES would dead-letter every job
-    # of its tasks as "no handler": it stops instead (the web reports it as jobs.E101).
+    # of its tasks as "no handler": it stops instead (the web reports it as orchestration.E101).
     from orchestration.worker import task_modules_problem
 
     if problem := task_modules_problem():

@@ -279,7 +279,7 @@ class PerUserThrottle(BaseThrottle):
         if count <= self.limit:
             return True
         # Checked only once over the limit: the permission lookup costs queries.
-        if user and user.is_authenticated and user.has_perm("jobs.unthrottled"):
+        if user and user.is_authenticated and user.has_perm("orchestration_jobs.unthrottled"):
             return True
         self._wait = (window + 1) * self.period - now
         return False

@@ -1,12 +1,20 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metrics import health
 from metrics import views as metrics_views
 
 urlpatterns = [
+    # The admin's pages of jobs and workflows moved with the apps' labels (jobs.labels): old
+    # links land on the new ones. Only here, in the reference deployment: in a host project
+    # /admin/jobs/ may be the host's own app.
+    re_path(
+        r"^admin/(?P<label>jobs|workflows)/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/orchestration_%(label)s/%(rest)s", permanent=True, query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.urls")),
     path("api/v1/", include("logs.urls")),

@@ -147,7 +147,7 @@ class JobAdmin(ReadOnlyAdmin):
     search_fields = ["idempotency_key"]
     search_help_text = "A job id (exact) or an idempotency key (exact)."
     show_full_result_count = False  # no COUNT(*) over millions of rows per page view
-    change_list_template = "admin/jobs/job/change_list.html"  # adds the link to the archive
+    change_list_template = "admin/orchestration_jobs/job/change_list.html"  # adds the link to the archive
     actions = [retry_jobs, cancel_jobs]
     inlines = [AttemptInline]
     fields = readonly_fields = (
@@ -181,9 +181,10 @@ class JobAdmin(ReadOnlyAdmin):
 
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"  # as Django names the admin's own views
         return [
-            path("archive/", view(self.archive_view), name="jobs_job_archive"),
-            path("archive/<uuid:job_id>/", view(self.archived_job_view), name="jobs_job_archived"),
+            path("archive/", view(self.archive_view), name=f"{prefix}_archive"),
+            path("archive/<uuid:job_id>/", view(self.archived_job_view), name=f"{prefix}_archived"),
             *super().get_urls(),
         ]
 
@@ -223,7 +224,7 @@ class JobAdmin(ReadOnlyAdmin):
             "jobs": rows, "next": f"?{params.urlencode()}" if cursor else None, "error": error, "f": request.GET,
             "statuses": ["SUCCEEDED", "DEAD_LETTER", "CANCELLED"],
         }  # fmt: skip
-        return TemplateResponse(request, "admin/jobs/job/archive.html", context)
+        return TemplateResponse(request, "admin/orchestration_jobs/job/archive.html", context)
 
     def archived_job_view(self, request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         from jobs import archive
@@ -241,7 +242,7 @@ class JobAdmin(ReadOnlyAdmin):
             "job": job, "history": job.history.all(), "payload": pretty_json(job.payload),
             "result": pretty_json(job.result), "logs": render_job_logs(job),
         }  # fmt: skip
-        return TemplateResponse(request, "admin/jobs/job/archived_job.html", context)
+        return TemplateResponse(request, "admin/orchestration_jobs/job/archived_job.html", context)
 
     @staticmethod
     def _staff_only(request: HttpRequest) -> None:

@@ -36,7 +36,7 @@ def _session(using: str, sql: str) -> None:
 
 
 def tasks_framework_problems(**kwargs: Any) -> list[checks.CheckMessage]:
-    """jobs.E105: on Django 5.2 the Tasks framework is the django-tasks backport, which must
+    """orchestration.E105: on Django 5.2 the Tasks framework is the django-tasks backport, which must
     be installed and in INSTALLED_APPS (its app runs the framework's checks and signals)."""
     if importlib.util.find_spec("django.tasks") is not None or apps.is_installed("django_tasks"):
         return []
@@ -45,7 +45,7 @@ def tasks_framework_problems(**kwargs: Any) -> list[checks.CheckMessage]:
             "Django's Tasks framework is missing: this Django has no django.tasks, and django_tasks (the backport) "
             "is not in INSTALLED_APPS",
             hint="pip install django-tasks (requirements/base.txt pins it) and add 'django_tasks' to INSTALLED_APPS.",
-            id="jobs.E105",
+            id="orchestration.E105",
         )
     ]
 
@@ -56,6 +56,7 @@ def _framework_installed() -> bool:
 
 class JobsConfig(AppConfig):
     name = "jobs"
+    label = "orchestration_jobs"  # unique in a host project that has its own `jobs` app (docs/design.md)
     verbose_name = "Jobs"
 
     def ready(self) -> None:
@@ -70,7 +71,7 @@ class JobsConfig(AppConfig):
             from jobs.task_backend import registry
 
             # Django tasks (JOB_TASK_MODULES), registered under their import path; a module that
-            # does not import is reported by the checks (jobs.E101), and workers refuse to start.
+            # does not import is reported by the checks (orchestration.E101), and workers refuse to start.
             registry.load_task_modules(keep_errors=True)
             transitions.on_job_ended(registry.is_task, registry.ended)
         connection_created.connect(_tune_session, dispatch_uid="jobs.tune_session")

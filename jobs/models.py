@@ -98,7 +98,12 @@ class Job(models.Model):
     concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     # The workflow this job is a task (or a compensation) of.
     workflow = models.ForeignKey(
-        "workflows.Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", db_index=False
+        "orchestration_workflows.Workflow",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+        db_index=False,
     )  # indexed only where set (job_workflow): most jobs have none
     # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
     # scheduler releases held jobs when the breaker lets them through.
@@ -119,6 +124,7 @@ class Job(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "jobs_job"
         ordering = ["-created_at", "-id"]
         permissions = [("unthrottled", "Not subject to the API rate limit (service accounts, benchmarks)")]
         constraints = [
@@ -227,6 +233,7 @@ class JobAttempt(models.Model):
     traceback = models.TextField(blank=True, default="")
 
     class Meta:
+        db_table = "jobs_jobattempt"
         ordering = ["job", "attempt"]
         constraints = [
             models.UniqueConstraint(fields=["job", "attempt"], name="attempt_job_attempt_uniq"),
@@ -252,6 +259,9 @@ class ConcurrencySlot(models.Model):
     # The same key in SQL, over a jobs_job row.
     KEY_SQL = "owner_id::text || ':' || concurrency_key"
 
+    class Meta:
+        db_table = "jobs_concurrencyslot"
+
     def __str__(self) -> str:
         return f"{self.key}: {self.running} running"
 
@@ -274,6 +284,7 @@ class HeldKey(models.Model):
     visit_at = models.DateTimeField()
 
     class Meta:
+        db_table = "jobs_heldkey"
         constraints = [models.UniqueConstraint(fields=["owner_id", "key"], name="heldkey_owner_key_uniq")]
         indexes = [models.Index(fields=["visit_at"], name="heldkey_visit_at")]
 
@@ -303,6 +314,7 @@ class Outbox(models.Model):
     priority = models.SmallIntegerField(null=True, blank=True)
 
     class Meta:
+        db_table = "jobs_outbox"
         verbose_name_plural = "outbox"
         indexes = [
             # The relay's pick: the owners with work in a queue (a skip scan), and each one's
@@ -345,6 +357,7 @@ class OwnerShare(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "jobs_ownershare"
         constraints = [
             models.CheckConstraint(condition=Q(weight__gte=0.01) & Q(weight__lte=1000.0), name="ownershare_weight"),
             models.CheckConstraint(
@@ -389,6 +402,7 @@ class Schedule(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "jobs_schedule"
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["owner", "name"], name="schedule_owner_name_uniq")]
         indexes = [models.Index(fields=["next_fire_at"], condition=Q(enabled=True), name="schedule_due")]
@@ -407,6 +421,7 @@ class ScheduleFire(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "jobs_schedulefire"
         ordering = ["-fire_time"]
         constraints = [models.UniqueConstraint(fields=["schedule", "fire_time"], name="schedule_fire_once")]
 
@@ -428,6 +443,7 @@ class JobCount(models.Model):
     n = models.BigIntegerField(default=0)
 
     class Meta:
+        db_table = "jobs_jobcount"
         constraints = [models.UniqueConstraint(fields=["owner_id", "status"], name="jobcount_owner_status_uniq")]
 
     def __str__(self) -> str:
@@ -441,6 +457,9 @@ class JobCountDelta(models.Model):
     owner_id = models.IntegerField()
     status = models.CharField(max_length=16)
     n = models.BigIntegerField()
+
+    class Meta:
+        db_table = "jobs_jobcountdelta"
 
     def __str__(self) -> str:
         return f"owner {self.owner_id} {self.status}: {self.n:+}"
@@ -464,6 +483,7 @@ class JobMinute(models.Model):
     n = models.BigIntegerField(default=0)
 
     class Meta:
+        db_table = "jobs_jobminute"
         constraints = [
             models.UniqueConstraint(
                 fields=["minute", "owner_id", "status", "metric", "bucket"], name="jobminute_key_uniq"
@@ -484,6 +504,9 @@ class JobMinuteDelta(models.Model):
     metric = models.SmallIntegerField(choices=TallyMetric.choices)
     bucket = models.SmallIntegerField()
     n = models.BigIntegerField()
+
+    class Meta:
+        db_table = "jobs_jobminutedelta"
 
     def __str__(self) -> str:
         return f"{self.minute:%H:%M} owner {self.owner_id} {self.status} {self.metric}/{self.bucket}: {self.n:+}"

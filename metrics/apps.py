@@ -3,6 +3,7 @@ from django.apps import AppConfig
 
 class MetricsConfig(AppConfig):
     name = "metrics"
+    label = "orchestration_metrics"  # unique in a host project that has its own `metrics` app (docs/design.md)
     verbose_name = "Metrics and health"
 
     def ready(self) -> None:

@@ -56,7 +56,7 @@ class TaskInline(admin.TabularInline):
 def _job_link(job_id: Any) -> str:
     if job_id is None:
         return "-"
-    return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[job_id]), job_id)
+    return format_html('<a href="{}">{}</a>', reverse("admin:orchestration_jobs_job_change", args=[job_id]), job_id)
 
 
 @admin.action(description="Cancel selected workflows (compensates what succeeded)")

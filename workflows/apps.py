@@ -3,6 +3,7 @@ from django.apps import AppConfig
 
 class WorkflowsConfig(AppConfig):
     name = "workflows"
+    label = "orchestration_workflows"  # unique in a host project that has its own `workflows` app (docs/design.md)
     verbose_name = "Workflows"
     default_auto_field = "django.db.models.BigAutoField"
 

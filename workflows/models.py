@@ -49,6 +49,7 @@ class Workflow(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "workflows_workflow"
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(
@@ -90,7 +91,7 @@ class WorkflowTask(models.Model):
     options = models.JSONField(default=dict, blank=True)
     compensation = models.JSONField(null=True, blank=True)  # {"type", "payload", ...} or None
     job = models.OneToOneField(
-        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="workflow_task"
+        "orchestration_jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="workflow_task"
     )
     skipped = models.BooleanField(default=False)  # never released: the saga cancelled it first
     succeeded_seq = models.PositiveIntegerField(null=True, blank=True)
@@ -98,7 +99,7 @@ class WorkflowTask(models.Model):
         max_length=16, choices=CompensationState.choices, default=CompensationState.NONE
     )
     compensation_job = models.OneToOneField(
-        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="compensated_task"
+        "orchestration_jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="compensated_task"
     )
     # Once retention moved its jobs to the archive (their links above are then NULL), what the
     # workflow still shows of them: {"job", "status", "started_at", "finished_at",
@@ -106,6 +107,7 @@ class WorkflowTask(models.Model):
     archived = models.JSONField(null=True, blank=True)
 
     class Meta:
+        db_table = "workflows_workflowtask"
         ordering = ["workflow", "position"]
         constraints = [
             models.UniqueConstraint(fields=["workflow", "task_id"], name="workflow_task_id_uniq"),

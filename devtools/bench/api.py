@@ -50,7 +50,9 @@ def bench_token(username: str = BENCH_USER) -> tuple[int, str]:
     if user.has_usable_password():
         user.set_unusable_password()
         user.save(update_fields=["password"])
-    user.user_permissions.add(Permission.objects.get(codename="unthrottled", content_type__app_label="jobs"))
+    user.user_permissions.add(
+        Permission.objects.get(codename="unthrottled", content_type__app_label="orchestration_jobs")
+    )
     token, _ = Token.objects.get_or_create(user=user)
     return user.pk, token.key
 

@@ -75,7 +75,7 @@ NULL = r"\N"
 def tenants() -> list[int]:
     """The bench tenants' user ids (created once, login-less, exempt from the rate limit)."""
     ids = []
-    unthrottled = Permission.objects.get(codename="unthrottled", content_type__app_label="jobs")
+    unthrottled = Permission.objects.get(codename="unthrottled", content_type__app_label="orchestration_jobs")
     for i in range(TENANTS):
         user, created = get_user_model().objects.get_or_create(username=f"{TENANT_PREFIX}{i}")
         if created:
@@ -304,7 +304,9 @@ def measure(repeat: int, out: Out) -> list[Timing]:
     users = get_user_model()
     big = users.objects.get(username=BIG)
     staff, _ = users.objects.get_or_create(username=TENANT_PREFIX + "staff", defaults={"is_staff": True})
-    staff.user_permissions.add(Permission.objects.get(codename="unthrottled", content_type__app_label="jobs"))
+    staff.user_permissions.add(
+        Permission.objects.get(codename="unthrottled", content_type__app_label="orchestration_jobs")
+    )
     api, staff_api = _api_client(big), _api_client(staff)
     dead = Job.objects.filter(owner=big, status=JobStatus.DEAD_LETTER).order_by("-created_at").first()
     dead = dead or Job.objects.filter(owner=big).order_by("-created_at").first()

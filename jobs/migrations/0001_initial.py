@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
                 ('updated_at', models.DateTimeField(auto_now=True)),
                 ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to=settings.AUTH_USER_MODEL)),
             ],
-            options={
+            options={'db_table': 'jobs_job', 
                 'ordering': ['-created_at', '-id'],
                 'permissions': [('unthrottled', 'Not subject to the API rate limit (service accounts, benchmarks)')],
             },
@@ -64,9 +64,9 @@ class Migration(migrations.Migration):
                 ('finished_at', models.DateTimeField(blank=True, null=True)),
                 ('error', models.TextField(blank=True, default='')),
                 ('traceback', models.TextField(blank=True, default='')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='jobs.job')),
+                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='orchestration_jobs.job')),
             ],
-            options={
+            options={'db_table': 'jobs_jobattempt', 
                 'ordering': ['job', 'attempt'],
             },
         ),
@@ -77,9 +77,9 @@ class Migration(migrations.Migration):
                 ('topic', models.CharField(default='jobs', max_length=100)),
                 ('envelope', models.JSONField()),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='jobs.job')),
+                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orchestration_jobs.job')),
             ],
-            options={
+            options={'db_table': 'jobs_outbox', 
                 'verbose_name_plural': 'outbox',
             },
         ),

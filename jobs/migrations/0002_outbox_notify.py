@@ -20,5 +20,5 @@ DROP FUNCTION IF EXISTS jobs_outbox_notify();
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0001_initial")]
+    dependencies = [("orchestration_jobs", "0001_initial")]
     operations = [migrations.RunSQL(SQL, REVERSE)]

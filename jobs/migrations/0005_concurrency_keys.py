@@ -9,13 +9,14 @@ class Migration(migrations.Migration):
     atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
 
     dependencies = [
-        ('jobs', '0004_schedules'),
+        ('orchestration_jobs', '0004_schedules'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
             name='ConcurrencySlot',
+            options={'db_table': 'jobs_concurrencyslot'},
             fields=[
                 ('key', models.CharField(max_length=200, primary_key=True, serialize=False)),
                 ('running', models.PositiveIntegerField(default=0)),

@@ -10,8 +10,8 @@ class Migration(migrations.Migration):
     atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
 
     dependencies = [
-        ('jobs', '0006_job_breaker_held_at'),
-        ('workflows', '0001_initial'),
+        ('orchestration_jobs', '0006_job_breaker_held_at'),
+        ('orchestration_workflows', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -23,14 +23,14 @@ class Migration(migrations.Migration):
                 migrations.AddField(
                     model_name='job',
                     name='workflow',
-                    field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                    field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='orchestration_workflows.workflow'),
                 ),
             ],
             database_operations=[
                 migrations.AddField(
                     model_name='job',
                     name='workflow',
-                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='orchestration_workflows.workflow'),
                 ),
             ],
         ),

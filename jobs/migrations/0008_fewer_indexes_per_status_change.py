@@ -10,8 +10,8 @@ class Migration(migrations.Migration):
     atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
 
     dependencies = [
-        ('jobs', '0007_job_workflow_job_job_breaker_held'),
-        ('workflows', '0001_initial'),
+        ('orchestration_jobs', '0007_job_workflow_job_job_breaker_held'),
+        ('orchestration_workflows', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -28,12 +28,12 @@ class Migration(migrations.Migration):
                 migrations.AlterField(
                     model_name='job',
                     name='workflow',
-                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='workflows.workflow'),
+                    field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='orchestration_workflows.workflow'),
                 ),
                 migrations.AlterField(
                     model_name='jobattempt',
                     name='job',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='history', to='jobs.job'),
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='history', to='orchestration_jobs.job'),
                 ),
             ],
             database_operations=[

@@ -14,7 +14,7 @@ SELECT owner_id::text || ':' || concurrency_key, count(*) FROM jobs_job
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0008_fewer_indexes_per_status_change")]
+    dependencies = [("orchestration_jobs", "0008_fewer_indexes_per_status_change")]
 
     operations = [
         migrations.AlterField(

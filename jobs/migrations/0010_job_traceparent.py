@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0009_concurrency_slots_per_owner")]
+    dependencies = [("orchestration_jobs", "0009_concurrency_slots_per_owner")]
 
     operations = [
         migrations.AddField(

@@ -10,7 +10,7 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0010_job_traceparent")]
+    dependencies = [("orchestration_jobs", "0010_job_traceparent")]
 
     operations = [
         migrations.RunSQL(

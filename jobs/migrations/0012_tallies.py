@@ -101,12 +101,13 @@ DROP FUNCTION IF EXISTS jobs_latency_bucket(interval);
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0011_attempt_fillfactor"),
+        ("orchestration_jobs", "0011_attempt_fillfactor"),
     ]
 
     operations = [
         migrations.CreateModel(
             name="JobCountDelta",
+            options={'db_table': 'jobs_jobcountdelta'},
             fields=[
                 ("id", models.BigAutoField(primary_key=True, serialize=False)),
                 ("owner_id", models.IntegerField()),
@@ -116,6 +117,7 @@ class Migration(migrations.Migration):
         ),
         migrations.CreateModel(
             name="JobMinuteDelta",
+            options={'db_table': 'jobs_jobminutedelta'},
             fields=[
                 ("id", models.BigAutoField(primary_key=True, serialize=False)),
                 ("minute", models.DateTimeField()),
@@ -134,7 +136,7 @@ class Migration(migrations.Migration):
                 ("status", models.CharField(max_length=16)),
                 ("n", models.BigIntegerField(default=0)),
             ],
-            options={
+            options={'db_table': 'jobs_jobcount', 
                 "constraints": [
                     models.UniqueConstraint(fields=("owner_id", "status"), name="jobcount_owner_status_uniq")
                 ],
@@ -151,7 +153,7 @@ class Migration(migrations.Migration):
                 ("bucket", models.SmallIntegerField()),
                 ("n", models.BigIntegerField(default=0)),
             ],
-            options={
+            options={'db_table': 'jobs_jobminute', 
                 "constraints": [
                     models.UniqueConstraint(
                         fields=("minute", "owner_id", "status", "metric", "bucket"), name="jobminute_key_uniq"

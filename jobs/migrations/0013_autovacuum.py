@@ -35,7 +35,7 @@ RESET = (
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0012_tallies")]
+    dependencies = [("orchestration_jobs", "0012_tallies")]
 
     operations = [
         migrations.RunSQL(f"ALTER TABLE {table} SET ({options})", f"ALTER TABLE {table} RESET ({RESET})")

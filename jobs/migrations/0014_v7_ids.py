@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0013_autovacuum'),
+        ('orchestration_jobs', '0013_autovacuum'),
     ]
 
     operations = [

@@ -11,8 +11,8 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0014_v7_ids"),
-        ("workflows", "0003_v7_ids"),
+        ("orchestration_jobs", "0014_v7_ids"),
+        ("orchestration_workflows", "0003_v7_ids"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0015_keyed_held_index"),
+        ("orchestration_jobs", "0015_keyed_held_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

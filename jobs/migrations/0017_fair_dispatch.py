@@ -16,8 +16,8 @@ UPDATE jobs_outbox AS o SET queue = j.queue, owner_id = j.owner_id, priority = j
 class Migration(migrations.Migration):
     atomic = False  # indexes on a live table are built CONCURRENTLY, which no transaction may hold
     dependencies = [
-        ("jobs", "0016_owner_breaker_held"),
-        ("workflows", "0003_v7_ids"),
+        ("orchestration_jobs", "0016_owner_breaker_held"),
+        ("orchestration_workflows", "0003_v7_ids"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0017_fair_dispatch"),
+        ("orchestration_jobs", "0017_fair_dispatch"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

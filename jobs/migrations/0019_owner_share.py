@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
-        ('jobs', '0018_job_queued_owner'),
+        ('orchestration_jobs', '0018_job_queued_owner'),
     ]
 
     operations = [
@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('slot_share', models.FloatField(blank=True, help_text="The most of a queue's worker slots this owner's long jobs may hold (empty: FAIR_SLOT_SHARE).", null=True, validators=[django.core.validators.MinValueValidator(0.01), django.core.validators.MaxValueValidator(1.0)])),
                 ('updated_at', models.DateTimeField(auto_now=True)),
             ],
-            options={
+            options={'db_table': 'jobs_ownershare', 
                 'constraints': [models.CheckConstraint(condition=models.Q(('weight__gte', 0.01), ('weight__lte', 1000.0)), name='ownershare_weight'), models.CheckConstraint(condition=models.Q(('slot_share__isnull', True), models.Q(('slot_share__gt', 0), ('slot_share__lte', 1.0)), _connector='OR'), name='ownershare_slot_share')],
             },
         ),

@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0019_owner_share"),
+        ("orchestration_jobs", "0019_owner_share"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0020_slot_held"),
+        ("orchestration_jobs", "0020_slot_held"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0021_keyed_held_not_slot_held"),
+        ("orchestration_jobs", "0021_keyed_held_not_slot_held"),
     ]
 
     operations = [
@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
                 ("key", models.CharField(max_length=200)),
                 ("visit_at", models.DateTimeField()),
             ],
-            options={
+            options={'db_table': 'jobs_heldkey', 
                 "indexes": [models.Index(fields=["visit_at"], name="heldkey_visit_at")],
                 "constraints": [models.UniqueConstraint(fields=("owner_id", "key"), name="heldkey_owner_key_uniq")],
             },

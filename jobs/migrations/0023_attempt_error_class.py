@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0022_held_keys"),
+        ("orchestration_jobs", "0022_held_keys"),
     ]
 
     operations = [

@@ -2,10 +2,10 @@
 `migrate`, `runserver`...) through the framework's own check, which asks each backend's
 `check()`; `jobs.checks` adds the one the framework cannot make when it is not installed.
 
-    jobs.E101  a module of JOB_TASK_MODULES does not import (the error, as it was raised)
-    jobs.E102  a task's queue is not declared in QUEUES, or not one of the backend's QUEUES
-    jobs.W103  no worker consumes a task's queue (it is not in WORKER_QUEUES)
-    jobs.E104  the backend's OWNER account does not exist (with `check --database default`)
+    orchestration.E101  a module of JOB_TASK_MODULES does not import (the error, as it was raised)
+    orchestration.E102  a task's queue is not declared in QUEUES, or not one of the backend's QUEUES
+    orchestration.W103  no worker consumes a task's queue (it is not in WORKER_QUEUES)
+    orchestration.E104  the backend's OWNER account does not exist (with `check --database default`)
 
 A check that reads the database runs only when asked to (`--database`), as Django's own do.
 """
@@ -32,7 +32,7 @@ def backend_problems(backend: JobsBackend, *, databases: Sequence[str] | None) -
             f"JOB_TASK_MODULES: module {module!r} does not import: {error}",
             hint="Every role imports these modules at start; a worker without them cannot run their tasks.",
             obj=f"TASKS[{backend.alias!r}]",
-            id="jobs.E101",
+            id="orchestration.E101",
         )
     consumed = set(settings.WORKER_QUEUES)
     for task in registry.tasks():
@@ -43,7 +43,7 @@ def backend_problems(backend: JobsBackend, *, databases: Sequence[str] | None) -
                 f"task {task.module_path!r}: {problem}",
                 hint="Declare the queue in QUEUES (and in the backend's QUEUES when it names some).",
                 obj=task.module_path,
-                id="jobs.E102",
+                id="orchestration.E102",
             )
         elif task.queue_name not in consumed:
             yield checks.Warning(
@@ -51,7 +51,7 @@ def backend_problems(backend: JobsBackend, *, databases: Sequence[str] | None) -
                 f"(WORKER_QUEUES is {sorted(consumed)}): its jobs would wait for ever",
                 hint="Add the queue to WORKER_QUEUES of the workers that should run it.",
                 obj=task.module_path,
-                id="jobs.W103",
+                id="orchestration.W103",
             )
     if databases and "default" in databases:
         yield from _owner_problems(backend)
@@ -68,5 +68,5 @@ def _owner_problems(backend: JobsBackend) -> Iterable[checks.CheckMessage]:
             f"the owner of {backend.alias!r} tasks, user {backend.owner!r}, does not exist",
             hint=f"Create it, or leave OWNER (TASKS_OWNER) unset to use the login-less {DEFAULT_OWNER!r} account.",
             obj=f"TASKS[{backend.alias!r}]['OPTIONS']['OWNER']",
-            id="jobs.E104",
+            id="orchestration.E104",
         )

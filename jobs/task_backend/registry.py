@@ -18,7 +18,7 @@ as it starts; `task_finished` once, after the job's end commits (`ended`, called
 machine on commit); our `task_attempt_finished` after each attempt's outcome commits.
 
 A module that fails to import at start is not fatal to the web: the failure is kept and the
-system check `jobs.E101` reports it (`jobs.task_backend.checks`); a worker refuses to start.
+system check `orchestration.E101` reports it (`jobs.task_backend.checks`); a worker refuses to start.
 """
 
 from __future__ import annotations

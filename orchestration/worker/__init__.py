@@ -28,7 +28,7 @@ def task_modules_problem() -> str | None:
     if not IMPORT_ERRORS:
         return None
     failed = "; ".join(f"{module}: {error}" for module, error in sorted(IMPORT_ERRORS.items()))
-    return f"JOB_TASK_MODULES do not import, so this worker cannot run their tasks (jobs.E101): {failed}"
+    return f"JOB_TASK_MODULES do not import, so this worker cannot run their tasks (orchestration.E101): {failed}"
 
 
 __all__ = [

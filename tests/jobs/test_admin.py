@@ -10,7 +10,7 @@ from tests.factories import submit_job
 
 pytestmark = pytest.mark.django_db
 
-CHANGELIST = "/admin/jobs/job/"
+CHANGELIST = "/admin/orchestration_jobs/job/"
 
 
 def test_admin_is_for_staff_only(client, user):
@@ -69,11 +69,15 @@ def test_staff_set_an_owners_weight_and_share_and_the_relay_reads_it(client, sta
     from jobs.selectors import owner_weights
 
     client.force_login(staff)
-    response = client.post("/admin/jobs/ownershare/add/", {"owner": user.pk, "weight": "3", "slot_share": "0.25"})
+    response = client.post(
+        "/admin/orchestration_jobs/ownershare/add/", {"owner": user.pk, "weight": "3", "slot_share": "0.25"}
+    )
     assert response.status_code == 302, response.content[:500]
     assert (OwnerShare.objects.get(owner=user).weight, OwnerShare.objects.get(owner=user).slot_share) == (3.0, 0.25)
     assert owner_weights([user.pk, staff.pk]) == {user.pk: 3.0, staff.pk: 1.0}
-    refused = client.post("/admin/jobs/ownershare/add/", {"owner": staff.pk, "weight": "0", "slot_share": "2"})
+    refused = client.post(
+        "/admin/orchestration_jobs/ownershare/add/", {"owner": staff.pk, "weight": "0", "slot_share": "2"}
+    )
     assert refused.status_code == 200  # the form again, with its errors
     assert not OwnerShare.objects.filter(owner=staff).exists()
 
@@ -86,6 +90,6 @@ def test_a_schedule_for_an_undeclared_queue_is_refused_in_the_admin_too(client, 
             "misfire_policy": "fire_once", "type": "demo.noop", "payload": "{}", "queue": "parked", "priority": 5,
             "max_attempts": 4, "backoff": '{"initial": 2, "factor": 2, "max": 3600, "jitter": 0.2}',
             "timeout_seconds": 300}  # fmt: skip
-    response = client.post("/admin/jobs/schedule/add/", body)
+    response = client.post("/admin/orchestration_jobs/schedule/add/", body)
     assert "is not a declared queue" in response.content.decode()
     assert not Schedule.objects.exists()

@@ -108,10 +108,10 @@ def test_admin_edits_schedules_with_validation(client, staff, user):
         "misfire_policy": "fire_once", "type": "demo.noop", "payload": "{}", "queue": "default", "priority": 5,
         "max_attempts": 4, "backoff": '{"initial": 2, "factor": 2, "max": 60, "jitter": 0.1}', "timeout_seconds": 300,
     }  # fmt: skip
-    response = client.post("/admin/jobs/schedule/add/", form)
+    response = client.post("/admin/orchestration_jobs/schedule/add/", form)
     assert response.status_code == 200
     assert "must have 5 fields" in response.content.decode()
-    response = client.post("/admin/jobs/schedule/add/", {**form, "cron": "*/5 * * * *"})
+    response = client.post("/admin/orchestration_jobs/schedule/add/", {**form, "cron": "*/5 * * * *"})
     assert response.status_code == 302
     assert Schedule.objects.get(name="from-admin").next_fire_at is not None
 

@@ -22,7 +22,7 @@ def test_the_job_page_shows_its_logs(client, staff, user, ch_table):
                exception="Traceback ...\nValueError: x"),
     )  # fmt: skip
     client.force_login(staff)
-    html = client.get(f"/admin/jobs/job/{job.id}/change/").content.decode()
+    html = client.get(f"/admin/orchestration_jobs/job/{job.id}/change/").content.decode()
     assert html.index("first &lt;line&gt;") < html.index("then it broke")  # escaped, oldest first
     assert "ValueError: x" in html
     assert "#b91c1c" in html  # ERROR in red
@@ -34,6 +34,6 @@ def test_the_job_page_still_opens_when_the_log_store_is_away(client, staff, user
     settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:9/default"
     settings.CLICKHOUSE_CONNECT_TIMEOUT = 1
     client.force_login(staff)
-    page = client.get(f"/admin/jobs/job/{job.id}/change/")
+    page = client.get(f"/admin/orchestration_jobs/job/{job.id}/change/")
     assert page.status_code == 200
     assert "The log store is not answering" in page.content.decode()

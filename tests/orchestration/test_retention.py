@@ -241,21 +241,21 @@ def test_the_admin_shows_archived_jobs_to_staff_only(archive_table, epoch, user,
     job = finished(user, days_ago=40, status=JobStatus.DEAD_LETTER, attempts=2)
     assert scan(epoch) == 1
     client.force_login(user)
-    assert client.get("/admin/jobs/job/archive/").status_code == 302  # to the admin login
+    assert client.get("/admin/orchestration_jobs/job/archive/").status_code == 302  # to the admin login
     client.force_login(staff)
-    assert "Archived jobs" in client.get("/admin/jobs/job/").content.decode()
-    listing = client.get("/admin/jobs/job/archive/?status=DEAD_LETTER").content.decode()
+    assert "Archived jobs" in client.get("/admin/orchestration_jobs/job/").content.decode()
+    listing = client.get("/admin/orchestration_jobs/job/archive/?status=DEAD_LETTER").content.decode()
     assert str(job.id) in listing
-    assert str(job.id) not in client.get("/admin/jobs/job/archive/?status=SUCCEEDED").content.decode()
-    assert str(job.id) in client.get(f"/admin/jobs/job/archive/?q={job.id}").content.decode()
-    assert str(job.id) not in client.get(f"/admin/jobs/job/archive/?q={uuid.uuid4()}").content.decode()
-    refused = client.get("/admin/jobs/job/archive/?status=EXPLODED").content.decode()
+    assert str(job.id) not in client.get("/admin/orchestration_jobs/job/archive/?status=SUCCEEDED").content.decode()
+    assert str(job.id) in client.get(f"/admin/orchestration_jobs/job/archive/?q={job.id}").content.decode()
+    assert str(job.id) not in client.get(f"/admin/orchestration_jobs/job/archive/?q={uuid.uuid4()}").content.decode()
+    refused = client.get("/admin/orchestration_jobs/job/archive/?status=EXPLODED").content.decode()
     assert "status: Select a valid choice" in refused  # named, not an empty page
     assert str(job.id) not in refused
-    page = client.get(f"/admin/jobs/job/archive/{job.id}/").content.decode()
+    page = client.get(f"/admin/orchestration_jobs/job/archive/{job.id}/").content.decode()
     assert "boom 1" in page
     assert "read-only" in page
-    assert client.get(f"/admin/jobs/job/archive/{uuid.uuid4()}/").status_code == 404
+    assert client.get(f"/admin/orchestration_jobs/job/archive/{uuid.uuid4()}/").status_code == 404
 
 
 @pytest.mark.django_db

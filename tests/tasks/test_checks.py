@@ -53,12 +53,12 @@ def test_a_task_module_that_does_not_import_is_reported_and_the_others_load(task
     registry.load_task_modules([broken, "tests.tasks_app.tasks"], keep_errors=True)
     try:
         [error] = backend_check()
-        assert error.id == "jobs.E101"
+        assert error.id == "orchestration.E101"
         assert "tests.tasks_app.missing_module" in error.msg
         assert "ModuleNotFoundError" in error.msg
         from orchestration.worker import task_modules_problem
 
-        assert "jobs.E101" in (task_modules_problem() or "")  # and a worker will not start
+        assert "orchestration.E101" in (task_modules_problem() or "")  # and a worker will not start
     finally:
         registry.IMPORT_ERRORS.pop(broken)
     with pytest.raises(ModuleNotFoundError):
@@ -67,16 +67,16 @@ def test_a_task_module_that_does_not_import_is_reported_and_the_others_load(task
 
 def test_a_tasks_queue_must_be_declared_and_consumed(tasks_app, settings):
     settings.WORKER_QUEUES = ["default"]
-    assert "jobs.W103" not in ids(backend_check())
+    assert "orchestration.W103" not in ids(backend_check())
     copy = tasks_app.multiply.using(queue_name="emails")  # declared, but no worker consumes it
     registry._TASKS["tests.check.emails"] = copy
     try:
         [warning] = [m for m in backend_check() if m.obj == copy.module_path]
-        assert warning.id == "jobs.W103"
+        assert warning.id == "orchestration.W103"
         assert "'emails', which no worker consumes" in warning.msg
         settings.QUEUES = {name: q for name, q in settings.QUEUES.items() if name != "emails"}  # no longer declared
         [error] = [m for m in backend_check() if m.obj == copy.module_path]
-        assert error.id == "jobs.E102"
+        assert error.id == "orchestration.E102"
         assert "emails" in error.msg
     finally:
         del registry._TASKS["tests.check.emails"]
@@ -87,7 +87,7 @@ def test_a_named_owner_must_exist(tasks_app, settings, user):
     settings.TASKS = {"default": {**backend, "OPTIONS": {"OWNER": "nobody"}}}
     assert backend_check() == []  # the database is read only when asked to
     [error] = backend_check(databases=["default"])
-    assert error.id == "jobs.E104"
+    assert error.id == "orchestration.E104"
     assert "user 'nobody', does not exist" in error.msg
     settings.TASKS = {"default": {**backend, "OPTIONS": {"OWNER": user.username}}}
     assert backend_check(databases=["default"]) == []
@@ -101,7 +101,7 @@ def test_on_django_5_2_the_backport_must_be_installed(monkeypatch):
     )
     monkeypatch.setattr(jobs_apps.apps, "is_installed", lambda name: name != "django_tasks")
     [error] = jobs_apps.tasks_framework_problems()
-    assert error.id == "jobs.E105"
+    assert error.id == "orchestration.E105"
     assert "add 'django_tasks' to INSTALLED_APPS" in error.hint
 
 

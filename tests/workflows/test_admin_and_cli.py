@@ -33,17 +33,17 @@ def test_admin_shows_the_graph_and_the_tasks(client, staff, api):
     ).json()
     run_all()
     client.force_login(staff)
-    html = client.get(f"/admin/workflows/workflow/{wf['id']}/change/").content.decode()
+    html = client.get(f"/admin/orchestration_workflows/workflow/{wf['id']}/change/").content.decode()
     assert "<svg" in html
     assert "extract" in html
     assert "load" in html
     assert "SUCCEEDED" in html
-    assert client.get("/admin/workflows/workflow/").status_code == 200
+    assert client.get("/admin/orchestration_workflows/workflow/").status_code == 200
 
 
 def test_admin_is_for_staff_only(client, user):
     client.force_login(user)
-    assert client.get("/admin/workflows/workflow/").status_code == 302
+    assert client.get("/admin/orchestration_workflows/workflow/").status_code == 302
 
 
 def test_cli_submits_waits_and_shows(tmp_path, user):

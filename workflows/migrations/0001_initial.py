@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('jobs', '0006_job_breaker_held_at'),
+        ('orchestration_jobs', '0006_job_breaker_held_at'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -36,7 +36,7 @@ class Migration(migrations.Migration):
                 ('finished_at', models.DateTimeField(blank=True, null=True)),
                 ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workflows', to=settings.AUTH_USER_MODEL)),
             ],
-            options={
+            options={'db_table': 'workflows_workflow', 
                 'ordering': ['-created_at', '-id'],
             },
         ),
@@ -56,11 +56,11 @@ class Migration(migrations.Migration):
                 ('skipped', models.BooleanField(default=False)),
                 ('succeeded_seq', models.PositiveIntegerField(blank=True, null=True)),
                 ('compensation_state', models.CharField(choices=[('NONE', 'None'), ('PENDING', 'Pending'), ('RUNNING', 'Running'), ('SUCCEEDED', 'Succeeded'), ('FAILED', 'Failed')], default='NONE', max_length=16)),
-                ('compensation_job', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='compensated_task', to='jobs.job')),
-                ('job', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='workflow_task', to='jobs.job')),
-                ('workflow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='workflows.workflow')),
+                ('compensation_job', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='compensated_task', to='orchestration_jobs.job')),
+                ('job', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='workflow_task', to='orchestration_jobs.job')),
+                ('workflow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='orchestration_workflows.workflow')),
             ],
-            options={
+            options={'db_table': 'workflows_workflowtask', 
                 'ordering': ['workflow', 'position'],
             },
         ),

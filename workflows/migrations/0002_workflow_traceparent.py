@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("workflows", "0001_initial")]
+    dependencies = [("orchestration_workflows", "0001_initial")]
 
     operations = [
         migrations.AddField(

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0002_workflow_traceparent'),
+        ('orchestration_workflows', '0002_workflow_traceparent'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0003_v7_ids'),
+        ('orchestration_workflows', '0003_v7_ids'),
     ]
 
     operations = [
