@@ -1,5 +1,5 @@
 """The Celery app shared by every role. Workers and the bridge import it; the tasks (one job,
-or a batch) live in `orchestration.tasks`."""
+or a batch) live in `orchestration.celery_tasks`."""
 
 import contextlib
 import os
@@ -16,7 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # meanwhile (a PostgreSQL restart) fails its first statement, and the worker reconnects and
 # runs it once more (`orchestration.worker.outcomes.with_reconnect`, claims.claim_many).
 app.conf["CELERY_DB_REUSE_MAX"] = 10_000
-app.autodiscover_tasks()
+app.autodiscover_tasks(related_name="celery_tasks")  # not `tasks`: that name is for Django tasks
 
 
 @worker_init.connect

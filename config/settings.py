@@ -291,7 +291,7 @@ SPECTACULAR_SETTINGS = {
 # --- Jobs -------------------------------------------------------------------------------
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # Modules imported at start-up so their @handler registrations exist in every role.
-JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=["orchestration.builtin_handlers"])
+JOB_HANDLER_MODULES = env.list("JOB_HANDLER_MODULES", default=[])
 # Django tasks (jobs/task_backend.py): the modules whose @task functions every role imports
 # and workers run, each as jobs of type "<module>.<function>". Only these: a job's type never
 # makes a process import anything.

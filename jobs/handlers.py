@@ -1,7 +1,13 @@
 """The handler registry: job `type` → the function that runs it.
 
-Register with the decorator; modules listed in `settings.JOB_HANDLER_MODULES` are imported
-when Django starts, in every role, so submit-time validation and workers agree:
+Where a handler goes: in a module of your own (`billing/handlers.py`), listed in
+`JOB_HANDLER_MODULES`. Every role imports those modules when Django starts, and each needs
+them: the web refuses a job whose type no handler has, the bridge sets aside (dead-letters
+with the reason) a message whose type it does not know, and a worker runs the handler. So
+set JOB_HANDLER_MODULES alike in every role. The built-in `demo.*` handlers are registered
+whatever it lists (`orchestration.demo_handlers`). Django `@task`s are the other way in
+(`jobs.task_backend`, JOB_TASK_MODULES); Celery's own tasks, which carry jobs to workers,
+are `orchestration.celery_tasks`, not a place for your code.
 
     @handler("billing.charge")
     def charge(payload: dict, ctx: JobContext) -> dict: ...

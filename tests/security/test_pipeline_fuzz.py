@@ -60,7 +60,7 @@ def fuzz_stack(topics, log_topics, ch_table, queue, tmp_path, transactional_db):
     stack = Stack(
         topics, queue, tmp_path,
         **log_shipping_env(log_topics, ch_table),
-        JOB_HANDLER_MODULES="orchestration.builtin_handlers,tests.security.fuzz_handlers",
+        JOB_HANDLER_MODULES="tests.security.fuzz_handlers",
         SCHEDULER_TICK_SECONDS="0.2",
         # Failing on purpose would open fuzz.hostile's circuit breaker and hold the rest of
         # its jobs for the open period: the breaker is tested on its own.

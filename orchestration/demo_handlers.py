@@ -1,4 +1,7 @@
-"""Built-in `demo.*` handlers, always registered: for demos, tests and benchmarks."""
+"""The built-in `demo.*` job handlers, for demos, tests and benchmarks. Always registered:
+the orchestration app imports this module at start in every role (`OrchestrationConfig`),
+whatever JOB_HANDLER_MODULES lists. Your own handlers go in modules of yours listed there
+(`jobs.handlers` says how a handler is written)."""
 
 from __future__ import annotations
 
