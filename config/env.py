@@ -14,7 +14,9 @@ from pathlib import Path
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data")
+# The checkout's .data/, or, installed into another project (no manage.py beside us), the
+# .data/ of the directory it runs in: never inside site-packages.
+DATA_DIR = Path(os.environ.get("DATA_DIR") or (BASE_DIR if (BASE_DIR / "manage.py").exists() else Path.cwd()) / ".data")
 ENV_FILE = DATA_DIR / "env"
 
 env = environ.Env()

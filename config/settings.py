@@ -48,18 +48,19 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_prometheus",
-    "dashboard",
-    "jobs",
-    "workflows",
-    "orchestration",
-    "logs",
-    "metrics",
+    # Ours, by their AppConfig: the installed distribution names them under its own root.
+    "dashboard.apps.DashboardConfig",
+    "jobs.apps.JobsConfig",
+    "workflows.apps.WorkflowsConfig",
+    "orchestration.apps.OrchestrationConfig",
+    "logs.apps.LogsConfig",
+    "metrics.apps.MetricsConfig",
 ]
 if importlib.util.find_spec("django.tasks") is None:
     # Django 5.2: the Tasks framework comes from the django-tasks backport (Django 6 has it built in).
     INSTALLED_APPS.append("django_tasks")
-if not PRODUCTION:
-    INSTALLED_APPS.append("devtools")  # tooling: `manage.py bench`, `manage.py chaos`
+if not PRODUCTION and (BASE_DIR / "devtools").is_dir():  # the checkout's, not an installed copy's
+    INSTALLED_APPS.append("devtools.apps.DevtoolsConfig")  # tooling: `manage.py bench`, `manage.py chaos`
 
 MIDDLEWARE = [
     # Request counts and latencies by view and status (django-prometheus), around everything.

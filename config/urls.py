@@ -2,10 +2,6 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-
-from metrics import health
-from metrics import views as metrics_views
 
 urlpatterns = [
     # The admin's pages of jobs and workflows moved with the apps' labels (jobs.labels): old
@@ -16,19 +12,7 @@ urlpatterns = [
         RedirectView.as_view(url="/admin/orchestration_%(label)s/%(rest)s", permanent=True, query_string=True),
     ),
     path("admin/", admin.site.urls),
-    path("api/v1/", include("jobs.urls")),
-    path("api/v1/", include("logs.urls")),
-    path("api/v1/", include("workflows.urls")),
-    path("api/v1/", include("orchestration.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("metrics", metrics_views.metrics, name="metrics"),
-    path("metrics/", metrics_views.metrics),
-    path("health/live", health.live),
-    path("health/live/", health.live, name="health-live"),
-    path("health/ready", health.ready),
-    path("health/ready/", health.ready, name="health-ready"),
-    path("", include("dashboard.urls")),
+    path("", include("config.platform_urls")),  # the API, /metrics, /health, the dashboard
 ]
 
 

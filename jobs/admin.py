@@ -18,7 +18,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -44,7 +44,7 @@ def render_job_logs(job: Job) -> str:
     """The job's last log lines from ClickHouse, oldest first, coloured by level."""
     from logs import search
 
-    link = format_html('<a href="/api/v1/jobs/{}/logs/">all log records of this job</a>', job.id)
+    link = format_html('<a href="{}">all log records of this job</a>', reverse("job-logs", args=[job.id]))
     try:
         records, more = search.search(search.LogQuery(job_id=job.id, limit=ADMIN_LOG_LINES))
     except search.LogStoreUnavailable as exc:
