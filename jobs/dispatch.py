@@ -9,7 +9,7 @@ Small and versioned. What each field is for: `job_id` and `dispatch_token` claim
 the current token can win); `type` asks the breaker and finds the handler; `queue` and
 `priority` route the Celery message; `concurrency_key`/`_limit` decide whether the claim takes
 a slot; `owner_id`, `attempt`, `workflow_id` tag the lines a worker or the bridge writes about
-the job before it is claimed (held, claim lost, dead-lettered), so its owner finds them in the
+the job before it is claimed (blocked, paused, claim lost, dead-lettered), so its owner finds them in the
 job's logs; `traceparent` (W3C) continues the job's trace in every role it passes (the
 submit's span, or the scheduler's release of this attempt); `lane` is set by the relay:
 "express" for a dispatch whose owner had few jobs in flight in its queue (workers take those

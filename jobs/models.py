@@ -43,19 +43,25 @@ def default_backoff() -> dict[str, Any]:
     return {"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}
 
 
-# A job held for room by its concurrency key (not by its breaker, nor for its owner's share of
-# the workers: their own scans release those): the job_keyed_held index's condition, in the
-# SQL of the held scan and of its release, which must imply it for the index to serve them
+# The words for a job waiting without a dispatch, each with its own scan to release it:
+#   blocked   by its concurrency key, at its limit     (BLOCKED_SQL; jobs_heldkey registers the keys)
+#   paused    by its owner's open breaker for its type  (breaker_held_at)
+#   deferred  for its owner's share of the long slots   (slot_held_at)
+# Columns, tables and indexes keep the names they were created with ("held"): a rename in
+# place would break the release still running during a deploy (docs/design.md, migrations).
+#
+# A job blocked by its concurrency key: the job_keyed_held index's condition, in the SQL of
+# the blocked scan and of its release, which must imply it for the index to serve them
 # ({t}: the table's alias and a dot, or nothing).
-HELD_SQL = (
+BLOCKED_SQL = (
     "{t}status = 'PENDING' AND {t}dispatch_token IS NULL AND {t}concurrency_key IS NOT NULL"
     " AND {t}breaker_held_at IS NULL AND {t}slot_held_at IS NULL"
 )
-# A held job due by %(now)s: a range of the job_keyed_held index, then the exact test on each
+# A blocked job due by %(now)s: a range of the job_keyed_held index, then the exact test on each
 # row. created_at comes from a web process's
 # clock and now from the scheduler's, so a job may look made a moment after now: the range
 # reaches a minute further (at most a minute of scheduled jobs to step over).
-HELD_DUE_SQL = (
+BLOCKED_DUE_SQL = (
     "coalesce({t}run_at, {t}created_at) <= %(now)s + interval '1 minute'"
     " AND ({t}run_at IS NULL OR {t}run_at <= %(now)s)"
 )
@@ -105,11 +111,11 @@ class Job(models.Model):
         related_name="jobs",
         db_index=False,
     )  # indexed only where set (job_workflow): most jobs have none
-    # Held back by its type's open circuit breaker (PENDING, no dispatch) since then; the
-    # scheduler releases held jobs when the breaker lets them through.
+    # Paused by its type's open circuit breaker (PENDING, no dispatch) since then; the
+    # scheduler releases paused jobs when the breaker lets them through.
     breaker_held_at = models.DateTimeField(null=True, blank=True)
-    # Held back (PENDING, no dispatch) since then because its owner held its share of the
-    # queue's workers with long jobs (orchestration.fair_slots); released as they end.
+    # Deferred (PENDING, no dispatch) since then because its owner had its share of the
+    # queue's workers busy with long jobs (orchestration.fair_slots); released as they end.
     slot_held_at = models.DateTimeField(null=True, blank=True)
     # The job's trace (W3C traceparent of its submit span; NULL when tracing was off): every
     # dispatch of it, retries included, continues this trace (config.tracing).
@@ -159,14 +165,14 @@ class Job(models.Model):
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="job_queued_at"),
             # What each queue's window holds, per owner: the relay's room and lanes.
             models.Index(fields=["queue", "owner"], condition=Q(status=JobStatus.QUEUED), name="job_queued_owner"),
-            # Jobs held by their owner's breaker for their type: the breaker scan skips from
+            # Jobs paused by their owner's breaker for their type: the paused scan skips from
             # (owner, type) to (owner, type) and releases each pair's oldest first.
             models.Index(
                 fields=["owner", "type", "breaker_held_at"],
                 condition=Q(status=JobStatus.PENDING, breaker_held_at__isnull=False),
                 name="job_owner_breaker_held",
             ),
-            # Jobs held for their owner's share of a queue's workers: the slot scan skips from
+            # Jobs deferred for their owner's share of a queue's workers: the deferred scan skips from
             # (owner, queue) to (owner, queue), then from type to type within it, and releases
             # each one's oldest first.
             models.Index(
@@ -174,9 +180,9 @@ class Job(models.Model):
                 condition=Q(status=JobStatus.PENDING, slot_held_at__isnull=False),
                 name="job_slot_held",
             ),
-            # Keyed jobs held for room, per (owner, key) in the order they became due: the
-            # held scan skips from key to key and reads only each key's first due jobs, so a
-            # key with a million held (or far-future) jobs costs it no more than one with one.
+            # Keyed jobs blocked for room, per (owner, key) in the order they became due: the
+            # blocked scan skips from key to key and reads only each key's first due jobs, so a
+            # key with a million blocked (or far-future) jobs costs it no more than one with one.
             models.Index(
                 "owner",
                 "concurrency_key",
@@ -270,12 +276,12 @@ class ConcurrencySlot(models.Model):
         return f"{owner_id}:{concurrency_key}"
 
 
-class HeldKey(models.Model):
-    """An owner's concurrency key that holds jobs (PENDING, no dispatch: the key was full, or
-    they wait for a `run_at`), and when the held scan should look at it next: a job of it
+class BlockedKey(models.Model):
+    """An owner's concurrency key that blocks jobs (PENDING, no dispatch: the key was full, or
+    they wait for a `run_at`), and when the blocked scan should look at it next: a job of it
     comes due, or a slot of it frees (the statement that ends a keyed attempt brings this
-    forward). The held scan reads only the keys whose time has come, so a million keys with
-    far-future or full jobs cost it nothing; rows are written beside the holds that need them
+    forward). The blocked scan reads only the keys whose time has come, so a million keys with
+    far-future or full jobs cost it nothing; rows are written beside the blocks that need them
     and a slow sweep registers any key a writer missed (a rolling deploy's older code)."""
 
     id = models.BigAutoField(primary_key=True)

@@ -20,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies, visibility
 from jobs.errors import JobNotFound, ScheduleNotFound
-from jobs.models import HELD_DUE_SQL, HELD_SQL, Job, JobStatus, Schedule
+from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Job, JobStatus, Schedule
 
 M = TypeVar("M", Job, Schedule)
 
@@ -270,8 +270,8 @@ def job_counts_by_status() -> dict[str, int]:
     return tallies.status_counts()
 
 
-def job_breaker_held_counts() -> dict[str, int]:
-    """Jobs held by an open breaker, per type, all owners (absent: none held)."""
+def job_breaker_paused_counts() -> dict[str, int]:
+    """Jobs paused by an open breaker, per type, all owners (absent: none paused)."""
     return dict(
         Job.objects.filter(status=JobStatus.PENDING, breaker_held_at__isnull=False)
         .order_by()
@@ -280,32 +280,32 @@ def job_breaker_held_counts() -> dict[str, int]:
     )
 
 
-def _pairs_after_sql(held: str, second: str) -> str:
-    """(owner, `second`) pairs of jobs matching `held` after a cursor (%(owner)s, %(second)s),
+def _pairs_after_sql(where: str, second: str) -> str:
+    """(owner, `second`) pairs of jobs matching `where` after a cursor (%(owner)s, %(second)s),
     in order, at most %(limit)s: a skip scan of an index leading with (owner, `second`) under
     that condition, one probe per pair however many jobs each has (a DISTINCT would read them
-    all every tick). `held` (unqualified columns: they are the inner scan's, the only table
+    all every tick). `where` (unqualified columns: they are the inner scan's, the only table
     with them) and `second` are constants of this module, never input."""
     return f"""
-WITH RECURSIVE held AS (
+WITH RECURSIVE pairs AS (
     (SELECT owner_id, {second} FROM jobs_job
-      WHERE {held} AND (owner_id, {second}) > (%(owner)s, %(second)s)
+      WHERE {where} AND (owner_id, {second}) > (%(owner)s, %(second)s)
       ORDER BY owner_id, {second} LIMIT 1)
     UNION ALL
     SELECT n.owner_id, n.{second}
-      FROM held h CROSS JOIN LATERAL (
+      FROM pairs h CROSS JOIN LATERAL (
            SELECT j.owner_id, j.{second} FROM jobs_job j
-            WHERE {held} AND (j.owner_id, j.{second}) > (h.owner_id, h.{second})
+            WHERE {where} AND (j.owner_id, j.{second}) > (h.owner_id, h.{second})
             ORDER BY j.owner_id, j.{second} LIMIT 1) n
 )
-SELECT owner_id, {second} FROM held LIMIT %(limit)s
+SELECT owner_id, {second} FROM pairs LIMIT %(limit)s
 """  # noqa: S608 (constants only)
 
 
-# (owner, type) pairs with breaker-held jobs (job_owner_breaker_held), and (owner, queue)
-# pairs with jobs held for the owner's share of the queue's workers (job_slot_held).
-_BREAKER_HELD_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND breaker_held_at IS NOT NULL", "type")
-_SLOT_HELD_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND slot_held_at IS NOT NULL", "queue")
+# (owner, type) pairs with jobs paused by their breaker (job_owner_breaker_held), and (owner,
+# queue) pairs with jobs deferred for the owner's share of the queue's workers (job_slot_held).
+_BREAKER_PAUSED_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND breaker_held_at IS NOT NULL", "type")
+_SHARE_DEFERRED_KEYS_SQL = _pairs_after_sql("status = 'PENDING' AND slot_held_at IS NOT NULL", "queue")
 
 
 def _pairs_after(sql: str, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
@@ -315,38 +315,38 @@ def _pairs_after(sql: str, after: tuple[int, str] | None, limit: int) -> list[tu
         return [(row[0], row[1]) for row in cur.fetchall()]
 
 
-def job_slot_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
-    """Up to `limit` (owner, queue) pairs that have jobs held for the owner's share of the
-    queue's workers, in order after `after`. The cost is per pair, not per held job."""
-    return _pairs_after(_SLOT_HELD_KEYS_SQL, after, limit)
+def job_share_deferred_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` (owner, queue) pairs that have jobs deferred for the owner's share of the
+    queue's workers, in order after `after`. The cost is per pair, not per deferred job."""
+    return _pairs_after(_SHARE_DEFERRED_KEYS_SQL, after, limit)
 
 
-# The types of a pair's held jobs: a skip scan within (owner, queue), one probe per type.
-_SLOT_HELD_TYPES_SQL = """
-WITH RECURSIVE held(type) AS (
+# The types of a pair's deferred jobs: a skip scan within (owner, queue), one probe per type.
+_SHARE_DEFERRED_TYPES_SQL = """
+WITH RECURSIVE types(type) AS (
     (SELECT type FROM jobs_job
       WHERE status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(queue)s
       ORDER BY type LIMIT 1)
     UNION ALL
     SELECT (SELECT j.type FROM jobs_job j
              WHERE j.status = 'PENDING' AND j.slot_held_at IS NOT NULL AND j.owner_id = %(owner)s
-               AND j.queue = %(queue)s AND j.type > held.type
+               AND j.queue = %(queue)s AND j.type > types.type
              ORDER BY j.type LIMIT 1)
-      FROM held WHERE held.type IS NOT NULL
+      FROM types WHERE types.type IS NOT NULL
 )
-SELECT type FROM held WHERE type IS NOT NULL LIMIT %(limit)s
+SELECT type FROM types WHERE type IS NOT NULL LIMIT %(limit)s
 """
 
 
-def job_slot_held_types(owner: int, queue: str, *, limit: int = 100) -> list[str]:
-    """The types of an owner's jobs held for its share of a queue's workers (at most `limit`)."""
+def job_share_deferred_types(owner: int, queue: str, *, limit: int = 100) -> list[str]:
+    """The types of an owner's jobs deferred for its share of a queue's workers (at most `limit`)."""
     with connection.cursor() as cur:
-        cur.execute(_SLOT_HELD_TYPES_SQL, {"owner": owner, "queue": queue, "limit": limit})
+        cur.execute(_SHARE_DEFERRED_TYPES_SQL, {"owner": owner, "queue": queue, "limit": limit})
         return [row[0] for row in cur.fetchall()]
 
 
 def job_not_started(ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Of jobs released to run, those still on their way: dispatched, not started, not held
+    """Of jobs released to run, those still on their way: dispatched, not started, not deferred
     again (one primary-key probe each)."""
     if not ids:
         return set()
@@ -357,34 +357,34 @@ def job_not_started(ids: list[uuid.UUID]) -> set[uuid.UUID]:
     )
 
 
-def job_breaker_held_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
-    """Up to `limit` (owner, type) pairs that have jobs held by their breaker, in order after
-    `after` (a previous page's last pair). The cost is per pair, not per held job."""
-    return _pairs_after(_BREAKER_HELD_KEYS_SQL, after, limit)
+def job_breaker_paused_keys(*, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` (owner, type) pairs that have jobs paused by their breaker, in order after
+    `after` (a previous page's last pair). The cost is per pair, not per paused job."""
+    return _pairs_after(_BREAKER_PAUSED_KEYS_SQL, after, limit)
 
 
-_HELD = HELD_SQL.format(t="h.")
-_DUE = HELD_DUE_SQL.format(t="h.")
-# A pair's room: the limit its first due held job carries, less its running jobs and its jobs
+_BLOCKED = BLOCKED_SQL.format(t="h.")
+_DUE = BLOCKED_DUE_SQL.format(t="h.")
+# A pair's room: the limit its first due blocked job carries, less its running jobs and its jobs
 # already dispatched (0 when none is due). A few index probes, however many jobs it holds.
 _ROOM_SQL = f"""
 SELECT p.owner_id, p.key, coalesce(first.lim - coalesce(slot.running, 0) - dispatched.n, 0)
   FROM pairs p
  LEFT JOIN LATERAL (
        SELECT coalesce(h.concurrency_limit, 1) AS lim FROM jobs_job h
-        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.key AND {_DUE}
+        WHERE {_BLOCKED} AND h.owner_id = p.owner_id AND h.concurrency_key = p.key AND {_DUE}
         ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first ON true
   LEFT JOIN jobs_concurrencyslot slot ON slot.key = p.owner_id::text || ':' || p.key
  CROSS JOIN LATERAL (
        SELECT count(*) AS n FROM jobs_job f
         WHERE f.owner_id = p.owner_id AND f.concurrency_key = p.key
           AND f.status IN ('PENDING', 'QUEUED') AND f.dispatch_token IS NOT NULL) dispatched
-"""  # noqa: S608 (_HELD is a constant)
+"""  # noqa: S608 (_BLOCKED is a constant)
 
-# The registered keys whose time to be looked at has come (jobs.models.HeldKey), the longest
+# The registered keys whose time to be looked at has come (jobs.models.BlockedKeyDue), the longest
 # waiting first, with their room. "Now" is the later of the scheduler's clock and the
 # database's (which the writers of "look at once" use).
-_HELD_KEYS_DUE_SQL = f"""
+_BLOCKED_KEYS_DUE_SQL = f"""
 WITH pairs AS (
     SELECT owner_id, key, visit_at FROM jobs_heldkey WHERE visit_at <= greatest(%(now)s, now())
      ORDER BY visit_at LIMIT %(limit)s
@@ -393,7 +393,7 @@ WITH pairs AS (
 """  # noqa: S608 (a constant)
 
 
-class HeldKey(NamedTuple):
+class BlockedKeyDue(NamedTuple):
     """An owner's concurrency key that holds jobs, and how many of them may go now."""
 
     owner: int
@@ -401,67 +401,67 @@ class HeldKey(NamedTuple):
     room: int  # 0 or less: full, or nothing due yet
 
 
-def job_held_keys_due(*, now: datetime, limit: int) -> list[HeldKey]:
+def job_blocked_keys_due(*, now: datetime, limit: int) -> list[BlockedKeyDue]:
     """Up to `limit` registered (owner, concurrency key) pairs whose time to be looked at has
     come, the longest waiting first, each with its room. Keys with jobs due later, or full
     ones already looked at, cost nothing here."""
     with connection.cursor() as cur:
-        cur.execute(_HELD_KEYS_DUE_SQL, {"now": now, "limit": limit})
-        return [HeldKey(*row) for row in cur.fetchall()]
+        cur.execute(_BLOCKED_KEYS_DUE_SQL, {"now": now, "limit": limit})
+        return [BlockedKeyDue(*row) for row in cur.fetchall()]
 
 
 # After a pair's look: its row goes when it holds no job any more; else it is looked at again
-# when its first held job is due, or `revisit` when one is due already (the key was full: the
+# when its first blocked job is due, or `revisit` when one is due already (the key was full: the
 # statement that ends a keyed attempt brings it forward as soon as a slot frees).
-_HELD_KEY_DONE_SQL = f"""
+_BLOCKED_KEY_DONE_SQL = f"""
 DELETE FROM jobs_heldkey k WHERE k.owner_id = %(owner)s AND k.key = %(key)s
-   AND NOT EXISTS (SELECT 1 FROM jobs_job h WHERE {_HELD} AND h.owner_id = k.owner_id AND h.concurrency_key = k.key)
-"""  # noqa: S608 (_HELD is a constant)
-_HELD_KEY_NEXT_SQL = f"""
+   AND NOT EXISTS (SELECT 1 FROM jobs_job h WHERE {_BLOCKED} AND h.owner_id = k.owner_id AND h.concurrency_key = k.key)
+"""  # noqa: S608 (_BLOCKED is a constant)
+_BLOCKED_KEY_NEXT_SQL = f"""
 UPDATE jobs_heldkey SET visit_at = CASE WHEN n.first <= %(now)s THEN %(revisit)s ELSE n.first END
   FROM (SELECT coalesce(h.run_at, h.created_at) AS first FROM jobs_job h
-         WHERE {_HELD} AND h.owner_id = %(owner)s AND h.concurrency_key = %(key)s
+         WHERE {_BLOCKED} AND h.owner_id = %(owner)s AND h.concurrency_key = %(key)s
          ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) n
  WHERE owner_id = %(owner)s AND key = %(key)s
-"""  # noqa: S608 (_HELD is a constant)
+"""  # noqa: S608 (_BLOCKED is a constant)
 
 
-def job_held_key_looked_at(owner: int, key: str, *, now: datetime, revisit: datetime) -> None:
-    """Record that the held scan looked at a pair (see _HELD_KEY_DONE_SQL)."""
+def job_blocked_key_looked_at(owner: int, key: str, *, now: datetime, revisit: datetime) -> None:
+    """Record that the blocked scan looked at a pair (see _BLOCKED_KEY_DONE_SQL)."""
     params: dict[str, Any] = {"owner": owner, "key": key, "now": now, "revisit": revisit}
     with connection.cursor() as cur:
-        cur.execute(_HELD_KEY_DONE_SQL, params)
+        cur.execute(_BLOCKED_KEY_DONE_SQL, params)
         if not cur.rowcount:
-            cur.execute(_HELD_KEY_NEXT_SQL, params)
+            cur.execute(_BLOCKED_KEY_NEXT_SQL, params)
 
 
 # Every (owner, key) pair that holds jobs, after a cursor (the skip scan of `_pairs_after_sql`
-# on job_keyed_held), with its first held job's due time: the sweep that registers any key a
+# on job_keyed_held), with its first blocked job's due time: the sweep that registers any key a
 # writer missed.
-_HELD_PAIRS_SQL = f"""
-WITH probed AS ({_pairs_after_sql(HELD_SQL.format(t=""), "concurrency_key")})
+_BLOCKED_PAIRS_SQL = f"""
+WITH probed AS ({_pairs_after_sql(BLOCKED_SQL.format(t=""), "concurrency_key")})
 SELECT p.owner_id, p.concurrency_key, first.due
   FROM probed p CROSS JOIN LATERAL (
        SELECT coalesce(h.run_at, h.created_at) AS due FROM jobs_job h
-        WHERE {_HELD} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key
+        WHERE {_BLOCKED} AND h.owner_id = p.owner_id AND h.concurrency_key = p.concurrency_key
         ORDER BY coalesce(h.run_at, h.created_at) LIMIT 1) first
  ORDER BY p.owner_id, p.concurrency_key
 """  # noqa: S608 (constants only)
 
 
-class HeldPair(NamedTuple):
+class BlockedPair(NamedTuple):
     owner: int
     key: str
-    due: datetime  # when its first held job comes due
+    due: datetime  # when its first blocked job comes due
 
 
-def job_held_pairs(*, after: tuple[int, str] | None, limit: int) -> list[HeldPair]:
+def job_blocked_pairs(*, after: tuple[int, str] | None, limit: int) -> list[BlockedPair]:
     """Up to `limit` (owner, concurrency key) pairs that hold jobs, in (owner, key) order after
-    `after`, each with its first held job's due time. The cost is per pair, not per held job."""
+    `after`, each with its first blocked job's due time. The cost is per pair, not per blocked job."""
     owner, key = after if after is not None else (0, "")
     with connection.cursor() as cur:
-        cur.execute(_HELD_PAIRS_SQL, {"limit": limit, "owner": owner, "second": key})
-        return [HeldPair(*row) for row in cur.fetchall()]
+        cur.execute(_BLOCKED_PAIRS_SQL, {"limit": limit, "owner": owner, "second": key})
+        return [BlockedPair(*row) for row in cur.fetchall()]
 
 
 class ExpiredLease(NamedTuple):

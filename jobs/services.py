@@ -211,8 +211,8 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
             ],
             now,
         )
-        # Keyed jobs due later wait held by their key: the held scan looks at their key then.
-        transitions.register_held_keys(
+        # Keyed jobs due later wait blocked by their key: the blocked scan looks at their key then.
+        transitions.register_blocked_keys(
             [
                 (owner_id, r.spec.concurrency_key, r.spec.run_at)
                 for r in rows
@@ -332,7 +332,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
         if not transitions.requeue(job_id, dispatch_token=token):
             _raise_illegal(job_id, "retry")
         if token is None and job.concurrency_key and job.run_at:
-            transitions.register_held_keys([(job.owner_id, job.concurrency_key, job.run_at)])
+            transitions.register_blocked_keys([(job.owner_id, job.concurrency_key, job.run_at)])
         if token is not None:
             attempt = job.attempt_seq + 1
             envelope = DispatchEnvelope.build(

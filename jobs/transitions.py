@@ -28,7 +28,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from jobs import outputs
-from jobs.models import HELD_DUE_SQL, HELD_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
+from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, TERMINAL_STATUSES, AttemptStatus, ConcurrencySlot, Job, JobStatus
 from metrics import prom
 
 WAITING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING)
@@ -241,7 +241,7 @@ def _unique_ids(dispatches: list[tuple[str, str]]) -> list[str]:
     return list(dict.fromkeys(job_id for job_id, _ in dispatches))
 
 
-_HELD_SQL = """
+_OWNED_SQL = """
 SELECT j.id, j.attempt_seq, j.attempts, j.max_attempts, j.type, j.queue, j.payload, j.backoff, j.timeout_seconds,
        j.owner_id, j.workflow_id, coalesce(j.queued_at, j.created_at), j.dispatch_token, j.lease_expires_at
   FROM jobs_job j JOIN unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token) ON j.id = u.id
@@ -249,7 +249,7 @@ SELECT j.id, j.attempt_seq, j.attempts, j.max_attempts, j.type, j.queue, j.paylo
 """
 
 
-def claims_held(dispatches: list[tuple[str, str]], *, worker: str) -> list[Claim]:
+def claims_owned(dispatches: list[tuple[str, str]], *, worker: str) -> list[Claim]:
     """The claims `worker` already holds on these dispatches: after a claim whose commit
     landed but whose reply was lost, running the claim again wins nothing, and without this
     the job would sit RUNNING until reaped (LOST: a used attempt for a job that never ran)."""
@@ -257,7 +257,7 @@ def claims_held(dispatches: list[tuple[str, str]], *, worker: str) -> list[Claim
         return []
     with connection.cursor() as cur:
         cur.execute(
-            _HELD_SQL,
+            _OWNED_SQL,
             {"ids": pg_array(d[0] for d in dispatches), "tokens": pg_array(d[1] for d in dispatches),
              "worker": worker},
         )  # fmt: skip
@@ -292,7 +292,7 @@ SELECT id FROM back
 
 def hand_back_many(claims: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
     """RUNNING → QUEUED for claimed (job id, attempt) whose handler never ran, undoing the
-    claim. A job that meanwhile got a cancel request, or is no longer held by that attempt,
+    claim. A job that meanwhile got a cancel request, or is no longer owned by that attempt,
     stays as it is. Returns the ids handed back; the caller dispatches them again."""
     if not claims:
         return set()
@@ -650,27 +650,27 @@ _RELEASE_SCANS = {
     # RETRYING whose backoff is over
     "retries": ("status = 'RETRYING' AND next_retry_at <= %(now)s", "next_retry_at"),
     # PENDING jobs waiting for run_at (no dispatch yet). Not a job with a concurrency key (the
-    # held scan releases those, as far as the key has room) nor one its breaker holds (the
-    # breaker scan's): either would be dispatched, and held again, on every tick.
+    # blocked scan releases those, as far as the key has room) nor one its breaker paused (the
+    # paused scan's): either would be dispatched, and stopped again, on every tick.
     "delayed": (
         "status = 'PENDING' AND run_at IS NOT NULL AND dispatch_token IS NULL AND run_at <= %(now)s"
         " AND concurrency_key IS NULL AND breaker_held_at IS NULL AND slot_held_at IS NULL",
         "run_at",
     ),
-    # jobs held by their concurrency key, in the order they became due, as slots free up (the
+    # jobs blocked by their concurrency key, in the order they became due, as slots free up (the
     # job_keyed_held index: due is a range of it, so far-future jobs are never read)
-    "held": (
-        f"{HELD_SQL.format(t='')} AND concurrency_key = %(key)s AND owner_id = %(owner)s"
-        f" AND {HELD_DUE_SQL.format(t='')}",
+    "blocked": (
+        f"{BLOCKED_SQL.format(t='')} AND concurrency_key = %(key)s AND owner_id = %(owner)s"
+        f" AND {BLOCKED_DUE_SQL.format(t='')}",
         "coalesce(run_at, created_at)",
     ),
-    # jobs held back by their owner's open circuit breaker for their type, oldest first
-    "breaker": (
+    # jobs paused by their owner's open circuit breaker for their type, oldest first
+    "paused": (
         "status = 'PENDING' AND breaker_held_at IS NOT NULL AND owner_id = %(owner)s AND type = %(key)s",
         "breaker_held_at",
     ),
-    # jobs of a type held for their owner's share of a queue's workers, oldest first
-    "slot": (
+    # jobs of a type deferred for their owner's share of a queue's workers, oldest first
+    "deferred": (
         "status = 'PENDING' AND slot_held_at IS NOT NULL AND owner_id = %(owner)s AND queue = %(key)s"
         " AND type = %(type)s",
         "slot_held_at",
@@ -693,8 +693,8 @@ def release_batch(
 ) -> list[Released]:
     """Make up to `limit` due jobs of one kind dispatchable again with a fresh token (one
     statement; rows another scheduler holds are skipped). `key` (and `owner`, for a
-    concurrency key, which is each owner's own; and `type_`, for the slot scan) narrow the
-    held, breaker and slot scans."""
+    concurrency key, which is each owner's own; and `type_`, for the deferred scan) narrow the
+    blocked, paused and deferred scans."""
     condition, order = _RELEASE_SCANS[scan]
     with connection.cursor() as cur:
         cur.execute(
@@ -731,51 +731,51 @@ def give_back_slot(job_id: uuid.UUID | str) -> None:
         cur.execute(_GIVE_BACK_SLOT_SQL, [str(job_id)])
 
 
-# Register keys for the held scan (jobs.models.HeldKey): a row per (owner, key), looked at
+# Register keys for the blocked scan (jobs.models.BlockedKey): a row per (owner, key), looked at
 # no later than `visit_at` (the earliest wins). `{rows}` yields (owner_id, key, visit_at). A
 # key to look at now says so in the database's clock (`now()`), which the scan also reads:
 # a worker's clock ahead of the scheduler's cannot postpone it.
-HELD_KEY_UPSERT_SQL = """
+BLOCKED_KEY_UPSERT_SQL = """
 INSERT INTO jobs_heldkey (owner_id, key, visit_at)
 {rows}
 ON CONFLICT (owner_id, key) DO UPDATE SET visit_at = least(jobs_heldkey.visit_at, EXCLUDED.visit_at)
 """
 
-_HOLD_SQL = f"""
-WITH held AS (
+_BLOCK_SQL = f"""
+WITH blocked AS (
     UPDATE jobs_job SET status = 'PENDING', dispatch_token = NULL, queued_at = NULL, updated_at = %(now)s
      WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED') AND dispatch_token = %(token)s
     RETURNING owner_id, concurrency_key
 ), registered AS (
-    {HELD_KEY_UPSERT_SQL.format(rows="SELECT owner_id, concurrency_key, now() FROM held")}
+    {BLOCKED_KEY_UPSERT_SQL.format(rows="SELECT owner_id, concurrency_key, now() FROM blocked")}
 )
-SELECT count(*) FROM held
+SELECT count(*) FROM blocked
 """  # noqa: S608 (constants only)
 
 
-def hold(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
-    """PENDING/QUEUED → PENDING without a dispatch: its concurrency key is at its limit. The
-    scheduler releases held jobs in the order they became due as slots free up (its key is
-    registered for the held scan in the same statement)."""
+def block_for_key(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
+    """PENDING/QUEUED → PENDING without a dispatch, blocked by its concurrency key, which is at
+    its limit. The scheduler releases blocked jobs in the order they became due as slots free
+    up (its key is registered for the blocked scan in the same statement)."""
     with connection.cursor() as cur:
-        cur.execute(_HOLD_SQL, {"id": str(job_id), "token": str(dispatch_token), "now": timezone.now()})
+        cur.execute(_BLOCK_SQL, {"id": str(job_id), "token": str(dispatch_token), "now": timezone.now()})
         return bool(cur.fetchone()[0])
 
 
-def register_held_keys(keys: list[tuple[int, str, datetime]]) -> None:
-    """(owner, concurrency key, when to look) for keyed jobs held from the start: they wait
+def register_blocked_keys(keys: list[tuple[int, str, datetime]]) -> None:
+    """(owner, concurrency key, when to look) for keyed jobs blocked from the start: they wait
     for a `run_at` (a submit or a retry of a job due later)."""
     if keys:
         with connection.cursor() as cur:
             cur.execute(
-                HELD_KEY_UPSERT_SQL.format(rows="SELECT * FROM unnest(%s::int[], %s::text[], %s::timestamptz[])"),
+                BLOCKED_KEY_UPSERT_SQL.format(rows="SELECT * FROM unnest(%s::int[], %s::text[], %s::timestamptz[])"),
                 [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]],
             )
 
 
-def hold_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
-    """PENDING/QUEUED → PENDING without a dispatch: its type's circuit breaker is open. No
-    attempt is used; the scheduler releases it when the breaker lets jobs through."""
+def pause_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
+    """PENDING/QUEUED → PENDING without a dispatch, paused: its type's circuit breaker is
+    open. No attempt is used; the scheduler releases it when the breaker lets jobs through."""
     now = timezone.now()
     return bool(
         Job.objects.filter(
@@ -788,8 +788,8 @@ def hold_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str
 # workers: the claim is undone (attempt counters back, its RUNNING history row deleted, a
 # concurrency slot it took given back) and it waits without a dispatch until the slot scan
 # releases it. Not a job with a cancel request: that one runs, to be cancelled.
-_HOLD_FOR_SLOT_SQL = """
-WITH held AS (
+_DEFER_FOR_SHARE_SQL = """
+WITH deferred AS (
     UPDATE jobs_job AS j
        SET status = 'PENDING', attempts = j.attempts - 1, attempt_seq = j.attempt_seq - 1, worker = '',
            started_at = NULL, lease_expires_at = NULL, queued_at = NULL, dispatch_token = NULL,
@@ -798,22 +798,23 @@ WITH held AS (
        AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.owner_id::text || ':' || j.concurrency_key AS slot
 ), freed AS (
-    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1 FROM held WHERE s.key = held.slot AND s.running > 0
+    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
+      FROM deferred WHERE s.key = deferred.slot AND s.running > 0
 ), unstarted AS (
-    DELETE FROM jobs_jobattempt AS a USING held
-     WHERE a.job_id = held.id AND a.attempt = %(attempt)s AND (a.status = 'RUNNING') IS TRUE
+    DELETE FROM jobs_jobattempt AS a USING deferred
+     WHERE a.job_id = deferred.id AND a.attempt = %(attempt)s AND (a.status = 'RUNNING') IS TRUE
 )
-SELECT count(*) FROM held
+SELECT count(*) FROM deferred
 """
 
 
-def hold_for_slot(job_id: uuid.UUID | str, *, attempt: int, worker: str) -> bool:
-    """RUNNING (claimed, its handler not started) → PENDING held for its owner's share of the
+def defer_for_share(job_id: uuid.UUID | str, *, attempt: int, worker: str) -> bool:
+    """RUNNING (claimed, its handler not started) → PENDING, deferred for its owner's share of the
     workers, the claim undone. False: the job is no longer this attempt's, or has a cancel
     request (then it runs, to be cancelled)."""
     with connection.cursor() as cur:
         cur.execute(
-            _HOLD_FOR_SLOT_SQL, {"id": str(job_id), "attempt": attempt, "worker": worker, "now": timezone.now()}
+            _DEFER_FOR_SHARE_SQL, {"id": str(job_id), "attempt": attempt, "worker": worker, "now": timezone.now()}
         )
         return bool(cur.fetchone()[0])
 
@@ -827,12 +828,12 @@ def renew_lease(job_id: uuid.UUID | str, *, attempt: int, lease_seconds: float) 
     )
 
 
-def renew_leases(held: list[tuple[uuid.UUID, int]], *, worker: str, lease_seconds: float) -> dict[uuid.UUID, bool]:
+def renew_leases(owned: list[tuple[uuid.UUID, int]], *, worker: str, lease_seconds: float) -> dict[uuid.UUID, bool]:
     """`renew_lease` for every job a worker holds (a batch it claimed and is working through).
-    Returns the jobs still held, each with whether a cancel was requested; a job missing was
+    Returns the jobs it still owns, each with whether a cancel was requested; a job missing was
     taken from the worker (reaped after its lease lapsed, handed back, cancelled). Guarded by
     the worker too: a handed-back job's attempt number is claimed again by another worker."""
-    if not held:
+    if not owned:
         return {}
     with connection.cursor() as cur:
         cur.execute(
@@ -841,7 +842,7 @@ def renew_leases(held: list[tuple[uuid.UUID, int]], *, worker: str, lease_second
                 WHERE j.id = u.id AND (j.status = 'RUNNING') IS TRUE AND j.attempt_seq = u.attempt
                   AND j.worker = %(worker)s
             RETURNING j.id, j.cancel_requested_at IS NOT NULL""",
-            {"ids": pg_array(h[0] for h in held), "attempts": pg_array(h[1] for h in held), "worker": worker,
+            {"ids": pg_array(h[0] for h in owned), "attempts": pg_array(h[1] for h in owned), "worker": worker,
              "lease": timezone.now() + timedelta(seconds=lease_seconds)},
         )  # fmt: skip
         return {uuid.UUID(str(job_id)): cancel for job_id, cancel in cur.fetchall()}

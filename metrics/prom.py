@@ -37,8 +37,8 @@ JOBS_IN_STATE = Gauge(
     P + "jobs_in_state", "Jobs in each status (counted by the scheduler leader).", ["status"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
-JOBS_HELD = Gauge(
-    P + "jobs_held", "Jobs held back by their owners' open circuit breakers, per type.", ["type"],
+JOBS_PAUSED_BY_BREAKER = Gauge(
+    P + "jobs_paused_by_breaker", "Jobs paused by their owners' open circuit breakers, per type.", ["type"],
     multiprocess_mode="mostrecent",
 )  # fmt: skip
 

@@ -10,9 +10,9 @@ Each owner has its own breaker for each type: one tenant's failing or timing-out
 downstream of its own, `timeout_seconds: 1`) open its breaker only, and never hold another
 tenant's jobs of the same type.
 
-While a breaker is open its jobs are held back, not burned through their attempts:
+While a breaker is open its jobs are paused, not burned through their attempts:
 the worker leaves them PENDING without a dispatch (`breaker_held_at` set) and does not
-claim them; the scheduler releases held jobs once the breaker is closed, and one of them as
+claim them; the scheduler releases paused jobs once the breaker is closed, and one of them as
 the probe once the open period is over.
 
 Only failures that say something about the job's dependencies count: a handler that raised

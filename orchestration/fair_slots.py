@@ -17,7 +17,7 @@ the long ones. Hence:
   slots are the live workers consuming the queue and share is the owner's `slot_share`
   (OwnerShare), else FAIR_SLOT_SHARE. A worker that consumes several queues also keeps each
   queue's long jobs to that queue's `slot_share` (QUEUES) of the queue's workers.
-- A job over its owner's share is held (PENDING, `slot_held_at`), without using an attempt,
+- A job over its owner's share is deferred (PENDING, `slot_held_at`), without using an attempt,
   and the scheduler releases it when the owner's long slots drop below its share.
 
 Short jobs are not limited: a lone owner's short jobs use every worker (the first run of a
@@ -28,7 +28,7 @@ it off). A known-short kind whose run turns out long holds a long slot from that
 
 State in Redis, shared by every worker (`<FAIR_SLOTS_PREFIX>:...`): per queue, its live
 workers (each process that runs jobs, a solo worker or a prefork child, refreshes its own
-entry every HEARTBEAT_SECONDS from a thread of its own) and the long slots held (one entry
+entry every HEARTBEAT_SECONDS from a thread of its own) and the long slots taken (one entry
 per process, refreshed with the job's lease, gone when it ends or its process dies); per kind,
 "short" or "long". A take is one script, so two workers cannot both take an owner's last
 slot. A worker keeps a kind's verdict for a second or two, so a stream of short jobs costs
@@ -68,12 +68,12 @@ for i = 1, #workers, 2 do
 end
 if slots < 1 then slots = 1 end
 local mine, all = 0, 0
-local held = redis.call('HGETALL', KEYS[2])
-for i = 1, #held, 2 do
-  local owner, expiry = string.match(held[i + 1], '^(%d+)|(.+)$')
+local taken = redis.call('HGETALL', KEYS[2])
+for i = 1, #taken, 2 do
+  local owner, expiry = string.match(taken[i + 1], '^(%d+)|(.+)$')
   if tonumber(expiry) <= now then
-    redis.call('HDEL', KEYS[2], held[i])
-  elseif held[i] ~= ARGV[2] then
+    redis.call('HDEL', KEYS[2], taken[i])
+  elseif taken[i] ~= ARGV[2] then
     all = all + 1
     if owner == ARGV[3] then mine = mine + 1 end
   end
@@ -131,8 +131,8 @@ def workers_key(queue: str) -> str:
     return _key("workers", queue)
 
 
-def held_key(queue: str) -> str:
-    return _key("held", queue)
+def taken_key(queue: str) -> str:
+    return _key("held", queue)  # the key's name predates the word "taken": kept, so a rolling deploy agrees
 
 
 def kind_key(owner: int, type_: str) -> str:
@@ -156,7 +156,7 @@ class Slot:
     queue: str
     owner: int
     type: str
-    held: bool  # an entry is in Redis for it
+    taken: bool  # an entry is in Redis for it
     ran_long: bool = False  # the monitor said so: whatever its end, not a quick run
     started: float = field(default_factory=time.monotonic)
 
@@ -234,7 +234,7 @@ class Slots:
         pipe = broker.client().pipeline(transaction=False)
         for queue in self.queues:
             pipe.hdel(workers_key(queue), self.worker)
-            pipe.hdel(held_key(queue), self.worker)
+            pipe.hdel(taken_key(queue), self.worker)
         pipe.execute()
 
     # -- a job's slot ---------------------------------------------------------------------
@@ -252,13 +252,13 @@ class Slots:
         """The job's slot, or the share that is full ("owner" or "queue"): the job must wait.
         A known-short kind takes no long slot (it runs unregistered, like any short job)."""
         if self.kind(owner, type_) == SHORT:
-            return Slot(queue, owner, type_, held=False)
+            return Slot(queue, owner, type_, taken=False)
         answer = broker.client().eval(
-            _TAKE, 2, workers_key(queue), held_key(queue), time.time(), self.worker or "anonymous", owner, share,
+            _TAKE, 2, workers_key(queue), taken_key(queue), time.time(), self.worker or "anonymous", owner, share,
             self._expiry(), queue_share if len(self.queues) > 1 else 0,
         )  # fmt: skip
         answer = broker.text(answer)
-        return Slot(queue, owner, type_, held=True) if answer == "ok" else answer
+        return Slot(queue, owner, type_, taken=True) if answer == "ok" else answer
 
     def ran_long(self, slot: Slot) -> None:
         """The job has run FAIR_LONG_SECONDS (from the worker's monitor thread): its kind is
@@ -267,26 +267,26 @@ class Slots:
         slot.ran_long = True
         pipe = broker.client().pipeline(transaction=False)
         pipe.eval(_LONG, 3, *verdict_keys(slot.owner, slot.type), int(settings.FAIR_KIND_MEMORY_SECONDS))
-        if not slot.held:
-            pipe.hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
+        if not slot.taken:
+            pipe.hset(taken_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
         pipe.execute()
-        slot.held = True
+        slot.taken = True
         self._kinds.put((slot.owner, slot.type), LONG)
 
     def renew(self, slot: Slot) -> None:
         """Keep a long job's slot while it runs (with its lease)."""
-        if slot.held:
-            broker.client().hset(held_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
+        if slot.taken:
+            broker.client().hset(taken_key(slot.queue), self.worker or "anonymous", f"{slot.owner}|{self._expiry()}")
 
     def done(self, slot: Slot) -> None:
         """The job ended: its slot goes back, and a quick run says the kind is short: at once
         for a kind not known yet, after QUICK_RUNS_TO_SHORT quick runs in a row for one a run
         called long (one slow run, a stalled machine say, must not slow the kind for good)."""
         quick = not slot.ran_long and time.monotonic() - slot.started < settings.FAIR_LONG_SECONDS
-        if not slot.held:
+        if not slot.taken:
             return  # a known-short kind that stayed short: nothing to say
         client = broker.client()
-        client.hdel(held_key(slot.queue), self.worker or "anonymous")
+        client.hdel(taken_key(slot.queue), self.worker or "anonymous")
         if not quick:
             return
         verdict = client.eval(
@@ -321,17 +321,17 @@ def shares(owner: int, queue: str) -> tuple[float, float]:
     return (own or settings.FAIR_SLOT_SHARE), (declared.slot_share if declared else settings.FAIR_SLOT_SHARE)
 
 
-def held_counts(queue: str) -> tuple[int, dict[int, int]]:
+def taken_counts(queue: str) -> tuple[int, dict[int, int]]:
     """A queue's live workers, and the long slots each owner holds now (the scheduler's view)."""
     client = broker.client()
     now = time.time()
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(workers_key(queue))
-    pipe.hgetall(held_key(queue))
-    workers, held = pipe.execute()
+    pipe.hgetall(taken_key(queue))
+    workers, taken = pipe.execute()
     slots = sum(1 for expiry in workers.values() if float(expiry) > now)
     owners: dict[int, int] = {}
-    for value in held.values():
+    for value in taken.values():
         owner, _, expiry = broker.text(value).partition("|")
         if float(expiry) > now:
             owners[int(owner)] = owners.get(int(owner), 0) + 1

@@ -172,7 +172,7 @@ def long_jobs(base: str, a: tuple[int, str], b: tuple[int, str], *, mode: str, s
     deadline = time.monotonic() + 30
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(2.0)  # every worker A may take runs a sleep by now (its others are held, or running)
+    time.sleep(2.0)  # every worker A may take runs a sleep by now (its others are deferred, or running)
     meter = Meter()
     meter.start()
     trickle = Trickle(base, b_token, rate)

@@ -505,7 +505,7 @@ def poison_outbox(h: Harness) -> None:
 def slot_key_taken(h: Harness) -> None:
     """A schedule whose due slot's idempotency key (`schedule:<id>:<slot>`) its owner already
     used for another job: firing it once crash-looped the scheduler, and the scans after cron
-    stopped. Jobs held by a concurrency key (released by a later scan) go in beside it."""
+    stopped. Jobs blocked by a concurrency key (released by a later scan) go in beside it."""
     from datetime import timedelta
 
     from django.utils import timezone

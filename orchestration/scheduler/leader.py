@@ -15,16 +15,17 @@ Each tick, in batches, on partial indexes of live rows only, one module per scan
   bridge caught up and their Celery queue is empty) → dispatched again with a new token
   (`stale`);
 - cron schedules whose next slot came → a job per slot, at most once per slot (`cron`);
-- jobs held by a concurrency key (as far as the key has room), by a breaker that lets them
-  through, or for their owner's share of a queue's workers (as its long jobs end) → outbox
-  (`held`, `breaker_held`, `slot_held`);
+- jobs waiting without a dispatch, each kind its own word and scan (`jobs.models`): blocked
+  by a concurrency key (as far as the key has room), paused by a breaker that lets them
+  through again, or deferred for their owner's share of a queue's workers (as its long jobs
+  end) → outbox (`blocked`, `breaker_paused`, `share_deferred`);
 - and, every SCHEDULER_STATS_SECONDS, metrics only the leader computes (`report_stats`).
 
 Each scan runs in isolation: one that fails is logged and counted, and the others still run
 (only a newer leader, or a lost connection, ends a tick). Within the cron scan each schedule
 has its own savepoint (see `jobs.schedules`). No scan reads a fixed window that entries it
 cannot act on could fill for good: the stale scan pages through its window across ticks, the
-held scan visits keys from a cursor, the breaker scan looks at every held type.
+blocked scan visits keys from a cursor, the paused scan looks at every paused type.
 
 Scans read jobs through `jobs.selectors` and change them through `jobs.transitions` and
 `jobs.services`, each write in a transaction that starts with `fence`.
@@ -53,7 +54,7 @@ from jobs import selectors, tallies
 from jobs.models import JobStatus
 from metrics import prom
 from orchestration import breaker
-from orchestration.scheduler import breaker_held, cron, held, reaper, release, retention, slot_held, stale
+from orchestration.scheduler import blocked, breaker_paused, cron, reaper, release, retention, share_deferred, stale
 from orchestration.scheduler.fencing import Fenced, next_epoch
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -111,9 +112,9 @@ class TickResult:
     lost_workers: int = 0
     stale_dispatches: int = 0
     cron_fired: int = 0
-    held_released: int = 0
-    breaker_released: int = 0
-    slot_released: int = 0
+    blocked_released: int = 0
+    paused_released: int = 0
+    deferred_released: int = 0
     archived: int = 0
     skipped: list[str] = field(default_factory=list)
 
@@ -136,15 +137,15 @@ class Scheduler:
         )
         self.clock = clock
         self.batch = settings.SCHEDULER_BATCH_SIZE
-        self.held_keys_per_tick = 1000
+        self.pairs_per_tick = 1000
         self.stale_pages = 10  # pages of SCHEDULER_BATCH_SIZE QUEUED jobs the stale scan reads a tick
         self.release_batches = 10  # batches of due retries (and of delayed jobs) a tick releases
         self.positions = stale.BridgePositions()
         self.stale_scan = stale.StaleScan(self.positions)  # keeps where it goes on next tick
         self.retention = retention.RetentionScan()  # likewise
-        self.held_scan = held.HeldScan()  # likewise
-        self.breaker_scan = breaker_held.BreakerHeldScan()  # likewise
-        self.slot_scan = slot_held.SlotHeldScan()  # likewise
+        self.blocked_scan = blocked.BlockedScan()  # likewise
+        self.paused_scan = breaker_paused.BreakerPausedScan()  # likewise
+        self.deferred_scan = share_deferred.ShareDeferredScan()  # likewise
         self._stats_at = 0.0
         self.last: dict[str, Any] = {}  # what the heartbeat reports
 
@@ -166,11 +167,11 @@ class Scheduler:
             ("stale", "stale_dispatches",
              lambda: self.stale_scan(epoch, clock, batch=self.batch, pages=self.stale_pages, skipped=result.skipped)),
             ("cron", "cron_fired", lambda: cron.fire_schedules(epoch, clock)),
-            ("held", "held_released", lambda: self.held_scan(epoch, clock, keys_per_tick=self.held_keys_per_tick)),
-            ("breaker", "breaker_released",
-             lambda: self.breaker_scan(epoch, clock, batch=self.batch, keys_per_tick=self.held_keys_per_tick)),
-            ("slots", "slot_released",
-             lambda: self.slot_scan(epoch, clock, batch=self.batch, keys_per_tick=self.held_keys_per_tick)),
+            ("blocked", "blocked_released", lambda: self.blocked_scan(epoch, clock, keys_per_tick=self.pairs_per_tick)),
+            ("paused", "paused_released",
+             lambda: self.paused_scan(epoch, clock, batch=self.batch, keys_per_tick=self.pairs_per_tick)),
+            ("deferred", "deferred_released",
+             lambda: self.deferred_scan(epoch, clock, batch=self.batch, keys_per_tick=self.pairs_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
             ("retention", "archived", lambda: self.retention(epoch, clock)),
         ]  # fmt: skip
@@ -224,7 +225,7 @@ class Scheduler:
 
     def report_stats(self) -> None:
         """Metrics only the leader computes: jobs per state, bridge lag per partition, every
-        breaker, breaker-held jobs."""
+        breaker, jobs paused by breakers."""
         self._stats_at = time.monotonic()
         counts = selectors.job_counts_by_status()
         for status in JobStatus.values:
@@ -241,13 +242,13 @@ class Scheduler:
             worst[type_] = max(worst.get(type_, 0), state)
         for type_, state in worst.items():
             prom.BREAKER_STATE.labels(type_).set(state)
-        held_by_type = selectors.job_breaker_held_counts()
-        for type_, n in held_by_type.items():
-            prom.JOBS_HELD.labels(type_).set(n)
+        paused_by_type = selectors.job_breaker_paused_counts()
+        for type_, n in paused_by_type.items():
+            prom.JOBS_PAUSED_BY_BREAKER.labels(type_).set(n)
         self.last = {
             "jobs_in_state": counts,
             "bridge_lag": sum(lag.values()),
-            "breaker_held": sum(held_by_type.values()),
+            "breaker_paused": sum(paused_by_type.values()),
         }
 
     def details(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@
         cancel requested meanwhile? → CANCELLED without running
         run its handler as the single path does (timeout, failure, retry: its own policy)
         success outside a workflow → the recorder, which writes many in one statement
-    the monitor ticks the batch: every held job's lease stays alive until the batch is done
+    the monitor ticks the batch: every job it owns keeps its lease until the batch is done
     the worker being stopped mid-batch: successes written, jobs not started handed back
 
 Per-job semantics stay those of the single path (`single`, `running`): every edge is guarded
@@ -217,7 +217,7 @@ class BatchRun:
         # Renewed until the batch is done.
         self.leases = [(c.job_id, c.attempt) for c in items if isinstance(c, transitions.Claim)]
         self.renewed_at = self.checked_at = time.monotonic()
-        self.cancelled: set[uuid.UUID] = set()  # of the jobs held at the last look
+        self.cancelled: set[uuid.UUID] = set()  # of the jobs it owned at the last look
         self.lost: set[uuid.UUID] = set()  # taken from the batch: never to be started here
         self.waiting: collections.deque[Item] = collections.deque(items)
         self.envelopes = envelopes
@@ -231,16 +231,16 @@ class BatchRun:
             return self.waiting.popleft() if self.waiting else None
 
     def renew(self) -> None:
-        """Push out the leases of every job still held and learn which are not (reaped after
+        """Push out the leases of every job it still owns and learn which it does not (reaped after
         they lapsed, cancelled) and which have a cancel request. Before it starts a waiting
         job the batch looks again if it has not for a while: a handler that held the GIL, or
         a hung connection, can keep the monitor from renewing until the leases lapse."""
         with self._lock:
             leases = list(self.leases)
-        held = transitions.renew_leases(leases, worker=self.worker, lease_seconds=settings.JOB_LEASE_SECONDS)
+        owned = transitions.renew_leases(leases, worker=self.worker, lease_seconds=settings.JOB_LEASE_SECONDS)
         with self._lock:
-            self.lost |= {job_id for job_id, _ in leases if job_id not in held}
-            self.cancelled = {job_id for job_id, cancel in held.items() if cancel}
+            self.lost |= {job_id for job_id, _ in leases if job_id not in owned}
+            self.cancelled = {job_id for job_id, cancel in owned.items() if cancel}
             self.renewed_at = self.checked_at = time.monotonic()
 
     def tick(self, *, running_for: float) -> None:

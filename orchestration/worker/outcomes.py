@@ -32,7 +32,9 @@ class Status(StrEnum):
     DEAD_LETTER = "DEAD_LETTER"
     CANCELLED = "CANCELLED"
     SKIPPED = "SKIPPED"  # the claim was lost: a duplicate or stale delivery
-    HELD = "HELD"  # by its concurrency limit or its type's breaker
+    BLOCKED = "BLOCKED"  # by its concurrency key, at its limit (the blocked scan releases it)
+    PAUSED = "PAUSED"  # by its owner's open breaker for its type (the breaker scan releases it)
+    DEFERRED = "DEFERRED"  # for its owner's share of the workers' long slots (the share scan releases it)
     HANDED_BACK = "HANDED_BACK"  # a batch gave it, unstarted, to other workers
 
 

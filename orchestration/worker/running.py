@@ -131,16 +131,16 @@ def _take_slot(claim: transitions.Claim) -> fair_slots.Slot | str | None:
 def run_claimed(claim: transitions.Claim, deferred: SuccessSink | None = None) -> Outcome:
     """Run a claimed job's handler and record its outcome. With `deferred`, a success of a
     job outside any workflow is handed to the batch's recorder instead of written now. A job
-    whose owner holds its share of the queue's workers with long jobs is held instead, its
+    whose owner has its share of the queue's workers busy with long jobs is deferred instead, its
     claim undone (it runs when one of them ends)."""
     slot = _take_slot(claim)
     if isinstance(slot, str):
-        held = with_reconnect(
-            lambda: transitions.hold_for_slot(claim.job_id, attempt=claim.attempt, worker=claim.worker)
+        was_deferred = with_reconnect(
+            lambda: transitions.defer_for_share(claim.job_id, attempt=claim.attempt, worker=claim.worker)
         )
-        if held:
-            logger.info("job.held_for_share", extra={"job_id": str(claim.job_id), "full": slot})
-            return Outcome(str(claim.job_id), Status.HELD)
+        if was_deferred:
+            logger.info("job.deferred_for_share", extra={"job_id": str(claim.job_id), "full": slot})
+            return Outcome(str(claim.job_id), Status.DEFERRED)
         slot = None  # a cancel request (or it is no longer this attempt's): it runs, to end as it should
     try:
         return _run_claimed(claim, deferred, _LongRun(slot) if slot is not None else None)

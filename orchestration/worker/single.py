@@ -1,9 +1,9 @@
 """Running one dispatched job inside a Celery worker process: claim, run the handler, record
 the outcome.
 
-    breaker gate ─ HOLD → held until the breaker lets its type run again
+    breaker gate ─ HOLD → paused until the breaker lets its type run again
     claim (PENDING|QUEUED → RUNNING, token must match) ─ lost? → nothing to do (duplicate/stale)
-      │ with a concurrency key: a free slot first, else the job is held
+      │ with a concurrency key: a free slot first, else the job is blocked by its key
     run the handler and record its outcome (`running.run_claimed`)
     tell the breaker how it went
 
@@ -23,7 +23,7 @@ from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
 from orchestration import breaker
 from orchestration.breaker import BREAKERS
-from orchestration.worker.claims import Held, claim_keyed, claim_many, worker_id
+from orchestration.worker.claims import Blocked, claim_keyed, claim_many, worker_id
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 
@@ -45,13 +45,15 @@ def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str
 
 def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) -> Outcome:
     gate_ = gate_ or gate(envelope)
-    # What is logged before a claim (held, claim lost) carries the job too: its owner sees why.
+    # What is logged before a claim (paused, blocked, claim lost) carries the job too: its owner sees why.
     with job_log_context(envelope.log_context()):
         if gate_ == breaker.HOLD:
             token = envelope.dispatch_token
-            held = with_reconnect(lambda: transitions.hold_for_breaker(envelope.job_id, dispatch_token=token))
-            logger.info("job.held_by_breaker", extra={"job_id": envelope.job_id, "type": envelope.type, "held": held})
-            return Outcome(envelope.job_id, Status.HELD, recorded=held)
+            paused = with_reconnect(lambda: transitions.pause_for_breaker(envelope.job_id, dispatch_token=token))
+            logger.info(
+                "job.paused_by_breaker", extra={"job_id": envelope.job_id, "type": envelope.type, "paused": paused}
+            )
+            return Outcome(envelope.job_id, Status.PAUSED, recorded=paused)
         outcome = _claim_and_run(envelope, worker or worker_id())
     tell_breaker(envelope.owner_id or 0, envelope.type, outcome, probe=gate_ == breaker.PROBE)
     return outcome
@@ -59,7 +61,7 @@ def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) 
 
 def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
     job_id = envelope.job_id
-    claim: transitions.Claim | Held | None
+    claim: transitions.Claim | Blocked | None
     with tracing.span("job.claim", attributes={"job.id": job_id, "job.attempt": envelope.attempt}) as span:
         if envelope.concurrency_key:
             claim = claim_keyed(envelope, worker)
@@ -73,9 +75,9 @@ def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
             # Every record written from here to the outcome (the handler's and ours) carries the job.
             with job_log_context(log_context(claim)):
                 return run_claimed(claim)
-        case Held():
-            logger.info("job.held", extra={"job_id": job_id, "concurrency_key": envelope.concurrency_key})
-            return Outcome(job_id, Status.HELD)
+        case Blocked():
+            logger.info("job.blocked_by_key", extra={"job_id": job_id, "concurrency_key": envelope.concurrency_key})
+            return Outcome(job_id, Status.BLOCKED)
         case None:
             logger.info("job.claim_lost", extra={"job_id": job_id, "dispatch_token": envelope.dispatch_token})
             return Outcome(job_id, Status.SKIPPED, recorded=False)

@@ -121,15 +121,15 @@ def test_what_the_worker_logs_before_a_claim_is_the_jobs_own(user):
     logger = logging.getLogger("orchestration.worker")
     logger.addHandler(contexts)
     try:
-        assert execute(dispatch_of(held)).status == "HELD"
+        assert execute(dispatch_of(held)).status == "BLOCKED"
         done = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job
         first = dispatch_of(done)
         assert execute(first).status == "SUCCEEDED"
         assert execute(first).status == "SKIPPED"  # the same message again
     finally:
         logger.removeHandler(contexts)
-    tags = {message: ctx for message, ctx in contexts.seen if message in ("job.held", "job.claim_lost")}
-    assert tags["job.held"] == JobLogContext(
+    tags = {message: ctx for message, ctx in contexts.seen if message in ("job.blocked_by_key", "job.claim_lost")}
+    assert tags["job.blocked_by_key"] == JobLogContext(
         job_id=str(held.id), attempt=1, type="demo.noop", queue="default", owner_id=user.pk
     )
     assert tags["job.claim_lost"] is not None

@@ -42,7 +42,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Held:
+class Owned:
     """An attempt a worker believes it holds (it may have lost the job since)."""
 
     job_id: uuid.UUID
@@ -51,7 +51,7 @@ class Held:
 
 class JobMachine(RuleBasedStateMachine):
     messages = Bundle("messages")
-    held = Bundle("held")
+    owned = Bundle("owned")  # attempts a worker owns (claimed, not ended)
 
     owner_id: int  # set by the test: one owner for every run keeps examples cheap
 
@@ -84,22 +84,22 @@ class JobMachine(RuleBasedStateMachine):
                 row.delete()
         return Message(job_id, token)
 
-    @rule(target=held, message=messages)
-    def deliver(self, message: Message) -> Held:
+    @rule(target=owned, message=messages)
+    def deliver(self, message: Message) -> Owned:
         """A worker receives a message (the same one may arrive again) and tries to claim."""
         with transaction.atomic():
             claim = transitions.mark_running(message.job_id, dispatch_token=message.token, worker="w", lease_seconds=60)
-        return Held(message.job_id, claim.attempt if claim else -1)
+        return Owned(message.job_id, claim.attempt if claim else -1)
 
-    @rule(held=held)
-    def succeed(self, held: Held) -> None:
+    @rule(owned=owned)
+    def succeed(self, owned: Owned) -> None:
         with transaction.atomic():
-            transitions.mark_succeeded(held.job_id, attempt=held.attempt, result={"ok": True})
+            transitions.mark_succeeded(owned.job_id, attempt=owned.attempt, result={"ok": True})
 
-    @rule(held=held, permanent=st.booleans(), lost=st.booleans())
-    def fail(self, held: Held, permanent: bool, lost: bool) -> None:
+    @rule(owned=owned, permanent=st.booleans(), lost=st.booleans())
+    def fail(self, owned: Owned, permanent: bool, lost: bool) -> None:
         """A handler failure, or (lost) the worker died and the lease reaper fails it."""
-        job = Job.objects.filter(id=held.job_id).first()
+        job = Job.objects.filter(id=owned.job_id).first()
         if job is None:
             return
         decision = decide(
@@ -109,10 +109,10 @@ class JobMachine(RuleBasedStateMachine):
         status = AttemptStatus.LOST if lost else AttemptStatus.FAILED
         with transaction.atomic():
             if isinstance(decision, DeadLetter):
-                transitions.move_to_dead_letter(held.job_id, attempt=held.attempt, error="x", attempt_status=status)
+                transitions.move_to_dead_letter(owned.job_id, attempt=owned.attempt, error="x", attempt_status=status)
             else:
                 transitions.schedule_retry(
-                    held.job_id, attempt=held.attempt, next_retry_at=decision.at, error="x", attempt_status=status
+                    owned.job_id, attempt=owned.attempt, next_retry_at=decision.at, error="x", attempt_status=status
                 )
 
     @rule(index=st.integers(0, 50), scan=st.sampled_from(["retries", "stale"]))
@@ -141,11 +141,11 @@ class JobMachine(RuleBasedStateMachine):
             if exc.current not in TERMINAL_STATUSES:
                 raise
 
-    @rule(held=held)
-    def worker_honours_cancel(self, held: Held) -> None:
-        if Job.objects.filter(id=held.job_id, cancel_requested_at__isnull=False).exists():
+    @rule(owned=owned)
+    def worker_honours_cancel(self, owned: Owned) -> None:
+        if Job.objects.filter(id=owned.job_id, cancel_requested_at__isnull=False).exists():
             with transaction.atomic():
-                transitions.mark_cancelled(held.job_id, attempt=held.attempt)
+                transitions.mark_cancelled(owned.job_id, attempt=owned.attempt)
 
     @rule(index=st.integers(0, 50))
     def retry(self, index: int) -> None:

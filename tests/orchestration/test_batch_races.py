@@ -275,10 +275,10 @@ def test_concurrency_keys_are_each_owners_own(user, other_user, settings):
     # ...so another owner's job with the same key name still runs at once,
     assert isinstance(claims.claim_within_limit(keyed(theirs), "w2"), transitions.Claim), "a tenant took a slot"
     # while the owner's own second job is held by the owner's limit.
-    assert claims.claim_within_limit(keyed(held_mine), "w3") == "HELD"
+    assert claims.claim_within_limit(keyed(held_mine), "w3") == "BLOCKED"
     # Another owner's wider limit under the same name does not widen this owner's slots.
     wide = submit(other_user, concurrency_key="shared-name", concurrency_limit=5)
-    transitions.hold(wide.id, dispatch_token=wide.dispatch_token)
+    transitions.block_for_key(wide.id, dispatch_token=wide.dispatch_token)
     scheduler = Scheduler()
     scheduler.tick()
     assert Job.objects.get(id=held_mine.id).dispatch_token is None, "released past its owner's limit"

@@ -45,7 +45,7 @@ def test_failures_open_the_breaker_and_jobs_are_held_without_using_attempts(user
     assert breaker.state_of(user.pk, "demo.fail").state == "open"
     held = submit(user, "demo.fail")
     outcome = execute(envelope(held))
-    assert outcome.status == "HELD"
+    assert outcome.status == "PAUSED"
     held.refresh_from_db()
     assert (held.status, held.attempts, held.dispatch_token) == (JobStatus.PENDING, 0, None)
     assert held.breaker_held_at is not None
@@ -58,17 +58,17 @@ def test_a_successful_probe_closes_the_breaker_and_the_scheduler_releases_held_j
         execute(envelope(submit(user, "demo.flaky", failures=1)))
     assert breaker.state_of(user.pk, "demo.flaky").state == "open"
     held = [submit(user, "demo.flaky", failures=0) for _ in range(3)]
-    assert [execute(envelope(j)).status for j in held] == ["HELD"] * 3
+    assert [execute(envelope(j)).status for j in held] == ["PAUSED"] * 3
 
     scheduler = Scheduler()
-    assert scheduler.tick().breaker_released == 0  # still open: nothing goes out
+    assert scheduler.tick().paused_released == 0  # still open: nothing goes out
     time.sleep(0.6)
     assert breaker.state_of(user.pk, "demo.flaky").state == "half_open"
-    assert scheduler.tick().breaker_released == 1  # one probe
+    assert scheduler.tick().paused_released == 1  # one probe
     probe = next(j for j in held if Job.objects.get(id=j.id).dispatch_token is not None)
     assert execute(envelope(probe)).status == "SUCCEEDED"
     assert breaker.state_of(user.pk, "demo.flaky").state == "closed"
-    assert scheduler.tick().breaker_released == 2
+    assert scheduler.tick().paused_released == 2
     for j in held:
         if j.id != probe.id:
             assert execute(envelope(j)).status == "SUCCEEDED"
@@ -112,7 +112,7 @@ def test_one_owners_failures_never_hold_another_owners_jobs_of_the_type(user, ot
         assert execute(envelope(submit(user, "demo.flaky", failures=1))).status == "RETRYING"
     assert breaker.state_of(user.pk, "demo.flaky").state == "open"
     assert breaker.state_of(other_user.pk, "demo.flaky").state == "closed"
-    assert execute(envelope(submit(user, "demo.flaky", failures=0))).status == "HELD"
+    assert execute(envelope(submit(user, "demo.flaky", failures=0))).status == "PAUSED"
     assert execute(envelope(submit(other_user, "demo.flaky", failures=0))).status == "SUCCEEDED"
 
 

@@ -44,7 +44,7 @@ def test_an_owners_long_jobs_hold_at_most_its_share_of_the_workers(user, other_u
     assert isinstance(take(w2, user.pk), Slot)  # half of four
     assert take(w3, user.pk) == "owner"
     assert isinstance(take(w3, other_user.pk), Slot)  # another owner's job finds a worker
-    assert fair_slots.held_counts("default") == (4, {user.pk: 2, other_user.pk: 1})
+    assert fair_slots.taken_counts("default") == (4, {user.pk: 2, other_user.pk: 1})
 
 
 def test_one_worker_is_one_slot_and_an_owner_always_gets_one(user):
@@ -60,17 +60,17 @@ def test_a_kind_known_short_takes_no_long_slot_and_a_long_run_makes_it_long(user
     w1, w2 = workers("w1", "w2")
     first = take(w1, user.pk, "demo.noop")
     assert isinstance(first, Slot)
-    assert first.held
+    assert first.taken
     w1.done(first)  # a quick run: the kind is short
     assert w2.kind(user.pk, "demo.noop") == SHORT
     busy = take(w2, user.pk, "demo.sleep")
     assert isinstance(busy, Slot)
     free = take(w1, user.pk, "demo.noop")  # the owner's share is full, but the kind is short
     assert isinstance(free, Slot)
-    assert not free.held
+    assert not free.taken
     w1.ran_long(free)  # ... until a run of it takes long: from then on it holds a slot
-    assert free.held
-    assert fair_slots.held_counts("default")[1] == {user.pk: 2}
+    assert free.taken
+    assert fair_slots.taken_counts("default")[1] == {user.pk: 2}
     w1.done(free)
     w3 = Slots()
     w3.configure("w3", ["default"])
@@ -176,16 +176,16 @@ def test_a_job_over_its_owners_share_waits_unclaimed_and_goes_when_a_long_job_en
     try:
         job = submit(user, seconds=0.01)
         outcome = run_claimed(claim(job, "here"))
-        assert outcome.status == "HELD"
+        assert outcome.status == "DEFERRED"
         job.refresh_from_db()
         assert (job.status, job.attempts, job.attempt_seq, job.dispatch_token) == (JobStatus.PENDING, 0, 0, None)
         assert job.slot_held_at is not None
         assert not JobAttempt.objects.filter(job=job).exists()
         Outbox.objects.filter(job=job).delete()
         scheduler = Scheduler()
-        assert scheduler.tick().slot_released == 0  # the owner's long job still runs
+        assert scheduler.tick().deferred_released == 0  # the owner's long job still runs
         other.done(long_one)
-        assert scheduler.tick().slot_released == 1
+        assert scheduler.tick().deferred_released == 1
         job.refresh_from_db()
         assert (job.status, job.slot_held_at) == (JobStatus.PENDING, None)
         assert Outbox.objects.filter(job=job, topic="jobs").count() == 1
@@ -206,11 +206,11 @@ def test_held_jobs_whose_kind_turned_out_short_go_at_once(user, settings):
     fair_slots.SLOTS.configure("here", ["default"])
     try:
         jobs = [submit(user, "demo.noop") for _ in range(5)]
-        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"HELD"}
+        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"DEFERRED"}
         Outbox.objects.all().delete()
         broker.client().set(fair_slots.kind_key(user.pk, "demo.noop"), SHORT)  # a run elsewhere ended quickly
         fair_slots.SLOTS._kinds.clear()  # the scheduler is another process: it has not cached the old verdict
-        assert Scheduler().tick().slot_released == 5
+        assert Scheduler().tick().deferred_released == 5
         assert Outbox.objects.filter(topic="jobs").count() == 5
     finally:
         fair_slots.SLOTS.configure("", [])
@@ -229,14 +229,14 @@ def test_a_held_long_kind_goes_one_by_one_as_each_run_ends_not_after_a_pause(use
     fair_slots.SLOTS.configure("here", ["default"])
     try:
         jobs = [submit(user, seconds=0.01) for _ in range(3)]
-        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"HELD"}
+        assert {run_claimed(claim(j, "here")).status for j in jobs} == {"DEFERRED"}
         other.done(busy)
         scheduler = Scheduler()
-        assert scheduler.tick().slot_released == 1
-        assert scheduler.tick().slot_released == 0  # on its way: the share is spoken for
+        assert scheduler.tick().deferred_released == 1
+        assert scheduler.tick().deferred_released == 0  # on its way: the share is spoken for
         [released] = Job.objects.filter(id__in=[j.id for j in jobs], slot_held_at__isnull=True)
         assert run_claimed(claim(released, "here")).status == "SUCCEEDED"
-        assert scheduler.tick().slot_released == 1  # it ran: the next goes now, not seconds later
+        assert scheduler.tick().deferred_released == 1  # it ran: the next goes now, not seconds later
     finally:
         fair_slots.SLOTS.configure("", [])
 
@@ -269,7 +269,7 @@ def test_long_jobs_of_one_owner_leave_a_worker_for_anothers_short_ones(stack, us
         stack.start(role)
     stack.start("worker", "worker1")
     stack.start("worker", "worker2")
-    wait_for(lambda: fair_slots.held_counts(queue)[0] == 2, timeout=60, message="two workers counted")
+    wait_for(lambda: fair_slots.taken_counts(queue)[0] == 2, timeout=60, message="two workers counted")
     sleeps = [s.job for s in services.job_submit_bulk(
         owner_id=user.pk, specs=[JobSpec(type="demo.sleep", payload={"seconds": 5}, queue=queue)] * 3
     )]  # fmt: skip

@@ -210,7 +210,7 @@ def test_a_concurrency_key_is_never_exceeded(user, scheduler_keys, topics):
         for t in threads:
             t.join(10)
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
-    assert "HELD" in outcomes  # the limit really held jobs back
+    assert "BLOCKED" in outcomes  # the limit really blocked jobs
     attempts = list(JobAttempt.objects.filter(job__in=jobs).values_list("started_at", "finished_at"))
     assert len(attempts) == 8  # each keyed job ran exactly once
     for start, _ in attempts:  # at no start were more than 2 attempts of the key running
@@ -265,7 +265,7 @@ def hold_by_key(user, key: str, limit: int = 1, **spec) -> tuple[Job, Job]:
         services.job_dispatch_released(
             [transitions.Released(held.id, held.type, held.queue, held.priority, 1, held.dispatch_token, key, limit)]
         )
-    assert claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=held).envelope), "w") == "HELD"
+    assert claim_within_limit(DispatchEnvelope.parse(Outbox.objects.get(job=held).envelope), "w") == "BLOCKED"
     Outbox.objects.filter(job__in=[running, held]).delete()
     held.refresh_from_db()
     assert (held.status, held.dispatch_token) == (JobStatus.PENDING, None)
@@ -295,7 +295,7 @@ def test_a_schedule_whose_slot_key_is_taken_skips_that_slot_and_the_tick_goes_on
     assert result is not None
     assert result.cron_fired == 1  # the other schedule fired
     assert Job.objects.filter(idempotency_key=f"schedule:{fine.id}:{slot.isoformat()}").exists()
-    assert result.held_released == 1  # a scan after cron still ran
+    assert result.blocked_released == 1  # a scan after cron still ran
     assert Job.objects.get(id=held.id).dispatch_token is not None
     broken.refresh_from_db()
     assert broken.next_fire_at == slot + timedelta(minutes=1)  # the taken slot is skipped, not retried
@@ -329,7 +329,7 @@ def test_a_failing_scan_is_logged_and_counted_and_the_other_scans_run(
     before = prom.SCHEDULER_ERRORS.labels("cron")._value.get()
     result = Scheduler().tick()
     assert result is not None
-    assert result.held_released == 1
+    assert result.blocked_released == 1
     assert Job.objects.get(id=held.id).dispatch_token is not None
     assert prom.SCHEDULER_ERRORS.labels("cron")._value.get() == before + 1
     failed = next(r for r in caplog.records if r.getMessage() == "scheduler.scan_failed")
@@ -372,7 +372,7 @@ def test_a_held_job_with_a_run_at_waits_for_its_key_and_is_dispatched_once(user,
 
 
 @pytest.mark.django_db
-def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_keys, topics, settings):
+def test_a_job_paused_by_its_breaker_with_a_run_at_waits_for_its_breaker(user, scheduler_keys, topics, settings):
     from orchestration.breaker import BREAKERS
     from orchestration.worker import execute
 
@@ -380,7 +380,7 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
     settings.BREAKER_CACHE_SECONDS = 0
     BREAKERS.record(user.pk, "demo.fail", ok=False, probe=True)  # a failed probe: open at once
     job = submit(user, "demo.fail", run_at=timezone.now() - timedelta(seconds=5))
-    assert execute(DispatchEnvelope.parse(Outbox.objects.get(job=job).envelope)).status == "HELD"
+    assert execute(DispatchEnvelope.parse(Outbox.objects.get(job=job).envelope)).status == "PAUSED"
     Outbox.objects.filter(job=job).delete()
     scheduler = Scheduler()
     for _ in range(5):
@@ -391,7 +391,7 @@ def test_a_breaker_held_job_with_a_run_at_waits_for_its_breaker(user, scheduler_
     import time
 
     time.sleep(1.1)  # the open period is over: the breaker lets one probe through
-    assert scheduler.tick().breaker_released == 1
+    assert scheduler.tick().paused_released == 1
     for _ in range(3):
         scheduler.tick()
     assert Outbox.objects.filter(job=job).count() == 1
@@ -426,7 +426,7 @@ def insert_held(
             {"owner": user.pk, "type": type, "then": then, "keys": keys, "breaker": breaker, "run_at": run_at},
         )
     if register and not breaker:  # as the worker's hold (or a submit of a job due later) registers its key
-        transitions.register_held_keys([(user.pk, k, run_at or then) for k in dict.fromkeys(keys)])
+        transitions.register_blocked_keys([(user.pk, k, run_at or then) for k in dict.fromkeys(keys)])
 
 
 @pytest.mark.django_db
@@ -443,7 +443,7 @@ def test_held_keys_without_room_do_not_hide_a_key_with_room(user, scheduler_keys
     insert_held(user, ["z-free"], age_seconds=1)
     result = Scheduler().tick()
     assert result is not None
-    assert result.held_released == 1
+    assert result.blocked_released == 1
     assert Job.objects.get(concurrency_key="z-free").dispatch_token is not None
     assert not Job.objects.filter(concurrency_key__in=full, dispatch_token__isnull=False).exists()
 
@@ -455,8 +455,8 @@ def test_the_held_scan_visits_every_key_from_a_cursor(user, scheduler_keys, topi
     keys = [f"k-{i:03}" for i in range(250)]
     insert_held(user, keys, age_seconds=60)
     scheduler = Scheduler()
-    scheduler.held_keys_per_tick = 100
-    released = [scheduler.tick().held_released for _ in range(3)]
+    scheduler.pairs_per_tick = 100
+    released = [scheduler.tick().blocked_released for _ in range(3)]
     assert released == [100, 100, 50]
     assert not Job.objects.filter(concurrency_key__in=keys, dispatch_token__isnull=True).exists()
     assert Outbox.objects.count() == 250
@@ -473,7 +473,7 @@ def test_a_key_releases_its_jobs_in_the_order_they_became_due(user, scheduler_ke
     scheduler = Scheduler()
     released = []
     for _ in range(3):
-        assert scheduler.tick().held_released == (1 if len(released) < 2 else 0)
+        assert scheduler.tick().blocked_released == (1 if len(released) < 2 else 0)
         dispatched = Job.objects.filter(dispatch_token__isnull=False)
         released += list(dispatched.values_list("id", flat=True))
         dispatched.update(status="SUCCEEDED", dispatch_token=None)  # done: the key has room again
@@ -507,20 +507,20 @@ def test_a_huge_held_backlog_costs_the_held_scan_nothing(user, other_user, sched
 
     insert_held(other_user, ["mine"], age_seconds=1)
     params = {"now": timezone.now(), "limit": 1000}
-    small = _buffers(selectors._HELD_KEYS_DUE_SQL, params)
+    small = _buffers(selectors._BLOCKED_KEYS_DUE_SQL, params)
     insert_held(user, ["flood"] * 20_000, age_seconds=60)
     insert_held(user, ["later"] * 20_000, age_seconds=120, run_at=timezone.now() + timedelta(days=1))
     _analyze()  # the table's statistics as autovacuum would have them by now
-    big = _buffers(selectors._HELD_KEYS_DUE_SQL, params)
+    big = _buffers(selectors._BLOCKED_KEYS_DUE_SQL, params)
     assert big <= small + 30, (small, big)
-    condition, order = transitions._RELEASE_SCANS["held"]
+    condition, order = transitions._RELEASE_SCANS["blocked"]
     release = transitions._RELEASE_SQL.format(condition=condition, order=order)
     later = {"now": timezone.now(), "limit": 1, "key": "later", "owner": user.pk, "stale_before": None, "ids": []}
     assert _buffers(release, later) < 30  # nothing due: the range is empty
-    keys = selectors.job_held_keys_due(now=timezone.now(), limit=1000)
+    keys = selectors.job_blocked_keys_due(now=timezone.now(), limit=1000)
     assert [(k.key, k.room) for k in keys if k.owner == other_user.pk] == [("mine", 1)]
     assert {k.key: k.room for k in keys if k.owner == user.pk} == {"flood": 1}  # "later" is not due: not looked at
-    assert Scheduler().tick().held_released == 2  # "mine" and one of "flood"
+    assert Scheduler().tick().blocked_released == 2  # "mine" and one of "flood"
 
 
 @pytest.mark.django_db
@@ -532,8 +532,8 @@ def test_far_future_keyed_jobs_never_make_a_due_key_wait(user, other_user, sched
     insert_held(first, [f"later-{i:05}" for i in range(3000)], run_at=timezone.now() + timedelta(days=1))
     insert_held(second, ["now"], age_seconds=1)
     scheduler = Scheduler()
-    scheduler.held_keys_per_tick = 100
-    assert scheduler.tick().held_released == 1
+    scheduler.pairs_per_tick = 100
+    assert scheduler.tick().blocked_released == 1
     assert Job.objects.get(owner=second, concurrency_key="now").dispatch_token is not None
 
 
@@ -543,7 +543,7 @@ def test_a_key_held_without_being_registered_is_found_by_the_sweep(user, schedul
     sweep, a hundred pairs a tick, registers it, and it goes."""
     insert_held(user, [f"old-{i:03}" for i in range(150)], age_seconds=60, register=False)
     scheduler = Scheduler()
-    assert [scheduler.tick().held_released for _ in range(3)] == [100, 50, 0]
+    assert [scheduler.tick().blocked_released for _ in range(3)] == [100, 50, 0]
 
 
 @pytest.mark.django_db
@@ -557,10 +557,10 @@ def test_a_full_key_is_looked_at_again_as_soon_as_a_slot_frees(user, scheduler_k
     assert transitions.take_slot(running.id, 1)
     insert_held(user, ["k"], age_seconds=5)
     scheduler = Scheduler()
-    assert scheduler.tick().held_released == 0  # full
-    assert scheduler.tick().held_released == 0  # and not looked at again yet
+    assert scheduler.tick().blocked_released == 0  # full
+    assert scheduler.tick().blocked_released == 0  # and not looked at again yet
     assert transitions.mark_succeeded(running.id, attempt=claimed.attempt, result={})
-    assert scheduler.tick().held_released == 1  # the slot freed: looked at, and released
+    assert scheduler.tick().blocked_released == 1  # the slot freed: looked at, and released
 
 
 @pytest.mark.django_db
@@ -612,7 +612,7 @@ def test_open_breakers_do_not_hide_a_closed_one(user, scheduler_keys, topics, se
     insert_held(user, ["z-closed"], breaker=True, age_seconds=1)
     result = Scheduler().tick()
     assert result is not None
-    assert result.breaker_released == 1
+    assert result.paused_released == 1
     assert Job.objects.get(type="z-closed").dispatch_token is not None
 
 
@@ -630,8 +630,8 @@ def test_one_owners_open_breakers_do_not_hide_anothers_closed_one(user, other_us
     insert_held(first, open_types, breaker=True)
     insert_held(second, ["a-open-000"], breaker=True, age_seconds=1)  # the same type, its own breaker closed
     scheduler = Scheduler()
-    scheduler.held_keys_per_tick = 10
-    released = [scheduler.tick().breaker_released for _ in range(4)]
+    scheduler.pairs_per_tick = 10
+    released = [scheduler.tick().paused_released for _ in range(4)]
     assert released == [0, 0, 0, 1]  # 31 pairs at 10 a tick: the fourth tick reaches it
     assert Job.objects.get(owner=second, type="a-open-000").dispatch_token is not None
     assert not Job.objects.filter(owner=first, dispatch_token__isnull=False).exists()

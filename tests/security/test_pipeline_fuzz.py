@@ -78,7 +78,7 @@ def fuzz_stack(topics, log_topics, ch_table, queue, tmp_path, transactional_db):
     warm = job_submit_bulk(owner_id=UserFactory().pk, specs=[JobSpec(type="demo.noop", queue=queue)] * 2)
     wait_for(lambda: Job.objects.filter(id__in=[w.job.id for w in warm], status=JobStatus.SUCCEEDED).count() == 2,
              timeout=90, message="the stack ready")  # fmt: skip
-    wait_for(lambda: fair_slots.held_counts(queue)[0] == 2, timeout=30, message="both workers counted")
+    wait_for(lambda: fair_slots.taken_counts(queue)[0] == 2, timeout=30, message="both workers counted")
     yield stack
     stack.close()
 

@@ -57,7 +57,7 @@ class Command(BaseCommand):
                 ["outbox (PostgreSQL)", f"{outbox} rows, oldest {float(age):.1f}s"],
                 ["Kafka jobs (bridge lag)", str(scheduler.get("bridge_lag", "unknown (no leading scheduler)"))],
                 *[[f"Celery queue {q}", str(n)] for q, n in depths.items()],
-                ["held by breakers", str(scheduler.get("breaker_held", "unknown"))],
+                ["paused by breakers", str(scheduler.get("breaker_paused", "unknown"))],
             ])
         )  # fmt: skip
         states = scheduler.get("jobs_in_state")

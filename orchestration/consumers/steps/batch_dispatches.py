@@ -7,7 +7,7 @@ publish, fetch, ack, task events and one claim and one outcome statement over mo
 when the consumer found nothing more to read (caught up: at light load every job goes
 alone, at once); or after `linger` seconds in all. A job that arrives after a quiet spell,
 while its queue is empty, waits for nothing that is not already fetched. Offsets move on
-only for dispatches already sent, so a crash re-reads what was held.
+only for dispatches already sent, so a crash re-reads what was pending.
 
 When the next step refuses a batch (Redis unreachable) the step keeps it, refuses new
 dispatches meanwhile (arroyo holds them in Kafka, unconsumed) and offers it again at the
@@ -83,35 +83,35 @@ class BatchDispatches(ForwardingStep):
         self.batch_max = max(self.batch_size, batch_max or 0)
         self.linger, self.consumer, self.clock = linger, consumer, clock
         self.depths = QueueDepths(depth_ttl, clock)
-        self._held: Batch = []
-        self._held_since = 0.0
-        self._held_since_wall = datetime.now(UTC)  # the same instant: when the held jobs' spans start
-        self._backlogged = False  # a queue of the held batch has messages waiting
+        self._pending: Batch = []
+        self._pending_since = 0.0
+        self._pending_since_wall = datetime.now(UTC)  # the same instant: when the pending jobs' spans start
+        self._backlogged = False  # a queue of the pending batch has messages waiting
 
     def submit(self, message: Message[DispatchEnvelope]) -> None:
         if self._full() and not self._pass_on():
-            raise MessageRejected  # the held batch could not go: this one waits in Kafka
+            raise MessageRejected  # the pending batch could not go: this one waits in Kafka
         queue = message.payload.queue
         backlogged = self.depths.backlogged(queue)
-        if not self._held:
-            self._held_since, self._held_since_wall, self._backlogged = self.clock(), datetime.now(UTC), False
+        if not self._pending:
+            self._pending_since, self._pending_since_wall, self._backlogged = self.clock(), datetime.now(UTC), False
         self._backlogged |= backlogged
-        self._held.append(message)
+        self._pending.append(message)
         if self._full():
             self._pass_on()
         elif self.consumer is not None:
             # The first job after a quiet spell, with a worker possibly idle: it goes as soon
             # as nothing more is ready, without the linger (at light load, every job). Else
             # wait up to the linger for a fuller batch.
-            quiet = self.consumer.gap >= self.linger and len(self._held) == 1 and not backlogged
+            quiet = self.consumer.gap >= self.linger and len(self._pending) == 1 and not backlogged
             self.consumer.cap = 0.0 if quiet else self.linger
 
     def _full(self) -> bool:
-        return len(self._held) >= (self.batch_max if self._backlogged else self.batch_size)
+        return len(self._pending) >= (self.batch_max if self._backlogged else self.batch_size)
 
     def poll(self) -> None:
-        if self._held and (
-            (self.consumer is not None and self.consumer.idle) or self.clock() - self._held_since >= self.linger
+        if self._pending and (
+            (self.consumer is not None and self.consumer.idle) or self.clock() - self._pending_since >= self.linger
         ):
             self._pass_on()
         self.next_step.poll()
@@ -121,14 +121,14 @@ class BatchDispatches(ForwardingStep):
         self.next_step.join(timeout)
 
     def _pass_on(self) -> bool:
-        """Hand the held batch on; False (and still held) when the next step refused it."""
-        if not self._held:
+        """Hand the pending batch on; False (and still pending) when the next step refused it."""
+        if not self._pending:
             return True
         try:
-            self.next_step.submit(Message(Value(self._held, {}, self._held_since_wall)))
+            self.next_step.submit(Message(Value(self._pending, {}, self._pending_since_wall)))
         except MessageRejected:
             return False
-        self._held = []
+        self._pending = []
         if self.consumer is not None:
             self.consumer.cap = None
         return True

@@ -56,8 +56,8 @@ class PublishToCelery(ForwardingStep):
                 self._last_error_log = now
                 logger.warning("bridge.enqueue_failed", extra={"error": str(exc)})
             raise MessageRejected from exc
-        for held in batch:
-            self.next_step.submit(held)
+        for one in batch:
+            self.next_step.submit(one)
 
     def _send_traced(self, queue: str, level: int, envelopes: list[DispatchEnvelope], started: int) -> None:
         """`_send`, and each job's `bridge.enqueue` span in its trace."""

@@ -1,14 +1,14 @@
-"""Jobs held for their owner's share of a queue's workers (`orchestration.fair_slots`) →
+"""Jobs deferred for their owner's share of a queue's workers (`orchestration.fair_slots`) →
 outbox, as the owner's long jobs end, or at once once their kind is known short.
 
 A worker that would start a job beyond its owner's share of long slots undoes the claim and
 leaves the job PENDING without a dispatch, with `slot_held_at`; no attempt is counted. This
-scan walks the (owner, queue) pairs that hold such jobs, up to `keys_per_tick` a tick from
-where the last tick stopped, and within each the types held (a skip scan, each one's oldest
+scan walks the (owner, queue) pairs that have such jobs, up to `keys_per_tick` a tick from
+where the last tick stopped, and within each the types deferred (a skip scan, each one's oldest
 first):
 
 - a type whose kind (owner, type) is known short by now goes at once, a batch a tick: it
-  takes no long slot, so nothing waits for room (a burst of a new tenant's jobs, held while
+  takes no long slot, so nothing waits for room (a burst of a new tenant's jobs, deferred while
   their first run said what they are, must not trickle out);
 - any other type goes as far as the owner's share has room: its cap less the long slots it
   holds now, less the jobs this scan released of it that have not started yet (a released
@@ -29,10 +29,10 @@ from orchestration.scheduler.release import release_fenced
 from orchestration.scheduler.walk import Walk
 
 
-class SlotHeldScan:
+class ShareDeferredScan:
     def __init__(self) -> None:
         self.walk: Walk[tuple[int, str]] = Walk(
-            lambda after, limit: selectors.job_slot_held_keys(after=after, limit=limit)
+            lambda after, limit: selectors.job_share_deferred_keys(after=after, limit=limit)
         )
         self.on_the_way: dict[tuple[int, str], set[uuid.UUID]] = {}  # pair → released, not started yet
 
@@ -47,21 +47,21 @@ class SlotHeldScan:
             owner, queue = pair
             released = 0
             room: int | None = None  # of the owner's share, worked out when a type needs it
-            for type_ in selectors.job_slot_held_types(owner, queue):
+            for type_ in selectors.job_share_deferred_types(owner, queue):
                 if fair_slots.SLOTS.kind(owner, type_) == fair_slots.SHORT:
-                    released += len(release_fenced(epoch, clock, scan="slot", limit=batch, key=queue, owner=owner,
+                    released += len(release_fenced(epoch, clock, scan="deferred", limit=batch, key=queue, owner=owner,
                                                    type_=type_))  # fmt: skip
                     continue
                 if room is None:
                     if queue not in counts:
-                        counts[queue] = fair_slots.held_counts(queue)
+                        counts[queue] = fair_slots.taken_counts(queue)
                     slots, holders = counts[queue]
                     share, _ = fair_slots.shares(owner, queue)
                     on_the_way = len(self.on_the_way.get(pair, ()))
                     room = min(batch, fair_slots.cap(share, slots) - holders.get(owner, 0) - on_the_way)
                 if room <= 0:
                     continue
-                moved = release_fenced(epoch, clock, scan="slot", limit=room, key=queue, owner=owner, type_=type_)
+                moved = release_fenced(epoch, clock, scan="deferred", limit=room, key=queue, owner=owner, type_=type_)
                 if moved:
                     room -= len(moved)
                     released += len(moved)
