@@ -365,7 +365,7 @@ def measure(repeat: int, out: Out) -> list[Timing]:
          lambda: selectors.job_queued_before(later, after=None, limit=1000)),
         ("scheduler", "blocked keys due", repeat, lambda: selectors.job_blocked_keys_due(now=later, limit=1000)),
         ("scheduler", "blocked keys sweep", repeat, lambda: selectors.job_blocked_pairs(after=None, limit=100)),
-        ("scheduler", "breaker-paused pairs", repeat, lambda: selectors.job_breaker_paused_keys(after=None, limit=1000)),
+        ("scheduler", "paused pairs", repeat, lambda: selectors.job_breaker_paused_keys(after=None, limit=1000)),
         ("scheduler", "stats gauges (counts)", repeat, selectors.job_counts_by_status),
         ("scheduler", "tallies fold", repeat, lambda: tallies.fold(now=timezone.now())),
     ]  # fmt: skip
