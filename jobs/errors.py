@@ -49,6 +49,22 @@ class IdempotencyConflict(JobError, StateConflict):
         return {self.kind: str(self.job_id)}
 
 
+class UniqueConflict(JobError, StateConflict):
+    """A job with the same unique key is already there, within its `unique_for` (API: 409):
+    policy `reject`, or `replace` once that job has started."""
+
+    code = "unique_conflict"
+
+    def __init__(self, key: str, job_id: uuid.UUID | str, reason: str = "") -> None:
+        message = f"unique key {key!r} is taken by job {job_id}"
+        super().__init__(f"{message}: {reason}" if reason else message)
+        self.key = key
+        self.job_id = job_id
+
+    def fields(self) -> dict[str, Any]:
+        return {"job": str(self.job_id)}
+
+
 class ScheduleNotFound(ObjectNotFound):
     def __init__(self, schedule_id: uuid.UUID | str) -> None:
         super().__init__(f"schedule {schedule_id} not found")

@@ -62,6 +62,10 @@ class _Job(Struct):
     idempotency_key: _Text | None = None
     concurrency_key: _Text | None = None
     concurrency_limit: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    # A unique job is DRF's: the fast path only notices one, and falls back.
+    unique_key: Any = UNSET
+    unique_for: Any = UNSET
+    unique_policy: Any = UNSET
 
 
 # fullmatch, not DRF's search: `$` also matches before a final newline, which we never accept.
@@ -118,6 +122,8 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
     keys of the request so far (a duplicate is DRF's to report)."""
     if not _plain(job.type) or submit_problem(job.type) is not None:
         raise _NotSure
+    if job.unique_key is not UNSET or job.unique_for is not UNSET or job.unique_policy is not UNSET:
+        raise _NotSure
     if job.payload is UNSET:
         payload: dict[str, Any] = {}
     elif type(job.payload) is dict:
@@ -142,7 +148,7 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
         if limit is None:
             limit = 1
     backoff = default_backoff()
-    if job.backoff is not UNSET:
+    if isinstance(job.backoff, _Backoff):
         b = job.backoff
         backoff = {**backoff, "initial": b.initial, "factor": b.factor, "max": b.max, "jitter": b.jitter}
     return JobSpec(

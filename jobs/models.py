@@ -298,6 +298,26 @@ class BlockedKey(models.Model):
         return f"owner {self.owner_id} key {self.key}: next look {self.visit_at:%H:%M:%S}"
 
 
+class UniqueLock(models.Model):
+    """Who holds an owner's unique key (a job's `unique_key`) until when: the one row the
+    submits of that key meet, so PostgreSQL's unique index decides among concurrent ones.
+    A submit takes the row when there is none or it has expired (`unique_for` after the job
+    that took it was submitted); otherwise the job's `unique_policy` says what happens."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner_id = models.IntegerField()  # no foreign key: a deleted owner's rows lock nothing anyone else has
+    key = models.CharField(max_length=200)
+    job_id = models.UUIDField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "jobs_uniquelock"
+        constraints = [models.UniqueConstraint(fields=["owner_id", "key"], name="uniquelock_owner_key_uniq")]
+
+    def __str__(self) -> str:
+        return f"owner {self.owner_id} key {self.key}: job {self.job_id} until {self.expires_at:%H:%M:%S}"
+
+
 class Outbox(models.Model):
     """Dispatch requests written in the same transaction as the job change they belong to.
 

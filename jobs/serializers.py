@@ -108,11 +108,27 @@ class JobOptionsSerializer(serializers.Serializer):
         min_value=1, max_value=1000, required=False, allow_null=True, default=None
     )
 
+    unique_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None,
+        help_text="At most one job of yours with this key within `unique_for` seconds (your keys are your own).",
+    )  # fmt: skip
+    unique_for = serializers.IntegerField(
+        min_value=1, max_value=30 * 86400, required=False, allow_null=True, default=None,
+        help_text="Seconds the key stays taken after the job that took it was submitted (default 60).",
+    )  # fmt: skip
+    unique_policy = serializers.ChoiceField(
+        choices=["reject", "keep_existing", "replace"], default="reject",
+        help_text="When the key is taken: reject (409 naming the job), keep_existing (that job is the answer), "
+        "replace (that job, while it has not started, takes this payload; 409 once it has).",
+    )  # fmt: skip
+
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("concurrency_limit") is not None and not data.get("concurrency_key"):
             raise serializers.ValidationError({"concurrency_limit": ["needs a concurrency_key"]})
         if data.get("concurrency_key") and data.get("concurrency_limit") is None:
             data["concurrency_limit"] = 1
+        if data.get("unique_for") is not None and not data.get("unique_key"):
+            raise serializers.ValidationError({"unique_for": ["needs a unique_key"]})
         return data
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
@@ -145,6 +161,9 @@ class JobInputSerializer(JobOptionsSerializer):
             idempotency_key=data["idempotency_key"],
             concurrency_key=data.get("concurrency_key"),
             concurrency_limit=data.get("concurrency_limit"),
+            unique_key=data.get("unique_key"),
+            unique_for=data.get("unique_for"),
+            unique_policy=data.get("unique_policy", "reject"),
         )
 
 

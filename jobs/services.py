@@ -12,23 +12,25 @@ attempt's spans hang under the release that started it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from django.db import connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from config import tracing
 from config.ids import new_id
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
-from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound
+from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound, UniqueConflict
 from jobs.models import Job, JobStatus, Outbox, default_backoff
 from metrics import prom
 
@@ -48,6 +50,11 @@ class JobSpec:
     idempotency_key: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    # At most one job per (owner, unique_key) within unique_for seconds of the one that took
+    # the key; `unique_policy` says what a submit meeting a taken key gets (`_take_unique_keys`).
+    unique_key: str | None = None
+    unique_for: int | None = None
+    unique_policy: str = "reject"
     workflow_id: uuid.UUID | None = None  # set by workflows for their task and compensation jobs
 
     def request_hash(self) -> str:
@@ -94,7 +101,7 @@ RETURNING id
 """  # noqa: S608 (column names are constants)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Row:
     """One job about to be inserted: its spec plus what the service generated for it."""
 
@@ -188,9 +195,13 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
         )
         for s in specs
     ]
-    plain = [r for r in rows if not r.spec.idempotency_key]
-    keyed = [r for r in rows if r.spec.idempotency_key]
     with transaction.atomic():
+        # Unique keys first: a submit that meets a taken key inserts nothing (its policy
+        # says what it gets instead: `existing`, job id by row id).
+        existing = _take_unique_keys(owner_id, rows, now) if any(r.spec.unique_key for r in rows) else {}
+        fresh = [r for r in rows if r.id not in existing]
+        plain = [r for r in fresh if not r.spec.idempotency_key]
+        keyed = [r for r in fresh if r.spec.idempotency_key]
         inserted = {r.id for r in plain}
         with connection.cursor() as cur:
             if plain:
@@ -220,12 +231,75 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
             ]
         )
     _count_submitted([r.spec for r in rows if r.id in inserted])
+    made = {r.id: _job_from_row(r, owner_id, now, traceparent) for r in rows if r.id in inserted}
+    earlier = _jobs_by_id({job_id for job_id in existing.values() if job_id not in made})
     return [
-        Submitted(_job_from_row(r, owner_id, now, traceparent), True)
+        Submitted(made[r.id], True)
         if r.id in inserted
+        else Submitted(made.get(existing[r.id]) or earlier[existing[r.id]], False)
+        if r.id in existing
         else Submitted(replays[r.spec.idempotency_key], False)  # type: ignore[index]
         for r in rows
     ]
+
+
+# A unique key is taken when no row holds it, or the row's time is up; the row is locked
+# either way (ON CONFLICT ... DO UPDATE locks the row it meets, even when its WHERE says no),
+# so concurrent submits of one key queue on it and each sees the one before it committed.
+_TAKE_UNIQUE_SQL = """
+INSERT INTO jobs_uniquelock (owner_id, key, job_id, expires_at) VALUES (%(owner)s, %(key)s, %(job)s, %(until)s)
+ON CONFLICT (owner_id, key) DO UPDATE SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
+ WHERE jobs_uniquelock.expires_at <= %(now)s
+RETURNING job_id
+"""
+_UNIQUE_HOLDER_SQL = "SELECT job_id FROM jobs_uniquelock WHERE owner_id = %(owner)s AND key = %(key)s"
+# `replace`: the job that holds the key takes the new payload while it has not started.
+_REPLACE_PAYLOAD_SQL = """
+UPDATE jobs_job SET payload = %(payload)s, updated_at = %(now)s
+ WHERE id = %(id)s AND owner_id = %(owner)s AND status IN ('PENDING', 'QUEUED', 'RETRYING')
+RETURNING id
+"""
+DEFAULT_UNIQUE_FOR = 60  # seconds, when a job names a unique key and no unique_for
+
+
+def _take_unique_keys(owner_id: int, rows: Sequence[_Row], now: datetime) -> dict[uuid.UUID, uuid.UUID]:
+    """Take each row's unique key, or apply its policy: row id → the job it gets instead.
+    Keys are taken in key order (two bulk submits naming the same keys cannot deadlock);
+    `reject`, or `replace` of a job that has started, raises UniqueConflict (the whole call
+    fails and nothing is created)."""
+    existing: dict[uuid.UUID, uuid.UUID] = {}
+    ours = {r.id: r for r in rows}
+    with connection.cursor() as cur:
+        for r in sorted((r for r in rows if r.spec.unique_key), key=lambda r: str(r.spec.unique_key)):
+            spec = r.spec
+            params = {"owner": owner_id, "key": spec.unique_key, "job": r.id, "now": now,
+                      "until": now + timedelta(seconds=spec.unique_for or DEFAULT_UNIQUE_FOR)}  # fmt: skip
+            cur.execute(_TAKE_UNIQUE_SQL, params)
+            if cur.fetchone() is not None:
+                continue  # taken: this row's job is made
+            cur.execute(_UNIQUE_HOLDER_SQL, params)
+            holder = cur.fetchone()[0]
+            holder = existing.get(holder, holder)  # a row of this call that itself got another job
+            if spec.unique_policy == "keep_existing":
+                existing[r.id] = holder
+            elif spec.unique_policy == "replace" and holder in ours:
+                ours[holder].spec = dataclasses.replace(ours[holder].spec, payload=spec.payload)  # not written yet
+                existing[r.id] = holder
+            elif spec.unique_policy == "replace":
+                replace: dict[str, Any] = {"payload": Jsonb(spec.payload), "now": now, "id": holder, "owner": owner_id}
+                cur.execute(_REPLACE_PAYLOAD_SQL, replace)
+                if cur.fetchone() is None:
+                    raise UniqueConflict(
+                        str(spec.unique_key), holder, "it has started, too late to replace its payload"
+                    )
+                existing[r.id] = holder
+            else:
+                raise UniqueConflict(str(spec.unique_key), holder)
+    return existing
+
+
+def _jobs_by_id(ids: set[uuid.UUID]) -> dict[uuid.UUID, Job]:
+    return {job.id: job for job in Job.objects.filter(id__in=ids)} if ids else {}
 
 
 def _count_submitted(specs: Sequence[JobSpec]) -> None:

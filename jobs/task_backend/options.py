@@ -14,6 +14,9 @@ call with `.using()`, exactly like the framework's own `priority` or `queue_name
     concurrency_key/limit  concurrency_key/limit  none (a key alone means a limit of 1)
     idempotency_key        idempotency_key      none (an enqueue with a key seen before returns that job)
     permanent_exceptions   -                    none (these exception types dead-letter at once, like PermanentError)
+    unique_key/for/policy  unique_key, ...      none (at most one job of the key within unique_for s; the policy
+                                                says what an enqueue meeting a taken key gets: reject raises
+                                                UniqueConflict, keep_existing returns that job's result)
 
 The rules are the API's (`jobs.serializers.JobOptionsSerializer`), checked when the task is
 declared and when `.using()` makes a copy: a bad option is an InvalidTask naming it.
@@ -47,6 +50,9 @@ class JobTask(Task):  # not Task[P, T]: Django 6.0's Task is not generic
     concurrency_limit: int | None = None
     idempotency_key: str | None = None
     permanent_exceptions: tuple[type[Exception], ...] = ()
+    unique_key: str | None = None
+    unique_for: int | None = None
+    unique_policy: str | None = None
 
     def using(  # type: ignore[override]
         self,

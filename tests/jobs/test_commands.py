@@ -84,3 +84,11 @@ def test_requeue_dead_with_filters_and_dry_run():
     assert set(Job.objects.filter(id__in=[echo, noop]).values_list("status", flat=True)) == {JobStatus.PENDING}
     with pytest.raises(CommandError, match="not an ISO 8601"):
         run("requeue-dead", "--since", "yesterday")
+
+
+def test_submit_with_a_unique_key():
+    first = run("submit", "demo.echo", "--unique-key", "daily", "--unique-policy", "keep_existing").strip()
+    assert run("submit", "demo.echo", "--unique-key", "daily", "--unique-policy", "keep_existing").strip() == first
+    with pytest.raises(CommandError, match=f"unique key 'daily' is taken by job {first}"):
+        run("submit", "demo.echo", "--unique-key", "daily")
+    assert Job.objects.count() == 1

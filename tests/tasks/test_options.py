@@ -146,3 +146,16 @@ def test_a_return_value_over_the_limit_fails_with_the_reason_not_a_marker(tasks_
     ok = tasks_app.sized.enqueue(10)
     run_dispatched()
     assert tasks_app.sized.get_result(ok.id).return_value == "x" * 10
+
+
+def test_a_unique_task_runs_once_per_key(tasks_app):
+    from jobs.errors import UniqueConflict
+
+    keyed = tasks_app.multiply.using(unique_key="invoice-7", unique_for=600, unique_policy="keep_existing")
+    first, again = keyed.enqueue(2, 3), keyed.enqueue(2, 3)
+    assert again.id == first.id
+    assert Job.objects.filter(type=tasks_app.multiply.module_path).count() == 1
+    with pytest.raises(UniqueConflict, match=f"taken by job {first.id}"):
+        tasks_app.multiply.using(unique_key="invoice-7").enqueue(2, 3)  # the default policy: reject
+    with pytest.raises(InvalidTask, match="unique_policy"):
+        tasks_app.multiply.using(unique_key="k", unique_policy="sometimes")

@@ -35,6 +35,12 @@ class Command(BaseCommand):
         submit.add_argument("--queue", default="default")
         submit.add_argument("--priority", type=int, default=5)
         submit.add_argument("--max-attempts", type=int, default=4)
+        submit.add_argument("--unique-key", help="at most one job of this key within --unique-for seconds")
+        submit.add_argument("--unique-for", type=int, help="seconds the key stays taken (default 60)")
+        submit.add_argument(
+            "--unique-policy", choices=["reject", "keep_existing", "replace"], default="reject",
+            help="when the key is taken: refuse, print the job that holds it, or give that job this payload",
+        )  # fmt: skip
         submit.add_argument("--owner", help="username (default: the first superuser, created if none)")
         submit.add_argument("--wait", action="store_true", help="wait for a terminal state, print the result")
         submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (with --wait)")
@@ -76,6 +82,12 @@ class Command(BaseCommand):
             "priority": opts["priority"],
             "max_attempts": opts["max_attempts"],
         }
+        if opts["unique_key"] is not None:
+            body |= {
+                "unique_key": opts["unique_key"],
+                "unique_for": opts["unique_for"],
+                "unique_policy": opts["unique_policy"],
+            }
         serializer = JobInputSerializer(data=body)
         if not serializer.is_valid():
             raise CommandError("invalid job: " + dump(serializer.errors))
