@@ -66,6 +66,8 @@ class _Job(Struct):
     unique_key: Any = UNSET
     unique_for: Any = UNSET
     unique_policy: Any = UNSET
+    debounce_seconds: Any = UNSET
+    debounce_max_seconds: Any = UNSET
 
 
 # fullmatch, not DRF's search: `$` also matches before a final newline, which we never accept.
@@ -122,7 +124,8 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
     keys of the request so far (a duplicate is DRF's to report)."""
     if not _plain(job.type) or submit_problem(job.type) is not None:
         raise _NotSure
-    if job.unique_key is not UNSET or job.unique_for is not UNSET or job.unique_policy is not UNSET:
+    unique = (job.unique_key, job.unique_for, job.unique_policy, job.debounce_seconds, job.debounce_max_seconds)
+    if any(value is not UNSET for value in unique):
         raise _NotSure
     if job.payload is UNSET:
         payload: dict[str, Any] = {}

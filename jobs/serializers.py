@@ -117,10 +117,16 @@ class JobOptionsSerializer(serializers.Serializer):
         help_text="Seconds the key stays taken after the job that took it was submitted (default 60).",
     )  # fmt: skip
     unique_policy = serializers.ChoiceField(
-        choices=["reject", "keep_existing", "replace"], default="reject",
+        choices=["reject", "keep_existing", "replace", "debounce"], default="reject",
         help_text="When the key is taken: reject (409 naming the job), keep_existing (that job is the answer), "
-        "replace (that job, while it has not started, takes this payload; 409 once it has).",
+        "replace (that job, while it has not started, takes this payload; 409 once it has), debounce (the run "
+        "waits until debounce_seconds pass with no new submit, at most debounce_max_seconds; it takes the "
+        "latest payload).",
     )  # fmt: skip
+    debounce_seconds = serializers.IntegerField(min_value=1, max_value=7 * 86400, required=False, allow_null=True,
+                                                default=None)  # fmt: skip
+    debounce_max_seconds = serializers.IntegerField(min_value=1, max_value=30 * 86400, required=False,
+                                                    allow_null=True, default=None)  # fmt: skip
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("concurrency_limit") is not None and not data.get("concurrency_key"):
@@ -129,7 +135,30 @@ class JobOptionsSerializer(serializers.Serializer):
             data["concurrency_limit"] = 1
         if data.get("unique_for") is not None and not data.get("unique_key"):
             raise serializers.ValidationError({"unique_for": ["needs a unique_key"]})
+        self._validate_debounce(data)
         return data
+
+    @staticmethod
+    def _validate_debounce(data: dict[str, Any]) -> None:
+        debounce = data.get("unique_policy") == "debounce"
+        wait, most = data.get("debounce_seconds"), data.get("debounce_max_seconds")
+        if not debounce:
+            for name in ("debounce_seconds", "debounce_max_seconds"):
+                if data.get(name) is not None:
+                    raise serializers.ValidationError({name: ["needs unique_policy debounce"]})
+            return
+        if not data.get("unique_key"):
+            raise serializers.ValidationError({"unique_policy": ["debounce needs a unique_key"]})
+        if wait is None:
+            raise serializers.ValidationError({"debounce_seconds": ["is required with unique_policy debounce"]})
+        if most is not None and most < wait:
+            raise serializers.ValidationError({"debounce_max_seconds": ["must be at least debounce_seconds"]})
+        if data.get("unique_for") is not None:
+            raise serializers.ValidationError({"unique_for": ["a debounced key is taken for debounce_seconds"]})
+        if data.get("run_at") is not None:
+            raise serializers.ValidationError(
+                {"run_at": ["a debounced job runs debounce_seconds after the last submit"]}
+            )
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
         return validate_idempotency_key(value)
@@ -164,6 +193,8 @@ class JobInputSerializer(JobOptionsSerializer):
             unique_key=data.get("unique_key"),
             unique_for=data.get("unique_for"),
             unique_policy=data.get("unique_policy", "reject"),
+            debounce_seconds=data.get("debounce_seconds"),
+            debounce_max_seconds=data.get("debounce_max_seconds"),
         )
 
 

@@ -55,6 +55,10 @@ class JobSpec:
     unique_key: str | None = None
     unique_for: int | None = None
     unique_policy: str = "reject"
+    # `debounce`: the run waits until this long passes with no new submit of the key, at most
+    # debounce_max_seconds after the first (None: no cap).
+    debounce_seconds: int | None = None
+    debounce_max_seconds: int | None = None
     workflow_id: uuid.UUID | None = None  # set by workflows for their task and compensation jobs
 
     def request_hash(self) -> str:
@@ -186,6 +190,7 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str
 
 def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) -> list[Submitted]:
     now = timezone.now()
+    specs = [_debounced(s, now) if s.unique_policy == "debounce" else s for s in specs]
     rows = [
         _Row(
             id=new_id(),
@@ -262,6 +267,29 @@ RETURNING id
 DEFAULT_UNIQUE_FOR = 60  # seconds, when a job names a unique key and no unique_for
 
 
+# `debounce`: the job that holds the key, while it still waits for its run_at (not released
+# to run yet), takes the new payload and waits debounce_seconds more, at most until
+# debounce_max_seconds after it was made. Returns its new run_at; no row: it is on its way.
+_DEBOUNCE_SQL = """
+UPDATE jobs_job SET payload = %(payload)s, updated_at = %(now)s,
+       run_at = CASE WHEN %(max)s::int IS NULL THEN %(run_at)s
+                     ELSE least(%(run_at)s, created_at + %(max)s::int * interval '1 second') END
+ WHERE id = %(id)s AND owner_id = %(owner)s AND status = 'PENDING' AND dispatch_token IS NULL
+   AND run_at IS NOT NULL AND breaker_held_at IS NULL AND slot_held_at IS NULL
+RETURNING run_at
+"""
+_LOCK_UNTIL_SQL = "UPDATE jobs_uniquelock SET expires_at = %(until)s WHERE owner_id = %(owner)s AND key = %(key)s"
+_LOCK_TAKE_OVER_SQL = """
+UPDATE jobs_uniquelock SET job_id = %(job)s, expires_at = %(until)s WHERE owner_id = %(owner)s AND key = %(key)s
+"""
+
+
+def _debounced(spec: JobSpec, now: datetime) -> JobSpec:
+    """A debounced job waits debounce_seconds from its submit: its key is taken that long."""
+    run_at = now + timedelta(seconds=spec.debounce_seconds or 1)
+    return dataclasses.replace(spec, run_at=run_at, unique_for=spec.debounce_seconds)
+
+
 def _take_unique_keys(owner_id: int, rows: Sequence[_Row], now: datetime) -> dict[uuid.UUID, uuid.UUID]:
     """Take each row's unique key, or apply its policy: row id → the job it gets instead.
     Keys are taken in key order (two bulk submits naming the same keys cannot deadlock);
@@ -272,15 +300,29 @@ def _take_unique_keys(owner_id: int, rows: Sequence[_Row], now: datetime) -> dic
     with connection.cursor() as cur:
         for r in sorted((r for r in rows if r.spec.unique_key), key=lambda r: str(r.spec.unique_key)):
             spec = r.spec
+            until = spec.run_at if spec.unique_policy == "debounce" else None
             params = {"owner": owner_id, "key": spec.unique_key, "job": r.id, "now": now,
-                      "until": now + timedelta(seconds=spec.unique_for or DEFAULT_UNIQUE_FOR)}  # fmt: skip
+                      "until": until or now + timedelta(seconds=spec.unique_for or DEFAULT_UNIQUE_FOR)}  # fmt: skip
             cur.execute(_TAKE_UNIQUE_SQL, params)
             if cur.fetchone() is not None:
                 continue  # taken: this row's job is made
             cur.execute(_UNIQUE_HOLDER_SQL, params)
             holder = cur.fetchone()[0]
             holder = existing.get(holder, holder)  # a row of this call that itself got another job
-            if spec.unique_policy == "keep_existing":
+            if spec.unique_policy == "debounce" and holder in ours:
+                ours[holder].spec = dataclasses.replace(ours[holder].spec, payload=spec.payload)  # not written yet
+                existing[r.id] = holder
+            elif spec.unique_policy == "debounce":
+                debounce = {"payload": Jsonb(spec.payload), "now": now, "run_at": spec.run_at, "id": holder,
+                            "owner": owner_id, "max": spec.debounce_max_seconds}  # fmt: skip
+                cur.execute(_DEBOUNCE_SQL, debounce)
+                pushed = cur.fetchone()
+                if pushed is None:  # released to run (or started) meanwhile: a new window, a new job
+                    cur.execute(_LOCK_TAKE_OVER_SQL, params)
+                    continue
+                cur.execute(_LOCK_UNTIL_SQL, {**params, "until": pushed[0]})
+                existing[r.id] = holder
+            elif spec.unique_policy == "keep_existing":
                 existing[r.id] = holder
             elif spec.unique_policy == "replace" and holder in ours:
                 ours[holder].spec = dataclasses.replace(ours[holder].spec, payload=spec.payload)  # not written yet

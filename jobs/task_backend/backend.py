@@ -137,6 +137,8 @@ class JobsBackend(BaseTaskBackend):
             unique_key=chosen.get("unique_key"),
             unique_for=chosen.get("unique_for"),
             unique_policy=chosen.get("unique_policy", "reject"),
+            debounce_seconds=chosen.get("debounce_seconds"),
+            debounce_max_seconds=chosen.get("debounce_max_seconds"),
         )
 
     # --- enqueue ----------------------------------------------------------------------

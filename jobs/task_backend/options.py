@@ -53,6 +53,8 @@ class JobTask(Task):  # not Task[P, T]: Django 6.0's Task is not generic
     unique_key: str | None = None
     unique_for: int | None = None
     unique_policy: str | None = None
+    debounce_seconds: int | None = None
+    debounce_max_seconds: int | None = None
 
     def using(  # type: ignore[override]
         self,

@@ -289,7 +289,7 @@ def test_the_bulk_limit_is_the_smaller_of_the_setting_and_the_serializers(settin
     assert fast_input.bulk_specs(jobs) is None
 
 
-FALLS_BACK = {"unique_key", "unique_for", "unique_policy"}
+FALLS_BACK = {"unique_key", "unique_for", "unique_policy", "debounce_seconds", "debounce_max_seconds"}
 
 
 def test_ranges_lengths_and_defaults_are_the_serializers():

@@ -258,3 +258,93 @@ def test_unique_submits_match_the_model():
         max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)
     )
     UniqueMachine.TestCase().runTest()
+
+
+# --- debounce ---------------------------------------------------------------------------------
+
+
+def debounced(api: Any, n: int, **extra: Any) -> Any:
+    body = {"payload": {"n": n}, "unique_key": "search-index", "unique_policy": "debounce", "debounce_seconds": 30}
+    return submit(api, **{**body, **extra})
+
+
+@pytest.mark.django_db
+def test_debounce_runs_once_after_the_last_submit_with_its_payload(api):
+    first = debounced(api, 1)
+    assert first.status_code == 201
+    job = Job.objects.get(id=first.json()["id"])
+    assert job.dispatch_token is None  # waits for its run_at, like any delayed job
+    for n in (2, 3):
+        again = debounced(api, n)
+        assert again.status_code == 200
+        assert again.json()["id"] == first.json()["id"]
+    job.refresh_from_db()
+    assert Job.objects.count() == 1
+    assert job.payload == {"n": 3}
+    assert timezone.now() + timedelta(seconds=28) < job.run_at <= timezone.now() + timedelta(seconds=30)
+    assert UniqueLock.objects.get(key="search-index").expires_at == job.run_at
+
+
+@pytest.mark.django_db
+def test_debounce_waits_at_most_debounce_max_seconds_after_the_first_submit(api):
+    first = debounced(api, 1, debounce_max_seconds=120)
+    Job.objects.filter(id=first.json()["id"]).update(created_at=timezone.now() - timedelta(seconds=100))
+    debounced(api, 2, debounce_max_seconds=120)
+    job = Job.objects.get(id=first.json()["id"])
+    assert job.run_at <= job.created_at + timedelta(seconds=120)  # not now + 30
+    assert job.run_at < timezone.now() + timedelta(seconds=21)
+
+
+@pytest.mark.django_db
+def test_a_debounced_job_on_its_way_is_left_alone_and_a_new_window_opens(api):
+    first = debounced(api, 1)
+    Job.objects.filter(id=first.json()["id"]).update(status=JobStatus.QUEUED, dispatch_token=uuid.uuid4())
+    second = debounced(api, 2)
+    assert second.status_code == 201
+    assert second.json()["id"] != first.json()["id"]
+    assert Job.objects.get(id=first.json()["id"]).payload == {"n": 1}  # it runs what it was released with
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"debounce_seconds": None}, "debounce_seconds"),
+        ({"debounce_max_seconds": 10}, "debounce_max_seconds"),  # less than debounce_seconds
+        ({"unique_for": 60}, "unique_for"),
+        ({"run_at": "2030-01-01T00:00:00Z"}, "run_at"),
+        ({"unique_policy": "reject"}, "debounce_seconds"),  # debounce fields need the debounce policy
+    ],
+)
+def test_bad_debounce_fields_are_400_naming_them(api, extra, field):
+    response = debounced(api, 1, **extra)
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_debounced_submits_make_one_job_that_runs_once():
+    from jobs import transitions
+    from orchestration.worker import execute
+    from tests.workflows.conftest import pending_dispatches
+
+    owner = UserFactory()
+    outcome: dict[str, Any] = {}
+
+    def burst(i: int) -> Any:
+        spec = JobSpec(type="demo.echo", payload={"i": i}, unique_key="burst", unique_policy="debounce",
+                       debounce_seconds=5)  # fmt: skip
+        return services.job_submit(owner_id=owner.pk, spec=spec)
+
+    threads = [in_thread(outcome, f"t{i}", lambda i=i: burst(i)) for i in range(8)]
+    for t in threads:
+        t.join()
+    assert not [r for r in outcome.values() if isinstance(r, Exception)]
+    assert len({r.job.id for r in outcome.values()}) == 1
+    [job] = Job.objects.filter(owner=owner)
+    released = transitions.release_batch("delayed", now=timezone.now() + timedelta(seconds=10), limit=100)
+    services.job_dispatch_released(released)
+    ran = [execute(envelope, worker="w") for envelope in pending_dispatches()]
+    assert [o.status for o in ran] == ["SUCCEEDED"]
+    job.refresh_from_db()
+    assert job.result == job.payload  # the last payload a submit left, run once
