@@ -493,6 +493,8 @@ JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
 # cut with a marker. The error also travels in the `jobs.dead` message, which stays far below
 # Kafka's message size limit this way.
 JOB_RESULT_MAX_BYTES = env.int("JOB_RESULT_MAX_BYTES", default=1024 * 1024)
+# `ctx.progress(...)` writes a running job's progress at most this often (jobs/progress.py).
+JOB_PROGRESS_INTERVAL_SECONDS = env.float("JOB_PROGRESS_INTERVAL_SECONDS", default=0.5)
 JOB_ERROR_MAX_CHARS = env.int("JOB_ERROR_MAX_CHARS", default=16 * 1024)
 JOB_TRACEBACK_MAX_CHARS = env.int("JOB_TRACEBACK_MAX_CHARS", default=64 * 1024)
 

@@ -63,10 +63,18 @@ class JobContext:
     queue: str = "default"
     # Set by the worker; returns True once the job's cancel was requested.
     is_cancel_requested: Callable[[], bool] = field(default=lambda: False)
+    # Set by the worker: where `progress` goes (jobs.progress.Reporter.report).
+    report_progress: Callable[[float, str], None] = field(default=lambda fraction, message: None)
 
     def check_cancelled(self) -> None:
         if self.is_cancel_requested():
             raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """How far the job is, from 0 to 1, with a short message: shown live in the API and the
+        dashboard. Cheap in a tight loop: written at most every JOB_PROGRESS_INTERVAL_SECONDS.
+        ValueError for a fraction outside 0..1 or not a number."""
+        self.report_progress(fraction, message)
 
 
 class Handler(Protocol):

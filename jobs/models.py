@@ -117,6 +117,11 @@ class Job(models.Model):
     # Deferred (PENDING, no dispatch) since then because its owner had its share of the
     # queue's workers busy with long jobs (orchestration.fair_slots); released as they end.
     slot_held_at = models.DateTimeField(null=True, blank=True)
+    # How far the running attempt says it is (`ctx.progress`, jobs/progress.py): a fraction
+    # from 0 to 1, a short message, and when it said so. Not indexed: written while it runs.
+    progress = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
+    progress_at = models.DateTimeField(null=True, blank=True)
     # The job's trace (W3C traceparent of its submit span; NULL when tracing was off): every
     # dispatch of it, retries included, continues this trace (config.tracing).
     traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced

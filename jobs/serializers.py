@@ -227,6 +227,12 @@ class AttemptSerializer(serializers.ModelSerializer):
         fields = ["attempt", "status", "started_at", "finished_at", "error", "worker", "traceback"]
 
 
+class ProgressSerializer(serializers.Serializer):
+    fraction = serializers.FloatField(min_value=0.0, max_value=1.0)
+    message = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
 class JobSerializer(serializers.Serializer):
     """A job as the API shows it. `history` only on the detail view.
 
@@ -257,6 +263,9 @@ class JobSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     trace_id = serializers.CharField(allow_null=True, help_text="The job's trace (32 hex digits), null if not traced.")
+    progress = ProgressSerializer(
+        allow_null=True, help_text="How far its running attempt said it is (`ctx.progress`), null if it never said."
+    )
     archived = serializers.BooleanField(
         help_text="Moved to the archive by retention (JOB_RETENTION_DAYS): read-only, searched with archived=true."
     )
@@ -287,6 +296,9 @@ class JobSerializer(serializers.Serializer):
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "trace_id": job.trace_id,
+            "progress": None
+            if job.progress is None
+            else {"fraction": job.progress, "message": job.progress_message or "", "at": job.progress_at},
             "archived": getattr(job, "archived", False),
         }
 

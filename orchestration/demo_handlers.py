@@ -41,6 +41,19 @@ def sleep(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"slept": seconds}
 
 
+@handler("demo.progress")
+def progress(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Works through `steps` steps over `seconds`, saying how far it is after each
+    (`ctx.progress`), and stops early when cancelled."""
+    steps = max(1, int(payload.get("steps", 10)))
+    seconds = float(payload.get("seconds", 1))
+    for step in range(1, steps + 1):
+        ctx.check_cancelled()
+        time.sleep(seconds / steps)
+        ctx.progress(step / steps, f"step {step} of {steps}")
+    return {"steps": steps}
+
+
 @handler("demo.fail")
 def fail(payload: dict[str, Any], ctx: JobContext) -> None:
     message = str(payload.get("message", "demo.fail always fails"))

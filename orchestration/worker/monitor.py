@@ -40,6 +40,13 @@ class LongRun(Protocol):
     def renew(self) -> None: ...
 
 
+class Flushing(Protocol):
+    """A running job's progress reports (`jobs.progress.Reporter`): the latest one still
+    pending is written on the monitor's tick."""
+
+    def flush(self) -> None: ...
+
+
 class Interrupted(BaseException):  # BaseException: a handler's `except Exception` cannot swallow it
     """Raised inside a handler by SIGALRM: its timeout passed, or its cancel grace ran out."""
 
@@ -57,6 +64,7 @@ class _Watch:
     interrupt_reason: str | None = None
     long_run: LongRun | None = None
     long_told: bool = False
+    progress: Flushing | None = None
 
 
 class Monitor:
@@ -81,10 +89,12 @@ class Monitor:
             self._thread = threading.Thread(target=self._run, name="job-monitor", daemon=True)
             self._thread.start()
 
-    def watch(self, job_id: uuid.UUID, attempt: int, long_run: LongRun | None = None) -> _Watch:
+    def watch(
+        self, job_id: uuid.UUID, attempt: int, long_run: LongRun | None = None, progress: Flushing | None = None
+    ) -> _Watch:
         self._ensure_thread()
         with self._lock:
-            self._watch = _Watch(job_id, attempt, time.monotonic(), long_run=long_run)
+            self._watch = _Watch(job_id, attempt, time.monotonic(), long_run=long_run, progress=progress)
             return self._watch
 
     def clear(self) -> None:
@@ -129,6 +139,8 @@ class Monitor:
                 continue
             now = time.monotonic()
             try:
+                if watch.progress is not None:
+                    watch.progress.flush()  # a report the handler's throttle kept back
                 if (
                     watch.long_run is not None
                     and not watch.long_told
@@ -183,13 +195,15 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def handler_running(job_id: uuid.UUID, attempt: int, timeout: float, long_run: LongRun | None = None) -> Iterator[None]:
+def handler_running(
+    job_id: uuid.UUID, attempt: int, timeout: float, long_run: LongRun | None = None, progress: Flushing | None = None
+) -> Iterator[None]:
     """While the body runs the handler: the monitor watches the job (and tells `long_run` when
     it has run long), and SIGALRM is armed for `timeout` (the alarm, or the monitor after an
     ignored cancel, raises Interrupted inside it). Outside the main thread only the
     cooperative checks apply."""
     global _armed
-    watch = MONITOR.watch(job_id, attempt, long_run)
+    watch = MONITOR.watch(job_id, attempt, long_run, progress)
     armed = threading.current_thread() is threading.main_thread()
     if armed:
         if signal.getsignal(signal.SIGALRM) is not _on_alarm:

@@ -38,7 +38,7 @@ from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from config import tracing
-from jobs import outputs, transitions
+from jobs import outputs, progress, transitions
 from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, PermanentFailure, class_path, get_handler
 from jobs.models import AttemptStatus
 from logs.context import JobLogContext
@@ -153,9 +153,10 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
     job_id = claim.job_id
     in_workflow = claim.workflow_id is not None  # its end moves the workflow on, in one transaction
     handler = get_handler(claim.type)
+    reporter = progress.Reporter(job_id, claim.attempt)
     ctx = JobContext(
         job_id=job_id, attempt=claim.attempt, type=claim.type, queue=claim.queue,
-        is_cancel_requested=MONITOR.cancel_requested,
+        is_cancel_requested=MONITOR.cancel_requested, report_progress=reporter.report,
     )  # fmt: skip
     if claim.waiting_since is not None:
         wait = (timezone.now() - claim.waiting_since).total_seconds()
@@ -164,7 +165,9 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
     try:
         if handler is None:
             raise PermanentError(f"no handler registered for job type {claim.type!r} on this worker")
-        result, logged = _call_handler(handler, claim, ctx, deferring=recorder is not None, long_run=long_run)
+        result, logged = _call_handler(
+            handler, claim, ctx, deferring=recorder is not None, long_run=long_run, reporter=reporter
+        )
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             return _outcome_span(claim, lambda: _cancelled(claim, in_workflow))
@@ -198,7 +201,13 @@ def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:
 
 
 def _call_handler(
-    handler: Handler, claim: transitions.Claim, ctx: JobContext, *, deferring: bool, long_run: _LongRun | None
+    handler: Handler,
+    claim: transitions.Claim,
+    ctx: JobContext,
+    *,
+    deferring: bool,
+    long_run: _LongRun | None,
+    reporter: progress.Reporter | None = None,
 ) -> tuple[Any, bool]:
     """Call the handler under the job's timeout and return its result, bounded for storing,
     and whether the attempt wrote log lines. Whatever it raises goes to the caller (a result
@@ -209,7 +218,7 @@ def _call_handler(
     try:
         with (
             tracing.span("job.handler", attributes=span_attributes(claim) if tracing.enabled() else None),
-            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds, long_run),
+            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds, long_run, reporter),
         ):
             try:
                 result = handler(claim.payload, ctx)
