@@ -13,6 +13,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="/login/"), name="logout"),
     path("jobs/", views.job_list, name="jobs"),
     path("jobs/bulk/", views.job_bulk, name="jobs-bulk"),
+    path("jobs/bulk-action/", views.job_bulk_action, name="jobs-bulk-action"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job"),
     path("jobs/<uuid:job_id>/panel/", views.job_panel, name="job-panel"),
     path("jobs/<uuid:job_id>/logs/", views.job_logs, name="job-logs"),

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -24,7 +25,7 @@ from rest_framework.exceptions import ValidationError
 
 from config.text import is_uuid
 from dashboard import charts, queries
-from jobs import schedules, selectors, services
+from jobs import bulk_actions, schedules, selectors, services
 from jobs.errors import JobError, ScheduleNotFound
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
@@ -153,6 +154,31 @@ def job_bulk(request: HttpRequest) -> HttpResponse:
     if not ids:
         messages.warning(request, "No jobs were selected.")
     return _back(request, reverse("dashboard:jobs"))
+
+
+BULK_VERBS = {"cancel": "Cancel", "retry": "Retry"}
+
+
+@login_required
+def job_bulk_action(request: HttpRequest) -> HttpResponse:
+    """Every job that matches the list's filters: GET shows how many and asks to confirm,
+    POST starts the action in the background and shows its job (its progress bar)."""
+    source = request.POST if request.method == "POST" else request.GET
+    action = source.get("action", "")
+    if action not in BULK_VERBS:
+        raise Http404("no such action")
+    filters = {name: source[name] for name in bulk_actions.FILTERS if source.get(name)}
+    try:
+        if request.method == "POST":
+            job, count = bulk_actions.start(request.user, action=action, filters=filters, payload=None)
+            messages.success(request, f"{BULK_VERBS[action]} of {count} job(s) started: this job carries it out.")
+            return redirect("dashboard:job", job_id=job.id)
+        count = bulk_actions.matching(request.user, filters).count()
+    except ValidationError as exc:
+        messages.error(request, f"Bad filter: {exc.detail}")
+        return redirect(f"{reverse('dashboard:jobs')}?{urlencode(filters)}")
+    context = {"action": action, "verb": BULK_VERBS[action], "count": count, "filters": filters}
+    return render(request, "dashboard/bulk_action.html", context)
 
 
 @login_required

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -20,7 +22,7 @@ from config.rest import (
     request_owner_id,
     with_idempotency_header,
 )
-from jobs import fast_input, schedules, selectors, services
+from jobs import bulk_actions, fast_input, schedules, selectors, services
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.models import Job
 from jobs.serializers import (
@@ -140,6 +142,52 @@ class JobRetryApi(APIView):
     def post(self, request: Request, job_id: str) -> Response:
         job = _changeable_job(request, job_id, "retry")
         return Response(JobSerializer(services.job_retry(job_id=job.id)).data)
+
+
+class BulkActionSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=bulk_actions.ACTIONS)
+    filter = serializers.DictField(
+        child=serializers.CharField(max_length=1000), allow_empty=True,
+        help_text=f"The jobs list's filters, as its query parameters: {', '.join(bulk_actions.FILTERS)}.",
+    )  # fmt: skip
+    payload = serializers.DictField(
+        required=False, help_text="rerun only: keys merged into each re-run job's payload (the edit)."
+    )
+    dry_run = serializers.BooleanField(default=False, help_text="Only count the jobs that match.")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("payload") and data["action"] != "rerun":
+            raise serializers.ValidationError({"payload": ["only a rerun takes a payload"]})
+        return data
+
+
+BULK_ACTION_ANSWER = inline_serializer(
+    "BulkAction",
+    {
+        "action": serializers.CharField(),
+        "count": serializers.IntegerField(),
+        "job": serializers.UUIDField(allow_null=True, help_text="The action's own job (null for a dry run)."),
+    },
+)
+
+
+class JobBulkActionApi(APIView):
+    """Cancel, retry or re-run (with an edited payload) every job of yours that matches a
+    filter (staff: everyone's). `dry_run` counts them; otherwise the action runs in the
+    background as a job (202, its id in `job`: its progress shows how far it is)."""
+
+    @extend_schema(request=BulkActionSerializer, responses={200: BULK_ACTION_ANSWER, 202: BULK_ACTION_ANSWER})
+    def post(self, request: Request) -> Response:
+        body = BulkActionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data["dry_run"]:
+            count = bulk_actions.matching(request.user, data["filter"]).count()
+            return Response({"action": data["action"], "count": count, "job": None})
+        job, count = bulk_actions.start(
+            request.user, action=data["action"], filters=data["filter"], payload=data.get("payload")
+        )
+        return Response({"action": data["action"], "count": count, "job": str(job.id)}, status=status.HTTP_202_ACCEPTED)
 
 
 class JobStatsApi(APIView):

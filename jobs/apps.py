@@ -65,6 +65,8 @@ class JobsConfig(AppConfig):
         from jobs.handlers import load_handler_modules
 
         load_handler_modules()
+        from jobs import bulk_actions  # noqa: F401  (registers its internal handler)
+
         checks.register(tasks_framework_problems)
         if _framework_installed():
             from jobs import transitions

@@ -9,7 +9,8 @@ every key under these prefixes; code that makes platform keys takes its prefix f
 from __future__ import annotations
 
 SCHEDULE_KEY_PREFIX = "schedule:"
-RESERVED_KEY_PREFIXES = (SCHEDULE_KEY_PREFIX,)
+BULK_KEY_PREFIX = "bulk:"  # a re-run's new job: bulk:<action job>:<job it re-runs> (jobs.bulk_actions)
+RESERVED_KEY_PREFIXES = (SCHEDULE_KEY_PREFIX, BULK_KEY_PREFIX)
 
 
 def reserved_prefix(key: str) -> str | None:

@@ -7,6 +7,7 @@ urlpatterns = [
     path("jobs/", apis.JobListCreateApi.as_view(), name="job-list"),
     path("jobs/bulk/", apis.JobBulkCreateApi.as_view(), name="job-bulk"),
     path("jobs/stats/", apis.JobStatsApi.as_view(), name="job-stats"),
+    path("jobs/bulk-actions/", apis.JobBulkActionApi.as_view(), name="job-bulk-action"),
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="job-retry"),

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
+from rest_framework.exceptions import ValidationError
 
 from jobs import selectors, services
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
@@ -44,6 +45,14 @@ class Command(BaseCommand):
         submit.add_argument("--owner", help="username (default: the first superuser, created if none)")
         submit.add_argument("--wait", action="store_true", help="wait for a terminal state, print the result")
         submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (with --wait)")
+
+        bulk = sub.add_parser("bulk-action", help="cancel, retry or re-run every job that matches a filter")
+        bulk.add_argument("bulk", choices=["cancel", "retry", "rerun"], metavar="cancel|retry|rerun")
+        for name in ("status", "type", "queue", "created-after", "created-before", "log-contains"):
+            bulk.add_argument(f"--{name}")
+        bulk.add_argument("--payload", help="rerun: a JSON object merged into each new job's payload")
+        bulk.add_argument("--dry-run", action="store_true", help="only count the jobs that match")
+        bulk.add_argument("--owner", help="whose action it is (default: the first superuser: every owner's jobs)")
 
         show = sub.add_parser("show", help="show one job with its history")
         show.add_argument("job_id")
@@ -105,6 +114,26 @@ class Command(BaseCommand):
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} ended {job.status}: {job.last_error}")
         self.stdout.write(dump(job.result))
+
+    def do_bulk_action(self, opts: dict[str, Any]) -> None:
+        from jobs import bulk_actions
+
+        filters = {
+            name.replace("-", "_"): opts[name.replace("-", "_")]
+            for name in ("status", "type", "queue", "created-after", "created-before", "log-contains")
+            if opts[name.replace("-", "_")]
+        }
+        payload = orjson.loads(opts["payload"]) if opts["payload"] else None
+        owner = cli_owner(opts["owner"])
+        try:
+            if opts["dry_run"]:
+                self.stdout.write(f"{bulk_actions.matching(owner, filters).count()} jobs match")
+                return
+            job, count = bulk_actions.start(owner, action=opts["bulk"], filters=filters, payload=payload)
+        except ValidationError as exc:
+            raise CommandError(f"invalid bulk action: {dump(exc.detail)}") from exc
+        self.stderr.write(f"{count} jobs match; the action runs as job")
+        self.stdout.write(str(job.id))
 
     def do_show(self, opts: dict[str, Any]) -> None:
         job = selectors.job_get_detail(user=OPERATOR, job_id=opts["job_id"])
