@@ -51,6 +51,15 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+class Throttled(Exception):
+    """Raised by `ctx.throttle(seconds)`: the downstream asked to slow down. The job goes back
+    to wait `seconds` without using an attempt of its budget."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"throttled for {seconds:g}s (ctx.throttle): not counted against max_attempts")
+        self.seconds = seconds
+
+
 class JobCancelled(Exception):
     """Raised inside a handler (by `ctx.check_cancelled`) once a cancel was requested."""
 
@@ -69,6 +78,13 @@ class JobContext:
     def check_cancelled(self) -> None:
         if self.is_cancel_requested():
             raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def throttle(self, seconds: float) -> None:
+        """The downstream said to slow down: stop here, and run again `seconds` from now
+        without using an attempt (up to a day). Raises Throttled: code after it does not run."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 86400:
+            raise ValueError(f"throttle seconds must be a number above 0 and at most 86400, got {seconds!r}")
+        raise Throttled(float(seconds))
 
     def progress(self, fraction: float, message: str = "") -> None:
         """How far the job is, from 0 to 1, with a short message: shown live in the API and the

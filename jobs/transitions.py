@@ -808,6 +808,50 @@ SELECT count(*) FROM deferred
 """
 
 
+# ctx.throttle: the attempt ran and asked to wait. Its history row says so (FAILED, with the
+# reason); the job waits for its run_at as PENDING, the attempt given back to its budget
+# (`attempts`; the history numbering goes on), its concurrency slot freed and its key's
+# blocked jobs woken. Not a job with a cancel request: the caller cancels that one.
+_THROTTLE_SQL = """
+WITH throttled AS (
+    UPDATE jobs_job AS j
+       SET status = 'PENDING', attempts = greatest(j.attempts - 1, 0), worker = '', started_at = NULL,
+           lease_expires_at = NULL, queued_at = NULL, dispatch_token = NULL, run_at = %(run_at)s,
+           last_error = %(error)s, updated_at = %(now)s
+     WHERE j.id = %(id)s AND (j.status = 'RUNNING') IS TRUE AND j.attempt_seq = %(attempt)s AND j.worker = %(worker)s
+       AND j.cancel_requested_at IS NULL
+    RETURNING j.id, j.owner_id, j.concurrency_key, j.owner_id::text || ':' || j.concurrency_key AS slot
+), freed AS (
+    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
+      FROM throttled WHERE s.key = throttled.slot AND s.running > 0
+), wake AS (
+    UPDATE jobs_heldkey AS k SET visit_at = now()
+      FROM throttled WHERE k.owner_id = throttled.owner_id AND k.key = throttled.concurrency_key AND k.visit_at > now()
+), closed AS (
+    UPDATE jobs_jobattempt AS a SET status = 'FAILED', finished_at = %(now)s, error = %(error)s,
+           error_class = %(error_class)s
+      FROM throttled WHERE a.job_id = throttled.id AND a.attempt = %(attempt)s AND (a.status = 'RUNNING') IS TRUE
+)
+SELECT count(*), max(owner_id), max(concurrency_key) FROM throttled
+"""
+
+
+def throttle_back(
+    job_id: uuid.UUID | str, *, attempt: int, worker: str, run_at: datetime, error: str, error_class: str
+) -> bool:
+    """RUNNING → PENDING until `run_at`, the attempt not counted (ctx.throttle). A keyed job is
+    registered for the blocked scan at `run_at` (the delayed scan leaves keyed jobs to it).
+    False: the job has a cancel request, or is no longer this attempt's."""
+    params: dict[str, Any] = {"id": str(job_id), "attempt": attempt, "worker": worker, "run_at": run_at,
+                              "now": timezone.now(), "error": error, "error_class": error_class}  # fmt: skip
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(_THROTTLE_SQL, params)
+        won, owner_id, key = cur.fetchone()
+        if won and key:
+            register_blocked_keys([(owner_id, key, run_at)])
+    return bool(won)
+
+
 def defer_for_share(job_id: uuid.UUID | str, *, attempt: int, worker: str) -> bool:
     """RUNNING (claimed, its handler not started) → PENDING, deferred for its owner's share of the
     workers, the claim undone. False: the job is no longer this attempt's, or has a cancel

@@ -28,6 +28,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -39,7 +40,16 @@ from redis.exceptions import RedisError
 
 from config import tracing
 from jobs import outputs, progress, transitions
-from jobs.handlers import Handler, JobCancelled, JobContext, PermanentError, PermanentFailure, class_path, get_handler
+from jobs.handlers import (
+    Handler,
+    JobCancelled,
+    JobContext,
+    PermanentError,
+    PermanentFailure,
+    Throttled,
+    class_path,
+    get_handler,
+)
 from jobs.models import AttemptStatus
 from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
@@ -168,6 +178,8 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
         result, logged = _call_handler(
             handler, claim, ctx, deferring=recorder is not None, long_run=long_run, reporter=reporter
         )
+    except Throttled as exc:
+        return _throttled(claim, exc.seconds, str(exc), in_workflow)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
             return _outcome_span(claim, lambda: _cancelled(claim, in_workflow))
@@ -192,6 +204,25 @@ def _succeeded(claim: transitions.Claim, result: Any, in_workflow: bool) -> Outc
         lambda: transitions.mark_succeeded(job_id, attempt=attempt, result=result, in_workflow=in_workflow)
     )
     return record(job_id, Status.SUCCEEDED, won)
+
+
+def _throttled(claim: transitions.Claim, seconds: float, reason: str, in_workflow: bool) -> Outcome:
+    """The handler asked to wait (ctx.throttle): back to PENDING until then, the attempt given
+    back; with a cancel request meanwhile it ends as asked instead."""
+
+    def write() -> Outcome:
+        run_at = timezone.now() + timedelta(seconds=seconds)
+        won = with_reconnect(
+            lambda: transitions.throttle_back(
+                claim.job_id, attempt=claim.attempt, worker=claim.worker, run_at=run_at, error=reason,
+                error_class=class_path(Throttled),
+            )
+        )  # fmt: skip
+        if won:
+            return record(claim.job_id, Status.THROTTLED, True, retry_in=seconds)
+        return _cancelled(claim, in_workflow)  # a cancel request (or it is no longer ours: a no-op)
+
+    return _outcome_span(claim, write)
 
 
 def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:
