@@ -27,7 +27,7 @@ from config.text import is_uuid
 from jobs import services
 from jobs.errors import JobError
 from jobs.handlers import is_registered
-from jobs.models import Job, JobAttempt, Outbox, OwnerShare, Schedule
+from jobs.models import Job, JobAttempt, Outbox, OwnerShare, Schedule, UniqueLock
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -154,7 +154,7 @@ class JobAdmin(ReadOnlyAdmin):
         "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
         "logs_panel", "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
         "next_retry_at", "idempotency_key", "dispatch_token", "worker", "lease_expires_at",
-        "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at",
+        "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at", "progress_shown",
     )  # fmt: skip
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -164,6 +164,15 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="logs")
     def logs_panel(self, obj: Job) -> str:
         return render_job_logs(obj)
+
+    @admin.display(description="progress")
+    def progress_shown(self, obj: Job) -> str:
+        """What its running attempt last said (`ctx.progress`), and when."""
+        if obj.progress is None:
+            return "-"
+        said = f" · {obj.progress_message}" if obj.progress_message else ""
+        at = f" (at {obj.progress_at:%Y-%m-%d %H:%M:%S})" if obj.progress_at else ""
+        return f"{obj.progress:.0%}{said}{at}"
 
     @admin.display(description="payload")
     def payload_pretty(self, obj: Job) -> str:
@@ -259,6 +268,23 @@ class JobAdmin(ReadOnlyAdmin):
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
             return queryset.filter(idempotency_key=term), False
+
+
+@admin.register(UniqueLock)
+class UniqueLockAdmin(ReadOnlyAdmin):
+    """Who holds each owner's unique keys, until when (jobs with a `unique_key`). Read-only:
+    a key frees itself when its time is up."""
+
+    list_display = ["owner_id", "key", "job_id", "expires_at"]
+    search_fields = ["key"]
+    search_help_text = "A unique key (exact)."
+    show_full_result_count = False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UniqueLock], search_term: str
+    ) -> tuple[QuerySet[UniqueLock], bool]:
+        term = search_term.strip()
+        return (queryset.filter(key=term) if term else queryset), False
 
 
 @admin.register(OwnerShare)

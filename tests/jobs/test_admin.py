@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 from jobs.transitions import mark_running, move_to_dead_letter
@@ -93,3 +94,17 @@ def test_a_schedule_for_an_undeclared_queue_is_refused_in_the_admin_too(client, 
     response = client.post("/admin/orchestration_jobs/schedule/add/", body)
     assert "is not a declared queue" in response.content.decode()
     assert not Schedule.objects.exists()
+
+
+def test_staff_see_unique_keys_and_a_jobs_progress(client, staff, user):
+    from jobs.models import UniqueLock
+
+    job = submit_job(user, type="demo.echo", unique_key="nightly-report", unique_policy="keep_existing")
+    Job.objects.filter(id=job.id).update(progress=0.5, progress_message="half way", progress_at=timezone.now())
+    client.force_login(staff)
+    locks = client.get("/admin/orchestration_jobs/uniquelock/?q=nightly-report").content.decode()
+    assert "nightly-report" in locks
+    assert str(job.id) in locks
+    assert UniqueLock.objects.count() == 1
+    page = client.get(f"/admin/orchestration_jobs/job/{job.id}/change/").content.decode()
+    assert "50% · half way" in page
