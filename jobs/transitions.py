@@ -304,6 +304,19 @@ def hand_back_many(claims: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
         return {uuid.UUID(str(row[0])) for row in cur.fetchall()}
 
 
+def _slot_given_back(source: str) -> str:
+    """The CTEs by which an attempt that ended (or stepped back) gives its concurrency slot
+    back and wakes the blocked jobs of its key: `source` is the CTE of the job rows that
+    changed, with `slot`, `owner_id` and `concurrency_key`."""
+    return f"""freed AS (
+    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
+      FROM {source} WHERE s.key = {source}.slot AND s.running > 0
+), wake AS (
+    UPDATE jobs_heldkey AS k SET visit_at = now()
+      FROM {source} WHERE k.owner_id = {source}.owner_id AND k.key = {source}.concurrency_key AND k.visit_at > now()
+)"""  # noqa: S608 (source is a CTE name of ours, never input)
+
+
 # Columns an end-of-attempt edge may set besides the status (names are never user input).
 _END_COLUMNS = frozenset({"result", "finished_at", "last_error", "next_retry_at", "dispatch_token"})
 
@@ -313,13 +326,7 @@ WITH ended AS (
      WHERE id = %(id)s AND status = 'RUNNING' AND attempt_seq = %(attempt)s{guard}
     RETURNING id, type, queue, attempt_seq, owner_id::text || ':' || concurrency_key AS slot, workflow_id,
               owner_id, concurrency_key
-), freed AS (
-    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
-      FROM ended WHERE s.key = ended.slot AND s.running > 0
-), wake AS (
-    UPDATE jobs_heldkey AS k SET visit_at = now()
-      FROM ended WHERE k.owner_id = ended.owner_id AND k.key = ended.concurrency_key AND k.visit_at > now()
-), closed AS (
+), {given_back}, closed AS (
     UPDATE jobs_jobattempt
        SET status = %(attempt_status)s, finished_at = %(now)s, error = %(error)s, traceback = %(tb)s,
            error_class = %(error_class)s
@@ -327,6 +334,8 @@ WITH ended AS (
 ){extra}
 SELECT count(*), max(workflow_id::text), max(type), max(queue) FROM ended
 """
+
+_GIVEN_BACK = _slot_given_back("ended")
 
 # A dead letter is also published to `jobs.dead` (through the outbox, in the same statement)
 # for downstream consumers: the job, its type and queue, how many attempts, the last error.
@@ -382,7 +391,7 @@ def _end_running(
     extra = _DEAD_OUTBOX_CTE if status == JobStatus.DEAD_LETTER else ""
     terminal = status in TERMINAL_STATUSES
     with _workflow_transaction(terminal and in_workflow is not False), connection.cursor() as cur:
-        cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra), params)
+        cur.execute(_END_SQL.format(sets=sets, guard=guard, extra=extra, given_back=_GIVEN_BACK), params)
         won, workflow_id, type_, queue = cur.fetchone()
         if won and workflow_id and terminal:
             _workflow_job_ended(job_id, workflow_id, status)
@@ -812,7 +821,7 @@ SELECT count(*) FROM deferred
 # reason); the job waits for its run_at as PENDING, the attempt given back to its budget
 # (`attempts`; the history numbering goes on), its concurrency slot freed and its key's
 # blocked jobs woken. Not a job with a cancel request: the caller cancels that one.
-_THROTTLE_SQL = """
+_THROTTLE_SQL = f"""
 WITH throttled AS (
     UPDATE jobs_job AS j
        SET status = 'PENDING', attempts = greatest(j.attempts - 1, 0), worker = '', started_at = NULL,
@@ -821,19 +830,13 @@ WITH throttled AS (
      WHERE j.id = %(id)s AND (j.status = 'RUNNING') IS TRUE AND j.attempt_seq = %(attempt)s AND j.worker = %(worker)s
        AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.owner_id, j.concurrency_key, j.owner_id::text || ':' || j.concurrency_key AS slot
-), freed AS (
-    UPDATE jobs_concurrencyslot AS s SET running = s.running - 1
-      FROM throttled WHERE s.key = throttled.slot AND s.running > 0
-), wake AS (
-    UPDATE jobs_heldkey AS k SET visit_at = now()
-      FROM throttled WHERE k.owner_id = throttled.owner_id AND k.key = throttled.concurrency_key AND k.visit_at > now()
-), closed AS (
+), {_slot_given_back("throttled")}, closed AS (
     UPDATE jobs_jobattempt AS a SET status = 'FAILED', finished_at = %(now)s, error = %(error)s,
            error_class = %(error_class)s
       FROM throttled WHERE a.job_id = throttled.id AND a.attempt = %(attempt)s AND (a.status = 'RUNNING') IS TRUE
 )
 SELECT count(*), max(owner_id), max(concurrency_key) FROM throttled
-"""
+"""  # noqa: S608 (constants only)
 
 
 def throttle_back(
