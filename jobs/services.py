@@ -190,20 +190,17 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str
 
 def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) -> list[Submitted]:
     now = timezone.now()
-    specs = [_debounced(s, now) if s.unique_policy == "debounce" else s for s in specs]
-    rows = [
-        _Row(
-            id=new_id(),
-            spec=s,
-            digest=s.request_hash() if s.idempotency_key else "",
-            token=uuid.uuid4() if _is_due(s.run_at, now) else None,
-        )
-        for s in specs
-    ]
+    rows = [_row(s, now) for s in specs]
     with transaction.atomic():
         # Unique keys first: a submit that meets a taken key inserts nothing (its policy
-        # says what it gets instead: `existing`, job id by row id).
-        existing = _take_unique_keys(owner_id, rows, now) if any(r.spec.unique_key for r in rows) else {}
+        # says what it gets instead: `existing`, job id by row id). A replay of a request
+        # (its idempotency key used before) takes no key: it answers as before, and a key
+        # taken for a row that is then not inserted would name no job.
+        unique = [r for r in rows if r.spec.unique_key]
+        if unique:
+            replays_ahead = _used_idempotency_keys(owner_id, [r.spec.idempotency_key for r in unique])
+            unique = [r for r in unique if r.spec.idempotency_key not in replays_ahead]
+        existing = _take_unique_keys(owner_id, unique, now) if unique else {}
         fresh = [r for r in rows if r.id not in existing]
         plain = [r for r in fresh if not r.spec.idempotency_key]
         keyed = [r for r in fresh if r.spec.idempotency_key]
@@ -284,6 +281,18 @@ UPDATE jobs_uniquelock SET job_id = %(job)s, expires_at = %(until)s WHERE owner_
 """
 
 
+def _row(sent: JobSpec, now: datetime) -> _Row:
+    """A job to insert. Its idempotency digest is of the request as sent: a debounced job's
+    run_at is the service's, and differs at every replay."""
+    spec = _debounced(sent, now) if sent.unique_policy == "debounce" else sent
+    return _Row(
+        id=new_id(),
+        spec=spec,
+        digest=sent.request_hash() if sent.idempotency_key else "",
+        token=uuid.uuid4() if _is_due(spec.run_at, now) else None,
+    )
+
+
 def _debounced(spec: JobSpec, now: datetime) -> JobSpec:
     """A debounced job waits debounce_seconds from its submit: its key is taken that long."""
     run_at = now + timedelta(seconds=spec.debounce_seconds or 1)
@@ -338,6 +347,14 @@ def _take_unique_keys(owner_id: int, rows: Sequence[_Row], now: datetime) -> dic
             else:
                 raise UniqueConflict(str(spec.unique_key), holder)
     return existing
+
+
+def _used_idempotency_keys(owner_id: int, keys: Sequence[str | None]) -> set[str]:
+    wanted = [k for k in keys if k]
+    if not wanted:
+        return set()
+    used = Job.objects.filter(owner_id=owner_id, idempotency_key__in=wanted).values_list("idempotency_key", flat=True)
+    return {key for key in used if key}
 
 
 def _jobs_by_id(ids: set[uuid.UUID]) -> dict[uuid.UUID, Job]:

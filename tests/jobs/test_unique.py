@@ -348,3 +348,20 @@ def test_racing_debounced_submits_make_one_job_that_runs_once():
     assert [o.status for o in ran] == ["SUCCEEDED"]
     job.refresh_from_db()
     assert job.result == job.payload  # the last payload a submit left, run once
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("policy", ["debounce", "keep_existing"])
+def test_a_replayed_request_answers_as_before_and_takes_no_key(api, policy):
+    body = {"type": "demo.echo", "payload": {"n": 1}, "unique_key": "k", "unique_policy": policy}
+    if policy == "debounce":
+        body["debounce_seconds"] = 30
+    first = api.post(JOBS, body, format="json", HTTP_IDEMPOTENCY_KEY="req-1")
+    expire("k")  # the key's window is over; the replay must not take it again
+    again = api.post(JOBS, body, format="json", HTTP_IDEMPOTENCY_KEY="req-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert UniqueLock.objects.get(key="k").job_id == uuid.UUID(first.json()["id"])  # not a job never made
+    later = submit(api, unique_key="k", unique_policy="keep_existing")  # meets the key as its holder left it
+    assert later.status_code == 201
+    assert Job.objects.count() == 2
