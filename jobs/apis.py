@@ -181,12 +181,15 @@ class JobBulkActionApi(APIView):
         body = BulkActionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if data["dry_run"]:
-            count = bulk_actions.matching(request.user, data["filter"]).count()
-            return Response({"action": data["action"], "count": count, "job": None})
-        job, count = bulk_actions.start(
-            request.user, action=data["action"], filters=data["filter"], payload=data.get("payload")
-        )
+        try:  # log_contains asks ClickHouse, as the jobs list does: away, it is a 503 here too
+            if data["dry_run"]:
+                count = bulk_actions.matching(request.user, data["filter"]).count()
+                return Response({"action": data["action"], "count": count, "job": None})
+            job, count = bulk_actions.start(
+                request.user, action=data["action"], filters=data["filter"], payload=data.get("payload")
+            )
+        except LogStoreUnavailable as exc:
+            raise LogStoreUnavailableError() from exc
         return Response({"action": data["action"], "count": count, "job": str(job.id)}, status=status.HTTP_202_ACCEPTED)
 
 

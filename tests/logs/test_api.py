@@ -251,6 +251,9 @@ def test_the_log_store_being_away_is_503_for_searches_but_not_for_a_job(api, use
     assert response.json()["code"] == "log_store_unavailable"
     assert api.get(f"/api/v1/jobs/{job.id}/logs/").status_code == 503
     assert api.get("/api/v1/jobs/?log_contains=x").status_code == 503
+    for dry_run in (True, False):  # a bulk action by log text: the same filter, the same answer
+        body = {"action": "cancel", "filter": {"log_contains": "x"}, "dry_run": dry_run}
+        assert api.post("/api/v1/jobs/bulk-actions/", body, format="json").status_code == 503
     assert api.get(f"/api/v1/jobs/{job.id}/").status_code == 200
 
 
