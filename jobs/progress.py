@@ -61,11 +61,13 @@ class Reporter:
 
     def flush(self) -> None:
         """Write the pending value, if any (the monitor thread calls this every tick)."""
+        # Under the lock through the write: the handler's thread and the monitor's write on
+        # connections of their own, and an older value must not land after a newer one.
         with self._lock:
             value, self._pending = self._pending, None
             if value is None:
                 return
             self._written_at = self.clock()
             self.writes += 1
-        with connection.cursor() as cur:
-            cur.execute(_WRITE_SQL, [value[0], value[1], timezone.now(), str(self.job_id), self.attempt])
+            with connection.cursor() as cur:
+                cur.execute(_WRITE_SQL, [value[0], value[1], timezone.now(), str(self.job_id), self.attempt])
