@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config import queues
+from config import key_rates, queues
 from config.env import BASE_DIR, DATA_DIR, dev_secret_key, env, load_env_file
 
 load_env_file()
@@ -493,6 +493,14 @@ JOB_PERMANENT_EXCEPTIONS = env.list("JOB_PERMANENT_EXCEPTIONS", default=[])
 # cut with a marker. The error also travels in the `jobs.dead` message, which stays far below
 # Kafka's message size limit this way.
 JOB_RESULT_MAX_BYTES = env.int("JOB_RESULT_MAX_BYTES", default=1024 * 1024)
+# Rates of jobs per rate_limit_key for every owner's keys (config.key_rates: "stripe-* 100/s
+# burst=20; mail:* 1000/h"); owners and staff add more through the API. A worker reads an
+# owner's limits at most this often, so a changed limit holds everywhere within that time.
+try:
+    JOB_RATE_LIMITS = key_rates.parse(env.str("JOB_RATE_LIMITS", default=""))
+except key_rates.RateError as _exc:
+    raise ImproperlyConfigured(f"JOB_RATE_LIMITS: {_exc}") from None
+JOB_RATE_LIMIT_CACHE_SECONDS = env.float("JOB_RATE_LIMIT_CACHE_SECONDS", default=5.0)
 # `ctx.progress(...)` writes a running job's progress at most this often (jobs/progress.py).
 JOB_PROGRESS_INTERVAL_SECONDS = env.float("JOB_PROGRESS_INTERVAL_SECONDS", default=0.5)
 JOB_ERROR_MAX_CHARS = env.int("JOB_ERROR_MAX_CHARS", default=16 * 1024)

@@ -22,12 +22,12 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from config import queues
+from config import key_rates, queues
 from config.text import is_uuid
 from jobs import services
 from jobs.errors import JobError
 from jobs.handlers import is_registered
-from jobs.models import Job, JobAttempt, Outbox, OwnerShare, Schedule, UniqueLock
+from jobs.models import Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -153,7 +153,8 @@ class JobAdmin(ReadOnlyAdmin):
     fields = readonly_fields = (
         "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
         "logs_panel", "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
-        "next_retry_at", "idempotency_key", "dispatch_token", "worker", "lease_expires_at",
+        "next_retry_at", "idempotency_key", "concurrency_key", "concurrency_limit", "rate_limit_key", "rate_slot_at",
+        "dispatch_token", "worker", "lease_expires_at",
         "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at", "progress_shown",
     )  # fmt: skip
 
@@ -297,6 +298,48 @@ class OwnerShareAdmin(admin.ModelAdmin):
     search_fields = ["owner__username"]
     raw_id_fields = ["owner"]
     readonly_fields = ["updated_at"]
+
+
+class RateLimitForm(forms.ModelForm):
+    """A limit as the API takes it: a rate such as `100/s`, checked the same way."""
+
+    rate = forms.CharField(max_length=20, help_text="100/s, 600/m, 1000/h or 20000/d")
+
+    class Meta:
+        model = RateLimit
+        fields = ["owner", "pattern", "rate", "burst"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["rate"] = key_rates.format_rate(self.instance.limit, self.instance.period_seconds)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("pattern") and (problem := key_rates.check_pattern(data["pattern"])):
+            self.add_error("pattern", problem)
+        if data.get("rate"):
+            try:
+                self.instance.limit, self.instance.period_seconds = key_rates.parse_rate(data["rate"])
+            except key_rates.RateError as exc:
+                self.add_error("rate", str(exc))
+        return data
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    """Rates per rate_limit_key pattern. Without an owner a limit holds for every owner's keys
+    (each owner's counted on its own); where several match, the slowest holds. Workers read
+    them within JOB_RATE_LIMIT_CACHE_SECONDS."""
+
+    form = RateLimitForm
+    list_display = ["pattern", "rate", "burst", "owner", "updated_at"]
+    search_fields = ["pattern", "owner__username"]
+    raw_id_fields = ["owner"]
+
+    @admin.display(description="rate")
+    def rate(self, obj: RateLimit) -> str:
+        return key_rates.format_rate(obj.limit, obj.period_seconds)
 
 
 @admin.register(Outbox)

@@ -22,7 +22,7 @@ from config.rest import (
     request_owner_id,
     with_idempotency_header,
 )
-from jobs import bulk_actions, fast_input, schedules, selectors, services
+from jobs import bulk_actions, fast_input, rate_limits, schedules, selectors, services
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.models import Job
 from jobs.serializers import (
@@ -33,6 +33,7 @@ from jobs.serializers import (
     JobInputSerializer,
     JobSerializer,
     JobStatsSerializer,
+    RateLimitSerializer,
     ScheduleSerializer,
 )
 from logs.apis import LogStoreUnavailableError
@@ -243,4 +244,53 @@ class ScheduleDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, schedule_id: str) -> Response:
         selectors.schedule_get(user=request.user, schedule_id=schedule_id).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _limit_owner(request: Request, every_owner: bool) -> int | None:
+    """Whose keys a new limit holds for: the caller's, or with `every_owner`, every owner's (staff)."""
+    if every_owner and not request.user.is_staff:
+        raise serializers.ValidationError({"every_owner": ["only staff declare a limit for every owner's keys"]})
+    return None if every_owner else request_owner_id(request)
+
+
+class RateLimitListCreateApi(APIView):
+    @extend_schema(
+        responses=inline_serializer(
+            "RateLimitPage", {"results": RateLimitSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        )
+    )
+    def get(self, request: Request) -> Response:
+        """Your limits and those for every owner's keys (staff: every limit)."""
+        limits = selectors.rate_limit_visible_to(request.user)
+        return Response({"results": RateLimitSerializer(limits, many=True).data, "next": None})
+
+    @extend_schema(request=RateLimitSerializer, responses={201: RateLimitSerializer})
+    def post(self, request: Request) -> Response:
+        """Declare a limit for your keys matching `pattern` (staff: `every_owner` for everyone's)."""
+        serializer = RateLimitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        owner_id = _limit_owner(request, serializer.validated_data["every_owner"])
+        limit = rate_limits.rate_limit_save(owner_id=owner_id, data=serializer.validated_data)
+        return Response(RateLimitSerializer(limit).data, status=status.HTTP_201_CREATED)
+
+
+class RateLimitDetailApi(APIView):
+    @extend_schema(responses=RateLimitSerializer)
+    def get(self, request: Request, limit_id: int) -> Response:
+        return Response(RateLimitSerializer(selectors.rate_limit_get(user=request.user, limit_id=limit_id)).data)
+
+    @extend_schema(request=RateLimitSerializer, responses=RateLimitSerializer)
+    def patch(self, request: Request, limit_id: int) -> Response:
+        """Change the rate, burst or pattern (who it holds for stays as it is)."""
+        limit = selectors.rate_limit_get(user=request.user, limit_id=limit_id, to_change=True)
+        serializer = RateLimitSerializer(limit, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        limit = rate_limits.rate_limit_save(owner_id=limit.owner_id, data=serializer.validated_data, limit=limit)
+        return Response(RateLimitSerializer(limit).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, limit_id: int) -> Response:
+        selectors.rate_limit_get(user=request.user, limit_id=limit_id, to_change=True).delete()
+        rate_limits.forget_cached()
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -115,7 +115,7 @@ def _act(action: str, job: Job, patch: dict[str, Any], action_id: uuid.UUID) -> 
                 type=job.type, payload={**(job.payload or {}), **patch}, queue=job.queue, priority=job.priority,
                 max_attempts=job.max_attempts, backoff=job.backoff, timeout_seconds=job.timeout_seconds,
                 concurrency_key=job.concurrency_key, concurrency_limit=job.concurrency_limit,
-                idempotency_key=f"{BULK_KEY_PREFIX}{action_id}:{job.id}",
+                rate_limit_key=job.rate_limit_key, idempotency_key=f"{BULK_KEY_PREFIX}{action_id}:{job.id}",
             )  # fmt: skip
             return services.job_submit(owner_id=job.owner_id, spec=spec).created
     except (IllegalTransition, JobNotFound):

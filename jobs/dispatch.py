@@ -8,12 +8,14 @@
 Small and versioned. What each field is for: `job_id` and `dispatch_token` claim the job (only
 the current token can win); `type` asks the breaker and finds the handler; `queue` and
 `priority` route the Celery message; `concurrency_key`/`_limit` decide whether the claim takes
-a slot; `owner_id`, `attempt`, `workflow_id` tag the lines a worker or the bridge writes about
-the job before it is claimed (blocked, paused, claim lost, dead-lettered), so its owner finds them in the
-job's logs; `traceparent` (W3C) continues the job's trace in every role it passes (the
-submit's span, or the scheduler's release of this attempt); `lane` is set by the relay:
-"express" for a dispatch whose owner had few jobs in flight in its queue (workers take those
-first, so a light tenant's job never waits behind a heavy tenant's window), absent otherwise.
+a slot; `rate_limit_key` makes the worker reserve a start slot of the key's rate first
+(`rate_reserved`: it waited for the one it reserved, and starts now); `owner_id`, `attempt`,
+`workflow_id` tag the lines a worker or the bridge writes about the job before it is claimed
+(blocked, paused, claim lost, dead-lettered), so its owner finds them in the job's logs;
+`traceparent` (W3C) continues the job's trace in every role it passes (the submit's span, or
+the scheduler's release of this attempt); `lane` is set by the relay: "express" for a dispatch
+whose owner had few jobs in flight in its queue (workers take those first, so a light tenant's
+job never waits behind a heavy tenant's window), absent otherwise.
 Optional fields are left out of the JSON when empty; a message of version 1 from before
 `owner_id` existed parses without one (its lines are then visible to staff only), and the
 bridge passes it on as it came. A malformed `traceparent` is dropped, never an error: tracing
@@ -53,6 +55,8 @@ class DispatchSource(Protocol):
     @property
     def concurrency_limit(self) -> int | None: ...
     @property
+    def rate_limit_key(self) -> str | None: ...
+    @property
     def workflow_id(self) -> uuid.UUID | None: ...
 
 
@@ -67,6 +71,8 @@ class DispatchEnvelope:
     dispatch_token: str
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    rate_limit_key: str | None = None
+    rate_reserved: bool = False  # it waited for its reserved start slot: it starts without asking again
     workflow_id: str | None = None
     traceparent: str | None = None  # the job's trace context (W3C), None when not traced
     lane: str | None = None  # EXPRESS, set by the relay; None: the bulk lane
@@ -82,6 +88,7 @@ class DispatchEnvelope:
         attempt: int,
         token: uuid.UUID,
         traceparent: str | None = None,
+        rate_reserved: bool = False,
     ) -> DispatchEnvelope:
         keyed = bool(source.concurrency_key)
         return cls(
@@ -89,6 +96,8 @@ class DispatchEnvelope:
             attempt=attempt, dispatch_token=str(token),
             concurrency_key=source.concurrency_key if keyed else None,
             concurrency_limit=(source.concurrency_limit or 1) if keyed else None,  # a key alone: one at a time
+            rate_limit_key=source.rate_limit_key or None,
+            rate_reserved=bool(source.rate_limit_key) and rate_reserved,
             workflow_id=str(source.workflow_id) if source.workflow_id else None,
             traceparent=valid_traceparent(traceparent),
         )  # fmt: skip
@@ -109,6 +118,10 @@ class DispatchEnvelope:
         if self.concurrency_key is not None:
             out["concurrency_key"] = self.concurrency_key
             out["concurrency_limit"] = self.concurrency_limit
+        if self.rate_limit_key is not None:
+            out["rate_limit_key"] = self.rate_limit_key
+            if self.rate_reserved:
+                out["rate_reserved"] = True
         if self.workflow_id is not None:
             out["workflow_id"] = self.workflow_id
         if self.traceparent is not None:
@@ -137,6 +150,8 @@ class DispatchEnvelope:
             dispatch_token=_uuid(data, "dispatch_token"),
             concurrency_key=_field(data, "concurrency_key", str) if keyed else None,
             concurrency_limit=_field(data, "concurrency_limit", int) if keyed else None,
+            rate_limit_key=_field(data, "rate_limit_key", str) if "rate_limit_key" in data else None,
+            rate_reserved=data.get("rate_reserved") is True,
             workflow_id=_uuid(data, "workflow_id") if "workflow_id" in data else None,
             traceparent=valid_traceparent(data.get("traceparent")),  # bad: treated as absent
             lane=EXPRESS if data.get("lane") == EXPRESS else None,  # advisory: anything else is the bulk lane

@@ -81,3 +81,18 @@ class ScheduleNameTaken(StateConflict):
 
     def fields(self) -> dict[str, Any]:
         return {"name": self.name}
+
+
+class RateLimitNotFound(ObjectNotFound):
+    def __init__(self, limit_id: int | str) -> None:
+        super().__init__(f"rate limit {limit_id} not found")
+
+
+class RateLimitPatternTaken(StateConflict):
+    """A limit for that key pattern is already declared at that scope (API: 409)."""
+
+    code = "pattern_taken"
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__(f"a rate limit for key pattern {pattern!r} is already declared: change that one")
+        self.pattern = pattern

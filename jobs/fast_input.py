@@ -62,6 +62,7 @@ class _Job(Struct):
     idempotency_key: _Text | None = None
     concurrency_key: _Text | None = None
     concurrency_limit: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    rate_limit_key: _Text | None = None
     # A unique job is DRF's: the fast path only notices one, and falls back.
     unique_key: Any = UNSET
     unique_for: Any = UNSET
@@ -150,6 +151,8 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
             raise _NotSure
         if limit is None:
             limit = 1
+    if job.rate_limit_key is not None and not _plain(job.rate_limit_key):
+        raise _NotSure
     backoff = default_backoff()
     if isinstance(job.backoff, _Backoff):
         b = job.backoff
@@ -166,6 +169,7 @@ def _spec(job: _Job, keys: set[str]) -> JobSpec:
         idempotency_key=key,
         concurrency_key=job.concurrency_key,
         concurrency_limit=limit,
+        rate_limit_key=job.rate_limit_key,
     )
 
 

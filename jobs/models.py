@@ -102,6 +102,11 @@ class Job(models.Model):
     # At most `concurrency_limit` jobs with the same key run at once (across all workers).
     concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no limit
     concurrency_limit = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Jobs with the same key start no faster than the key's declared rate (RateLimit, across
+    # all workers). A job over the limit waits PENDING for the slot it reserved: `rate_slot_at`
+    # (jobs/rate_limits.py), cleared when it is claimed.
+    rate_limit_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no limit
+    rate_slot_at = models.DateTimeField(null=True, blank=True)
     # The workflow this job is a task (or a compensation) of.
     workflow = models.ForeignKey(
         "orchestration_workflows.Workflow",
@@ -321,6 +326,41 @@ class UniqueLock(models.Model):
 
     def __str__(self) -> str:
         return f"owner {self.owner_id} key {self.key}: job {self.job_id} until {self.expires_at:%H:%M:%S}"
+
+
+class RateLimit(models.Model):
+    """How fast jobs whose `rate_limit_key` matches `pattern` (a shell-style glob: `stripe-*`)
+    may start: `limit` per `period_seconds`, up to `burst` at once. An owner's limit applies to
+    that owner's keys; one without an owner (set by staff, or declared in JOB_RATE_LIMITS)
+    applies to every owner's keys, each owner's key counted on its own. Where several match,
+    the slowest wins, so an owner cannot loosen what staff set."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )  # NULL: every owner's keys
+    pattern = models.CharField(max_length=200)
+    limit = models.PositiveIntegerField()
+    period_seconds = models.PositiveIntegerField()
+    burst = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "jobs_ratelimit"
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "pattern"], name="ratelimit_owner_pattern_uniq"),
+            models.UniqueConstraint(
+                fields=["pattern"], condition=Q(owner__isnull=True), name="ratelimit_global_pattern_uniq"
+            ),
+            models.CheckConstraint(
+                condition=Q(limit__gte=1) & Q(period_seconds__gte=1) & Q(burst__gte=1), name="ratelimit_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        whose = f"owner {self.owner_id}" if self.owner_id else "every owner"
+        return f"{self.pattern}: {self.limit}/{self.period_seconds}s burst {self.burst} ({whose})"
 
 
 class Outbox(models.Model):

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, TypeVar
 import django_filters
 from django import forms
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -19,8 +20,8 @@ from rest_framework.exceptions import ValidationError
 
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies, visibility
-from jobs.errors import JobNotFound, ScheduleNotFound
-from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Job, JobStatus, Schedule
+from jobs.errors import JobNotFound, RateLimitNotFound, ScheduleNotFound
+from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Job, JobStatus, RateLimit, Schedule
 
 M = TypeVar("M", Job, Schedule)
 
@@ -260,6 +261,25 @@ def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:
         return schedule_visible_to(user).get(id=schedule_id)
     except (Schedule.DoesNotExist, ValueError):
         raise ScheduleNotFound(schedule_id) from None
+
+
+def rate_limit_visible_to(user: Any) -> QuerySet[RateLimit]:
+    """The user's own limits and those for every owner's keys (staff: all of them)."""
+    scope = visibility.scope(user)
+    limits = RateLimit.objects.order_by("pattern", "id")
+    return limits if scope.everyone else limits.filter(Q(owner_id=scope.owner_id) | Q(owner__isnull=True))
+
+
+def rate_limit_get(*, user: Any, limit_id: int | str, to_change: bool = False) -> RateLimit:
+    """One limit the user sees; `to_change`: one the user may change (its own; staff: any).
+    A limit for every owner is visible to all and changed by staff only (PermissionDenied)."""
+    try:
+        limit = rate_limit_visible_to(user).get(id=int(limit_id))
+    except (RateLimit.DoesNotExist, ValueError):
+        raise RateLimitNotFound(limit_id) from None
+    if to_change and limit.owner_id is None and not visibility.scope(user).everyone:
+        raise PermissionDenied(f"rate limit {limit_id} holds for every owner: only staff change it")
+    return limit
 
 
 # -- what the scheduler reads (its writes are in transitions and services) ---------------------

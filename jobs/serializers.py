@@ -16,11 +16,11 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from config import queues
+from config import key_rates, queues
 from config.rest import check_json
 from jobs.handlers import submit_problem
 from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
-from jobs.models import Job, JobAttempt, JobStatus, Schedule, default_backoff
+from jobs.models import Job, JobAttempt, JobStatus, RateLimit, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 
@@ -107,6 +107,11 @@ class JobOptionsSerializer(serializers.Serializer):
     concurrency_limit = serializers.IntegerField(
         min_value=1, max_value=1000, required=False, allow_null=True, default=None
     )
+    rate_limit_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None,
+        help_text="Jobs of yours with this key start no faster than the rate declared for it "
+        "(/api/v1/rate-limits/; your keys are your own). Over it, a job waits without a worker.",
+    )  # fmt: skip
 
     unique_key = serializers.CharField(
         max_length=200, required=False, allow_null=True, default=None,
@@ -190,6 +195,7 @@ class JobInputSerializer(JobOptionsSerializer):
             idempotency_key=data["idempotency_key"],
             concurrency_key=data.get("concurrency_key"),
             concurrency_limit=data.get("concurrency_limit"),
+            rate_limit_key=data.get("rate_limit_key"),
             unique_key=data.get("unique_key"),
             unique_for=data.get("unique_for"),
             unique_policy=data.get("unique_policy", "reject"),
@@ -256,6 +262,10 @@ class JobSerializer(serializers.Serializer):
     result = serializers.JSONField(allow_null=True)
     concurrency_key = serializers.CharField(allow_null=True)
     concurrency_limit = serializers.IntegerField(allow_null=True)
+    rate_limit_key = serializers.CharField(allow_null=True)
+    rate_slot_at = serializers.DateTimeField(
+        allow_null=True, help_text="Over its key's rate: it waits to start at this time, the slot it reserved."
+    )
     workflow = serializers.UUIDField(allow_null=True)
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -289,6 +299,8 @@ class JobSerializer(serializers.Serializer):
             "result": job.result,
             "concurrency_key": job.concurrency_key,
             "concurrency_limit": job.concurrency_limit,
+            "rate_limit_key": job.rate_limit_key,
+            "rate_slot_at": job.rate_slot_at,
             "workflow": str(job.workflow_id) if job.workflow_id else None,
             "cancel_requested_at": job.cancel_requested_at,
             "created_at": job.created_at,
@@ -365,3 +377,49 @@ class ScheduleSerializer(serializers.ModelSerializer):
 
     def validate_backoff(self, value: dict[str, Any]) -> dict[str, Any]:
         return {**default_backoff(), **value}
+
+
+class RateLimitSerializer(serializers.ModelSerializer):
+    """How fast jobs whose `rate_limit_key` matches `pattern` may start: `rate` ("100/s",
+    "600/m", "1000/h", "20000/d"), up to `burst` at once. Yours hold for your keys; staff's
+    (`every_owner`) for every owner's keys, each owner's counted on its own. Where several
+    match a key, the slowest holds."""
+
+    rate = serializers.CharField(max_length=20, help_text='"100/s", "600/m", "1000/h" or "20000/d"')
+    burst = serializers.IntegerField(min_value=1, max_value=key_rates.MAX_BURST, default=1)
+    every_owner = serializers.BooleanField(
+        default=False, help_text="Staff only: the limit holds for every owner's keys (each owner's on its own)."
+    )
+
+    class Meta:
+        model = RateLimit
+        fields = ["id", "pattern", "rate", "burst", "every_owner", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_pattern(self, value: str) -> str:
+        problem = key_rates.check_pattern(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_rate(self, value: str) -> tuple[int, int]:
+        try:
+            return key_rates.parse_rate(value)
+        except key_rates.RateError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "rate" in data:
+            data["limit"], data["period_seconds"] = data.pop("rate")
+        return data
+
+    def to_representation(self, limit: RateLimit) -> dict[str, Any]:
+        return {
+            "id": limit.id,
+            "pattern": limit.pattern,
+            "rate": key_rates.format_rate(limit.limit, limit.period_seconds),
+            "burst": limit.burst,
+            "every_owner": limit.owner_id is None,
+            "created_at": limit.created_at,
+            "updated_at": limit.updated_at,
+        }

@@ -50,6 +50,8 @@ class JobSpec:
     idempotency_key: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    # Jobs of the owner's key start no faster than the key's declared rate (jobs.rate_limits).
+    rate_limit_key: str | None = None
     # At most one job per (owner, unique_key) within unique_for seconds of the one that took
     # the key; `unique_policy` says what a submit meeting a taken key gets (`_take_unique_keys`).
     unique_key: str | None = None
@@ -86,20 +88,20 @@ _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
     "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
-    "workflow_id", "traceparent",
+    "workflow_id", "traceparent", "rate_limit_key",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s, u.rkey
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
-              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[], %(workflow)s::uuid[])
+              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[], %(workflow)s::uuid[], %(rkey)s::text[])
        AS u(id, type, payload, queue, priority, max_attempts, backoff, timeout_seconds, run_at,
-            key, hash, token, ckey, climit, workflow)
+            key, hash, token, ckey, climit, workflow, rkey)
 ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """  # noqa: S608 (column names are constants)
@@ -123,6 +125,7 @@ def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, tra
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
                 r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id, traceparent,
+                s.rate_limit_key,
             ))  # fmt: skip
 
 
@@ -151,6 +154,7 @@ def _insert_keyed(
             "ckey": [r.spec.concurrency_key for r in rows],
             "climit": [r.spec.concurrency_limit for r in rows],
             "workflow": [r.spec.workflow_id for r in rows],
+            "rkey": [r.spec.rate_limit_key for r in rows],
         },
     )
     return {row[0] for row in cur.fetchall()}
@@ -399,7 +403,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime, traceparent: str | None
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
         concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit, workflow_id=s.workflow_id,
-        traceparent=traceparent,
+        traceparent=traceparent, rate_limit_key=s.rate_limit_key,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False
@@ -448,6 +452,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
                 "attempt_seq",
                 "concurrency_key",
                 "concurrency_limit",
+                "rate_limit_key",
                 "workflow_id",
                 "traceparent",
             )
@@ -485,6 +490,7 @@ def _released_envelope(r: transitions.Released) -> DispatchEnvelope:
     return DispatchEnvelope.build(
         r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token,
         traceparent=_redispatch_trace("job.release", r.job_id, r.attempt, r.traceparent),
+        rate_reserved=r.rate_reserved,
     )  # fmt: skip
 
 

@@ -198,7 +198,7 @@ WITH wanted AS (
     UPDATE jobs_job AS j
        SET status = 'RUNNING', attempts = attempts + 1, attempt_seq = attempt_seq + 1,
            worker = %(worker)s, started_at = %(now)s, lease_expires_at = %(lease)s,
-           finished_at = NULL, updated_at = %(now)s
+           finished_at = NULL, rate_slot_at = NULL, updated_at = %(now)s
       FROM wanted w
      WHERE j.id IN (SELECT id FROM locked) AND j.id = w.id
        AND (j.status IN ('PENDING', 'QUEUED')) IS TRUE AND j.dispatch_token = w.token
@@ -618,6 +618,7 @@ def requeue(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | None) -> boo
             queued_at=None,
             started_at=None,
             finished_at=None,
+            rate_slot_at=None,
             updated_at=now,
         )
     )
@@ -638,6 +639,8 @@ class Released:
     workflow_id: uuid.UUID | None = None
     owner_id: int = 0
     traceparent: str | None = None  # the job's trace, continued by the new dispatch
+    rate_limit_key: str | None = None
+    rate_reserved: bool = False  # it waited for the start slot it reserved: it starts without asking again
 
 
 _RELEASE_SQL = """
@@ -650,7 +653,7 @@ UPDATE jobs_job AS j
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
-          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent
+          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent, j.rate_limit_key, j.rate_slot_at IS NOT NULL
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of
@@ -782,6 +785,36 @@ def register_blocked_keys(keys: list[tuple[int, str, datetime]]) -> None:
             )
 
 
+# Over its key's rate: the job waits for the start slot it reserved (orchestration.ratelimit),
+# as PENDING without a dispatch until then; the delayed scan releases it at its time (the
+# blocked scan, for a job with a concurrency key: its key is registered for then).
+_KEYED_WAITING = "SELECT owner_id, concurrency_key, %(slot)s FROM waiting WHERE concurrency_key IS NOT NULL"
+_WAIT_FOR_RATE_SQL = f"""
+WITH waiting AS (
+    UPDATE jobs_job SET status = 'PENDING', dispatch_token = NULL, queued_at = NULL, run_at = %(slot)s,
+           rate_slot_at = CASE WHEN %(reserved)s THEN %(slot)s END, updated_at = %(now)s
+     WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED') AND dispatch_token = %(token)s
+    RETURNING owner_id, concurrency_key
+), registered AS (
+    {BLOCKED_KEY_UPSERT_SQL.format(rows=_KEYED_WAITING)}
+)
+SELECT count(*) FROM waiting
+"""  # noqa: S608 (constants only)
+
+
+def wait_for_rate(
+    job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str, slot_at: datetime, reserved: bool = True
+) -> bool:
+    """PENDING/QUEUED → PENDING without a dispatch until `slot_at`, the start slot its rate-limited
+    key gave it (not `reserved`: it asks again then). No attempt is used. False: the dispatch is
+    no longer current (a duplicate)."""
+    params: dict[str, Any] = {"id": str(job_id), "token": str(dispatch_token), "slot": slot_at, "now": timezone.now(),
+              "reserved": reserved}  # fmt: skip
+    with connection.cursor() as cur:
+        cur.execute(_WAIT_FOR_RATE_SQL, params)
+        return bool(cur.fetchone()[0])
+
+
 def pause_for_breaker(job_id: uuid.UUID | str, *, dispatch_token: uuid.UUID | str) -> bool:
     """PENDING/QUEUED → PENDING without a dispatch, paused: its type's circuit breaker is
     open. No attempt is used; the scheduler releases it when the breaker lets jobs through."""
@@ -853,6 +886,10 @@ def throttle_back(
         if won and key:
             register_blocked_keys([(owner_id, key, run_at)])
     return bool(won)
+
+
+def rate_limit_key_of(job_id: uuid.UUID | str) -> str | None:
+    return Job.objects.filter(id=job_id).values_list("rate_limit_key", flat=True).first()
 
 
 def defer_for_share(job_id: uuid.UUID | str, *, attempt: int, worker: str) -> bool:

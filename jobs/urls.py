@@ -11,6 +11,8 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/retry/", apis.JobRetryApi.as_view(), name="job-retry"),
+    path("rate-limits/", apis.RateLimitListCreateApi.as_view(), name="rate-limit-list"),
+    path("rate-limits/<int:limit_id>/", apis.RateLimitDetailApi.as_view(), name="rate-limit-detail"),
     path("schedules/", apis.ScheduleListCreateApi.as_view(), name="schedule-list"),
     path("schedules/<uuid:schedule_id>/", apis.ScheduleDetailApi.as_view(), name="schedule-detail"),
 ]

@@ -23,6 +23,11 @@ JOBS_SUBMITTED = Counter(
     P + "jobs_submitted_total", "Jobs created (API, bulk, schedules, workflows).", ["type", "queue"]
 )
 JOBS_FINISHED = Counter(P + "jobs_finished_total", "Jobs that reached a terminal status.", ["status", "type", "queue"])
+JOBS_RATE_LIMITED = Counter(
+    P + "jobs_rate_limited_total",
+    "Jobs that waited, without a worker, for a start slot of their rate_limit_key's rate.",
+    ["queue"],
+)
 JOB_RETRIES = Counter(P + "job_retries_total", "Failed attempts that will be retried.", ["type", "queue"])
 JOB_DURATION = Histogram(
     P + "job_duration_seconds", "Handler run time of an attempt.", ["type", "queue"], buckets=LATENCY_BUCKETS

@@ -57,6 +57,15 @@ def _isolated_breakers(settings):
     BREAKERS.__init__()  # type: ignore[misc]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_rate_limits(settings):
+    # Rate buckets (queues' and keys') live in Redis; declared limits are cached per process.
+    from jobs import rate_limits
+
+    settings.RATE_LIMIT_PREFIX = f"rate-{uuid.uuid4().hex}"
+    rate_limits.forget_cached()
+
+
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
 
 

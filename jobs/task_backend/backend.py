@@ -134,6 +134,7 @@ class JobsBackend(BaseTaskBackend):
             idempotency_key=chosen.get("idempotency_key"),
             concurrency_key=chosen.get("concurrency_key"),
             concurrency_limit=chosen.get("concurrency_limit", 1 if "concurrency_key" in chosen else None),
+            rate_limit_key=chosen.get("rate_limit_key"),
             unique_key=chosen.get("unique_key"),
             unique_for=chosen.get("unique_for"),
             unique_policy=chosen.get("unique_policy", "reject"),

@@ -12,6 +12,7 @@ call with `.using()`, exactly like the framework's own `priority` or `queue_name
     timeout                timeout_seconds      300 (seconds, or a timedelta; rounded up to whole seconds)
     backoff                backoff              {"initial": 2, "factor": 2, "max": 3600, "jitter": 0.2}
     concurrency_key/limit  concurrency_key/limit  none (a key alone means a limit of 1)
+    rate_limit_key         rate_limit_key       none (start no faster than the rate declared for the key)
     idempotency_key        idempotency_key      none (an enqueue with a key seen before returns that job)
     permanent_exceptions   -                    none (these exception types dead-letter at once, like PermanentError)
     unique_key/for/policy  unique_key, ...      none (at most one job of the key within unique_for s; the policy
@@ -48,6 +49,7 @@ class JobTask(Task):  # not Task[P, T]: Django 6.0's Task is not generic
     backoff: Mapping[str, float] | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    rate_limit_key: str | None = None
     idempotency_key: str | None = None
     permanent_exceptions: tuple[type[Exception], ...] = ()
     unique_key: str | None = None

@@ -83,7 +83,7 @@ def as_enqueued(task: Task, job: Job) -> Task:
     return replace(
         enqueued, max_attempts=job.max_attempts, timeout=job.timeout_seconds, backoff=job.backoff,
         concurrency_key=job.concurrency_key, concurrency_limit=job.concurrency_limit,
-        idempotency_key=job.idempotency_key,
+        rate_limit_key=job.rate_limit_key, idempotency_key=job.idempotency_key,
     )  # fmt: skip
 
 

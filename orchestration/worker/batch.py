@@ -170,7 +170,7 @@ def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = Non
             continue
         seen.add(dispatch)
         answer = gate(envelope)
-        if answer != breaker.RUN or envelope.concurrency_key:
+        if answer != breaker.RUN or envelope.concurrency_key or envelope.rate_limit_key:
             order.append(Single(envelope, answer))
         else:
             batch[dispatch] = envelope

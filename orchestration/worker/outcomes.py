@@ -34,6 +34,7 @@ class Status(StrEnum):
     SKIPPED = "SKIPPED"  # the claim was lost: a duplicate or stale delivery
     BLOCKED = "BLOCKED"  # by its concurrency key, at its limit (the blocked scan releases it)
     PAUSED = "PAUSED"  # by its owner's open breaker for its type (the breaker scan releases it)
+    RATE_LIMITED = "RATE_LIMITED"  # over its key's rate: it waits for its start slot (the delayed scan)
     THROTTLED = "THROTTLED"  # it asked to wait (ctx.throttle), without using an attempt
     DEFERRED = "DEFERRED"  # for its owner's share of the workers' long slots (the share scan releases it)
     HANDED_BACK = "HANDED_BACK"  # a batch gave it, unstarted, to other workers

@@ -54,7 +54,7 @@ from jobs.models import AttemptStatus
 from logs.context import JobLogContext
 from logs.shipping import flush_all, job_records_written
 from metrics import prom
-from orchestration import fair_slots, policy
+from orchestration import fair_slots, policy, ratelimit
 from orchestration.worker.monitor import MONITOR, Interrupted, handler_running
 from orchestration.worker.outcomes import Outcome, Status, record, with_reconnect
 
@@ -219,10 +219,21 @@ def _throttled(claim: transitions.Claim, seconds: float, reason: str, in_workflo
             )
         )  # fmt: skip
         if won:
+            _slow_key(claim, seconds)
             return record(claim.job_id, Status.THROTTLED, True, retry_in=seconds)
         return _cancelled(claim, in_workflow)  # a cancel request (or it is no longer ours: a no-op)
 
     return _outcome_span(claim, write)
+
+
+def _slow_key(claim: transitions.Claim, seconds: float) -> None:
+    """The downstream said slow down: nothing of the job's rate_limit_key starts for that long."""
+    try:
+        key = with_reconnect(lambda: transitions.rate_limit_key_of(claim.job_id))
+        if key:
+            ratelimit.pause(claim.owner_id or 0, key, seconds)
+    except RedisError:  # the job waits as asked; only its key's other jobs are not slowed
+        logger.warning("job.key_not_slowed", extra={"job_id": str(claim.job_id)}, exc_info=True)
 
 
 def _cancelled(claim: transitions.Claim, in_workflow: bool) -> Outcome:

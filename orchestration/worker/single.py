@@ -2,6 +2,7 @@
 the outcome.
 
     breaker gate ─ HOLD → paused until the breaker lets its type run again
+    rate gate (a job with a rate_limit_key) ─ its start slot is later → waits for it, no worker held
     claim (PENDING|QUEUED → RUNNING, token must match) ─ lost? → nothing to do (duplicate/stale)
       │ with a concurrency key: a free slot first, else the job is blocked by its key
     run the handler and record its outcome (`running.run_claimed`)
@@ -14,20 +15,25 @@ All of it runs in the job's trace (the envelope's traceparent): the claim is a s
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+import redis
 from django.conf import settings
+from django.utils import timezone
 
 from config import tracing
-from jobs import transitions
+from jobs import rate_limits, transitions
 from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
-from orchestration import breaker
+from metrics import prom
+from orchestration import breaker, ratelimit
 from orchestration.breaker import BREAKERS
 from orchestration.worker.claims import Blocked, claim_keyed, claim_many, worker_id
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
 from orchestration.worker.running import log_context, run_claimed
 
 logger = logging.getLogger("orchestration.worker")
+RATE_RETRY_SECONDS = 2.0  # a rate-limited job's next look when Redis could not count its key
 
 
 def gate(envelope: DispatchEnvelope) -> str:
@@ -54,9 +60,37 @@ def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) 
                 "job.paused_by_breaker", extra={"job_id": envelope.job_id, "type": envelope.type, "paused": paused}
             )
             return Outcome(envelope.job_id, Status.PAUSED, recorded=paused)
+        if envelope.rate_limit_key and (waiting := _wait_for_rate(envelope)) is not None:
+            tell_breaker(envelope.owner_id or 0, envelope.type, waiting, probe=gate_ == breaker.PROBE)
+            return waiting
         outcome = _claim_and_run(envelope, worker or worker_id())
     tell_breaker(envelope.owner_id or 0, envelope.type, outcome, probe=gate_ == breaker.PROBE)
     return outcome
+
+
+def _wait_for_rate(envelope: DispatchEnvelope) -> Outcome | None:
+    """Reserve the job's start slot of its key's rate: None if it may start now, else the job
+    waits for its slot without a worker. Redis away: the limit cannot be counted, so the job
+    waits a little and asks again, rather than start over the limit."""
+    owner, key = envelope.owner_id or 0, str(envelope.rate_limit_key)
+    reserved = True
+    try:
+        delay = ratelimit.reserve(owner, key, rate_limits.limit_for(owner, key), reserved=envelope.rate_reserved)
+    except redis.RedisError:
+        logger.warning("job.rate_unknown", extra={"job_id": envelope.job_id}, exc_info=True)
+        delay, reserved = RATE_RETRY_SECONDS, False
+    if delay <= 0:
+        return None
+    slot_at = timezone.now() + timedelta(seconds=delay)
+    token = envelope.dispatch_token
+    waiting = with_reconnect(
+        lambda: transitions.wait_for_rate(envelope.job_id, dispatch_token=token, slot_at=slot_at, reserved=reserved)
+    )
+    if waiting:
+        prom.JOBS_RATE_LIMITED.labels(envelope.queue).inc()
+    logger.info("job.rate_limited", extra={"job_id": envelope.job_id, "rate_limit_key": key, "wait_seconds": delay,
+                                           "waiting": waiting})  # fmt: skip
+    return Outcome(envelope.job_id, Status.RATE_LIMITED, recorded=waiting)
 
 
 def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:

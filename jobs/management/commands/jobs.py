@@ -13,15 +13,16 @@ from datetime import UTC
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
-from jobs import selectors, services
+from jobs import rate_limits, selectors, services
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
-from jobs.errors import JobError
-from jobs.models import TERMINAL_STATUSES, Job, JobStatus
-from jobs.serializers import JobDetailSerializer, JobInputSerializer
+from jobs.errors import JobError, RateLimitPatternTaken
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus, RateLimit
+from jobs.serializers import JobDetailSerializer, JobInputSerializer, RateLimitSerializer
 
 
 class Command(BaseCommand):
@@ -36,6 +37,7 @@ class Command(BaseCommand):
         submit.add_argument("--queue", default="default")
         submit.add_argument("--priority", type=int, default=5)
         submit.add_argument("--max-attempts", type=int, default=4)
+        submit.add_argument("--rate-limit-key", help="start no faster than the rate declared for this key")
         submit.add_argument("--unique-key", help="at most one job of this key within --unique-for seconds")
         submit.add_argument("--unique-for", type=int, help="seconds the key stays taken (default 60)")
         submit.add_argument(
@@ -53,6 +55,13 @@ class Command(BaseCommand):
         bulk.add_argument("--payload", help="rerun: a JSON object merged into each new job's payload")
         bulk.add_argument("--dry-run", action="store_true", help="only count the jobs that match")
         bulk.add_argument("--owner", help="whose action it is (default: the first superuser: every owner's jobs)")
+
+        rates = sub.add_parser("rate-limit", help="declare, list or remove rate limits per rate_limit_key")
+        rates.add_argument("rate_action", choices=["set", "list", "delete"], metavar="set|list|delete")
+        rates.add_argument("pattern", nargs="?", help="key pattern, shell-style (stripe-*)")
+        rates.add_argument("rate", nargs="?", help="set: 100/s, 600/m, 1000/h or 20000/d")
+        rates.add_argument("--burst", type=int, default=1, help="set: how many may start at once (default 1)")
+        rates.add_argument("--owner", help="whose keys (default: every owner's, a staff limit)")
 
         show = sub.add_parser("show", help="show one job with its history")
         show.add_argument("job_id")
@@ -91,6 +100,8 @@ class Command(BaseCommand):
             "priority": opts["priority"],
             "max_attempts": opts["max_attempts"],
         }
+        if opts["rate_limit_key"] is not None:
+            body["rate_limit_key"] = opts["rate_limit_key"]
         if opts["unique_key"] is not None:
             body |= {
                 "unique_key": opts["unique_key"],
@@ -114,6 +125,38 @@ class Command(BaseCommand):
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.id} ended {job.status}: {job.last_error}")
         self.stdout.write(dump(job.result))
+
+    def do_rate_limit(self, opts: dict[str, Any]) -> None:
+        owner_id = None
+        if opts["owner"]:
+            owner_id = cli_owner(opts["owner"]).pk
+        scope = RateLimit.objects.filter(owner_id=owner_id) if owner_id else RateLimit.objects.filter(owner=None)
+        if opts["rate_action"] == "list":
+            for limit in RateLimit.objects.filter(owner_id=owner_id) if owner_id else RateLimit.objects.all():
+                self.stdout.write(str(limit))
+            for declared in settings.JOB_RATE_LIMITS:
+                self.stdout.write(f"{declared.pattern}: {declared.limit}/{declared.period_seconds}s burst "
+                                  f"{declared.burst} (every owner, JOB_RATE_LIMITS)")  # fmt: skip
+            return
+        if not opts["pattern"]:
+            raise CommandError(f"rate-limit {opts['rate_action']} needs a key pattern")
+        if opts["rate_action"] == "delete":
+            deleted, _ = scope.filter(pattern=opts["pattern"]).delete()
+            if not deleted:
+                raise CommandError(f"no rate limit for pattern {opts['pattern']!r} at that scope")
+            rate_limits.forget_cached()
+            self.stdout.write(f"deleted the limit for {opts['pattern']}")
+            return
+        existing = scope.filter(pattern=opts["pattern"]).first()
+        body = {"pattern": opts["pattern"], "rate": opts["rate"], "burst": opts["burst"]}
+        serializer = RateLimitSerializer(existing, data=body)
+        if not serializer.is_valid():
+            raise CommandError("invalid rate limit: " + dump(serializer.errors))
+        try:
+            saved = rate_limits.rate_limit_save(owner_id=owner_id, data=serializer.validated_data, limit=existing)
+        except RateLimitPatternTaken as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(str(saved))
 
     def do_bulk_action(self, opts: dict[str, Any]) -> None:
         from jobs import bulk_actions
