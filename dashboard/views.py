@@ -25,8 +25,8 @@ from rest_framework.exceptions import ValidationError
 
 from config.text import is_uuid
 from dashboard import charts, queries
-from jobs import bulk_actions, schedules, selectors, services
-from jobs.errors import JobError, ScheduleNotFound
+from jobs import batches, bulk_actions, schedules, selectors, services
+from jobs.errors import BatchNotFound, JobError, ScheduleNotFound
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
 from logs import search
@@ -281,6 +281,48 @@ def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpRespons
     except WorkflowFinished as exc:
         messages.warning(request, str(exc))
     return redirect("dashboard:workflow", workflow_id=workflow_id)
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+@login_required
+def batch_list(request: HttpRequest) -> HttpResponse:
+    rows, cursor = queries.keyset_page(selectors.batch_visible_to(request.user), request.GET.get("cursor"), PAGE)
+    listed = [(b, batches.batch_counts(b.id)) for b in rows]
+    next_url = f"?cursor={cursor}" if cursor else None
+    return render(request, "dashboard/batches.html", {"batches": listed, "next_url": next_url})
+
+
+def _batch_context(request: HttpRequest, batch_id: uuid.UUID) -> dict[str, Any]:
+    try:
+        batch = selectors.batch_get(user=request.user, batch_id=batch_id)
+    except BatchNotFound:
+        raise Http404("no such batch") from None
+    counts = batches.batch_counts(batch.id)
+    shown = [(s, counts.by_status[s]) for s in JobStatus.values if counts.by_status[s]]
+    return {"batch": batch, "counts": counts, "shown": shown, "terminal": batch.state in ("complete", "cancelled")}
+
+
+batch_detail, batch_panel = _page_and_panel("dashboard/batch.html", "dashboard/_batch_panel.html", _batch_context)
+
+
+@login_required
+@require_POST
+def batch_cancel(request: HttpRequest, batch_id: uuid.UUID) -> HttpResponse:
+    try:
+        batch = selectors.batch_get(user=request.user, batch_id=batch_id)
+    except BatchNotFound:
+        raise Http404("no such batch") from None
+    if batches.batch_mark_cancelled(batch_id=batch.id):
+        _, matched = bulk_actions.start(
+            request.user, action="cancel", payload=None,
+            filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
+        )  # fmt: skip
+        messages.success(request, f"Batch cancelled: its {matched} unfinished jobs are being cancelled.")
+    else:
+        messages.warning(request, "The batch was already cancelled.")
+    return redirect("dashboard:batch", batch_id=batch_id)
 
 
 # --- logs ---------------------------------------------------------------------------------

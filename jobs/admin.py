@@ -24,10 +24,10 @@ from django.utils.html import format_html, format_html_join
 
 from config import key_rates, queues
 from config.text import is_uuid
-from jobs import services
+from jobs import batches, bulk_actions, services
 from jobs.errors import JobError
 from jobs.handlers import is_registered
-from jobs.models import Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
+from jobs.models import Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -154,6 +154,7 @@ class JobAdmin(ReadOnlyAdmin):
         "id", "owner", "type", "status", "queue", "priority", "attempts", "max_attempts", "attempt_seq",
         "logs_panel", "payload_pretty", "result_pretty", "last_error", "backoff_pretty", "timeout_seconds", "run_at",
         "next_retry_at", "idempotency_key", "concurrency_key", "concurrency_limit", "rate_limit_key", "rate_slot_at",
+        "batch_id",
         "dispatch_token", "worker", "lease_expires_at",
         "cancel_requested_at", "created_at", "queued_at", "started_at", "finished_at", "progress_shown",
     )  # fmt: skip
@@ -269,6 +270,60 @@ class JobAdmin(ReadOnlyAdmin):
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
             return queryset.filter(idempotency_key=term), False
+
+
+@admin.action(description="Cancel selected batches and their unfinished jobs")
+def cancel_batches(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+    cancelled = 0
+    for batch in queryset:
+        if batches.batch_mark_cancelled(batch_id=batch.id):
+            bulk_actions.start(
+                request.user, action="cancel", payload=None,
+                filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
+            )  # fmt: skip
+            cancelled += 1
+    modeladmin.message_user(request, f"{cancelled} batches cancelled; their unfinished jobs are being cancelled.")
+
+
+@admin.register(Batch)
+class BatchAdmin(ReadOnlyAdmin):
+    """Batches with their counts and callbacks. Read-only but for the cancel action: a batch
+    changes through its jobs."""
+
+    list_display = ["id", "owner", "description", "state", "progress", "created_at"]
+    search_fields = ["description"]
+    show_full_result_count = False
+    actions = [cancel_batches]
+    fields = readonly_fields = (
+        "id", "owner", "description", "state", "progress", "counts", "jobs_link", "on_success_pretty",
+        "on_success_job_id", "on_complete_pretty", "on_complete_job_id", "created_at", "closed_at", "completed_at",
+        "cancelled_at",
+    )  # fmt: skip
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and request.user.is_staff  # the list, for the action; the form stays read-only
+
+    @admin.display(description="progress")
+    def progress(self, obj: Batch) -> str:
+        counts = batches.batch_counts(obj.id)
+        return f"{counts.percent:.0f}% of {counts.total}"
+
+    @admin.display(description="jobs by state")
+    def counts(self, obj: Batch) -> str:
+        by_status = batches.batch_counts(obj.id).by_status
+        return ", ".join(f"{status} {n}" for status, n in by_status.items() if n) or "-"
+
+    @admin.display(description="jobs")
+    def jobs_link(self, obj: Batch) -> str:
+        return format_html('<a href="{}?batch={}">its jobs in the dashboard</a>', reverse("dashboard:jobs"), obj.id)
+
+    @admin.display(description="on success")
+    def on_success_pretty(self, obj: Batch) -> str:
+        return pretty_json(obj.on_success) if obj.on_success else "-"
+
+    @admin.display(description="on complete")
+    def on_complete_pretty(self, obj: Batch) -> str:
+        return pretty_json(obj.on_complete) if obj.on_complete else "-"
 
 
 @admin.register(UniqueLock)

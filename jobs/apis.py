@@ -19,14 +19,18 @@ from config.rest import (
     ORJSONRenderer,
     PerUserThrottle,
     filtered_page,
+    keyset_page,
     request_owner_id,
     with_idempotency_header,
 )
-from jobs import bulk_actions, fast_input, rate_limits, schedules, selectors, services
+from jobs import batches, bulk_actions, fast_input, rate_limits, schedules, selectors, services
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.models import Job
 from jobs.serializers import (
     KEY_HELP,
+    BatchAddSerializer,
+    BatchInputSerializer,
+    BatchSerializer,
     BulkInputSerializer,
     BulkOutputSerializer,
     JobDetailSerializer,
@@ -35,6 +39,7 @@ from jobs.serializers import (
     JobStatsSerializer,
     RateLimitSerializer,
     ScheduleSerializer,
+    batch_jobs_problem,
 )
 from logs.apis import LogStoreUnavailableError
 from logs.search import LogStoreUnavailable
@@ -294,3 +299,134 @@ class RateLimitDetailApi(APIView):
         selectors.rate_limit_get(user=request.user, limit_id=limit_id, to_change=True).delete()
         rate_limits.forget_cached()
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _batch_answer(batch: Any, **extra: Any) -> dict[str, Any]:
+    counts = {batch.id: batches.batch_counts(batch.id)}
+    return {**BatchSerializer(batch, context={"counts": counts}).data, **extra}
+
+
+def _batch_specs(request: Request, serializer_class: type[serializers.Serializer]) -> tuple[dict[str, Any], list[Any]]:
+    """The request's other fields, validated, and its jobs as specs (the bulk submit's fast
+    path when it surely applies)."""
+    data: Any = request.data
+    fast = fast_input.bulk_specs({"jobs": data.get("jobs")}) if isinstance(data, dict) else None
+    if fast is not None:
+        if problems := batch_jobs_problem(fast):
+            raise serializers.ValidationError({"jobs": problems})  # type: ignore[dict-item]
+        rest = {name: value for name, value in data.items() if name != "jobs"}
+        serializer = serializer_class(data=rest, partial=serializer_class is BatchAddSerializer)  # jobs: checked
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data, fast
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    to_spec = JobInputSerializer().to_spec
+    return serializer.validated_data, [to_spec(item) for item in serializer.validated_data["jobs"]]
+
+
+_BATCH_WITH_JOBS = {"batch": BatchSerializer(), "jobs": JobSerializer(many=True)}
+
+
+class BatchListCreateApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int, description="At most this many a page, newest first (1-500, 100)."),
+            OpenApiParameter("cursor", str, description="The next page: as given in `next`."),
+        ],
+        responses=inline_serializer(
+            "BatchPage", {"results": BatchSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        """Your batches, newest first, with their counts (staff: everyone's)."""
+        try:
+            limit = min(max(int(request.query_params.get("limit", 100)), 1), 500)
+        except ValueError:
+            raise serializers.ValidationError({"limit": ["a whole number from 1 to 500"]}) from None
+        try:
+            visible = selectors.batch_visible_to(request.user)
+            rows, cursor = keyset_page(visible, request.query_params.get("cursor"), limit)
+        except ValueError:
+            raise serializers.ValidationError({"cursor": ["not a cursor of ours: use the one `next` gives"]}) from None
+        counts = {b.id: batches.batch_counts(b.id) for b in rows}
+        following = request.build_absolute_uri(f"?limit={limit}&cursor={cursor}") if cursor else None
+        return Response(
+            {"results": BatchSerializer(rows, many=True, context={"counts": counts}).data, "next": following}
+        )
+
+    @extend_schema(
+        request=BatchInputSerializer,
+        responses={
+            201: inline_serializer("BatchCreated", {"batch": BatchSerializer(), "jobs": JobSerializer(many=True)})
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """A batch and its jobs, with optional callback jobs; closed unless `open` is true."""
+        data, specs = _batch_specs(request, BatchInputSerializer)
+        callbacks = {name: batches.callback_spec_fields(data[name]) for name in batches.CALLBACKS if data.get(name)}
+        batch, jobs = batches.batch_create(
+            owner_id=request_owner_id(request), specs=specs, callbacks=callbacks, description=data["description"],
+            open_=data["open"],
+        )  # fmt: skip
+        represent = JobSerializer().to_representation
+        return Response(
+            {"batch": _batch_answer(batch), "jobs": [represent(j) for j in jobs]}, status=status.HTTP_201_CREATED
+        )
+
+
+class BatchDetailApi(APIView):
+    @extend_schema(responses=BatchSerializer)
+    def get(self, request: Request, batch_id: str) -> Response:
+        """Counts by state and the percentage done; its jobs are GET /api/v1/jobs/?batch=<id>."""
+        return Response(_batch_answer(selectors.batch_get(user=request.user, batch_id=batch_id)))
+
+
+class BatchJobsApi(APIView):
+    @extend_schema(
+        request=BatchAddSerializer,
+        responses={
+            201: inline_serializer("BatchAdded", {"batch": BatchSerializer(), "jobs": JobSerializer(many=True)})
+        },
+    )
+    def post(self, request: Request, batch_id: str) -> Response:
+        """More jobs for an open batch (409 once it is closed); `close` closes it with them."""
+        batch = selectors.batch_get(user=request.user, batch_id=batch_id)
+        data, specs = _batch_specs(request, BatchAddSerializer)
+        if not specs:
+            raise serializers.ValidationError({"jobs": ["at least one job"]})
+        jobs = batches.batch_add(batch_id=batch.id, specs=specs, close=data.get("close", False))
+        batch.refresh_from_db()
+        represent = JobSerializer().to_representation
+        return Response(
+            {"batch": _batch_answer(batch), "jobs": [represent(j) for j in jobs]}, status=status.HTTP_201_CREATED
+        )
+
+
+class BatchCloseApi(APIView):
+    @extend_schema(request=None, responses=BatchSerializer)
+    def post(self, request: Request, batch_id: str) -> Response:
+        """No more jobs: its callbacks are made once every job is terminal."""
+        batch = selectors.batch_get(user=request.user, batch_id=batch_id)
+        return Response(_batch_answer(batches.batch_close(batch_id=batch.id)))
+
+
+class BatchCancelApi(APIView):
+    @extend_schema(
+        request=None,
+        responses=inline_serializer(
+            "BatchCancelled",
+            {"batch": BatchSerializer(), "bulk_action": serializers.UUIDField(allow_null=True),
+             "matched": serializers.IntegerField()},
+        ),
+    )  # fmt: skip
+    def post(self, request: Request, batch_id: str) -> Response:
+        """Close it and cancel its unfinished jobs (in the background: `bulk_action` is the job
+        doing it). on_success will not be made; on_complete will, once its jobs are terminal."""
+        batch = selectors.batch_get(user=request.user, batch_id=batch_id)
+        batches.batch_mark_cancelled(batch_id=batch.id)
+        action, matched = bulk_actions.start(
+            request.user, action="cancel", filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
+            payload=None,
+        )  # fmt: skip
+        batch.refresh_from_db()
+        return Response({"batch": _batch_answer(batch), "bulk_action": str(action.id), "matched": matched})

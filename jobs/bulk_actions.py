@@ -34,7 +34,7 @@ from jobs.models import Job
 TYPE = "platform.bulk_action"
 ACTIONS = ("cancel", "retry", "rerun")
 PAGE = 500
-FILTERS = ("status", "type", "queue", "workflow", "created_after", "created_before", "log_contains")
+FILTERS = ("status", "type", "queue", "workflow", "batch", "created_after", "created_before", "log_contains")
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,22 @@ class RateLimitPatternTaken(StateConflict):
     def __init__(self, pattern: str) -> None:
         super().__init__(f"a rate limit for key pattern {pattern!r} is already declared: change that one")
         self.pattern = pattern
+
+
+class BatchNotFound(ObjectNotFound):
+    def __init__(self, batch_id: uuid.UUID | str) -> None:
+        super().__init__(f"batch {batch_id} not found")
+
+
+class BatchClosed(StateConflict):
+    """Jobs may be added to an open batch only (API: 409)."""
+
+    code = "batch_closed"
+
+    def __init__(self, batch_id: uuid.UUID | str, state: str) -> None:
+        super().__init__(f"batch {batch_id} is {state}: no more jobs can be added")
+        self.batch_id = batch_id
+        self.state = state
+
+    def fields(self) -> dict[str, Any]:
+        return {"state": self.state}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 SCHEDULE_KEY_PREFIX = "schedule:"
 BULK_KEY_PREFIX = "bulk:"  # a re-run's new job: bulk:<action job>:<job it re-runs> (jobs.bulk_actions)
-RESERVED_KEY_PREFIXES = (SCHEDULE_KEY_PREFIX, BULK_KEY_PREFIX)
+BATCH_KEY_PREFIX = "batch:"  # a batch's callback job: batch:<batch>:on_success|on_complete (jobs.batches)
+RESERVED_KEY_PREFIXES = (SCHEDULE_KEY_PREFIX, BULK_KEY_PREFIX, BATCH_KEY_PREFIX)
 
 
 def reserved_prefix(key: str) -> str | None:

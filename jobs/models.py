@@ -107,6 +107,9 @@ class Job(models.Model):
     # (jobs/rate_limits.py), cleared when it is claimed.
     rate_limit_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 NULL = no limit
     rate_slot_at = models.DateTimeField(null=True, blank=True)
+    # The batch this job belongs to (jobs.batches). No foreign key: adding one would lock and
+    # scan the table; a batch is never deleted while its jobs are kept.
+    batch_id = models.UUIDField(null=True, blank=True)
     # The workflow this job is a task (or a compensation) of.
     workflow = models.ForeignKey(
         "orchestration_workflows.Workflow",
@@ -165,6 +168,7 @@ class Job(models.Model):
             models.Index(fields=["queue", "-created_at"], name="job_queue_created"),
             models.Index(fields=["-created_at"], name="job_created"),
             models.Index(fields=["workflow"], condition=Q(workflow__isnull=False), name="job_workflow"),
+            models.Index(fields=["batch_id", "status"], condition=Q(batch_id__isnull=False), name="job_batch_status"),
             # Dispatcher scans touch only live rows: partial indexes stay small with millions
             # of finished jobs in the table.
             models.Index(
@@ -534,6 +538,79 @@ class JobCountDelta(models.Model):
 
     def __str__(self) -> str:
         return f"owner {self.owner_id} {self.status}: {self.n:+}"
+
+
+class Batch(models.Model):
+    """Jobs submitted together, with callbacks: `on_success` once every job succeeded,
+    `on_complete` once every job is terminal. Jobs may be added while it is open; the
+    callbacks wait for it to be closed. Counted by the tally triggers (BatchDelta, folded into
+    BatchCount by the scheduler, which fires the callbacks: jobs.batches)."""
+
+    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    description = models.CharField(max_length=200, blank=True, default="")
+    # A callback's job as the API takes it (type, payload, queue, ...), checked when given.
+    on_success = models.JSONField(null=True, blank=True)
+    on_complete = models.JSONField(null=True, blank=True)
+    # The callback jobs once made: set by the conditional UPDATE that makes each, so each is made once.
+    on_success_job_id = models.UUIDField(null=True, blank=True)
+    on_complete_job_id = models.UUIDField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)  # NULL: open, jobs may be added
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)  # closed, and every job terminal (first time)
+    # The scheduler looks at it on its next tick though no job of it ended (closed, cancelled).
+    check_needed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "jobs_batch"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="batch_owner_created"),
+            models.Index(fields=["check_needed"], condition=Q(check_needed=True), name="batch_check_needed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.id}" + (f" ({self.description})" if self.description else "")
+
+    @property
+    def state(self) -> str:
+        if self.cancelled_at:
+            return "cancelled"
+        if self.completed_at:
+            return "complete"
+        return "closed" if self.closed_at else "open"
+
+
+class BatchCount(models.Model):
+    """A batch's jobs ever added (status TOTAL) and those that reached each terminal status (folded)."""
+
+    batch_id = models.UUIDField()
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "jobs_batchcount"
+        constraints = [models.UniqueConstraint(fields=["batch_id", "status"], name="batchcount_batch_status_uniq")]
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} {self.status}: {self.n}"
+
+
+class BatchDelta(models.Model):
+    """A change to BatchCount written by a trigger, not folded yet."""
+
+    id = models.BigAutoField(primary_key=True)
+    batch_id = models.UUIDField()
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField()
+
+    class Meta:
+        db_table = "jobs_batchdelta"
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} {self.status}: {self.n:+}"
 
 
 class TallyMetric(models.IntegerChoices):

@@ -20,10 +20,10 @@ from rest_framework.exceptions import ValidationError
 
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies, visibility
-from jobs.errors import JobNotFound, RateLimitNotFound, ScheduleNotFound
-from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Job, JobStatus, RateLimit, Schedule
+from jobs.errors import BatchNotFound, JobNotFound, RateLimitNotFound, ScheduleNotFound
+from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Batch, Job, JobStatus, RateLimit, Schedule
 
-M = TypeVar("M", Job, Schedule)
+M = TypeVar("M", Job, Schedule, Batch)
 
 
 def visible_to(queryset: QuerySet[M], user: Any) -> QuerySet[M]:
@@ -113,6 +113,7 @@ class JobFilter(django_filters.FilterSet):
     created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
     workflow = django_filters.UUIDFilter(field_name="workflow_id")
+    batch = django_filters.UUIDFilter(field_name="batch_id")
     log_contains = django_filters.CharFilter(method="filter_log_contains", max_length=200)
     # Chooses where the list reads (the archive, see `archive_filters`), filters nothing here.
     archived = django_filters.TypedChoiceFilter(
@@ -121,7 +122,10 @@ class JobFilter(django_filters.FilterSet):
 
     class Meta:
         model = Job
-        fields = ["status", "type", "queue", "workflow", "created_after", "created_before", "log_contains", "archived"]
+        fields = [
+            "status", "type", "queue", "workflow", "batch", "created_after", "created_before", "log_contains",
+            "archived",
+        ]  # fmt: skip
 
     def filter_nothing(self, queryset: QuerySet[Job], name: str, value: Any) -> QuerySet[Job]:
         return queryset
@@ -136,6 +140,8 @@ class JobFilter(django_filters.FilterSet):
     def archive_filters(self) -> archive.Filters:
         """The same filters, for the archive (call after is_valid)."""
         data = self.form.cleaned_data
+        if data.get("batch"):
+            raise ValidationError({"batch": ["the archive keeps no batch: list a batch's jobs without archived=true"]})
         ids = self._log_job_ids(data["log_contains"]) if data.get("log_contains") else None
         return archive.Filters(
             statuses=list(data["status"]) if data.get("status") else None,
@@ -261,6 +267,18 @@ def schedule_get(*, user: Any, schedule_id: uuid.UUID | str) -> Schedule:
         return schedule_visible_to(user).get(id=schedule_id)
     except (Schedule.DoesNotExist, ValueError):
         raise ScheduleNotFound(schedule_id) from None
+
+
+def batch_visible_to(user: Any) -> QuerySet[Batch]:
+    return visible_to(Batch.objects.all(), user)
+
+
+def batch_get(*, user: Any, batch_id: uuid.UUID | str) -> Batch:
+    """A batch the user may see, or BatchNotFound (another user's is indistinguishable)."""
+    try:
+        return batch_visible_to(user).get(id=batch_id)
+    except (Batch.DoesNotExist, ValueError, ValidationError):
+        raise BatchNotFound(batch_id) from None
 
 
 def rate_limit_visible_to(user: Any) -> QuerySet[RateLimit]:

@@ -423,3 +423,115 @@ class RateLimitSerializer(serializers.ModelSerializer):
             "created_at": limit.created_at,
             "updated_at": limit.updated_at,
         }
+
+
+class CallbackSerializer(JobInputSerializer):
+    """A batch's callback job, as a job is submitted; it runs when the batch ends, with the
+    batch's counts in its payload under `batch`, so it takes no time or key of its own."""
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = super().validate(data)
+        for name in ("run_at", "idempotency_key", "unique_key"):
+            if data.get(name) is not None:
+                raise serializers.ValidationError({name: ["a callback runs once, when its batch ends: not with this"]})
+        return data
+
+
+_BATCH_JOB_FIELDS = ("idempotency_key", "unique_key")
+
+
+class BatchJobsField(JobInputSerializer):
+    """A batch's jobs: as a bulk submit's, without idempotency or unique keys (either could
+    answer with a job outside the batch)."""
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = super().validate(data)
+        for name in _BATCH_JOB_FIELDS:
+            if data.get(name) is not None:
+                raise serializers.ValidationError({name: ["a batch's job cannot have one: it could answer with a job "
+                                                          "outside the batch"]})  # fmt: skip
+        return data
+
+
+def batch_jobs_problem(specs: list[JobSpec]) -> dict[int, dict[str, list[str]]]:
+    """The same rule for specs the fast path made."""
+    return {
+        i: {name: ["a batch's job cannot have one: it could answer with a job outside the batch"]}
+        for i, spec in enumerate(specs)
+        for name in _BATCH_JOB_FIELDS
+        if getattr(spec, name) is not None
+    }
+
+
+class BatchInputSerializer(serializers.Serializer):
+    description = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    jobs = BatchJobsField(  # type: ignore[call-arg]
+        many=True, allow_empty=True, required=False, default=list, max_length=settings.JOBS_BULK_MAX,
+        help_text=f"At most {settings.JOBS_BULK_MAX:,} jobs a request (JOBS_BULK_MAX); add more while it is open.",
+        error_messages={"max_length": "at most {max_length} jobs per request (JOBS_BULK_MAX)."},
+    )  # fmt: skip
+    on_success = CallbackSerializer(
+        required=False, allow_null=True, default=None,
+        help_text="A job made once every job of the batch succeeded (once it is closed).",
+    )  # fmt: skip
+    on_complete = CallbackSerializer(
+        required=False, allow_null=True, default=None,
+        help_text="A job made once every job of the batch is terminal (once it is closed), whatever the outcomes.",
+    )  # fmt: skip
+    open = serializers.BooleanField(
+        default=False, help_text="Keep it open for more jobs (POST .../jobs/); its callbacks wait for it to be closed."
+    )
+
+
+class BatchAddSerializer(serializers.Serializer):
+    jobs = BatchJobsField(  # type: ignore[call-arg]
+        many=True, allow_empty=False, max_length=settings.JOBS_BULK_MAX,
+        error_messages={"max_length": "at most {max_length} jobs per request (JOBS_BULK_MAX)."},
+    )  # fmt: skip
+    close = serializers.BooleanField(default=False, help_text="Close the batch with these jobs.")
+
+
+class BatchCallbackSerializer(serializers.Serializer):
+    template = serializers.JSONField(help_text="The callback's job as given.")
+    job = serializers.UUIDField(allow_null=True, help_text="Its job, once made.")
+
+
+class BatchSerializer(serializers.Serializer):
+    """A batch with its counts: jobs by state, and the percentage done (finished jobs plus the
+    progress running ones report)."""
+
+    id = serializers.UUIDField()
+    description = serializers.CharField()
+    state = serializers.ChoiceField(choices=["open", "closed", "complete", "cancelled"])
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField())
+    percent = serializers.FloatField()
+    on_success = BatchCallbackSerializer(allow_null=True)
+    on_complete = BatchCallbackSerializer(allow_null=True)
+    created_at = serializers.DateTimeField()
+    closed_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    cancelled_at = serializers.DateTimeField(allow_null=True)
+
+    def to_representation(self, batch: Any) -> dict[str, Any]:
+        counts = self.context["counts"][batch.id]
+
+        def callback(name: str) -> dict[str, Any] | None:
+            template = getattr(batch, name)
+            job_id = getattr(batch, f"{name}_job_id")
+            return None if template is None else {"template": template, "job": str(job_id) if job_id else None}
+
+        return {
+            "id": str(batch.id),
+            "description": batch.description,
+            "state": batch.state,
+            "total": counts.total,
+            "counts": counts.by_status,
+            "percent": counts.percent,
+            "on_success": callback("on_success"),
+            "on_complete": callback("on_complete"),
+            "created_at": batch.created_at,
+            "closed_at": batch.closed_at,
+            "completed_at": batch.completed_at,
+            "cancelled_at": batch.cancelled_at,
+        }

@@ -62,6 +62,7 @@ class JobSpec:
     debounce_seconds: int | None = None
     debounce_max_seconds: int | None = None
     workflow_id: uuid.UUID | None = None  # set by workflows for their task and compensation jobs
+    batch_id: uuid.UUID | None = None  # set by jobs.batches for the jobs of a batch
 
     def request_hash(self) -> str:
         """Hash of everything but the key: replaying the same body gives the same hash."""
@@ -69,6 +70,7 @@ class JobSpec:
         body.pop("idempotency_key")
         body["run_at"] = self.run_at.isoformat() if self.run_at else None
         body["workflow_id"] = str(self.workflow_id) if self.workflow_id else None
+        body["batch_id"] = str(self.batch_id) if self.batch_id else None
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -88,20 +90,21 @@ _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
     "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
-    "workflow_id", "traceparent", "rate_limit_key",
+    "workflow_id", "traceparent", "rate_limit_key", "batch_id",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s, u.rkey
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s, u.rkey, u.batch
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
-              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[], %(workflow)s::uuid[], %(rkey)s::text[])
+              %(token)s::uuid[], %(ckey)s::text[], %(climit)s::int[], %(workflow)s::uuid[], %(rkey)s::text[],
+              %(batch)s::uuid[])
        AS u(id, type, payload, queue, priority, max_attempts, backoff, timeout_seconds, run_at,
-            key, hash, token, ckey, climit, workflow, rkey)
+            key, hash, token, ckey, climit, workflow, rkey, batch)
 ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """  # noqa: S608 (column names are constants)
@@ -125,7 +128,7 @@ def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, tra
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
                 r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id, traceparent,
-                s.rate_limit_key,
+                s.rate_limit_key, s.batch_id,
             ))  # fmt: skip
 
 
@@ -155,6 +158,7 @@ def _insert_keyed(
             "climit": [r.spec.concurrency_limit for r in rows],
             "workflow": [r.spec.workflow_id for r in rows],
             "rkey": [r.spec.rate_limit_key for r in rows],
+            "batch": [r.spec.batch_id for r in rows],
         },
     )
     return {row[0] for row in cur.fetchall()}
@@ -403,7 +407,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime, traceparent: str | None
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
         concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit, workflow_id=s.workflow_id,
-        traceparent=traceparent, rate_limit_key=s.rate_limit_key,
+        traceparent=traceparent, rate_limit_key=s.rate_limit_key, batch_id=s.batch_id,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False

@@ -54,7 +54,17 @@ from jobs import selectors, tallies
 from jobs.models import JobStatus
 from metrics import prom
 from orchestration import breaker
-from orchestration.scheduler import blocked, breaker_paused, cron, reaper, release, retention, share_deferred, stale
+from orchestration.scheduler import (
+    batch_callbacks,
+    blocked,
+    breaker_paused,
+    cron,
+    reaper,
+    release,
+    retention,
+    share_deferred,
+    stale,
+)
 from orchestration.scheduler.fencing import Fenced, next_epoch
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -116,6 +126,7 @@ class TickResult:
     paused_released: int = 0
     deferred_released: int = 0
     archived: int = 0
+    batch_callbacks: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def moved_anything(self) -> bool:
@@ -173,6 +184,8 @@ class Scheduler:
             ("deferred", "deferred_released",
              lambda: self.deferred_scan(epoch, clock, batch=self.batch, keys_per_tick=self.pairs_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
+            ("batches", "batch_callbacks",
+             lambda: batch_callbacks.fire_batch_callbacks(epoch, clock, limit=self.pairs_per_tick)),
             ("retention", "archived", lambda: self.retention(epoch, clock)),
         ]  # fmt: skip
         if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:

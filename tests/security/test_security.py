@@ -34,8 +34,9 @@ def routes(resolver: URLResolver | None = None, prefix: str = "") -> list[str]:
 
 
 def concrete(route: str) -> str:
-    for conv in ("<uuid:job_id>", "<uuid:workflow_id>", "<uuid:schedule_id>"):
+    for conv in ("<uuid:job_id>", "<uuid:workflow_id>", "<uuid:schedule_id>", "<uuid:batch_id>"):
         route = route.replace(conv, str(uuid.uuid4()))
+    route = route.replace("<int:limit_id>", "1")
     return "/" + route.replace("<str:job_type>", "demo.noop").replace("<str:action>", "cancel")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from jobs.models import Job, JobStatus, Schedule
+from jobs.models import Batch, Job, JobStatus, RateLimit, Schedule
 from jobs.services import JobSpec, job_submit
 from orchestration.breaker import BREAKERS
 from tests.conftest import client_for
@@ -36,6 +36,8 @@ class Owned:
     dead: Job
     workflow: Workflow
     schedule: Schedule
+    batch: Batch
+    rate_limit: RateLimit
 
 
 @pytest.fixture
@@ -47,7 +49,11 @@ def owned(user, api) -> Owned:
     workflow = Workflow.objects.get(id=api.post("/api/v1/workflows/", body, format="json").json()["id"])
     schedule = Schedule.objects.create(owner=user, name="nightly", cron="0 3 * * *", type="demo.noop")
     BREAKERS.record(user.pk, "demo.fail", ok=False, probe=True)  # the first tenant's breaker: open
-    return Owned(job, dead, workflow, schedule)
+    body = {"jobs": [{"type": "demo.noop"}], "open": True, "description": "tenant-a-import"}
+    made = api.post("/api/v1/batches/", body, format="json")
+    batch = Batch.objects.get(id=made.json()["batch"]["id"])
+    rate_limit = RateLimit.objects.create(owner=user, pattern="tenant-a-key", limit=5, period_seconds=1)
+    return Owned(job, dead, workflow, schedule, batch, rate_limit)
 
 
 def ids(response: Any, key: str = "id") -> set[str]:
@@ -114,6 +120,37 @@ WALK: dict[str, Check] = {
     "dashboard:workflow-panel": lambda api, web, o: _404(web.get(f"/workflows/{o.workflow.id}/panel/")),
     "dashboard:workflow-cancel": lambda api, web, o: _404(web.post(f"/workflows/{o.workflow.id}/cancel/")),
     "dashboard:logs": lambda api, web, o: _absent(web.get(f"/logs/?job_id={o.job.id}"), "demo.noop line"),
+    "batch-list": lambda api, web, o: (
+        _no(ids(api.get("/api/v1/batches/")), o.batch.id),
+        _equal(api.get("/api/v1/jobs/", {"batch": str(o.batch.id)}).json()["results"], []),
+    ),
+    "batch-detail": lambda api, web, o: _404(api.get(f"/api/v1/batches/{o.batch.id}/")),
+    "batch-jobs": lambda api, web, o: (
+        _404(api.post(f"/api/v1/batches/{o.batch.id}/jobs/", {"jobs": [{"type": "demo.noop"}]}, format="json")),
+        _equal(Job.objects.filter(batch_id=o.batch.id).count(), 1),
+    ),
+    "batch-close": lambda api, web, o: (
+        _404(api.post(f"/api/v1/batches/{o.batch.id}/close/")),
+        _equal(Batch.objects.get(id=o.batch.id).state, "open"),
+    ),
+    "batch-cancel": lambda api, web, o: (
+        _404(api.post(f"/api/v1/batches/{o.batch.id}/cancel/")),
+        _equal(Batch.objects.get(id=o.batch.id).state, "open"),
+    ),
+    "rate-limit-list": lambda api, web, o: _no(ids(api.get("/api/v1/rate-limits/")), o.rate_limit.id),
+    "rate-limit-detail": lambda api, web, o: (
+        _404(api.get(f"/api/v1/rate-limits/{o.rate_limit.id}/")),
+        _404(api.patch(f"/api/v1/rate-limits/{o.rate_limit.id}/", {"rate": "1000/s"}, format="json")),
+        _404(api.delete(f"/api/v1/rate-limits/{o.rate_limit.id}/")),
+        _equal(RateLimit.objects.get(id=o.rate_limit.id).limit, 5),
+    ),
+    "dashboard:batches": lambda api, web, o: _absent(web.get("/batches/"), "tenant-a-import"),
+    "dashboard:batch": lambda api, web, o: _404(web.get(f"/batches/{o.batch.id}/")),
+    "dashboard:batch-panel": lambda api, web, o: _404(web.get(f"/batches/{o.batch.id}/panel/")),
+    "dashboard:batch-cancel": lambda api, web, o: (
+        _404(web.post(f"/batches/{o.batch.id}/cancel/")),
+        _equal(Batch.objects.get(id=o.batch.id).state, "open"),
+    ),
     "dashboard:schedules": lambda api, web, o: _absent(web.get("/schedules/"), "nightly"),
     "dashboard:schedule-toggle": lambda api, web, o: (
         web.post(f"/schedules/{o.schedule.id}/toggle/"),

@@ -9,7 +9,9 @@ jobs retry ID
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,11 +20,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
-from jobs import rate_limits, selectors, services
+from jobs import batches, bulk_actions, rate_limits, selectors, services
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
 from jobs.errors import JobError, RateLimitPatternTaken
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, RateLimit
-from jobs.serializers import JobDetailSerializer, JobInputSerializer, RateLimitSerializer
+from jobs.serializers import (
+    BatchInputSerializer,
+    BatchSerializer,
+    JobDetailSerializer,
+    JobInputSerializer,
+    RateLimitSerializer,
+)
 
 
 class Command(BaseCommand):
@@ -62,6 +70,18 @@ class Command(BaseCommand):
         rates.add_argument("rate", nargs="?", help="set: 100/s, 600/m, 1000/h or 20000/d")
         rates.add_argument("--burst", type=int, default=1, help="set: how many may start at once (default 1)")
         rates.add_argument("--owner", help="whose keys (default: every owner's, a staff limit)")
+
+        batch = sub.add_parser("batch", help="create, show, close or cancel a batch of jobs")
+        batch.add_argument(
+            "batch_action", choices=["create", "show", "close", "cancel"], metavar="create|show|close|cancel"
+        )
+        batch.add_argument("batch_id", nargs="?", help="show, close, cancel: the batch")
+        batch.add_argument("--jobs", help="create: a JSON list of jobs as the API takes them (a file, or - for stdin)")
+        batch.add_argument("--on-success", help="create: the callback job, JSON as the API takes it")
+        batch.add_argument("--on-complete", help="create: the callback job, JSON as the API takes it")
+        batch.add_argument("--description", default="")
+        batch.add_argument("--open", action="store_true", help="create: keep it open for more jobs")
+        batch.add_argument("--owner", help="username (default: the first superuser)")
 
         show = sub.add_parser("show", help="show one job with its history")
         show.add_argument("job_id")
@@ -158,9 +178,43 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(saved))
 
-    def do_bulk_action(self, opts: dict[str, Any]) -> None:
-        from jobs import bulk_actions
+    def do_batch(self, opts: dict[str, Any]) -> None:
+        owner = cli_owner(opts["owner"])
+        action = opts["batch_action"]
+        if action == "create":
+            body: dict[str, Any] = {"jobs": _json_arg(opts["jobs"], "--jobs") if opts["jobs"] else [],
+                                    "description": opts["description"], "open": opts["open"]}  # fmt: skip
+            for name in batches.CALLBACKS:
+                if opts[name]:
+                    body[name] = _json_arg(opts[name], f"--{name.replace('_', '-')}", inline=True)
+            serializer = BatchInputSerializer(data=body)
+            if not serializer.is_valid():
+                raise CommandError("invalid batch: " + dump(serializer.errors))
+            data = serializer.validated_data
+            to_spec = JobInputSerializer().to_spec
+            batch, _ = batches.batch_create(
+                owner_id=owner.pk, specs=[to_spec(j) for j in data["jobs"]], description=data["description"],
+                callbacks={n: batches.callback_spec_fields(data[n]) for n in batches.CALLBACKS if data.get(n)},
+                open_=data["open"],
+            )  # fmt: skip
+        else:
+            if not opts["batch_id"]:
+                raise CommandError(f"batch {action} needs the batch's id")
+            batch = selectors.batch_get(user=OPERATOR, batch_id=opts["batch_id"])
+            if action == "close":
+                batch = batches.batch_close(batch_id=batch.id)
+            elif action == "cancel":
+                batches.batch_mark_cancelled(batch_id=batch.id)
+                _, matched = bulk_actions.start(
+                    owner, action="cancel", payload=None,
+                    filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
+                )  # fmt: skip
+                self.stderr.write(f"cancelling {matched} unfinished jobs in the background")
+                batch.refresh_from_db()
+        counts = {batch.id: batches.batch_counts(batch.id)}
+        self.stdout.write(dump(BatchSerializer(batch, context={"counts": counts}).data))
 
+    def do_bulk_action(self, opts: dict[str, Any]) -> None:
         filters = {
             name.replace("-", "_"): opts[name.replace("-", "_")]
             for name in ("status", "type", "queue", "created-after", "created-before", "log-contains")
@@ -231,3 +285,17 @@ class Command(BaseCommand):
     def do_retry(self, opts: dict[str, Any]) -> None:
         job = services.job_retry(job_id=opts["job_id"])
         self.stdout.write(f"{job.id} {job.status}")
+
+
+def _json_arg(value: str, option: str, *, inline: bool = False) -> Any:
+    """A JSON option's value: inline text, or (unless `inline`) a file's or stdin's (-)."""
+    text = value
+    if not inline:
+        try:
+            text = sys.stdin.read() if value == "-" else Path(value).read_text()
+        except OSError as exc:
+            raise CommandError(f"{option}: cannot read {value!r}: {exc}") from exc
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise CommandError(f"{option} is not valid JSON: {exc}") from exc
