@@ -46,10 +46,12 @@ format: venv
 	$(PY) -m ruff check --fix .
 
 # End-to-end benchmark (vs raw Celery, plus light-load latency) against the running dev stack,
-# then two tenants: one floods or runs long jobs, the other's start wait (fairness on and off).
+# then two tenants: one floods or runs long jobs, the other's start wait (fairness on and off),
+# then what batches and unused flow control cost, and a rate-limited key held over a minute.
 bench: venv
 	$(PY) manage.py bench pipeline
 	$(PY) manage.py bench fairness
+	$(PY) manage.py bench flow
 
 # Submit-API benchmark against the running dev stack (`make run` in another terminal).
 bench-api: venv

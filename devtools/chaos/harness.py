@@ -8,7 +8,8 @@ harness waits (bounded) for every job to finish and checks:
 - duplicated: a job with more than one successful attempt, or a SUCCEEDED job without one,
   or (web fault) an idempotency key that made two jobs;
 - workflows: every workflow finished and consistent with its tasks;
-- logs: every successful `demo.log` job has its lines in ClickHouse.
+- logs: every successful `demo.log` job has its lines in ClickHouse;
+- batches: a fault's batch made each of its callbacks exactly once, and each ran to success once.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Result:
     overlapping: int = 0
     workflows_bad: int = 0
     logs_missing: int = 0
+    batches_bad: int = 0
     max_latency: float = 0.0
     slow_starts: int = 0  # the load's jobs that waited past the fault's bound to start (if it sets one)
     notes: list[str] = field(default_factory=list)
@@ -141,7 +143,7 @@ class Result:
     def ok(self) -> bool:
         return not (
             self.lost or self.duplicated or self.overlapping or self.workflows_bad or self.logs_missing
-            or self.slow_starts
+            or self.slow_starts or self.batches_bad
         )  # fmt: skip
 
 
@@ -216,6 +218,7 @@ class Harness:
         # what it does once the load stopped (before the drain).
         self.start_bound: float | None = None
         self.after_load: Callable[[], None] | None = None
+        self.batches: list[uuid.UUID] = []  # a fault's batches: checked after the drain
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -305,8 +308,36 @@ class Harness:
         result.workflows_bad = flows.exclude(status__in=WORKFLOW_TERMINAL).count()
         result.workflows_bad += sum(1 for w in flows.filter(status="SUCCEEDED") if w.tasks_succeeded != w.tasks_total)
         result.logs_missing = self._missing_logs(owner_id)
+        result.batches_bad = self._bad_batches()
         result.notes += self.notes
         self.notes.clear()
+
+    def _bad_batches(self) -> int:
+        """A fault's batches: each callback made once (its reserved key names one job), that job
+        SUCCEEDED with exactly one successful attempt, and the batch complete."""
+        from jobs.models import Batch
+
+        bad = 0
+        deadline = time.monotonic() + 30  # the last tick's callbacks may still be running
+        for batch_id in self.batches:
+            while True:
+                close_old_connections()
+                batch = Batch.objects.get(id=batch_id)
+                made = {name: list(Job.objects.filter(idempotency_key=f"batch:{batch_id}:{name}"))
+                        for name in ("on_success", "on_complete")}  # fmt: skip
+                done = all(len(jobs) == 1 and jobs[0].status == "SUCCEEDED" for jobs in made.values())
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(1.0)
+            runs = {name: [j.history.filter(status="SUCCEEDED").count() for j in jobs] for name, jobs in made.items()}
+            problem = [f"{name}: {len(made[name])} jobs, successful runs {runs[name]}" for name in made
+                       if runs[name] != [1]] + (["not complete"] if batch.completed_at is None else [])  # fmt: skip
+            attempts = {name: [j.attempt_seq for j in jobs] for name, jobs in made.items()}
+            self.notes.append(f"batch {str(batch_id)[:8]}: callbacks' attempts {attempts}"
+                              + (f"; {', '.join(problem)}" if problem else ""))  # fmt: skip
+            bad += bool(problem)
+        self.batches.clear()
+        return bad
 
     def _slow_starts(self, jobs: Any, result: Result, since: float) -> None:
         """The load's plain jobs submitted once the fault hit, and whose first attempt waited
@@ -541,6 +572,32 @@ def queue_parked(h: Harness) -> None:
     h.after_load = lambda: h.supervisor.start("worker-parked")
 
 
+def batch_callback_worker_kill(h: Harness) -> None:
+    """A batch of 200 short jobs with both callbacks (each a 3 s job): once on_complete's job
+    runs, the worker running it is SIGKILLed. The callback is reaped and run again: each
+    callback must be made once and succeed once, however the kill and the retries fall."""
+    from jobs import batches
+
+    owner = _odd_user(h, "batch")
+    callbacks = {name: {"type": "demo.sleep", "payload": {"seconds": 3}, "backoff": FAST} for name in batches.CALLBACKS}
+    specs = [JobSpec(type="demo.sleep", payload={"seconds": 0.02}, backoff=FAST)] * 200
+    batch, _ = batches.batch_create(owner_id=owner, specs=specs, callbacks=callbacks, description="chaos")
+    h.batches.append(batch.id)
+    key = f"batch:{batch.id}:on_complete"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        close_old_connections()
+        callback = Job.objects.filter(idempotency_key=key, status="RUNNING").values_list("worker", flat=True).first()
+        if callback:
+            pids = {h.supervisor.pid(n): n for n in ("worker1", "worker2")}
+            victim = pids.get(int(callback.rsplit(":", 1)[-1]) if ":" in callback else 0, "worker1")
+            h.supervisor.kill(victim)
+            h.notes.append(f"killed {victim} running batch {str(batch.id)[:8]}'s on_complete")
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the batch's on_complete never ran within 90 s")
+
+
 FAULTS: dict[str, Callable[[Harness], None]] = {
     "worker-kill": kill_worker,
     "bridge-kill": kill_role("bridge"),
@@ -557,6 +614,7 @@ FAULTS: dict[str, Callable[[Harness], None]] = {
     "poison-outbox": poison_outbox,
     "slot-key-taken": slot_key_taken,
     "queue-parked": queue_parked,
+    "batch-callback-worker-kill": batch_callback_worker_kill,
 }
 LIGHT_LOAD = frozenset({"queue-parked"})
 FAST_SUBSET = ("worker-kill", "bridge-kill", "poison", "poison-outbox", "queue-parked")
@@ -564,10 +622,10 @@ FAST_SUBSET = ("worker-kill", "bridge-kill", "poison", "poison-outbox", "queue-p
 
 def table(results: list[Result]) -> str:
     head = ["fault", "submitted", "finished", "lost", "duplicated", "overlapping", "workflows bad", "logs missing",
-            "slow starts", "max latency s", "result"]  # fmt: skip
+            "slow starts", "batches bad", "max latency s", "result"]  # fmt: skip
     rows = [head] + [
         [r.fault, str(r.submitted), str(r.finished), str(r.lost), str(r.duplicated), str(r.overlapping),
-         str(r.workflows_bad), str(r.logs_missing), str(r.slow_starts), f"{r.max_latency:.1f}",
+         str(r.workflows_bad), str(r.logs_missing), str(r.slow_starts), str(r.batches_bad), f"{r.max_latency:.1f}",
          "ok" if r.ok else "FAILED"]
         for r in results
     ]  # fmt: skip

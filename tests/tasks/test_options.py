@@ -159,3 +159,12 @@ def test_a_unique_task_runs_once_per_key(tasks_app):
         tasks_app.multiply.using(unique_key="invoice-7").enqueue(2, 3)  # the default policy: reject
     with pytest.raises(InvalidTask, match="unique_policy"):
         tasks_app.multiply.using(unique_key="k", unique_policy="sometimes")
+
+
+def test_a_rate_limited_task_carries_its_key_to_its_jobs(tasks_app):
+    result = tasks_app.multiply.using(rate_limit_key="partner-api").enqueue(2, 3)
+    job = Job.objects.get(id=result.id)
+    assert job.rate_limit_key == "partner-api"
+    assert tasks_app.multiply.get_result(result.id).task.rate_limit_key == "partner-api"  # as enqueued
+    with pytest.raises(InvalidTask, match="rate_limit_key"):
+        tasks_app.multiply.using(rate_limit_key="x" * 201)

@@ -1,4 +1,4 @@
-"""`manage.py bench api|pipeline|logs|workflows|dashboard|scale`: measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs|workflows|flow|dashboard|scale`: measured numbers next to a same-run baseline."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ class Command(BaseCommand):
         flows.add_argument("--wide", type=COUNT, default=1000, help="independent tasks")
         flows.add_argument("--chain", type=COUNT, default=200, help="tasks in the chain")
         flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
+        flow = sub.add_parser("flow", help="cost of batches and unused flow control; a rate-limited key held")
+        flow.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        flow.add_argument("--jobs", type=COUNT, default=1000, help="jobs of the plain run and of the batch")
+        flow.add_argument("--rounds", type=COUNT, default=3, help="interleaved runs of each (median, spread)")
+        flow.add_argument("--rate-limit", type=COUNT, default=50, help="the key's limit, jobs a second")
+        flow.add_argument("--rate-seconds", type=float, default=60.0, help="the window counted (0: skip)")
+        flow.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         dash = sub.add_parser("dashboard", help="server time of every dashboard page with a large jobs table")
         dash.add_argument("--jobs", type=COUNT, default=100_000, help="jobs to seed")
         dash.add_argument("--repeat", type=COUNT, default=30, help="requests per page")
@@ -131,6 +138,14 @@ class Command(BaseCommand):
             workflows.run(
                 base=opts["url"].rstrip("/"), wide=opts["wide"], chain=opts["chain"], keep=opts["keep"],
                 out=self.stdout,
+            )  # fmt: skip
+        elif opts["which"] == "flow":
+            from devtools.bench import flow
+
+            self.stdout.write(f"bench flow against {opts['url']} ({os.cpu_count()} CPUs)")
+            flow.run(
+                base=opts["url"].rstrip("/"), jobs=opts["jobs"], rounds=opts["rounds"], rate_limit=opts["rate_limit"],
+                rate_seconds=opts["rate_seconds"], keep=opts["keep"], out=self.stdout,
             )  # fmt: skip
         elif opts["which"] == "dashboard":
             from devtools.bench import dashboard
