@@ -1,7 +1,7 @@
 """Batches: jobs submitted together, counted as they end, with callback jobs.
 
     create (jobs, on_success, on_complete; open or closed) → add jobs while open → close
-    each job's end: the tally trigger appends the batch's delta in the job's own transaction
+    each job's end: a row trigger appends the batch's delta in the job's own transaction
     scheduler tick: `fold` the deltas, then `fire_callbacks` for the batches they touched
       closed and every job terminal → on_complete (once), and if every job succeeded, on_success (once)
 

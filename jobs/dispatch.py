@@ -9,7 +9,7 @@ Small and versioned. What each field is for: `job_id` and `dispatch_token` claim
 the current token can win); `type` asks the breaker and finds the handler; `queue` and
 `priority` route the Celery message; `concurrency_key`/`_limit` decide whether the claim takes
 a slot; `rate_limit_key` makes the worker reserve a start slot of the key's rate first
-(`rate_reserved`: it waited for the one it reserved, and starts now); `owner_id`, `attempt`,
+(`rate_slot`: it waited for the one it reserved, and starts now unless late); `owner_id`, `attempt`,
 `workflow_id` tag the lines a worker or the bridge writes about the job before it is claimed
 (blocked, paused, claim lost, dead-lettered), so its owner finds them in the job's logs;
 `traceparent` (W3C) continues the job's trace in every role it passes (the submit's span, or
@@ -72,7 +72,7 @@ class DispatchEnvelope:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     rate_limit_key: str | None = None
-    rate_reserved: bool = False  # it waited for its reserved start slot: it starts without asking again
+    rate_slot: float | None = None  # the start slot it waited for (unix seconds): it need not ask again
     workflow_id: str | None = None
     traceparent: str | None = None  # the job's trace context (W3C), None when not traced
     lane: str | None = None  # EXPRESS, set by the relay; None: the bulk lane
@@ -88,7 +88,7 @@ class DispatchEnvelope:
         attempt: int,
         token: uuid.UUID,
         traceparent: str | None = None,
-        rate_reserved: bool = False,
+        rate_slot: float | None = None,
     ) -> DispatchEnvelope:
         keyed = bool(source.concurrency_key)
         return cls(
@@ -97,7 +97,7 @@ class DispatchEnvelope:
             concurrency_key=source.concurrency_key if keyed else None,
             concurrency_limit=(source.concurrency_limit or 1) if keyed else None,  # a key alone: one at a time
             rate_limit_key=source.rate_limit_key or None,
-            rate_reserved=bool(source.rate_limit_key) and rate_reserved,
+            rate_slot=rate_slot if source.rate_limit_key else None,
             workflow_id=str(source.workflow_id) if source.workflow_id else None,
             traceparent=valid_traceparent(traceparent),
         )  # fmt: skip
@@ -120,8 +120,8 @@ class DispatchEnvelope:
             out["concurrency_limit"] = self.concurrency_limit
         if self.rate_limit_key is not None:
             out["rate_limit_key"] = self.rate_limit_key
-            if self.rate_reserved:
-                out["rate_reserved"] = True
+            if self.rate_slot is not None:
+                out["rate_slot"] = self.rate_slot
         if self.workflow_id is not None:
             out["workflow_id"] = self.workflow_id
         if self.traceparent is not None:
@@ -151,7 +151,7 @@ class DispatchEnvelope:
             concurrency_key=_field(data, "concurrency_key", str) if keyed else None,
             concurrency_limit=_field(data, "concurrency_limit", int) if keyed else None,
             rate_limit_key=_field(data, "rate_limit_key", str) if "rate_limit_key" in data else None,
-            rate_reserved=data.get("rate_reserved") is True,
+            rate_slot=float(data["rate_slot"]) if type(data.get("rate_slot")) in (int, float) else None,
             workflow_id=_uuid(data, "workflow_id") if "workflow_id" in data else None,
             traceparent=valid_traceparent(data.get("traceparent")),  # bad: treated as absent
             lane=EXPRESS if data.get("lane") == EXPRESS else None,  # advisory: anything else is the bulk lane

@@ -543,8 +543,8 @@ class JobCountDelta(models.Model):
 class Batch(models.Model):
     """Jobs submitted together, with callbacks: `on_success` once every job succeeded,
     `on_complete` once every job is terminal. Jobs may be added while it is open; the
-    callbacks wait for it to be closed. Counted by the tally triggers (BatchDelta, folded into
-    BatchCount by the scheduler, which fires the callbacks: jobs.batches)."""
+    callbacks wait for it to be closed. Counted by row triggers on its jobs (BatchDelta, folded
+    into BatchCount by the scheduler, which fires the callbacks: jobs.batches)."""
 
     id = models.UUIDField(primary_key=True, default=new_id, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)

@@ -494,7 +494,7 @@ def _released_envelope(r: transitions.Released) -> DispatchEnvelope:
     return DispatchEnvelope.build(
         r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token,
         traceparent=_redispatch_trace("job.release", r.job_id, r.attempt, r.traceparent),
-        rate_reserved=r.rate_reserved,
+        rate_slot=r.rate_slot_at.timestamp() if r.rate_slot_at else None,
     )  # fmt: skip
 
 

@@ -640,7 +640,7 @@ class Released:
     owner_id: int = 0
     traceparent: str | None = None  # the job's trace, continued by the new dispatch
     rate_limit_key: str | None = None
-    rate_reserved: bool = False  # it waited for the start slot it reserved: it starts without asking again
+    rate_slot_at: datetime | None = None  # the start slot it waited for: it need not ask again
 
 
 _RELEASE_SQL = """
@@ -653,7 +653,7 @@ UPDATE jobs_job AS j
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
-          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent, j.rate_limit_key, j.rate_slot_at IS NOT NULL
+          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent, j.rate_limit_key, j.rate_slot_at
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of

@@ -1,65 +1,47 @@
 """Batches: their table, a nullable job column (added without a rewrite), and their counts,
-kept by the tally triggers of 0012 (replaced here with versions that also append a batch's
-deltas: its jobs added, as status TOTAL, and its jobs reaching or leaving a terminal status).
-A job's delete (retention archiving it) leaves its batch's counts alone. The index on the
-column comes in 0029, built concurrently."""
-
-from importlib import import_module
+kept by row triggers on jobs_job that fire only for a batch's jobs (`WHEN`, checked before any
+function is called: a job outside a batch costs nothing): its jobs added, as status TOTAL, and
+its jobs reaching or leaving a terminal status. A job's delete (retention archiving it) leaves
+its batch's counts alone. The index on the column comes in 0029, built concurrently."""
 
 import config.ids
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+TERMINAL = "('SUCCEEDED', 'DEAD_LETTER', 'CANCELLED')"
 
-_0012 = import_module(".0012_tallies", __package__)
-TERMINAL, METRICS = _0012.TERMINAL, _0012.METRICS
-
-INSERT_FUNCTION = """
-CREATE OR REPLACE FUNCTION jobs_tally_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+FORWARD = f"""
+CREATE FUNCTION jobs_batch_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO jobs_jobcountdelta (owner_id, status, n)
-    SELECT owner_id, status, count(*) FROM new_rows GROUP BY owner_id, status;
-    {batch}
+    INSERT INTO jobs_batchdelta (batch_id, status, n) VALUES (NEW.batch_id, 'TOTAL', 1);
     RETURN NULL;
 END $$;
-"""
-BATCH_INSERT = """INSERT INTO jobs_batchdelta (batch_id, status, n)
-    SELECT batch_id, 'TOTAL', count(*) FROM new_rows WHERE batch_id IS NOT NULL GROUP BY batch_id;"""
 
-UPDATE_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION jobs_tally_update() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A batch's job that reached a terminal status (+1) or left one (-1: a retry).
+CREATE FUNCTION jobs_batch_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO jobs_jobcountdelta (owner_id, status, n)
-    SELECT owner_id, status, sum(d) FROM (
-        SELECT owner_id, status, -1 AS d FROM old_rows
-        UNION ALL
-        SELECT owner_id, status, 1 FROM new_rows
-    ) c GROUP BY owner_id, status HAVING sum(d) <> 0;
-    -- Jobs that reached a terminal status in this statement: the minute they finished in.
-    INSERT INTO jobs_jobminutedelta (minute, owner_id, status, metric, bucket, n)
-    SELECT date_trunc('minute', n.finished_at), n.owner_id, n.status, m.metric, m.bucket, count(*)
-      FROM new_rows n
-      JOIN old_rows o ON o.id = n.id
-     {METRICS.format(j='n')}
-     WHERE n.status IN {TERMINAL} AND o.status NOT IN {TERMINAL}
-       AND n.finished_at IS NOT NULL AND m.bucket IS NOT NULL
-     GROUP BY 1, 2, 3, 4, 5;
-    {{batch}}
+    IF NEW.status IN {TERMINAL} THEN
+        INSERT INTO jobs_batchdelta (batch_id, status, n) VALUES (NEW.batch_id, NEW.status, 1);
+    END IF;
+    IF OLD.status IN {TERMINAL} THEN
+        INSERT INTO jobs_batchdelta (batch_id, status, n) VALUES (NEW.batch_id, OLD.status, -1);
+    END IF;
     RETURN NULL;
 END $$;
+
+CREATE TRIGGER jobs_batch_added AFTER INSERT ON jobs_job
+    FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL) EXECUTE FUNCTION jobs_batch_added();
+CREATE TRIGGER jobs_batch_moved AFTER UPDATE OF status ON jobs_job
+    FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status
+                       AND (NEW.status IN {TERMINAL} OR OLD.status IN {TERMINAL}))
+    EXECUTE FUNCTION jobs_batch_moved();
 """  # noqa: S608 (constants only)
-# A batch's jobs that reached a terminal status (+1) or left one (-1: a retry) in the statement.
-BATCH_UPDATE = f"""INSERT INTO jobs_batchdelta (batch_id, status, n)
-    SELECT n.batch_id, s.status, sum(s.d)
-      FROM new_rows n
-      JOIN old_rows o ON o.id = n.id
-     CROSS JOIN LATERAL (VALUES (n.status, 1), (o.status, -1)) AS s (status, d)
-     WHERE n.batch_id IS NOT NULL AND n.status <> o.status AND s.status IN {TERMINAL}
-     GROUP BY 1, 2;"""  # noqa: S608 (constants only)
-
-FORWARD = INSERT_FUNCTION.format(batch=BATCH_INSERT) + UPDATE_FUNCTION.format(batch=BATCH_UPDATE)
-BACKWARD = INSERT_FUNCTION.format(batch="") + UPDATE_FUNCTION.format(batch="")
+BACKWARD = """
+DROP TRIGGER IF EXISTS jobs_batch_added ON jobs_job;
+DROP TRIGGER IF EXISTS jobs_batch_moved ON jobs_job;
+DROP FUNCTION IF EXISTS jobs_batch_added(), jobs_batch_moved();
+"""
 
 
 class Migration(migrations.Migration):

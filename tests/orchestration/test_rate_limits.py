@@ -200,3 +200,22 @@ def test_the_dashboard_shows_a_job_waiting_for_its_slot(user, client):
     page = client.get(f"/jobs/{waiting.id}/").content.decode()
     assert "Rate limit key <code>k</code>" in page
     assert "over its rate: starts at its slot" in page
+
+
+def test_a_job_that_comes_back_long_after_its_slot_takes_a_new_one(user, settings):
+    """Workers busy elsewhere let a key's released jobs pile up: started late all at once, they
+    would go over the rate, so one that comes back later than JOB_RATE_LATE_SECONDS asks again."""
+    settings.JOB_RATE_LATE_SECONDS = 2.0
+    limit(user, "k", 1, period=60)
+    submit_job(user, rate_limit_key="k")
+    late = submit_job(user, rate_limit_key="k")
+    run_all()
+    long_ago = timezone.now() - timedelta(seconds=10)
+    Job.objects.filter(id=late.id).update(rate_slot_at=long_ago, run_at=long_ago)
+    assert release_due(0) == 1
+    assert run_all() == ["RATE_LIMITED"]  # a new slot, after the one it had
+    assert Job.objects.get(id=late.id).rate_slot_at > timezone.now() + timedelta(seconds=100)
+    on_time = timezone.now() - timedelta(seconds=0.5)
+    Job.objects.filter(id=late.id).update(rate_slot_at=on_time, run_at=on_time)
+    release_due(0)
+    assert run_all() == ["SUCCEEDED"]  # back within its slot: it starts without asking
