@@ -1,8 +1,10 @@
-"""Batches: their table, a nullable job column (added without a rewrite), and their counts,
-kept by row triggers on jobs_job that fire only for a batch's jobs (`WHEN`, checked before any
-function is called: a job outside a batch costs nothing): its jobs added, as status TOTAL, and
-its jobs reaching or leaving a terminal status. A job's delete (retention archiving it) leaves
-its batch's counts alone. The index on the column comes in 0029, built concurrently."""
+"""Batches: their table, a nullable job column (added without a rewrite), and their counts as
+deltas: its jobs added (status TOTAL), appended by 0012's insert tally trigger (one row a
+statement, grouped: a bulk submit scans its new rows once), and its jobs reaching or leaving a
+terminal status, by a row trigger whose `WHEN` is checked before any function is called, so a
+job outside a batch costs nothing on its many small updates. A job's delete (retention
+archiving it) leaves its batch's counts alone. The index on the column comes in 0029, built
+concurrently."""
 
 import config.ids
 import django.db.models.deletion
@@ -11,13 +13,20 @@ from django.db import migrations, models
 
 TERMINAL = "('SUCCEEDED', 'DEAD_LETTER', 'CANCELLED')"
 
-FORWARD = f"""
-CREATE FUNCTION jobs_batch_added() RETURNS trigger LANGUAGE plpgsql AS $$
+# 0012's insert tally, and a batch's jobs added.
+INSERT_TALLY = """
+CREATE OR REPLACE FUNCTION jobs_tally_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO jobs_batchdelta (batch_id, status, n) VALUES (NEW.batch_id, 'TOTAL', 1);
+    INSERT INTO jobs_jobcountdelta (owner_id, status, n)
+    SELECT owner_id, status, count(*) FROM new_rows GROUP BY owner_id, status;
+    {batch}
     RETURN NULL;
 END $$;
+"""
+BATCH_ADDED = """INSERT INTO jobs_batchdelta (batch_id, status, n)
+    SELECT batch_id, 'TOTAL', count(*) FROM new_rows WHERE batch_id IS NOT NULL GROUP BY batch_id;"""
 
+FORWARD = INSERT_TALLY.format(batch=BATCH_ADDED) + f"""
 -- A batch's job that reached a terminal status (+1) or left one (-1: a retry).
 CREATE FUNCTION jobs_batch_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -30,17 +39,14 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER jobs_batch_added AFTER INSERT ON jobs_job
-    FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL) EXECUTE FUNCTION jobs_batch_added();
 CREATE TRIGGER jobs_batch_moved AFTER UPDATE OF status ON jobs_job
     FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status
                        AND (NEW.status IN {TERMINAL} OR OLD.status IN {TERMINAL}))
     EXECUTE FUNCTION jobs_batch_moved();
 """  # noqa: S608 (constants only)
-BACKWARD = """
-DROP TRIGGER IF EXISTS jobs_batch_added ON jobs_job;
+BACKWARD = INSERT_TALLY.format(batch="") + """
 DROP TRIGGER IF EXISTS jobs_batch_moved ON jobs_job;
-DROP FUNCTION IF EXISTS jobs_batch_added(), jobs_batch_moved();
+DROP FUNCTION IF EXISTS jobs_batch_moved();
 """
 
 
