@@ -71,7 +71,9 @@ def _set_batch_counting(on: bool) -> None:
 
 
 def _spread(values: list[float], unit: str = "s") -> str:
-    return f"median {statistics.median(values):.3f} {unit} (min {min(values):.3f}, max {max(values):.3f})"
+    digits = 0 if unit == "µs" else 3
+    return (f"median {statistics.median(values):.{digits}f} {unit} "
+            f"(min {min(values):.{digits}f}, max {max(values):.{digits}f})")  # fmt: skip
 
 
 def _measured(run_once: Any) -> tuple[float, float]:
@@ -159,7 +161,7 @@ def run(
     _post(session, f"{base}/api/v1/jobs/", NOOP)  # warm the connection and the workers
     results: dict[str, float] = {}
     try:
-        out.write("\n1. unused features (batch counting in the tally triggers)\n")
+        out.write("\n1. unused features (the batch-counting triggers on every job)\n")
         results["unused_ratio"] = unused(base, session, jobs, rounds, out)
         out.write(f"\n2. a {jobs}-job batch with a callback vs {jobs} plain jobs\n")
         results["batch_ratio"] = batch_vs_plain(base, session, jobs, rounds, out)
