@@ -263,3 +263,30 @@ def test_the_cli_creates_shows_and_cancels_batches(user, tmp_path, capsys):
         call_command("jobs", "batch", "show")
     with pytest.raises(CommandError, match="invalid batch"):
         call_command("jobs", "batch", "create", "--on-success", '{"type": "no.such"}')
+
+
+def test_a_worker_killed_running_the_callback_leaves_one_callback_that_succeeds_once(api):
+    """The callback's worker dies mid-run (its lease runs out): the reaper gives the same job
+    another attempt, no tick makes a second callback, and it succeeds once."""
+    from datetime import timedelta
+
+    from jobs import transitions
+    from orchestration.scheduler.reaper import reap_expired_leases
+    from orchestration.scheduler.release import release_due
+
+    batch_id = create(api, [ECHO], on_complete={"type": "demo.echo"})["batch"]["id"]
+    run_all()
+    assert tick() == 1
+    [callback] = callbacks_of(batch_id)
+    [envelope] = pending_dispatches()
+    assert transitions.mark_running(callback.id, dispatch_token=envelope.dispatch_token, worker="dead:1",
+                                    lease_seconds=1) is not None  # fmt: skip
+    later = timezone.now() + timedelta(seconds=120)
+    epoch = next_epoch(settings.SCHEDULER_LOCK_KEY)
+    assert reap_expired_leases(epoch, lambda: later, batch=100) == 1
+    release_due(epoch, lambda: later + timedelta(hours=1), scan="retries", batch=100, batches=1)  # its backoff over
+    assert tick() == 0
+    assert run_all() == ["SUCCEEDED"]
+    [callback] = callbacks_of(batch_id)
+    assert (callback.status, callback.attempt_seq) == (JobStatus.SUCCEEDED, 2)
+    assert callback.history.filter(status="SUCCEEDED").count() == 1
