@@ -21,6 +21,7 @@ _PERIOD = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h":
 _UNIT = {1: "s", 60: "m", 3600: "h", 86400: "d"}
 MAX_PATTERN = 200
 MAX_BURST = 100_000
+MAX_PER_SECOND = 100_000  # a start slot is kept to the microsecond: far above any real downstream
 
 
 class RateError(ValueError):
@@ -47,7 +48,10 @@ def parse_rate(text: str) -> tuple[int, int]:
     match = _RATE.fullmatch(text.strip())
     if match is None:
         raise RateError(f"{text!r} is not a rate like '100/s', '600/m', '1000/h' or '20000/d'")
-    return int(match.group(1)), _PERIOD[match.group(2)]
+    limit, period = int(match.group(1)), _PERIOD[match.group(2)]
+    if limit > MAX_PER_SECOND * period:
+        raise RateError(f"{text!r} is more than {MAX_PER_SECOND:,}/s, the most a key can be limited to")
+    return limit, period
 
 
 def format_rate(limit: int, period_seconds: int) -> str:
@@ -81,7 +85,7 @@ def parse(text: str) -> list[KeyRate]:
         burst = 1
         if len(rest) == 2:
             key, _, value = rest[1].partition("=")
-            if key != "burst" or not value.isdigit() or not 1 <= int(value) <= MAX_BURST:
+            if key != "burst" or not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_BURST:
                 raise RateError(f"{pattern}: {rest[1]!r} is not burst=N with N from 1 to {MAX_BURST}")
             burst = int(value)
         seen.add(pattern)

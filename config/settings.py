@@ -501,8 +501,6 @@ try:
 except key_rates.RateError as _exc:
     raise ImproperlyConfigured(f"JOB_RATE_LIMITS: {_exc}") from None
 JOB_RATE_LIMIT_CACHE_SECONDS = env.float("JOB_RATE_LIMIT_CACHE_SECONDS", default=5.0)
-# A job that waited for its slot but reaches a worker this long after it takes a new one.
-JOB_RATE_LATE_SECONDS = env.float("JOB_RATE_LATE_SECONDS", default=2.0)
 # `ctx.progress(...)` writes a running job's progress at most this often (jobs/progress.py).
 JOB_PROGRESS_INTERVAL_SECONDS = env.float("JOB_PROGRESS_INTERVAL_SECONDS", default=0.5)
 JOB_ERROR_MAX_CHARS = env.int("JOB_ERROR_MAX_CHARS", default=16 * 1024)

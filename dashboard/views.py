@@ -26,7 +26,7 @@ from rest_framework.exceptions import ValidationError
 from config.text import is_uuid
 from dashboard import charts, queries
 from jobs import batches, bulk_actions, schedules, selectors, services
-from jobs.errors import BatchNotFound, JobError, ScheduleNotFound
+from jobs.errors import BatchEnded, BatchNotFound, JobError, ScheduleNotFound
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
 from logs import search
@@ -314,14 +314,11 @@ def batch_cancel(request: HttpRequest, batch_id: uuid.UUID) -> HttpResponse:
         batch = selectors.batch_get(user=request.user, batch_id=batch_id)
     except BatchNotFound:
         raise Http404("no such batch") from None
-    if batches.batch_mark_cancelled(batch_id=batch.id):
-        _, matched = bulk_actions.start(
-            request.user, action="cancel", payload=None,
-            filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
-        )  # fmt: skip
+    try:
+        _, matched = batches.batch_cancel(user=request.user, batch_id=batch.id)
         messages.success(request, f"Batch cancelled: its {matched} unfinished jobs are being cancelled.")
-    else:
-        messages.warning(request, "The batch was already cancelled.")
+    except BatchEnded as exc:
+        messages.warning(request, str(exc))
     return redirect("dashboard:batch", batch_id=batch_id)
 
 

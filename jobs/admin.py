@@ -24,8 +24,8 @@ from django.utils.html import format_html, format_html_join
 
 from config import key_rates, queues
 from config.text import is_uuid
-from jobs import batches, bulk_actions, services
-from jobs.errors import JobError
+from jobs import batches, services
+from jobs.errors import BatchEnded, JobError
 from jobs.handlers import is_registered
 from jobs.models import Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
@@ -276,12 +276,11 @@ class JobAdmin(ReadOnlyAdmin):
 def cancel_batches(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
     cancelled = 0
     for batch in queryset:
-        if batches.batch_mark_cancelled(batch_id=batch.id):
-            bulk_actions.start(
-                request.user, action="cancel", payload=None,
-                filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
-            )  # fmt: skip
+        try:
+            batches.batch_cancel(user=request.user, batch_id=batch.id)
             cancelled += 1
+        except BatchEnded:
+            pass  # complete or cancelled already: nothing to do
     modeladmin.message_user(request, f"{cancelled} batches cancelled; their unfinished jobs are being cancelled.")
 
 
@@ -359,6 +358,7 @@ class RateLimitForm(forms.ModelForm):
     """A limit as the API takes it: a rate such as `100/s`, checked the same way."""
 
     rate = forms.CharField(max_length=20, help_text="100/s, 600/m, 1000/h or 20000/d")
+    burst = forms.IntegerField(min_value=1, max_value=key_rates.MAX_BURST, initial=1)
 
     class Meta:
         model = RateLimit

@@ -330,7 +330,7 @@ _BATCH_WITH_JOBS = {"batch": BatchSerializer(), "jobs": JobSerializer(many=True)
 class BatchListCreateApi(APIView):
     @extend_schema(
         parameters=[
-            OpenApiParameter("limit", int, description="At most this many a page, newest first (1-500, 100)."),
+            OpenApiParameter("limit", int, description="At most this many a page, newest first (1-100, 50)."),
             OpenApiParameter("cursor", str, description="The next page: as given in `next`."),
         ],
         responses=inline_serializer(
@@ -340,9 +340,9 @@ class BatchListCreateApi(APIView):
     def get(self, request: Request) -> Response:
         """Your batches, newest first, with their counts (staff: everyone's)."""
         try:
-            limit = min(max(int(request.query_params.get("limit", 100)), 1), 500)
+            limit = min(max(int(request.query_params.get("limit", 50)), 1), 100)
         except ValueError:
-            raise serializers.ValidationError({"limit": ["a whole number from 1 to 500"]}) from None
+            raise serializers.ValidationError({"limit": ["a whole number from 1 to 100"]}) from None
         try:
             visible = selectors.batch_visible_to(request.user)
             rows, cursor = keyset_page(visible, request.query_params.get("cursor"), limit)
@@ -423,10 +423,6 @@ class BatchCancelApi(APIView):
         """Close it and cancel its unfinished jobs (in the background: `bulk_action` is the job
         doing it). on_success will not be made; on_complete will, once its jobs are terminal."""
         batch = selectors.batch_get(user=request.user, batch_id=batch_id)
-        batches.batch_mark_cancelled(batch_id=batch.id)
-        action, matched = bulk_actions.start(
-            request.user, action="cancel", filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
-            payload=None,
-        )  # fmt: skip
+        action, matched = batches.batch_cancel(user=request.user, batch_id=batch.id)
         batch.refresh_from_db()
         return Response({"batch": _batch_answer(batch), "bulk_action": str(action.id), "matched": matched})

@@ -31,8 +31,8 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs import services
-from jobs.errors import BatchClosed
+from jobs import bulk_actions, services
+from jobs.errors import BatchClosed, BatchEnded
 from jobs.keys import BATCH_KEY_PREFIX
 from jobs.models import TERMINAL_STATUSES, Batch, Job, JobStatus
 
@@ -107,17 +107,27 @@ def batch_close(*, batch_id: uuid.UUID | str) -> Batch:
     return batch
 
 
-def batch_mark_cancelled(*, batch_id: uuid.UUID | str) -> bool:
+def batch_mark_cancelled(*, batch_id: uuid.UUID | str) -> None:
     """Closed and cancelled (no more jobs; on_success will not fire, on_complete will once its
-    jobs are terminal). The caller cancels its unfinished jobs. False: it was already."""
+    jobs are terminal). The caller cancels its unfinished jobs. BatchEnded when it is complete
+    or cancelled already."""
     now = timezone.now()
     with transaction.atomic():
-        Batch.objects.select_for_update().get(id=batch_id)  # after any add in flight
-        return bool(
-            Batch.objects.filter(id=batch_id, cancelled_at__isnull=True).update(
-                cancelled_at=now, closed_at=now, check_needed=True, updated_at=now
-            )
+        batch = Batch.objects.select_for_update().get(id=batch_id)  # after any add in flight
+        if batch.cancelled_at is not None or batch.completed_at is not None:
+            raise BatchEnded(batch.id, batch.state)
+        Batch.objects.filter(id=batch_id).update(
+            cancelled_at=now, closed_at=batch.closed_at or now, check_needed=True, updated_at=now
         )
+
+
+def batch_cancel(*, user: Any, batch_id: uuid.UUID | str) -> tuple[Job, int]:
+    """Cancel the batch and, in the background, its unfinished jobs: a bulk action as `user`
+    (the action's job, and how many jobs match now). BatchEnded when there is nothing to cancel."""
+    batch_mark_cancelled(batch_id=batch_id)
+    return bulk_actions.start(
+        user, action="cancel", payload=None, filters={"batch": str(batch_id), "status": WAITING_OR_RUNNING}
+    )
 
 
 # --- reads -----------------------------------------------------------------------------------

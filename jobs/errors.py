@@ -115,3 +115,17 @@ class BatchClosed(StateConflict):
 
     def fields(self) -> dict[str, Any]:
         return {"state": self.state}
+
+
+class BatchEnded(StateConflict):
+    """A batch that is complete or cancelled cannot be cancelled (API: 409)."""
+
+    code = "batch_ended"
+
+    def __init__(self, batch_id: uuid.UUID | str, state: str) -> None:
+        super().__init__(f"batch {batch_id} is {state}: there is nothing left to cancel")
+        self.batch_id = batch_id
+        self.state = state
+
+    def fields(self) -> dict[str, Any]:
+        return {"state": self.state}

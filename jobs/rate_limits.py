@@ -10,6 +10,7 @@ within that time. The counting itself is in orchestration.ratelimit.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from fnmatch import fnmatchcase
@@ -45,9 +46,13 @@ def declared_for(owner_id: int) -> list[KeyRate]:
 
 
 def limit_for(owner_id: int, key: str) -> KeyRate | None:
-    """The limit that holds for the owner's key: the slowest matching one (None: no limit)."""
+    """The limit that holds for the owner's key: the slowest matching rate, with the smallest
+    matching burst (a large burst would loosen a slower rate's limit). None: no limit."""
     matching = [r for r in declared_for(owner_id) if fnmatchcase(key, r.pattern)]
-    return max(matching, key=lambda r: (r.interval, -r.burst), default=None)
+    if not matching:
+        return None
+    slowest = max(matching, key=lambda r: r.interval)
+    return dataclasses.replace(slowest, burst=min(r.burst for r in matching))
 
 
 def forget_cached() -> None:

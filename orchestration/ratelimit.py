@@ -65,7 +65,12 @@ def give_back(queue: Queue, unused: int) -> None:
 # without a worker (PENDING until its slot, `rate_slot_at`) and comes back to start without
 # asking again: each waiting job is dispatched once more, at its time, never retried in a loop.
 # `pause` is set by ctx.throttle: until then nothing of the key starts, reserved or not.
-# The clock is Redis's: workers' clocks do not matter.
+# Slots are in Redis's clock; a waiting job's `run_at` is the slot's delay added to the
+# reserving worker's clock, so clock skew between workers and the scheduler shifts it that much.
+# A changed rate rescales the queue of slots already handed out ahead of now (`i` is the
+# interval they were handed out at); without a limit only a pause holds a job back. Times are
+# written with 6 decimals: Lua's tostring keeps 14 digits, 0.1 ms of a timestamp, which at
+# thousands a second would let the key run faster than its rate.
 #
 # KEYS[1]: the key's state; ARGV: interval (s, 0: no limit), tolerance (s), reserved (1: the
 # job holds a slot). Returns how many seconds from now the job may start (<= 0: now).
@@ -73,26 +78,32 @@ _RESERVE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or now)
 local pause = tonumber(redis.call('HGET', KEYS[1], 'pause') or 0)
 if ARGV[3] == '1' and pause <= now then
   return '0'
 end
-local slot = math.max(tat - tolerance, now, pause)
+local slot = math.max(now, pause)
+local tat = now
 if interval > 0 then
+  tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or now)
+  local was = tonumber(redis.call('HGET', KEYS[1], 'i') or interval)
+  if tat > now and math.abs(was - interval) > interval * 1e-6 then
+    tat = now + (tat - now) * interval / was
+  end
+  slot = math.max(tat - tolerance, slot)
   tat = math.max(tat, slot) + interval
-  redis.call('HSET', KEYS[1], 'tat', tostring(tat))
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.6f', tat), 'i', string.format('%.9f', interval))
 end
 local keep = math.max(tat + tolerance, pause) - now + 60
 redis.call('EXPIRE', KEYS[1], math.ceil(keep))
-return tostring(slot - now)
+return string.format('%.6f', slot - now)
 """
 # KEYS[1]: the key's state; ARGV: seconds from now until which nothing of the key starts.
 _PAUSE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local pause = math.max(tonumber(redis.call('HGET', KEYS[1], 'pause') or 0), now + tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'pause', tostring(pause))
+redis.call('HSET', KEYS[1], 'pause', string.format('%.6f', pause))
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or 0)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(pause, tat) - now + 60))
 return 1

@@ -9,10 +9,11 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from django.db import transaction
+import redis
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from jobs import batches
-from orchestration.scheduler.fencing import fence
+from orchestration.scheduler.fencing import Fenced, fence
 
 logger = logging.getLogger("orchestration.scheduler")
 
@@ -22,9 +23,20 @@ def fire_batch_callbacks(epoch: int, clock: Callable[[], datetime], *, limit: in
         pass  # a backlog of deltas: all of it, so no batch is looked at with counts still unfolded
     made = 0
     for batch_id in batches.to_check(limit=limit):
-        with transaction.atomic():
-            fence(epoch)
-            fired = batches.fire_callbacks(batch_id, now=clock())
+        try:
+            with transaction.atomic():
+                fence(epoch)
+                fired = batches.fire_callbacks(batch_id, now=clock())
+        except (Fenced, redis.ConnectionError, redis.TimeoutError):
+            raise
+        except (OperationalError, InterfaceError):
+            if not connection.is_usable():
+                raise
+            logger.exception("batch.check_failed", extra={"batch_id": str(batch_id)})
+            continue
+        except Exception:  # this batch's own trouble: it stays flagged, the others go on
+            logger.exception("batch.check_failed", extra={"batch_id": str(batch_id)})
+            continue
         for f in fired:
             logger.info("batch.callback", extra={"batch_id": str(f.batch_id), "callback": f.callback,
                                                  "job_id": str(f.job_id)})  # fmt: skip

@@ -15,7 +15,6 @@ All of it runs in the job's trace (the envelope's traceparent): the claim is a s
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 import redis
@@ -69,13 +68,6 @@ def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) 
     return outcome
 
 
-def _slot_is_now(envelope: DispatchEnvelope) -> bool:
-    """It comes back for the slot it reserved, and not late: a job that waited for a busy worker
-    long past its slot takes a new one, or a backlog of them would start at once, over the rate."""
-    slot = envelope.rate_slot
-    return slot is not None and time.time() - slot <= settings.JOB_RATE_LATE_SECONDS
-
-
 def _wait_for_rate(envelope: DispatchEnvelope) -> Outcome | None:
     """Reserve the job's start slot of its key's rate: None if it may start now, else the job
     waits for its slot without a worker. Redis away: the limit cannot be counted, so the job
@@ -83,7 +75,8 @@ def _wait_for_rate(envelope: DispatchEnvelope) -> Outcome | None:
     owner, key = envelope.owner_id or 0, str(envelope.rate_limit_key)
     reserved = True
     try:
-        delay = ratelimit.reserve(owner, key, rate_limits.limit_for(owner, key), reserved=_slot_is_now(envelope))
+        rate = rate_limits.limit_for(owner, key)
+        delay = ratelimit.reserve(owner, key, rate, reserved=envelope.rate_slot is not None)
     except redis.RedisError:
         logger.warning("job.rate_unknown", extra={"job_id": envelope.job_id}, exc_info=True)
         delay, reserved = RATE_RETRY_SECONDS, False

@@ -290,3 +290,34 @@ def test_a_worker_killed_running_the_callback_leaves_one_callback_that_succeeds_
     [callback] = callbacks_of(batch_id)
     assert (callback.status, callback.attempt_seq) == (JobStatus.SUCCEEDED, 2)
     assert callback.history.filter(status="SUCCEEDED").count() == 1
+
+
+def test_a_complete_or_cancelled_batch_cannot_be_cancelled(api):
+    batch_id = create(api, [ECHO])["batch"]["id"]
+    run_all()
+    tick()
+    refused = api.post(f"{URL}{batch_id}/cancel/")
+    assert refused.status_code == 409
+    assert "is complete: there is nothing left to cancel" in refused.json()["detail"]
+    other = create(api, [ECHO])["batch"]["id"]
+    assert api.post(f"{URL}{other}/cancel/").status_code == 200
+    assert api.post(f"{URL}{other}/cancel/").status_code == 409
+    assert Job.objects.filter(type="platform.bulk_action").count() == 1  # no second action
+
+
+def test_one_batch_that_fails_its_look_does_not_stop_the_others(api, monkeypatch):
+    first = create(api, [], **CALLBACKS)["batch"]["id"]
+    second = create(api, [], **CALLBACKS)["batch"]["id"]
+    original = batches.fire_callbacks
+
+    def broken_for_first(batch_id: uuid.UUID, **kwargs: Any) -> Any:
+        if str(batch_id) == first:
+            raise RuntimeError("this batch's trouble")
+        return original(batch_id, **kwargs)
+
+    monkeypatch.setattr(batches, "fire_callbacks", broken_for_first)
+    assert tick() == 2  # the second's callbacks
+    assert Batch.objects.get(id=second).state == "complete"
+    assert Batch.objects.get(id=first).check_needed  # still flagged: looked at again next tick
+    monkeypatch.setattr(batches, "fire_callbacks", original)
+    assert tick() == 2

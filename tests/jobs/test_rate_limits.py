@@ -30,6 +30,14 @@ def test_bad_rates_are_refused_saying_what_a_rate_looks_like(text):
         key_rates.parse_rate(text)
 
 
+def test_rates_past_what_a_slot_can_count_are_refused():
+    assert key_rates.parse_rate("100000/s") == (100_000, 1)
+    with pytest.raises(key_rates.RateError, match="more than 100,000/s"):
+        key_rates.parse_rate("100001/s")
+    with pytest.raises(key_rates.RateError, match="burst=N"):
+        key_rates.parse("k 1/s burst=\u00b2")
+
+
 def test_settings_declare_limits_for_every_owner():
     parsed = key_rates.parse("stripe-* 100/s burst=20; mail:* 1000/h")
     assert parsed == [key_rates.KeyRate("stripe-*", 100, 1, 20), key_rates.KeyRate("mail:*", 1000, 3600, 1)]
@@ -110,7 +118,7 @@ def test_the_slowest_matching_limit_holds_and_owners_are_apart(user, other_user,
     rate_limits.forget_cached()
     assert rate_limits.limit_for(user.pk, "api-us") == key_rates.KeyRate("api-*", 100, 1, 1)
     assert rate_limits.limit_for(user.pk, "api-eu-fast").limit == 50
-    assert rate_limits.limit_for(user.pk, "api-eu-slow") == key_rates.KeyRate("api-eu-slow", 1, 1, 3)
+    assert rate_limits.limit_for(user.pk, "api-eu-slow") == key_rates.KeyRate("api-eu-slow", 1, 1, 1)  # smallest burst
     assert rate_limits.limit_for(user.pk, "other") is None
     assert rate_limits.limit_for(other_user.pk, "api-us").period_seconds == 3600  # its own, not user's
 

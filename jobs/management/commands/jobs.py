@@ -204,11 +204,7 @@ class Command(BaseCommand):
             if action == "close":
                 batch = batches.batch_close(batch_id=batch.id)
             elif action == "cancel":
-                batches.batch_mark_cancelled(batch_id=batch.id)
-                _, matched = bulk_actions.start(
-                    owner, action="cancel", payload=None,
-                    filters={"batch": str(batch.id), "status": batches.WAITING_OR_RUNNING},
-                )  # fmt: skip
+                _, matched = batches.batch_cancel(user=owner, batch_id=batch.id)
                 self.stderr.write(f"cancelling {matched} unfinished jobs in the background")
                 batch.refresh_from_db()
         counts = {batch.id: batches.batch_counts(batch.id)}
