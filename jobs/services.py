@@ -490,12 +490,19 @@ def job_dispatch_released(released: Sequence[transitions.Released]) -> None:
     _write_outbox([(r.job_id, _released_envelope(r)) for r in released], timezone.now())
 
 
+# A job whose reserved start slot (a rate-limited key's) has come is dispatched at the top
+# priority: ahead of its owner's jobs that have not asked for a slot yet, it reaches a worker at
+# its time, not late behind them (where the key's slots that passed would start together).
+SLOT_PRIORITY = 9
+
+
 def _released_envelope(r: transitions.Released) -> DispatchEnvelope:
-    return DispatchEnvelope.build(
+    envelope = DispatchEnvelope.build(
         r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token,
         traceparent=_redispatch_trace("job.release", r.job_id, r.attempt, r.traceparent),
         rate_slot=r.rate_slot_at.timestamp() if r.rate_slot_at else None,
     )  # fmt: skip
+    return dataclasses.replace(envelope, priority=SLOT_PRIORITY) if envelope.rate_slot is not None else envelope
 
 
 def _redispatch_trace(name: str, job_id: uuid.UUID, attempt: int, traceparent: str | None) -> str | None:

@@ -237,3 +237,15 @@ def test_an_owners_burst_cannot_loosen_a_staff_limit(user):
     limit(user, "stripe-acct", 1, period=86400, burst=100_000)
     rate = rate_limits.limit_for(user.pk, "stripe-acct")
     assert (rate.limit, rate.period_seconds, rate.burst) == (1, 86400, 1)
+
+
+def test_a_job_released_for_its_slot_goes_ahead_of_jobs_that_have_not_asked(user):
+    limit(user, "k", 1, period=60)
+    submit_job(user, rate_limit_key="k", priority=2)
+    waiting = submit_job(user, rate_limit_key="k", priority=2)
+    run_all()
+    Job.objects.filter(id=waiting.id).update(run_at=timezone.now())
+    release_due(0)
+    [envelope] = pending_dispatches()
+    assert (envelope.priority, envelope.rate_slot is not None) == (9, True)
+    assert Job.objects.get(id=waiting.id).priority == 2  # the job keeps its own
