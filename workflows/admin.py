@@ -28,7 +28,9 @@ class TaskInline(admin.TabularInline):
     model = WorkflowTask
     extra = 0
     can_delete = False
-    fields = readonly_fields = ("task_id", "type", "depends_on", "status", "job_link", "compensation_link")
+    fields = readonly_fields = (
+        "task_id", "type", "depends_on", "status", "job_link", "compensation_link", "wait", "wake_at", "result",
+    )  # fmt: skip
     ordering = ["position"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowTask]:

@@ -1,8 +1,9 @@
-"""The workflows API: submit, list, show, cancel."""
+"""The workflows API: submit, list, show, cancel, signal."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -10,9 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import filtered_page, request_owner_id, with_idempotency_header
+from config.rest import check_json, filtered_page, request_owner_id, with_idempotency_header
 from jobs.apis import IDEMPOTENCY_HEADER
-from workflows import selectors, services
+from workflows import selectors, services, steps
 from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer, WorkflowSerializer
 
 SUBMIT_DOC = (
@@ -74,3 +75,33 @@ class WorkflowCancelApi(APIView):
     def post(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)
         return Response(WorkflowDetailSerializer(services.workflow_cancel(workflow_id=workflow.id)).data)
+
+
+class WorkflowSignalApi(APIView):
+    @extend_schema(
+        operation_id="workflows_signal",
+        request=OpenApiTypes.OBJECT,
+        responses={
+            200: inline_serializer(
+                "SignalDelivered",
+                {
+                    "signal": serializers.CharField(),
+                    "delivered_to": serializers.CharField(allow_null=True),
+                    "kept": serializers.BooleanField(),
+                },
+            )
+        },
+        description="Deliver a signal: the step waiting for it succeeds with this JSON body as its result (its "
+        "dependents see it under `parents`). Sent before the step is reached, it is kept for it. 409 when its step "
+        "is done already (or timed out), or one is kept already; 404 when no step waits for it. The workflow's "
+        "owner or staff only.",
+    )
+    def post(self, request: Request, workflow_id: str, name: str) -> Response:
+        workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+        payload = request.data if isinstance(request.data, dict) else None
+        if payload is None:
+            raise serializers.ValidationError({"payload": ["a signal's body is a JSON object"]})
+        check_json(payload, "payload", max_bytes=settings.JOB_PAYLOAD_MAX_BYTES, setting="JOB_PAYLOAD_MAX_BYTES")
+        with transaction.atomic():
+            step = steps.signal(workflow_id=workflow.id, name=name, payload=dict(payload), sent_by=request.user.pk)
+        return Response({"signal": name, "delivered_to": step.task_id if step else None, "kept": step is None})

@@ -24,3 +24,33 @@ class WorkflowFinished(StateConflict):
 
     def fields(self) -> dict[str, Any]:
         return {"status": self.status}
+
+
+class NoSuchSignal(ObjectNotFound):
+    """No step of the workflow waits for a signal of that name (API: 404)."""
+
+    def __init__(self, workflow_id: uuid.UUID | str, name: str) -> None:
+        super().__init__(f"no step of workflow {workflow_id} waits for a signal named {name!r}")
+
+
+class WaitEnded(StateConflict):
+    """The step that waits for this signal is done already (API: 409)."""
+
+    code = "wait_ended"
+
+    def __init__(self, workflow_id: uuid.UUID | str, task_id: str, name: str, state: str) -> None:
+        super().__init__(f"step {task_id!r} of workflow {workflow_id} is {state}: signal {name!r} comes too late")
+        self.task_id = task_id
+        self.state = state
+
+    def fields(self) -> dict[str, Any]:
+        return {"task": self.task_id, "state": self.state}
+
+
+class SignalAlreadyKept(StateConflict):
+    """A signal of that name waits for its step already (API: 409)."""
+
+    code = "signal_kept"
+
+    def __init__(self, workflow_id: uuid.UUID | str, name: str) -> None:
+        super().__init__(f"workflow {workflow_id} already keeps a signal {name!r} for its step, not yet reached")

@@ -12,6 +12,7 @@ from django.utils.html import escape
 STATUS_COLOURS = {
     "PENDING": "#e5e7eb", "QUEUED": "#dbeafe", "RUNNING": "#bfdbfe", "RETRYING": "#fde68a",
     "SUCCEEDED": "#bbf7d0", "DEAD_LETTER": "#fecaca", "CANCELLED": "#d1d5db",
+    "WAITING": "#e9d5ff", "FAILED": "#fecaca",  # a wait step: waiting for its signal or time; timed out
 }  # fmt: skip
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 170, 40, 60, 14, 10
 MAX_TASKS = 400  # beyond this a picture stops being readable; the table lists every task

@@ -77,6 +77,21 @@ class CompensationState(models.TextChoices):
     FAILED = "FAILED"  # the compensation job dead-lettered or was cancelled
 
 
+class StepKind(models.TextChoices):
+    JOB = "job"  # a job of its type runs it
+    WAIT = "wait"  # a signal, a sleep or a time: a row the scheduler wakes, no worker, no message
+
+
+class StepState(models.TextChoices):
+    """Where a step that is not a job is (a job step's state is its job's)."""
+
+    NONE = "NONE"  # not reached yet
+    WAITING = "WAITING"  # reached: waits for its signal or its time
+    SUCCEEDED = "SUCCEEDED"  # done: its result is its signal's payload (or when it woke)
+    FAILED = "FAILED"  # its wait timed out with on_timeout fail: the saga runs
+    CANCELLED = "CANCELLED"  # the saga stopped it, or it was never reached
+
+
 class WorkflowTask(models.Model):
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="tasks")
     task_id = models.CharField(max_length=200)
@@ -101,6 +116,16 @@ class WorkflowTask(models.Model):
     compensation_job = models.OneToOneField(
         "orchestration_jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="compensated_task"
     )
+    # A step that is not a job (kind `wait`): what it waits for ({"signal", "timeout_seconds",
+    # "on_timeout"}, {"sleep_seconds"} or {"until"}), where it is, when the scheduler looks at it
+    # (its time, or its signal's timeout), its result and when it ended.
+    kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.JOB, db_default=StepKind.JOB)
+    wait = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=StepState.choices, default=StepState.NONE,
+                             db_default=StepState.NONE)  # fmt: skip
+    wake_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
     # Once retention moved its jobs to the archive (their links above are then NULL), what the
     # workflow still shows of them: {"job", "status", "started_at", "finished_at",
     # "compensation_job", "compensation_status"}.
@@ -112,6 +137,33 @@ class WorkflowTask(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["workflow", "task_id"], name="workflow_task_id_uniq"),
         ]
+        indexes = [
+            # The scheduler's wake scan: a range of waiting steps due by now, however many wait.
+            models.Index(fields=["wake_at"], condition=Q(state=StepState.WAITING), name="workflowtask_waking"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_id} of {self.workflow_id}"
+
+
+class WorkflowSignal(models.Model):
+    """A signal sent to a workflow (`POST .../signals/<name>`): delivered to the step waiting for
+    it, or kept until one is reached (`task` stays empty until then)."""
+
+    id = models.BigAutoField(primary_key=True)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="signals")
+    name = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict)
+    sent_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    task = models.ForeignKey(WorkflowTask, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "workflows_workflowsignal"
+        ordering = ["workflow", "id"]
+        indexes = [models.Index(fields=["workflow", "name"], name="workflowsignal_name")]
+
+    def __str__(self) -> str:
+        return f"signal {self.name} to {self.workflow_id}"

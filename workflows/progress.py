@@ -36,7 +36,8 @@ from jobs import services, transitions
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.services import JobSpec
 from metrics import prom
-from workflows.models import CompensationState, Workflow, WorkflowStatus, WorkflowTask
+from workflows import steps
+from workflows.models import CompensationState, StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
 
 PARENTS_KEY = "parents"
 COMPENSATES_KEY = "compensates"
@@ -137,6 +138,13 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
     compensates): the sizes are added up in PostgreSQL before any result is loaded, so a
     fan-in of a thousand large results never lands in the releasing worker's memory."""
     tasks = [t for t in tasks if t.job_id is None and not t.skipped]
+    waits = [t for t in tasks if t.kind != StepKind.JOB]
+    if waits:
+        now = timezone.now()
+        for step in waits:
+            if step.state == StepState.NONE:
+                steps.arm(workflow, step, now)
+        tasks = [t for t in tasks if t.kind == StepKind.JOB]
     if not tasks:
         return
     sizes = _result_sizes(workflow, {dep for t in tasks for dep in t.depends_on})
@@ -146,6 +154,11 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
         Job.objects.filter(workflow_task__workflow=workflow, workflow_task__task_id__in=fitting_parents).values_list(
             "workflow_task__task_id", "result"
         )
+    )
+    results |= dict(  # steps that are not jobs keep their result themselves
+        WorkflowTask.objects.filter(workflow=workflow, task_id__in=fitting_parents)
+        .exclude(kind=StepKind.JOB)
+        .values_list("task_id", "result")
     )
     specs = [
         _spec(workflow, t.type, t.payload, t.options, extra={PARENTS_KEY: {d: results.get(d) for d in t.depends_on}})
@@ -173,8 +186,8 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
 
 # A result's size as JSON, from its jsonb text: close to what orjson writes (no spaces).
 _RESULT_SIZES_SQL = """
-SELECT t.task_id, coalesce(octet_length(j.result::text), 4)
-  FROM workflows_workflowtask t JOIN jobs_job j ON j.id = t.job_id
+SELECT t.task_id, coalesce(octet_length(coalesce(j.result, t.result)::text), 4)
+  FROM workflows_workflowtask t LEFT JOIN jobs_job j ON j.id = t.job_id
  WHERE t.workflow_id = %(workflow)s AND t.task_id = ANY(%(tasks)s)
 """
 
@@ -216,12 +229,43 @@ def _spec(
     return JobSpec(type=type_, payload={**payload, **(extra or {})}, workflow_id=workflow.id, **options)
 
 
+def step_succeeded(workflow: Workflow, step: WorkflowTask, result: Any) -> None:
+    """A step that is not a job succeeded (the workflow is locked): count it as a task's
+    success, release the dependents it completes, or finish the workflow."""
+    now = timezone.now()
+    workflow.success_seq += 1
+    workflow.tasks_succeeded += 1
+    step.state, step.result, step.ended_at, step.wake_at = StepState.SUCCEEDED, result, now, None
+    step.succeeded_seq = workflow.success_seq
+    step.save(update_fields=["state", "result", "ended_at", "wake_at", "succeeded_seq"])
+    Workflow.objects.filter(id=workflow.id).update(
+        success_seq=workflow.success_seq, tasks_succeeded=workflow.tasks_succeeded, updated_at=now
+    )
+    if workflow.status != WorkflowStatus.RUNNING:
+        return
+    if step.dependents:
+        with connection.cursor() as cur:
+            cur.execute(_RELEASE_CHILDREN_SQL, {"workflow": workflow.id, "children": step.dependents})
+            ready = [task_pk for task_pk, pending in cur.fetchall() if pending == 0]
+        if ready:
+            release(workflow, list(WorkflowTask.objects.filter(id__in=ready)))
+    workflow.refresh_from_db(fields=["tasks_succeeded", "tasks_total", "status"])
+    if workflow.status == WorkflowStatus.RUNNING and workflow.tasks_succeeded == workflow.tasks_total:
+        Workflow.objects.filter(id=workflow.id).update(status=WorkflowStatus.SUCCEEDED, finished_at=now, updated_at=now)
+        workflow.status = WorkflowStatus.SUCCEEDED
+        prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
+
+
 def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     """RUNNING → COMPENSATING: skip what was never released, cancel what waits, ask what runs
     to stop; compensations start once nothing runs any more."""
     workflow.status = WorkflowStatus.COMPENSATING
     workflow.failed_task = failed_task
-    WorkflowTask.objects.filter(workflow=workflow, job__isnull=True).update(skipped=True)
+    WorkflowTask.objects.filter(workflow=workflow, job__isnull=True, kind=StepKind.JOB).update(skipped=True)
+    # Steps not reached, or waiting, stop where they are (a waiting one is not woken any more).
+    WorkflowTask.objects.filter(workflow=workflow, state__in=[StepState.NONE, StepState.WAITING]).exclude(
+        kind=StepKind.JOB
+    ).update(state=StepState.CANCELLED, skipped=True, wake_at=None, ended_at=timezone.now())
     # Direct updates, not the transitions: the workflow is locked here and moved on below;
     # the transition's own hook would re-enter it for every job. Rows another transaction
     # holds are skipped (see the module's note on lock order).

@@ -22,7 +22,7 @@ from jobs.serializers import (
     validate_idempotency_key,
 )
 from workflows import dag
-from workflows.models import Workflow, WorkflowStatus, WorkflowTask
+from workflows.models import StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
 from workflows.services import TaskSpec, WorkflowSpec
 
 JOB_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds")
@@ -41,12 +41,50 @@ class CompensationSerializer(JobOptionsSerializer):
     payload = PayloadField()
 
 
+SIGNAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+MAX_WAIT_SECONDS = 366 * 86400
+
+
+class WaitSerializer(serializers.Serializer):
+    """What a wait step waits for: exactly one of a signal, a sleep, a time."""
+
+    signal = serializers.RegexField(SIGNAL_NAME, required=False, help_text="POST .../signals/<name> completes it.")
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=MAX_WAIT_SECONDS, required=False)
+    on_timeout = serializers.ChoiceField(choices=["fail", "continue"], required=False)
+    sleep_seconds = serializers.FloatField(min_value=0, max_value=MAX_WAIT_SECONDS, required=False)
+    until = serializers.DateTimeField(required=False)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        given = [name for name in ("signal", "sleep_seconds", "until") if name in data]
+        if len(given) != 1:
+            raise serializers.ValidationError("a wait is exactly one of signal, sleep_seconds or until")
+        if "signal" not in data:
+            for name in ("timeout_seconds", "on_timeout"):
+                if name in data:
+                    raise serializers.ValidationError({name: ["only a signal's wait has one"]})
+        elif "on_timeout" in data and "timeout_seconds" not in data:
+            raise serializers.ValidationError({"on_timeout": ["needs timeout_seconds"]})
+        if "until" in data:
+            data["until"] = data["until"].isoformat()
+        if "signal" in data and "timeout_seconds" in data:
+            data.setdefault("on_timeout", "fail")
+        return data
+
+
 class TaskInputSerializer(JobOptionsSerializer):
     id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", help_text="Unique within the workflow.")
-    type = serializers.CharField(max_length=200)
+    type = serializers.CharField(max_length=200, required=False, help_text="The job type (not with `wait`).")
+    wait = WaitSerializer(required=False, help_text="A step that waits, holding no worker (not with `type`).")
     payload = PayloadField()
     depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
     compensation = CompensationSerializer(required=False, allow_null=True, default=None)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("type" in data) == ("wait" in data):
+            raise serializers.ValidationError("a task has either a job `type` or a `wait`")
+        if "wait" in data and data.get("compensation"):
+            raise serializers.ValidationError({"compensation": ["a wait step has nothing to compensate"]})
+        return data
 
 
 class WorkflowInputSerializer(serializers.Serializer):
@@ -73,7 +111,15 @@ class WorkflowInputSerializer(serializers.Serializer):
                 f"a workflow may have at most {limit:,} tasks (WORKFLOW_MAX_TASKS), this one has {len(nodes):,}"
             )
         problems += dag.find_problems(nodes, max_tasks=max(limit, len(nodes)))
+        signals: dict[str, str] = {}
         for t in tasks:
+            if "wait" in t:
+                name = t["wait"].get("signal")
+                if name in signals:
+                    problems.append(f"task {t['id']!r}: signal {name!r} is waited for by {signals[name]!r} already")
+                elif name:
+                    signals[name] = t["id"]
+                continue
             if not is_registered(t["type"]):
                 problems.append(f"task {t['id']!r}: unknown job type {t['type']!r} (no handler is registered)")
             elif problem := submit_problem(t["type"]):
@@ -93,8 +139,8 @@ class WorkflowInputSerializer(serializers.Serializer):
             idempotency_key=data["idempotency_key"],
             tasks=tuple(
                 TaskSpec(
-                    id=t["id"], type=t["type"], payload=t["payload"], depends_on=tuple(t["depends_on"]),
-                    options=_options(t), compensation=_compensation(t.get("compensation")),
+                    id=t["id"], type=t.get("type", "wait"), payload=t["payload"], depends_on=tuple(t["depends_on"]),
+                    options=_options(t), compensation=_compensation(t.get("compensation")), wait=t.get("wait"),
                 )
                 for t in data["tasks"]
             ),
@@ -128,12 +174,22 @@ class TaskSerializer(serializers.Serializer):
     )
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    kind = serializers.ChoiceField(choices=StepKind.choices, help_text="job, or wait (a step that holds no worker).")
+    wait = serializers.JSONField(allow_null=True, help_text="A wait step's signal, sleep or time.")
+    wake_at = serializers.DateTimeField(
+        allow_null=True, help_text="A waiting step's next look: its time, or its signal's timeout."
+    )
+    result = serializers.JSONField(allow_null=True, help_text="A wait step's result: its signal's payload.")
 
 
 _TASK_COLUMNS = (
     "task_id", "type", "depends_on", "job_id", "compensation_job_id", "compensation", "compensation_state", "skipped",
-    "job__status", "job__started_at", "job__finished_at", "compensation_job__status", "archived",
+    "job__status", "job__started_at", "job__finished_at", "compensation_job__status", "archived", "kind", "wait",
+    "state", "wake_at", "result", "ended_at",
 )  # fmt: skip
+# A wait step's status in a task row: its own state, named as a job's would be where it can.
+_STEP_STATUS = {StepState.NONE: "PENDING", StepState.WAITING: "WAITING", StepState.SUCCEEDED: "SUCCEEDED",
+                StepState.FAILED: "FAILED", StepState.CANCELLED: "CANCELLED"}  # fmt: skip
 
 
 def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
@@ -143,7 +199,14 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     out = []
     rows = workflow.tasks.order_by("position").values_list(*_TASK_COLUMNS)
     for (task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
-         finished, comp_status, archived) in rows:  # fmt: skip
+         finished, comp_status, archived, kind, wait, state, wake_at, result, ended) in rows:  # fmt: skip
+        if kind != StepKind.JOB:
+            out.append({
+                "id": task_id, "type": type_, "depends_on": depends_on, "status": _STEP_STATUS[state], "job": None,
+                "compensation_job": None, "compensation_status": None, "started_at": None, "finished_at": ended,
+                "kind": kind, "wait": wait, "wake_at": wake_at, "result": result,
+            })  # fmt: skip
+            continue
         if archived:
             job_id, status = job_id or archived.get("job"), status or archived.get("status")
             started = started or _when(archived.get("started_at"))
@@ -160,6 +223,10 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
             "compensation_status": comp_status if comp_job_id else (comp_state if compensation else None),
             "started_at": started,
             "finished_at": finished,
+            "kind": kind,
+            "wait": None,
+            "wake_at": None,
+            "result": None,
         })  # fmt: skip
     return out
 
@@ -169,6 +236,8 @@ def _when(text: str | None) -> datetime | None:
 
 
 def task_status(task: WorkflowTask) -> str:
+    if task.kind != StepKind.JOB:
+        return _STEP_STATUS[StepState(task.state)]
     if task.job is None:
         if task.archived and task.archived.get("status"):
             return str(task.archived["status"])

@@ -16,7 +16,7 @@ from jobs.errors import IdempotencyConflict
 from metrics import prom
 from workflows import dag, progress
 from workflows.errors import WorkflowFinished, WorkflowNotFound
-from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus, WorkflowTask
+from workflows.models import WORKFLOW_TERMINAL, StepKind, Workflow, WorkflowStatus, WorkflowTask
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class TaskSpec:
     # Job options for the task's job: queue, priority, max_attempts, backoff, timeout_seconds.
     options: dict[str, Any] = field(default_factory=dict)
     compensation: dict[str, Any] | None = None  # {"type", "payload", and job options}
+    wait: dict[str, Any] | None = None  # a wait step (no job): {"signal", ...}, {"sleep_seconds"} or {"until"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
                 WorkflowTask(
                     workflow=workflow, task_id=t.id, position=order[t.id], type=t.type, payload=t.payload,
                     depends_on=list(n.depends_on), dependents=dependents[t.id], pending_parents=len(n.depends_on),
-                    options=t.options, compensation=t.compensation,
+                    options=t.options, compensation=t.compensation, wait=t.wait,
+                    kind=StepKind.WAIT if t.wait is not None else StepKind.JOB,
                 )
                 for t, n in zip(spec.tasks, nodes, strict=True)
             ]

@@ -6,4 +6,6 @@ urlpatterns = [
     path("workflows/", apis.WorkflowListCreateApi.as_view(), name="workflow-list"),
     path("workflows/<uuid:workflow_id>/", apis.WorkflowDetailApi.as_view(), name="workflow-detail"),
     path("workflows/<uuid:workflow_id>/cancel/", apis.WorkflowCancelApi.as_view(), name="workflow-cancel"),
+    # As the contract names it: POST /api/v1/workflows/{id}/signals/{name}, no final slash.
+    path("workflows/<uuid:workflow_id>/signals/<str:name>", apis.WorkflowSignalApi.as_view(), name="workflow-signal"),
 ]

@@ -64,6 +64,7 @@ from orchestration.scheduler import (
     retention,
     share_deferred,
     stale,
+    waits,
 )
 from orchestration.scheduler.fencing import Fenced, next_epoch
 
@@ -127,6 +128,7 @@ class TickResult:
     deferred_released: int = 0
     archived: int = 0
     batch_callbacks: int = 0
+    steps_woken: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def moved_anything(self) -> bool:
@@ -184,6 +186,7 @@ class Scheduler:
             ("deferred", "deferred_released",
              lambda: self.deferred_scan(epoch, clock, batch=self.batch, keys_per_tick=self.pairs_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
+            ("waits", "steps_woken", lambda: waits.wake_steps(epoch, clock, limit=self.batch)),
             ("batches", "batch_callbacks",
              lambda: batch_callbacks.fire_batch_callbacks(epoch, clock, limit=self.pairs_per_tick)),
             ("retention", "archived", lambda: self.retention(epoch, clock)),

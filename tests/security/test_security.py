@@ -37,6 +37,7 @@ def concrete(route: str) -> str:
     for conv in ("<uuid:job_id>", "<uuid:workflow_id>", "<uuid:schedule_id>", "<uuid:batch_id>"):
         route = route.replace(conv, str(uuid.uuid4()))
     route = route.replace("<int:limit_id>", "1")
+    route = route.replace("<str:name>", "approved")
     return "/" + route.replace("<str:job_type>", "demo.noop").replace("<str:action>", "cancel")
 
 

@@ -94,6 +94,9 @@ WALK: dict[str, Check] = {
     "workflow-list": lambda api, web, o: _no(ids(api.get("/api/v1/workflows/")), o.workflow.id),
     "workflow-detail": lambda api, web, o: _404(api.get(f"/api/v1/workflows/{o.workflow.id}/")),
     "workflow-cancel": lambda api, web, o: _404(api.post(f"/api/v1/workflows/{o.workflow.id}/cancel/")),
+    "workflow-signal": lambda api, web, o: _404(
+        api.post(f"/api/v1/workflows/{o.workflow.id}/signals/approved", {"ok": True}, format="json")
+    ),
     "queue-list": lambda api, web, o: _equal(
         {q["name"]: q["depth"] for q in api.get("/api/v1/queues/").json()["results"]}["default"], 0
     ),

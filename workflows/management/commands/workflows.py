@@ -3,6 +3,7 @@
 workflows submit FILE.json [--owner USER] [--wait [--timeout S]]   (FILE "-" reads stdin)
 workflows show ID
 workflows cancel ID
+workflows signal ID NAME [--payload JSON] [--owner USER]   (completes the step waiting for NAME)
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
-from workflows import selectors, services
-from workflows.errors import WorkflowFinished, WorkflowNotFound
+from workflows import selectors, services, steps
+from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus
 from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer
 
@@ -35,12 +37,31 @@ class Command(BaseCommand):
         for name in ("show", "cancel"):
             p = sub.add_parser(name, help=f"{name} one workflow")
             p.add_argument("workflow_id")
+        signal = sub.add_parser("signal", help="send a signal to the step that waits for it")
+        signal.add_argument("workflow_id")
+        signal.add_argument("name")
+        signal.add_argument("--payload", default="{}", help="a JSON object: the step's result")
+        signal.add_argument("--owner", help="who sends it (default: the first superuser)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             getattr(self, f"do_{opts['action']}")(opts)
-        except (WorkflowNotFound, WorkflowFinished) as exc:
+        except (WorkflowNotFound, WorkflowFinished, NoSuchSignal, WaitEnded, SignalAlreadyKept) as exc:
             raise CommandError(str(exc)) from exc
+
+    def do_signal(self, opts: dict[str, Any]) -> None:
+        try:
+            payload = orjson.loads(opts["payload"])
+        except orjson.JSONDecodeError as exc:
+            raise CommandError(f"--payload is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise CommandError("--payload must be a JSON object")
+        workflow = selectors.workflow_get(user=OPERATOR, workflow_id=opts["workflow_id"])
+        with transaction.atomic():
+            step = steps.signal(
+                workflow_id=workflow.id, name=opts["name"], payload=payload, sent_by=cli_owner(opts["owner"]).pk
+            )
+        self.stdout.write(f"delivered to {step.task_id}" if step else "kept until its step is reached")
 
     def do_submit(self, opts: dict[str, Any]) -> None:
         raw = sys.stdin.buffer.read() if opts["file"] == "-" else Path(opts["file"]).read_bytes()

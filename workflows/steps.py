@@ -1,0 +1,108 @@
+"""Steps that are not jobs: waits for a signal, a sleep or a time. They hold no worker and no
+Celery message: a waiting step is a row (`state` WAITING, `wake_at` when to look), the
+scheduler's wake scan looks at those due (a range of one partial index, bounded per tick),
+and a signal completes its step in the request that sends it.
+
+    reached (its parents succeeded) → WAITING: wake_at = its time, or its signal's timeout
+      (now, when its signal was sent before it was reached: kept, delivered at the next look)
+    signal arrives while WAITING → SUCCEEDED, the signal's payload its result
+    its time comes → SUCCEEDED ({"woke_at": ...}); a signal's timeout → on_timeout:
+      "continue" → SUCCEEDED ({"timed_out": true}), "fail" → FAILED, and the saga runs
+
+Every move happens with the workflow's row locked (as every move of `workflows.progress`), so
+a signal racing its timeout, or two signals, are decided one after the other: exactly one wins,
+and the other gets WaitEnded (a 409).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+
+from workflows import progress
+from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished
+from workflows.models import StepState, Workflow, WorkflowSignal, WorkflowStatus, WorkflowTask
+
+WAKE_BATCH = 1000  # steps the scheduler looks at a tick at most
+
+
+def arm(workflow: Workflow, step: WorkflowTask, now: datetime) -> None:
+    """The step is reached: it waits for its signal or its time (the workflow is locked)."""
+    wait = step.wait or {}
+    if "signal" in wait:
+        kept = WorkflowSignal.objects.filter(workflow=workflow, name=wait["signal"], task__isnull=True).exists()
+        timeout = wait.get("timeout_seconds")
+        wake_at = now if kept else (now + timedelta(seconds=timeout) if timeout else None)
+    elif "sleep_seconds" in wait:
+        wake_at = now + timedelta(seconds=float(wait["sleep_seconds"]))
+    else:
+        wake_at = parse_datetime(str(wait["until"])) or now
+    step.state, step.wake_at = StepState.WAITING, wake_at
+    step.save(update_fields=["state", "wake_at"])
+
+
+def signal(*, workflow_id: uuid.UUID | str, name: str, payload: Any, sent_by: int | None) -> WorkflowTask | None:
+    """Deliver a signal: the step waiting for it succeeds with the payload as its result; a step
+    not reached yet gets it when it is (kept). Returns the step it completed, or None when kept.
+    NoSuchSignal: no step waits for it; WaitEnded: its step is done already; SignalAlreadyKept:
+    one is kept for it already; WorkflowFinished: the workflow is not running."""
+    workflow = Workflow.objects.select_for_update().get(id=workflow_id)
+    if workflow.status != WorkflowStatus.RUNNING:
+        raise WorkflowFinished(workflow.id, workflow.status, f"take signal {name!r}")
+    step = WorkflowTask.objects.filter(workflow=workflow, wait__signal=name).first()
+    if step is None:
+        raise NoSuchSignal(workflow.id, name)
+    if step.state in (StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED):
+        raise WaitEnded(workflow.id, step.task_id, name, step.state)
+    sent = WorkflowSignal(workflow=workflow, name=name, payload=payload, sent_by_id=sent_by)
+    if step.state == StepState.NONE:
+        if WorkflowSignal.objects.filter(workflow=workflow, name=name, task__isnull=True).exists():
+            raise SignalAlreadyKept(workflow.id, name)
+        sent.save()
+        return None
+    sent.task = step
+    sent.save()
+    progress.step_succeeded(workflow, step, payload)
+    return step
+
+
+def due(*, now: datetime, limit: int = WAKE_BATCH) -> list[tuple[uuid.UUID, int]]:
+    """(workflow, step) of waiting steps whose time came, earliest first (the index's range)."""
+    rows = WorkflowTask.objects.filter(state=StepState.WAITING, wake_at__lte=now).order_by("wake_at")
+    return [(w, pk) for pk, w in rows.values_list("pk", "workflow_id")[:limit]]
+
+
+def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
+    """Look at one due step (in the caller's transaction): what became of it, or None when it
+    had moved on meanwhile (a signal won the race, the saga stopped it)."""
+    workflow = Workflow.objects.select_for_update().get(id=workflow_id)
+    step = WorkflowTask.objects.filter(pk=step_pk, state=StepState.WAITING, wake_at__lte=now).first()
+    if step is None:
+        return None
+    if workflow.status != WorkflowStatus.RUNNING:
+        _end(step, StepState.CANCELLED, None, now)
+        return StepState.CANCELLED
+    wait = step.wait or {}
+    if "signal" not in wait:
+        progress.step_succeeded(workflow, step, {"woke_at": now.isoformat()})
+        return StepState.SUCCEEDED
+    kept = WorkflowSignal.objects.filter(workflow=workflow, name=wait["signal"], task__isnull=True).order_by("id")
+    sent = kept.first()
+    if sent is not None:
+        WorkflowSignal.objects.filter(pk=sent.pk).update(task=step)
+        progress.step_succeeded(workflow, step, sent.payload)
+        return StepState.SUCCEEDED
+    if wait.get("on_timeout") == "continue":
+        progress.step_succeeded(workflow, step, {"timed_out": True})
+        return StepState.SUCCEEDED
+    _end(step, StepState.FAILED, {"timed_out": True}, now)
+    progress.start_saga(workflow, failed_task=step.task_id)
+    return StepState.FAILED
+
+
+def _end(step: WorkflowTask, state: str, result: Any, now: datetime) -> None:
+    step.state, step.result, step.ended_at, step.wake_at = state, result, now, None
+    step.save(update_fields=["state", "result", "ended_at", "wake_at"])
