@@ -370,7 +370,7 @@ def _end_running(
     Guarded by the attempt number, so a late result of an attempt that lost the job (lease
     expired, re-dispatched, cancelled) changes nothing.
 
-    A job of a workflow that ends here moves its workflow on (`workflows.progress`) in the same
+    A job of a workflow that ends here moves its workflow on (`workflows.advance`) in the same
     transaction. `in_workflow=False` says the caller knows the job has no workflow (the
     worker, from its claim) and saves the transaction block; None means "find out".
     """
@@ -399,6 +399,42 @@ def _end_running(
         _count_end(status, type_, queue)
         _tell_ended(job_id, type_, status, attempt=True)
     return bool(won)
+
+
+# A workflow's saga stops its task jobs: waiting ones end CANCELLED at once, running ones get
+# a cancel request. Rows another transaction holds are skipped: such a job is finishing right
+# now, and its own transition moves the workflow on once the saga commits.
+_SAGA_STOP_SQL = """
+WITH mine AS (
+    SELECT j.id FROM jobs_job j JOIN workflows_workflowtask t ON t.job_id = j.id
+     WHERE t.workflow_id = %(workflow)s AND j.status IN ('PENDING', 'QUEUED', 'RETRYING', 'RUNNING')
+       FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs_job AS j
+   SET status = CASE WHEN j.status = 'RUNNING' THEN j.status ELSE 'CANCELLED' END,
+       cancel_requested_at = CASE WHEN j.status = 'RUNNING' THEN coalesce(j.cancel_requested_at, %(now)s)
+                                  ELSE j.cancel_requested_at END,
+       finished_at = CASE WHEN j.status = 'RUNNING' THEN j.finished_at ELSE %(now)s END,
+       dispatch_token = CASE WHEN j.status = 'RUNNING' THEN j.dispatch_token END,
+       next_retry_at = NULL, breaker_held_at = NULL, updated_at = %(now)s
+  FROM mine WHERE j.id = mine.id
+RETURNING j.id, j.status, j.type, j.queue"""
+
+
+def stop_for_saga(workflow_id: uuid.UUID | str) -> list[uuid.UUID]:
+    """The saga of `workflow_id` (which the caller holds locked) stops its task jobs: waiting
+    ones → CANCELLED, counted and told like any end, running ones asked to stop. The workflow
+    is not called back: the caller moves it on. Returns the ids cancelled."""
+    with connection.cursor() as cur:
+        cur.execute(_SAGA_STOP_SQL, {"workflow": str(workflow_id), "now": timezone.now()})
+        rows = cur.fetchall()
+    cancelled = []
+    for job_id, status, type_, queue in rows:
+        if status == JobStatus.CANCELLED:
+            cancelled.append(job_id)
+            _count_end(status, type_, queue)
+            _tell_ended(job_id, type_, status, attempt=False)
+    return cancelled
 
 
 def _count_end(status: str, type_: str, queue: str) -> None:

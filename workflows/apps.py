@@ -10,6 +10,6 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         # A job of a workflow that ends moves its workflow on, in the same transaction.
         from jobs import transitions
-        from workflows import progress
+        from workflows import advance
 
-        transitions.on_workflow_job_ended(progress.job_ended)
+        transitions.on_workflow_job_ended(advance.job_ended)

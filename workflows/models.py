@@ -1,7 +1,7 @@
 """Workflows and their tasks. Each task runs as an ordinary job (`Job.workflow` links it), so
 the jobs API, admin, logs and metrics apply to tasks unchanged.
 
-State changes live in `workflows.progress`, always in the transaction of the job transition
+State changes live in `workflows.advance`, always in the transaction of the job transition
 that causes them, with the workflow row locked (`SELECT ... FOR UPDATE`): two parents of one
 task finishing at the same instant on two workers are serialized there, and exactly one of
 them releases the child.

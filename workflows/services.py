@@ -14,7 +14,7 @@ from django.utils import timezone
 from config import tracing
 from jobs.errors import IdempotencyConflict
 from metrics import prom
-from workflows import dag, progress
+from workflows import advance, dag
 from workflows.errors import WorkflowFinished, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, StepKind, Workflow, WorkflowStatus, WorkflowTask
 
@@ -90,7 +90,7 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
                 for t, n in zip(spec.tasks, nodes, strict=True)
             ]
         )  # fmt: skip
-        progress.release(workflow, [t for t in tasks if t.pending_parents == 0])
+        advance.release(workflow, [t for t in tasks if t.pending_parents == 0])
     prom.WORKFLOWS_SUBMITTED.inc()
     return workflow, True
 
@@ -114,7 +114,7 @@ def workflow_cancel(*, workflow_id: uuid.UUID | str) -> Workflow:
         if workflow.cancel_requested_at is None:
             workflow.cancel_requested_at = timezone.now()
         if workflow.status == WorkflowStatus.RUNNING:
-            progress.start_saga(workflow)
+            advance.start_saga(workflow)
         else:
             workflow.save(update_fields=["cancel_requested_at", "updated_at"])
     workflow.refresh_from_db()

@@ -9,7 +9,7 @@ and a signal completes its step in the request that sends it.
     its time comes → SUCCEEDED ({"woke_at": ...}); a signal's timeout → on_timeout:
       "continue" → SUCCEEDED ({"timed_out": true}), "fail" → FAILED, and the saga runs
 
-Every move happens with the workflow's row locked (as every move of `workflows.progress`), so
+Every move happens with the workflow's row locked (as every move of `workflows.advance`), so
 a signal racing its timeout, or two signals, are decided one after the other: exactly one wins,
 and the other gets WaitEnded (a 409).
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 from django.utils.dateparse import parse_datetime
 
-from workflows import progress
+from workflows import advance
 from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished
 from workflows.models import StepState, Workflow, WorkflowSignal, WorkflowStatus, WorkflowTask
 
@@ -65,7 +65,7 @@ def signal(*, workflow_id: uuid.UUID | str, name: str, payload: Any, sent_by: in
         return None
     sent.task = step
     sent.save()
-    progress.step_succeeded(workflow, step, payload)
+    advance.step_succeeded(workflow, step, payload)
     return step
 
 
@@ -87,19 +87,19 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
         return StepState.CANCELLED
     wait = step.wait or {}
     if "signal" not in wait:
-        progress.step_succeeded(workflow, step, {"woke_at": now.isoformat()})
+        advance.step_succeeded(workflow, step, {"woke_at": now.isoformat()})
         return StepState.SUCCEEDED
     kept = WorkflowSignal.objects.filter(workflow=workflow, name=wait["signal"], task__isnull=True).order_by("id")
     sent = kept.first()
     if sent is not None:
         WorkflowSignal.objects.filter(pk=sent.pk).update(task=step)
-        progress.step_succeeded(workflow, step, sent.payload)
+        advance.step_succeeded(workflow, step, sent.payload)
         return StepState.SUCCEEDED
     if wait.get("on_timeout") == "continue":
-        progress.step_succeeded(workflow, step, {"timed_out": True})
+        advance.step_succeeded(workflow, step, {"timed_out": True})
         return StepState.SUCCEEDED
     _end(step, StepState.FAILED, {"timed_out": True}, now)
-    progress.start_saga(workflow, failed_task=step.task_id)
+    advance.start_saga(workflow, failed_task=step.task_id)
     return StepState.FAILED
 
 

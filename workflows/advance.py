@@ -266,32 +266,13 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     WorkflowTask.objects.filter(workflow=workflow, state__in=[StepState.NONE, StepState.WAITING]).exclude(
         kind=StepKind.JOB
     ).update(state=StepState.CANCELLED, skipped=True, wake_at=None, ended_at=timezone.now())
-    # Direct updates, not the transitions: the workflow is locked here and moved on below;
-    # the transition's own hook would re-enter it for every job. Rows another transaction
-    # holds are skipped (see the module's note on lock order).
-    with connection.cursor() as cur:
-        cur.execute(_SAGA_STOP_SQL, {"workflow": workflow.id, "now": timezone.now()})
-        cancelled = [row[0] for row in cur.fetchall() if row[1] == JobStatus.CANCELLED]
+    # The workflow is locked here and moved on below, so the transition does not call back
+    # into it for every job; rows another transaction holds are skipped (see the module's note
+    # on lock order).
+    cancelled = transitions.stop_for_saga(workflow.id)
     if cancelled:
         services.discard_dispatches(cancelled)
     advance_saga(workflow)
-
-
-_SAGA_STOP_SQL = """
-WITH mine AS (
-    SELECT j.id FROM jobs_job j JOIN workflows_workflowtask t ON t.job_id = j.id
-     WHERE t.workflow_id = %(workflow)s AND j.status IN ('PENDING', 'QUEUED', 'RETRYING', 'RUNNING')
-       FOR UPDATE OF j SKIP LOCKED
-)
-UPDATE jobs_job AS j
-   SET status = CASE WHEN j.status = 'RUNNING' THEN j.status ELSE 'CANCELLED' END,
-       cancel_requested_at = CASE WHEN j.status = 'RUNNING' THEN coalesce(j.cancel_requested_at, %(now)s)
-                                  ELSE j.cancel_requested_at END,
-       finished_at = CASE WHEN j.status = 'RUNNING' THEN j.finished_at ELSE %(now)s END,
-       dispatch_token = CASE WHEN j.status = 'RUNNING' THEN j.dispatch_token END,
-       next_retry_at = NULL, breaker_held_at = NULL, updated_at = %(now)s
-  FROM mine WHERE j.id = mine.id
-RETURNING j.id, j.status"""
 
 
 def advance_saga(workflow: Workflow) -> None:

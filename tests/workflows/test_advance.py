@@ -234,3 +234,22 @@ def test_a_fan_in_within_the_limit_gets_every_parents_result(user, settings):
     join = Job.objects.get(workflow_task__workflow=workflow, workflow_task__task_id="join")
     assert join.status == "SUCCEEDED"
     assert sorted(join.payload["parents"]) == ["p0", "p1", "p2"]
+
+
+def test_the_sagas_cancels_go_through_the_state_machine_and_are_counted(api):
+    """The saga stops a workflow's waiting jobs through jobs.transitions: each is counted as a
+    finished job, as every other end is."""
+    from jobs.models import Job
+    from metrics import prom
+    from orchestration.worker import execute
+    from tests.workflows.conftest import pending_dispatches
+
+    counter = prom.JOBS_FINISHED.labels("CANCELLED", "demo.echo", "default")
+    before = counter._value.get()
+    body = {"tasks": [{"id": "boom", "type": "demo.fail", "max_attempts": 1}, {"id": "other", "type": "demo.echo"}]}
+    flow = api.post("/api/v1/workflows/", body, format="json").json()
+    boom = next(e for e in pending_dispatches() if e.type == "demo.fail")
+    execute(boom, worker="w")
+    other = Job.objects.get(workflow_task__workflow_id=flow["id"], workflow_task__task_id="other")
+    assert other.status == "CANCELLED"
+    assert counter._value.get() == before + 1
