@@ -14,6 +14,13 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 DIAMOND = [task("a", compensation=undo("a")), task("b", "a"), task("c", "a"), task("d", "b", "c")]
 FAN = [task("root"), *(task(f"w{i}", "root") for i in range(30)), task("join", *(f"w{i}" for i in range(30)))]
+# Wait steps: no worker; the scheduler role wakes the sleep and delivers the kept signal.
+WAITS = [
+    task("a"),
+    {"id": "nap", "wait": {"sleep_seconds": 1}, "depends_on": ["a"]},
+    {"id": "approval", "wait": {"signal": "approved", "timeout_seconds": 600}, "depends_on": ["nap"]},
+    task("b", "approval"),
+]
 SAGA = [
     task("a", compensation=undo("a")),
     task("b", "a", compensation=undo("b")),
@@ -27,6 +34,8 @@ def test_workflows_run_through_the_real_roles(stack, api, queue):
 
     def submit(tasks):
         for t in tasks:
+            if "wait" in t:
+                continue
             t["queue"] = queue
             if t.get("compensation"):
                 t["compensation"]["queue"] = queue
@@ -34,7 +43,10 @@ def test_workflows_run_through_the_real_roles(stack, api, queue):
         assert response.status_code == 201, response.content
         return response.json()["id"]
 
-    ids = {"diamond": submit(DIAMOND), "fan": submit(FAN), "saga": submit(SAGA)}
+    ids = {"diamond": submit(DIAMOND), "fan": submit(FAN), "saga": submit(SAGA), "waits": submit(WAITS)}
+    # Sent before its step is reached: kept, then delivered by the scheduler once it is.
+    sent = api.post(f"/api/v1/workflows/{ids['waits']}/signals/approved", {"by": "e2e"}, format="json")
+    assert sent.json()["kept"] is True
     try:
         wait_for(
             lambda: all(Workflow.objects.get(id=i).status in ("SUCCEEDED", "FAILED") for i in ids.values()),
@@ -43,6 +55,10 @@ def test_workflows_run_through_the_real_roles(stack, api, queue):
     except AssertionError:
         print(stack.logs())
         raise
+    waits = Workflow.objects.get(id=ids["waits"])
+    assert waits.status == WorkflowStatus.SUCCEEDED
+    b = Job.objects.get(workflow=waits, workflow_task__task_id="b")
+    assert b.payload["parents"] == {"approval": {"by": "e2e"}}
     for name in ("diamond", "fan"):
         workflow = Workflow.objects.get(id=ids[name])
         assert workflow.status == WorkflowStatus.SUCCEEDED
