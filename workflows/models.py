@@ -25,6 +25,7 @@ class WorkflowStatus(models.TextChoices):
     CANCELLED = "CANCELLED"
 
 
+DEADLINE_TASK = "<deadline>"  # the failed_task of a workflow its deadline failed (no task id has "<")
 WORKFLOW_TERMINAL = frozenset({WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED})
 
 
@@ -41,6 +42,9 @@ class Workflow(models.Model):
     success_seq = models.PositiveIntegerField(default=0)
     failed_task = models.CharField(max_length=200, blank=True, default="")  # the task whose failure started the saga
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # `deadline_seconds` after its submit: still RUNNING then, it fails (its saga runs), the
+    # scheduler's deadline scan sees to it; failed_task says DEADLINE_TASK.
+    deadline_at = models.DateTimeField(null=True, blank=True)
     failed_compensations = models.JSONField(default=list, blank=True)  # task ids whose compensation dead-lettered
     # The workflow's trace (W3C traceparent of its submit span): its jobs join it.
     traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
@@ -63,6 +67,11 @@ class Workflow(models.Model):
             models.Index(fields=["owner", "-created_at"], name="workflow_owner_created"),
             models.Index(fields=["status", "-created_at"], name="workflow_status_created"),
             models.Index(fields=["-created_at"], name="workflow_created"),
+            models.Index(
+                fields=["deadline_at"],
+                condition=Q(status=WorkflowStatus.RUNNING, deadline_at__isnull=False),
+                name="workflow_running_deadline",
+            ),
         ]
 
     def __str__(self) -> str:

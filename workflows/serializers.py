@@ -98,6 +98,10 @@ class WorkflowInputSerializer(serializers.Serializer):
     idempotency_key = serializers.CharField(
         max_length=200, required=False, allow_null=True, default=None, help_text=KEY_HELP
     )
+    deadline_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_WAIT_SECONDS, required=False, allow_null=True, default=None,
+        help_text="Still running this long after its submit, it fails: its saga runs (failed_task `<deadline>`).",
+    )  # fmt: skip
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
         return validate_idempotency_key(value)
@@ -137,6 +141,7 @@ class WorkflowInputSerializer(serializers.Serializer):
         return WorkflowSpec(
             name=data["name"],
             idempotency_key=data["idempotency_key"],
+            deadline_seconds=data.get("deadline_seconds"),
             tasks=tuple(
                 TaskSpec(
                     id=t["id"], type=t.get("type", "wait"), payload=t["payload"], depends_on=tuple(t["depends_on"]),
@@ -257,6 +262,7 @@ class WorkflowSerializer(serializers.Serializer):
     )
     idempotency_key = serializers.CharField(allow_null=True)
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
+    deadline_at = serializers.DateTimeField(allow_null=True, help_text="When it fails if still running.")
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -271,6 +277,7 @@ class WorkflowSerializer(serializers.Serializer):
             "failed_compensations": workflow.failed_compensations,
             "idempotency_key": workflow.idempotency_key,
             "cancel_requested_at": workflow.cancel_requested_at,
+            "deadline_at": workflow.deadline_at,
             "created_at": workflow.created_at,
             "finished_at": workflow.finished_at,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from jobs.errors import IdempotencyConflict
 from metrics import prom
 from workflows import advance, dag
 from workflows.errors import WorkflowFinished, WorkflowNotFound
-from workflows.models import WORKFLOW_TERMINAL, StepKind, Workflow, WorkflowStatus, WorkflowTask
+from workflows.models import DEADLINE_TASK, WORKFLOW_TERMINAL, StepKind, Workflow, WorkflowStatus, WorkflowTask
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class WorkflowSpec:
     tasks: tuple[TaskSpec, ...]
     name: str = ""
     idempotency_key: str | None = None
+    deadline_seconds: int | None = None  # still RUNNING this long after its submit: it fails
 
     def request_hash(self) -> str:
         body = asdict(self)
@@ -72,6 +74,8 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
                 workflow = Workflow.objects.create(
                     owner_id=owner_id, name=spec.name, idempotency_key=spec.idempotency_key, request_hash=digest,
                     tasks_total=len(spec.tasks), traceparent=tracing.current_traceparent(),
+                    deadline_at=timezone.now() + timedelta(seconds=spec.deadline_seconds)
+                    if spec.deadline_seconds else None,
                 )  # fmt: skip
         except IntegrityError:  # the same key, committed by a concurrent request meanwhile
             existing = _replay(owner_id, spec.idempotency_key or "", digest)
@@ -100,6 +104,19 @@ def _replay(owner_id: int, key: str, digest: str) -> Workflow | None:
     if existing is not None and existing.request_hash != digest:
         raise IdempotencyConflict(key, existing.id, kind="workflow")
     return existing
+
+
+def workflow_expire(*, workflow_id: uuid.UUID | str, now: Any) -> bool:
+    """Past its deadline and still RUNNING → its saga runs (waits stopped, waiting jobs
+    cancelled, running ones asked to stop, then compensations), ending FAILED with failed_task
+    DEADLINE_TASK. False: it had moved on meanwhile. Call in a transaction."""
+    workflow = Workflow.objects.select_for_update().filter(id=workflow_id).first()
+    if workflow is None or workflow.status != WorkflowStatus.RUNNING:
+        return False
+    if workflow.deadline_at is None or workflow.deadline_at > now:
+        return False
+    advance.start_saga(workflow, failed_task=DEADLINE_TASK)
+    return True
 
 
 def workflow_cancel(*, workflow_id: uuid.UUID | str) -> Workflow:

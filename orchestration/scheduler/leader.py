@@ -129,6 +129,7 @@ class TickResult:
     archived: int = 0
     batch_callbacks: int = 0
     steps_woken: int = 0
+    deadlines_passed: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def moved_anything(self) -> bool:
@@ -187,6 +188,7 @@ class Scheduler:
              lambda: self.deferred_scan(epoch, clock, batch=self.batch, keys_per_tick=self.pairs_per_tick)),
             ("tallies", None, lambda: tallies.fold(now=clock())),
             ("waits", "steps_woken", lambda: waits.wake_steps(epoch, clock, limit=self.batch)),
+            ("deadlines", "deadlines_passed", lambda: waits.expire_deadlines(epoch, clock, limit=self.batch)),
             ("batches", "batch_callbacks",
              lambda: batch_callbacks.fire_batch_callbacks(epoch, clock, limit=self.pairs_per_tick)),
             ("retention", "archived", lambda: self.retention(epoch, clock)),

@@ -224,3 +224,24 @@ def test_the_dashboard_draws_a_waiting_step(api, user, client):
     page = client.get(f"/workflows/{flow['id']}/panel/").content.decode()
     assert "approval: WAITING" in page
     assert "#e9d5ff" in page
+
+
+def test_a_workflow_past_its_deadline_fails_and_its_saga_runs(api):
+    from orchestration.scheduler.waits import expire_deadlines
+
+    body = {"deadline_seconds": 60, "tasks": [task("charge", compensation=undo("charge")),
+                                              wait_for("approval", "charge", signal="approved")]}  # fmt: skip
+    response = api.post(URL, body, format="json")
+    assert response.status_code == 201, response.content
+    flow = response.json()
+    assert flow["deadline_at"] is not None
+    assert run_all() == ["charge"]
+    epoch = next_epoch(settings.SCHEDULER_LOCK_KEY)
+    assert expire_deadlines(epoch, lambda: timezone.now() + timedelta(seconds=30), limit=10) == 0
+    assert expire_deadlines(epoch, lambda: timezone.now() + timedelta(seconds=61), limit=10) == 1
+    assert step(flow["id"], "approval").state == StepState.CANCELLED
+    assert run_all() == ["undo-charge"]
+    workflow = Workflow.objects.get(id=flow["id"])
+    assert (workflow.status, workflow.failed_task) == ("FAILED", "<deadline>")
+    assert expire_deadlines(epoch, lambda: timezone.now() + timedelta(seconds=61), limit=10) == 0
+    assert api.post(URL, {"deadline_seconds": 0, "tasks": [task("a")]}, format="json").status_code == 400
