@@ -8,6 +8,10 @@ same work in the same run, on the running stack (`make run`).
    without workflows; it learns of each success by polling the database every 2 ms).
 
 Per-task overhead = workflow seconds per task / plain seconds per job (target ≤ 2).
+
+3. Signals (issue 31): `signals` workflows each waiting on a signal before a `demo.noop` task;
+   once all wait, one signal each through the API at `signal_rate` a second; the time from a
+   signal's answer to its next task's start, p50 and p99.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import orjson
 import requests
 
 from devtools.bench.api import bench_token
-from devtools.bench.stats import Out, Progress
+from devtools.bench.stats import Out, Progress, percentile
 from jobs.models import Job, JobStatus
 from workflows.models import WORKFLOW_TERMINAL, Workflow
 
@@ -92,7 +96,35 @@ def workflow_chain(base: str, session: requests.Session, m: int) -> float:
     return time.perf_counter() - started
 
 
-def run(*, base: str, wide: int, chain: int, keep: bool, out: Out) -> dict[str, float]:
+def signal_to_start(base: str, session: requests.Session, n: int, rate: float) -> list[float]:
+    tasks = [{"id": "approval", "wait": {"signal": "go"}}, {"id": "next", **NOOP, "depends_on": ["approval"]}]
+    ids = [_post(session, f"{base}/api/v1/workflows/", {"name": "bench-signal", "tasks": tasks})["id"]
+           for _ in range(n)]  # fmt: skip
+    sent: dict[str, float] = {}
+    progress = Progress("signals", n)
+    for i, workflow_id in enumerate(ids):
+        _post(session, f"{base}/api/v1/workflows/{workflow_id}/signals/go", {"i": i})
+        sent[workflow_id] = time.time()
+        progress.update(i + 1)
+        time.sleep(1.0 / rate)
+    started = dict(
+        Job.objects.filter(workflow_id__in=ids, workflow_task__task_id="next", status=JobStatus.SUCCEEDED).values_list(
+            "workflow_id", "started_at"
+        )
+    )
+    deadline = time.monotonic() + 60
+    while len(started) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        started = dict(
+            Job.objects.filter(
+                workflow_id__in=ids, workflow_task__task_id="next", status=JobStatus.SUCCEEDED
+            ).values_list("workflow_id", "started_at")
+        )
+    return sorted(at.timestamp() - sent[str(w)] for w, at in started.items() if at is not None)
+
+
+def run(*, base: str, wide: int, chain: int, keep: bool, out: Out, signals: int = 0,
+        signal_rate: float = 20.0) -> dict[str, float]:  # fmt: skip
     owner_id, token = bench_token()
     session = _session(token)
     _post(session, f"{base}/api/v1/jobs/", NOOP)  # warm the connection and the workers
@@ -102,6 +134,7 @@ def run(*, base: str, wide: int, chain: int, keep: bool, out: Out) -> dict[str, 
         results["workflow_wide"] = workflow_wide(base, session, wide)
         results["plain_chain"] = plain_chain(base, session, chain)
         results["workflow_chain"] = workflow_chain(base, session, chain)
+        waits = signal_to_start(base, session, signals, signal_rate) if signals else []
     finally:
         if not keep:
             Workflow.objects.filter(owner_id=owner_id).delete()
@@ -116,4 +149,9 @@ def run(*, base: str, wide: int, chain: int, keep: bool, out: Out) -> dict[str, 
         out.write(f"  plain jobs, {label:<21}{results[plain]:>9.2f}{results[plain] / n * 1000:>9.1f} ms\n")
         out.write(f"  workflow, {label:<23}{results[flow]:>9.2f}{results[flow] / n * 1000:>9.1f} ms{ratio:>9.2f}x\n")
     out.write("  (target: per-task overhead ≤ 2x a plain job's)\n")
+    if waits:
+        results["signal_p50"], results["signal_p99"] = percentile(waits, 50), percentile(waits, 99)
+        p50, p99 = results["signal_p50"] * 1000, results["signal_p99"] * 1000
+        out.write(f"\n  a signal to its next task's start, {len(waits)} workflows at {signal_rate:g}/s: "
+                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms\n")  # fmt: skip
     return results

@@ -76,6 +76,8 @@ class Command(BaseCommand):
         flows.add_argument("--wide", type=COUNT, default=1000, help="independent tasks")
         flows.add_argument("--chain", type=COUNT, default=200, help="tasks in the chain")
         flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
+        flows.add_argument("--signals", type=int, default=200, help="workflows waiting on a signal (0: none)")
+        flows.add_argument("--signal-rate", type=AMOUNT, default=20.0, help="signals a second")
         flow = sub.add_parser("flow", help="cost of batches and unused flow control; a rate-limited key held")
         flow.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         flow.add_argument("--jobs", type=COUNT, default=1000, help="jobs of the plain run and of the batch")
@@ -137,7 +139,7 @@ class Command(BaseCommand):
             self.stdout.write(f"bench workflows against {opts['url']} ({os.cpu_count()} CPUs)")
             workflows.run(
                 base=opts["url"].rstrip("/"), wide=opts["wide"], chain=opts["chain"], keep=opts["keep"],
-                out=self.stdout,
+                out=self.stdout, signals=opts["signals"], signal_rate=opts["signal_rate"],
             )  # fmt: skip
         elif opts["which"] == "flow":
             from devtools.bench import flow
