@@ -21,7 +21,7 @@ from jobs.serializers import (
     QueueField,
     validate_idempotency_key,
 )
-from workflows import dag
+from workflows import dag, steps
 from workflows.models import StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
 from workflows.services import TaskSpec, WorkflowSpec
 
@@ -41,14 +41,15 @@ class CompensationSerializer(JobOptionsSerializer):
     payload = PayloadField()
 
 
-SIGNAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 MAX_WAIT_SECONDS = 366 * 86400
 
 
 class WaitSerializer(serializers.Serializer):
     """What a wait step waits for: exactly one of a signal, a sleep, a time."""
 
-    signal = serializers.RegexField(SIGNAL_NAME, required=False, help_text="POST .../signals/<name> completes it.")
+    signal = serializers.RegexField(
+        steps.SIGNAL_NAME, required=False, help_text="POST .../signals/<name> completes it."
+    )
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=MAX_WAIT_SECONDS, required=False)
     on_timeout = serializers.ChoiceField(choices=["fail", "continue"], required=False)
     sleep_seconds = serializers.FloatField(min_value=0, max_value=MAX_WAIT_SECONDS, required=False)

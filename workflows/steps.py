@@ -16,16 +16,19 @@ and the other gets WaitEnded (a 409).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 
 from workflows import advance
 from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished
 from workflows.models import StepState, Workflow, WorkflowSignal, WorkflowStatus, WorkflowTask
 
+SIGNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")  # a wait's signal: the API's rule
 WAKE_BATCH = 1000  # steps the scheduler looks at a tick at most
 
 
@@ -33,7 +36,7 @@ def arm(workflow: Workflow, step: WorkflowTask, now: datetime) -> None:
     """The step is reached: it waits for its signal or its time (the workflow is locked)."""
     wait = step.wait or {}
     if "signal" in wait:
-        kept = WorkflowSignal.objects.filter(workflow=workflow, name=wait["signal"], task__isnull=True).exists()
+        kept = _kept(workflow, wait["signal"]).exists()
         timeout = wait.get("timeout_seconds")
         wake_at = now if kept else (now + timedelta(seconds=timeout) if timeout else None)
     elif "sleep_seconds" in wait:
@@ -49,6 +52,8 @@ def signal(*, workflow_id: uuid.UUID | str, name: str, payload: Any, sent_by: in
     not reached yet gets it when it is (kept). Returns the step it completed, or None when kept.
     NoSuchSignal: no step waits for it; WaitEnded: its step is done already; SignalAlreadyKept:
     one is kept for it already; WorkflowFinished: the workflow is not running."""
+    if SIGNAL_NAME.fullmatch(name) is None:  # no step can wait for it: a NUL, 1 MB of text
+        raise NoSuchSignal(workflow_id, name[:200])
     workflow = Workflow.objects.select_for_update().get(id=workflow_id)
     if workflow.status != WorkflowStatus.RUNNING:
         raise WorkflowFinished(workflow.id, workflow.status, f"take signal {name!r}")
@@ -59,7 +64,7 @@ def signal(*, workflow_id: uuid.UUID | str, name: str, payload: Any, sent_by: in
         raise WaitEnded(workflow.id, step.task_id, name, step.state)
     sent = WorkflowSignal(workflow=workflow, name=name, payload=payload, sent_by_id=sent_by)
     if step.state == StepState.NONE:
-        if WorkflowSignal.objects.filter(workflow=workflow, name=name, task__isnull=True).exists():
+        if _kept(workflow, name).exists():
             raise SignalAlreadyKept(workflow.id, name)
         sent.save()
         return None
@@ -89,8 +94,7 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
     if "signal" not in wait:
         advance.step_succeeded(workflow, step, {"woke_at": now.isoformat()})
         return StepState.SUCCEEDED
-    kept = WorkflowSignal.objects.filter(workflow=workflow, name=wait["signal"], task__isnull=True).order_by("id")
-    sent = kept.first()
+    sent = _kept(workflow, wait["signal"]).order_by("id").first()
     if sent is not None:
         WorkflowSignal.objects.filter(pk=sent.pk).update(task=step)
         advance.step_succeeded(workflow, step, sent.payload)
@@ -101,6 +105,11 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
     _end(step, StepState.FAILED, {"timed_out": True}, now)
     advance.start_saga(workflow, failed_task=step.task_id)
     return StepState.FAILED
+
+
+def _kept(workflow: Workflow, name: str) -> QuerySet[WorkflowSignal]:
+    """Signals of that name sent before their step was reached, not delivered yet."""
+    return WorkflowSignal.objects.filter(workflow=workflow, name=name, task__isnull=True)
 
 
 def _end(step: WorkflowTask, state: str, result: Any, now: datetime) -> None:

@@ -245,3 +245,11 @@ def test_a_workflow_past_its_deadline_fails_and_its_saga_runs(api):
     assert (workflow.status, workflow.failed_task) == ("FAILED", "<deadline>")
     assert expire_deadlines(epoch, lambda: timezone.now() + timedelta(seconds=61), limit=10) == 0
     assert api.post(URL, {"deadline_seconds": 0, "tasks": [task("a")]}, format="json").status_code == 400
+
+
+@pytest.mark.parametrize("name", ["a%00b", "x" * 5000, "%E2%80%AE", "approved%0A"])
+def test_a_signal_name_no_step_can_wait_for_is_a_404_not_a_crash(api, name):
+    flow = submit(api, [wait_for("approval", signal="approved")])
+    response = api.post(f"{URL}{flow['id']}/signals/{name}", {}, format="json")
+    assert response.status_code == 404, response.content[:300]
+    assert step(flow["id"], "approval").state == StepState.WAITING
