@@ -289,7 +289,8 @@ def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpRespons
 @login_required
 def batch_list(request: HttpRequest) -> HttpResponse:
     rows, cursor = queries.keyset_page(selectors.batch_visible_to(request.user), request.GET.get("cursor"), PAGE)
-    listed = [(b, batches.batch_counts(b.id)) for b in rows]
+    counts = batches.batches_counts([b.id for b in rows])
+    listed = [(b, counts[b.id]) for b in rows]
     next_url = f"?cursor={cursor}" if cursor else None
     return render(request, "dashboard/batches.html", {"batches": listed, "next_url": next_url})
 

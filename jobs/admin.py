@@ -302,15 +302,21 @@ class BatchAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and request.user.is_staff  # the list, for the action; the form stays read-only
 
+    @staticmethod
+    def _counts(obj: Batch) -> batches.Counts:
+        """Read once per object: its page shows them twice."""
+        if "_counts" not in obj.__dict__:
+            obj.__dict__["_counts"] = batches.batch_counts(obj.id)
+        return obj.__dict__["_counts"]
+
     @admin.display(description="progress")
     def progress(self, obj: Batch) -> str:
-        counts = batches.batch_counts(obj.id)
+        counts = self._counts(obj)
         return f"{counts.percent:.0f}% of {counts.total}"
 
     @admin.display(description="jobs by state")
     def counts(self, obj: Batch) -> str:
-        by_status = batches.batch_counts(obj.id).by_status
-        return ", ".join(f"{status} {n}" for status, n in by_status.items() if n) or "-"
+        return ", ".join(f"{status} {n}" for status, n in self._counts(obj).by_status.items() if n) or "-"
 
     @admin.display(description="jobs")
     def jobs_link(self, obj: Batch) -> str:

@@ -348,7 +348,7 @@ class BatchListCreateApi(APIView):
             rows, cursor = keyset_page(visible, request.query_params.get("cursor"), limit)
         except ValueError:
             raise serializers.ValidationError({"cursor": ["not a cursor of ours: use the one `next` gives"]}) from None
-        counts = {b.id: batches.batch_counts(b.id) for b in rows}
+        counts = batches.batches_counts([b.id for b in rows])
         following = request.build_absolute_uri(f"?limit={limit}&cursor={cursor}") if cursor else None
         return Response(
             {"results": BatchSerializer(rows, many=True, context={"counts": counts}).data, "next": following}

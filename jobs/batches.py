@@ -87,7 +87,7 @@ def batch_add(*, batch_id: uuid.UUID | str, specs: Sequence[services.JobSpec], c
             raise BatchClosed(batch.id, batch.state)
         jobs = _submit(batch, specs)
         if close:
-            Batch.objects.filter(id=batch.id).update(closed_at=timezone.now(), check_needed=True)
+            batch_close(batch_id=batch.id)
     return jobs
 
 
@@ -135,28 +135,40 @@ def batch_cancel(*, user: Any, batch_id: uuid.UUID | str) -> tuple[Job, int]:
 # One snapshot: the terminal counts (folded, plus deltas not folded yet) and the waiting and
 # running jobs, by the job_batch_status index (never the batch's finished jobs).
 _COUNTS_SQL = """
-SELECT status, sum(n), 0 FROM (
-    SELECT status, n FROM jobs_batchcount WHERE batch_id = %(id)s
+SELECT batch_id, status, sum(n), 0 FROM (
+    SELECT batch_id, status, n FROM jobs_batchcount WHERE batch_id = ANY(%(ids)s)
     UNION ALL
-    SELECT status, n FROM jobs_batchdelta WHERE batch_id = %(id)s
-) d GROUP BY status
+    SELECT batch_id, status, n FROM jobs_batchdelta WHERE batch_id = ANY(%(ids)s)
+) d GROUP BY batch_id, status
 UNION ALL
-SELECT status, count(*), coalesce(sum(progress) FILTER (WHERE status = 'RUNNING'), 0)
-  FROM jobs_job WHERE batch_id = %(id)s AND status = ANY(%(waiting)s) GROUP BY status
+SELECT batch_id, status, count(*), coalesce(sum(progress) FILTER (WHERE status = 'RUNNING'), 0)
+  FROM jobs_job WHERE batch_id = ANY(%(ids)s) AND status = ANY(%(waiting)s) GROUP BY batch_id, status
 """
 
 
 def batch_counts(batch_id: uuid.UUID | str) -> Counts:
-    by_status = dict.fromkeys(JobStatus.values, 0)
-    total, running_progress = 0, 0.0
-    with connection.cursor() as cur:
-        cur.execute(_COUNTS_SQL, {"id": str(batch_id), "waiting": _WAITING})
-        for status, n, progress in cur.fetchall():
-            if status == "TOTAL":
-                total = int(n)
-            else:
-                by_status[status] = int(n)
-                running_progress += float(progress or 0)
+    return batches_counts([uuid.UUID(str(batch_id))])[uuid.UUID(str(batch_id))]
+
+
+def batches_counts(batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Counts]:
+    """Each batch's counts, in one statement (a page of batches is one query, not one each)."""
+    by_status = {i: dict.fromkeys(JobStatus.values, 0) for i in batch_ids}
+    total = dict.fromkeys(batch_ids, 0)
+    running_progress = dict.fromkeys(batch_ids, 0.0)
+    if batch_ids:
+        with connection.cursor() as cur:
+            cur.execute(_COUNTS_SQL, {"ids": list(batch_ids), "waiting": _WAITING})
+            for batch_id, status, n, progress in cur.fetchall():
+                batch_id = uuid.UUID(str(batch_id))
+                if status == "TOTAL":
+                    total[batch_id] = int(n)
+                else:
+                    by_status[batch_id][status] = int(n)
+                    running_progress[batch_id] += float(progress or 0)
+    return {i: _counts(total[i], by_status[i], running_progress[i]) for i in batch_ids}
+
+
+def _counts(total: int, by_status: dict[str, int], running_progress: float) -> Counts:
     done = sum(by_status[s] for s in TERMINAL_STATUSES)
     percent = 100.0 * (done + min(running_progress, by_status["RUNNING"])) / total if total else 100.0
     return Counts(total=total, by_status=by_status, percent=round(min(percent, 100.0), 2))

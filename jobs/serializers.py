@@ -438,6 +438,7 @@ class CallbackSerializer(JobInputSerializer):
 
 
 _BATCH_JOB_FIELDS = ("idempotency_key", "unique_key")
+_BATCH_JOB_KEY = "a batch's job cannot have one: it could answer with a job outside the batch"
 
 
 class BatchJobsField(JobInputSerializer):
@@ -448,15 +449,14 @@ class BatchJobsField(JobInputSerializer):
         data = super().validate(data)
         for name in _BATCH_JOB_FIELDS:
             if data.get(name) is not None:
-                raise serializers.ValidationError({name: ["a batch's job cannot have one: it could answer with a job "
-                                                          "outside the batch"]})  # fmt: skip
+                raise serializers.ValidationError({name: [_BATCH_JOB_KEY]})
         return data
 
 
 def batch_jobs_problem(specs: list[JobSpec]) -> dict[int, dict[str, list[str]]]:
     """The same rule for specs the fast path made."""
     return {
-        i: {name: ["a batch's job cannot have one: it could answer with a job outside the batch"]}
+        i: {name: [_BATCH_JOB_KEY]}
         for i, spec in enumerate(specs)
         for name in _BATCH_JOB_FIELDS
         if getattr(spec, name) is not None

@@ -105,21 +105,30 @@ def _task_succeeded(job_id: uuid.UUID, workflow_id: uuid.UUID) -> bool:
             # It succeeded while the saga waited for it: it joins the compensations.
             advance_saga(Workflow.objects.select_for_update().get(id=workflow_id))
             return True
-        if dependents:
-            # One fewer pending parent for each dependent; the transaction that brings one to
-            # zero releases it. Two parents finishing at once are serialized on the workflow
-            # row (locked by the counters UPDATE above), so exactly one of them sees zero.
-            cur.execute(_RELEASE_CHILDREN_SQL, {"workflow": workflow_id, "children": dependents})
-            ready = [task_pk for task_pk, pending in cur.fetchall() if pending == 0]
-            if ready:
-                workflow = Workflow.objects.get(id=workflow_id)
-                release(workflow, list(WorkflowTask.objects.filter(id__in=ready)))
+    _release_dependents(workflow_id, dependents)
     if succeeded == total:
-        Workflow.objects.filter(id=workflow_id).update(
-            status=WorkflowStatus.SUCCEEDED, finished_at=timezone.now(), updated_at=timezone.now()
-        )
-        prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
+        _succeed(workflow_id)
     return True
+
+
+def _release_dependents(workflow_id: uuid.UUID, dependents: list[str], workflow: Workflow | None = None) -> None:
+    """One fewer pending parent for each dependent; the transaction that brings one to zero
+    releases it. Two parents finishing at once are serialized on the workflow row (locked by
+    the caller), so exactly one of them sees zero."""
+    if not dependents:
+        return
+    with connection.cursor() as cur:
+        cur.execute(_RELEASE_CHILDREN_SQL, {"workflow": workflow_id, "children": dependents})
+        ready = [task_pk for task_pk, pending in cur.fetchall() if pending == 0]
+    if ready:
+        release(workflow or Workflow.objects.get(id=workflow_id), list(WorkflowTask.objects.filter(id__in=ready)))
+
+
+def _succeed(workflow_id: uuid.UUID) -> None:
+    """Every task succeeded: the workflow is SUCCEEDED."""
+    now = timezone.now()
+    Workflow.objects.filter(id=workflow_id).update(status=WorkflowStatus.SUCCEEDED, finished_at=now, updated_at=now)
+    prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
 
 
 def _task_ended(workflow: Workflow, task: WorkflowTask, status: str) -> None:
@@ -243,17 +252,11 @@ def step_succeeded(workflow: Workflow, step: WorkflowTask, result: Any) -> None:
     )
     if workflow.status != WorkflowStatus.RUNNING:
         return
-    if step.dependents:
-        with connection.cursor() as cur:
-            cur.execute(_RELEASE_CHILDREN_SQL, {"workflow": workflow.id, "children": step.dependents})
-            ready = [task_pk for task_pk, pending in cur.fetchall() if pending == 0]
-        if ready:
-            release(workflow, list(WorkflowTask.objects.filter(id__in=ready)))
-    workflow.refresh_from_db(fields=["tasks_succeeded", "tasks_total", "status"])
+    _release_dependents(workflow.id, step.dependents, workflow)
+    workflow.refresh_from_db(fields=["status"])  # a released task too large for its payload starts the saga
     if workflow.status == WorkflowStatus.RUNNING and workflow.tasks_succeeded == workflow.tasks_total:
-        Workflow.objects.filter(id=workflow.id).update(status=WorkflowStatus.SUCCEEDED, finished_at=now, updated_at=now)
+        _succeed(workflow.id)
         workflow.status = WorkflowStatus.SUCCEEDED
-        prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
 
 
 def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
