@@ -26,6 +26,7 @@ urlpatterns = [
     path("workflows/<uuid:workflow_id>/", views.workflow_detail, name="workflow"),
     path("workflows/<uuid:workflow_id>/panel/", views.workflow_panel, name="workflow-panel"),
     path("workflows/<uuid:workflow_id>/cancel/", views.workflow_cancel, name="workflow-cancel"),
+    path("workflows/<uuid:workflow_id>/approvals/<str:task_id>/", views.workflow_decide, name="workflow-decide"),
     path("logs/", views.log_search, name="logs"),
     path("schedules/", views.schedule_list, name="schedules"),
     path("schedules/<uuid:schedule_id>/toggle/", views.schedule_toggle, name="schedule-toggle"),

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
@@ -23,6 +24,7 @@ from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_POST, require_safe
 from rest_framework.exceptions import ValidationError
 
+from config.errors import StateConflict
 from config.text import is_uuid
 from dashboard import charts, queries
 from jobs import batches, bulk_actions, schedules, selectors, services
@@ -34,9 +36,10 @@ from logs.records import LEVELS
 from logs.services import log_scope
 from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
-from workflows.errors import WorkflowFinished, WorkflowNotFound
+from workflows import steps
+from workflows.errors import NoSuchApproval, NotAnApprover, WorkflowFinished, WorkflowNotFound
 from workflows.graph import GraphTask, render_svg
-from workflows.models import WORKFLOW_TERMINAL, WorkflowStatus
+from workflows.models import WORKFLOW_TERMINAL, Decision, StepKind, WorkflowStatus
 from workflows.serializers import task_rows
 
 PAGE = 50
@@ -255,13 +258,20 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
 
 
 def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str, Any]:
-    try:
-        workflow = workflow_selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+    try:  # an approver of one of its steps sees it too (and may decide there, nothing else)
+        workflow = workflow_selectors.workflow_for_decision(user=request.user, workflow_id=workflow_id)
     except WorkflowNotFound:
         raise Http404("no such workflow") from None
     tasks = task_rows(workflow)
     graph = render_svg([GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in tasks])
-    return {"workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL}
+    rules = {s.task_id: s for s in workflow.tasks.filter(kind=StepKind.APPROVAL)}
+    approvals = [
+        {**t, "why_not": steps.may_decide(workflow, rules[t["id"]], request.user)} for t in tasks if t["id"] in rules
+    ]
+    return {
+        "workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL,
+        "approvals": approvals, "can_cancel": request.user.is_staff or workflow.owner_id == request.user.pk,
+    }  # fmt: skip
 
 
 workflow_detail, workflow_panel = _page_and_panel(
@@ -279,6 +289,26 @@ def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpRespons
     except WorkflowNotFound:
         raise Http404("no such workflow") from None
     except WorkflowFinished as exc:
+        messages.warning(request, str(exc))
+    return redirect("dashboard:workflow", workflow_id=workflow_id)
+
+
+@login_required
+@require_POST
+def workflow_decide(request: HttpRequest, workflow_id: uuid.UUID, task_id: str) -> HttpResponse:
+    decision = request.POST.get("decision", "")
+    if decision not in Decision.values:
+        raise Http404("no such decision")  # never a default: a typo must not approve
+    comment = request.POST.get("comment", "")[:2000].replace("\x00", "")
+    try:
+        workflow = workflow_selectors.workflow_for_decision(user=request.user, workflow_id=workflow_id)
+        with transaction.atomic():
+            steps.decide(workflow_id=workflow.id, task_id=task_id, user=request.user, decision=decision,
+                         comment=comment)  # fmt: skip
+        messages.success(request, f"Step {task_id}: {decision}d.")
+    except (WorkflowNotFound, NoSuchApproval):
+        raise Http404("no such approval") from None
+    except (NotAnApprover, StateConflict) as exc:
         messages.warning(request, str(exc))
     return redirect("dashboard:workflow", workflow_id=workflow_id)
 

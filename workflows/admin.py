@@ -16,7 +16,7 @@ from jobs.admin import ReadOnlyAdmin
 from workflows import services
 from workflows.errors import WorkflowFinished
 from workflows.graph import GraphTask, render_svg
-from workflows.models import Workflow, WorkflowTask
+from workflows.models import Workflow, WorkflowDecision, WorkflowTask
 from workflows.serializers import task_rows, task_status
 
 
@@ -29,7 +29,8 @@ class TaskInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = readonly_fields = (
-        "task_id", "type", "depends_on", "status", "job_link", "compensation_link", "wait", "wake_at", "result",
+        "task_id", "kind", "type", "depends_on", "status", "job_link", "compensation_link", "wait", "wake_at",
+        "result",
     )  # fmt: skip
     ordering = ["position"]
 
@@ -50,6 +51,26 @@ class TaskInline(admin.TabularInline):
             status = obj.compensation_job.status if obj.compensation_job else ""
             return format_html("{} ({})", _job_link(obj.compensation_job_id), status)
         return obj.compensation_state if obj.compensation else "-"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DecisionInline(admin.TabularInline):
+    """Who decided on its approval steps, when, and why."""
+
+    model = WorkflowDecision
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("task_name", "username", "decision", "comment", "created_at")
+    ordering = ["id"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowDecision]:
+        return super().get_queryset(request).select_related("task")
+
+    @admin.display(description="step")
+    def task_name(self, obj: WorkflowDecision) -> str:
+        return obj.task.task_id
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -82,7 +103,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
     search_fields = ["name", "idempotency_key"]
     show_full_result_count = False
     actions = [cancel_workflows]
-    inlines = [TaskInline]
+    inlines = [TaskInline, DecisionInline]
     fields = readonly_fields = (
         "id", "owner", "name", "status", "graph", "tasks_total", "tasks_succeeded", "failed_task",
         "failed_compensations", "cancel_requested_at", "idempotency_key", "created_at", "finished_at",

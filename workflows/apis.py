@@ -1,4 +1,4 @@
-"""The workflows API: submit, list, show, cancel, signal."""
+"""The workflows API: submit, list, show, cancel, signal, decide on an approval."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,7 +14,14 @@ from rest_framework.views import APIView
 from config.rest import check_json, filtered_page, request_owner_id, with_idempotency_header
 from jobs.apis import IDEMPOTENCY_HEADER
 from workflows import selectors, services, steps
-from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer, WorkflowSerializer
+from workflows.errors import NotAnApprover
+from workflows.serializers import (
+    DecisionInputSerializer,
+    DecisionSerializer,
+    WorkflowDetailSerializer,
+    WorkflowInputSerializer,
+    WorkflowSerializer,
+)
 
 SUBMIT_DOC = (
     "Tasks run as jobs once all their dependencies succeeded; a task's payload gets its parents' results "
@@ -105,3 +112,43 @@ class WorkflowSignalApi(APIView):
         with transaction.atomic():
             step = steps.signal(workflow_id=workflow.id, name=name, payload=dict(payload), sent_by=request.user.pk)
         return Response({"signal": name, "delivered_to": step.task_id if step else None, "kept": step is None})
+
+
+class WorkflowApprovalApi(APIView):
+    @extend_schema(
+        operation_id="workflows_decide",
+        request=DecisionInputSerializer,
+        responses={
+            200: inline_serializer(
+                "ApprovalState",
+                {
+                    "task": serializers.CharField(),
+                    "state": serializers.CharField(help_text="WAITING, SUCCEEDED (approved) or FAILED (rejected)."),
+                    "approvals": serializers.IntegerField(),
+                    "approvers": serializers.IntegerField(help_text="Approvals it needs."),
+                    "decisions": DecisionSerializer(many=True),
+                },
+            )
+        },
+        description="Approve or reject an approval step. It succeeds once `approvers` distinct users approve "
+        "(its result, seen by its dependents under `parents`, names them); one rejection fails it and the saga "
+        "compensates. Every decision is recorded with its comment. 403 for a user outside the step's group, or "
+        "for the workflow's owner unless `allow_self`; 409 when the step is not reached yet or has ended, or the "
+        "user decided already.",
+    )
+    def post(self, request: Request, workflow_id: str, task_id: str) -> Response:
+        workflow = selectors.workflow_for_decision(user=request.user, workflow_id=workflow_id)
+        serializer = DecisionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            with transaction.atomic():
+                step = steps.decide(workflow_id=workflow.id, task_id=task_id, user=request.user,
+                                    **serializer.validated_data)  # fmt: skip
+        except NotAnApprover as exc:
+            raise exceptions.PermissionDenied(str(exc)) from None
+        decisions = steps.decisions_of([step.pk])[step.pk]
+        return Response({
+            "task": step.task_id, "state": step.state, "decisions": decisions,
+            "approvals": sum(d["decision"] == "approve" for d in decisions),
+            "approvers": int((step.wait or {}).get("approvers", 1)),
+        })  # fmt: skip

@@ -89,15 +89,16 @@ class CompensationState(models.TextChoices):
 class StepKind(models.TextChoices):
     JOB = "job"  # a job of its type runs it
     WAIT = "wait"  # a signal, a sleep or a time: a row the scheduler wakes, no worker, no message
+    APPROVAL = "approval"  # N distinct users of a group approve (one rejection fails it): no worker either
 
 
 class StepState(models.TextChoices):
     """Where a step that is not a job is (a job step's state is its job's)."""
 
     NONE = "NONE"  # not reached yet
-    WAITING = "WAITING"  # reached: waits for its signal or its time
-    SUCCEEDED = "SUCCEEDED"  # done: its result is its signal's payload (or when it woke)
-    FAILED = "FAILED"  # its wait timed out with on_timeout fail: the saga runs
+    WAITING = "WAITING"  # reached: waits for its signal, its time or its approvals
+    SUCCEEDED = "SUCCEEDED"  # done: its result is its signal's payload (or when it woke, or who approved)
+    FAILED = "FAILED"  # its wait timed out with on_timeout fail, or it was rejected: the saga runs
     CANCELLED = "CANCELLED"  # the saga stopped it, or it was never reached
 
 
@@ -125,8 +126,9 @@ class WorkflowTask(models.Model):
     compensation_job = models.OneToOneField(
         "orchestration_jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="compensated_task"
     )
-    # A step that is not a job (kind `wait`): what it waits for ({"signal", "timeout_seconds",
-    # "on_timeout"}, {"sleep_seconds"} or {"until"}), where it is, when the scheduler looks at it
+    # A step that is not a job: what it waits for (kind `wait`: {"signal", "timeout_seconds",
+    # "on_timeout"}, {"sleep_seconds"} or {"until"}; kind `approval`: {"approvers", "group",
+    # "allow_self", "timeout_seconds"}), where it is, when the scheduler looks at it
     # (its time, or its signal's timeout), its result and when it ended.
     kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.JOB, db_default=StepKind.JOB)
     wait = models.JSONField(null=True, blank=True)
@@ -176,3 +178,33 @@ class WorkflowSignal(models.Model):
 
     def __str__(self) -> str:
         return f"signal {self.name} to {self.workflow_id}"
+
+
+class Decision(models.TextChoices):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class WorkflowDecision(models.Model):
+    """One user's decision on an approval step: who, when, what, why. One per user and step (the
+    unique constraint decides between a user's racing clicks); kept with the workflow."""
+
+    id = models.BigAutoField(primary_key=True)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="decisions")
+    task = models.ForeignKey(WorkflowTask, on_delete=models.CASCADE, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)  # as it was then: the record outlives a renamed or deleted user
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "workflows_workflowdecision"
+        ordering = ["task", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "user"], name="workflowdecision_one_per_user"),
+            models.CheckConstraint(condition=Q(decision__in=Decision.values), name="workflowdecision_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} {self.decision}d {self.task_id}"

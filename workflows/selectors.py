@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 
 from jobs.selectors import CSVChoiceFilter, UTCDateTimeFilter, visible_to
 from workflows.errors import WorkflowNotFound
-from workflows.models import Workflow, WorkflowStatus
+from workflows.models import StepKind, Workflow, WorkflowStatus, WorkflowTask
 
 
 def workflow_visible_to(user: Any) -> QuerySet[Workflow]:
@@ -22,6 +22,19 @@ def workflow_get(*, user: Any, workflow_id: uuid.UUID | str) -> Workflow:
         return workflow_visible_to(user).get(id=workflow_id)
     except (Workflow.DoesNotExist, ValueError):
         raise WorkflowNotFound(workflow_id) from None
+
+
+def workflow_for_decision(*, user: Any, workflow_id: uuid.UUID | str) -> Workflow:
+    """A workflow the user may see, or one with an approval step for a group they are in
+    (an approver need not own it), or WorkflowNotFound."""
+    try:
+        return workflow_get(user=user, workflow_id=workflow_id)
+    except WorkflowNotFound:
+        groups = list(user.groups.values_list("name", flat=True)) if user.is_authenticated else []
+        steps = WorkflowTask.objects.filter(workflow_id=workflow_id, kind=StepKind.APPROVAL, wait__group__in=groups)
+        if not groups or not steps.exists():
+            raise
+        return Workflow.objects.get(id=workflow_id)
 
 
 class WorkflowFilter(django_filters.FilterSet):

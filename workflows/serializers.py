@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from jobs.handlers import is_registered, submit_problem
@@ -22,7 +23,7 @@ from jobs.serializers import (
     validate_idempotency_key,
 )
 from workflows import dag, steps
-from workflows.models import StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
+from workflows.models import Decision, StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
 from workflows.services import TaskSpec, WorkflowSpec
 
 JOB_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds")
@@ -72,19 +73,39 @@ class WaitSerializer(serializers.Serializer):
         return data
 
 
+class ApprovalSerializer(serializers.Serializer):
+    """Who must approve an approval step: `approvers` distinct users (of `group` when given,
+    else the workflow's owner or staff); one rejection fails it, and so does its timeout."""
+
+    approvers = serializers.IntegerField(min_value=1, max_value=100, default=1)
+    group = serializers.CharField(max_length=150, required=False, help_text="A Django group's name.")
+    allow_self = serializers.BooleanField(default=False, help_text="May the workflow's owner decide?")
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=MAX_WAIT_SECONDS, required=False)
+
+    def validate_group(self, name: str) -> str:
+        if not Group.objects.filter(name=name).exists():
+            raise serializers.ValidationError(f"no group named {name!r}")
+        return name
+
+
+STEP_KINDS = ("type", "wait", "approval")
+
+
 class TaskInputSerializer(JobOptionsSerializer):
     id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", help_text="Unique within the workflow.")
     type = serializers.CharField(max_length=200, required=False, help_text="The job type (not with `wait`).")
     wait = WaitSerializer(required=False, help_text="A step that waits, holding no worker (not with `type`).")
+    approval = ApprovalSerializer(required=False, help_text="A step that waits for people's decisions.")
     payload = PayloadField()
     depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
     compensation = CompensationSerializer(required=False, allow_null=True, default=None)
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if ("type" in data) == ("wait" in data):
-            raise serializers.ValidationError("a task has either a job `type` or a `wait`")
-        if "wait" in data and data.get("compensation"):
-            raise serializers.ValidationError({"compensation": ["a wait step has nothing to compensate"]})
+        given = [k for k in STEP_KINDS if k in data]
+        if len(given) != 1:
+            raise serializers.ValidationError("a task has exactly one of a job `type`, a `wait` or an `approval`")
+        if "type" not in data and data.get("compensation"):
+            raise serializers.ValidationError({"compensation": [f"a `{given[0]}` step has nothing to compensate"]})
         return data
 
 
@@ -118,6 +139,8 @@ class WorkflowInputSerializer(serializers.Serializer):
         problems += dag.find_problems(nodes, max_tasks=max(limit, len(nodes)))
         signals: dict[str, str] = {}
         for t in tasks:
+            if "approval" in t:
+                continue
             if "wait" in t:
                 name = t["wait"].get("signal")
                 if name in signals:
@@ -145,8 +168,9 @@ class WorkflowInputSerializer(serializers.Serializer):
             deadline_seconds=data.get("deadline_seconds"),
             tasks=tuple(
                 TaskSpec(
-                    id=t["id"], type=t.get("type", "wait"), payload=t["payload"], depends_on=tuple(t["depends_on"]),
-                    options=_options(t), compensation=_compensation(t.get("compensation")), wait=t.get("wait"),
+                    id=t["id"], type=t.get("type") or next(k for k in STEP_KINDS if k in t), payload=t["payload"],
+                    depends_on=tuple(t["depends_on"]), options=_options(t),
+                    compensation=_compensation(t.get("compensation")), wait=t.get("wait"), approval=t.get("approval"),
                 )
                 for t in data["tasks"]
             ),
@@ -164,6 +188,23 @@ def _compensation(data: dict[str, Any] | None) -> dict[str, Any] | None:
     if not data:
         return None
     return {"type": data["type"], "payload": data["payload"], **_options(data)}
+
+
+class DecisionInputSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=Decision.choices)
+    comment = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True)
+
+    def validate_comment(self, value: str) -> str:
+        if "\x00" in value:
+            raise serializers.ValidationError("a comment may not contain NUL characters")
+        return value
+
+
+class DecisionSerializer(serializers.Serializer):
+    user = serializers.CharField()
+    decision = serializers.ChoiceField(choices=Decision.choices)
+    comment = serializers.CharField()
+    at = serializers.DateTimeField()
 
 
 class TaskSerializer(serializers.Serializer):
@@ -185,7 +226,11 @@ class TaskSerializer(serializers.Serializer):
     wake_at = serializers.DateTimeField(
         allow_null=True, help_text="A waiting step's next look: its time, or its signal's timeout."
     )
-    result = serializers.JSONField(allow_null=True, help_text="A wait step's result: its signal's payload.")
+    result = serializers.JSONField(
+        allow_null=True, help_text="A wait step's result (its signal's payload), an approval's (who approved)."
+    )
+    approval = serializers.JSONField(allow_null=True, help_text="An approval step's approvers, group, allow_self.")
+    decisions = DecisionSerializer(many=True, allow_null=True, help_text="An approval step's decisions, oldest first.")
 
 
 _TASK_COLUMNS = (
@@ -203,14 +248,18 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     plain values (model instances would cost most of a 1,000-task workflow's response). A
     task whose job went to the archive shows what retention kept of it."""
     out = []
-    rows = workflow.tasks.order_by("position").values_list(*_TASK_COLUMNS)
-    for (task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
+    rows = list(workflow.tasks.order_by("position").values_list("pk", *_TASK_COLUMNS))
+    kind_at = 1 + _TASK_COLUMNS.index("kind")
+    decisions = steps.decisions_of([r[0] for r in rows if r[kind_at] == StepKind.APPROVAL])
+    for (pk, task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
          finished, comp_status, archived, kind, wait, state, wake_at, result, ended) in rows:  # fmt: skip
         if kind != StepKind.JOB:
+            approval = kind == StepKind.APPROVAL
             out.append({
                 "id": task_id, "type": type_, "depends_on": depends_on, "status": _STEP_STATUS[state], "job": None,
                 "compensation_job": None, "compensation_status": None, "started_at": None, "finished_at": ended,
-                "kind": kind, "wait": wait, "wake_at": wake_at, "result": result,
+                "kind": kind, "wait": None if approval else wait, "wake_at": wake_at, "result": result,
+                "approval": wait if approval else None, "decisions": decisions[pk] if approval else None,
             })  # fmt: skip
             continue
         if archived:
@@ -233,6 +282,8 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
             "wait": None,
             "wake_at": None,
             "result": None,
+            "approval": None,
+            "decisions": None,
         })  # fmt: skip
     return out
 

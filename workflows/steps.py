@@ -1,13 +1,15 @@
-"""Steps that are not jobs: waits for a signal, a sleep or a time. They hold no worker and no
-Celery message: a waiting step is a row (`state` WAITING, `wake_at` when to look), the
-scheduler's wake scan looks at those due (a range of one partial index, bounded per tick),
-and a signal completes its step in the request that sends it.
+"""Steps that are not jobs: waits for a signal, a sleep or a time, and approvals. They hold no
+worker and no Celery message: a waiting step is a row (`state` WAITING, `wake_at` when to
+look), the scheduler's wake scan looks at those due (a range of one partial index, bounded per
+tick), and a signal or a decision completes its step in the request that sends it.
 
     reached (its parents succeeded) → WAITING: wake_at = its time, or its signal's timeout
       (now, when its signal was sent before it was reached: kept, delivered at the next look)
     signal arrives while WAITING → SUCCEEDED, the signal's payload its result
     its time comes → SUCCEEDED ({"woke_at": ...}); a signal's timeout → on_timeout:
       "continue" → SUCCEEDED ({"timed_out": true}), "fail" → FAILED, and the saga runs
+    approval WAITING: the N-th distinct approval → SUCCEEDED ({"approved_by", "decisions"});
+      one rejection, or its timeout → FAILED, and the saga runs
 
 Every move happens with the workflow's row locked (as every move of `workflows.advance`), so
 a signal racing its timeout, or two signals, are decided one after the other: exactly one wins,
@@ -21,12 +23,32 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from workflows import advance
-from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished
-from workflows.models import StepState, Workflow, WorkflowSignal, WorkflowStatus, WorkflowTask
+from workflows.errors import (
+    AlreadyDecided,
+    ApprovalNotOpen,
+    NoSuchApproval,
+    NoSuchSignal,
+    NotAnApprover,
+    SignalAlreadyKept,
+    WaitEnded,
+    WorkflowFinished,
+)
+from workflows.models import (
+    Decision,
+    StepKind,
+    StepState,
+    Workflow,
+    WorkflowDecision,
+    WorkflowSignal,
+    WorkflowStatus,
+    WorkflowTask,
+)
 
 SIGNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")  # a wait's signal: the API's rule
 WAKE_BATCH = 1000  # steps the scheduler looks at a tick at most
@@ -35,7 +57,10 @@ WAKE_BATCH = 1000  # steps the scheduler looks at a tick at most
 def arm(workflow: Workflow, step: WorkflowTask, now: datetime) -> None:
     """The step is reached: it waits for its signal or its time (the workflow is locked)."""
     wait = step.wait or {}
-    if "signal" in wait:
+    if step.kind == StepKind.APPROVAL:
+        timeout = wait.get("timeout_seconds")
+        wake_at = now + timedelta(seconds=timeout) if timeout else None
+    elif "signal" in wait:
         kept = _kept(workflow, wait["signal"]).exists()
         timeout = wait.get("timeout_seconds")
         wake_at = now if kept else (now + timedelta(seconds=timeout) if timeout else None)
@@ -91,6 +116,9 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
         _end(step, StepState.CANCELLED, None, now)
         return StepState.CANCELLED
     wait = step.wait or {}
+    if step.kind == StepKind.APPROVAL:  # nobody decided in time: not approved
+        _fail(workflow, step, {"timed_out": True, "decisions": _decisions(step)}, now)
+        return StepState.FAILED
     if "signal" not in wait:
         advance.step_succeeded(workflow, step, {"woke_at": now.isoformat()})
         return StepState.SUCCEEDED
@@ -102,9 +130,78 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
     if wait.get("on_timeout") == "continue":
         advance.step_succeeded(workflow, step, {"timed_out": True})
         return StepState.SUCCEEDED
-    _end(step, StepState.FAILED, {"timed_out": True}, now)
-    advance.start_saga(workflow, failed_task=step.task_id)
+    _fail(workflow, step, {"timed_out": True}, now)
     return StepState.FAILED
+
+
+def may_decide(workflow: Workflow, step: WorkflowTask, user: Any) -> str:
+    """Why `user` may not decide on the approval step ("" when they may): a group the step
+    names that they are not in, or their own workflow when the step does not allow it."""
+    rule = step.wait or {}
+    if not rule.get("allow_self") and workflow.owner_id == user.pk:
+        return f"step {step.task_id!r} does not allow its workflow's owner to decide (allow_self is false)"
+    group = rule.get("group")
+    if group and not user.groups.filter(name=group).exists():
+        return f"step {step.task_id!r} takes decisions from the group {group!r} only"
+    if not group and not user.is_staff and workflow.owner_id != user.pk:
+        return f"step {step.task_id!r} names no group: only its workflow's owner or staff may decide"
+    return ""
+
+
+def decide(*, workflow_id: uuid.UUID | str, task_id: str, user: Any, decision: str, comment: str = "") -> WorkflowTask:
+    """Record `user`'s decision on an approval step (in the caller's transaction, with the
+    workflow locked, so decisions and the step's timeout are decided one after the other).
+    The N-th distinct approval succeeds the step; a rejection fails it and the saga runs.
+    NoSuchApproval, NotAnApprover, ApprovalNotOpen (not reached, or ended), AlreadyDecided,
+    WorkflowFinished."""
+    workflow = Workflow.objects.select_for_update().get(id=workflow_id)
+    step = WorkflowTask.objects.filter(workflow=workflow, task_id=task_id, kind=StepKind.APPROVAL).first()
+    if step is None:
+        raise NoSuchApproval(workflow.id, task_id[:200])
+    if why := may_decide(workflow, step, user):
+        raise NotAnApprover(why)
+    if workflow.status != WorkflowStatus.RUNNING:
+        raise WorkflowFinished(workflow.id, workflow.status, f"take a decision on {task_id!r}")
+    if step.state != StepState.WAITING:
+        raise ApprovalNotOpen(workflow.id, step.task_id, step.state)
+    try:
+        with transaction.atomic():  # a savepoint: the unique constraint decides a user's racing clicks
+            WorkflowDecision.objects.create(
+                workflow=workflow, task=step, user=user, username=user.get_username(), decision=decision,
+                comment=comment,
+            )  # fmt: skip
+    except IntegrityError:
+        earlier = WorkflowDecision.objects.get(task=step, user=user)
+        raise AlreadyDecided(step.task_id, user.get_username(), earlier.decision) from None
+    decisions = _decisions(step)
+    now = timezone.now()
+    if decision == Decision.REJECT:
+        _fail(workflow, step, {"rejected_by": user.get_username(), "decisions": decisions}, now)
+        return step
+    approved_by = [d["user"] for d in decisions if d["decision"] == Decision.APPROVE]
+    if len(approved_by) >= int((step.wait or {}).get("approvers", 1)):
+        advance.step_succeeded(workflow, step, {"approved_by": approved_by, "decisions": decisions})
+    return step
+
+
+def decisions_of(step_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The decisions on each of these approval steps, oldest first, in one query."""
+    out: dict[int, list[dict[str, Any]]] = {pk: [] for pk in step_pks}
+    rows = WorkflowDecision.objects.filter(task_id__in=step_pks).order_by("id")
+    for task_pk, user, decision, comment, at in rows.values_list("task_id", "username", "decision", "comment",
+                                                                 "created_at"):  # fmt: skip
+        out[task_pk].append({"user": user, "decision": decision, "comment": comment, "at": at.isoformat()})
+    return out
+
+
+def _decisions(step: WorkflowTask) -> list[dict[str, Any]]:
+    return decisions_of([step.pk])[step.pk]
+
+
+def _fail(workflow: Workflow, step: WorkflowTask, result: Any, now: datetime) -> None:
+    """The step failed (timed out, rejected): the saga runs."""
+    _end(step, StepState.FAILED, result, now)
+    advance.start_saga(workflow, failed_task=step.task_id)
 
 
 def _kept(workflow: Workflow, name: str) -> QuerySet[WorkflowSignal]:

@@ -8,4 +8,9 @@ urlpatterns = [
     path("workflows/<uuid:workflow_id>/cancel/", apis.WorkflowCancelApi.as_view(), name="workflow-cancel"),
     # As the contract names it: POST /api/v1/workflows/{id}/signals/{name}, no final slash.
     path("workflows/<uuid:workflow_id>/signals/<str:name>", apis.WorkflowSignalApi.as_view(), name="workflow-signal"),
+    path(
+        "workflows/<uuid:workflow_id>/approvals/<str:task_id>",
+        apis.WorkflowApprovalApi.as_view(),
+        name="workflow-approve",
+    ),
 ]

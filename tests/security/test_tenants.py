@@ -97,6 +97,9 @@ WALK: dict[str, Check] = {
     "workflow-signal": lambda api, web, o: _404(
         api.post(f"/api/v1/workflows/{o.workflow.id}/signals/approved", {"ok": True}, format="json")
     ),
+    "workflow-approve": lambda api, web, o: _404(  # no approval of theirs names a group the caller is in
+        api.post(f"/api/v1/workflows/{o.workflow.id}/approvals/a", {"decision": "approve"}, format="json")
+    ),
     "queue-list": lambda api, web, o: _equal(
         {q["name"]: q["depth"] for q in api.get("/api/v1/queues/").json()["results"]}["default"], 0
     ),

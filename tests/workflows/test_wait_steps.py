@@ -144,8 +144,11 @@ def test_only_the_owner_or_staff_may_signal(api, other_api, staff_api):
 @pytest.mark.parametrize(
     ("tasks", "message"),
     [
-        ([{"id": "w", "type": "demo.echo", "wait": {"sleep_seconds": 1}}], "either a job `type` or a `wait`"),
-        ([{"id": "w"}], "either a job `type` or a `wait`"),
+        (
+            [{"id": "w", "type": "demo.echo", "wait": {"sleep_seconds": 1}}],
+            "exactly one of a job `type`",
+        ),
+        ([{"id": "w"}], "exactly one of a job `type`"),
         ([{"id": "w", "wait": {"sleep_seconds": 1, "signal": "s"}}], "exactly one of"),
         ([{"id": "w", "wait": {"sleep_seconds": 1, "timeout_seconds": 5}}], "only a signal's wait"),
         ([{"id": "w", "wait": {"signal": "s", "on_timeout": "continue"}}], "needs timeout_seconds"),

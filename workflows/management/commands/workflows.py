@@ -4,6 +4,7 @@ workflows submit FILE.json [--owner USER] [--wait [--timeout S]]   (FILE "-" rea
 workflows show ID
 workflows cancel ID
 workflows signal ID NAME [--payload JSON] [--owner USER]   (completes the step waiting for NAME)
+workflows approve ID TASK --as USER [--reject] [--comment TEXT]   (a decision on an approval step)
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from config.errors import StateConflict
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
 from workflows import selectors, services, steps
-from workflows.errors import NoSuchSignal, SignalAlreadyKept, WaitEnded, WorkflowFinished, WorkflowNotFound
-from workflows.models import WORKFLOW_TERMINAL, Workflow, WorkflowStatus
+from workflows.errors import NoSuchApproval, NoSuchSignal, NotAnApprover, WorkflowNotFound
+from workflows.models import WORKFLOW_TERMINAL, Decision, Workflow, WorkflowStatus
 from workflows.serializers import WorkflowDetailSerializer, WorkflowInputSerializer
 
 
@@ -42,12 +44,27 @@ class Command(BaseCommand):
         signal.add_argument("name")
         signal.add_argument("--payload", default="{}", help="a JSON object: the step's result")
         signal.add_argument("--owner", help="who sends it (default: the first superuser)")
+        approve = sub.add_parser("approve", help="approve (or --reject) an approval step, as a user of its group")
+        approve.add_argument("workflow_id")
+        approve.add_argument("task_id")
+        approve.add_argument("--as", dest="user", required=True, help="the deciding user's username")
+        approve.add_argument("--reject", action="store_true", help="reject: the workflow fails and compensates")
+        approve.add_argument("--comment", default="", help="why (recorded with the decision)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             getattr(self, f"do_{opts['action']}")(opts)
-        except (WorkflowNotFound, WorkflowFinished, NoSuchSignal, WaitEnded, SignalAlreadyKept) as exc:
+        except (WorkflowNotFound, NoSuchSignal, NoSuchApproval, NotAnApprover, StateConflict) as exc:
             raise CommandError(str(exc)) from exc
+
+    def do_approve(self, opts: dict[str, Any]) -> None:
+        user = cli_owner(opts["user"])
+        workflow = selectors.workflow_get(user=OPERATOR, workflow_id=opts["workflow_id"])
+        decision = Decision.REJECT if opts["reject"] else Decision.APPROVE
+        with transaction.atomic():
+            step = steps.decide(workflow_id=workflow.id, task_id=opts["task_id"], user=user, decision=decision,
+                                comment=opts["comment"])  # fmt: skip
+        self.stdout.write(f"{user.get_username()} {decision}d {step.task_id}: it is {step.state}")
 
     def do_signal(self, opts: dict[str, Any]) -> None:
         try:
