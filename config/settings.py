@@ -341,6 +341,7 @@ BREAKER_FLUSH_SECONDS = env.float("BREAKER_FLUSH_SECONDS", default=1.0)
 BREAKER_CACHE_SECONDS = env.float("BREAKER_CACHE_SECONDS", default=1.0)
 BREAKER_PREFIX = env.str("BREAKER_PREFIX", default="breaker")
 WORKFLOW_MAX_TASKS = env.int("WORKFLOW_MAX_TASKS", default=10_000)
+WORKFLOW_MAP_MAX_WIDTH = env.int("WORKFLOW_MAP_MAX_WIDTH", default=10_000)  # children of one map step, at most
 JOB_FAILED_LOG_LINES = env.int("JOB_FAILED_LOG_LINES", default=10)  # shown per failed attempt in jobs/{id}
 
 # --- Logging ----------------------------------------------------------------------------

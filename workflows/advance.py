@@ -36,7 +36,7 @@ from jobs import services, transitions
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.services import JobSpec
 from metrics import prom
-from workflows import steps
+from workflows import maps, steps
 from workflows.models import CompensationState, StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
 
 PARENTS_KEY = "parents"
@@ -76,6 +76,8 @@ def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
     """A job of the workflow reached a terminal status, in that transition's transaction."""
     if status == JobStatus.SUCCEEDED and _task_succeeded(job_id, workflow_id):
         return
+    if status == JobStatus.SUCCEEDED and maps.is_child(job_id, workflow_id):
+        return  # no lock for a map's child: the scheduler's batch look moves the map on (maps.batch_moved)
     workflow = Workflow.objects.select_for_update().get(id=workflow_id)
     task = WorkflowTask.objects.filter(workflow=workflow, job_id=job_id).first()
     if task is not None:
@@ -83,12 +85,24 @@ def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
         return
     compensated = WorkflowTask.objects.filter(workflow=workflow, compensation_job_id=job_id).first()
     if compensated is not None:
-        compensated.compensation_state = (
-            CompensationState.SUCCEEDED if status == JobStatus.SUCCEEDED else CompensationState.FAILED
-        )
+        ok = status == JobStatus.SUCCEEDED
+        if compensated.kind == StepKind.MAP:  # one child undone: the next one, if any, is the saga's next
+            compensated.compensation_state = CompensationState.PENDING
+            undone = Job.objects.filter(id=job_id).values_list("payload__compensates__task", flat=True).first()
+        else:
+            compensated.compensation_state = CompensationState.SUCCEEDED if ok else CompensationState.FAILED
+            undone = compensated.task_id
         compensated.save(update_fields=["compensation_state"])
-        if compensated.compensation_state == CompensationState.FAILED:
-            workflow.failed_compensations = [*workflow.failed_compensations, compensated.task_id]
+        if not ok:
+            workflow.failed_compensations = [*workflow.failed_compensations, undone]
+        advance_saga(workflow)
+        return
+    # A map's child that dead-lettered or was cancelled: its map fails, as a task would.
+    if workflow.status == WorkflowStatus.RUNNING:
+        child = Job.objects.only("batch_id").get(id=job_id)
+        step = WorkflowTask.objects.get(workflow=workflow, batch_id=child.batch_id)
+        map_failed(workflow, step, f"its child {job_id} ended {status}")
+    else:
         advance_saga(workflow)
 
 
@@ -147,15 +161,45 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
     compensates): the sizes are added up in PostgreSQL before any result is loaded, so a
     fan-in of a thousand large results never lands in the releasing worker's memory."""
     tasks = [t for t in tasks if t.job_id is None and not t.skipped]
-    waits = [t for t in tasks if t.kind != StepKind.JOB]
+    waits = [t for t in tasks if t.kind in (StepKind.WAIT, StepKind.APPROVAL)]
+    fan_outs = [t for t in tasks if t.kind == StepKind.MAP and t.state == StepState.NONE]
     if waits:
         now = timezone.now()
         for step in waits:
             if step.state == StepState.NONE:
                 steps.arm(workflow, step, now)
-        tasks = [t for t in tasks if t.kind == StepKind.JOB]
-    if not tasks:
+    tasks = [t for t in tasks if t.kind == StepKind.JOB]
+    if tasks:
+        _release_jobs(workflow, tasks)
+    for step in fan_outs:  # last: one that cannot fan out starts the saga, which stops what went before
+        _fan_out(workflow, step)
+
+
+def _fan_out(workflow: Workflow, step: WorkflowTask) -> None:
+    over = (step.wait or {})["over"]
+    if workflow.status != WorkflowStatus.RUNNING:
         return
+    parent = WorkflowTask.objects.filter(workflow=workflow, task_id=over).values_list("kind", "job__result", "result")
+    kind, job_result, step_result = parent.get()
+    why = maps.expand(workflow, step, job_result if kind == StepKind.JOB else step_result, timezone.now())
+    if why:
+        map_failed(workflow, step, why)
+
+
+def map_failed(workflow: Workflow, step: WorkflowTask, why: str) -> None:
+    """A map step failed (a child failed, or it could not fan out): the saga runs, and undoes
+    the children that succeeded where the map stands in its order."""
+    step.state, step.result, step.ended_at, step.wake_at = StepState.FAILED, {"error": why}, timezone.now(), None
+    fields = ["state", "result", "ended_at", "wake_at"]
+    if step.compensation and step.batch_id:
+        workflow.success_seq += 1
+        step.succeeded_seq, step.compensation_state = workflow.success_seq, CompensationState.PENDING
+        fields += ["succeeded_seq", "compensation_state"]
+    step.save(update_fields=fields)
+    start_saga(workflow, failed_task=step.task_id)
+
+
+def _release_jobs(workflow: Workflow, tasks: list[WorkflowTask]) -> None:
     sizes = _result_sizes(workflow, {dep for t in tasks for dep in t.depends_on})
     too_large = {t.pk: why for t in tasks if (why := _too_large(t, sizes))}
     fitting_parents = {dep for t in tasks if t.pk not in too_large for dep in t.depends_on}
@@ -246,7 +290,11 @@ def step_succeeded(workflow: Workflow, step: WorkflowTask, result: Any) -> None:
     workflow.tasks_succeeded += 1
     step.state, step.result, step.ended_at, step.wake_at = StepState.SUCCEEDED, result, now, None
     step.succeeded_seq = workflow.success_seq
-    step.save(update_fields=["state", "result", "ended_at", "wake_at", "succeeded_seq"])
+    fields = ["state", "result", "ended_at", "wake_at", "succeeded_seq"]
+    if step.compensation:  # a map's: its children are undone if the workflow fails later
+        step.compensation_state = CompensationState.PENDING
+        fields.append("compensation_state")
+    step.save(update_fields=fields)
     Workflow.objects.filter(id=workflow.id).update(
         success_seq=workflow.success_seq, tasks_succeeded=workflow.tasks_succeeded, updated_at=now
     )
@@ -265,6 +313,12 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     workflow.status = WorkflowStatus.COMPENSATING
     workflow.failed_task = failed_task
     WorkflowTask.objects.filter(workflow=workflow, job__isnull=True, kind=StepKind.JOB).update(skipped=True)
+    # A map still running: the children that succeeded are undone where it stands in the order (now).
+    for fan in WorkflowTask.objects.filter(workflow=workflow, kind=StepKind.MAP, state=StepState.WAITING,
+                                           compensation__isnull=False):  # fmt: skip
+        workflow.success_seq += 1
+        fan.succeeded_seq, fan.compensation_state = workflow.success_seq, CompensationState.PENDING
+        fan.save(update_fields=["succeeded_seq", "compensation_state"])
     # Steps not reached, or waiting, stop where they are (a waiting one is not woken any more).
     WorkflowTask.objects.filter(workflow=workflow, state__in=[StepState.NONE, StepState.WAITING]).exclude(
         kind=StepKind.JOB
@@ -287,19 +341,27 @@ def advance_saga(workflow: Workflow) -> None:
     if busy:  # a task still stopping, or a compensation still running: its end calls us again
         workflow.save()
         return
-    next_task = (
-        WorkflowTask.objects.filter(workflow=workflow, compensation_state=CompensationState.PENDING)
-        .order_by("-succeeded_seq")
-        .first()
-    )
-    if next_task is None:
-        _finish(workflow, WorkflowStatus.CANCELLED if workflow.cancel_requested_at else WorkflowStatus.FAILED)
-        return
+    pending = WorkflowTask.objects.filter(workflow=workflow, compensation_state=CompensationState.PENDING)
+    while True:
+        next_task = pending.order_by("-succeeded_seq").first()
+        if next_task is None:
+            _finish(workflow, WorkflowStatus.CANCELLED if workflow.cancel_requested_at else WorkflowStatus.FAILED)
+            return
+        if next_task.kind != StepKind.MAP:
+            assert next_task.job_id is not None  # only a task that ran and succeeded has one to compensate
+            task_job = Job.objects.only("id", "result").get(id=next_task.job_id)
+            compensates = {"task": next_task.task_id, "job": str(task_job.id), "result": task_job.result}
+            break
+        child = maps.next_child_to_undo(next_task)
+        if child is not None:
+            compensates = {"task": maps.child_label(next_task, child), "job": str(child.id), "result": child.result}
+            maps.mark_undone(next_task, child)
+            break
+        failed = any(t.startswith(f"{next_task.task_id}[") for t in workflow.failed_compensations)
+        next_task.compensation_state = CompensationState.FAILED if failed else CompensationState.SUCCEEDED
+        next_task.save(update_fields=["compensation_state"])
     spec = next_task.compensation or {}
-    assert next_task.job_id is not None  # only a task that ran and succeeded has one to compensate
-    task_job = Job.objects.only("id", "result").get(id=next_task.job_id)
     options = {k: v for k, v in spec.items() if k not in ("type", "payload")}
-    compensates = {"task": next_task.task_id, "job": str(task_job.id), "result": task_job.result}
     (sub,) = services.job_submit_bulk(
         owner_id=workflow.owner_id,
         specs=[_spec(workflow, spec["type"], spec.get("payload") or {}, options, extra={COMPENSATES_KEY: compensates})],
@@ -307,7 +369,7 @@ def advance_saga(workflow: Workflow) -> None:
     )
     next_task.compensation_job_id = sub.job.id
     next_task.compensation_state = CompensationState.RUNNING
-    next_task.save(update_fields=["compensation_job_id", "compensation_state"])
+    next_task.save(update_fields=["compensation_job_id", "compensation_state", "undo_after"])
     workflow.save()
 
 

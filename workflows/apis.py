@@ -13,8 +13,9 @@ from rest_framework.views import APIView
 
 from config.rest import check_json, filtered_page, request_owner_id, with_idempotency_header
 from jobs.apis import IDEMPOTENCY_HEADER
-from workflows import selectors, services, steps
+from workflows import maps, selectors, services, steps
 from workflows.errors import NotAnApprover
+from workflows.models import StepKind
 from workflows.serializers import (
     DecisionInputSerializer,
     DecisionSerializer,
@@ -152,3 +153,56 @@ class WorkflowApprovalApi(APIView):
             "approvals": sum(d["decision"] == "approve" for d in decisions),
             "approvers": int((step.wait or {}).get("approvers", 1)),
         })  # fmt: skip
+
+
+class WorkflowMapResultsApi(APIView):
+    @extend_schema(
+        operation_id="workflows_map_results",
+        parameters=[
+            OpenApiParameter("after", OpenApiTypes.INT, description="The last index of the previous page (-1)."),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description=f"1-{maps.PAGE}, default {maps.PAGE}."),
+        ],
+        responses=inline_serializer(
+            "MapResultsPage",
+            {
+                "results": inline_serializer(
+                    "MapChild",
+                    {
+                        "index": serializers.IntegerField(),
+                        "job": serializers.UUIDField(),
+                        "status": serializers.CharField(),
+                        "result": serializers.JSONField(allow_null=True),
+                    },
+                    many=True,
+                ),
+                "next": serializers.URLField(allow_null=True),
+            },
+        ),
+        description="A map step's children in the order of its list, with their results, a page at a time: what "
+        "a task after the map reads (its payload holds only a reference under `parents`).",
+    )
+    def get(self, request: Request, workflow_id: str, task_id: str) -> Response:
+        workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)
+        step = workflow.tasks.filter(task_id=task_id, kind=StepKind.MAP).first()
+        if step is None:
+            raise exceptions.NotFound(f"workflow {workflow.id} has no map step {task_id[:200]!r}")
+        after = _int_param(request, "after", -1, minimum=-1)
+        size = _int_param(request, "page_size", maps.PAGE, minimum=1, maximum=maps.PAGE)
+        rows = maps.page(step, after=after, size=size)
+        more = len(rows) == size
+        next_url = request.build_absolute_uri(f"?after={rows[-1]['index']}&page_size={size}") if more else None
+        return Response({"results": rows, "next": next_url})
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise serializers.ValidationError({name: [f"not a whole number: {raw[:50]!r}"]}) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}-{maximum}" if maximum is not None else f"at least {minimum}"
+        raise serializers.ValidationError({name: [f"must be {bound}"]})
+    return value

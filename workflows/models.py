@@ -90,6 +90,7 @@ class StepKind(models.TextChoices):
     JOB = "job"  # a job of its type runs it
     WAIT = "wait"  # a signal, a sleep or a time: a row the scheduler wakes, no worker, no message
     APPROVAL = "approval"  # N distinct users of a group approve (one rejection fails it): no worker either
+    MAP = "map"  # a child job per element of a parent's result list (a batch of them): the step holds none
 
 
 class StepState(models.TextChoices):
@@ -128,8 +129,9 @@ class WorkflowTask(models.Model):
     )
     # A step that is not a job: what it waits for (kind `wait`: {"signal", "timeout_seconds",
     # "on_timeout"}, {"sleep_seconds"} or {"until"}; kind `approval`: {"approvers", "group",
-    # "allow_self", "timeout_seconds"}), where it is, when the scheduler looks at it
-    # (its time, or its signal's timeout), its result and when it ended.
+    # "allow_self", "timeout_seconds"}; kind `map`: {"over", "path", "task", "max_width"}), where
+    # it is, when the scheduler looks at it (its time, or its signal's timeout), its result and
+    # when it ended.
     kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.JOB, db_default=StepKind.JOB)
     wait = models.JSONField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=StepState.choices, default=StepState.NONE,
@@ -137,6 +139,10 @@ class WorkflowTask(models.Model):
     wake_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # A map step's children: the batch of their jobs (jobs.Batch), and how far its saga got
+    # undoing them ([finished_at, job id] of the last child compensated, latest success first).
+    batch_id = models.UUIDField(null=True, blank=True)
+    undo_after = models.JSONField(null=True, blank=True)
     # Once retention moved its jobs to the archive (their links above are then NULL), what the
     # workflow still shows of them: {"job", "status", "started_at", "finished_at",
     # "compensation_job", "compensation_status"}.
@@ -151,6 +157,8 @@ class WorkflowTask(models.Model):
         indexes = [
             # The scheduler's wake scan: a range of waiting steps due by now, however many wait.
             models.Index(fields=["wake_at"], condition=Q(state=StepState.WAITING), name="workflowtask_waking"),
+            # The scheduler's batch look: the map step whose children a batch holds.
+            models.Index(fields=["batch_id"], condition=Q(batch_id__isnull=False), name="workflowtask_map_batch"),
         ]
 
     def __str__(self) -> str:

@@ -13,8 +13,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from rest_framework import serializers
 
+from jobs import batches
 from jobs.handlers import is_registered, submit_problem
-from jobs.models import default_backoff
+from jobs.models import JobStatus, default_backoff
 from jobs.serializers import (
     KEY_HELP,
     BackoffSerializer,
@@ -43,6 +44,7 @@ class CompensationSerializer(JobOptionsSerializer):
 
 
 MAX_WAIT_SECONDS = 366 * 86400
+TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 
 
 class WaitSerializer(serializers.Serializer):
@@ -88,14 +90,36 @@ class ApprovalSerializer(serializers.Serializer):
         return name
 
 
-STEP_KINDS = ("type", "wait", "approval")
+class MapTaskSerializer(JobOptionsSerializer):
+    type = serializers.CharField(max_length=200, help_text="The children's job type.")
+    payload = PayloadField(help_text='Each child gets it with "item" (its element) and "index" added.')
+
+
+class MapSerializer(serializers.Serializer):
+    """A child job per element of a parent's result list, at most `max_width` of them."""
+
+    over = serializers.RegexField(TASK_ID, help_text="The parent task whose result holds the list.")
+    path = serializers.CharField(
+        max_length=200, required=False, default="", allow_blank=True,
+        help_text='Where the list is in its result, dotted ("" for the whole result).',
+    )  # fmt: skip
+    task = MapTaskSerializer()
+    max_width = serializers.IntegerField(
+        min_value=1, max_value=settings.WORKFLOW_MAP_MAX_WIDTH, required=False,
+        help_text=f"More elements fail the step (default and at most WORKFLOW_MAP_MAX_WIDTH, "
+        f"{settings.WORKFLOW_MAP_MAX_WIDTH:,}).",
+    )  # fmt: skip
+
+
+STEP_KINDS = ("type", "wait", "approval", "map")
 
 
 class TaskInputSerializer(JobOptionsSerializer):
-    id = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", help_text="Unique within the workflow.")
+    id = serializers.RegexField(TASK_ID, help_text="Unique within the workflow.")
     type = serializers.CharField(max_length=200, required=False, help_text="The job type (not with `wait`).")
     wait = WaitSerializer(required=False, help_text="A step that waits, holding no worker (not with `type`).")
     approval = ApprovalSerializer(required=False, help_text="A step that waits for people's decisions.")
+    map = MapSerializer(required=False, help_text="A step that fans out over a parent's result list.")
     payload = PayloadField()
     depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
     compensation = CompensationSerializer(required=False, allow_null=True, default=None)
@@ -103,8 +127,12 @@ class TaskInputSerializer(JobOptionsSerializer):
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         given = [k for k in STEP_KINDS if k in data]
         if len(given) != 1:
-            raise serializers.ValidationError("a task has exactly one of a job `type`, a `wait` or an `approval`")
-        if "type" not in data and data.get("compensation"):
+            raise serializers.ValidationError(
+                "a task has exactly one of a job `type`, a `wait`, an `approval` or a `map`"
+            )
+        if "map" in data and data["map"]["over"] not in data["depends_on"]:
+            data["depends_on"] = [*data["depends_on"], data["map"]["over"]]  # it fans out over it: it waits for it
+        if given[0] not in ("type", "map") and data.get("compensation"):
             raise serializers.ValidationError({"compensation": [f"a `{given[0]}` step has nothing to compensate"]})
         return data
 
@@ -141,6 +169,9 @@ class WorkflowInputSerializer(serializers.Serializer):
         for t in tasks:
             if "approval" in t:
                 continue
+            if "map" in t:
+                problems += _type_problems(t["id"], t["map"]["task"]["type"], t.get("compensation"))
+                continue
             if "wait" in t:
                 name = t["wait"].get("signal")
                 if name in signals:
@@ -148,15 +179,7 @@ class WorkflowInputSerializer(serializers.Serializer):
                 elif name:
                     signals[name] = t["id"]
                 continue
-            if not is_registered(t["type"]):
-                problems.append(f"task {t['id']!r}: unknown job type {t['type']!r} (no handler is registered)")
-            elif problem := submit_problem(t["type"]):
-                problems.append(f"task {t['id']!r}: {problem}")
-            comp = t.get("compensation")
-            if comp and not is_registered(comp["type"]):
-                problems.append(f"task {t['id']!r}: unknown compensation type {comp['type']!r}")
-            elif comp and (problem := submit_problem(comp["type"])):
-                problems.append(f"task {t['id']!r}: compensation: {problem}")
+            problems += _type_problems(t["id"], t["type"], t.get("compensation"))
         if problems:
             raise serializers.ValidationError(problems)
         return tasks
@@ -171,10 +194,31 @@ class WorkflowInputSerializer(serializers.Serializer):
                     id=t["id"], type=t.get("type") or next(k for k in STEP_KINDS if k in t), payload=t["payload"],
                     depends_on=tuple(t["depends_on"]), options=_options(t),
                     compensation=_compensation(t.get("compensation")), wait=t.get("wait"), approval=t.get("approval"),
+                    map=_map(t.get("map")),
                 )
                 for t in data["tasks"]
             ),
         )  # fmt: skip
+
+
+def _type_problems(task_id: str, type_: str, comp: dict[str, Any] | None) -> list[str]:
+    problems = []
+    if not is_registered(type_):
+        problems.append(f"task {task_id!r}: unknown job type {type_!r} (no handler is registered)")
+    elif problem := submit_problem(type_):
+        problems.append(f"task {task_id!r}: {problem}")
+    if comp and not is_registered(comp["type"]):
+        problems.append(f"task {task_id!r}: unknown compensation type {comp['type']!r}")
+    elif comp and (problem := submit_problem(comp["type"])):
+        problems.append(f"task {task_id!r}: compensation: {problem}")
+    return problems
+
+
+def _map(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    task = {"type": data["task"]["type"], "payload": data["task"]["payload"], **_options(data["task"])}
+    return {"over": data["over"], "path": data["path"], "task": task, "max_width": data.get("max_width")}
 
 
 def _options(data: dict[str, Any]) -> dict[str, Any]:
@@ -231,12 +275,17 @@ class TaskSerializer(serializers.Serializer):
     )
     approval = serializers.JSONField(allow_null=True, help_text="An approval step's approvers, group, allow_self.")
     decisions = DecisionSerializer(many=True, allow_null=True, help_text="An approval step's decisions, oldest first.")
+    map = serializers.JSONField(
+        allow_null=True,
+        help_text="A map step's rule and its children's counts: {over, path, task, max_width, batch, children: "
+        "{total, waiting, running, succeeded, failed}}; their results: GET .../maps/<task>/results/.",
+    )
 
 
 _TASK_COLUMNS = (
     "task_id", "type", "depends_on", "job_id", "compensation_job_id", "compensation", "compensation_state", "skipped",
     "job__status", "job__started_at", "job__finished_at", "compensation_job__status", "archived", "kind", "wait",
-    "state", "wake_at", "result", "ended_at",
+    "state", "wake_at", "result", "ended_at", "batch_id",
 )  # fmt: skip
 # A wait step's status in a task row: its own state, named as a job's would be where it can.
 _STEP_STATUS = {StepState.NONE: "PENDING", StepState.WAITING: "WAITING", StepState.SUCCEEDED: "SUCCEEDED",
@@ -249,17 +298,21 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     task whose job went to the archive shows what retention kept of it."""
     out = []
     rows = list(workflow.tasks.order_by("position").values_list("pk", *_TASK_COLUMNS))
-    kind_at = 1 + _TASK_COLUMNS.index("kind")
+    kind_at, batch_at = 1 + _TASK_COLUMNS.index("kind"), 1 + _TASK_COLUMNS.index("batch_id")
     decisions = steps.decisions_of([r[0] for r in rows if r[kind_at] == StepKind.APPROVAL])
+    children = batches.batches_counts([r[batch_at] for r in rows if r[batch_at]])
     for (pk, task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
-         finished, comp_status, archived, kind, wait, state, wake_at, result, ended) in rows:  # fmt: skip
+         finished, comp_status, archived, kind, wait, state, wake_at, result, ended, batch_id) in rows:  # fmt: skip
         if kind != StepKind.JOB:
-            approval = kind == StepKind.APPROVAL
+            approval, fan = kind == StepKind.APPROVAL, kind == StepKind.MAP
             out.append({
                 "id": task_id, "type": type_, "depends_on": depends_on, "status": _STEP_STATUS[state], "job": None,
-                "compensation_job": None, "compensation_status": None, "started_at": None, "finished_at": ended,
-                "kind": kind, "wait": None if approval else wait, "wake_at": wake_at, "result": result,
+                "compensation_job": str(comp_job_id) if comp_job_id else None,
+                "compensation_status": comp_state if compensation else None, "started_at": None, "finished_at": ended,
+                "kind": kind, "wait": wait if kind == StepKind.WAIT else None, "wake_at": wake_at, "result": result,
                 "approval": wait if approval else None, "decisions": decisions[pk] if approval else None,
+                "map": {**wait, "batch": str(batch_id) if batch_id else None,
+                        "children": _children(children.get(batch_id))} if fan else None,
             })  # fmt: skip
             continue
         if archived:
@@ -284,8 +337,21 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
             "result": None,
             "approval": None,
             "decisions": None,
+            "map": None,
         })  # fmt: skip
     return out
+
+
+def _children(counts: batches.Counts | None) -> dict[str, int]:
+    """A map's children by where they are (all 0 before it fans out)."""
+    if counts is None:
+        return {"total": 0, "waiting": 0, "running": 0, "succeeded": 0, "failed": 0}
+    by = counts.by_status
+    return {
+        "total": counts.total, "running": by[JobStatus.RUNNING], "succeeded": by[JobStatus.SUCCEEDED],
+        "failed": by[JobStatus.DEAD_LETTER] + by[JobStatus.CANCELLED],
+        "waiting": counts.unfinished - by[JobStatus.RUNNING],
+    }  # fmt: skip
 
 
 def _when(text: str | None) -> datetime | None:

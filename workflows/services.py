@@ -31,9 +31,12 @@ class TaskSpec:
     compensation: dict[str, Any] | None = None  # {"type", "payload", and job options}
     wait: dict[str, Any] | None = None  # a wait step (no job): {"signal", ...}, {"sleep_seconds"} or {"until"}
     approval: dict[str, Any] | None = None  # an approval step (no job): {"approvers", "group", "allow_self", ...}
+    map: dict[str, Any] | None = None  # a map step: {"over", "path", "task", "max_width"} (its children are jobs)
 
     @property
     def kind(self) -> StepKind:
+        if self.map is not None:
+            return StepKind.MAP
         if self.approval is not None:
             return StepKind.APPROVAL
         return StepKind.WAIT if self.wait is not None else StepKind.JOB
@@ -95,7 +98,7 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
                 WorkflowTask(
                     workflow=workflow, task_id=t.id, position=order[t.id], type=t.type, payload=t.payload,
                     depends_on=list(n.depends_on), dependents=dependents[t.id], pending_parents=len(n.depends_on),
-                    options=t.options, compensation=t.compensation, wait=t.wait or t.approval, kind=t.kind,
+                    options=t.options, compensation=t.compensation, wait=t.wait or t.approval or t.map, kind=t.kind,
                 )
                 for t, n in zip(spec.tasks, nodes, strict=True)
             ]

@@ -13,4 +13,9 @@ urlpatterns = [
         apis.WorkflowApprovalApi.as_view(),
         name="workflow-approve",
     ),
+    path(
+        "workflows/<uuid:workflow_id>/maps/<str:task_id>/results/",
+        apis.WorkflowMapResultsApi.as_view(),
+        name="workflow-map-results",
+    ),
 ]

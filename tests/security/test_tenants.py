@@ -97,6 +97,7 @@ WALK: dict[str, Check] = {
     "workflow-signal": lambda api, web, o: _404(
         api.post(f"/api/v1/workflows/{o.workflow.id}/signals/approved", {"ok": True}, format="json")
     ),
+    "workflow-map-results": lambda api, web, o: _404(api.get(f"/api/v1/workflows/{o.workflow.id}/maps/a/results/")),
     "workflow-approve": lambda api, web, o: _404(  # no approval of theirs names a group the caller is in
         api.post(f"/api/v1/workflows/{o.workflow.id}/approvals/a", {"decision": "approve"}, format="json")
     ),
@@ -108,6 +109,9 @@ WALK: dict[str, Check] = {
     "dashboard:overview": lambda api, web, o: _absent(web.get("/"), o.dead.id),
     "dashboard:overview-panel": lambda api, web, o: _equal(
         sum(web.get("/overview/panel/").context["stats"]["by_status"].values()), 0
+    ),
+    "dashboard:workflow-decide": lambda api, web, o: _404(
+        web.post(f"/workflows/{o.workflow.id}/approvals/a/", {"decision": "approve"})
     ),
     "dashboard:jobs": lambda api, web, o: _absent(web.get("/jobs/"), o.job.id),
     "dashboard:jobs-bulk": lambda api, web, o: (
