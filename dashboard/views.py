@@ -38,7 +38,7 @@ from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
 from workflows import steps
 from workflows.errors import NoSuchApproval, NotAnApprover, WorkflowFinished, WorkflowNotFound
-from workflows.graph import GraphTask, render_svg
+from workflows.graph import graph_tasks, render_svg
 from workflows.models import WORKFLOW_TERMINAL, Decision, StepKind, WorkflowStatus
 from workflows.serializers import task_rows
 
@@ -263,7 +263,7 @@ def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str,
     except WorkflowNotFound:
         raise Http404("no such workflow") from None
     tasks = task_rows(workflow)
-    graph = render_svg([GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in tasks])
+    graph = render_svg(graph_tasks(tasks, lambda child: reverse("dashboard:workflow", args=[child])))
     rules = {s.task_id: s for s in workflow.tasks.filter(kind=StepKind.APPROVAL)}
     approvals = [
         {**t, "why_not": steps.may_decide(workflow, rules[t["id"]], request.user)} for t in tasks if t["id"] in rules

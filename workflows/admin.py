@@ -15,13 +15,9 @@ from django.utils.safestring import mark_safe
 from jobs.admin import ReadOnlyAdmin
 from workflows import services
 from workflows.errors import WorkflowFinished
-from workflows.graph import GraphTask, render_svg
+from workflows.graph import graph_tasks, render_svg
 from workflows.models import Workflow, WorkflowDecision, WorkflowTask
 from workflows.serializers import task_rows, task_status
-
-
-def graph_tasks(workflow: Workflow) -> list[GraphTask]:
-    return [GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"]) for t in task_rows(workflow)]
 
 
 class TaskInline(admin.TabularInline):
@@ -76,6 +72,10 @@ class DecisionInline(admin.TabularInline):
         return False
 
 
+def _admin_page(workflow_id: str) -> str:
+    return reverse("admin:orchestration_workflows_workflow_change", args=[workflow_id])
+
+
 def _job_link(job_id: Any) -> str:
     if job_id is None:
         return "-"
@@ -114,4 +114,4 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     @admin.display(description="dependency graph")
     def graph(self, obj: Workflow) -> str:
-        return mark_safe(render_svg(graph_tasks(obj)))  # noqa: S308 every text in it is escaped
+        return mark_safe(render_svg(graph_tasks(task_rows(obj), _admin_page)))  # noqa: S308 every text in it is escaped

@@ -37,7 +37,16 @@ from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.services import JobSpec
 from metrics import prom
 from workflows import maps, steps
-from workflows.models import CompensationState, StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
+from workflows import services as workflow_services
+from workflows.models import (
+    WORKFLOW_TERMINAL,
+    CompensationState,
+    StepKind,
+    StepState,
+    Workflow,
+    WorkflowStatus,
+    WorkflowTask,
+)
 
 PARENTS_KEY = "parents"
 COMPENSATES_KEY = "compensates"
@@ -143,6 +152,7 @@ def _succeed(workflow_id: uuid.UUID) -> None:
     now = timezone.now()
     Workflow.objects.filter(id=workflow_id).update(status=WorkflowStatus.SUCCEEDED, finished_at=now, updated_at=now)
     prom.WORKFLOWS_FINISHED.labels(WorkflowStatus.SUCCEEDED).inc()
+    child_ended(workflow_id)
 
 
 def _task_ended(workflow: Workflow, task: WorkflowTask, status: str) -> None:
@@ -163,6 +173,7 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
     tasks = [t for t in tasks if t.job_id is None and not t.skipped]
     waits = [t for t in tasks if t.kind in (StepKind.WAIT, StepKind.APPROVAL)]
     fan_outs = [t for t in tasks if t.kind == StepKind.MAP and t.state == StepState.NONE]
+    subs = [t for t in tasks if t.kind == StepKind.WORKFLOW and t.state == StepState.NONE]
     if waits:
         now = timezone.now()
         for step in waits:
@@ -171,8 +182,34 @@ def release(workflow: Workflow, tasks: Sequence[WorkflowTask]) -> None:
     tasks = [t for t in tasks if t.kind == StepKind.JOB]
     if tasks:
         _release_jobs(workflow, tasks)
+    for step in subs:
+        _start_child(workflow, step)
     for step in fan_outs:  # last: one that cannot fan out starts the saga, which stops what went before
         _fan_out(workflow, step)
+
+
+def _start_child(workflow: Workflow, step: WorkflowTask) -> None:
+    """A sub-workflow step is reached: its child workflow starts (same owner, same trace), and
+    the step waits for it to end (`child_ended` wakes it)."""
+    spec = workflow_services.WorkflowSpec.from_dict(step.wait or {})
+    workflow_services.workflow_submit(owner_id=workflow.owner_id, spec=spec, max_tasks=max(len(spec.tasks), 1),
+                             parent_task=step)  # fmt: skip
+    step.state, step.wake_at = StepState.WAITING, None
+    step.save(update_fields=["state", "wake_at"])
+
+
+# A child workflow ended: its parent's step is looked at by the scheduler's wake scan. The
+# parent is not locked here (the child is): the parent's saga locks a child to cancel it, so
+# this lock order (child, then the parent's step row) makes no cycle with that one.
+_CHILD_ENDED_SQL = """
+UPDATE workflows_workflowtask SET wake_at = %(now)s
+ WHERE id = (SELECT parent_task_id FROM workflows_workflow WHERE id = %(workflow)s) AND state = 'WAITING'
+"""
+
+
+def child_ended(workflow_id: uuid.UUID) -> None:
+    with connection.cursor() as cur:
+        cur.execute(_CHILD_ENDED_SQL, {"now": timezone.now(), "workflow": workflow_id})
 
 
 def _fan_out(workflow: Workflow, step: WorkflowTask) -> None:
@@ -312,6 +349,9 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     to stop; compensations start once nothing runs any more."""
     workflow.status = WorkflowStatus.COMPENSATING
     workflow.failed_task = failed_task
+    # Child workflows first (before any row of ours is locked: see child_ended); one that does
+    # not end at once keeps its step WAITING, and the saga waits for it.
+    still_running = _cancel_children(workflow)
     WorkflowTask.objects.filter(workflow=workflow, job__isnull=True, kind=StepKind.JOB).update(skipped=True)
     # A map still running: the children that succeeded are undone where it stands in the order (now).
     for fan in WorkflowTask.objects.filter(workflow=workflow, kind=StepKind.MAP, state=StepState.WAITING,
@@ -322,7 +362,8 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     # Steps not reached, or waiting, stop where they are (a waiting one is not woken any more).
     WorkflowTask.objects.filter(workflow=workflow, state__in=[StepState.NONE, StepState.WAITING]).exclude(
         kind=StepKind.JOB
-    ).update(state=StepState.CANCELLED, skipped=True, wake_at=None, ended_at=timezone.now())
+    ).exclude(pk__in=still_running).update(state=StepState.CANCELLED, skipped=True, wake_at=None,
+                                           ended_at=timezone.now())  # fmt: skip
     # The workflow is locked here and moved on below, so the transition does not call back
     # into it for every job; rows another transaction holds are skipped (see the module's note
     # on lock order).
@@ -332,13 +373,30 @@ def start_saga(workflow: Workflow, *, failed_task: str = "") -> None:
     advance_saga(workflow)
 
 
+def _cancel_children(workflow: Workflow) -> list[int]:
+    """Cancel the running child workflows of the workflow's sub-workflow steps; the steps whose
+    child is still compensating."""
+    waiting = list(
+        WorkflowTask.objects.filter(workflow=workflow, kind=StepKind.WORKFLOW, state=StepState.WAITING).values_list(
+            "pk", flat=True
+        )
+    )
+    still_running = []
+    for child in Workflow.objects.filter(parent_task_id__in=waiting).exclude(status__in=WORKFLOW_TERMINAL):
+        if workflow_services.workflow_cancel(workflow_id=child.id).status not in WORKFLOW_TERMINAL:
+            still_running.append(child.parent_task_id)
+    return [pk for pk in still_running if pk is not None]
+
+
 def advance_saga(workflow: Workflow) -> None:
     """Start the next compensation, or finish the workflow, unless something still runs."""
     if workflow.status != WorkflowStatus.COMPENSATING:
         workflow.save()
         return
-    busy = Job.objects.filter(workflow=workflow, status__in=ACTIVE).exists()
-    if busy:  # a task still stopping, or a compensation still running: its end calls us again
+    busy = Job.objects.filter(workflow=workflow, status__in=ACTIVE).exists() or (
+        WorkflowTask.objects.filter(workflow=workflow, kind=StepKind.WORKFLOW, state=StepState.WAITING).exists()
+    )
+    if busy:  # a task still stopping, a compensation or a child workflow still running: its end calls us again
         workflow.save()
         return
     pending = WorkflowTask.objects.filter(workflow=workflow, compensation_state=CompensationState.PENDING)
@@ -347,6 +405,9 @@ def advance_saga(workflow: Workflow) -> None:
         if next_task is None:
             _finish(workflow, WorkflowStatus.CANCELLED if workflow.cancel_requested_at else WorkflowStatus.FAILED)
             return
+        if next_task.kind == StepKind.WORKFLOW:  # its child succeeded: the step's result names it
+            compensates = {"task": next_task.task_id, "job": None, "result": next_task.result}
+            break
         if next_task.kind != StepKind.MAP:
             assert next_task.job_id is not None  # only a task that ran and succeeded has one to compensate
             task_job = Job.objects.only("id", "result").get(id=next_task.job_id)
@@ -378,6 +439,8 @@ def _finish(workflow: Workflow, status: str) -> None:
     workflow.finished_at = timezone.now()
     workflow.save()
     prom.WORKFLOWS_FINISHED.labels(status).inc()
+    if workflow.parent_task_id is not None:
+        child_ended(workflow.id)
 
 
 def lock(workflow_id: uuid.UUID | str) -> None:

@@ -4,8 +4,9 @@ Server-side, no JavaScript: the admin (and the dashboard) embed it as is."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.utils.html import escape
 
@@ -24,6 +25,30 @@ class GraphTask:
     depends_on: Sequence[str]
     status: str
     compensation_status: str | None = None
+    detail: str = ""  # after the status: a map's children done of all, an approval's decisions
+    link: str | None = None  # a sub-workflow step's child workflow page
+
+
+def graph_tasks(rows: Sequence[dict[str, Any]], link: Callable[[str], str] | None = None) -> list[GraphTask]:
+    """GraphTasks from the API's task rows (`serializers.task_rows`): a map is one box with its
+    children's counts, an approval says how many approved of how many it needs, and a
+    sub-workflow step links to its child (through `link`, given the child's id)."""
+    out = []
+    for t in rows:
+        detail, href = "", None
+        if t.get("map"):
+            children = t["map"]["children"]
+            detail = f"{children['succeeded']}/{children['total']}" + (
+                f" · {children['failed']} failed" if children["failed"] else ""
+            )
+        elif t.get("approval"):
+            approved = sum(d["decision"] == "approve" for d in t["decisions"] or [])
+            detail = f"{approved}/{t['approval'].get('approvers', 1)} approved"
+        elif t.get("workflow") and link is not None:
+            href = link(t["workflow"]["id"])
+            detail = f"→ {t['workflow']['tasks_succeeded']}/{t['workflow']['tasks_total']}"
+        out.append(GraphTask(t["id"], t["depends_on"], t["status"], t["compensation_status"], detail, href))
+    return out
 
 
 def depths(tasks: Sequence[GraphTask]) -> dict[str, int]:
@@ -66,12 +91,14 @@ def render_svg(tasks: Sequence[GraphTask]) -> str:
         x, y = place[t.id]
         fill = STATUS_COLOURS.get(t.status, "#ffffff")
         label = t.id if len(t.id) <= 22 else t.id[:21] + "…"
-        status = t.status + (f" · undo {t.compensation_status}" if t.compensation_status else "")
-        parts.append(
+        status = t.status + (f" {t.detail}" if t.detail else "")
+        status += f" · undo {t.compensation_status}" if t.compensation_status else ""
+        box = (
             f"<g><title>{escape(t.id)}: {escape(status)}</title>"
             f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" stroke="#374151"/>'
             f'<text x="{x + 8}" y="{y + 16}" font-weight="600">{escape(label)}</text>'
             f'<text x="{x + 8}" y="{y + 32}" fill="#374151">{escape(status)}</text></g>'
         )
+        parts.append(f'<a href="{escape(t.link)}">{box}</a>' if t.link else box)
     parts.append("</svg>")
     return "".join(parts)

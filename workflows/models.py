@@ -46,6 +46,12 @@ class Workflow(models.Model):
     # scheduler's deadline scan sees to it; failed_task says DEADLINE_TASK.
     deadline_at = models.DateTimeField(null=True, blank=True)
     failed_compensations = models.JSONField(default=list, blank=True)  # task ids whose compensation dead-lettered
+    # A child workflow: the `workflow` step of its parent that started it (and waits for it). No
+    # database constraint: adding one to a live table validates every row under a lock.
+    parent_task = models.ForeignKey(
+        "WorkflowTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
+        db_constraint=False,
+    )  # fmt: skip
     # The workflow's trace (W3C traceparent of its submit span): its jobs join it.
     traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
     created_at = models.DateTimeField(auto_now_add=True)
@@ -72,6 +78,7 @@ class Workflow(models.Model):
                 condition=Q(status=WorkflowStatus.RUNNING, deadline_at__isnull=False),
                 name="workflow_running_deadline",
             ),
+            models.Index(fields=["parent_task"], condition=Q(parent_task__isnull=False), name="workflow_parent_task"),
         ]
 
     def __str__(self) -> str:
@@ -91,6 +98,7 @@ class StepKind(models.TextChoices):
     WAIT = "wait"  # a signal, a sleep or a time: a row the scheduler wakes, no worker, no message
     APPROVAL = "approval"  # N distinct users of a group approve (one rejection fails it): no worker either
     MAP = "map"  # a child job per element of a parent's result list (a batch of them): the step holds none
+    WORKFLOW = "workflow"  # starts a child workflow and waits for it to end
 
 
 class StepState(models.TextChoices):

@@ -111,7 +111,8 @@ class MapSerializer(serializers.Serializer):
     )  # fmt: skip
 
 
-STEP_KINDS = ("type", "wait", "approval", "map")
+STEP_KINDS = ("type", "wait", "approval", "map", "workflow")
+MAX_DEPTH = 3  # workflows within workflows, at most this deep
 
 
 class TaskInputSerializer(JobOptionsSerializer):
@@ -120,6 +121,11 @@ class TaskInputSerializer(JobOptionsSerializer):
     wait = WaitSerializer(required=False, help_text="A step that waits, holding no worker (not with `type`).")
     approval = ApprovalSerializer(required=False, help_text="A step that waits for people's decisions.")
     map = MapSerializer(required=False, help_text="A step that fans out over a parent's result list.")
+    workflow = serializers.JSONField(
+        required=False,
+        help_text=f"A step that starts a child workflow (this endpoint's body: name, tasks, deadline_seconds) and "
+        f"waits for it to end; at most {MAX_DEPTH} deep.",
+    )
     payload = PayloadField()
     depends_on = serializers.ListField(child=serializers.CharField(max_length=200), default=list, max_length=1000)
     compensation = CompensationSerializer(required=False, allow_null=True, default=None)
@@ -128,13 +134,29 @@ class TaskInputSerializer(JobOptionsSerializer):
         given = [k for k in STEP_KINDS if k in data]
         if len(given) != 1:
             raise serializers.ValidationError(
-                "a task has exactly one of a job `type`, a `wait`, an `approval` or a `map`"
+                "a task has exactly one of a job `type`, a `wait`, an `approval`, a `map` or a `workflow`"
             )
+        if "workflow" in data:
+            data["workflow"] = self._child(data["workflow"])
         if "map" in data and data["map"]["over"] not in data["depends_on"]:
             data["depends_on"] = [*data["depends_on"], data["map"]["over"]]  # it fans out over it: it waits for it
-        if given[0] not in ("type", "map") and data.get("compensation"):
+        if given[0] not in ("type", "map", "workflow") and data.get("compensation"):
             raise serializers.ValidationError({"compensation": [f"a `{given[0]}` step has nothing to compensate"]})
         return data
+
+    def _child(self, body: Any) -> dict[str, Any]:
+        """A sub-workflow's body, checked as a workflow's (its errors nested under `workflow`)."""
+        depth = self.context.get("depth", 0) + 1
+        if depth > MAX_DEPTH:
+            raise serializers.ValidationError({"workflow": [f"workflows nest at most {MAX_DEPTH} deep"]})
+        if not isinstance(body, dict):
+            raise serializers.ValidationError({"workflow": ["a workflow's body: an object with its tasks"]})
+        if body.get("idempotency_key") is not None:
+            raise serializers.ValidationError({"workflow": ["a child workflow takes no idempotency_key"]})
+        child = WorkflowInputSerializer(data=body, context={**self.context, "depth": depth})
+        if not child.is_valid():
+            raise serializers.ValidationError({"workflow": child.errors})
+        return child.to_spec(child.validated_data).as_dict()
 
 
 class WorkflowInputSerializer(serializers.Serializer):
@@ -167,7 +189,7 @@ class WorkflowInputSerializer(serializers.Serializer):
         problems += dag.find_problems(nodes, max_tasks=max(limit, len(nodes)))
         signals: dict[str, str] = {}
         for t in tasks:
-            if "approval" in t:
+            if "approval" in t or "workflow" in t:
                 continue
             if "map" in t:
                 problems += _type_problems(t["id"], t["map"]["task"]["type"], t.get("compensation"))
@@ -194,7 +216,7 @@ class WorkflowInputSerializer(serializers.Serializer):
                     id=t["id"], type=t.get("type") or next(k for k in STEP_KINDS if k in t), payload=t["payload"],
                     depends_on=tuple(t["depends_on"]), options=_options(t),
                     compensation=_compensation(t.get("compensation")), wait=t.get("wait"), approval=t.get("approval"),
-                    map=_map(t.get("map")),
+                    map=_map(t.get("map")), workflow=t.get("workflow"),
                 )
                 for t in data["tasks"]
             ),
@@ -275,6 +297,10 @@ class TaskSerializer(serializers.Serializer):
     )
     approval = serializers.JSONField(allow_null=True, help_text="An approval step's approvers, group, allow_self.")
     decisions = DecisionSerializer(many=True, allow_null=True, help_text="An approval step's decisions, oldest first.")
+    workflow = serializers.JSONField(
+        allow_null=True,
+        help_text="A sub-workflow step's child: {id, status, tasks_total, tasks_succeeded} once started.",
+    )
     map = serializers.JSONField(
         allow_null=True,
         help_text="A map step's rule and its children's counts: {over, path, task, max_width, batch, children: "
@@ -301,6 +327,12 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
     kind_at, batch_at = 1 + _TASK_COLUMNS.index("kind"), 1 + _TASK_COLUMNS.index("batch_id")
     decisions = steps.decisions_of([r[0] for r in rows if r[kind_at] == StepKind.APPROVAL])
     children = batches.batches_counts([r[batch_at] for r in rows if r[batch_at]])
+    subs = {
+        parent: {"id": str(child), "status": status, "tasks_total": total, "tasks_succeeded": done}
+        for parent, child, status, total, done in Workflow.objects.filter(
+            parent_task_id__in=[r[0] for r in rows if r[kind_at] == StepKind.WORKFLOW]
+        ).values_list("parent_task_id", "id", "status", "tasks_total", "tasks_succeeded")
+    }
     for (pk, task_id, type_, depends_on, job_id, comp_job_id, compensation, comp_state, skipped, status, started,
          finished, comp_status, archived, kind, wait, state, wake_at, result, ended, batch_id) in rows:  # fmt: skip
         if kind != StepKind.JOB:
@@ -313,6 +345,7 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
                 "approval": wait if approval else None, "decisions": decisions[pk] if approval else None,
                 "map": {**wait, "batch": str(batch_id) if batch_id else None,
                         "children": _children(children.get(batch_id))} if fan else None,
+                "workflow": subs.get(pk) if kind == StepKind.WORKFLOW else None,
             })  # fmt: skip
             continue
         if archived:
@@ -338,6 +371,7 @@ def task_rows(workflow: Workflow) -> list[dict[str, Any]]:
             "approval": None,
             "decisions": None,
             "map": None,
+            "workflow": None,
         })  # fmt: skip
     return out
 
@@ -352,6 +386,13 @@ def _children(counts: batches.Counts | None) -> dict[str, int]:
         "failed": by[JobStatus.DEAD_LETTER] + by[JobStatus.CANCELLED],
         "waiting": counts.unfinished - by[JobStatus.RUNNING],
     }  # fmt: skip
+
+
+def _parent(workflow: Workflow) -> dict[str, str] | None:
+    if workflow.parent_task_id is None:
+        return None
+    found = WorkflowTask.objects.filter(pk=workflow.parent_task_id).values_list("workflow_id", "task_id").first()
+    return {"workflow": str(found[0]), "task": found[1]} if found else None
 
 
 def _when(text: str | None) -> datetime | None:
@@ -381,6 +422,9 @@ class WorkflowSerializer(serializers.Serializer):
     idempotency_key = serializers.CharField(allow_null=True)
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
     deadline_at = serializers.DateTimeField(allow_null=True, help_text="When it fails if still running.")
+    parent_task = serializers.JSONField(
+        allow_null=True, help_text="A child workflow's parent step, which started it: {workflow, task}."
+    )
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -396,6 +440,7 @@ class WorkflowSerializer(serializers.Serializer):
             "idempotency_key": workflow.idempotency_key,
             "cancel_requested_at": workflow.cancel_requested_at,
             "deadline_at": workflow.deadline_at,
+            "parent_task": _parent(workflow),
             "created_at": workflow.created_at,
             "finished_at": workflow.finished_at,
         }

@@ -32,9 +32,12 @@ class TaskSpec:
     wait: dict[str, Any] | None = None  # a wait step (no job): {"signal", ...}, {"sleep_seconds"} or {"until"}
     approval: dict[str, Any] | None = None  # an approval step (no job): {"approvers", "group", "allow_self", ...}
     map: dict[str, Any] | None = None  # a map step: {"over", "path", "task", "max_width"} (its children are jobs)
+    workflow: dict[str, Any] | None = None  # a sub-workflow step: its child's WorkflowSpec, as `as_dict` gives it
 
     @property
     def kind(self) -> StepKind:
+        if self.workflow is not None:
+            return StepKind.WORKFLOW
         if self.map is not None:
             return StepKind.MAP
         if self.approval is not None:
@@ -57,18 +60,31 @@ class WorkflowSpec:
     def nodes(self) -> list[dag.Node]:
         return [dag.Node(t.id, tuple(dict.fromkeys(t.depends_on))) for t in self.tasks]
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a sub-workflow step keeps of its child, to start it once reached (`from_dict`)."""
+        return asdict(self)
 
-def workflow_submit(*, owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow, bool]:
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowSpec:
+        tasks = tuple(TaskSpec(**{**t, "depends_on": tuple(t["depends_on"])}) for t in data["tasks"])
+        return cls(**{**data, "tasks": tasks})
+
+
+def workflow_submit(
+    *, owner_id: int, spec: WorkflowSpec, max_tasks: int, parent_task: WorkflowTask | None = None
+) -> tuple[Workflow, bool]:
     """Create the workflow and its tasks and release the root tasks, in one transaction.
     Returns (workflow, created); a replayed idempotency key returns the first workflow.
 
     The submit is a span (`workflow.submit`); the workflow keeps its context, and every job
     of the workflow (tasks and compensations) is submitted into that trace."""
     with tracing.span("workflow.submit", attributes={"workflow.tasks": len(spec.tasks)}):
-        return _submit(owner_id, spec, max_tasks)
+        return _submit(owner_id, spec, max_tasks, parent_task)
 
 
-def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow, bool]:
+def _submit(
+    owner_id: int, spec: WorkflowSpec, max_tasks: int, parent_task: WorkflowTask | None
+) -> tuple[Workflow, bool]:
     nodes = spec.nodes()
     problems = dag.find_problems(nodes, max_tasks=max_tasks)
     if problems:
@@ -83,7 +99,7 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
             with transaction.atomic():
                 workflow = Workflow.objects.create(
                     owner_id=owner_id, name=spec.name, idempotency_key=spec.idempotency_key, request_hash=digest,
-                    tasks_total=len(spec.tasks), traceparent=tracing.current_traceparent(),
+                    tasks_total=len(spec.tasks), traceparent=tracing.current_traceparent(), parent_task=parent_task,
                     deadline_at=timezone.now() + timedelta(seconds=spec.deadline_seconds)
                     if spec.deadline_seconds else None,
                 )  # fmt: skip
@@ -98,7 +114,8 @@ def _submit(owner_id: int, spec: WorkflowSpec, max_tasks: int) -> tuple[Workflow
                 WorkflowTask(
                     workflow=workflow, task_id=t.id, position=order[t.id], type=t.type, payload=t.payload,
                     depends_on=list(n.depends_on), dependents=dependents[t.id], pending_parents=len(n.depends_on),
-                    options=t.options, compensation=t.compensation, wait=t.wait or t.approval or t.map, kind=t.kind,
+                    options=t.options, compensation=t.compensation, wait=t.wait or t.approval or t.map or t.workflow,
+                    kind=t.kind,
                 )
                 for t, n in zip(spec.tasks, nodes, strict=True)
             ]

@@ -40,6 +40,7 @@ from workflows.errors import (
     WorkflowFinished,
 )
 from workflows.models import (
+    WORKFLOW_TERMINAL,
     Decision,
     StepKind,
     StepState,
@@ -112,6 +113,8 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
     step = WorkflowTask.objects.filter(pk=step_pk, state=StepState.WAITING, wake_at__lte=now).first()
     if step is None:
         return None
+    if step.kind == StepKind.WORKFLOW:
+        return _child_moved(workflow, step, now)
     if workflow.status != WorkflowStatus.RUNNING:
         _end(step, StepState.CANCELLED, None, now)
         return StepState.CANCELLED
@@ -131,6 +134,25 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
         advance.step_succeeded(workflow, step, {"timed_out": True})
         return StepState.SUCCEEDED
     _fail(workflow, step, {"timed_out": True}, now)
+    return StepState.FAILED
+
+
+def _child_moved(workflow: Workflow, step: WorkflowTask, now: datetime) -> str | None:
+    """A sub-workflow step woken by its child's end: the child's outcome is the step's."""
+    child = Workflow.objects.filter(parent_task_id=step.pk).values_list("id", "status").first()
+    status = child[1] if child else WorkflowStatus.CANCELLED
+    if status not in WORKFLOW_TERMINAL:  # not ended after all: its end wakes the step again
+        WorkflowTask.objects.filter(pk=step.pk).update(wake_at=None)
+        return None
+    result = {"workflow": str(child[0]) if child else None, "status": status}
+    if workflow.status != WorkflowStatus.RUNNING:  # the saga waited for it
+        _end(step, StepState.CANCELLED, result, now)
+        advance.advance_saga(workflow)
+        return StepState.CANCELLED
+    if status == WorkflowStatus.SUCCEEDED:
+        advance.step_succeeded(workflow, step, result)
+        return StepState.SUCCEEDED
+    _fail(workflow, step, result, now)
     return StepState.FAILED
 
 
