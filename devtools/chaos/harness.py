@@ -155,6 +155,39 @@ DIAMOND = [
     {"id": "d", "type": "demo.log", "payload": {"lines": 2}, "depends_on": ["b", "c"]},
 ]
 
+# Every step kind, in the load every 40 submits (after each diamond): a map of 20 children, a
+# durable sleep, an approval (the load's owner approves it: see `approve_waiting`) and a
+# sub-workflow. A kill of any role lands on one of them somewhere in its life.
+GROWING = [
+    {"id": "split", "type": "demo.echo", "payload": {"items": list(range(20))}},
+    {"id": "fan", "map": {"over": "split", "path": "items",
+                          "task": {"type": "demo.sleep", "payload": {"seconds": 0.05}, "backoff": FAST}}},
+    {"id": "nap", "wait": {"sleep_seconds": 1}, "depends_on": ["fan"]},
+    {"id": "ok", "approval": {"allow_self": True}, "depends_on": ["nap"]},
+    {"id": "child", "workflow": {"tasks": [{"id": "x", "type": "demo.sleep", "payload": {"seconds": 0.2},
+                                            "backoff": FAST}]}, "depends_on": ["ok"]},
+    {"id": "done", "type": "demo.noop", "depends_on": ["child"]},
+]  # fmt: skip
+
+
+def approve_waiting(owner_id: int) -> None:
+    """The owner approves every approval step of theirs that waits (as an operator would)."""
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
+    from config.errors import StateConflict
+    from workflows import steps
+    from workflows.models import StepKind, StepState, WorkflowTask
+
+    owner = get_user_model().objects.get(pk=owner_id)
+    waiting = WorkflowTask.objects.filter(workflow__owner_id=owner_id, kind=StepKind.APPROVAL, state=StepState.WAITING)
+    for workflow_id, task_id in waiting.values_list("workflow_id", "task_id"):
+        try:
+            with transaction.atomic():
+                steps.decide(workflow_id=workflow_id, task_id=task_id, user=owner, decision="approve")
+        except StateConflict:
+            pass  # decided meanwhile, or its workflow ended
+
 
 class Load:
     """Submits a steady mix of jobs (and a workflow now and then) for one owner, through the
@@ -190,12 +223,15 @@ class Load:
                         for t, p in (self.MIX * (self.burst // len(self.MIX) + 1))[: self.burst]
                     ])  # fmt: skip
                 if i % 40 == 39:
-                    s = WorkflowInputSerializer(data={"tasks": DIAMOND})
+                    body = {"tasks": DIAMOND} if i % 80 == 39 else {"name": "growing", "tasks": GROWING}
+                    s = WorkflowInputSerializer(data=body)
                     s.is_valid(raise_exception=True)
                     workflow_submit(owner_id=self.owner_id, spec=s.to_spec(s.validated_data), max_tasks=100)
                 else:
                     spec = JobSpec(type=type_, payload=payload, backoff=FAST, max_attempts=4, timeout_seconds=30)
                     services.job_submit(owner_id=self.owner_id, spec=spec)
+                if i % 10 == 0:
+                    approve_waiting(self.owner_id)
                 i += 1
             except OperationalError:
                 self.errors += 1
@@ -274,6 +310,7 @@ class Harness:
                 open_flows = Workflow.objects.filter(owner_id=owner_id).exclude(status__in=WORKFLOW_TERMINAL).count()
                 if not open_jobs and not open_flows:
                     return
+                approve_waiting(owner_id)
             except OperationalError:
                 connection.close()
             time.sleep(1.0)
@@ -307,6 +344,11 @@ class Harness:
         flows = Workflow.objects.filter(owner_id=owner_id)
         result.workflows_bad = flows.exclude(status__in=WORKFLOW_TERMINAL).count()
         result.workflows_bad += sum(1 for w in flows.filter(status="SUCCEEDED") if w.tasks_succeeded != w.tasks_total)
+        grown = dict(flows.filter(name="growing").order_by().values_list("status").annotate(n=models.Count("id")))
+        if grown:
+            result.notes.append(
+                "workflows with every step kind: " + ", ".join(f"{n} {s}" for s, n in sorted(grown.items()))
+            )
         result.logs_missing = self._missing_logs(owner_id)
         result.batches_bad = self._bad_batches()
         result.notes += self.notes
