@@ -146,6 +146,22 @@ SELECT batch_id, status, count(*), coalesce(sum(progress) FILTER (WHERE status =
 """
 
 
+_TOTAL_SQL = """
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM jobs_batchcount WHERE batch_id = %(id)s AND status = 'TOTAL'
+    UNION ALL
+    SELECT n FROM jobs_batchdelta WHERE batch_id = %(id)s AND status = 'TOTAL'
+) t
+"""
+
+
+def batch_total(batch_id: uuid.UUID | str) -> int:
+    """Jobs ever added to the batch (its TOTAL, folded or not): no job row is read."""
+    with connection.cursor() as cur:
+        cur.execute(_TOTAL_SQL, {"id": str(batch_id)})
+        return int(cur.fetchone()[0])
+
+
 def batch_counts(batch_id: uuid.UUID | str) -> Counts:
     return batches_counts([uuid.UUID(str(batch_id))])[uuid.UUID(str(batch_id))]
 

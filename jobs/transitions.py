@@ -401,14 +401,17 @@ def _end_running(
     return bool(won)
 
 
-# A workflow's saga stops its jobs (its tasks', its maps' children: the saga starts before any
-# compensation job exists): waiting ones end CANCELLED at once, running ones get
+# A workflow's saga stops its jobs (its tasks', and its maps' children, jobs of their batches;
+# the saga starts before any compensation job exists): waiting ones end CANCELLED at once, running ones get
 # a cancel request. Rows another transaction holds are skipped: such a job is finishing right
 # now, and its own transition moves the workflow on once the saga commits.
 _SAGA_STOP_SQL = """
 WITH mine AS (
     SELECT j.id FROM jobs_job j
-     WHERE j.workflow_id = %(workflow)s AND j.status IN ('PENDING', 'QUEUED', 'RETRYING', 'RUNNING')
+     WHERE (j.workflow_id = %(workflow)s OR j.batch_id = ANY(ARRAY(
+                SELECT t.batch_id FROM workflows_workflowtask t
+                 WHERE t.workflow_id = %(workflow)s AND t.batch_id IS NOT NULL)))
+       AND j.status IN ('PENDING', 'QUEUED', 'RETRYING', 'RUNNING')
        FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs_job AS j

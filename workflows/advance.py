@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q, Subquery
 from django.utils import timezone
 
 from jobs import services, transitions
@@ -85,8 +86,6 @@ def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
     """A job of the workflow reached a terminal status, in that transition's transaction."""
     if status == JobStatus.SUCCEEDED and _task_succeeded(job_id, workflow_id):
         return
-    if status == JobStatus.SUCCEEDED and maps.is_child(job_id, workflow_id):
-        return  # no lock for a map's child: the scheduler's batch look moves the map on (maps.batch_moved)
     workflow = Workflow.objects.select_for_update().get(id=workflow_id)
     task = WorkflowTask.objects.filter(workflow=workflow, job_id=job_id).first()
     if task is not None:
@@ -104,14 +103,6 @@ def job_ended(job_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> None:
         compensated.save(update_fields=["compensation_state"])
         if not ok:
             workflow.failed_compensations = [*workflow.failed_compensations, undone]
-        advance_saga(workflow)
-        return
-    # A map's child that dead-lettered or was cancelled: its map fails, as a task would.
-    if workflow.status == WorkflowStatus.RUNNING:
-        child = Job.objects.only("batch_id").get(id=job_id)
-        step = WorkflowTask.objects.get(workflow=workflow, batch_id=child.batch_id)
-        map_failed(workflow, step, f"its child {job_id} ended {status}")
-    else:
         advance_saga(workflow)
 
 
@@ -393,7 +384,10 @@ def advance_saga(workflow: Workflow) -> None:
     if workflow.status != WorkflowStatus.COMPENSATING:
         workflow.save()
         return
-    busy = Job.objects.filter(workflow=workflow, status__in=ACTIVE).exists() or (
+    # Its jobs, and its maps' children (jobs of their batches, not of the workflow: see workflows.maps).
+    fanned = WorkflowTask.objects.filter(workflow=workflow, batch_id__isnull=False).values("batch_id")
+    mine = Q(workflow=workflow) | Q(batch_id__in=Subquery(fanned))
+    busy = Job.objects.filter(mine, status__in=ACTIVE).exists() or (
         WorkflowTask.objects.filter(workflow=workflow, kind=StepKind.WORKFLOW, state=StepState.WAITING).exists()
     )
     if busy:  # a task still stopping, a compensation or a child workflow still running: its end calls us again

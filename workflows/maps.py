@@ -1,13 +1,17 @@
 """Map steps: one child job per element of a parent's result list, run as a batch.
 
     reached (its parents succeeded) → the parent's result at `path` must be a list of at most
-      `max_width` elements: a batch of child jobs is submitted, in the releasing transaction,
-      each with the template's payload plus {"item": <element>, "index": i}; the step WAITING
-      (not a list, too wide, an element too large → FAILED, and the saga runs)
-    a child dead-letters (or is cancelled) → the step FAILED, the saga runs (as for any task)
-    a child succeeds → nothing in its transaction (no lock on the workflow: children end on
-      many workers at once); the batch's row trigger counts it, and the scheduler's batch look
-      (`batch_moved`) sees the batch complete → the step SUCCEEDED, its dependents released
+      `max_width` elements (not a list, too wide, an element too large → FAILED, and the saga
+      runs); the step WAITING, its batch open; once that commits, the children go in a chunk
+      a transaction (`fan_out`), each with the template's payload plus {"item": <element>,
+      "index": i}, and the last chunk closes the batch; a process that dies halfway leaves
+      the rest to the scheduler's wake scan (`fan_out_chunk`), which goes on from the batch's count
+    a child ends → nothing in its transaction: the children are jobs of the batch, not of the
+      workflow, so they end as plain jobs do (a worker records many successes in one
+      statement, and no child locks the workflow); the batch's row trigger counts each end,
+      and the scheduler's batch look (`batch_moved`) moves the map on:
+      a child dead-lettered (or cancelled) → the step FAILED, the saga runs (as for any task)
+      every child succeeded → the step SUCCEEDED, its dependents released
     saga: a map with a compensation undoes its succeeded children one at a time, latest
       success first (`next_child_to_undo`), where it stands in the saga's order
 
@@ -18,23 +22,31 @@ them in pages of the batch's jobs, in the children's order.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import transaction
 from django.db.models import IntegerField, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
+from django.utils import timezone
 
 from jobs import batches, services
 from jobs.models import Batch, Job, JobStatus
 from workflows import advance
-from workflows.models import StepState, Workflow, WorkflowStatus, WorkflowTask
+from workflows.models import StepKind, StepState, Workflow, WorkflowStatus, WorkflowTask
+
+logger = logging.getLogger(__name__)
 
 PAGE = 1000  # children's results per page (the API's largest page, the helper's)
+FAN_OUT_CHUNK = 1000  # children submitted a transaction
+FAN_OUT_GRACE = timedelta(seconds=5)  # a fan-out no process moved on for this long: the scheduler goes on with it
 CHILD_OPTIONS = ("queue", "priority", "max_attempts", "backoff", "timeout_seconds")
 
 
@@ -50,46 +62,90 @@ def at_path(value: Any, path: str) -> Any:
     return value
 
 
-def expand(workflow: Workflow, step: WorkflowTask, parent_result: Any, now: datetime) -> str:
-    """The step is reached (the workflow is locked): submit its children as a batch. Returns
-    why it cannot ("" when it did): the caller fails the step with that reason."""
+def _items(step: WorkflowTask, parent_result: Any) -> tuple[list[Any], str]:
+    """The elements the map fans out over, or why it cannot."""
     rule = step.wait or {}
+    where = f"the result of {rule['over']!r} at {rule.get('path')!r}"
     try:
         items = at_path(parent_result, rule.get("path", ""))
     except KeyError as exc:
-        return f"the result of {rule['over']!r} has no {rule.get('path')!r} (missing {exc.args[0]!r})"
+        return [], f"{where}: it has no {exc.args[0]!r}"
     if not isinstance(items, list):
-        return f"the result of {rule['over']!r} at {rule.get('path')!r} is a {type(items).__name__}, not a list"
+        return [], f"{where} is a {type(items).__name__}, not a list"
     width = min(int(rule.get("max_width") or settings.WORKFLOW_MAP_MAX_WIDTH), settings.WORKFLOW_MAP_MAX_WIDTH)
     if len(items) > width:
-        where = f"the result of {rule['over']!r} at {rule.get('path')!r}"
-        return f"{where} has {len(items):,} elements, over max_width {width:,}"
-    template = rule["task"]
-    base = len(orjson.dumps(template.get("payload") or {}))
+        return [], f"{where} has {len(items):,} elements, over max_width {width:,}"
+    base = len(orjson.dumps(rule["task"].get("payload") or {}))
     for i, item in enumerate(items):
         if base + len(orjson.dumps(item)) + 32 > settings.JOB_PAYLOAD_MAX_BYTES:
-            return f"element {i} with the template's payload is over JOB_PAYLOAD_MAX_BYTES"
+            return [], f"{where}: element {i} with the template's payload is over JOB_PAYLOAD_MAX_BYTES"
+    return items, ""
+
+
+def expand(workflow: Workflow, step: WorkflowTask, parent_result: Any, now: datetime) -> str:
+    """The step is reached (the workflow is locked): check its list and open the batch of its
+    children; they are submitted once this commits (`fan_out`). Returns why it cannot fan out
+    ("" when it can): the caller fails the step with that reason."""
+    _, why = _items(step, parent_result)
+    if why:
+        return why
     batch = Batch.objects.create(
-        owner_id=workflow.owner_id, description=f"map {step.task_id} of workflow {workflow.id}"[:200], closed_at=now,
-        check_needed=True,  # looked at next tick even with no child (an empty map)
+        owner_id=workflow.owner_id, description=f"map {step.task_id} of workflow {workflow.id}"[:200],
     )  # fmt: skip
+    # WAITING with a time: the scheduler's wake scan goes on with the fan-out if the process
+    # that began it dies (a crash between chunks loses nothing and submits nothing twice).
+    step.state, step.batch_id, step.wake_at = StepState.WAITING, batch.id, now + FAN_OUT_GRACE
+    step.save(update_fields=["state", "batch_id", "wake_at"])
+    transaction.on_commit(partial(fan_out, step.pk))
+    return ""
+
+
+def fan_out(step_pk: int) -> None:
+    """Submit the map's children, a chunk a transaction, so the first ones run while the rest
+    go in (one transaction of 10,000 inserts would hold every child back until it commits)."""
+    try:
+        while True:
+            with transaction.atomic():
+                step = WorkflowTask.objects.only("workflow_id").get(pk=step_pk)
+                workflow = Workflow.objects.select_for_update().get(id=step.workflow_id)
+                if not fan_out_chunk(workflow, WorkflowTask.objects.get(pk=step_pk), grace=FAN_OUT_GRACE):
+                    return
+    except Exception:  # the scheduler's wake scan goes on with it (its wake_at is due soon)
+        logger.exception("workflow.map_fan_out_failed", extra={"step": step_pk})
+
+
+def fan_out_chunk(workflow: Workflow, step: WorkflowTask, *, grace: timedelta = timedelta(0)) -> bool:
+    """Submit the next chunk of the map's children (the workflow is locked; how many went in
+    already is the batch's TOTAL, in the same snapshot); the last one closes the batch. False
+    when there is nothing more to do: all in, or the workflow no longer running."""
+    if workflow.status != WorkflowStatus.RUNNING or step.state != StepState.WAITING or step.wake_at is None:
+        return False
+    rule = step.wait or {}
+    parent = WorkflowTask.objects.filter(workflow=workflow, task_id=rule["over"])
+    kind, job_result, step_result = parent.values_list("kind", "job__result", "result").get()
+    items, _ = _items(step, job_result if kind == StepKind.JOB else step_result)
+    assert step.batch_id is not None
+    done = batches.batch_total(step.batch_id)
+    template = rule["task"]
     options = {k: template[k] for k in CHILD_OPTIONS if k in template}
     specs = [
         services.JobSpec(
             type=template["type"],
             payload={**(template.get("payload") or {}), "item": item, "index": i},
-            workflow_id=workflow.id,
-            batch_id=batch.id,
+            batch_id=step.batch_id,
             **options,
         )
-        for i, item in enumerate(items)
+        for i, item in enumerate(items[done : done + FAN_OUT_CHUNK], start=done)
     ]
-    for start in range(0, len(specs), 5000):  # bounded statements, the whole fan-out in this transaction
-        services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs[start : start + 5000],
-                                 traceparent=workflow.traceparent)  # fmt: skip
-    step.state, step.batch_id, step.wake_at = StepState.WAITING, batch.id, None
-    step.save(update_fields=["state", "batch_id", "wake_at"])
-    return ""
+    if specs:
+        services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, traceparent=workflow.traceparent)
+    now = timezone.now()
+    if done + len(specs) < len(items):
+        WorkflowTask.objects.filter(pk=step.pk).update(wake_at=now + grace)
+        return True
+    batches.batch_close(batch_id=step.batch_id)  # all in: the scheduler's batch look can end it
+    WorkflowTask.objects.filter(pk=step.pk).update(wake_at=None)
+    return False
 
 
 def reference(workflow: Workflow, step: WorkflowTask, counts: batches.Counts) -> dict[str, Any]:
@@ -116,11 +172,14 @@ def batch_moved(batch_id: uuid.UUID, now: datetime) -> str | None:
         return None
     counts = batches.batch_counts(batch_id)
     failed = counts.by_status[JobStatus.DEAD_LETTER] + counts.by_status[JobStatus.CANCELLED]
-    if failed:  # normally failed at the child's end already
-        advance.map_failed(workflow, step, f"{failed} of its children failed")
+    if failed:
+        first = children(step).filter(status__in=[JobStatus.DEAD_LETTER, JobStatus.CANCELLED]).order_by("finished_at")
+        job_id, status, error = first.values_list("id", "status", "last_error")[0]
+        why = f"{failed} of its {counts.total} children failed, first {job_id} ({status}: {error[:300]})"
+        advance.map_failed(workflow, step, why)
         return StepState.FAILED
-    if counts.unfinished:
-        return None
+    if counts.unfinished or not Batch.objects.filter(id=batch_id, closed_at__isnull=False).exists():
+        return None  # children still running, or still going in
     advance.step_succeeded(workflow, step, reference(workflow, step, counts))
     return StepState.SUCCEEDED
 
@@ -173,11 +232,6 @@ def next_child_to_undo(step: WorkflowTask) -> Job | None:
 def mark_undone(step: WorkflowTask, child: Job) -> None:
     assert child.finished_at is not None
     step.undo_after = [child.finished_at.isoformat(), str(child.id)]
-
-
-def is_child(job_id: uuid.UUID, workflow_id: uuid.UUID) -> bool:
-    """A job of the workflow that is none of its tasks' nor compensations' jobs: a map's child."""
-    return not WorkflowTask.objects.filter(workflow_id=workflow_id, compensation_job_id=job_id).exists()
 
 
 def child_label(step: WorkflowTask, child: Job) -> str:

@@ -28,7 +28,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from workflows import advance
+from workflows import advance, maps
 from workflows.errors import (
     AlreadyDecided,
     ApprovalNotOpen,
@@ -118,6 +118,9 @@ def wake(workflow_id: uuid.UUID, step_pk: int, *, now: datetime) -> str | None:
     if workflow.status != WorkflowStatus.RUNNING:
         _end(step, StepState.CANCELLED, None, now)
         return StepState.CANCELLED
+    if step.kind == StepKind.MAP:  # a fan-out the process that began it did not finish: go on with it
+        maps.fan_out_chunk(workflow, step)
+        return StepState.WAITING
     wait = step.wait or {}
     if step.kind == StepKind.APPROVAL:  # nobody decided in time: not approved
         _fail(workflow, step, {"timed_out": True, "decisions": _decisions(step)}, now)

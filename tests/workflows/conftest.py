@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from django.test import TestCase
 
 from jobs.dispatch import DispatchEnvelope
 from jobs.models import Job, Outbox
@@ -20,15 +21,21 @@ def pending_dispatches() -> list[DispatchEnvelope]:
     ]
 
 
-def run_all(max_rounds: int = 1000) -> list[str]:
-    """Run dispatched jobs until none are left; returns the job types in the order they ran."""
+def run_all(max_rounds: int = 1000, *, after_commit: bool = True) -> list[str]:
+    """Run dispatched jobs until none are left; returns the job types in the order they ran.
+    What each job's commit schedules (a map's fan-out) runs after it, as in a worker: the
+    test's own transaction never commits (`after_commit=False`: as if the process died then)."""
     ran: list[str] = []
     for _ in range(max_rounds):
         envelopes = pending_dispatches()
         if not envelopes:
             return ran
         for envelope in envelopes:
-            execute(envelope, worker="test")
+            if after_commit:
+                with TestCase.captureOnCommitCallbacks(execute=True):
+                    execute(envelope, worker="test")
+            else:
+                execute(envelope, worker="test")
             ran.append(Job.objects.get(id=envelope.job_id).payload.get("name", envelope.type))
     raise AssertionError("workflow did not settle")
 

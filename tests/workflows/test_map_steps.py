@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.test import TestCase
 from django.utils import timezone
 
 from jobs.models import Batch, Job, JobStatus
 from orchestration.scheduler.batch_callbacks import fire_batch_callbacks
 from orchestration.scheduler.fencing import next_epoch
-from orchestration.worker import execute
+from orchestration.worker import execute as worker_execute
 from tests.workflows.conftest import pending_dispatches, run_all, task, undo
-from tests.workflows.test_wait_steps import URL, step, submit
+from tests.workflows.test_wait_steps import URL, step, submit, wake
 from workflows import maps
 from workflows.models import StepState, Workflow
 
@@ -29,6 +30,11 @@ def fan(id: str, over: str, *, type: str = "demo.echo", path: str = "items", **e
 
 def split(items: Any, **extra: Any) -> dict[str, Any]:
     return {**task("split", **extra), "payload": {"name": "split", "items": items}}
+
+
+def execute(envelope: Any, worker: str) -> None:
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        worker_execute(envelope, worker=worker)
 
 
 def look() -> int:
@@ -66,7 +72,7 @@ def test_a_map_runs_a_child_per_element_and_its_dependent_reads_them_by_referenc
     row = {t["id"]: t for t in api.get(f"{URL}{flow['id']}/").json()["tasks"]}["fan"]
     assert (row["kind"], row["status"]) == ("map", "SUCCEEDED")
     assert row["map"]["children"] == {"total": 3, "waiting": 0, "running": 0, "succeeded": 3, "failed": 0}
-    assert Job.objects.filter(workflow_id=flow["id"], batch_id=fanned.batch_id).count() == 3
+    assert Job.objects.filter(batch_id=fanned.batch_id, workflow_id__isnull=True).count() == 3  # the batch's jobs
 
 
 def test_an_empty_list_completes_the_map_at_the_next_look(api):
@@ -104,6 +110,8 @@ def test_a_failing_child_fails_the_map_stops_its_siblings_and_undoes_what_succee
     execute(children[0], worker="test")  # fan[0] succeeds
     Job.objects.filter(id=children[1].job_id).update(type="demo.fail")  # fan[1] will fail (max_attempts 1)
     execute(children[1], worker="test")
+    assert step(flow["id"], "fan").state == StepState.WAITING  # the scheduler's look decides
+    look()
     fanned = step(flow["id"], "fan")
     assert fanned.state == StepState.FAILED
     assert Job.objects.get(id=children[2].job_id).status == JobStatus.CANCELLED  # its sibling, stopped
@@ -174,3 +182,39 @@ def test_the_results_api_is_the_owners_and_checks_its_parameters(api, other_api)
     assert api.get(f"{URL}{flow['id']}/maps/split/results/").status_code == 404  # not a map
     assert api.get(f"{URL}{flow['id']}/maps/fan/results/?page_size=0").status_code == 400
     assert api.get(f"{URL}{flow['id']}/maps/fan/results/?after=x").status_code == 400
+
+
+def test_a_fan_out_its_process_did_not_finish_is_finished_by_the_scheduler(api, monkeypatch):
+    """The parent's success commits, and its process dies before the children go in (here:
+    its after-commit fan-out never runs). Past the grace, the scheduler's wake scan submits
+    them a chunk a tick, from the batch's count: each child once."""
+    monkeypatch.setattr(maps, "FAN_OUT_CHUNK", 2)
+    flow = submit(api, [split(list("abcde")), fan("fan", "split"), task("join", "fan")])
+    run_all(after_commit=False)  # the fan-out after its commit never starts
+    fanned = step(flow["id"], "fan")
+    assert (fanned.state, Job.objects.filter(batch_id=fanned.batch_id).count()) == (StepState.WAITING, 0)
+    assert wake(1) == 0  # within the grace: the process that began it may still be at it
+    assert wake(6) == 1
+    assert Job.objects.filter(batch_id=fanned.batch_id).count() == 2
+    look()  # not closed yet: two children are not the map
+    assert step(flow["id"], "fan").state == StepState.WAITING
+    wake(7), wake(8)
+    assert step(flow["id"], "fan").wake_at is None  # all five in, the batch closed
+    wake(9)
+    indexes = sorted(j.payload["index"] for j in Job.objects.filter(batch_id=fanned.batch_id))
+    assert indexes == [0, 1, 2, 3, 4]
+    assert settle() == ["fan"] * 5 + ["join"]
+    assert Workflow.objects.get(id=flow["id"]).status == "SUCCEEDED"
+
+
+def test_a_fan_out_stops_when_the_workflow_is_cancelled_between_chunks(api, monkeypatch):
+    monkeypatch.setattr(maps, "FAN_OUT_CHUNK", 2)
+    flow = submit(api, [split(list("abcde")), fan("fan", "split")])
+    run_all(after_commit=False)
+    wake(6)
+    api.post(f"{URL}{flow['id']}/cancel/")
+    wake(12)
+    fanned = step(flow["id"], "fan")
+    assert Job.objects.filter(batch_id=fanned.batch_id).count() == 2
+    assert set(Job.objects.filter(batch_id=fanned.batch_id).values_list("status", flat=True)) == {"CANCELLED"}
+    assert Workflow.objects.get(id=flow["id"]).status == "CANCELLED"

@@ -1,4 +1,5 @@
-"""`manage.py bench api|pipeline|logs|workflows|flow|dashboard|scale`: measured numbers next to a same-run baseline."""
+"""`manage.py bench api|pipeline|logs|workflows|steps|flow|dashboard|scale`: measured numbers next to a
+same-run baseline."""
 
 from __future__ import annotations
 
@@ -78,6 +79,14 @@ class Command(BaseCommand):
         flows.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         flows.add_argument("--signals", type=int, default=200, help="workflows waiting on a signal (0: none)")
         flows.add_argument("--signal-rate", type=AMOUNT, default=20.0, help="signals a second")
+        grow = sub.add_parser("steps", help="workflows that wait and grow: 100,000 waiting, a map vs plain jobs")
+        grow.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        grow.add_argument("--waiting", type=int, default=100_000, help="workflows waiting on a signal (0: skip)")
+        grow.add_argument("--scans", type=COUNT, default=200, help="times the scheduler's scans are timed a round")
+        grow.add_argument("--map", type=int, default=10_000, help="children of the map and plain jobs (0: skip)")
+        grow.add_argument("--rounds", type=COUNT, default=2, help="interleaved runs of each (median, spread)")
+        grow.add_argument("--signals", type=int, default=200, help="signals timed to their next start (0: skip)")
+        grow.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         flow = sub.add_parser("flow", help="cost of batches and unused flow control; a rate-limited key held")
         flow.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         flow.add_argument("--jobs", type=COUNT, default=1000, help="jobs of the plain run and of the batch")
@@ -140,6 +149,14 @@ class Command(BaseCommand):
             workflows.run(
                 base=opts["url"].rstrip("/"), wide=opts["wide"], chain=opts["chain"], keep=opts["keep"],
                 out=self.stdout, signals=opts["signals"], signal_rate=opts["signal_rate"],
+            )  # fmt: skip
+        elif opts["which"] == "steps":
+            from devtools.bench import steps
+
+            self.stdout.write(f"bench steps against {opts['url']} ({os.cpu_count()} CPUs)")
+            steps.run(
+                base=opts["url"].rstrip("/"), waiting_n=opts["waiting"], scan_times=opts["scans"], map_n=opts["map"],
+                rounds=opts["rounds"], signals=opts["signals"], keep=opts["keep"], out=self.stdout,
             )  # fmt: skip
         elif opts["which"] == "flow":
             from devtools.bench import flow
