@@ -116,3 +116,13 @@ def test_the_graph_links_to_the_child(api, user, client):
     client.force_login(user)
     page = client.get(f"/workflows/{flow['id']}/panel/").content.decode()
     assert f'<a href="/workflows/{child.id}/">' in page
+
+
+def test_the_openapi_schema_describes_every_step_kind(client):
+    schema = client.get("/api/schema/?format=json").json()
+    assert "/api/v1/workflows/{workflow_id}/approvals/{task_id}" in schema["paths"]
+    assert "/api/v1/workflows/{workflow_id}/maps/{task_id}/results/" in schema["paths"]
+    task_input = schema["components"]["schemas"]["TaskInputRequest"]["properties"]
+    assert {"type", "wait", "approval", "map", "workflow"} <= set(task_input)
+    task = schema["components"]["schemas"]["Task"]["properties"]
+    assert {"kind", "approval", "decisions", "map", "workflow"} <= set(task)
