@@ -126,3 +126,19 @@ def test_the_openapi_schema_describes_every_step_kind(client):
     assert {"type", "wait", "approval", "map", "workflow"} <= set(task_input)
     task = schema["components"]["schemas"]["Task"]["properties"]
     assert {"kind", "approval", "decisions", "map", "workflow"} <= set(task)
+
+
+def test_a_childs_job_delivered_twice_runs_once_and_moves_the_parent_once(api):
+    from orchestration.worker import execute
+    from tests.workflows.conftest import pending_dispatches
+
+    flow = submit(api, [sub("ship", tasks=[task("pack")]), task("notify", "ship")])
+    envelopes = pending_dispatches()  # pack's, the child's only task
+    for envelope in envelopes + envelopes:  # at least once: twice
+        execute(envelope, worker="test")
+    child = child_of(flow["id"], "ship")
+    assert (child.status, Job.objects.get(workflow=child).attempts) == ("SUCCEEDED", 1)
+    assert wake() == 1
+    assert wake() == 0  # the step moved once
+    assert run_all() == ["notify"]
+    assert Workflow.objects.get(id=flow["id"]).status == "SUCCEEDED"
