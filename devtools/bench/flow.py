@@ -84,14 +84,26 @@ def _measured(run_once: Any) -> tuple[float, float]:
     return wall, sum(meter.stop("flow", "e2e", 1, wall).cpu.values())
 
 
-def _compare(label: str, runs: dict[str, list[tuple[float, float]]], a: str, b: str, n: int, out: Out) -> float:
+def compare(label: str, runs: dict[str, list[tuple[float, float]]], a: str, b: str, n: int,
+            out: Out) -> tuple[float, float]:  # fmt: skip
+    """Print each kind's rounds; (CPU, wall) of b over a, medians."""
     for kind in (a, b):
         walls, cpus = [r[0] for r in runs[kind]], [r[1] / n * 1e6 for r in runs[kind]]
         out.write(f"  {kind:<44} wall {_spread(walls)}; CPU a job {_spread(cpus, 'µs')}\n")
     cpu = statistics.median(r[1] for r in runs[b]) / statistics.median(r[1] for r in runs[a])
     wall = statistics.median(r[0] for r in runs[b]) / statistics.median(r[0] for r in runs[a])
     out.write(f"  {label}: CPU {cpu:.3f}x, wall {wall:.3f}x\n")
-    return cpu
+    return cpu, wall
+
+
+def interleaved(rounds: int, pair: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) of each of two runs, `rounds` times, alternating which goes first."""
+    a, b = pair
+    runs: dict[str, list[tuple[float, float]]] = {a: [], b: []}
+    for r in range(rounds):
+        for kind in (a, b) if r % 2 == 0 else (b, a):
+            runs[kind].append(_measured(pair[kind]))
+    return runs
 
 
 def unused(base: str, session: requests.Session, n: int, rounds: int, out: Out) -> float:
@@ -104,18 +116,15 @@ def unused(base: str, session: requests.Session, n: int, rounds: int, out: Out) 
                 runs[kind].append(_measured(lambda: plain(base, session, n)))
     finally:
         _set_batch_counting(True)
-    ratio = _compare("with / without (target: within noise)", runs, without, with_, n, out)
-    return ratio
+    return compare("with / without (target: within noise)", runs, without, with_, n, out)[0]
 
 
 def batch_vs_plain(base: str, session: requests.Session, n: int, rounds: int, out: Out) -> float:
     plain_kind, batch_kind = f"{n} plain jobs (bulk)", f"a {n}-job batch with an on_complete callback"
-    runs: dict[str, list[tuple[float, float]]] = {plain_kind: [], batch_kind: []}
-    for r in range(rounds):
-        for kind in (plain_kind, batch_kind) if r % 2 == 0 else (batch_kind, plain_kind):
-            run_once = (lambda: plain(base, session, n)) if kind == plain_kind else (lambda: batch(base, session, n))
-            runs[kind].append(_measured(run_once))
-    return _compare("batch / plain (target: CPU at most 1.10x)", runs, plain_kind, batch_kind, n, out)
+    runs = interleaved(
+        rounds, {plain_kind: lambda: plain(base, session, n), batch_kind: lambda: batch(base, session, n)}
+    )
+    return compare("batch / plain (target: CPU at most 1.10x)", runs, plain_kind, batch_kind, n, out)[0]
 
 
 def rate_held(base: str, session: requests.Session, owner_id: int, limit: int, seconds: float, out: Out) -> float:

@@ -27,7 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from devtools.bench.api import bench_token, delete_bench_jobs
-from devtools.bench.flow import _measured, _spread
+from devtools.bench.flow import compare, interleaved
 from devtools.bench.flow import plain as plain_jobs
 from devtools.bench.pipeline import _session, light_load
 from devtools.bench.stats import Out, Progress, percentile
@@ -168,18 +168,10 @@ def map_run(base: str, session: requests.Session, n: int) -> float:
 
 def map_vs_plain(base: str, session: requests.Session, n: int, rounds: int, out: Out) -> float:
     plain_kind, map_kind = f"{n:,} plain jobs (bulk)", f"a map of {n:,} children"
-    runs: dict[str, list[tuple[float, float]]] = {plain_kind: [], map_kind: []}
-    for r in range(rounds):
-        for kind in (plain_kind, map_kind) if r % 2 == 0 else (map_kind, plain_kind):
-            once = (lambda: plain_jobs(base, session, n)) if kind == plain_kind else (lambda: map_run(base, session, n))
-            runs[kind].append(_measured(once))
-    for kind in (plain_kind, map_kind):
-        walls, cpus = [w for w, _ in runs[kind]], [c / n * 1e6 for _, c in runs[kind]]
-        out.write(f"  {kind:<28} wall {_spread(walls)}; CPU a job {_spread(cpus, 'µs')}\n")
-    wall = statistics.median(w for w, _ in runs[map_kind]) / statistics.median(w for w, _ in runs[plain_kind])
-    cpu = statistics.median(c for _, c in runs[map_kind]) / statistics.median(c for _, c in runs[plain_kind])
-    out.write(f"  map / plain: wall {wall:.3f}x, CPU {cpu:.3f}x (target: within 15 %)\n")
-    return wall
+    runs = interleaved(
+        rounds, {plain_kind: lambda: plain_jobs(base, session, n), map_kind: lambda: map_run(base, session, n)}
+    )
+    return compare("map / plain (target: wall within 15 %)", runs, plain_kind, map_kind, n, out)[1]
 
 
 def run(*, base: str, waiting_n: int, scan_times: int, map_n: int, rounds: int, signals: int, keep: bool,
