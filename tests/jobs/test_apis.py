@@ -520,3 +520,29 @@ def test_health_ready_names_a_broken_engine(client, redis_down):
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["failed"] == ["redis"]
+
+
+def test_health_ready_gives_up_on_a_silent_engine_within_its_check_timeout(client, settings):
+    """A Redis that accepts connections and never answers (a hung host, a full backlog): the
+    probe names it within CHECK_TIMEOUT, not the pool's REDIS_SOCKET_TIMEOUT (5 s)."""
+    import socket
+    import time
+
+    from metrics.health import CHECK_TIMEOUT
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or writes
+    try:
+        port = silent.getsockname()[1]
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"],
+                                                          "LOCATION": f"redis://127.0.0.1:{port}/0"}}  # fmt: skip
+        started = time.monotonic()
+        response = client.get("/health/ready")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["redis"]
+    assert "Timeout" in response.json()["checks"]["redis"]["error"]
+    assert elapsed < CHECK_TIMEOUT + 1.5, elapsed
