@@ -34,6 +34,16 @@ def by_queue(envelopes: Iterable[DispatchEnvelope]) -> dict[tuple[str, int], lis
     return groups
 
 
+def shadow_name(envelopes: list[DispatchEnvelope], queue: str) -> str:
+    """A message's name as people see it: the job's type for a lone job; for a batch, its
+    queue and size, and its type when it has one ("default: 12 x billing.charge")."""
+    if len(envelopes) == 1:
+        return envelopes[0].type
+    types = {e.type for e in envelopes}
+    kind = next(iter(types)) if len(types) == 1 else f"{len(types)} types"
+    return f"{queue}: {len(envelopes)} x {kind}"
+
+
 def publish(app: Celery, queue: str, level: int, envelopes: list[DispatchEnvelope]) -> None:
     """One Celery message for jobs of one queue and lane (kombu `level`): `run_job` for a lone
     job, `run_jobs` for a batch (the bridge, and a batch handing its waiting jobs back).
@@ -45,6 +55,8 @@ def publish(app: Celery, queue: str, level: int, envelopes: list[DispatchEnvelop
         args=[envelopes[0].as_dict() if single else [e.as_dict() for e in envelopes]],
         # Celery would otherwise build a safe repr of the whole batch for every message.
         argsrepr=envelopes[0].job_id if single else f"[{len(envelopes)} jobs]",
+        # What a worker's log lines and Flower's task list call it (Celery's Request.name).
+        shadow=shadow_name(envelopes, queue),
         queue=queue,
         priority=level,
         retry=False,

@@ -4,6 +4,7 @@ whatever one queue does (its window is the relay's: the bridge never stops for a
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -368,3 +369,34 @@ def test_a_job_after_a_quiet_spell_goes_without_the_linger(topics, queue, settin
             wait_for(lambda: len(celery_messages(queue)) == 1, timeout=5, interval=0.001, message="a lone job")
             waits.append(time.monotonic() - sent)
         assert sorted(waits)[len(waits) // 2] < 0.2, waits
+
+
+def test_celery_messages_carry_the_job_type_as_their_name(topics, queue, bridge):
+    """Celery's `shadow` header is what a worker's log lines and Flower's task list call a
+    task: the job's type for a lone job, the queue, size and type for a batch (not
+    `orchestration.run_job(s)` for everything)."""
+    backlog = [envelope(queue, type="demo.echo") for _ in range(40)]
+    produce(topics["jobs"], [orjson.dumps(e) for e in backlog], key=b"one-partition")
+    with bridge(batch_size=32, batch_max=32):
+        wait_for(lambda: len(celery_messages(queue)) == 40, timeout=30, message="the backlog enqueued")
+        lone = envelope(queue, type="demo.noop")
+        produce(topics["jobs"], [orjson.dumps(lone)])
+        wait_for(lambda: len(celery_messages(queue)) == 41, timeout=10, message="the lone job")
+    from celery.worker.request import Request
+
+    import orchestration.celery_tasks  # noqa: F401 the tasks a worker registers
+    from config.celery import app
+
+    names = []
+    with app.connection() as conn:
+        channel = conn.default_channel
+        for name in broker.list_names(queue):
+            for raw in broker.client().lrange(name, 0, -1):
+                # The name a worker gives the message it takes (its log lines, its events: Flower).
+                message = orjson.loads(raw)
+                request = Request(channel.Message(message, channel=channel), app=app)
+                names.append((message["headers"]["task"], request.name))
+    assert ("orchestration.run_job", "demo.noop") in names
+    batch_names = {shadow for task, shadow in names if task == "orchestration.run_jobs"}
+    assert batch_names, names
+    assert all(re.fullmatch(rf"{re.escape(queue)}: \d+ x demo\.echo", n) for n in batch_names), batch_names
