@@ -5,6 +5,7 @@ fragment (see static/dashboard/app.js)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,6 +15,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -27,7 +29,7 @@ from rest_framework.exceptions import ValidationError
 from config.errors import StateConflict
 from config.text import is_uuid
 from dashboard import charts, queries
-from jobs import batches, bulk_actions, schedules, selectors, services
+from jobs import batches, bulk_actions, schedules, selectors, services, visibility
 from jobs.errors import BatchEnded, BatchNotFound, JobError, ScheduleNotFound
 from jobs.models import TERMINAL_STATUSES, JobStatus
 from jobs.serializers import JobDetailSerializer
@@ -43,6 +45,18 @@ from workflows.models import WORKFLOW_TERMINAL, Decision, StepKind, WorkflowStat
 from workflows.serializers import task_rows
 
 PAGE = 50
+
+
+def acting(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """An action: refused (403) to a viewer, who sees what staff see and may do nothing."""
+
+    @functools.wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not visibility.may_act(request.user):
+            raise PermissionDenied(visibility.VIEWERS_LOOK_ONLY)
+        return view(request, *args, **kwargs)
+
+    return checked
 
 
 def _page_and_panel(page: str, panel: str, context: Callable[..., dict[str, Any]]) -> tuple[Any, Any]:
@@ -134,6 +148,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@acting
 def job_bulk(request: HttpRequest) -> HttpResponse:
     action = request.POST.get("action")
     do = {"retry": services.job_retry, "cancel": services.job_cancel}.get(action or "")
@@ -163,6 +178,7 @@ BULK_VERBS = {"cancel": "Cancel", "retry": "Retry"}
 
 
 @login_required
+@acting
 def job_bulk_action(request: HttpRequest) -> HttpResponse:
     """Every job that matches the list's filters: GET shows how many and asks to confirm,
     POST starts the action in the background and shows its job (its progress bar)."""
@@ -228,6 +244,7 @@ JOB_ACTIONS: dict[str, tuple[Callable[..., Any], str]] = {
 
 @login_required
 @require_POST
+@acting
 def job_action(request: HttpRequest, job_id: uuid.UUID, action: str) -> HttpResponse:
     if action not in JOB_ACTIONS:
         raise Http404("no such action")  # never a default: a typo must not cancel a job
@@ -270,7 +287,8 @@ def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str,
     ]
     return {
         "workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL,
-        "approvals": approvals, "can_cancel": request.user.is_staff or workflow.owner_id == request.user.pk,
+        "approvals": approvals, "can_cancel": visibility.may_act(request.user)
+        and (request.user.is_staff or workflow.owner_id == request.user.pk),
     }  # fmt: skip
 
 
@@ -281,6 +299,7 @@ workflow_detail, workflow_panel = _page_and_panel(
 
 @login_required
 @require_POST
+@acting
 def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpResponse:
     try:
         workflow = workflow_selectors.workflow_get(user=request.user, workflow_id=workflow_id)
@@ -295,6 +314,7 @@ def workflow_cancel(request: HttpRequest, workflow_id: uuid.UUID) -> HttpRespons
 
 @login_required
 @require_POST
+@acting
 def workflow_decide(request: HttpRequest, workflow_id: uuid.UUID, task_id: str) -> HttpResponse:
     decision = request.POST.get("decision", "")
     if decision not in Decision.values:
@@ -340,6 +360,7 @@ batch_detail, batch_panel = _page_and_panel("dashboard/batch.html", "dashboard/_
 
 @login_required
 @require_POST
+@acting
 def batch_cancel(request: HttpRequest, batch_id: uuid.UUID) -> HttpResponse:
     try:
         batch = selectors.batch_get(user=request.user, batch_id=batch_id)
@@ -410,6 +431,7 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@acting
 def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpResponse:
     try:
         schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)

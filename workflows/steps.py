@@ -28,6 +28,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from jobs import visibility
 from workflows import advance, maps
 from workflows.errors import (
     AlreadyDecided,
@@ -163,6 +164,8 @@ def may_decide(workflow: Workflow, step: WorkflowTask, user: Any) -> str:
     """Why `user` may not decide on the approval step ("" when they may): a group the step
     names that they are not in, or their own workflow when the step does not allow it."""
     rule = step.wait or {}
+    if not visibility.may_act(user):
+        return visibility.VIEWERS_LOOK_ONLY
     if not rule.get("allow_self") and workflow.owner_id == user.pk:
         return f"step {step.task_id!r} does not allow its workflow's owner to decide (allow_self is false)"
     group = rule.get("group")
