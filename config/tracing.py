@@ -4,7 +4,8 @@
                     process, config.celery), relay, bridge, scheduler and log sink (config.roles)
       on only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) or OTEL_TRACES_EXPORTER is
       set and OTEL_SDK_DISABLED is not true: a TracerProvider whose resource says
-      `service.name` = the role, a BatchSpanProcessor with the OTLP/HTTP exporter (the SDK
+      `service.name` = OTEL_SERVICE_NAME or else the role (the role also in
+      `orchestration.role` and `service.instance.id`), a BatchSpanProcessor with the OTLP/HTTP exporter (the SDK
       reads the other OTEL_* variables: sampler, batch delay, headers), and the maintained
       instrumentations for Django, psycopg, Celery and redis. The relay's Kafka producer is
       wrapped on its own (`traced_producer`): instrumenting confluent_kafka globally would
@@ -81,6 +82,18 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+def resource_attributes(role: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What every span of this process says it came from. `service.name` is OTEL_SERVICE_NAME
+    when set (one name for the whole platform, as a collector's pipelines may expect), else the
+    role; the role is always in `orchestration.role` and in `service.instance.id`."""
+    return {
+        "service.name": environ.get("OTEL_SERVICE_NAME", "").strip() or role,
+        "service.namespace": "orchestration",
+        "service.instance.id": f"{role}@{socket.gethostname()}:{os.getpid()}",
+        "orchestration.role": role,
+    }
+
+
 def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Turn tracing on for this process if the environment asks for it. Idempotent: a second
     call (or a forked child of a process that set it up: the SDK restarts its export thread
@@ -98,10 +111,7 @@ def setup(service: str, environ: Mapping[str, str] = os.environ) -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
-    resource = Resource.create(
-        {"service.name": service, "service.namespace": "orchestration",
-         "service.instance.id": f"{socket.gethostname()}:{os.getpid()}"}
-    )  # fmt: skip
+    resource = Resource.create(resource_attributes(service, environ))
     sampler = cast(Any, DropOrphanSpans(_get_from_env_or_default()))  # duck-typed: the SDK stays unimported when off
     provider = TracerProvider(resource=resource, sampler=sampler)
     for name in wanted:

@@ -335,3 +335,12 @@ def test_untrusted_a_request_starts_its_own_trace_and_links_the_callers(traced, 
     bad = rf.get("/", HTTP_TRACEPARENT="00-nonsense")
     tracing.UntrustedTraceContext(lambda r: seen.update(r.META))(bad)
     assert tracing.CALLER_TRACEPARENT not in bad.META
+
+
+def test_otel_service_name_is_honoured_and_the_role_kept():
+    own = tracing.resource_attributes("bridge", environ={})
+    assert (own["service.name"], own["orchestration.role"]) == ("bridge", "bridge")
+    assert own["service.instance.id"].startswith("bridge@")
+    named = tracing.resource_attributes("bridge", environ={"OTEL_SERVICE_NAME": "shop-jobs"})
+    assert (named["service.name"], named["orchestration.role"]) == ("shop-jobs", "bridge")
+    assert named["service.instance.id"].startswith("bridge@")
