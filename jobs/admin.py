@@ -27,7 +27,7 @@ from config.text import is_uuid
 from jobs import batches, services
 from jobs.errors import BatchEnded, JobError
 from jobs.handlers import is_registered
-from jobs.models import Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
+from jobs.models import AuditRecord, Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -454,3 +454,22 @@ class ScheduleAdmin(admin.ModelAdmin):
     @admin.action(description="Disable selected schedules")
     def disable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         queryset.update(enabled=False, next_fire_at=None)
+
+
+@admin.register(AuditRecord)
+class AuditRecordAdmin(ReadOnlyAdmin):
+    """The audit log (jobs.audit): read and filtered here; nothing adds, changes or deletes a
+    record (nor can anything else: a trigger refuses UPDATE and DELETE)."""
+
+    list_display = ["created_at", "actor", "action", "target_type", "target_id", "source", "request_id"]
+    list_filter = ["action", "source", "target_type", "created_at"]
+    search_fields = ["actor", "target_id", "request_id", "trace_id"]
+    show_full_result_count = False
+    fields = readonly_fields = (
+        "created_at", "actor", "actor_id", "action", "target_type", "target_id", "target_owner_id", "source",
+        "request_id", "trace_id", "details",
+    )  # fmt: skip
+    actions = None  # not even the bulk delete
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_staff)

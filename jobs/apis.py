@@ -6,7 +6,8 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
+from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -23,11 +24,12 @@ from config.rest import (
     request_owner_id,
     with_idempotency_header,
 )
-from jobs import batches, bulk_actions, fast_input, rate_limits, schedules, selectors, services
+from jobs import audit, batches, bulk_actions, fast_input, rate_limits, schedules, selectors, services
 from jobs.errors import IllegalTransition, JobNotFound
-from jobs.models import Job
+from jobs.models import AuditRecord, Job
 from jobs.serializers import (
     KEY_HELP,
+    AuditRecordSerializer,
     BatchAddSerializer,
     BatchInputSerializer,
     BatchSerializer,
@@ -212,6 +214,12 @@ class TokenObtainApi(ObtainAuthToken):
     parser_classes = [ORJSONParser, LimitedFormParser, MultiPartParser]
     renderer_classes = [ORJSONRenderer]
 
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().post(request, *args, **kwargs)
+        user = Token.objects.select_related("user").get(key=response.data["token"]).user
+        audit.record("token.obtain", "user", user.pk, owner_id=user.pk, actor=user)
+        return response
+
 
 class ScheduleListCreateApi(APIView):
     @extend_schema(
@@ -248,7 +256,7 @@ class ScheduleDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, schedule_id: str) -> Response:
-        selectors.schedule_get(user=request.user, schedule_id=schedule_id).delete()
+        schedules.schedule_delete(selectors.schedule_get(user=request.user, schedule_id=schedule_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -296,8 +304,7 @@ class RateLimitDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, limit_id: int) -> Response:
-        selectors.rate_limit_get(user=request.user, limit_id=limit_id, to_change=True).delete()
-        rate_limits.forget_cached()
+        rate_limits.rate_limit_delete(selectors.rate_limit_get(user=request.user, limit_id=limit_id, to_change=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -426,3 +433,29 @@ class BatchCancelApi(APIView):
         action, matched = batches.batch_cancel(user=request.user, batch_id=batch.id)
         batch.refresh_from_db()
         return Response({"batch": _batch_answer(batch), "bulk_action": str(action.id), "matched": matched})
+
+
+class AuditListApi(APIView):
+    @extend_schema(
+        operation_id="audit_list",
+        parameters=[
+            OpenApiParameter(name, OpenApiTypes.STR) for name in
+            ("actor", "action", "target_type", "target_id", "source", "request_id")
+        ] + [
+            OpenApiParameter("owner", OpenApiTypes.INT, description="Whose object the action was on."),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description="1-1000, default 50."),
+        ],
+        responses=inline_serializer(
+            "AuditPage", {"results": AuditRecordSerializer(many=True), "next": serializers.URLField(allow_null=True)}
+        ),
+        description="Every operator action (cancel, retry, bulk actions, approvals, signals, limits, schedules, "
+        "tokens): who, when, what, on what, from where (api, dashboard, admin, cli), with the request and trace "
+        "ids. Newest first. Staff and viewers only; nothing edits it.",
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        if not audit.readable_by(request.user):
+            raise exceptions.PermissionDenied("the audit log is for staff and viewers")
+        return filtered_page(request, selectors.AuditFilter, AuditRecord.objects.all(), AuditRecordSerializer)

@@ -31,7 +31,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs import bulk_actions, services
+from jobs import audit, bulk_actions, services
 from jobs.errors import BatchClosed, BatchEnded
 from jobs.keys import BATCH_KEY_PREFIX
 from jobs.models import TERMINAL_STATUSES, Batch, Job, JobStatus
@@ -125,6 +125,9 @@ def batch_cancel(*, user: Any, batch_id: uuid.UUID | str) -> tuple[Job, int]:
     """Cancel the batch and, in the background, its unfinished jobs: a bulk action as `user`
     (the action's job, and how many jobs match now). BatchEnded when there is nothing to cancel."""
     batch_mark_cancelled(batch_id=batch_id)
+    audit.record(
+        "batch.cancel", "batch", batch_id, owner_id=Batch.objects.values_list("owner_id", flat=True).get(id=batch_id)
+    )
     return bulk_actions.start(
         user, action="cancel", payload=None, filters={"batch": str(batch_id), "status": WAITING_OR_RUNNING}
     )

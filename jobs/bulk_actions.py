@@ -25,7 +25,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from jobs import handlers, selectors, services
+from jobs import audit, handlers, selectors, services
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.handlers import JobContext
 from jobs.keys import BULK_KEY_PREFIX
@@ -69,7 +69,9 @@ def start(user: Any, *, action: str, filters: dict[str, Any], payload: dict[str,
         timeout_seconds=7 * 86400,
         max_attempts=3,
     )
-    return services.job_submit(owner_id=user.pk, spec=spec).job, count
+    job = services.job_submit(owner_id=user.pk, spec=spec).job
+    audit.record("jobs.bulk_action", "job", job.id, owner_id=user.pk, verb=action, filter=capped, matching=count)
+    return job, count
 
 
 def run(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from config.ids import new_id
 
@@ -658,3 +659,36 @@ class JobMinuteDelta(models.Model):
 
     def __str__(self) -> str:
         return f"{self.minute:%H:%M} owner {self.owner_id} {self.status} {self.metric}/{self.bucket}: {self.n:+}"
+
+
+class AuditRecord(models.Model):
+    """One operator action (jobs.audit): who, when, what, on what, from where. Append-only:
+    nothing edits it (a trigger refuses UPDATE and DELETE: migration 0031), and job retention
+    leaves it be."""
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # The user by id and by name as it was then: no foreign key, so deleting a user changes no record.
+    actor_id = models.IntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=32)
+    target_id = models.CharField(max_length=200)
+    target_owner_id = models.IntegerField(null=True, blank=True)  # whose object it was
+    source = models.CharField(max_length=16)  # api, dashboard, admin, cli
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    trace_id = models.CharField(max_length=32, blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "jobs_auditrecord"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="audit_created"),
+            models.Index(fields=["actor_id", "-created_at"], name="audit_actor_created"),
+            models.Index(fields=["target_type", "target_id"], name="audit_target"),
+            models.Index(fields=["action", "-created_at"], name="audit_action_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_type} {self.target_id}"

@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from config.key_rates import KeyRate
+from jobs import audit
 from jobs.errors import RateLimitPatternTaken
 from jobs.models import RateLimit
 
@@ -61,6 +62,13 @@ def forget_cached() -> None:
         _cache.clear()
 
 
+def rate_limit_delete(limit: RateLimit) -> None:
+    with transaction.atomic():
+        audit.record("rate_limit.delete", "rate_limit", limit.pk, owner_id=limit.owner_id, pattern=limit.pattern)
+        limit.delete()
+    forget_cached()
+
+
 def rate_limit_save(*, owner_id: int | None, data: dict[str, Any], limit: RateLimit | None = None) -> RateLimit:
     """Create or change a limit (owner None: every owner's keys, staff only; the caller checks)."""
     limit = limit or RateLimit(owner_id=owner_id)
@@ -69,7 +77,11 @@ def rate_limit_save(*, owner_id: int | None, data: dict[str, Any], limit: RateLi
             setattr(limit, name, data[name])
     try:
         with transaction.atomic():
+            created = limit.pk is None
             limit.save()
+            audit.record("rate_limit.create" if created else "rate_limit.update", "rate_limit", limit.pk,
+                         owner_id=limit.owner_id, pattern=limit.pattern, limit=limit.limit,
+                         period_seconds=limit.period_seconds, burst=limit.burst)  # fmt: skip
     except IntegrityError:  # (owner, pattern) is unique: a second limit for the pattern, or a race
         raise RateLimitPatternTaken(limit.pattern) from None
     forget_cached()

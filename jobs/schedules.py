@@ -23,6 +23,7 @@ from croniter import croniter
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from jobs import audit
 from jobs.errors import IdempotencyConflict, ScheduleNameTaken
 from jobs.keys import SCHEDULE_KEY_PREFIX
 from jobs.models import MisfirePolicy, Schedule
@@ -175,8 +176,15 @@ def schedule_prepare(schedule: Schedule, *, now: datetime) -> None:
     schedule.next_fire_at = next_slot(schedule, now) if schedule.enabled else None
 
 
+def schedule_delete(schedule: Schedule) -> None:
+    with transaction.atomic():
+        audit.record("schedule.delete", "schedule", schedule.id, owner_id=schedule.owner_id, name=schedule.name)
+        schedule.delete()
+
+
 def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | None = None) -> Schedule:
     """Create or update a schedule; its next slot is computed from now."""
+    created = schedule is None
     schedule = schedule or Schedule(owner_id=owner_id)
     for field_name, value in data.items():
         setattr(schedule, field_name, value)
@@ -184,6 +192,8 @@ def schedule_save(*, owner_id: int, data: dict[str, Any], schedule: Schedule | N
     try:
         with transaction.atomic():
             schedule.save()
+            audit.record("schedule.create" if created else "schedule.update", "schedule", schedule.id,
+                         owner_id=schedule.owner_id, changed=sorted(data))  # fmt: skip
     except IntegrityError:  # (owner, name) is unique: a second schedule of that name, or a race
         raise ScheduleNameTaken(schedule.name) from None
     return schedule

@@ -21,7 +21,7 @@ from rest_framework.exceptions import ValidationError
 from config.rest import Pager, cut_page, decode_cursor, in_utc
 from jobs import archive, tallies, visibility
 from jobs.errors import BatchNotFound, JobNotFound, RateLimitNotFound, ScheduleNotFound
-from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, Batch, Job, JobStatus, RateLimit, Schedule
+from jobs.models import BLOCKED_DUE_SQL, BLOCKED_SQL, AuditRecord, Batch, Job, JobStatus, RateLimit, Schedule
 
 M = TypeVar("M", Job, Schedule, Batch)
 
@@ -607,3 +607,24 @@ def queue_backlog(queue: str, *, owner_id: int | None) -> QueueBacklog:
         cur.execute(_BACKLOG_SQL, {"queue": queue, "owner": owner_id, "now": timezone.now()})
         waiting, oldest, in_flight = cur.fetchone()
     return QueueBacklog(waiting, round(float(oldest or 0.0), 3), in_flight)
+
+
+AUDIT_SOURCES = ("api", "dashboard", "admin", "cli")  # where an audited action came from (jobs.audit)
+
+
+class AuditFilter(django_filters.FilterSet):
+    actor = django_filters.CharFilter(field_name="actor")
+    action = django_filters.CharFilter(field_name="action")
+    target_type = django_filters.CharFilter(field_name="target_type")
+    target_id = django_filters.CharFilter(field_name="target_id")
+    owner = django_filters.NumberFilter(field_name="target_owner_id")
+    source = django_filters.ChoiceFilter(
+        field_name="source", choices=[(s, s) for s in ("api", "dashboard", "admin", "cli")]
+    )
+    request_id = django_filters.CharFilter(field_name="request_id")
+    created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditRecord
+        fields = ["actor", "action", "target_type", "target_id", "owner", "source", "request_id"]

@@ -20,7 +20,7 @@ from config import key_rates, queues
 from config.rest import check_json
 from jobs.handlers import submit_problem
 from jobs.keys import RESERVED_KEY_PREFIXES, reserved_prefix
-from jobs.models import Job, JobAttempt, JobStatus, RateLimit, Schedule, default_backoff
+from jobs.models import AuditRecord, Job, JobAttempt, JobStatus, RateLimit, Schedule, default_backoff
 from jobs.schedules import validate_cron, validate_timezone
 from jobs.services import JobSpec
 
@@ -535,3 +535,11 @@ class BatchSerializer(serializers.Serializer):
             "completed_at": batch.completed_at,
             "cancelled_at": batch.cancelled_at,
         }
+
+
+class AuditRecordSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditRecord
+        fields = ["id", "created_at", "actor", "actor_id", "action", "target_type", "target_id", "target_owner_id",
+                  "source", "request_id", "trace_id", "details"]  # fmt: skip
+        read_only_fields = fields

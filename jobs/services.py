@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from config import tracing
 from config.ids import new_id
-from jobs import transitions
+from jobs import audit, transitions
 from jobs.dispatch import DispatchEnvelope
 from jobs.errors import IdempotencyConflict, IllegalTransition, JobNotFound, UniqueConflict
 from jobs.models import Job, JobStatus, Outbox, default_backoff
@@ -438,7 +438,9 @@ def job_cancel(*, job_id: uuid.UUID | str) -> Job:
             discard_dispatches([job_id])
         elif not transitions.request_cancel(job_id):
             _raise_illegal(job_id, "cancel")
-    return Job.objects.get(id=job_id)
+        job = Job.objects.get(id=job_id)
+        audit.record("job.cancel", "job", job.id, owner_id=job.owner_id, status=job.status)
+    return job
 
 
 def job_retry(*, job_id: uuid.UUID | str) -> Job:
@@ -482,6 +484,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
                 traceparent=_redispatch_trace("job.requeue", job.id, attempt, job.traceparent),
             )  # fmt: skip
             _write_outbox([(job.id, envelope)], now)
+        audit.record("job.retry", "job", job.id, owner_id=job.owner_id)
     return Job.objects.get(id=job_id)
 
 

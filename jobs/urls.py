@@ -20,4 +20,5 @@ urlpatterns = [
     path("rate-limits/<int:limit_id>/", apis.RateLimitDetailApi.as_view(), name="rate-limit-detail"),
     path("schedules/", apis.ScheduleListCreateApi.as_view(), name="schedule-list"),
     path("schedules/<uuid:schedule_id>/", apis.ScheduleDetailApi.as_view(), name="schedule-detail"),
+    path("audit/", apis.AuditListApi.as_view(), name="audit-list"),
 ]

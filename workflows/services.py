@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config import tracing
+from jobs import audit
 from jobs.errors import IdempotencyConflict
 from metrics import prom
 from workflows import advance, dag
@@ -160,5 +161,6 @@ def workflow_cancel(*, workflow_id: uuid.UUID | str) -> Workflow:
             advance.start_saga(workflow)
         else:
             workflow.save(update_fields=["cancel_requested_at", "updated_at"])
+        audit.record("workflow.cancel", "workflow", workflow.id, owner_id=workflow.owner_id)
     workflow.refresh_from_db()
     return workflow

@@ -28,7 +28,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from jobs import visibility
+from jobs import audit, visibility
 from workflows import advance, maps
 from workflows.errors import (
     AlreadyDecided,
@@ -90,6 +90,7 @@ def signal(*, workflow_id: uuid.UUID | str, name: str, payload: Any, sent_by: in
     if step.state in (StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED):
         raise WaitEnded(workflow.id, step.task_id, name, step.state)
     sent = WorkflowSignal(workflow=workflow, name=name, payload=payload, sent_by_id=sent_by)
+    audit.record("workflow.signal", "workflow", workflow.id, owner_id=workflow.owner_id, signal=name)
     if step.state == StepState.NONE:
         if _kept(workflow, name).exists():
             raise SignalAlreadyKept(workflow.id, name)
@@ -201,6 +202,8 @@ def decide(*, workflow_id: uuid.UUID | str, task_id: str, user: Any, decision: s
     except IntegrityError:
         earlier = WorkflowDecision.objects.get(task=step, user=user)
         raise AlreadyDecided(step.task_id, user.get_username(), earlier.decision) from None
+    audit.record("workflow.decide", "workflow", workflow.id, owner_id=workflow.owner_id, actor=user, task=step.task_id,
+                 decision=decision, comment=comment[:200])  # fmt: skip
     decisions = _decisions(step)
     now = timezone.now()
     if decision == Decision.REJECT:

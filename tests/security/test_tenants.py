@@ -101,6 +101,7 @@ WALK: dict[str, Check] = {
     "workflow-approve": lambda api, web, o: _404(  # no approval of theirs names a group the caller is in
         api.post(f"/api/v1/workflows/{o.workflow.id}/approvals/a", {"decision": "approve"}, format="json")
     ),
+    "audit-list": lambda api, web, o: _equal(api.get("/api/v1/audit/").status_code, 403),  # staff and viewers only
     "queue-list": lambda api, web, o: _equal(
         {q["name"]: q["depth"] for q in api.get("/api/v1/queues/").json()["results"]}["default"], 0
     ),

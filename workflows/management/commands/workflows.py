@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from config.errors import StateConflict
+from jobs import audit
 from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
 from workflows import selectors, services, steps
 from workflows.errors import NoSuchApproval, NoSuchSignal, NotAnApprover, WorkflowNotFound
@@ -53,7 +54,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            getattr(self, f"do_{opts['action']}")(opts)
+            with audit.acting("cli"):  # what it does is an operator's action, recorded as the CLI's
+                getattr(self, f"do_{opts['action']}")(opts)
         except (WorkflowNotFound, NoSuchSignal, NoSuchApproval, NotAnApprover, StateConflict) as exc:
             raise CommandError(str(exc)) from exc
 
