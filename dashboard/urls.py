@@ -29,5 +29,6 @@ urlpatterns = [
     path("workflows/<uuid:workflow_id>/approvals/<str:task_id>/", views.workflow_decide, name="workflow-decide"),
     path("logs/", views.log_search, name="logs"),
     path("schedules/", views.schedule_list, name="schedules"),
+    path("audit/", views.audit_list, name="audit"),
     path("schedules/<uuid:schedule_id>/toggle/", views.schedule_toggle, name="schedule-toggle"),
 ]

@@ -29,9 +29,9 @@ from rest_framework.exceptions import ValidationError
 from config.errors import StateConflict
 from config.text import is_uuid
 from dashboard import charts, queries
-from jobs import batches, bulk_actions, schedules, selectors, services, visibility
+from jobs import audit, batches, bulk_actions, schedules, selectors, services, visibility
 from jobs.errors import BatchEnded, BatchNotFound, JobError, ScheduleNotFound
-from jobs.models import TERMINAL_STATUSES, JobStatus
+from jobs.models import TERMINAL_STATUSES, AuditRecord, JobStatus
 from jobs.serializers import JobDetailSerializer
 from logs import search
 from logs.records import LEVELS
@@ -440,6 +440,25 @@ def schedule_toggle(request: HttpRequest, schedule_id: uuid.UUID) -> HttpRespons
     schedules.schedule_save(owner_id=schedule.owner_id, data={"enabled": not schedule.enabled}, schedule=schedule)
     messages.success(request, f"Schedule {schedule.name} {'enabled' if schedule.enabled else 'disabled'}.")
     return redirect("dashboard:schedules")
+
+
+# --- the audit log ------------------------------------------------------------------------
+
+
+@login_required
+def audit_list(request: HttpRequest) -> HttpResponse:
+    """Operators' actions, newest first, filtered as the API filters them: staff and viewers."""
+    if not audit.readable_by(request.user):
+        raise PermissionDenied("the audit log is for staff and viewers")
+    filterset = selectors.AuditFilter(request.GET, queryset=AuditRecord.objects.all())
+    rows, cursor = queries.keyset_page(
+        filterset.qs if filterset.is_valid() else filterset.queryset.none(), request.GET.get("cursor"), PAGE
+    )
+    kept = {k: v for k, v in request.GET.items() if k != "cursor" and v}
+    next_url = f"?{urlencode({**kept, 'cursor': cursor})}" if cursor else None
+    context = {"records": rows, "next_url": next_url, "f": request.GET, "errors": filterset.errors,
+               "sources": selectors.AUDIT_SOURCES}  # fmt: skip
+    return render(request, "dashboard/audit.html", context)
 
 
 def _back(request: HttpRequest, fallback: str) -> HttpResponse:

@@ -129,3 +129,19 @@ def test_nothing_edits_a_record(api, job, admin_client):
     assert admin_client.get(change).status_code == 200  # staff read it
     assert admin_client.post(change, {"actor": "x"}).status_code == 403
     assert admin_client.post(f"/admin/orchestration_jobs/auditrecord/{record.id}/delete/").status_code == 403
+
+
+def test_the_dashboard_shows_it_to_staff_and_viewers_with_filters(api, job, client, staff, user):
+    api.post(f"/api/v1/jobs/{job.id}/cancel/")
+    client.force_login(user)
+    assert client.get("/audit/").status_code == 403
+    assert "/audit/" not in client.get("/").content.decode()  # no link either
+    client.force_login(staff)
+    page = client.get("/audit/").content.decode()
+    assert "<code>job.cancel</code>" in page
+    assert str(job.id)[:8] in page
+    assert "<code>job.cancel</code>" not in client.get("/audit/?source=cli").content.decode()
+    viewer = UserFactory()
+    viewer.groups.add(Group.objects.get(name="viewer"))
+    client.force_login(viewer)
+    assert "<code>job.cancel</code>" in client.get(f"/audit/?actor={user.username}").content.decode()

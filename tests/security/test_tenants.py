@@ -114,6 +114,7 @@ WALK: dict[str, Check] = {
     "dashboard:workflow-decide": lambda api, web, o: _404(
         web.post(f"/workflows/{o.workflow.id}/approvals/a/", {"decision": "approve"})
     ),
+    "dashboard:audit": lambda api, web, o: _equal(web.get("/audit/").status_code, 403),
     "dashboard:jobs": lambda api, web, o: _absent(web.get("/jobs/"), o.job.id),
     "dashboard:jobs-bulk": lambda api, web, o: (
         web.post("/jobs/bulk/", {"action": "cancel", "ids": [str(o.job.id)]}),
