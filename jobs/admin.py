@@ -15,6 +15,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -24,7 +25,7 @@ from django.utils.html import format_html, format_html_join
 
 from config import key_rates, queues
 from config.text import is_uuid
-from jobs import batches, services
+from jobs import audit, batches, services
 from jobs.errors import BatchEnded, JobError
 from jobs.handlers import is_registered
 from jobs.models import AuditRecord, Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
@@ -348,8 +349,32 @@ class UniqueLockAdmin(ReadOnlyAdmin):
         return (queryset.filter(key=term) if term else queryset), False
 
 
+class AuditedAdmin(admin.ModelAdmin):
+    """Staff's changes here are operator actions like the API's: each save and delete writes an
+    audit record (jobs.audit) in its transaction, as `<audit_as>.create|update|delete`."""
+
+    audit_as = ""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit.record(f"{self.audit_as}.{'update' if change else 'create'}", self.audit_as, obj.pk,
+                         owner_id=getattr(obj, "owner_id", None), changed=sorted(form.changed_data))  # fmt: skip
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk, owner_id=getattr(obj, "owner_id", None))
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk, owner_id=getattr(obj, "owner_id", None))
+            super().delete_queryset(request, queryset)
+
+
 @admin.register(OwnerShare)
-class OwnerShareAdmin(admin.ModelAdmin):
+class OwnerShareAdmin(AuditedAdmin):
     """An owner's weight in each queue's fair dispatch, and its share of the workers for long
     jobs (owners without a row weigh 1 and get FAIR_SLOT_SHARE). Read by the relays and the
     workers within seconds."""
@@ -358,6 +383,7 @@ class OwnerShareAdmin(admin.ModelAdmin):
     search_fields = ["owner__username"]
     raw_id_fields = ["owner"]
     readonly_fields = ["updated_at"]
+    audit_as = "owner_share"
 
 
 class RateLimitForm(forms.ModelForm):
@@ -388,12 +414,13 @@ class RateLimitForm(forms.ModelForm):
 
 
 @admin.register(RateLimit)
-class RateLimitAdmin(admin.ModelAdmin):
+class RateLimitAdmin(AuditedAdmin):
     """Rates per rate_limit_key pattern. Without an owner a limit holds for every owner's keys
     (each owner's counted on its own); where several match, the slowest holds. Workers read
     them within JOB_RATE_LIMIT_CACHE_SECONDS."""
 
     form = RateLimitForm
+    audit_as = "rate_limit"
     list_display = ["pattern", "rate", "burst", "owner", "updated_at"]
     search_fields = ["pattern", "owner__username"]
     raw_id_fields = ["owner"]
@@ -430,10 +457,11 @@ class ScheduleForm(forms.ModelForm):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(AuditedAdmin):
     """Staff edit schedules here; saving recomputes the next slot like the API does."""
 
     form = ScheduleForm
+    audit_as = "schedule"
     list_display = ["name", "cron", "timezone", "enabled", "type", "queue", "next_fire_at", "last_fired_at", "owner"]
     list_filter = ["enabled", "type", "queue"]
     search_fields = ["name", "type"]
@@ -446,14 +474,21 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable selected schedules")
     def enable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        for schedule in queryset:
-            schedule.enabled = True
-            schedule_prepare(schedule, now=timezone.now())
-            schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+        self._switch(queryset, True)
 
     @admin.action(description="Disable selected schedules")
     def disable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        queryset.update(enabled=False, next_fire_at=None)
+        self._switch(queryset, False)
+
+    def _switch(self, queryset: QuerySet[Schedule], enabled: bool) -> None:
+        with transaction.atomic():
+            for schedule in queryset:
+                schedule.enabled = enabled
+                schedule_prepare(schedule, now=timezone.now())
+                schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+                audit.record(
+                    "schedule.update", "schedule", schedule.pk, owner_id=schedule.owner_id, changed=["enabled"]
+                )
 
 
 @admin.register(AuditRecord)

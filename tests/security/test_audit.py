@@ -145,3 +145,18 @@ def test_the_dashboard_shows_it_to_staff_and_viewers_with_filters(api, job, clie
     viewer.groups.add(Group.objects.get(name="viewer"))
     client.force_login(viewer)
     assert "<code>job.cancel</code>" in client.get(f"/audit/?actor={user.username}").content.decode()
+
+
+def test_admin_edits_of_weights_limits_and_schedules_are_recorded(admin_client, user):
+    from jobs.models import OwnerShare, Schedule
+
+    share = OwnerShare.objects.create(owner=user, weight=1, slot_share=0.5)
+    response = admin_client.post(f"/admin/orchestration_jobs/ownershare/{share.pk}/change/",
+                                 {"owner": user.pk, "weight": 5, "slot_share": "0.5"})  # fmt: skip
+    assert response.status_code == 302, response.content[:500]
+    record = last(action="owner_share.update")
+    assert (record.source, record.target_owner_id, record.details) == ("admin", user.pk, {"changed": ["weight"]})
+    schedule = Schedule.objects.create(owner=user, name="nightly", cron="0 3 * * *", type="demo.noop")
+    admin_client.post("/admin/orchestration_jobs/schedule/", {"action": "disable", "_selected_action": [schedule.pk]})
+    assert last(action="schedule.update").details == {"changed": ["enabled"]}
+    assert not Schedule.objects.get(pk=schedule.pk).enabled
