@@ -28,6 +28,7 @@ from rest_framework.exceptions import ValidationError
 
 from config.errors import StateConflict
 from config.text import is_uuid
+from config.tracing import TRACE_ID
 from dashboard import charts, queries
 from jobs import audit, batches, bulk_actions, schedules, selectors, services, visibility
 from jobs.errors import BatchEnded, BatchNotFound, JobError, ScheduleNotFound
@@ -387,17 +388,20 @@ def log_search(request: HttpRequest) -> HttpResponse:
     level = g.get("level", "").upper() or None
     if level and level not in LEVELS:
         error, level = f"Unknown level {level!r}.", None
+    trace_id = g.get("trace_id", "").strip().lower() or None
+    if trace_id and not TRACE_ID.fullmatch(trace_id):
+        error, trace_id = "A trace id is 32 hexadecimal digits.", None
     since = _parse_since(g.get("window", "1h"))
     visible, owner = log_scope(request.user, job_id)
     if not visible:
         job_id = "00000000-0000-0000-0000-000000000000"  # another user's job: nothing
-    if "q" in g or job_id or level or g.get("service"):
+    if "q" in g or job_id or level or g.get("service") or trace_id:
         try:
             records, next_cursor = search.search(
                 search.LogQuery(
                     job_id=uuid.UUID(job_id) if job_id else None, min_level=level, service=g.get("service") or None,
                     q=(g.get("q") or "")[:200] or None, since=since, owner_id=owner, limit=200,
-                    cursor=g.get("cursor") or None,
+                    cursor=g.get("cursor") or None, trace_id=trace_id,
                 )
             )  # fmt: skip
         except search.InvalidCursor:

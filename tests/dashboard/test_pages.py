@@ -143,3 +143,17 @@ def test_toggling_another_users_schedule_or_none_is_404(client, user, other_user
     mine = schedules.schedule_save(owner_id=user.pk, data=data)
     assert client.post(f"/schedules/{mine.id}/toggle/").status_code == 302
     assert Schedule.objects.get(id=mine.id).enabled is False
+
+
+def test_the_log_search_filters_by_trace_id(logged_in, user, ch_table):
+    from tests.logs.conftest import record, store_records
+
+    job = submit_job(user)
+    mine, other = "a" * 32, "b" * 32
+    store_records(record("in the trace", job_id=job.id, owner_id=user.pk, trace_id=mine),
+                  record("outside it", job_id=job.id, owner_id=user.pk, trace_id=other))  # fmt: skip
+    page = logged_in.get(f"/logs/?trace_id={mine.upper()}&window=all").content.decode()
+    assert "in the trace" in page
+    assert "outside it" not in page
+    bad = logged_in.get("/logs/?trace_id=xyz&window=all").content.decode()
+    assert "A trace id is 32 hexadecimal digits." in bad
