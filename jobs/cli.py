@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import orjson
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
-from jobs import visibility
+from config import tracing
+from jobs import audit, visibility
 
 
 class _HasStatus(Protocol):
@@ -66,3 +68,13 @@ def cli_owner(username: str | None) -> Any:
         owner.set_unusable_password()
         owner.save(update_fields=["password"])
     return owner
+
+
+@contextmanager
+def operator_command(command: str, action: str) -> Iterator[None]:
+    """What a CLI action runs in: tracing as the environment asks (service `cli`), a span of
+    the command (what it submits joins its trace), and the audit context (source `cli`)."""
+    tracing.setup("cli")
+    name = f"{command} {action}"
+    with audit.acting("cli"), tracing.span(f"cli {name}", attributes={"orchestration.cli.command": name}):
+        yield

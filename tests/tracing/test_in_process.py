@@ -344,3 +344,16 @@ def test_otel_service_name_is_honoured_and_the_role_kept():
     named = tracing.resource_attributes("bridge", environ={"OTEL_SERVICE_NAME": "shop-jobs"})
     assert (named["service.name"], named["orchestration.role"]) == ("shop-jobs", "bridge")
     assert named["service.instance.id"].startswith("bridge@")
+
+
+def test_a_cli_action_is_a_span_its_jobs_join(traced, user):
+    from django.core.management import call_command
+
+    from jobs.models import Job
+
+    call_command("jobs", "submit", "demo.noop", "--owner", user.username)
+    spans = {s.name: s for s in traced.get_finished_spans()}
+    cli = spans["cli jobs submit"]
+    assert cli.attributes["orchestration.cli.command"] == "jobs submit"
+    job = Job.objects.get(owner=user)
+    assert tracing.trace_id_of(job.traceparent) == f"{cli.context.trace_id:032x}"

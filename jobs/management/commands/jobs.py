@@ -20,8 +20,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
-from jobs import audit, batches, bulk_actions, rate_limits, selectors, services
-from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
+from jobs import batches, bulk_actions, rate_limits, selectors, services
+from jobs.cli import OPERATOR, cli_owner, dump, operator_command, wait_for_end
 from jobs.errors import JobError, RateLimitPatternTaken
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, RateLimit
 from jobs.serializers import (
@@ -104,7 +104,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            with audit.acting("cli"):  # what it does is an operator's action, recorded as the CLI's
+            with operator_command("jobs", opts["action"]):  # traced, audited as the CLI's
                 getattr(self, f"do_{opts['action'].replace('-', '_')}")(opts)
         except JobError as exc:
             raise CommandError(str(exc)) from exc

@@ -19,8 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from config.errors import StateConflict
-from jobs import audit
-from jobs.cli import OPERATOR, cli_owner, dump, wait_for_end
+from jobs.cli import OPERATOR, cli_owner, dump, operator_command, wait_for_end
 from workflows import selectors, services, steps
 from workflows.errors import NoSuchApproval, NoSuchSignal, NotAnApprover, WorkflowNotFound
 from workflows.models import WORKFLOW_TERMINAL, Decision, Workflow, WorkflowStatus
@@ -54,7 +53,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
-            with audit.acting("cli"):  # what it does is an operator's action, recorded as the CLI's
+            with operator_command("workflows", opts["action"]):  # traced, audited as the CLI's
                 getattr(self, f"do_{opts['action']}")(opts)
         except (WorkflowNotFound, NoSuchSignal, NoSuchApproval, NotAnApprover, StateConflict) as exc:
             raise CommandError(str(exc)) from exc
