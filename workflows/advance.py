@@ -204,13 +204,9 @@ def child_ended(workflow_id: uuid.UUID) -> None:
 
 
 def _fan_out(workflow: Workflow, step: WorkflowTask) -> None:
-    over = (step.wait or {})["over"]
     if workflow.status != WorkflowStatus.RUNNING:
         return
-    parent = WorkflowTask.objects.filter(workflow=workflow, task_id=over).values_list("kind", "job__result", "result")
-    kind, job_result, step_result = parent.get()
-    why = maps.expand(workflow, step, job_result if kind == StepKind.JOB else step_result, timezone.now())
-    if why:
+    if why := maps.expand(workflow, step, timezone.now()):
         map_failed(workflow, step, why)
 
 

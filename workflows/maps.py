@@ -67,7 +67,7 @@ def _items(step: WorkflowTask, parent_result: Any) -> tuple[list[Any], str]:
     rule = step.wait or {}
     where = f"the result of {rule['over']!r} at {rule.get('path')!r}"
     try:
-        items = at_path(parent_result, rule.get("path", ""))
+        items = _listed(step, parent_result)
     except KeyError as exc:
         return [], f"{where}: it has no {exc.args[0]!r}"
     if not isinstance(items, list):
@@ -82,11 +82,18 @@ def _items(step: WorkflowTask, parent_result: Any) -> tuple[list[Any], str]:
     return items, ""
 
 
-def expand(workflow: Workflow, step: WorkflowTask, parent_result: Any, now: datetime) -> str:
+def parent_result(workflow: Workflow, step: WorkflowTask) -> Any:
+    """The result of the task the map fans out over (a job's, or a step's own)."""
+    parent = WorkflowTask.objects.filter(workflow=workflow, task_id=(step.wait or {})["over"])
+    kind, job_result, step_result = parent.values_list("kind", "job__result", "result").get()
+    return job_result if kind == StepKind.JOB else step_result
+
+
+def expand(workflow: Workflow, step: WorkflowTask, now: datetime) -> str:
     """The step is reached (the workflow is locked): check its list and open the batch of its
     children; they are submitted once this commits (`fan_out`). Returns why it cannot fan out
     ("" when it can): the caller fails the step with that reason."""
-    _, why = _items(step, parent_result)
+    _, why = _items(step, parent_result(workflow, step))
     if why:
         return why
     batch = Batch.objects.create(
@@ -96,37 +103,47 @@ def expand(workflow: Workflow, step: WorkflowTask, parent_result: Any, now: date
     # that began it dies (a crash between chunks loses nothing and submits nothing twice).
     step.state, step.batch_id, step.wake_at = StepState.WAITING, batch.id, now + FAN_OUT_GRACE
     step.save(update_fields=["state", "batch_id", "wake_at"])
-    transaction.on_commit(partial(fan_out, step.pk))
+    transaction.on_commit(partial(fan_out, step.pk, workflow.id))
     return ""
 
 
-def fan_out(step_pk: int) -> None:
+def fan_out(step_pk: int, workflow_id: uuid.UUID) -> None:
     """Submit the map's children, a chunk a transaction, so the first ones run while the rest
-    go in (one transaction of 10,000 inserts would hold every child back until it commits)."""
+    go in (one transaction of 10,000 inserts would hold every child back until it commits).
+    The list is read once: a parent's result does not change once it succeeded."""
+    items = None
     try:
         while True:
             with transaction.atomic():
-                step = WorkflowTask.objects.only("workflow_id").get(pk=step_pk)
-                workflow = Workflow.objects.select_for_update().get(id=step.workflow_id)
-                if not fan_out_chunk(workflow, WorkflowTask.objects.get(pk=step_pk), grace=FAN_OUT_GRACE):
+                workflow = Workflow.objects.select_for_update().get(id=workflow_id)
+                step = WorkflowTask.objects.get(pk=step_pk)
+                if items is None:
+                    items = _listed(step, parent_result(workflow, step))
+                if not fan_out_chunk(workflow, step, items=items, grace=FAN_OUT_GRACE):
                     return
     except Exception:  # the scheduler's wake scan goes on with it (its wake_at is due soon)
         logger.exception("workflow.map_fan_out_failed", extra={"step": step_pk})
 
 
-def fan_out_chunk(workflow: Workflow, step: WorkflowTask, *, grace: timedelta = timedelta(0)) -> bool:
+def _listed(step: WorkflowTask, parent_result: Any) -> list[Any]:
+    """What the step's path names in its parent's result: the list `expand` checked, which the
+    chunks after it do not check again (it was, and a parent's result does not change)."""
+    return at_path(parent_result, (step.wait or {}).get("path", ""))  # type: ignore[no-any-return]
+
+
+def fan_out_chunk(
+    workflow: Workflow, step: WorkflowTask, *, items: list[Any] | None = None, grace: timedelta = timedelta(0)
+) -> bool:
     """Submit the next chunk of the map's children (the workflow is locked; how many went in
     already is the batch's TOTAL, in the same snapshot); the last one closes the batch. False
     when there is nothing more to do: all in, or the workflow no longer running."""
     if workflow.status != WorkflowStatus.RUNNING or step.state != StepState.WAITING or step.wake_at is None:
         return False
-    rule = step.wait or {}
-    parent = WorkflowTask.objects.filter(workflow=workflow, task_id=rule["over"])
-    kind, job_result, step_result = parent.values_list("kind", "job__result", "result").get()
-    items, _ = _items(step, job_result if kind == StepKind.JOB else step_result)
+    if items is None:
+        items = _listed(step, parent_result(workflow, step))
     assert step.batch_id is not None
     done = batches.batch_total(step.batch_id)
-    template = rule["task"]
+    template = (step.wait or {})["task"]
     options = {k: template[k] for k in CHILD_OPTIONS if k in template}
     specs = [
         services.JobSpec(
