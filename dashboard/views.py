@@ -42,7 +42,7 @@ from workflows import services as workflow_services
 from workflows import steps
 from workflows.errors import NoSuchApproval, NotAnApprover, WorkflowFinished, WorkflowNotFound
 from workflows.graph import graph_tasks, render_svg
-from workflows.models import WORKFLOW_TERMINAL, Decision, StepKind, WorkflowStatus
+from workflows.models import WORKFLOW_TERMINAL, Decision, WorkflowStatus
 from workflows.serializers import task_rows
 
 PAGE = 50
@@ -282,9 +282,10 @@ def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str,
         raise Http404("no such workflow") from None
     tasks = task_rows(workflow)
     graph = render_svg(graph_tasks(tasks, lambda child: reverse("dashboard:workflow", args=[child])))
-    rules = {s.task_id: s for s in workflow.tasks.filter(kind=StepKind.APPROVAL)}
-    approvals = [
-        {**t, "why_not": steps.may_decide(workflow, rules[t["id"]], request.user)} for t in tasks if t["id"] in rules
+    approvals = [  # the task rows carry each approval's rule already
+        {**t, "why_not": steps.may_decide(workflow, t["id"], t["approval"], request.user)}
+        for t in tasks
+        if t["approval"]
     ]
     return {
         "workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL,

@@ -29,6 +29,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from config import tracing
+from jobs import visibility
 from jobs.models import AuditRecord
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")  # a caller's X-Request-ID is kept only if it looks like one
@@ -93,6 +94,4 @@ class AuditContext:
 
 
 def readable_by(user: Any) -> bool:
-    from jobs import visibility
-
     return bool(getattr(user, "is_staff", False)) or visibility.is_viewer(user)

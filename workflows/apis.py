@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.rest import check_json, filtered_page, request_owner_id, with_idempotency_header
+from config.rest import KeysetPagination, check_json, filtered_page, request_owner_id, with_idempotency_header
 from jobs.apis import IDEMPOTENCY_HEADER
 from workflows import maps, selectors, services, steps
 from workflows.errors import NotAnApprover
@@ -155,6 +155,13 @@ class WorkflowApprovalApi(APIView):
         })  # fmt: skip
 
 
+MAX_INDEX = 2**31 - 1  # a child's index is an int in PostgreSQL: a larger `after` is a 400, not its error
+
+
+class _ChildrenPages(KeysetPagination):
+    default_size = max_size = maps.PAGE  # a page of a map's children: up to 1,000, all by default
+
+
 class WorkflowMapResultsApi(APIView):
     @extend_schema(
         operation_id="workflows_map_results",
@@ -186,23 +193,15 @@ class WorkflowMapResultsApi(APIView):
         step = workflow.tasks.filter(task_id=task_id, kind=StepKind.MAP).first()
         if step is None:
             raise exceptions.NotFound(f"workflow {workflow.id} has no map step {task_id[:200]!r}")
-        after = _int_param(request, "after", -1, minimum=-1)
-        size = _int_param(request, "page_size", maps.PAGE, minimum=1, maximum=maps.PAGE)
+        size = _ChildrenPages().page_size(request)
+        raw = request.query_params.get("after", "-1")
+        try:
+            after = int(raw)
+        except ValueError:
+            raise serializers.ValidationError({"after": [f"not a whole number: {raw[:50]!r}"]}) from None
+        if not -1 <= after <= MAX_INDEX:
+            raise serializers.ValidationError({"after": [f"must be -1 to {MAX_INDEX}"]})
         rows = maps.page(step, after=after, size=size)
         more = len(rows) == size
         next_url = request.build_absolute_uri(f"?after={rows[-1]['index']}&page_size={size}") if more else None
         return Response({"results": rows, "next": next_url})
-
-
-def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise serializers.ValidationError({name: [f"not a whole number: {raw[:50]!r}"]}) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}-{maximum}" if maximum is not None else f"at least {minimum}"
-        raise serializers.ValidationError({name: [f"must be {bound}"]})
-    return value

@@ -161,19 +161,19 @@ def _child_moved(workflow: Workflow, step: WorkflowTask, now: datetime) -> str |
     return StepState.FAILED
 
 
-def may_decide(workflow: Workflow, step: WorkflowTask, user: Any) -> str:
-    """Why `user` may not decide on the approval step ("" when they may): a group the step
-    names that they are not in, or their own workflow when the step does not allow it."""
-    rule = step.wait or {}
+def may_decide(workflow: Workflow, task_id: str, rule: dict[str, Any], user: Any) -> str:
+    """Why `user` may not decide on the approval step `task_id` whose rule (its `approval`) is
+    `rule` ("" when they may): a viewer, a group the step names that they are not in, or their
+    own workflow when the step does not allow it."""
     if not visibility.may_act(user):
         return visibility.VIEWERS_LOOK_ONLY
     if not rule.get("allow_self") and workflow.owner_id == user.pk:
-        return f"step {step.task_id!r} does not allow its workflow's owner to decide (allow_self is false)"
+        return f"step {task_id!r} does not allow its workflow's owner to decide (allow_self is false)"
     group = rule.get("group")
     if group and not user.groups.filter(name=group).exists():
-        return f"step {step.task_id!r} takes decisions from the group {group!r} only"
+        return f"step {task_id!r} takes decisions from the group {group!r} only"
     if not group and not user.is_staff and workflow.owner_id != user.pk:
-        return f"step {step.task_id!r} names no group: only its workflow's owner or staff may decide"
+        return f"step {task_id!r} names no group: only its workflow's owner or staff may decide"
     return ""
 
 
@@ -187,7 +187,7 @@ def decide(*, workflow_id: uuid.UUID | str, task_id: str, user: Any, decision: s
     step = WorkflowTask.objects.filter(workflow=workflow, task_id=task_id, kind=StepKind.APPROVAL).first()
     if step is None:
         raise NoSuchApproval(workflow.id, task_id[:200])
-    if why := may_decide(workflow, step, user):
+    if why := may_decide(workflow, step.task_id, step.wait or {}, user):
         raise NotAnApprover(why)
     if workflow.status != WorkflowStatus.RUNNING:
         raise WorkflowFinished(workflow.id, workflow.status, f"take a decision on {task_id!r}")

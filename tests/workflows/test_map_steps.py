@@ -182,6 +182,8 @@ def test_the_results_api_is_the_owners_and_checks_its_parameters(api, other_api)
     assert api.get(f"{URL}{flow['id']}/maps/split/results/").status_code == 404  # not a map
     assert api.get(f"{URL}{flow['id']}/maps/fan/results/?page_size=0").status_code == 400
     assert api.get(f"{URL}{flow['id']}/maps/fan/results/?after=x").status_code == 400
+    assert api.get(f"{URL}{flow['id']}/maps/fan/results/?after=-2").status_code == 400
+    assert api.get(f"{URL}{flow['id']}/maps/fan/results/?after={'9' * 1000}").status_code == 400
 
 
 def test_a_fan_out_its_process_did_not_finish_is_finished_by_the_scheduler(api, monkeypatch):
