@@ -48,12 +48,14 @@ format: venv
 # End-to-end benchmark (vs raw Celery, plus light-load latency) against the running dev stack,
 # then two tenants: one floods or runs long jobs, the other's start wait (fairness on and off),
 # then what batches and unused flow control cost, and a rate-limited key held over a minute,
-# then workflows that wait and grow (100,000 waiting; a map of 10,000 vs as many plain jobs).
+# then workflows that wait and grow (100,000 waiting; a map of 10,000 vs as many plain jobs),
+# then what tracing costs (CPU per job off, on for every job, on for 1 %).
 bench: venv
 	$(PY) manage.py bench pipeline
 	$(PY) manage.py bench fairness
 	$(PY) manage.py bench flow
 	$(PY) manage.py bench steps
+	$(PY) manage.py bench tracing
 
 # Submit-API benchmark against the running dev stack (`make run` in another terminal).
 bench-api: venv

@@ -5,19 +5,29 @@
       on only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) or OTEL_TRACES_EXPORTER is
       set and OTEL_SDK_DISABLED is not true: a TracerProvider whose resource says
       `service.name` = OTEL_SERVICE_NAME or else the role (the role also in
-      `orchestration.role` and `service.instance.id`), a BatchSpanProcessor with the OTLP/HTTP exporter (the SDK
-      reads the other OTEL_* variables: sampler, batch delay, headers), and the maintained
-      instrumentations for Django, psycopg, Celery and redis. The relay's Kafka producer is
-      wrapped on its own (`traced_producer`): instrumenting confluent_kafka globally would
-      trace the log shipper too, one span per log record.
+      `orchestration.role` and `service.instance.id`), a BatchSpanProcessor with the
+      OTLP/HTTP exporter (the SDK reads the other OTEL_* variables: sampler, batch delay,
+      headers), and the maintained instrumentations for Django, psycopg, Celery and redis.
+      Kafka's is not used: it makes a span per message, where our batches make one with
+      links, and it would trace the log shipper, one span per log record.
 
 Off, nothing is installed: the helpers below are one test of a module global and return
 a shared null context, so a process without tracing pays nothing measurable.
 
-The trace context of a job travels as a W3C `traceparent` string: on the job row, in the
-dispatch envelope, on a workflow's row. `continued(traceparent)` makes it the current parent
-in another process; `span(...)` opens a span under the current parent (or a given one);
-`record(...)` writes a span after the fact (a batch's claim, timed once for every job in it).
+A job's trace context travels as a carrier: the dict the configured propagators write
+(`opentelemetry.propagate.inject`; OTEL_PROPAGATORS, by default W3C `traceparent`,
+`tracestate` and `baggage`). It is kept on the job row and a workflow's (`trace_context`),
+carried in the dispatch envelope (`trace`) and in the Kafka message's headers, and Celery's
+instrumentation carries the Celery message's own. `continued(carrier)` makes it current in
+another process; `span(...)` opens a span under it (or under the current context);
+`record(...)` writes a span after the fact; `link(carrier)` links a batch's span to each of
+its messages.
+
+Spans follow the OTel messaging conventions (`messaging(...)` makes their attributes): a
+submit is a PRODUCER `send <queue>` whose context the jobs keep (their creation context);
+the relay's and the bridge's batches are one PRODUCER `send jobs` and one CONSUMER `process
+jobs` each, linked to every message they carry; the worker's CONSUMER `process <queue>` is
+each job's, a child of its creation context. Attributes of ours are prefixed `orchestration.`.
 
 Spans of instrumented libraries with no parent at all (a scheduler tick's queries, a
 heartbeat's Redis call) are not sampled: each would be a trace of one span. Roots of our own
@@ -33,17 +43,18 @@ starts a trace of ours, sampled by our sampler, and its span links the caller's 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 
 logger = logging.getLogger("config.tracing")
 
@@ -54,7 +65,7 @@ TRACE_ID = re.compile(r"[0-9a-f]{32}\Z")
 SPAN_ID = re.compile(r"[0-9a-f]{16}\Z")
 # Probes and scrapes would each be a trace of their own.
 DEFAULT_EXCLUDED_URLS = "health/,metrics,static/,favicon"
-INSTRUMENTATIONS = ("django", "psycopg", "celery", "redis", "confluent_kafka")
+INSTRUMENTATIONS = ("django", "psycopg", "celery", "redis")
 
 _NULL: AbstractContextManager[Any] = nullcontext()
 _tracer: trace.Tracer | None = None  # None: tracing is off in this process
@@ -146,7 +157,7 @@ def _instrument(provider: Any, environ: Mapping[str, str]) -> None:
     """The maintained instrumentations, each on its own: one that fails is logged, not fatal."""
     disabled = {n.strip() for n in environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     for name in INSTRUMENTATIONS:
-        if name in disabled or name == "confluent_kafka":  # Kafka: per producer, `traced_producer`
+        if name in disabled:
             continue
         try:
             if name == "django":
@@ -222,19 +233,6 @@ def use(provider: Any) -> None:
     _tracer = provider.get_tracer(TRACER_NAME) if provider is not None else None
 
 
-def traced_producer(producer: Any) -> Any:
-    """A confluent-kafka producer whose `produce` opens a PRODUCER span under the current
-    context and puts its traceparent in the message's headers; `producer` itself when off."""
-    disabled = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
-    if _tracer is None or "confluent_kafka" in disabled:
-        return producer
-    from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor, ProxiedProducer
-
-    if isinstance(producer, ProxiedProducer):
-        return producer
-    return ConfluentKafkaInstrumentor.instrument_producer(producer, tracer_provider=_provider)
-
-
 def flush(timeout_millis: int = 5000) -> None:
     """Export what is buffered (a Celery prefork child leaves through os._exit: no atexit)."""
     if _provider is not None and hasattr(_provider, "force_flush"):
@@ -243,8 +241,11 @@ def flush(timeout_millis: int = 5000) -> None:
 
 class DropOrphanSpans:
     """The sampler: a CLIENT, PRODUCER or CONSUMER span without a parent is dropped (the
-    instrumentations make those for every query and Redis call outside any trace); every
-    other span goes to `delegate` (OTEL_TRACES_SAMPLER, default parent-based always-on)."""
+    instrumentations make those for every query and Redis call outside any trace), unless it
+    has links (a batch's span, `batch_span`, made only when one of its messages' traces was
+    sampled: kept) or is a job hop of ours (`messaging.system` orchestration: a submit outside
+    any request, from a schedule or a script, starts its job's trace: the delegate decides).
+    Every other span goes to `delegate` (OTEL_TRACES_SAMPLER, default parent-based always-on)."""
 
     _ORPHANS = frozenset({SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER})
 
@@ -261,22 +262,59 @@ class DropOrphanSpans:
         links: Sequence[Link] | None = None,
         trace_state: Any = None,
     ) -> Any:
-        if kind in self._ORPHANS and not trace.get_current_span(parent_context).get_span_context().is_valid:
+        if (
+            kind in self._ORPHANS
+            and not (attributes and attributes.get("messaging.system") == SYSTEM)
+            and not trace.get_current_span(parent_context).get_span_context().is_valid
+        ):
             from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
 
-            return SamplingResult(Decision.DROP)
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if links else Decision.DROP, attributes)
         return self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
         return f"DropOrphanSpans{{{self.delegate.get_description()}}}"
 
 
-# -- the trace context as a string -------------------------------------------------------------
+# -- the trace context as a carrier ------------------------------------------------------------
+
+Carrier = dict[str, str]
+# What a carrier may hold: W3C allows 512 characters of tracestate and 8,192 bytes of baggage;
+# a carrier past that (a caller's baggage, with OTEL_TRUST_INCOMING on) is dropped, not kept on
+# every job row and message.
+MAX_CARRIER_BYTES = 8192
+_CARRIER_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+
+
+def inject() -> Carrier | None:
+    """The current context in the configured propagators' form (OTEL_PROPAGATORS; default W3C
+    `traceparent`, `tracestate` and `baggage`): what a job row, an envelope and a Kafka
+    message carry. None when tracing is off or there is no current trace."""
+    if _tracer is None or not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: Carrier = {}
+    propagate.inject(carrier)
+    return valid_carrier(carrier)
+
+
+def valid_carrier(value: Any) -> Carrier | None:
+    """`value` if it is a carrier we can continue, else None: a bad one is ignored, never an
+    error (it is advisory; the job it travels with must run anyway). Headers are lowercase
+    names with string values; a `traceparent` must be one."""
+    if not isinstance(value, dict) or not value:
+        return None
+    size = 0
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str) or not _CARRIER_KEY.match(key):
+            return None
+        size += len(key) + len(item)
+    if size > MAX_CARRIER_BYTES or ("traceparent" in value and valid_traceparent(value["traceparent"]) is None):
+        return None
+    return value
 
 
 def valid_traceparent(value: Any) -> str | None:
-    """`value` if it is a W3C traceparent we can continue, else None: a bad one is ignored,
-    never an error (it is advisory; the job it travels with must run anyway)."""
+    """`value` if it is a W3C traceparent we can continue (version 00, ids not all zeros)."""
     if not isinstance(value, str) or len(value) != 55:
         return None
     match = _TRACEPARENT.match(value)
@@ -285,32 +323,106 @@ def valid_traceparent(value: Any) -> str | None:
     return value
 
 
-def trace_id_of(traceparent: str | None) -> str | None:
-    """The trace id (32 hex digits) in a traceparent."""
-    value = valid_traceparent(traceparent)
-    return value[3:35] if value is not None else None
+def trace_id_of(carrier: Mapping[str, str] | None) -> str | None:
+    """The trace id (32 hex digits) a carrier continues: read off its traceparent, or through
+    the configured propagators when they write another format (B3, Jaeger)."""
+    if not carrier:
+        return None
+    if "traceparent" in carrier:
+        value = valid_traceparent(carrier["traceparent"])
+        return value[3:35] if value is not None else None
+    ctx = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
 
 
-def current_traceparent() -> str | None:
-    """The current span's context as a traceparent (None outside any span)."""
+def current_trace_id() -> str | None:
+    """The current span's trace id (None outside any span)."""
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
 
 
-def _parent(traceparent: str | None) -> otel_context.Context | None:
-    """The context to start a span in: `traceparent`'s, or None (the current one) when it
-    is absent or bad, or when the current span is already in that trace (a workflow's task
-    released by its parent's outcome nests under that outcome)."""
-    value = valid_traceparent(traceparent)
-    if value is None:
+def headers_of(carrier: Carrier | None) -> list[tuple[str, str | bytes | None]] | None:
+    """A carrier as Kafka message headers (what the relay writes)."""
+    return [(k, v.encode()) for k, v in carrier.items()] if carrier else None
+
+
+def carrier_of_headers(headers: Sequence[tuple[str, str | bytes | None]] | None) -> Carrier | None:
+    """The carrier in a Kafka message's headers (what the bridge reads); None when absent or
+    bad (a producer of ours never writes others; a stranger's are ignored)."""
+    if not headers:
         return None
-    trace_id = int(value[3:35], 16)
+    try:
+        found = {k.lower(): v if isinstance(v, str) else v.decode() for k, v in headers if v is not None}
+    except (AttributeError, UnicodeDecodeError):
+        return None
+    return valid_carrier({k: v for k, v in found.items() if k in _carrier_fields()})
+
+
+def _carrier_fields() -> set[str]:
+    return set(propagate.get_global_textmap().fields)
+
+
+def _extracted(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
+    """The context a carrier holds, or None when it holds no valid span context."""
+    if not carrier:
+        return None
+    ctx = propagate.extract(carrier)
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def _parent(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
+    """The context to start a span in: the carrier's (its span context and baggage), or None
+    (the current one) when it is absent or bad, or when the current span is already in that
+    trace (a workflow's task released by its parent's outcome nests under that outcome)."""
+    ctx = _extracted(carrier)
+    if ctx is None:
+        return None
     current = trace.get_current_span().get_span_context()
-    if current.is_valid and current.trace_id == trace_id:
+    if current.is_valid and current.trace_id == trace.get_current_span(ctx).get_span_context().trace_id:
         return None
-    return trace.set_span_in_context(NonRecordingSpan(_remote_context(value)))
+    return ctx
+
+
+def link(carrier: Mapping[str, str] | None, attributes: Mapping[str, Any] | None = None) -> Link | None:
+    """A link to the context a carrier holds (each message of a batch span); None without one,
+    or when that trace was not sampled (a link into it would lead nowhere)."""
+    if _tracer is None or not carrier:
+        return None
+    traceparent = valid_traceparent(carrier.get("traceparent"))
+    if traceparent is not None and not int(traceparent[53:], 16) & 1:
+        return None  # not sampled: known without parsing the rest
+    ctx = _extracted(carrier)
+    if ctx is None:
+        return None
+    linked = trace.get_current_span(ctx).get_span_context()
+    return Link(linked, attributes) if linked.trace_flags.sampled else None
+
+
+def _max_links() -> int:
+    """The SDK keeps this many links a span (OTEL_SPAN_LINK_COUNT_LIMIT): more are not made."""
+    try:
+        return max(1, int(os.environ.get("OTEL_SPAN_LINK_COUNT_LIMIT", "128")))
+    except ValueError:
+        return 128
+
+
+def batch_span(
+    name: str,
+    carriers: Iterable[Mapping[str, str] | None],
+    *,
+    kind: SpanKind,
+    attributes: Mapping[str, Any],
+    start_time: int | None = None,
+) -> AbstractContextManager[Span | None]:
+    """One span for a batch of messages, linked to each message's context (the conventions'
+    way for a batch: not one span per message). Made only when at least one of those traces
+    was sampled, so at a 1 % ratio 99 % of batches cost one flag test per message."""
+    if _tracer is None:
+        return _NULL
+    links = list(itertools.islice((found for found in map(link, carriers) if found is not None), _max_links()))
+    if not links:
+        return _NULL
+    return span(name, kind=kind, attributes=attributes, links=links, start_time=start_time)
 
 
 def _remote_context(traceparent: str) -> SpanContext:
@@ -319,40 +431,89 @@ def _remote_context(traceparent: str) -> SpanContext:
                        trace_flags=TraceFlags(int(traceparent[53:], 16)))  # fmt: skip
 
 
+# -- the messaging semantic conventions --------------------------------------------------------
+
+SYSTEM = "orchestration"  # messaging.system of our own hop (the job queue: outbox, Celery); Kafka's is "kafka"
+
+
+def messaging(
+    operation: str,
+    destination: str | None,
+    *,
+    system: str = SYSTEM,
+    message_id: str | None = None,
+    count: int | None = None,
+    **ours: Any,
+) -> dict[str, Any]:
+    """A span's attributes by the OTel messaging conventions (operation: create, send,
+    receive, process or settle), plus ours under the `orchestration.` prefix: `job_type=` is
+    written `orchestration.job_type`. `count` is a batch's (messaging.batch.message_count)."""
+    attributes: dict[str, Any] = {"messaging.system": system, "messaging.operation.type": operation}
+    if destination:
+        attributes["messaging.destination.name"] = destination
+    if message_id is not None:
+        attributes["messaging.message.id"] = message_id
+    if count is not None:
+        attributes["messaging.batch.message_count"] = count
+    attributes.update({f"{PREFIX}{k}": v for k, v in ours.items() if v is not None})
+    return attributes
+
+
+PREFIX = "orchestration."  # every attribute of ours; the conventions' own keep their names
+
+
 # -- spans -------------------------------------------------------------------------------------
 
 
 def span(
     name: str,
     *,
-    parent: str | None = None,
+    parent: Mapping[str, str] | None = None,
     attributes: Mapping[str, Any] | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
     start_time: int | None = None,
     links: Sequence[Link] | None = None,
 ) -> AbstractContextManager[Span | None]:
-    """A span, current while the block runs, under `parent` (a traceparent) or the current
+    """A span, current while the block runs, under `parent` (a carrier: its context, baggage
+    included, is current in the block) or the current
     context. Yields None when tracing is off, or when the parent was not sampled (a job whose
     trace the sampler left out at its submit: its spans would be dropped anyway). An exception
     leaving the block is recorded."""
     if _tracer is None:
         return _NULL
     context = _parent(parent)
+    if context is None:
+        if _sampled_out(None):
+            return _NULL
+        return _tracer.start_as_current_span(name, kind=kind, attributes=attributes, start_time=start_time,
+                                             links=links)  # fmt: skip
     if _sampled_out(context):
-        return _NULL
-    return _tracer.start_as_current_span(
-        name, context=context, kind=kind, attributes=attributes, start_time=start_time, links=links
-    )
+        return _attached(context)  # no span, but the context (trace id for log lines, baggage) still holds
+    return _span_in(context, name, kind=kind, attributes=attributes, start_time=start_time, links=links)
+
+
+@contextmanager
+def _span_in(context: otel_context.Context, name: str, **options: Any) -> Iterator[Span]:
+    """A span under `context`, with the whole of that context current (its baggage too:
+    `start_as_current_span(context=...)` would take only its parent span)."""
+    assert _tracer is not None
+    token = otel_context.attach(context)
+    try:
+        with _tracer.start_as_current_span(name, **options) as made:
+            yield made
+    finally:
+        otel_context.detach(token)
 
 
 def record(
     name: str,
     *,
-    parent: str | None,
+    parent: Mapping[str, str] | None,
     start_time: int,
     end_time: int | None = None,
     attributes: Mapping[str, Any] | None = None,
     links: Sequence[Link] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
 ) -> None:
     """A span that already happened (times from time.time_ns()), under `parent`."""
     if _tracer is None:
@@ -360,7 +521,9 @@ def record(
     context = _parent(parent)
     if _sampled_out(context):
         return
-    done = _tracer.start_span(name, context=context, attributes=attributes, start_time=start_time, links=links)
+    done = _tracer.start_span(
+        name, context=context, kind=kind, attributes=attributes, start_time=start_time, links=links
+    )
     done.end(end_time=end_time)
 
 
@@ -372,12 +535,13 @@ def _sampled_out(context: otel_context.Context | None) -> bool:
     return parent.is_valid and not parent.trace_flags.sampled
 
 
-def continued(traceparent: str | None) -> AbstractContextManager[None]:
-    """Make `traceparent` the current parent while the block runs (what another process
-    started continues here); nothing when tracing is off or it is absent or bad."""
+def continued(carrier: Mapping[str, str] | None) -> AbstractContextManager[None]:
+    """Make the carrier's context (its span and baggage) current while the block runs (what
+    another process started continues here); nothing when tracing is off or it is absent or
+    bad."""
     if _tracer is None:
         return _NULL
-    ctx = _parent(traceparent)
+    ctx = _parent(carrier)
     return _NULL if ctx is None else _attached(ctx)
 
 

@@ -40,6 +40,7 @@ class ReceivedSpan:
     attributes: dict[str, Any] = field(default_factory=dict)
     links: tuple[tuple[str, str], ...] = ()  # (trace id, span id) of each link
     error: bool = False
+    trace_state: str = ""  # the W3C tracestate it carried
 
 
 def _value(any_value: Any) -> Any:
@@ -62,7 +63,7 @@ def decode(body: bytes) -> list[ReceivedSpan]:
                         parent_span_id=s.parent_span_id.hex(), kind=s.kind, start_ns=s.start_time_unix_nano,
                         end_ns=s.end_time_unix_nano, attributes={a.key: _value(a.value) for a in s.attributes},
                         links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in s.links),
-                        error=s.status.code == 2,
+                        error=s.status.code == 2, trace_state=s.trace_state,
                     )
                 )  # fmt: skip
     return spans

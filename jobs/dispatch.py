@@ -12,14 +12,16 @@ a slot; `rate_limit_key` makes the worker reserve a start slot of the key's rate
 (`rate_slot`: it waited for the one it reserved, and starts now unless late); `owner_id`, `attempt`,
 `workflow_id` tag the lines a worker or the bridge writes about the job before it is claimed
 (blocked, paused, claim lost, dead-lettered), so its owner finds them in the job's logs;
-`traceparent` (W3C) continues the job's trace in every role it passes (the submit's span, or
-the scheduler's release of this attempt); `lane` is set by the relay: "express" for a dispatch
+`trace` (the propagators' carrier: W3C `traceparent`, `tracestate`, `baggage` by default)
+continues the job's trace in every role it passes (the submit's span, or the scheduler's
+release of this attempt); `lane` is set by the relay: "express" for a dispatch
 whose owner had few jobs in flight in its queue (workers take those first, so a light tenant's
 job never waits behind a heavy tenant's window), absent otherwise.
 Optional fields are left out of the JSON when empty; a message of version 1 from before
 `owner_id` existed parses without one (its lines are then visible to staff only), and the
-bridge passes it on as it came. A malformed `traceparent` is dropped, never an error: tracing
-must not stop a job, and neither does an unknown `lane`.
+bridge passes it on as it came; one from before `trace` carries a bare `traceparent`, read as
+{"traceparent": ...}. A malformed `trace` is dropped, never an error: tracing must not stop a
+job, and neither does an unknown `lane`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from config.tracing import valid_traceparent
+from config.tracing import Carrier, valid_carrier
 from logs.context import JobLogContext
 
 VERSION = 1
@@ -74,7 +76,7 @@ class DispatchEnvelope:
     rate_limit_key: str | None = None
     rate_slot: float | None = None  # the start slot it waited for (unix seconds): it need not ask again
     workflow_id: str | None = None
-    traceparent: str | None = None  # the job's trace context (W3C), None when not traced
+    trace: Carrier | None = None  # the job's trace context (a carrier), None when not traced
     lane: str | None = None  # EXPRESS, set by the relay; None: the bulk lane
     v: int = VERSION
 
@@ -87,7 +89,7 @@ class DispatchEnvelope:
         owner_id: int,
         attempt: int,
         token: uuid.UUID,
-        traceparent: str | None = None,
+        trace: Carrier | None = None,
         rate_slot: float | None = None,
     ) -> DispatchEnvelope:
         keyed = bool(source.concurrency_key)
@@ -99,7 +101,7 @@ class DispatchEnvelope:
             rate_limit_key=source.rate_limit_key or None,
             rate_slot=rate_slot if source.rate_limit_key else None,
             workflow_id=str(source.workflow_id) if source.workflow_id else None,
-            traceparent=valid_traceparent(traceparent),
+            trace=valid_carrier(trace),
         )  # fmt: skip
 
     def log_context(self) -> JobLogContext:
@@ -124,8 +126,8 @@ class DispatchEnvelope:
                 out["rate_slot"] = self.rate_slot
         if self.workflow_id is not None:
             out["workflow_id"] = self.workflow_id
-        if self.traceparent is not None:
-            out["traceparent"] = self.traceparent
+        if self.trace is not None:
+            out["trace"] = self.trace
         if self.lane is not None:
             out["lane"] = self.lane
         return out
@@ -153,7 +155,7 @@ class DispatchEnvelope:
             rate_limit_key=_field(data, "rate_limit_key", str) if "rate_limit_key" in data else None,
             rate_slot=float(data["rate_slot"]) if type(data.get("rate_slot")) in (int, float) else None,
             workflow_id=_uuid(data, "workflow_id") if "workflow_id" in data else None,
-            traceparent=valid_traceparent(data.get("traceparent")),  # bad: treated as absent
+            trace=_trace(data),
             lane=EXPRESS if data.get("lane") == EXPRESS else None,  # advisory: anything else is the bulk lane
         )
         if not 0 <= envelope.priority <= 9:
@@ -161,6 +163,14 @@ class DispatchEnvelope:
         if not envelope.queue:
             raise BadEnvelope("queue is empty")
         return envelope
+
+
+def _trace(data: dict[str, Any]) -> Carrier | None:
+    """The envelope's trace context; bad: treated as absent. A bare `traceparent` is how
+    envelopes written before the carrier said it (still in the outbox at an upgrade)."""
+    if "trace" in data:
+        return valid_carrier(data["trace"])
+    return valid_carrier({"traceparent": data["traceparent"]}) if "traceparent" in data else None
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:

@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from config import tracing
 from config.ids import new_id
 
 
@@ -131,9 +132,10 @@ class Job(models.Model):
     progress = models.FloatField(null=True, blank=True)
     progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
     progress_at = models.DateTimeField(null=True, blank=True)
-    # The job's trace (W3C traceparent of its submit span; NULL when tracing was off): every
-    # dispatch of it, retries included, continues this trace (config.tracing).
-    traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
+    # The job's trace context (the propagators' carrier of its submit span: traceparent,
+    # tracestate, baggage; NULL when tracing was off): every dispatch of it, retries
+    # included, continues this trace (config.tracing).
+    trace_context = models.JSONField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -233,7 +235,7 @@ class Job(models.Model):
     @property
     def trace_id(self) -> str | None:
         """The id of the job's trace (32 hex digits), None when it was not traced."""
-        return self.traceparent[3:35] if self.traceparent else None
+        return tracing.trace_id_of(self.trace_context)
 
 
 class JobAttempt(models.Model):

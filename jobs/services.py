@@ -4,10 +4,11 @@ This is where outbox rows are written, always in the same transaction as the job
 they dispatch, so a crash can never leave a job committed without its dispatch (or the
 reverse). Admin actions, the API and management commands all call these functions.
 
-Tracing (config.tracing): a submit is a span, `jobs.submit`, whose context every job it
-writes keeps (`Job.traceparent`) and its dispatch carries; a retry or a scheduler release
-continues that trace with a span of its own, which its dispatch carries instead, so each
-attempt's spans hang under the release that started it.
+Tracing (config.tracing): a submit is a PRODUCER span, `send <queue>`, whose context every
+job it writes keeps (`Job.trace_context`, a carrier: its creation context) and its dispatch
+carries; a retry or a scheduler release continues that trace with a PRODUCER span of its own,
+which its dispatch carries instead, so each attempt's spans hang under the release that
+started it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import orjson
 from django.db import connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
+from opentelemetry.trace import SpanKind
 from psycopg.types.json import Jsonb
 
 from config import tracing
@@ -90,14 +92,14 @@ _JOB_COLUMNS = (
     "id", "owner_id", "type", "payload", "queue", "priority", "status", "attempts", "attempt_seq",
     "max_attempts", "backoff", "timeout_seconds", "run_at", "idempotency_key", "request_hash",
     "last_error", "dispatch_token", "worker", "created_at", "updated_at", "concurrency_key", "concurrency_limit",
-    "workflow_id", "traceparent", "rate_limit_key", "batch_id",
+    "workflow_id", "trace_context", "rate_limit_key", "batch_id",
 )  # fmt: skip
 
 _INSERT_KEYED_SQL = f"""
 INSERT INTO jobs_job ({", ".join(_JOB_COLUMNS)})
 SELECT u.id, %(owner)s, u.type, u.payload::jsonb, u.queue, u.priority, 'PENDING', 0, 0,
        u.max_attempts, u.backoff::jsonb, u.timeout_seconds, u.run_at, u.key, u.hash, '',
-       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(traceparent)s, u.rkey, u.batch
+       u.token, '', %(now)s, %(now)s, u.ckey, u.climit, u.workflow, %(trace)s::jsonb, u.rkey, u.batch
   FROM unnest(%(id)s::uuid[], %(type)s::text[], %(payload)s::text[], %(queue)s::text[],
               %(priority)s::int[], %(max_attempts)s::int[], %(backoff)s::text[],
               %(timeout)s::int[], %(run_at)s::timestamptz[], %(key)s::text[], %(hash)s::text[],
@@ -120,28 +122,26 @@ class _Row:
     token: uuid.UUID | None
 
 
-def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, traceparent: str | None) -> None:
+def _copy_jobs(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, trace: str | None) -> None:
     with cur.copy(f"COPY jobs_job ({', '.join(_JOB_COLUMNS)}) FROM STDIN") as copy:
         for r in rows:
             s = r.spec
             copy.write_row((
                 r.id, owner_id, s.type, orjson.dumps(s.payload).decode(), s.queue, s.priority, "PENDING", 0, 0,
                 s.max_attempts, orjson.dumps(s.backoff).decode(), s.timeout_seconds, s.run_at, None, "", "",
-                r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id, traceparent,
+                r.token, "", now, now, s.concurrency_key, s.concurrency_limit, s.workflow_id, trace,
                 s.rate_limit_key, s.batch_id,
             ))  # fmt: skip
 
 
-def _insert_keyed(
-    cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, traceparent: str | None
-) -> set[uuid.UUID]:
+def _insert_keyed(cur: Any, owner_id: int, rows: Sequence[_Row], now: datetime, trace: str | None) -> set[uuid.UUID]:
     """Returns the ids actually inserted; a key already taken inserts nothing."""
     cur.execute(
         _INSERT_KEYED_SQL,
         {
             "owner": owner_id,
             "now": now,
-            "traceparent": traceparent,
+            "trace": trace,
             "id": [r.id for r in rows],
             "type": [r.spec.type for r in rows],
             "payload": [orjson.dumps(r.spec.payload).decode() for r in rows],
@@ -178,7 +178,9 @@ def _write_outbox(rows: Sequence[tuple[uuid.UUID, DispatchEnvelope]], now: datet
             copy.write_row((job_id, "jobs", orjson.dumps(e.as_dict()).decode(), now, e.queue, e.owner_id, e.priority))
 
 
-def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str | None = None) -> list[Submitted]:
+def job_submit_bulk(
+    *, owner_id: int, specs: Sequence[JobSpec], trace: tracing.Carrier | None = None
+) -> list[Submitted]:
     """Insert jobs and their outbox rows in one transaction and a fixed number of statements.
 
     Idempotency: the (owner, key) unique index decides. A key seen before with the same body
@@ -186,17 +188,23 @@ def job_submit_bulk(*, owner_id: int, specs: Sequence[JobSpec], traceparent: str
     IdempotencyConflict and nothing is created. Concurrent identical requests block on the
     index until the first commits, then replay it.
 
-    The submit is a span (under `traceparent`, a workflow's trace, else the current one: the
-    web request); the jobs keep its context, and so join that trace.
+    The submit is a PRODUCER span (under `trace`, a workflow's trace, else the current one:
+    the web request); the jobs keep its context, and so join that trace.
     """
-    attributes: dict[str, Any] = {"jobs.count": len(specs)}
-    if len(specs) == 1:
-        attributes["job.type"] = specs[0].type
-    with tracing.span("jobs.submit", parent=traceparent, attributes=attributes):
-        return _submit(owner_id, specs, tracing.current_traceparent() or tracing.valid_traceparent(traceparent))
+    if not tracing.enabled():
+        return _submit(owner_id, specs, None)
+    queues = {s.queue for s in specs}
+    queue = queues.pop() if len(queues) == 1 else None
+    attributes = tracing.messaging(
+        "send", queue, count=len(specs) if len(specs) > 1 else None, owner_id=owner_id,
+        job_type=specs[0].type if len(specs) == 1 else None,
+    )  # fmt: skip
+    with tracing.span(f"send {queue or 'jobs'}", parent=trace, attributes=attributes, kind=SpanKind.PRODUCER):
+        return _submit(owner_id, specs, tracing.inject() or tracing.valid_carrier(trace))
 
 
-def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) -> list[Submitted]:
+def _submit(owner_id: int, specs: Sequence[JobSpec], trace: tracing.Carrier | None) -> list[Submitted]:
+    stored = orjson.dumps(trace).decode() if trace else None  # the column's JSON, once for every row
     now = timezone.now()
     rows = [_row(s, now) for s in specs]
     with transaction.atomic():
@@ -215,17 +223,15 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
         inserted = {r.id for r in plain}
         with connection.cursor() as cur:
             if plain:
-                _copy_jobs(cur.cursor, owner_id, plain, now, traceparent)
+                _copy_jobs(cur.cursor, owner_id, plain, now, stored)
             if keyed:
-                inserted |= _insert_keyed(cur.cursor, owner_id, keyed, now, traceparent)
+                inserted |= _insert_keyed(cur.cursor, owner_id, keyed, now, stored)
         replays = _existing_for_replays(owner_id, [r for r in keyed if r.id not in inserted])
         _write_outbox(
             [
                 (
                     r.id,
-                    DispatchEnvelope.build(
-                        r.id, r.spec, owner_id=owner_id, attempt=1, token=r.token, traceparent=traceparent
-                    ),
+                    DispatchEnvelope.build(r.id, r.spec, owner_id=owner_id, attempt=1, token=r.token, trace=trace),
                 )
                 for r in rows
                 if r.token is not None and r.id in inserted
@@ -241,7 +247,7 @@ def _submit(owner_id: int, specs: Sequence[JobSpec], traceparent: str | None) ->
             ]
         )
     _count_submitted([r.spec for r in rows if r.id in inserted])
-    made = {r.id: _job_from_row(r, owner_id, now, traceparent) for r in rows if r.id in inserted}
+    made = {r.id: _job_from_row(r, owner_id, now, trace) for r in rows if r.id in inserted}
     earlier = _jobs_by_id({job_id for job_id in existing.values() if job_id not in made})
     return [
         Submitted(made[r.id], True)
@@ -397,7 +403,7 @@ def _existing_for_replays(owner_id: int, conflicted: Sequence[_Row]) -> dict[str
 _FIELD_DEFAULTS = {f.attname: None for f in Job._meta.concrete_fields}
 
 
-def _job_from_row(r: _Row, owner_id: int, now: datetime, traceparent: str | None) -> Job:
+def _job_from_row(r: _Row, owner_id: int, now: datetime, trace: tracing.Carrier | None) -> Job:
     s = r.spec
     job = Job.__new__(Job)
     job.__dict__.update(
@@ -407,7 +413,7 @@ def _job_from_row(r: _Row, owner_id: int, now: datetime, traceparent: str | None
         timeout_seconds=s.timeout_seconds, run_at=s.run_at, idempotency_key=s.idempotency_key,
         request_hash=r.digest, last_error="", dispatch_token=r.token, worker="", created_at=now, updated_at=now,
         concurrency_key=s.concurrency_key, concurrency_limit=s.concurrency_limit, workflow_id=s.workflow_id,
-        traceparent=traceparent, rate_limit_key=s.rate_limit_key, batch_id=s.batch_id,
+        trace_context=trace, rate_limit_key=s.rate_limit_key, batch_id=s.batch_id,
     )  # fmt: skip
     job._state = ModelState()
     job._state.adding = False
@@ -460,7 +466,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
                 "concurrency_limit",
                 "rate_limit_key",
                 "workflow_id",
-                "traceparent",
+                "trace_context",
             )
             .first()
         )
@@ -481,7 +487,7 @@ def job_retry(*, job_id: uuid.UUID | str) -> Job:
             attempt = job.attempt_seq + 1
             envelope = DispatchEnvelope.build(
                 job.id, job, owner_id=job.owner_id, attempt=attempt, token=token,
-                traceparent=_redispatch_trace("job.requeue", job.id, attempt, job.traceparent),
+                trace=_redispatch_trace(job.id, job.queue, attempt, job.trace_context, retry=True),
             )  # fmt: skip
             _write_outbox([(job.id, envelope)], now)
         audit.record("job.retry", "job", job.id, owner_id=job.owner_id)
@@ -502,21 +508,27 @@ SLOT_PRIORITY = 9
 def _released_envelope(r: transitions.Released) -> DispatchEnvelope:
     envelope = DispatchEnvelope.build(
         r.job_id, r, owner_id=r.owner_id, attempt=r.attempt, token=r.dispatch_token,
-        traceparent=_redispatch_trace("job.release", r.job_id, r.attempt, r.traceparent),
+        trace=_redispatch_trace(r.job_id, r.queue, r.attempt, r.trace_context),
         rate_slot=r.rate_slot_at.timestamp() if r.rate_slot_at else None,
     )  # fmt: skip
     return dataclasses.replace(envelope, priority=SLOT_PRIORITY) if envelope.rate_slot is not None else envelope
 
 
-def _redispatch_trace(name: str, job_id: uuid.UUID, attempt: int, traceparent: str | None) -> str | None:
-    """What a new dispatch of a traced job carries: a span of its own in the job's trace (a
-    retry's or a scheduler release's), under which that attempt's spans will hang; the job's
-    own context when tracing is off here."""
-    if traceparent is None or not tracing.enabled():
-        return traceparent
-    attributes = {"job.id": str(job_id), "job.attempt": attempt}
-    with tracing.span(name, parent=traceparent, attributes=attributes, links=tracing.link_to_current()):
-        return tracing.current_traceparent() or traceparent
+def _redispatch_trace(
+    job_id: uuid.UUID, queue: str, attempt: int, trace: tracing.Carrier | None, *, retry: bool = False
+) -> tracing.Carrier | None:
+    """What a new dispatch of a traced job carries: a PRODUCER span of its own in the job's
+    trace (a retry's or a scheduler release's: this attempt's creation context), under which
+    that attempt's spans will hang; the job's own context when tracing is off here."""
+    trace = tracing.valid_carrier(trace)
+    if trace is None or not tracing.enabled():
+        return trace
+    attributes = tracing.messaging(
+        "send", queue, message_id=str(job_id), attempt=attempt, dispatch="retry" if retry else "release"
+    )
+    with tracing.span(f"send {queue}", parent=trace, attributes=attributes, kind=SpanKind.PRODUCER,
+                      links=tracing.link_to_current()):  # fmt: skip
+        return tracing.inject() or trace
 
 
 def _raise_illegal(job_id: uuid.UUID | str, action: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -678,7 +678,7 @@ class Released:
     concurrency_limit: int | None = None
     workflow_id: uuid.UUID | None = None
     owner_id: int = 0
-    traceparent: str | None = None  # the job's trace, continued by the new dispatch
+    trace_context: dict[str, str] | None = None  # the job's trace (a carrier), continued by the new dispatch
     rate_limit_key: str | None = None
     rate_slot_at: datetime | None = None  # the start slot it waited for: it need not ask again
 
@@ -693,7 +693,7 @@ UPDATE jobs_job AS j
   FROM due
  WHERE j.id = due.id
 RETURNING j.id, j.type, j.queue, j.priority, j.attempt_seq + 1, j.dispatch_token, j.concurrency_key,
-          j.concurrency_limit, j.workflow_id, j.owner_id, j.traceparent, j.rate_limit_key, j.rate_slot_at
+          j.concurrency_limit, j.workflow_id, j.owner_id, j.trace_context, j.rate_limit_key, j.rate_slot_at
 """
 
 # Each scan reads a partial index of live rows only, so it stays cheap with millions of
@@ -754,7 +754,14 @@ def release_batch(
             {"now": now, "limit": limit, "stale_before": stale_before, "ids": ids or [], "key": key, "owner": owner,
              "type": type_},
         )  # fmt: skip
-        return [Released(*row) for row in cur.fetchall()]
+        return [_released(row) for row in cur.fetchall()]
+
+
+def _released(row: Sequence[Any]) -> Released:
+    # jsonb arrives as text (Django's loader, for its JSONField): the carrier is decoded here.
+    values = list(row)
+    values[10] = values[10] and orjson.loads(values[10])
+    return Released(*values)
 
 
 # A slot's key comes from the job's row (its owner and key), never from a message.

@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Any
 
+from opentelemetry import baggage, trace
+
 from jobs.handlers import JobContext, PermanentError, handler
 
 logger = logging.getLogger("orchestration.demo")
@@ -28,6 +30,19 @@ def noop(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 @handler("demo.echo")
 def echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return payload
+
+
+@handler("demo.trace")
+def trace_context(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The trace context the handler runs in, as a handler of yours sees it: its trace id,
+    its W3C tracestate and its baggage (all empty with tracing off). For checking that what
+    a submit carried arrived."""
+    span = trace.get_current_span().get_span_context()
+    return {
+        "trace_id": f"{span.trace_id:032x}" if span.is_valid else "",
+        "tracestate": span.trace_state.to_header() if span.is_valid else "",
+        "baggage": {k: str(v) for k, v in baggage.get_all().items()},
+    }
 
 
 @handler("demo.sleep")

@@ -21,9 +21,11 @@ single job is relayed within milliseconds; a slow poll covers a missed notificat
 dispatches wait for room in a window (or for their queue's rate), it looks again every
 RELAY_WINDOW_POLL_SECONDS instead: room appears as workers claim jobs, which notify nothing.
 
-Tracing: a round that found rows is a span, `relay.batch` (its statements inside it), and
-each dispatch is produced in its job's trace (the envelope's traceparent), so the producer's
-`<topic> send` span is that job's relay hop; the message's headers carry it on to Kafka.
+Tracing: a round that sends traced dispatches is one PRODUCER span, `send <topic>` (its
+statements inside it), linked to each job's context (the OTel conventions' batch send; a span
+per message cost more than the no-op job). Each message's Kafka headers carry its job's
+context (the envelope's `trace` carrier: traceparent, tracestate, baggage), which the bridge
+reads.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
+from opentelemetry.trace import SpanKind
 
 from config import kafka, tracing
 from config.text import bounded_text
@@ -112,9 +115,10 @@ def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None, *
     return OutboxRow(row_id, str(job_id), topic, envelope, value, token)
 
 
-def _traceparent(row: OutboxRow) -> str | None:
+def _trace(row: OutboxRow) -> dict[str, str] | None:
+    """The job's trace context in a dispatch row's envelope (bad or absent: None)."""
     envelope = row.envelope
-    return envelope.get("traceparent") if row.topic == "jobs" and isinstance(envelope, dict) else None
+    return tracing.valid_carrier(envelope.get("trace")) if row.topic == "jobs" and isinstance(envelope, dict) else None
 
 
 def _dispatch_token(row: OutboxRow) -> str | None:
@@ -175,9 +179,6 @@ class Relay:
             claimed, self.waiting, self.again = picked.rows, picked.waiting, picked.again
             if not claimed:
                 return 0
-            traced.enter_context(
-                tracing.span("relay.batch", start_time=started, attributes={"relay.rows": len(claimed)})
-            )
             prom.RELAY_BATCH.observe(len(claimed))
             rows: list[OutboxRow] = []
             poison: dict[int, tuple[OutboxRow, Poison]] = {}
@@ -196,6 +197,8 @@ class Relay:
                     poison[row_id] = (row, Poison("INVALID_ENVELOPE", "the envelope has no valid dispatch_token"))
                     continue
                 rows.append(row)
+            if tracing.enabled():
+                traced.enter_context(self._batch_span(rows, started))
             delivered, refused, errors = self._produce(rows)
             poison.update(refused)
             dispatched = {
@@ -228,6 +231,15 @@ class Relay:
         for topic, count in collections.Counter(row.topic for row in rows if row.id in delivered).items():
             prom.RELAYED.labels(topic).inc(count)
         return len(delivered)
+
+    @staticmethod
+    def _batch_span(rows: list[OutboxRow], started: int) -> Any:
+        """The round's PRODUCER span, from its claim on, linked to the traced jobs it sends."""
+        topics = {row.topic for row in rows}
+        topic = physical_topic(topics.pop()) if len(topics) == 1 else None
+        attributes = tracing.messaging("send", topic, system="kafka", count=len(rows))
+        return tracing.batch_span(f"send {topic or 'jobs'}", [_trace(r) for r in rows], kind=SpanKind.PRODUCER,
+                                  attributes=attributes, start_time=started)  # fmt: skip
 
     def report_backlog(self) -> dict[str, Any]:
         """Outbox rows waiting (the backlog) and the age of the oldest; the heartbeat calls this
@@ -265,10 +277,13 @@ class Relay:
         def send(row: OutboxRow) -> bool:
             while True:
                 try:
-                    with tracing.continued(_traceparent(row)):  # the producer's span joins the job's trace
-                        self.producer.produce(
-                            topics[row.topic], key=row.job_id.encode(), value=row.value, on_delivery=report(row)
-                        )
+                    self.producer.produce(
+                        topics[row.topic],
+                        key=row.job_id.encode(),
+                        value=row.value,
+                        on_delivery=report(row),
+                        headers=tracing.headers_of(_trace(row)),
+                    )
                     return True
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self.producer.poll(0.05)
@@ -365,7 +380,6 @@ class Relay:
         return min(MAX_BACKOFF, 0.5 * 2 ** max(self.failures - 1, 0)) if self.failures else 0.0
 
     def run_forever(self, stop: threading.Event) -> None:
-        self.producer = tracing.traced_producer(self.producer)  # as it is when tracing is off
         self._ensure_topics_or_warn()
         listener = _Listener()
         logger.info("relay.started", extra={"batch_size": self.batch_size, "topic": settings.KAFKA_JOBS_TOPIC})

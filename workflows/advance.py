@@ -244,7 +244,7 @@ def _release_jobs(workflow: Workflow, tasks: list[WorkflowTask]) -> None:
         for t in tasks
     ]
     # The jobs join the workflow's trace, whichever process releases them.
-    submitted = services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, traceparent=workflow.traceparent)
+    submitted = services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, trace=workflow.trace_context)
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE workflows_workflowtask AS t SET job_id = u.job FROM unnest(%s::bigint[], %s::uuid[]) AS u(id, job)"
@@ -416,7 +416,7 @@ def advance_saga(workflow: Workflow) -> None:
     (sub,) = services.job_submit_bulk(
         owner_id=workflow.owner_id,
         specs=[_spec(workflow, spec["type"], spec.get("payload") or {}, options, extra={COMPENSATES_KEY: compensates})],
-        traceparent=workflow.traceparent,
+        trace=workflow.trace_context,
     )
     next_task.compensation_job_id = sub.job.id
     next_task.compensation_state = CompensationState.RUNNING

@@ -155,7 +155,7 @@ def fan_out_chunk(
         for i, item in enumerate(items[done : done + FAN_OUT_CHUNK], start=done)
     ]
     if specs:
-        services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, traceparent=workflow.traceparent)
+        services.job_submit_bulk(owner_id=workflow.owner_id, specs=specs, trace=workflow.trace_context)
     now = timezone.now()
     if done + len(specs) < len(items):
         WorkflowTask.objects.filter(pk=step.pk).update(wake_at=now + grace)

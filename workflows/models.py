@@ -52,8 +52,8 @@ class Workflow(models.Model):
         "WorkflowTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
         db_constraint=False,
     )  # fmt: skip
-    # The workflow's trace (W3C traceparent of its submit span): its jobs join it.
-    traceparent = models.CharField(max_length=55, null=True, blank=True)  # noqa: DJ001 NULL = not traced
+    # The workflow's trace context (the carrier of its submit span): its jobs join it.
+    trace_context = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -79,7 +79,7 @@ def workflow_submit(
 
     The submit is a span (`workflow.submit`); the workflow keeps its context, and every job
     of the workflow (tasks and compensations) is submitted into that trace."""
-    with tracing.span("workflow.submit", attributes={"workflow.tasks": len(spec.tasks)}):
+    with tracing.span("workflow.submit", attributes={f"{tracing.PREFIX}workflow.tasks": len(spec.tasks)}):
         return _submit(owner_id, spec, max_tasks, parent_task)
 
 
@@ -100,7 +100,7 @@ def _submit(
             with transaction.atomic():
                 workflow = Workflow.objects.create(
                     owner_id=owner_id, name=spec.name, idempotency_key=spec.idempotency_key, request_hash=digest,
-                    tasks_total=len(spec.tasks), traceparent=tracing.current_traceparent(), parent_task=parent_task,
+                    tasks_total=len(spec.tasks), trace_context=tracing.inject(), parent_task=parent_task,
                     deadline_at=timezone.now() + timedelta(seconds=spec.deadline_seconds)
                     if spec.deadline_seconds else None,
                 )  # fmt: skip

@@ -327,22 +327,34 @@ def restart_bridge(overrides: dict[str, str | None]) -> None:
 
 
 def restart_roles(
-    roles: Sequence[str], overrides: dict[str, str | None], ready: Callable[[dict[str, Any]], bool] = lambda r: True
-) -> None:
+    roles: Sequence[str],
+    overrides: dict[str, str | None],
+    ready: Callable[[dict[str, Any]], bool] = lambda r: True,
+    *,
+    beating: Sequence[str] | None = None,
+    envs: dict[str, dict[str, str]] | None = None,
+) -> dict[str, dict[str, str]]:
     """Restart `make run`'s roles (circus watchers) with these environment variables (None:
-    as configured), through circus' control socket, and wait until each beats again (and is
-    `ready`, by its heartbeat)."""
+    as configured), through circus' control socket, and wait until each of `beating` (default:
+    all; the web sends no heartbeat) beats again (and is `ready`, by its heartbeat). `envs`:
+    each role's whole environment instead, as this returned it (what each had before)."""
     from circus.client import CircusClient
 
     from devtools import engines
     from metrics import heartbeat
 
+    beating = list(roles if beating is None else beating)
     client = CircusClient(endpoint=f"ipc://{engines.default_data_dir() / 'circus' / 'control.sock'}", timeout=60)
-    old = {r["pid"] for r in heartbeat.roles() if r["role"] in roles}
+    old = {r["pid"] for r in heartbeat.roles() if r["role"] in beating}
+    before: dict[str, dict[str, str]] = {}
     for role in roles:
         env = client.call({"command": "get", "properties": {"name": role, "keys": ["env"]}})["options"]["env"]
-        env = {k: v for k, v in env.items() if k not in overrides}
-        env.update({k: v for k, v in overrides.items() if v is not None})
+        before[role] = dict(env)
+        if envs is not None:
+            env = envs[role]
+        else:
+            env = {k: v for k, v in env.items() if k not in overrides}
+            env.update({k: v for k, v in overrides.items() if v is not None})
         # Stop, set, start: setting the env of a running watcher reloads it, which may start
         # the new bridge before the old one left, and a member leaving mid-join wedges the
         # embedded broker's group (see docs/reliability.md).
@@ -351,11 +363,11 @@ def restart_roles(
         client.call({"command": "start", "properties": {"name": role, "waiting": True}})
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        fresh = [r for r in heartbeat.roles() if r["role"] in roles and r["age"] < 2 and r["pid"] not in old]
-        if {r["role"] for r in fresh} == set(roles) and all(ready(r) for r in fresh):
-            return
+        fresh = [r for r in heartbeat.roles() if r["role"] in beating and r["age"] < 2 and r["pid"] not in old]
+        if {r["role"] for r in fresh} == set(beating) and all(ready(r) for r in fresh):
+            return before
         time.sleep(0.5)
-    raise SystemExit(f"{', '.join(roles)} did not come back within 90 s")
+    raise SystemExit(f"{', '.join(beating)} did not come back within 90 s")
 
 
 def cpu_table(run: Run) -> str:

@@ -72,7 +72,10 @@ class BridgeStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
         self, commit: Commit, partitions: Mapping[Partition, int]
     ) -> ProcessingStrategy[KafkaPayload]:
         logger.info("bridge.assigned", extra={"partitions": sorted(p.index for p in partitions)})
-        self.publish = PublishToCelery(CommitOffsets(tolerant_commit(commit)), app=celery_app)
+        self.publish = PublishToCelery(
+            CommitOffsets(tolerant_commit(commit)), app=celery_app,
+            topic=settings.KAFKA_JOBS_TOPIC, group=settings.KAFKA_BRIDGE_GROUP,
+        )  # fmt: skip
         batch = BatchDispatches(
             self.publish,
             batch_size=self.batch_size,

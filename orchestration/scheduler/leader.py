@@ -19,6 +19,8 @@ Each tick, in batches, on partial indexes of live rows only, one module per scan
   by a concurrency key (as far as the key has room), paused by a breaker that lets them
   through again, or deferred for their owner's share of a queue's workers (as its long jobs
   end) → outbox (`blocked`, `breaker_paused`, `share_deferred`);
+- finished jobs past their retention → the ClickHouse archive, and the audit log copied there
+  beside them, each its own scan (`retention`);
 - and, every SCHEDULER_STATS_SECONDS, metrics only the leader computes (`report_stats`).
 
 Each scan runs in isolation: one that fails is logged and counted, and the others still run
@@ -127,6 +129,7 @@ class TickResult:
     paused_released: int = 0
     deferred_released: int = 0
     archived: int = 0
+    audit_archived: int = 0
     batch_callbacks: int = 0
     steps_woken: int = 0
     deadlines_passed: int = 0
@@ -157,6 +160,7 @@ class Scheduler:
         self.positions = stale.BridgePositions()
         self.stale_scan = stale.StaleScan(self.positions)  # keeps where it goes on next tick
         self.retention = retention.RetentionScan()  # likewise
+        self.audit_archive = retention.AuditArchiveScan()  # likewise
         self.blocked_scan = blocked.BlockedScan()  # likewise
         self.paused_scan = breaker_paused.BreakerPausedScan()  # likewise
         self.deferred_scan = share_deferred.ShareDeferredScan()  # likewise
@@ -192,6 +196,7 @@ class Scheduler:
             ("batches", "batch_callbacks",
              lambda: batch_callbacks.fire_batch_callbacks(epoch, clock, limit=self.pairs_per_tick)),
             ("retention", "archived", lambda: self.retention(epoch, clock)),
+            ("audit", "audit_archived", lambda: self.audit_archive(epoch, clock)),
         ]  # fmt: skip
         if time.monotonic() - self._stats_at >= settings.SCHEDULER_STATS_SECONDS:
             scans.append(("stats", None, self.report_stats))

@@ -14,6 +14,10 @@ A batch is one fenced transaction: lock the due jobs (re-checked, so a job retri
 stays), insert them into ClickHouse, delete them and their attempts, and clear the links that
 point at them (workflow tasks, schedule fires). A crash after the insert leaves the jobs in
 PostgreSQL, archived again later: the archive keeps the newest copy of each.
+
+The same pass copies the audit log to ClickHouse beside the archived jobs (`AuditArchiveScan`,
+a scan of its own in the tick, so that neither stops the other). It deletes nothing: audit
+records stay in PostgreSQL for good.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from jobs import archive
+from jobs import archive, audit
 from orchestration.scheduler.fencing import fence
 
 logger = logging.getLogger("orchestration.scheduler")
@@ -219,3 +223,69 @@ def archive_batch(epoch: int, now: datetime, ids: list[uuid.UUID], policy: Polic
             for sql in _DELETE_SQL:
                 cur.execute(sql, {"ids": locked})
     return len(jobs)
+
+
+class AuditArchiveScan:
+    """The audit log's copy in ClickHouse (`archive.audit_table()`), kept up to date by the
+    retention pass: records in id order, at most JOB_RETENTION_BATCH a call, one call every
+    JOB_RETENTION_INTERVAL_SECONDS at most, as long as the archive is on (CLICKHOUSE_URL and a
+    retention). Nothing in PostgreSQL changes: its records are kept for good.
+
+    - The watermark is the copy itself: the newest id in ClickHouse (`archive.audit_watermark`),
+      read when this instance starts leading and after a failure, then followed in memory. A
+      batch is one insert that lands whole, so a crash anywhere loses nothing and a restart goes
+      on after what is there.
+    - A batch sent again (its insert landed but the answer was lost, or a deposed leader's late
+      copy) carries the same token and is stored once; the table keeps one row per id anyway.
+    - Only ids up to `horizon` are copied: every record up to it is final (`audit.
+      newest_and_writers`), so a record that commits after a higher id was copied is not
+      passed over. A long transaction adding records holds the copy back until it ends.
+    - ClickHouse down: the call raises (the tick counts a failed scan and goes on with the
+      others); the watermark stays where it was, and the next call tries again.
+    - Writes nothing to PostgreSQL, so no fence: a deposed leader's late batch is a duplicate
+      that the copy keeps once."""
+
+    def __init__(self) -> None:
+        self.after: int | None = None  # the last id known to be in the copy; None: ask ClickHouse
+        self.epoch: int | None = None
+        self.horizon = 0  # every id up to it is final
+        self.pending: tuple[int, frozenset[str]] | None = None  # (newest id, its writers then)
+        self.next_at = 0.0  # time.monotonic() of the next batch
+
+    def __call__(self, epoch: int, clock: Callable[[], datetime]) -> int:
+        if not settings.CLICKHOUSE_URL or Policy.from_settings().shortest is None or time.monotonic() < self.next_at:
+            return 0
+        self.next_at = time.monotonic() + settings.JOB_RETENTION_INTERVAL_SECONDS
+        if epoch != self.epoch:  # leading (again): another instance may have copied meanwhile
+            self.epoch, self.after = epoch, None
+        self._advance_horizon()
+        batch = settings.JOB_RETENTION_BATCH
+        try:
+            if self.after is None:
+                self.after = archive.audit_watermark()
+            if self.after >= self.horizon:
+                return 0
+            records = audit.records_between(self.after, self.horizon, batch)
+            if records:
+                # The same records give the same token: a batch sent again is stored once.
+                token = hashlib.sha256(",".join(str(r.id) for r in records).encode()).hexdigest()
+                now = clock()
+                archive.insert_audit([archive.audit_row_of(r, now) for r in records], dedup_token=token)
+        except Exception:
+            self.after = None  # what reached ClickHouse is not known: ask it next time
+            raise
+        # A short batch took every record up to the horizon (the rest of the range never commits).
+        self.after = records[-1].id if len(records) == batch else self.horizon
+        if records:
+            logger.info("scheduler.audit_archived", extra={"records": len(records), "upto": self.after})
+        return len(records)
+
+    def _advance_horizon(self) -> None:
+        newest, writers = audit.newest_and_writers(known=self.horizon)
+        if self.pending is not None and self.pending[1].isdisjoint(writers):
+            self.horizon = max(self.horizon, self.pending[0])  # its writers have ended
+            self.pending = None
+        if not writers:
+            self.horizon, self.pending = max(self.horizon, newest), None
+        elif self.pending is None:
+            self.pending = (newest, writers)

@@ -18,9 +18,9 @@ a worker killed mid-batch leaves RUNNING jobs whose leases run out and the reape
 success still in the recorder when the worker dies is such a job: its handler ran, its outcome
 was never written, and it runs again (at least once, as after any crash before the outcome).
 
-Tracing: the batch's one claim gives every job a `job.claim` span in its own trace (the same
-times for all), each job then runs in its trace as on the single path, and the recorder gives
-each success its `job.outcome` span when it writes them.
+Tracing: each job runs in its CONSUMER span (`running.process_span`), in its own trace and
+linked to the batch's Celery task, as on the single path; the batch's claim and the
+recorder's writes are one statement each, in the Celery task's span.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any
 
 from django.conf import settings
 
-from config import tracing
 from config.celery import app
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
@@ -45,7 +44,7 @@ from orchestration import breaker, celery_queues
 from orchestration.worker.claims import claim_many, worker_id
 from orchestration.worker.monitor import MONITOR
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
-from orchestration.worker.running import log_context, run_claimed, span_attributes
+from orchestration.worker.running import end_process_span, log_context, process_span, run_claimed
 from orchestration.worker.single import execute, gate
 
 logger = logging.getLogger("orchestration.worker")
@@ -53,9 +52,8 @@ logger = logging.getLogger("orchestration.worker")
 CANCEL_CHECK_SECONDS = 1.0  # a batch looks for cancel requests of its waiting jobs this often
 
 
-# A success waiting for the recorder's write: its claim, its result, and the trace it ran in
-# (None: tracing off).
-Success = tuple[transitions.Claim, Any, str | None]
+# A success waiting for the recorder's write: its claim and its result.
+Success = tuple[transitions.Claim, Any]
 
 
 class Recorder:
@@ -78,8 +76,7 @@ class Recorder:
         with self._lock:
             if not self.pending:
                 self.first_at = time.monotonic()
-            trace = tracing.current_traceparent() if tracing.enabled() else None
-            self.pending.append((claim, result, trace))
+            self.pending.append((claim, result))
             self.logged |= logged
 
     def flush_if_due(self) -> None:
@@ -96,22 +93,19 @@ class Recorder:
         if self.logged:  # the jobs' log lines reach Kafka before their outcomes commit
             flush_all(timeout=settings.LOG_FLUSH_BEFORE_OUTCOME_SECONDS)
             self.logged = False
-        started = time.time_ns()
         try:
             won = with_reconnect(
-                lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result, _ in pending])
+                lambda: transitions.mark_succeeded_many([(c.job_id, c.attempt, result) for c, result in pending])
             )
         except BaseException:
             self.pending = pending + self.pending  # kept for the next flush, not dropped
             raise
-        if tracing.enabled():
-            self._record_spans(pending, won, started)
         # One line for the lot: a line per no-op job was a seventh of the worker's CPU, and
         # more again in the log pipeline. Per job only what needs a look (or at DEBUG).
         dropped = len(pending) - len(won)
         logger.info("jobs.finished", extra={"outcome": Status.SUCCEEDED, "jobs": len(won), "dropped": dropped})
         each = logger.isEnabledFor(logging.DEBUG)
-        for claim, _, _ in pending:
+        for claim, _ in pending:
             recorded = claim.job_id in won
             if not recorded or each:
                 with job_log_context(log_context(claim)):
@@ -121,19 +115,6 @@ class Recorder:
                         extra = {"job_id": str(claim.job_id), "outcome": Status.SUCCEEDED}
                         logger.warning("job.outcome_dropped", extra=extra)
             self.outcomes[claim.job_id] = Outcome(str(claim.job_id), Status.SUCCEEDED, recorded=recorded)
-
-    @staticmethod
-    def _record_spans(
-        pending: list[tuple[transitions.Claim, Any, str | None]], won: set[uuid.UUID], started: int
-    ) -> None:
-        """Each written success's `job.outcome` span, in its job's trace (one write, one time)."""
-        written = time.time_ns()
-        for claim, _, trace in pending:
-            attributes = {
-                **span_attributes(claim), "job.status": str(Status.SUCCEEDED), "job.recorded": claim.job_id in won,
-                "batch.size": len(pending),
-            }  # fmt: skip
-            tracing.record("job.outcome", parent=trace, start_time=started, end_time=written, attributes=attributes)
 
 
 @dataclass(frozen=True)
@@ -175,11 +156,8 @@ def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = Non
         else:
             batch[dispatch] = envelope
             order.append(envelope)
-    claiming = time.time_ns()
     claims = claim_many(list(batch), worker=worker)
     won = {(str(c.job_id), str(c.dispatch_token)): c for c in claims}
-    if tracing.enabled():
-        _claim_spans(batch, set(won), claiming)
     outcomes.extend(_skipped(e.log_context(), "claim lost") for dispatch, e in batch.items() if dispatch not in won)
     items: list[Item] = []
     for entry in order:
@@ -189,17 +167,6 @@ def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = Non
             items.append(claim)
     outcomes.extend(_run_items(items, {job_id: batch[(job_id, token)] for job_id, token in won}, worker))
     return outcomes
-
-
-def _claim_spans(batch: dict[tuple[str, str], DispatchEnvelope], won: set[tuple[str, str]], started: int) -> None:
-    """Each job's `job.claim` span, in its own trace: one statement claimed them all."""
-    claimed, links = time.time_ns(), tracing.link_to_current()
-    for dispatch, envelope in batch.items():
-        tracing.record(
-            "job.claim", parent=envelope.traceparent, start_time=started, end_time=claimed, links=links,
-            attributes={"job.id": envelope.job_id, "job.attempt": envelope.attempt, "batch.size": len(batch),
-                        "job.claimed": "won" if dispatch in won else "lost"},
-        )  # fmt: skip
 
 
 def _skipped(job: JobLogContext, why: str) -> Outcome:
@@ -312,8 +279,7 @@ def _run_items(items: list[Item], envelopes: dict[str, DispatchEnvelope], worker
             if isinstance(claim, Single):
                 # Its own claim, run and breaker verdict; the monitor ticks the batch meanwhile
                 # (the leases of the claimed jobs waiting, their hand-back once it runs long).
-                with tracing.continued(claim.envelope.traceparent):
-                    ran.append((None, execute(claim.envelope, worker=worker, gate_=claim.gate)))
+                ran.append((None, execute(claim.envelope, worker=worker, gate_=claim.gate)))
                 continue
             if time.monotonic() - run.checked_at >= CANCEL_CHECK_SECONDS:
                 with_reconnect(run.renew)
@@ -324,9 +290,14 @@ def _run_items(items: list[Item], envelopes: dict[str, DispatchEnvelope], worker
                 ran.append((claim, _cancel_unstarted(claim)))
                 continue
             envelope = run.envelopes.get(str(claim.job_id))
-            trace = envelope.traceparent if envelope is not None else None
-            with job_log_context(log_context(claim)), tracing.continued(trace):
-                ran.append((claim, run_claimed(claim, recorder)))
+            trace = envelope.trace if envelope is not None else None
+            with (
+                job_log_context(log_context(claim)),
+                process_span(str(claim.job_id), claim.queue, claim.type, claim.attempt, trace) as span,
+            ):
+                outcome = run_claimed(claim, recorder)
+                end_process_span(span, outcome)
+            ran.append((claim, outcome))
         recorder.flush()
     except BaseException:
         _wind_down(run)

@@ -28,6 +28,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ from celery.exceptions import WorkerShutdown, WorkerTerminate
 from django.conf import settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from redis.exceptions import RedisError
 
 from config import tracing
@@ -81,20 +83,28 @@ def log_context(claim: transitions.Claim) -> JobLogContext:
     )  # fmt: skip
 
 
-def span_attributes(claim: transitions.Claim) -> dict[str, str | int]:
-    """What the worker's spans of an attempt say about it."""
-    return {"job.id": str(claim.job_id), "job.type": claim.type, "job.queue": claim.queue, "job.attempt": claim.attempt}
-
-
-def _outcome_span(claim: transitions.Claim, write: Callable[[], Outcome]) -> Outcome:
-    """Write an attempt's outcome (`write`) in its `job.outcome` span."""
+def process_span(
+    job_id: str, queue: str, job_type: str, attempt: int, trace: tracing.Carrier | None
+) -> AbstractContextManager[Span | None]:
+    """A job's CONSUMER span, `process <queue>` (the OTel messaging conventions), in the job's
+    trace under its creation context: current while the worker takes, runs and records it,
+    so the handler's own spans and the statements nest under it. In a batch it links the
+    batch's Celery task, whose trace it is not in. Its one span a job: a claim, handler and
+    outcome span each tripled the worker's CPU per traced job."""
     if not tracing.enabled():
-        return write()
-    with tracing.span("job.outcome", attributes=span_attributes(claim)) as span:
-        outcome = write()
-        if span is not None:
-            span.set_attributes({"job.status": str(outcome.status), "job.recorded": outcome.recorded})
-        return outcome
+        return nullcontext()
+    attributes = tracing.messaging("process", queue, message_id=job_id, job_type=job_type, attempt=attempt)
+    current = tracing.current_trace_id()
+    links = tracing.link_to_current() if current is not None and current != tracing.trace_id_of(trace) else None
+    return tracing.span(f"process {queue}", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes, links=links)
+
+
+def end_process_span(span: Span | None, outcome: Outcome) -> None:
+    """What became of the job, on its span: a failed attempt's span is an error."""
+    if span is not None:
+        span.set_attribute(f"{tracing.PREFIX}job.status", str(outcome.status))
+        if outcome.status in (Status.RETRYING, Status.DEAD_LETTER):
+            span.set_status(StatusCode.ERROR)
 
 
 def _permanent_exceptions() -> tuple[type[BaseException], ...]:
@@ -182,7 +192,7 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
         return _throttled(claim, exc.seconds, str(exc), in_workflow)
     except (JobCancelled, Interrupted) as exc:
         if isinstance(exc, JobCancelled) or exc.reason == "cancelled":
-            return _outcome_span(claim, lambda: _cancelled(claim, in_workflow))
+            return _cancelled(claim, in_workflow)
         return _fail(claim, f"timed out after {claim.timeout_seconds}s", "", AttemptStatus.TIMED_OUT, permanent=False)
     except Exception as exc:
         permanent = isinstance(exc, _permanent_exceptions())
@@ -195,7 +205,7 @@ def _run_claimed(claim: transitions.Claim, deferred: SuccessSink | None, long_ru
     if recorder is not None:
         recorder.succeeded(claim, result, logged=logged)
         return Outcome(str(job_id), Status.SUCCEEDED, recorded=False)  # the recorder has the verdict
-    return _outcome_span(claim, lambda: _succeeded(claim, result, in_workflow))
+    return _succeeded(claim, result, in_workflow)
 
 
 def _succeeded(claim: transitions.Claim, result: Any, in_workflow: bool) -> Outcome:
@@ -209,21 +219,17 @@ def _succeeded(claim: transitions.Claim, result: Any, in_workflow: bool) -> Outc
 def _throttled(claim: transitions.Claim, seconds: float, reason: str, in_workflow: bool) -> Outcome:
     """The handler asked to wait (ctx.throttle): back to PENDING until then, the attempt given
     back; with a cancel request meanwhile it ends as asked instead."""
-
-    def write() -> Outcome:
-        run_at = timezone.now() + timedelta(seconds=seconds)
-        won = with_reconnect(
-            lambda: transitions.throttle_back(
-                claim.job_id, attempt=claim.attempt, worker=claim.worker, run_at=run_at, error=reason,
-                error_class=class_path(Throttled),
-            )
-        )  # fmt: skip
-        if won:
-            _slow_key(claim, seconds)
-            return record(claim.job_id, Status.THROTTLED, True, retry_in=seconds)
-        return _cancelled(claim, in_workflow)  # a cancel request (or it is no longer ours: a no-op)
-
-    return _outcome_span(claim, write)
+    run_at = timezone.now() + timedelta(seconds=seconds)
+    won = with_reconnect(
+        lambda: transitions.throttle_back(
+            claim.job_id, attempt=claim.attempt, worker=claim.worker, run_at=run_at, error=reason,
+            error_class=class_path(Throttled),
+        )
+    )  # fmt: skip
+    if won:
+        _slow_key(claim, seconds)
+        return record(claim.job_id, Status.THROTTLED, True, retry_in=seconds)
+    return _cancelled(claim, in_workflow)  # a cancel request (or it is no longer ours: a no-op)
 
 
 def _slow_key(claim: transitions.Claim, seconds: float) -> None:
@@ -258,10 +264,7 @@ def _call_handler(
     records_before = job_records_written()
     succeeded = False
     try:
-        with (
-            tracing.span("job.handler", attributes=span_attributes(claim) if tracing.enabled() else None),
-            handler_running(claim.job_id, claim.attempt, claim.timeout_seconds, long_run, reporter),
-        ):
+        with handler_running(claim.job_id, claim.attempt, claim.timeout_seconds, long_run, reporter):
             try:
                 result = handler(claim.payload, ctx)
             finally:  # failures and timeouts have a duration too
@@ -290,7 +293,7 @@ def _fail_with(claim: transitions.Claim, exc: BaseException, permanent: bool) ->
 def _fail(
     claim: transitions.Claim, error: str, tb: str, attempt_status: str, permanent: bool, error_class: str = ""
 ) -> Outcome:
-    return _outcome_span(claim, lambda: _failed(claim, error, tb, attempt_status, permanent, error_class))
+    return _failed(claim, error, tb, attempt_status, permanent, error_class)
 
 
 def _failed(

@@ -8,8 +8,9 @@ the outcome.
     run the handler and record its outcome (`running.run_claimed`)
     tell the breaker how it went
 
-All of it runs in the job's trace (the envelope's traceparent): the claim is a span,
-`job.claim`, beside the handler's and the outcome's.
+All of it is the job's CONSUMER span, `process <queue>` (`running.process_span`), in the
+job's trace under its creation context (the envelope's `trace`); it ends saying what became
+of the job.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from config import tracing
 from jobs import rate_limits, transitions
 from jobs.dispatch import DispatchEnvelope
 from logs.context import job_log_context
@@ -30,7 +30,7 @@ from orchestration import breaker, ratelimit
 from orchestration.breaker import BREAKERS
 from orchestration.worker.claims import Blocked, claim_keyed, claim_many, worker_id
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
-from orchestration.worker.running import log_context, run_claimed
+from orchestration.worker.running import end_process_span, log_context, process_span, run_claimed
 
 logger = logging.getLogger("orchestration.worker")
 RATE_RETRY_SECONDS = 2.0  # a rate-limited job's next look when Redis could not count its key
@@ -45,8 +45,10 @@ def gate(envelope: DispatchEnvelope) -> str:
 def execute(envelope: DispatchEnvelope, *, worker: str | None = None, gate_: str | None = None) -> Outcome:
     """Claim and run one dispatched job. Safe to call twice with the same envelope. `gate_`
     is the breaker's answer when the caller already asked (a batch asks once per job)."""
-    with tracing.continued(envelope.traceparent):
-        return _execute(envelope, worker, gate_)
+    with process_span(envelope.job_id, envelope.queue, envelope.type, envelope.attempt, envelope.trace) as span:
+        outcome = _execute(envelope, worker, gate_)
+        end_process_span(span, outcome)
+        return outcome
 
 
 def _execute(envelope: DispatchEnvelope, worker: str | None, gate_: str | None) -> Outcome:
@@ -97,14 +99,11 @@ def _wait_for_rate(envelope: DispatchEnvelope) -> Outcome | None:
 def _claim_and_run(envelope: DispatchEnvelope, worker: str) -> Outcome:
     job_id = envelope.job_id
     claim: transitions.Claim | Blocked | None
-    with tracing.span("job.claim", attributes={"job.id": job_id, "job.attempt": envelope.attempt}) as span:
-        if envelope.concurrency_key:
-            claim = claim_keyed(envelope, worker)
-        else:
-            claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
-            claim = claims[0] if claims else None
-        if span is not None:
-            span.set_attribute("job.claimed", "won" if isinstance(claim, transitions.Claim) else str(claim or "lost"))
+    if envelope.concurrency_key:
+        claim = claim_keyed(envelope, worker)
+    else:
+        claims = claim_many([(job_id, envelope.dispatch_token)], worker=worker)
+        claim = claims[0] if claims else None
     match claim:
         case transitions.Claim():
             # Every record written from here to the outcome (the handler's and ours) carries the job.

@@ -31,12 +31,17 @@ envelopes = st.builds(
     concurrency_key=st.none() | names,
     concurrency_limit=st.integers(1, 100),
     workflow_id=st.none() | st.uuids().map(str),
-    traceparent=st.none()
-    | st.builds(
-        lambda t, s, f: f"00-{t:032x}-{s:016x}-{f:02x}",
-        st.integers(1, 2**128 - 1),
-        st.integers(1, 2**64 - 1),
-        st.integers(0, 255),
+    trace=st.none()
+    | st.fixed_dictionaries(
+        {
+            "traceparent": st.builds(
+                lambda t, s, f: f"00-{t:032x}-{s:016x}-{f:02x}",
+                st.integers(1, 2**128 - 1),
+                st.integers(1, 2**64 - 1),
+                st.integers(0, 255),
+            )
+        },
+        optional={"tracestate": st.text(max_size=100), "baggage": st.text(max_size=100)},
     ),
 ).map(lambda e: e if e.concurrency_key else DispatchEnvelope(**{**_fields(e), "concurrency_limit": None}))
 

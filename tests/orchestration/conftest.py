@@ -82,10 +82,12 @@ def consume_all(topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
     return messages
 
 
-def produce(topic: str, values: list[bytes], key: bytes | None = None) -> None:
+def produce(
+    topic: str, values: list[bytes], key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+) -> None:
     producer = Producer(kafka.producer_config())
     for value in values:
-        producer.produce(topic, value=value, key=key)
+        producer.produce(topic, value=value, key=key, headers=headers)
     assert producer.flush(10) == 0
 
 

@@ -306,3 +306,38 @@ def test_one_queues_backlog_pauses_only_that_queues_retention(archive_table, epo
     run.after = None
     assert run(epoch, timezone.now) == 1
     assert not Job.objects.filter(id=parked_old.id).exists()
+
+
+@pytest.mark.django_db
+def test_an_archived_job_keeps_its_trace_context(archive_table, epoch, user, api):
+    carrier = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "v=1", "baggage": "k=v"}
+    old = finished(user, days_ago=40)
+    Job.objects.filter(id=old.id).update(trace_context=carrier)
+    assert scan(epoch) == 1
+    (archived,) = archive.page(archive.Filters(), owner_id=user.pk, after=None, size=10)
+    assert archived.trace_context == carrier
+    assert api.get(f"{JOBS}{old.id}/").json()["trace_id"] == "a" * 32
+
+
+@pytest.mark.django_db
+def test_an_archive_table_from_before_the_carrier_reads_its_traceparents(archive_table, user, api):
+    """A table made when the archive kept `traceparent` gets `trace_context`, computed from it
+    for the rows it already has."""
+    from logs import store
+
+    old_schema = archive.create_table_sql(archive_table).replace("trace_context       Nullable(String)",
+                                                                 "traceparent         Nullable(String)")  # fmt: skip
+    store.client().command(old_schema)
+    job = finished(user, days_ago=40)
+    row = dict(zip(archive.COLUMNS, archive.row_of(
+        {c: getattr(job, c) for c in archive.COLUMNS if c not in ("history", "archived_at")}
+        | {"backoff": "{}", "payload": "{}", "result": None, "trace_context": None}, [], timezone.now(),
+    ), strict=True))  # fmt: skip
+    row.pop("trace_context")
+    columns = [c if c != "trace_context" else "traceparent" for c in archive.COLUMNS]
+    store.client().insert(archive_table, [[row.get(c, f"00-{'c' * 32}-{'d' * 16}-01") for c in columns]],
+                          column_names=columns)  # fmt: skip
+    Job.objects.filter(id=job.id).delete()
+    archive.migrate()
+    assert archive.get(job.id, owner_id=user.pk).trace_context == {"traceparent": f"00-{'c' * 32}-{'d' * 16}-01"}
+    archive.migrate()  # again: nothing to add

@@ -1,4 +1,4 @@
-"""`manage.py bench api|pipeline|logs|workflows|steps|flow|dashboard|scale`: measured numbers next to a
+"""`manage.py bench api|pipeline|tracing|logs|workflows|steps|flow|dashboard|scale`: measured numbers next to a
 same-run baseline."""
 
 from __future__ import annotations
@@ -87,6 +87,12 @@ class Command(BaseCommand):
         grow.add_argument("--rounds", type=COUNT, default=2, help="interleaved runs of each (median, spread)")
         grow.add_argument("--signals", type=int, default=200, help="signals timed to their next start (0: skip)")
         grow.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
+        traced = sub.add_parser("tracing", help="CPU per job with tracing off, on for every job, and on for 1 %")
+        traced.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+        traced.add_argument("--jobs", type=COUNT, default=10_000, help="no-op jobs a run")
+        traced.add_argument("--threads", type=COUNT, default=4, help="client threads that submit")
+        traced.add_argument("--rounds", type=COUNT, default=3, help="interleaved runs of each mode (median, spread)")
+        traced.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
         flow = sub.add_parser("flow", help="cost of batches and unused flow control; a rate-limited key held")
         flow.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         flow.add_argument("--jobs", type=COUNT, default=1000, help="jobs of the plain run and of the batch")
@@ -158,6 +164,12 @@ class Command(BaseCommand):
                 base=opts["url"].rstrip("/"), waiting_n=opts["waiting"], scan_times=opts["scans"], map_n=opts["map"],
                 rounds=opts["rounds"], signals=opts["signals"], keep=opts["keep"], out=self.stdout,
             )  # fmt: skip
+        elif opts["which"] == "tracing":
+            from devtools.bench import tracing
+
+            self.stdout.write(f"bench tracing against {opts['url']} ({os.cpu_count()} CPUs)")
+            tracing.run(base=opts["url"].rstrip("/"), n=opts["jobs"], threads=opts["threads"], rounds=opts["rounds"],
+                        keep=opts["keep"], out=self.stdout)  # fmt: skip
         elif opts["which"] == "flow":
             from devtools.bench import flow
 

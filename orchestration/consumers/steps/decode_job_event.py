@@ -3,12 +3,18 @@
 A job whose type has no handler here (a rolling deploy: the web already knows a new type,
 this bridge's code does not) is dead-lettered as well, with the reason, exactly as a worker
 without the handler would do it: otherwise it would stay QUEUED, and the scheduler's stale
-scan would send it to the DLQ again and again."""
+scan would send it to the DLQ again and again.
+
+With tracing on, the job's trace context is read off the message's Kafka headers (what the
+relay wrote, or a tool between them changed), the way a Kafka consumer continues a trace;
+the envelope's own `trace` is the fallback."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Sequence
 
 import orjson
 from arroyo.backends.kafka import KafkaPayload
@@ -35,12 +41,16 @@ class DecodeJobEvent(ForwardingStep):
     def submit(self, message: Message[KafkaPayload]) -> None:
         try:
             envelope = DispatchEnvelope.parse(orjson.loads(message.payload.value))
+            if tracing.enabled():
+                envelope = _with_header_trace(envelope, message.payload.headers)
             if not is_registered(envelope.type):
                 reason = f"no handler registered for job type {envelope.type!r} on the bridge"
                 with (
                     job_log_context(envelope.log_context()),  # its owner finds why in the job's logs
                     tracing.span(
-                        "bridge.dead_letter", parent=envelope.traceparent, attributes={"job.id": envelope.job_id}
+                        "bridge.dead_letter",
+                        parent=envelope.trace,
+                        attributes=tracing.messaging("settle", None, message_id=envelope.job_id),
                     ),
                 ):
                     self._dead_letter(envelope, reason)
@@ -76,3 +86,8 @@ class DecodeJobEvent(ForwardingStep):
             return
         if won:
             logger.warning("bridge.job_dead_lettered", extra={"job_id": envelope.job_id, "reason": reason})
+
+
+def _with_header_trace(envelope: DispatchEnvelope, headers: Sequence[tuple[str, bytes]]) -> DispatchEnvelope:
+    carrier = tracing.carrier_of_headers(headers)
+    return envelope if carrier is None or carrier == envelope.trace else dataclasses.replace(envelope, trace=carrier)
