@@ -62,7 +62,7 @@ def _start_worker_heartbeat(sender: object = None, **kwargs: object) -> None:
     from metrics.heartbeat import Heartbeat
     from metrics.prom import serve_role_metrics
 
-    serve_role_metrics()
+    serve_role_metrics("worker")
     hostname = getattr(sender, "hostname", "")
     # The queues it consumes (`--queues`): `GET /api/v1/queues/` counts each one's consumers.
     queues = sorted(app.amqp.queues.consume_from or {})

@@ -26,7 +26,7 @@ def run_role(
 
     tracing.setup(service_name())
     stop = threading.Event()
-    serve_role_metrics()
+    serve_role_metrics(name)
     Heartbeat(name, details).start()
 
     def request_stop(signum: int, frame: Any) -> None:

@@ -44,6 +44,8 @@ def test_every_role_but_the_web_serves_its_own_metrics_and_has_a_health_check():
         if role.name not in ("web", "flower"):
             assert service["environment"]["METRICS_PORT"] == "9100"
             assert "9100/metrics" in " ".join(service["healthcheck"]["test"])
+    # Set for the web too: its /metrics then shows the web's metrics only, not every role's zeros.
+    assert services["web"]["environment"]["METRICS_PORT"] == "9100"
 
 
 def test_secrets_the_dev_stack_makes_up_are_required_in_production():

@@ -67,7 +67,7 @@ def test_two_gunicorn_workers_counters_add_up_in_every_scrape(tmp_path):
             try:
                 if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # the socket listens before the app loads
                 pass
             assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()[-2000:]
             time.sleep(0.2)

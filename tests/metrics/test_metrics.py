@@ -116,21 +116,32 @@ def test_a_role_serves_its_own_metrics_on_metrics_port(topics, queue, tmp_path):
     from tests.logs.test_sink import free_port
     from tests.orchestration.conftest import Stack, wait_for
 
-    port = free_port()
-    stack = Stack(topics, queue, tmp_path, METRICS_PORT=str(port), HEARTBEAT_SECONDS="0.5")
+    ports = {"relay": free_port(), "worker": free_port()}
+    stack = Stack(topics, queue, tmp_path, HEARTBEAT_SECONDS="0.5")
     stack.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    stack.start("relay")
+    for role, port in ports.items():  # run_role's (config/roles.py) and the worker's (config/celery.py)
+        stack.env["METRICS_PORT"] = str(port)
+        stack.start(role)
     try:
 
-        def scraped() -> str:
+        def scraped(role: str) -> str:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[role]}/metrics", timeout=2) as r:
                     return r.read().decode()
             except OSError:
                 return ""
 
-        wait_for(lambda: 'role_heartbeat_timestamp_seconds{role="relay"}' in scraped(), timeout=30, message="metrics")
-        assert "orchestration_outbox_pending" in scraped()
+        for role in ports:
+            beat = f'role_heartbeat_timestamp_seconds{{role="{role}"}}'
+            wait_for(lambda role=role, beat=beat: beat in scraped(role), timeout=30, message=f"{role} metrics")
+        relay, worker = scraped("relay"), scraped("worker")
+        assert "orchestration_outbox_pending" in relay
+        assert "# TYPE orchestration_job_duration_seconds histogram" in worker
+        # Each its own only: no zeros of the other's, the scheduler's or the web's.
+        for text, others in ((relay, ["jobs_finished", "job_duration", "jobs_in_state", "bridge_lag"]),
+                             (worker, ["outbox_pending", "jobs_in_state", "bridge_lag", "logs_ingested"])):  # fmt: skip
+            assert not [o for o in others if f"orchestration_{o}" in text], others
+            assert "django_http_" not in text
     finally:
         stack.close()
 
@@ -160,7 +171,9 @@ def fresh_scrape(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], 
     }
 
 
-@pytest.mark.parametrize("multiprocess", [True, False], ids=["dev-stack", "production"])
+# The web's /metrics where the roles serve none of their own (no METRICS_PORT): every role's
+# series. Production, each role its own: tests/metrics/test_role_metrics.py.
+@pytest.mark.parametrize("multiprocess", [True, False], ids=["dev-stack", "one-process"])
 def test_every_contract_metric_is_there_from_the_start_at_zero(tmp_path, multiprocess):
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)} if multiprocess else {"PROMETHEUS_MULTIPROC_DIR": ""}
     samples = fresh_scrape({**env, "KAFKA_JOBS_PARTITIONS": "4"})
