@@ -43,6 +43,7 @@ starts a trace of ours, sampled by our sampler, and its span links the caller's 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -54,7 +55,7 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 logger = logging.getLogger("config.tracing")
 
@@ -359,15 +360,36 @@ def carrier_of_headers(headers: Sequence[tuple[str, str | bytes | None]] | None)
 
 
 def _carrier_fields() -> set[str]:
-    return set(propagate.get_global_textmap().fields)
+    return _fields_of(propagate.get_global_textmap())
+
+
+@functools.lru_cache(maxsize=4)
+def _fields_of(textmap: Any) -> set[str]:
+    return set(textmap.fields)
+
+
+# Extracted contexts by carrier. A bulk submit's jobs share one carrier (the request's), so a
+# batch of them is parsed once, not per job; contexts are immutable, so sharing them is safe.
+_EXTRACTED: dict[tuple[Any, ...], otel_context.Context | None] = {}
+_EXTRACTED_MAX = 1024
 
 
 def _extracted(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
     """The context a carrier holds, or None when it holds no valid span context."""
     if not carrier:
         return None
-    ctx = propagate.extract(carrier)
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    key = (id(propagate.get_global_textmap()), *carrier.items())  # another textmap reads it otherwise
+    try:
+        return _EXTRACTED[key]
+    except KeyError:
+        pass
+    ctx: otel_context.Context | None = propagate.extract(carrier)
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        ctx = None
+    if len(_EXTRACTED) >= _EXTRACTED_MAX:
+        _EXTRACTED.clear()
+    _EXTRACTED[key] = ctx
+    return ctx
 
 
 def _parent(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
@@ -473,12 +495,14 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     start_time: int | None = None,
     links: Sequence[Link] | None = None,
+    link_current: bool = False,
 ) -> AbstractContextManager[Span | None]:
     """A span, current while the block runs, under `parent` (a carrier: its context, baggage
-    included, is current in the block) or the current
-    context. Yields None when tracing is off, or when the parent was not sampled (a job whose
-    trace the sampler left out at its submit: its spans would be dropped anyway). An exception
-    leaving the block is recorded."""
+    included, is current in the block) or the current context. `link_current`: when `parent`
+    is another trace than the current span's, the span links the current one (a job of a
+    batch, to the batch's task). Yields None when tracing is off, or when the parent was not
+    sampled (a job whose trace the sampler left out at its submit: its spans would be dropped
+    anyway). An exception leaving the block is recorded."""
     if _tracer is None:
         return _NULL
     context = _parent(parent)
@@ -489,20 +513,31 @@ def span(
                                              links=links)  # fmt: skip
     if _sampled_out(context):
         return _attached(context)  # no span, but the context (trace id for log lines, baggage) still holds
+    if link_current:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            links = [*(links or ()), Link(current)]
     return _span_in(context, name, kind=kind, attributes=attributes, start_time=start_time, links=links)
 
 
 @contextmanager
 def _span_in(context: otel_context.Context, name: str, **options: Any) -> Iterator[Span]:
     """A span under `context`, with the whole of that context current (its baggage too:
-    `start_as_current_span(context=...)` would take only its parent span)."""
+    `start_as_current_span(context=...)` would take only its parent span). One attach, not
+    the two of attaching `context` and then starting a current span in it."""
     assert _tracer is not None
-    token = otel_context.attach(context)
+    made = _tracer.start_span(name, context=context, **options)
+    token = otel_context.attach(trace.set_span_in_context(made, context))
     try:
-        with _tracer.start_as_current_span(name, **options) as made:
-            yield made
+        yield made
+    except Exception as exc:  # as start_as_current_span does: recorded, the span an error
+        if made.is_recording():
+            made.record_exception(exc)
+            made.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
     finally:
         otel_context.detach(token)
+        made.end()
 
 
 def record(

@@ -362,9 +362,10 @@ def restart_roles(
         client.call({"command": "set", "properties": {"name": role, "options": {"env": env}}})
         client.call({"command": "start", "properties": {"name": role, "waiting": True}})
     deadline = time.monotonic() + 90
+    back: set[str] = set()  # each role once a new process of it beat and was ready (they beat out of step)
     while time.monotonic() < deadline:
-        fresh = [r for r in heartbeat.roles() if r["role"] in beating and r["age"] < 2 and r["pid"] not in old]
-        if {r["role"] for r in fresh} == set(beating) and all(ready(r) for r in fresh):
+        back |= {r["role"] for r in heartbeat.roles() if r["role"] in beating and r["pid"] not in old and ready(r)}
+        if back == set(beating):
             return before
         time.sleep(0.5)
     raise SystemExit(f"{', '.join(beating)} did not come back within 90 s")

@@ -94,9 +94,8 @@ def process_span(
     if not tracing.enabled():
         return nullcontext()
     attributes = tracing.messaging("process", queue, message_id=job_id, job_type=job_type, attempt=attempt)
-    current = tracing.current_trace_id()
-    links = tracing.link_to_current() if current is not None and current != tracing.trace_id_of(trace) else None
-    return tracing.span(f"process {queue}", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes, links=links)
+    return tracing.span(f"process {queue}", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes,
+                        link_current=True)  # fmt: skip
 
 
 def end_process_span(span: Span | None, outcome: Outcome) -> None:

@@ -533,3 +533,12 @@ def test_a_cli_action_is_a_span_its_jobs_join(traced, user):
     assert cli.attributes["orchestration.cli.command"] == "jobs submit"
     job = Job.objects.get(owner=user)
     assert tracing.trace_id_of(job.trace_context) == f"{cli.context.trace_id:032x}"
+
+
+def test_an_exception_in_a_span_under_a_carrier_is_recorded_and_the_context_restored(traced):
+    with pytest.raises(ValueError, match="boom"), tracing.span("process q", parent=CARRIER):
+        raise ValueError("boom")
+    assert tracing.current_trace_id() is None  # detached again
+    (done,) = traced.get_finished_spans()
+    assert done.status.status_code == StatusCode.ERROR
+    assert [e.name for e in done.events] == ["exception"]
