@@ -25,9 +25,10 @@ its messages.
 
 Spans follow the OTel messaging conventions (`messaging(...)` makes their attributes): a
 submit is a PRODUCER `send <queue>` whose context the jobs keep (their creation context);
-the relay's and the bridge's batches are one PRODUCER `send jobs` and one CONSUMER `process
-jobs` each, linked to every message they carry; the worker's CONSUMER `process <queue>` is
-each job's, a child of its creation context. Attributes of ours are prefixed `orchestration.`.
+the relay's, the bridge's and the worker's batches are one span each (PRODUCER `send`,
+CONSUMER `process`), linked to every message they carry, each job of a worker's batch
+running in its own context; a job run alone has its own CONSUMER `process <queue>`, a child
+of its creation context. Attributes of ours are prefixed `orchestration.`.
 
 Spans of instrumented libraries with no parent at all (a scheduler tick's queries, a
 heartbeat's Redis call) are not sampled: each would be a trace of one span. Roots of our own
@@ -549,8 +550,10 @@ def record(
     attributes: Mapping[str, Any] | None = None,
     links: Sequence[Link] | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
+    error: str | None = None,
 ) -> None:
-    """A span that already happened (times from time.time_ns()), under `parent`."""
+    """A span that already happened (times from time.time_ns()), under `parent`; `error`: it
+    is an error, so described."""
     if _tracer is None:
         return
     context = _parent(parent)
@@ -559,6 +562,8 @@ def record(
     done = _tracer.start_span(
         name, context=context, kind=kind, attributes=attributes, start_time=start_time, links=links
     )
+    if error is not None:
+        done.set_status(Status(StatusCode.ERROR, error))
     done.end(end_time=end_time)
 
 

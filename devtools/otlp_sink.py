@@ -7,13 +7,15 @@
   `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run`, then `make bench`.
 
 It answers POST /v1/traces with protobuf bodies (gzip or not), as the OTLP/HTTP exporter
-sends them; anything else gets 404.
+sends them, and GET /counts with the spans received per service (JSON); anything else gets
+404.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import threading
 import time
 from collections import Counter
@@ -94,6 +96,20 @@ class OtlpReceiver:
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def do_GET(self) -> None:
+                """GET /counts: the spans received per service, as JSON (for a benchmark that
+                runs this sink as a process of its own)."""
+                if self.path.rstrip("/") != "/counts":
+                    self.send_error(404)
+                    return
+                with receiver._lock:
+                    body = json.dumps(dict(receiver.counts)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:  # one line per export is noise
                 pass

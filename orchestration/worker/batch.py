@@ -18,9 +18,13 @@ a worker killed mid-batch leaves RUNNING jobs whose leases run out and the reape
 success still in the recorder when the worker dies is such a job: its handler ran, its outcome
 was never written, and it runs again (at least once, as after any crash before the outcome).
 
-Tracing: each job runs in its CONSUMER span (`running.process_span`), in its own trace and
-linked to the batch's Celery task, as on the single path; the batch's claim and the
-recorder's writes are one statement each, in the Celery task's span.
+Tracing: the batch is one CONSUMER span, `process <queue>`, linked to each of its jobs'
+contexts (the OTel conventions' batch process; the claim and the recorder's writes are its
+statements). Each job runs in its own context (its handler's spans and log lines are in the
+job's trace, baggage included), without a span of its own: one span a job cost the worker
+about as much again as a no-op job. An attempt that fails gets its span, after the fact, in
+its trace (an error, linked to the batch). A job of the batch on the single-job path gets
+its `process` span there.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from opentelemetry.trace import SpanKind
 
+from config import tracing
 from config.celery import app
 from jobs import transitions
 from jobs.dispatch import DispatchEnvelope
@@ -44,7 +51,7 @@ from orchestration import breaker, celery_queues
 from orchestration.worker.claims import claim_many, worker_id
 from orchestration.worker.monitor import MONITOR
 from orchestration.worker.outcomes import Outcome, Status, tell_breaker, with_reconnect
-from orchestration.worker.running import end_process_span, log_context, process_span, run_claimed
+from orchestration.worker.running import FAILED, log_context, record_failed_attempt, run_claimed
 from orchestration.worker.single import execute, gate
 
 logger = logging.getLogger("orchestration.worker")
@@ -156,6 +163,23 @@ def execute_batch(envelopes: list[DispatchEnvelope], *, worker: str | None = Non
         else:
             batch[dispatch] = envelope
             order.append(envelope)
+    with _batch_span(envelopes):
+        return [*outcomes, *_claim_and_run(batch, order, worker)]
+
+
+def _batch_span(envelopes: list[DispatchEnvelope]) -> Any:
+    if not tracing.enabled():
+        return nullcontext()
+    queue = envelopes[0].queue if envelopes else None
+    attributes = tracing.messaging("process", queue, count=len(envelopes))
+    return tracing.batch_span(f"process {queue}", (e.trace for e in envelopes), kind=SpanKind.CONSUMER,
+                              attributes=attributes)  # fmt: skip
+
+
+def _claim_and_run(
+    batch: dict[tuple[str, str], DispatchEnvelope], order: list[DispatchEnvelope | Single], worker: str
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
     claims = claim_many(list(batch), worker=worker)
     won = {(str(c.job_id), str(c.dispatch_token)): c for c in claims}
     outcomes.extend(_skipped(e.log_context(), "claim lost") for dispatch, e in batch.items() if dispatch not in won)
@@ -291,12 +315,11 @@ def _run_items(items: list[Item], envelopes: dict[str, DispatchEnvelope], worker
                 continue
             envelope = run.envelopes.get(str(claim.job_id))
             trace = envelope.trace if envelope is not None else None
-            with (
-                job_log_context(log_context(claim)),
-                process_span(str(claim.job_id), claim.queue, claim.type, claim.attempt, trace) as span,
-            ):
+            started = time.time_ns()
+            with job_log_context(log_context(claim)), tracing.continued(trace):
                 outcome = run_claimed(claim, recorder)
-                end_process_span(span, outcome)
+            if outcome.status in FAILED and tracing.enabled():
+                record_failed_attempt(claim, trace, outcome, started)
             ran.append((claim, outcome))
         recorder.flush()
     except BaseException:

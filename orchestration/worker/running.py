@@ -98,12 +98,28 @@ def process_span(
                         link_current=True)  # fmt: skip
 
 
+FAILED = frozenset({Status.RETRYING, Status.DEAD_LETTER})  # what a failed attempt became
+
+
 def end_process_span(span: Span | None, outcome: Outcome) -> None:
     """What became of the job, on its span: a failed attempt's span is an error."""
     if span is not None:
         span.set_attribute(f"{tracing.PREFIX}job.status", str(outcome.status))
-        if outcome.status in (Status.RETRYING, Status.DEAD_LETTER):
+        if outcome.status in FAILED:
             span.set_status(StatusCode.ERROR)
+
+
+def record_failed_attempt(
+    claim: transitions.Claim, trace: tracing.Carrier | None, outcome: Outcome, started: int
+) -> None:
+    """A failed attempt of a batch's job: its `process` span, after the fact, in its trace and
+    linked to the batch (a job of a batch has no span of its own otherwise)."""
+    attributes = tracing.messaging(
+        "process", claim.queue, message_id=str(claim.job_id), job_type=claim.type, attempt=claim.attempt
+    )
+    attributes[f"{tracing.PREFIX}job.status"] = str(outcome.status)
+    tracing.record(f"process {claim.queue}", parent=trace, start_time=started, attributes=attributes,
+                   kind=SpanKind.CONSUMER, links=tracing.link_to_current(), error=str(outcome.status))  # fmt: skip
 
 
 def _permanent_exceptions() -> tuple[type[BaseException], ...]:

@@ -386,19 +386,30 @@ def test_an_envelope_with_a_trace_survives_the_wire():
 
 
 @pytest.mark.django_db
-def test_a_batchs_jobs_each_get_a_span_in_their_own_trace_linked_to_the_batch(traced, user):
-    jobs = [services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job for _ in range(3)]
-    with tracing.span("run/orchestration.run_jobs", kind=SpanKind.CONSUMER) as task:  # as Celery's instrumentation
+def test_a_batch_is_one_span_linked_to_its_jobs_which_run_in_their_own_contexts(traced, user):
+    """The conventions' batch process: one span, a link to each job; each handler still runs
+    in its job's context (baggage, trace id), and a failed attempt gets its span after all."""
+    with tracing.continued(CARRIER):
+        seen = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.trace")).job
+    jobs = [services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.noop")).job for _ in range(2)]
+    failing = services.job_submit(owner_id=user.pk, spec=JobSpec(type="demo.fail", payload={"message": "no"})).job
+    with tracing.span("run/orchestration.run_jobs") as task:  # as Celery's instrumentation, under the bridge's
         outcomes = execute_batch(pending_dispatches(), worker="test")
-    assert [o.status for o in outcomes] == ["SUCCEEDED"] * 3
+    assert sorted(o.status for o in outcomes) == ["RETRYING", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
     spans = traced.get_finished_spans()
-    for job in jobs:
-        mine = {s.name: s for s in spans if f"{s.context.trace_id:032x}" == job.trace_id}
-        assert set(mine) == {"send default", "process default"}, job.id
-        process = mine["process default"]
-        assert process.parent.span_id == mine["send default"].context.span_id
-        assert [link.context.span_id for link in process.links] == [task.get_span_context().span_id]
-        assert process.attributes["orchestration.job.status"] == "SUCCEEDED"
+    (batch,) = [s for s in spans if s.name == "process default" and s.attributes.get("messaging.batch.message_count")]
+    assert batch.kind == SpanKind.CONSUMER
+    assert batch.parent.span_id == task.get_span_context().span_id
+    assert batch.attributes["messaging.batch.message_count"] == 4
+    linked = {f"{link.context.trace_id:032x}" for link in batch.links}
+    assert linked == {j.trace_id for j in (seen, *jobs, failing)}
+    for job in jobs:  # a job that succeeded: its submit, and the batch's link to it
+        assert {s.name for s in spans if f"{s.context.trace_id:032x}" == job.trace_id} == {"send default"}
+    assert Job.objects.get(id=seen.id).result["baggage"] == {"tenant": "acme", "flow": "checkout"}
+    (failed,) = [s for s in spans if f"{s.context.trace_id:032x}" == failing.trace_id and s.name == "process default"]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.attributes["orchestration.job.status"] == "RETRYING"
+    assert [link.context.span_id for link in failed.links] == [batch.context.span_id]
 
 
 @pytest.mark.django_db
