@@ -244,7 +244,7 @@ class JobAdmin(ReadOnlyAdmin):
 
         self._staff_only(request)
         try:
-            job = archive.get(job_id, owner_id=None)
+            job = archive.get(job_id, owners=None)
         except LogStoreUnavailable as exc:
             raise Http404(f"ClickHouse is not answering ({exc})") from exc
         if job is None:
