@@ -34,9 +34,10 @@ def per_minute(user: Any, last_hour: LastHour | None = None) -> dict[str, list[A
 
 
 def overview(user: Any) -> dict[str, Any]:
-    """What the overview shows `user`: its own jobs' counts, charts and queue backlogs (staff:
-    everyone's), and to staff only what is the platform's own (the stages' backlog, Kafka lag,
-    workers, roles, the scheduler, Flower): one tenant learns nothing of another's load."""
+    """What the overview shows `user`: the counts, charts and queue backlogs of the owners it
+    sees (its own, those it administers; staff: everyone's), and to staff only what is the
+    platform's own (the stages' backlog, Kafka lag, workers, roles, the scheduler, Flower): one
+    tenant learns nothing of another's load."""
     seen = visibility.scope(user)
     hour = job_last_hour(user)  # read once for both
     stats = job_get_stats(user=user, last_hour=hour)
@@ -48,7 +49,7 @@ def overview(user: Any) -> dict[str, Any]:
         "failure_rate": (sum(minutes["dead"]) / finished) if finished else 0.0,
         "finished_last_hour": finished,
         "queues": [
-            {"name": name, **queue_backlog(name, owner_id=seen.owner_id)._asdict()} for name in settings.QUEUES
+            {"name": name, **queue_backlog(name, owners=seen.owners)._asdict()} for name in settings.QUEUES
         ],
         "dead_letters": list(
             job_visible_to(user).filter(status=JobStatus.DEAD_LETTER).order_by("-created_at")

@@ -1,5 +1,6 @@
 """The operator dashboard: server-rendered pages behind login, with the same permissions as
-the API (users see their own jobs and workflows, staff see all) and every action a POST
+the API (jobs.visibility: users see their own jobs and workflows and those of the owners they
+administer, staff see all) and every action a POST
 with Django's CSRF protection. Parts of a page that change refresh themselves by fetching a
 fragment (see static/dashboard/app.js)."""
 
@@ -197,7 +198,9 @@ def job_bulk_action(request: HttpRequest) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, f"Bad filter: {exc.detail}")
         return redirect(f"{reverse('dashboard:jobs')}?{urlencode(filters)}")
-    context = {"action": action, "verb": BULK_VERBS[action], "count": count, "filters": filters}
+    administers = len(visibility.administered(request.user))
+    context = {"action": action, "verb": BULK_VERBS[action], "count": count, "filters": filters,
+               "administers": administers}  # fmt: skip
     return render(request, "dashboard/bulk_action.html", context)
 
 
@@ -289,8 +292,8 @@ def _workflow_context(request: HttpRequest, workflow_id: uuid.UUID) -> dict[str,
     ]
     return {
         "workflow": workflow, "tasks": tasks, "graph": graph, "terminal": workflow.status in WORKFLOW_TERMINAL,
-        "approvals": approvals, "can_cancel": visibility.may_act(request.user)
-        and (request.user.is_staff or workflow.owner_id == request.user.pk),
+        "approvals": approvals,  # an approver from another tenant may decide here, not cancel
+        "can_cancel": visibility.may_act(request.user) and visibility.scope(request.user).allows(workflow.owner_id),
     }  # fmt: skip
 
 
@@ -393,7 +396,7 @@ def log_search(request: HttpRequest) -> HttpResponse:
     if trace_id and not TRACE_ID.fullmatch(trace_id):
         error, trace_id = "A trace id is 32 hexadecimal digits.", None
     since = _parse_since(g.get("window", "1h"))
-    visible, owner = log_scope(request.user, job_id)
+    visible, owners = log_scope(request.user, job_id)
     if not visible:
         job_id = "00000000-0000-0000-0000-000000000000"  # another user's job: nothing
     if "q" in g or job_id or level or g.get("service") or trace_id:
@@ -401,7 +404,7 @@ def log_search(request: HttpRequest) -> HttpResponse:
             records, next_cursor = search.search(
                 search.LogQuery(
                     job_id=uuid.UUID(job_id) if job_id else None, min_level=level, service=g.get("service") or None,
-                    q=(g.get("q") or "")[:200] or None, since=since, owner_id=owner, limit=200,
+                    q=(g.get("q") or "")[:200] or None, since=since, owners=owners, limit=200,
                     cursor=g.get("cursor") or None, trace_id=trace_id,
                 )
             )  # fmt: skip

@@ -28,7 +28,18 @@ from config.text import is_uuid
 from jobs import audit, batches, services
 from jobs.errors import BatchEnded, JobError
 from jobs.handlers import is_registered
-from jobs.models import AuditRecord, Batch, Job, JobAttempt, Outbox, OwnerShare, RateLimit, Schedule, UniqueLock
+from jobs.models import (
+    AuditRecord,
+    Batch,
+    Job,
+    JobAttempt,
+    Outbox,
+    OwnerAdmin,
+    OwnerShare,
+    RateLimit,
+    Schedule,
+    UniqueLock,
+)  # fmt: skip
 from jobs.schedules import schedule_prepare, validate_cron, validate_timezone
 
 
@@ -244,7 +255,7 @@ class JobAdmin(ReadOnlyAdmin):
 
         self._staff_only(request)
         try:
-            job = archive.get(job_id, owner_id=None)
+            job = archive.get(job_id, owners=None)
         except LogStoreUnavailable as exc:
             raise Http404(f"ClickHouse is not answering ({exc})") from exc
         if job is None:
@@ -355,21 +366,29 @@ class AuditedAdmin(admin.ModelAdmin):
 
     audit_as = ""
 
+    def audit_details(self, obj: Any) -> dict[str, Any]:
+        """What a record of `obj`'s change says besides its owner (a deleted row's id alone
+        would name nothing)."""
+        return {}
+
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         with transaction.atomic():
             super().save_model(request, obj, form, change)
             audit.record(f"{self.audit_as}.{'update' if change else 'create'}", self.audit_as, obj.pk,
-                         owner_id=getattr(obj, "owner_id", None), changed=sorted(form.changed_data))  # fmt: skip
+                         owner_id=getattr(obj, "owner_id", None), changed=sorted(form.changed_data),
+                         **self.audit_details(obj))  # fmt: skip
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
-            audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk, owner_id=getattr(obj, "owner_id", None))
+            audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk, owner_id=getattr(obj, "owner_id", None),
+                         **self.audit_details(obj))  # fmt: skip
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
             for obj in queryset:
-                audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk, owner_id=getattr(obj, "owner_id", None))
+                audit.record(f"{self.audit_as}.delete", self.audit_as, obj.pk,
+                             owner_id=getattr(obj, "owner_id", None), **self.audit_details(obj))  # fmt: skip
             super().delete_queryset(request, queryset)
 
 
@@ -384,6 +403,23 @@ class OwnerShareAdmin(AuditedAdmin):
     raw_id_fields = ["owner"]
     readonly_fields = ["updated_at"]
     audit_as = "owner_share"
+
+
+@admin.register(OwnerAdmin)
+class OwnerAdminAdmin(AuditedAdmin):
+    """Who administers whose tenant (jobs.visibility): the admin sees and acts on the owner's
+    objects as the owner can, from the next request on. Granted or revoked, never edited."""
+
+    list_display = ["admin", "owner", "created_at"]
+    search_fields = ["admin__username", "owner__username"]
+    raw_id_fields = ["owner", "admin"]
+    audit_as = "owner_admin"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def audit_details(self, obj: OwnerAdmin) -> dict[str, Any]:
+        return {"admin": obj.admin_id, "admin_name": obj.admin.get_username()}
 
 
 class RateLimitForm(forms.ModelForm):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -334,13 +335,13 @@ def _query(where: list[str], params: dict[str, Any], *, order: str, limit: int) 
     return [_job_of(dict(zip(result.column_names, r, strict=True))) for r in result.result_rows]
 
 
-def get(job_id: uuid.UUID | str, *, owner_id: int | None) -> Job | None:
-    """The archived job, if the owner (None: anyone, for staff) may see it."""
+def get(job_id: uuid.UUID | str, *, owners: Collection[int] | None) -> Job | None:
+    """The archived job, if one of `owners` (None: anyone's, for staff) owns it."""
     where: list[str] = ["id = {id:UUID}"]
     params: dict[str, Any] = {"id": str(uuid.UUID(str(job_id)))}  # ValueError: not a job id
-    if owner_id is not None:
-        where.append("owner_id = {owner:UInt64}")
-        params["owner"] = owner_id
+    if owners is not None:
+        where.append("owner_id IN {owners:Array(UInt64)}")
+        params["owners"] = sorted(owners)
     found = _query(where, params, order="id", limit=1)
     return found[0] if found else None
 
@@ -358,13 +359,16 @@ class Filters:
     ids: list[str] | None = None  # from log_contains
 
 
-def page(filters: Filters, *, owner_id: int | None, after: tuple[datetime, str] | None, size: int) -> list[Job]:
-    """Up to `size` archived jobs newest first by (created_at, id), after `after`."""
+def page(
+    filters: Filters, *, owners: Collection[int] | None, after: tuple[datetime, str] | None, size: int
+) -> list[Job]:
+    """Up to `size` archived jobs of `owners` (None: anyone's) newest first by (created_at,
+    id), after `after`."""
     where: list[str] = []
     params: dict[str, Any] = {}
-    if owner_id is not None:
-        where.append("owner_id = {owner:UInt64}")
-        params["owner"] = owner_id
+    if owners is not None:
+        where.append("owner_id IN {owners:Array(UInt64)}")
+        params["owners"] = sorted(owners)
     if filters.statuses:
         where.append("status IN {statuses:Array(String)}")
         params["statuses"] = list(filters.statuses)

@@ -5,8 +5,10 @@ log_contains), first as a dry run that only counts, then for real, in the backgr
 The action itself runs as a job (`platform.bulk_action`, internal: the API cannot submit it
 with a payload of its own choosing): it walks the matching jobs in pages of PAGE in
 (created_at, id) order, acts on each, says how far it is (`ctx.progress`) and stops early
-when cancelled. Its owner is the caller; it touches only the caller's jobs, all owners' for
-staff (decided when the action is asked for, and carried in its payload). Jobs made after the
+when cancelled. Its owner is the caller; it touches only the jobs of the owners the caller
+sees (its own, those it administers: jobs.visibility), all owners' for staff (decided when
+the action is asked for, and carried in its payload; a grant revoked meanwhile narrows it
+further). A viewer cannot ask for one. Jobs made after the
 request are left alone (`created_before` is capped at the request's time), as are other bulk
 actions. It is safe to run twice (delivery is at least once): a cancel or retry of a job that
 is past it is skipped, and a re-run's new job carries an idempotency key made from the
@@ -21,11 +23,12 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from jobs import audit, handlers, selectors, services
+from jobs import audit, handlers, selectors, services, visibility
 from jobs.errors import IllegalTransition, JobNotFound
 from jobs.handlers import JobContext
 from jobs.keys import BULK_KEY_PREFIX
@@ -58,19 +61,25 @@ def matching(user: Any, filters: dict[str, Any]) -> QuerySet[Job]:
 
 
 def start(user: Any, *, action: str, filters: dict[str, Any], payload: dict[str, Any] | None) -> tuple[Job, int]:
-    """Ask for the action: the job that will carry it out, and how many jobs match now."""
+    """Ask for the action: the job that will carry it out, and how many jobs match now.
+    PermissionDenied for a viewer (the CLI's --owner reaches here without the API's check)."""
+    if not visibility.may_act(user):
+        raise PermissionDenied(visibility.VIEWERS_LOOK_ONLY)
     asked_at = timezone.now()
     before = filters.get("created_before")
     capped = {**filters, "created_before": min(before, asked_at.isoformat()) if before else asked_at.isoformat()}
     count = matching(user, capped).count()
+    seen = visibility.scope(user).owners
+    owners = {} if seen is None else {"owners": sorted(seen)}
     spec = services.JobSpec(
         type=TYPE,
-        payload={"action": action, "filter": capped, "payload": payload or {}, "all_owners": bool(user.is_staff)},
+        payload={"action": action, "filter": capped, "payload": payload or {}, "all_owners": seen is None, **owners},
         timeout_seconds=7 * 86400,
         max_attempts=3,
     )
     job = services.job_submit(owner_id=user.pk, spec=spec).job
-    audit.record("jobs.bulk_action", "job", job.id, owner_id=user.pk, verb=action, filter=capped, matching=count)
+    audit.record("jobs.bulk_action", "job", job.id, owner_id=user.pk, verb=action, filter=capped, matching=count,
+                 **owners)  # fmt: skip
     return job, count
 
 
@@ -81,7 +90,10 @@ def run(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     user = get_user_model().objects.get(pk=owner)
     if not payload.get("all_owners"):
         user.is_staff = False  # as asked: staff rights are what the request had, not what the user has now
-    jobs = matching(user, payload["filter"]).order_by("created_at", "id")
+    jobs = matching(user, payload["filter"])
+    if "owners" in payload:  # and grants too, less any revoked since
+        jobs = jobs.filter(owner_id__in=payload["owners"])
+    jobs = jobs.order_by("created_at", "id")
     total = jobs.count()
     done = skipped = 0
     after: tuple[datetime, uuid.UUID] | None = None

@@ -70,11 +70,23 @@ def cli_owner(username: str | None) -> Any:
     return owner
 
 
+def acting_as(username: str | None) -> Any:
+    """Who a CLI action acts as: `--as USER`, with that user's rights (the objects it sees;
+    refused to a viewer), else the operator (every object)."""
+    if not username:
+        return OPERATOR
+    user = cli_owner(username)
+    if not visibility.may_act(user):
+        raise CommandError(visibility.VIEWERS_LOOK_ONLY)
+    return user
+
+
 @contextmanager
-def operator_command(command: str, action: str) -> Iterator[None]:
+def operator_command(command: str, action: str, actor: Any = None) -> Iterator[None]:
     """What a CLI action runs in: tracing as the environment asks (service `cli`), a span of
-    the command (what it submits joins its trace), and the audit context (source `cli`)."""
+    the command (what it submits joins its trace), and the audit context (source `cli`, and
+    `actor` when it acts as a user)."""
     tracing.setup("cli")
     name = f"{command} {action}"
-    with audit.acting("cli"), tracing.span(f"cli {name}", attributes={"orchestration.cli.command": name}):
+    with audit.acting("cli", actor=actor), tracing.span(f"cli {name}", attributes={"orchestration.cli.command": name}):
         yield

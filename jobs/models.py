@@ -448,6 +448,28 @@ class OwnerShare(models.Model):
         return f"owner {self.owner_id}: weight {self.weight:g}"
 
 
+class OwnerAdmin(models.Model):
+    """`admin` administers `owner`'s tenant: sees and acts on its jobs, workflows, batches,
+    schedules, limits and logs as the owner can (jobs.visibility). Staff grant and revoke it
+    in the admin; a grant is made or removed, never edited."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="admins")
+    # No index of its own: the unique (admin, owner) pair leads with it (scope's lookup).
+    admin = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="administers",
+                              db_index=False)  # fmt: skip
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        db_table = "jobs_owneradmin"
+        constraints = [
+            models.UniqueConstraint(fields=["admin", "owner"], name="owneradmin_admin_owner_uniq"),
+            models.CheckConstraint(condition=~Q(admin=models.F("owner")), name="owneradmin_not_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.admin_id} administers owner {self.owner_id}"
+
+
 class MisfirePolicy(models.TextChoices):
     # After downtime, fire the most recent missed slot once, then go on with the schedule.
     FIRE_ONCE = "fire_once"

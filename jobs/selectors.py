@@ -4,6 +4,7 @@ scheduler's scans read."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -27,7 +28,8 @@ M = TypeVar("M", Job, Schedule, Batch)
 
 
 def visible_to(queryset: QuerySet[M], user: Any) -> QuerySet[M]:
-    """The rows `user` may see (jobs.visibility: their own; staff all; nobody else any)."""
+    """The rows `user` may see (jobs.visibility: their own and their administered owners';
+    staff all; nobody else any)."""
     return visibility.scope(user).filter(queryset)
 
 
@@ -52,7 +54,7 @@ def job_get_archived(*, user: Any, job_id: uuid.UUID | str) -> Job | None:
     if not settings.CLICKHOUSE_URL:
         return None
     try:
-        return archive.get(job_id, owner_id=stats_owner(user))
+        return archive.get(job_id, owners=stats_owners(user))
     except ValueError:  # not a UUID
         return None
 
@@ -165,7 +167,7 @@ class JobFilter(django_filters.FilterSet):
         limit = settings.JOBS_LOG_CONTAINS_MAX
         ids = search.job_ids_with_text(
             value,
-            owner_id=visibility.scope(user).owner_id,  # no request, no user: nobody, not everyone
+            owners=visibility.scope(user).owners,  # no request, no user: nobody, not everyone
             since=self.form.cleaned_data.get("created_after"),  # only an integer reaches ClickHouse
             limit=limit + 1,
         )
@@ -190,7 +192,7 @@ def job_archive_pager(*, user: Any, filters: archive.Filters) -> Pager:
             after = (created, str(uuid.UUID(pk)))  # a ValueError is an invalid cursor
         if not settings.CLICKHOUSE_URL:
             return [], None  # nothing is archived without ClickHouse
-        return cut_page(archive.page(filters, owner_id=stats_owner(user), after=after, size=size + 1), size)
+        return cut_page(archive.page(filters, owners=stats_owners(user), after=after, size=size + 1), size)
 
     return pager
 
@@ -201,10 +203,10 @@ def _percentiles(values: list[float] | None) -> dict[str, float] | None:
     return {"p50": round(values[0], 4), "p95": round(values[1], 4), "p99": round(values[2], 4)}
 
 
-def stats_owner(user: Any) -> int | None:
-    """Whose jobs a user's statistics (and archive reads) cover: their own, or everyone's
-    (None) for staff (jobs.visibility)."""
-    return visibility.scope(user).owner_id
+def stats_owners(user: Any) -> frozenset[int] | None:
+    """Whose jobs a user's statistics (and archive reads) cover: the owners it sees, or
+    everyone's (None) for staff (jobs.visibility)."""
+    return visibility.scope(user).owners
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class LastHour:
 def job_last_hour(user: Any) -> LastHour:
     now = timezone.now()
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
-    return LastHour(now, since, tallies.minutes_since(since, stats_owner(user)))
+    return LastHour(now, since, tallies.minutes_since(since, stats_owners(user)))
 
 
 def job_get_stats(*, user: Any, last_hour: LastHour | None = None) -> dict[str, Any]:
@@ -229,7 +231,7 @@ def job_get_stats(*, user: Any, last_hour: LastHour | None = None) -> dict[str, 
     read of the last hour, when it has one already."""
     hour = last_hour or job_last_hour(user)
     now, minutes = hour.now, hour.minutes
-    by_status = tallies.status_counts(stats_owner(user))
+    by_status = tallies.status_counts(stats_owners(user))
     end_to_end, queue_wait = tallies.Histogram(), tallies.Histogram()
     for minute in minutes.values():
         end_to_end.add(minute.end_to_end)
@@ -282,10 +284,10 @@ def batch_get(*, user: Any, batch_id: uuid.UUID | str) -> Batch:
 
 
 def rate_limit_visible_to(user: Any) -> QuerySet[RateLimit]:
-    """The user's own limits and those for every owner's keys (staff: all of them)."""
-    scope = visibility.scope(user)
+    """The limits of the owners the user sees and those for every owner's keys (staff: all)."""
+    owners = visibility.scope(user).owners
     limits = RateLimit.objects.order_by("pattern", "id")
-    return limits if scope.everyone else limits.filter(Q(owner_id=scope.owner_id) | Q(owner__isnull=True))
+    return limits if owners is None else limits.filter(Q(owner_id__in=sorted(owners)) | Q(owner__isnull=True))
 
 
 def rate_limit_get(*, user: Any, limit_id: int | str, to_change: bool = False) -> RateLimit:
@@ -576,22 +578,22 @@ def owner_weights(owner_ids: list[int]) -> dict[int, float]:
     return weights
 
 
-# A queue's backlog (dispatches waiting in the outbox) and its oldest, all owners' or one's.
-# The oldest of one owner is the least id over its priority levels: one probe of outbox_fair
-# per level, however many rows it has.
+# A queue's backlog (dispatches waiting in the outbox) and its oldest, all owners' or some's.
+# The oldest of some owners is the least id over each one's priority levels: one probe of
+# outbox_fair per owner and level, however many rows they have.
 _BACKLOG_SQL = """
 SELECT (SELECT count(*) FROM jobs_outbox
-         WHERE topic = 'jobs' AND queue = %(queue)s AND (%(owner)s::int IS NULL OR owner_id = %(owner)s)),
+         WHERE topic = 'jobs' AND queue = %(queue)s AND (%(owners)s::int[] IS NULL OR owner_id = ANY(%(owners)s))),
        (SELECT extract(epoch FROM %(now)s - created_at) FROM jobs_outbox
-         WHERE id = CASE WHEN %(owner)s::int IS NULL
+         WHERE id = CASE WHEN %(owners)s::int[] IS NULL
                          THEN (SELECT id FROM jobs_outbox
                                 WHERE topic = 'jobs' AND queue = %(queue)s ORDER BY id LIMIT 1)
                          ELSE (SELECT min((SELECT id FROM jobs_outbox
-                                            WHERE topic = 'jobs' AND queue = %(queue)s AND owner_id = %(owner)s
+                                            WHERE topic = 'jobs' AND queue = %(queue)s AND owner_id = o
                                               AND priority = p ORDER BY id LIMIT 1))
-                                 FROM generate_series(0, 9) AS p) END),
+                                 FROM unnest(%(owners)s::int[]) AS o, generate_series(0, 9) AS p) END),
        (SELECT count(*) FROM jobs_job
-         WHERE status = 'QUEUED' AND queue = %(queue)s AND (%(owner)s::int IS NULL OR owner_id = %(owner)s))
+         WHERE status = 'QUEUED' AND queue = %(queue)s AND (%(owners)s::int[] IS NULL OR owner_id = ANY(%(owners)s)))
 """
 
 
@@ -601,10 +603,11 @@ class QueueBacklog(NamedTuple):
     in_flight: int  # dispatched, not yet started (QUEUED)
 
 
-def queue_backlog(queue: str, *, owner_id: int | None) -> QueueBacklog:
-    """A queue's backlog: all owners' (`owner_id` None) or one owner's."""
+def queue_backlog(queue: str, *, owners: Collection[int] | None) -> QueueBacklog:
+    """A queue's backlog: all owners' (`owners` None) or those owners'."""
+    params = {"queue": queue, "owners": None if owners is None else sorted(owners), "now": timezone.now()}
     with connection.cursor() as cur:
-        cur.execute(_BACKLOG_SQL, {"queue": queue, "owner": owner_id, "now": timezone.now()})
+        cur.execute(_BACKLOG_SQL, params)
         waiting, oldest, in_flight = cur.fetchone()
     return QueueBacklog(waiting, round(float(oldest or 0.0), 3), in_flight)
 

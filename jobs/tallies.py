@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,9 +88,9 @@ SELECT status, sum(n)::bigint FROM (
 """
 
 
-def status_counts(owner_id: int | None = None) -> dict[str, int]:
-    """Jobs per status, exact: of one owner, or of all (None). Every status is present."""
-    where, params = ("WHERE owner_id = %(owner)s", {"owner": owner_id}) if owner_id is not None else ("", {})
+def status_counts(owners: Collection[int] | None = None) -> dict[str, int]:
+    """Jobs per status, exact: of these owners, or of all (None). Every status is present."""
+    where, params = ("WHERE owner_id = ANY(%(owners)s)", {"owners": sorted(owners)}) if owners is not None else ("", {})
     counts = dict.fromkeys(JobStatus.values, 0)
     with connection.cursor() as cur:
         cur.execute(_COUNTS_SQL.format(where=where), params)
@@ -150,13 +150,13 @@ class Minute:
     queue_wait: Histogram = field(default_factory=Histogram)
 
 
-def minutes_since(since: datetime, owner_id: int | None = None) -> dict[datetime, Minute]:
-    """Per minute from `since` (rounded down to its minute) on, what finished: of one owner,
-    or of all (None). Minutes in which nothing finished are absent."""
+def minutes_since(since: datetime, owners: Collection[int] | None = None) -> dict[datetime, Minute]:
+    """Per minute from `since` (rounded down to its minute) on, what finished: of these
+    owners, or of all (None). Minutes in which nothing finished are absent."""
     params: dict[str, Any] = {"since": since.replace(second=0, microsecond=0)}
     owner = ""
-    if owner_id is not None:
-        owner, params["owner"] = "AND owner_id = %(owner)s", owner_id
+    if owners is not None:
+        owner, params["owners"] = "AND owner_id = ANY(%(owners)s)", sorted(owners)
     out: dict[datetime, Minute] = defaultdict(Minute)
     with connection.cursor() as cur:
         cur.execute(_MINUTES_SQL.format(owner=owner), params)

@@ -32,7 +32,7 @@ def _params(request: Request, serializer: type[serializers.Serializer] = LogSear
     return dict(params.validated_data)
 
 
-def _query(data: dict[str, Any], owner_id: int | None) -> search.LogQuery:
+def _query(data: dict[str, Any], owners: frozenset[int] | None) -> search.LogQuery:
     return search.LogQuery(
         job_id=data.get("job_id"),
         workflow_id=data.get("workflow_id"),
@@ -42,7 +42,7 @@ def _query(data: dict[str, Any], owner_id: int | None) -> search.LogQuery:
         q=data.get("q"),
         since=data.get("since"),
         until=data.get("until"),
-        owner_id=owner_id,
+        owners=owners,
         limit=data.get("limit", 50),
         cursor=data.get("cursor"),
         ascending=data.get("order") == "asc",
@@ -52,8 +52,8 @@ def _query(data: dict[str, Any], owner_id: int | None) -> search.LogQuery:
 def _visible_query(request: Request, data: dict[str, Any]) -> search.LogQuery | None:
     """The query for a search or stats request; None when it names another user's job (a
     filter that matches nothing, as for any other object the caller cannot see)."""
-    visible, owner_id = services.log_scope(request.user, data.get("job_id"))
-    return _query(data, owner_id) if visible else None
+    visible, owners = services.log_scope(request.user, data.get("job_id"))
+    return _query(data, owners) if visible else None
 
 
 def _page(request: Request, query: search.LogQuery) -> Response:
@@ -93,7 +93,8 @@ class LogSearchApi(APIView):
         request=IngestSerializer,
         responses={202: inline_serializer("LogIngestAccepted", {"accepted": serializers.IntegerField()})},
         description="Up to 1,000 records; `message`, `level` and `service` are required. A record naming "
-        "`job_id` must name one of your jobs. 202 means Kafka has them; the sink stores them in seconds.",
+        "`job_id` must name a job you see (yours, or of an owner you administer). 202 means Kafka has them; "
+        "the sink stores them in seconds.",
     )
     def post(self, request: Request) -> Response:
         serializer = IngestSerializer(data=request.data)
@@ -122,7 +123,7 @@ class JobLogsApi(APIView):
             raise LogStoreUnavailableError() from exc
         data = _params(request)
         data["job_id"] = job.id
-        return _page(request, _query(data, owner_id=None))  # the caller's job: all its lines
+        return _page(request, _query(data, owners=None))  # a job the caller sees: all its lines
 
 
 class LogStatsApi(APIView):

@@ -4,11 +4,11 @@ last lines before each failed attempt.
 Every value from a request reaches ClickHouse as a bound parameter (`{name:Type}`, sent as
 `param_name`), never inside the SQL text. Only fixed fragments are assembled here.
 
-Visibility: staff see every record; a user sees the records of their own jobs. A search by
+Visibility: staff see every record; a user sees the records of the jobs it sees. A search by
 `job_id` is checked against PostgreSQL by the caller (the job must be visible) and is then
 not restricted by owner, so lines tagged with the job outside an attempt (no owner on them)
-show too. Any other search of a non-staff user is limited to `owner_id = user`, which the
-worker stamps on every record of an attempt.
+show too. Any other search of a non-staff user is limited to the owners it sees (its own,
+and those it administers), which the worker stamps on every record of an attempt.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class LogQuery:
     since: datetime | None = None
     until: datetime | None = None
     trace_id: str | None = None  # 32 lowercase hex digits
-    owner_id: int | None = None  # None: no owner restriction (staff, or a job already checked)
+    owners: frozenset[int] | None = None  # None: no owner restriction (staff, or a job already checked)
     limit: int = 50
     cursor: str | None = None
     ascending: bool = False  # newest first unless asked
@@ -81,7 +81,7 @@ _FILTERS: tuple[tuple[str, str, Any], ...] = (
     ("job_id", "job_id = {job_id:UUID}", str),
     ("workflow_id", "workflow_id = {workflow_id:UUID}", str),
     ("trace_id", "trace_id = {trace_id:String}", str),
-    ("owner_id", "owner_id = {owner_id:UInt64}", int),
+    ("owners", "owner_id IN {owners:Array(UInt64)}", sorted),  # empty: matches nothing
     ("min_level", "level_no >= {min_level:UInt8}", LEVELS.__getitem__),
     ("service", "service = {service:String}", str),
     ("q", "lower(message) LIKE {q:String}", like_pattern),
@@ -209,10 +209,10 @@ def stats(query: LogQuery) -> dict[str, dict[str, int]]:
     return {"by_level": by_level, "by_service": dict(sorted(by_service.items()))}
 
 
-def job_ids_with_text(text: str, *, owner_id: int | None, since: datetime | None, limit: int) -> list[str]:
+def job_ids_with_text(text: str, *, owners: frozenset[int] | None, since: datetime | None, limit: int) -> list[str]:
     """Ids of jobs with a record containing `text` (at most `limit`, any order)."""
     params: dict[str, Any] = {"limit": limit}
-    clauses = _where(LogQuery(q=text, owner_id=owner_id, since=since), params)
+    clauses = _where(LogQuery(q=text, owners=owners, since=since), params)
     clauses.append("job_id != toUUID('00000000-0000-0000-0000-000000000000')")
     rows = _run(
         f"SELECT DISTINCT job_id FROM {store.table()} WHERE {' AND '.join(clauses)} LIMIT {{limit:UInt32}}",  # noqa: S608

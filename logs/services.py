@@ -20,19 +20,20 @@ _producer_pid = 0
 _lock = threading.Lock()
 
 
-def log_scope(user: Any, job_id: Any = None) -> tuple[bool, int | None]:
+def log_scope(user: Any, job_id: Any = None) -> tuple[bool, frozenset[int] | None]:
     """Which records `user` may search, for a search about `job_id` (or none): (visible, the
-    owner to filter by), by the one rule (jobs.visibility). Staff see every record (no
-    filter); others the records of their own jobs, and for a job of theirs, live or archived,
-    all its lines, those written outside an attempt included (no filter). Another user's job
-    is not visible at all. The API and the dashboard both ask here."""
+    owners to filter by), by the one rule (jobs.visibility). Staff see every record (no
+    filter); others the records of the owners they see (their own, those they administer),
+    and for a job of those, live or archived, all its lines, those written outside an attempt
+    included (no filter). Any other job is not visible at all. The API and the dashboard both
+    ask here."""
     seen = visibility.scope(user)
     if seen.everyone or job_id is None:
-        return True, seen.owner_id
+        return True, seen.owners
     try:
         job_get(user=user, job_id=job_id, archived=True)
     except JobNotFound:
-        return False, seen.owner_id
+        return False, seen.owners
     return True, None
 
 
@@ -59,8 +60,8 @@ def _get_producer() -> Any:
 
 def logs_ingest(*, user: Any, records: list[dict[str, Any]]) -> int:
     """Put validated records on Kafka `logs` (the sink stores them) and wait until Kafka has
-    them all, so a 202 means they will be stored. A record naming a job must name one of the
-    caller's jobs (staff: any); the job's owner is stamped on it."""
+    them all, so a 202 means they will be stored. A record naming a job must name one the
+    caller sees (staff: any); the job's owner is stamped on it."""
     job_ids = {str(r["job_id"]) for r in records if r.get("job_id")}
     owners: dict[str, int] = {}
     if job_ids:

@@ -1,7 +1,8 @@
 """Read-only APIs about dispatch: the declared queues (`queues/`), with their backlog, and
 the circuit breakers (`breakers/`), the caller's for each job type. Breakers and backlogs are
-each owner's own; staff see every owner's (`?owner=` narrows the breakers, and picks whose
-breaker `breakers/{type}/` shows)."""
+each owner's own; a user sees those of the owners it sees (its own, those it administers),
+staff every owner's (`?owner=` narrows the breakers, and picks whose breaker
+`breakers/{type}/` shows)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -37,23 +38,26 @@ def _page(name: str, serializer: serializers.Serializer) -> Any:
 
 
 OWNER = OpenApiParameter(
-    "owner", OpenApiTypes.INT, description="Staff only: whose breakers (default: the caller's, for `breakers/{type}/`)."
-)
+    "owner", OpenApiTypes.INT,
+    description="Whose breakers: any owner's for staff, else your own or an owner's you administer (default: "
+    "every owner you see; your own for `breakers/{type}/`).",
+)  # fmt: skip
 
 
-def _owner(request: Request, *, default_all: bool) -> int | None:
-    """Whose breakers the caller asks for: always its own unless staff; staff name an owner with
-    `?owner=` (else all of them, or their own for one type). A bad owner is a 400."""
+def _owners(request: Request, *, default_all: bool) -> list[int] | None:
+    """Whose breakers the caller asks for (None: every owner's). `?owner=` names one, which
+    the caller must see (another one is nobody's: []); without it, every owner the caller
+    sees, or its own for one type. A bad owner is a 400."""
     user: Any = request.user
     seen = visibility.scope(user)
-    if not seen.everyone:
-        return seen.owner_id
     raw = request.query_params.get("owner")
     if raw is None:
-        return None if default_all else int(user.pk)
+        if not default_all:
+            return [int(user.pk)]
+        return None if seen.owners is None else sorted(seen.owners)
     if not raw.isdigit():
         raise serializers.ValidationError({"owner": ["must be a user id (a whole number)."]})
-    return int(raw)
+    return [int(raw)] if seen.allows(int(raw)) else []
 
 
 class BreakerListApi(APIView):
@@ -61,22 +65,25 @@ class BreakerListApi(APIView):
         operation_id="breakers_list",
         parameters=[OWNER],
         responses=_page("BreakerPage", BreakerSerializer(many=True)),
-        description="The caller's circuit breaker for every job type with recent results (staff: every owner's). "
+        description="The caller's circuit breaker for every job type with recent results, and those of the owners it "
+        "administers (staff: every owner's). "
         "While a breaker is open, its owner's jobs of that type wait (PENDING) without using attempts; other "
         "owners' jobs of the type are not affected.",
     )
     def get(self, request: Request) -> Response:
-        owner = _owner(request, default_all=True)
-        states = [breaker.state_of(o, t).as_dict() for o, t in breaker.known(owner)]
+        owners = _owners(request, default_all=True)
+        keys = breaker.known() if owners is None else [key for o in owners for key in breaker.known(o)]
+        states = [breaker.state_of(o, t).as_dict() for o, t in keys]
         return Response({"results": states, "next": None})
 
 
 class BreakerDetailApi(APIView):
     @extend_schema(operation_id="breakers_retrieve", parameters=[OWNER], responses=BreakerSerializer)
     def get(self, request: Request, job_type: str) -> Response:
-        owner = _owner(request, default_all=False)
-        assert owner is not None
-        return Response(breaker.state_of(owner, job_type).as_dict())
+        owners = _owners(request, default_all=False)
+        if not owners:
+            raise exceptions.NotFound(f"no breakers of owner {request.query_params.get('owner')} you may see")
+        return Response(breaker.state_of(owners[0], job_type).as_dict())
 
 
 class QueueSerializer(serializers.Serializer):
@@ -101,15 +108,16 @@ class QueueListApi(APIView):
         operation_id="queues_list",
         responses=_page("QueuePage", QueueSerializer(many=True)),
         description="The declared queues (QUEUES): the only ones a job may name. Each with its limits, and its "
-        "backlog: the caller's own jobs (staff: everyone's). A queue's jobs beyond its window wait to be "
-        "dispatched, shared fairly between owners; a queue with no consumers holds back only its own jobs.",
+        "backlog: the jobs of the owners the caller sees (its own, those it administers; staff: everyone's). "
+        "A queue's jobs beyond its window wait to be dispatched, shared fairly between owners; a queue with no "
+        "consumers holds back only its own jobs.",
     )
     def get(self, request: Request) -> Response:
-        owner = visibility.scope(request.user).owner_id
+        owners = visibility.scope(request.user).owners
         consumers = heartbeat.consumers()
         results = []
         for queue in settings.QUEUES.values():
-            backlog = selectors.queue_backlog(queue.name, owner_id=owner)
+            backlog = selectors.queue_backlog(queue.name, owners=owners)
             results.append({
                 **queue.as_dict(), "depth": backlog.waiting, "in_flight": backlog.in_flight,
                 "lag_seconds": backlog.oldest_seconds, "consumers": consumers.get(queue.name, 0),

@@ -102,7 +102,7 @@ class WorkflowSignalApi(APIView):
         description="Deliver a signal: the step waiting for it succeeds with this JSON body as its result (its "
         "dependents see it under `parents`). Sent before the step is reached, it is kept for it. 409 when its step "
         "is done already (or timed out), or one is kept already; 404 when no step waits for it. The workflow's "
-        "owner or staff only.",
+        "owner, an admin of its owner, or staff only.",
     )
     def post(self, request: Request, workflow_id: str, name: str) -> Response:
         workflow = selectors.workflow_get(user=request.user, workflow_id=workflow_id)

@@ -237,7 +237,8 @@ def bench_queries(rows: int, lookups: int, out: Out) -> dict[str, float]:
         frequent = [search.LogQuery(q=f"processing item {k} for", limit=50) for k in items[:20]]
         rare = [search.LogQuery(q=f"order {rng.randrange(rows // 1000) * 1000 + 7}", limit=50) for _ in range(20)]
         by_owner = [
-            search.LogQuery(q=f"processing item {k} for", owner_id=rng.randrange(50), limit=50) for k in items[20:40]
+            search.LogQuery(q=f"processing item {k} for", owners=frozenset({rng.randrange(50)}), limit=50)
+            for k in items[20:40]
         ]
         results = {}
         for label, queries in (

@@ -163,6 +163,6 @@ def load(job_id: uuid.UUID | str, *, owner_id: int | None = None) -> tuple[Job, 
         jobs = jobs.filter(owner_id=owner_id)
     job = jobs.first()
     if job is None:
-        archived = archive.get(job_id, owner_id=owner_id)
+        archived = archive.get(job_id, owners=None if owner_id is None else [owner_id])
         return None if archived is None else (archived, list(archived.history.all()))
     return job, list(JobAttempt.objects.filter(job_id=job.id).order_by("attempt"))

@@ -173,7 +173,7 @@ class JobMachine(RuleBasedStateMachine):
             actual = cur.fetchall()
         for owner in {row[0] for row in actual} | {self.owner_id}:
             expected = dict.fromkeys(JobStatus.values, 0) | {s: n for o, s, n in actual if o == owner}
-            assert tallies.status_counts(owner) == expected
+            assert tallies.status_counts([owner]) == expected
         assert tallies.status_counts() == dict.fromkeys(JobStatus.values, 0) | {
             s: sum(n for _, s2, n in actual if s2 == s) for _, s, _ in actual
         }

@@ -51,12 +51,12 @@ def test_counts_follow_inserts_updates_deletes_and_folds(user, other_user):
     submit_job(other_user)
     Job.objects.filter(id__in=[j.id for j in jobs[:2]]).update(status=JobStatus.RUNNING)
     Job.objects.filter(id=jobs[0].id).update(status=JobStatus.RUNNING)  # no change: no delta
-    assert tallies.status_counts(user.pk) == _table_counts(user.pk)
+    assert tallies.status_counts([user.pk]) == _table_counts(user.pk)
     tallies.fold(now=timezone.now())
     assert not JobCountDelta.objects.exists()
     Job.objects.filter(id=jobs[4].id).delete()
-    assert tallies.status_counts(user.pk) == _table_counts(user.pk) | {"PENDING": 2, "RUNNING": 2}
-    assert tallies.status_counts(other_user.pk)["PENDING"] == 1
+    assert tallies.status_counts([user.pk]) == _table_counts(user.pk) | {"PENDING": 2, "RUNNING": 2}
+    assert tallies.status_counts([other_user.pk])["PENDING"] == 1
     assert tallies.status_counts()["PENDING"] == 3  # everyone's
     other_user.delete()  # its jobs go by cascade: their counts with them
     tallies.fold(now=timezone.now())
@@ -102,7 +102,7 @@ def test_counts_are_exact_with_writers_and_folds_running_at_once():
     assert not any(isinstance(v, Exception) for v in outcome.values()), outcome
     for u in users:
         assert (
-            tallies.status_counts(u.pk)
+            tallies.status_counts([u.pk])
             == _table_counts(u.pk)
             == dict.fromkeys(JobStatus.values, 0)
             | {
@@ -110,7 +110,7 @@ def test_counts_are_exact_with_writers_and_folds_running_at_once():
                 "SUCCEEDED": 60,
             }
         )
-    minute = tallies.minutes_since(timezone.now() - timedelta(minutes=2), users[0].pk)
+    minute = tallies.minutes_since(timezone.now() - timedelta(minutes=2), [users[0].pk])
     assert sum(m.finished[JobStatus.SUCCEEDED] for m in minute.values()) == 60
 
 
@@ -138,7 +138,7 @@ def test_a_fold_waiting_on_another_does_not_count_twice():
     one.join(20)
     two.join(20)
     assert outcome["second"] == 0, outcome
-    assert tallies.status_counts(user.pk)["PENDING"] == 3
+    assert tallies.status_counts([user.pk])["PENDING"] == 3
 
 
 @pytest.mark.django_db
@@ -177,7 +177,7 @@ def test_a_retried_job_that_finishes_again_counts_each_time(user):
     Job.objects.filter(id=job.id).update(status=JobStatus.PENDING, finished_at=None)
     _finish([job], JobStatus.SUCCEEDED, end_to_end=timedelta(seconds=2))
     finished: dict[str, int] = {}
-    for minute in tallies.minutes_since(timezone.now() - timedelta(minutes=1), user.pk).values():
+    for minute in tallies.minutes_since(timezone.now() - timedelta(minutes=1), [user.pk]).values():
         for status, n in minute.finished.items():
             finished[status] = finished.get(status, 0) + n
     assert finished == {"DEAD_LETTER": 1, "SUCCEEDED": 1}

@@ -61,13 +61,13 @@ def test_a_job_past_retention_moves_to_the_archive_and_the_api_still_serves_it(
 ):
     old = finished(user, days_ago=40, status=JobStatus.DEAD_LETTER, attempts=3, payload={"n": 1, "s": "é\u2028"})
     recent = finished(user, days_ago=10)
-    before = tallies.status_counts(user.pk)["DEAD_LETTER"]
+    before = tallies.status_counts([user.pk])["DEAD_LETTER"]
 
     assert scan(epoch) == 1
     assert not Job.objects.filter(id=old.id).exists()
     assert not JobAttempt.objects.filter(job_id=old.id).exists()
     assert Job.objects.filter(id=recent.id).exists()
-    assert tallies.status_counts(user.pk)["DEAD_LETTER"] == before - 1
+    assert tallies.status_counts([user.pk])["DEAD_LETTER"] == before - 1
 
     body = api.get(f"{JOBS}{old.id}/").json()
     assert body["archived"] is True
@@ -213,7 +213,7 @@ def test_a_workflow_task_keeps_its_row_and_shows_its_archived_job(archive_table,
     assert scan(epoch) == 2
     task.refresh_from_db()
     assert (task.job_id, task.compensation_job_id) == (None, None)
-    assert archive.get(job.id, owner_id=user.pk).workflow_id == workflow.id
+    assert archive.get(job.id, owners=[user.pk]).workflow_id == workflow.id
     [shown] = api.get(f"/api/v1/workflows/{workflow.id}/").json()["tasks"]
     assert (shown["status"], shown["job"]) == ("SUCCEEDED", str(job.id))
     assert (shown["compensation_status"], shown["compensation_job"]) == ("DEAD_LETTER", str(undo.id))

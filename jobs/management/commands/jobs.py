@@ -3,8 +3,8 @@
 jobs submit TYPE --payload JSON [--queue Q] [--priority N] [--owner USER] [--wait [--timeout S]]
 jobs show ID
 jobs list [--status S[,S]] [--type T] [--limit N]
-jobs cancel ID
-jobs retry ID
+jobs cancel ID [--as USER]
+jobs retry ID [--as USER]
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
 from jobs import batches, bulk_actions, rate_limits, selectors, services
-from jobs.cli import OPERATOR, cli_owner, dump, operator_command, wait_for_end
+from jobs.cli import OPERATOR, acting_as, cli_owner, dump, operator_command, wait_for_end
 from jobs.errors import JobError, RateLimitPatternTaken
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, RateLimit
 from jobs.serializers import (
@@ -95,6 +96,7 @@ class Command(BaseCommand):
         for name in ("cancel", "retry"):
             p = sub.add_parser(name, help=f"{name} one job")
             p.add_argument("job_id")
+            p.add_argument("--as", dest="as_user", help="act as this user: only a job it may act on (default: any)")
 
         dead = sub.add_parser("requeue-dead", help="retry dead-lettered jobs in bulk (history is kept)")
         dead.add_argument("--type", help="only jobs of this type")
@@ -103,10 +105,11 @@ class Command(BaseCommand):
         dead.add_argument("--dry-run", action="store_true", help="list what would be requeued, change nothing")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        actor = acting_as(opts.get("as_user"))
         try:
-            with operator_command("jobs", opts["action"]):  # traced, audited as the CLI's
-                getattr(self, f"do_{opts['action'].replace('-', '_')}")(opts)
-        except JobError as exc:
+            with operator_command("jobs", opts["action"], actor=None if actor is OPERATOR else actor):
+                getattr(self, f"do_{opts['action'].replace('-', '_')}")({**opts, "actor": actor})
+        except (JobError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
 
     def do_submit(self, opts: dict[str, Any]) -> None:
@@ -252,7 +255,7 @@ class Command(BaseCommand):
             )
 
     def do_cancel(self, opts: dict[str, Any]) -> None:
-        job = services.job_cancel(job_id=opts["job_id"])
+        job = services.job_cancel(job_id=selectors.job_get(user=opts["actor"], job_id=opts["job_id"]).id)
         self.stdout.write(f"{job.id} {job.status}" + (" (cancel requested)" if job.status == JobStatus.RUNNING else ""))
 
     def do_requeue_dead(self, opts: dict[str, Any]) -> None:
@@ -280,7 +283,7 @@ class Command(BaseCommand):
         self.stdout.write(f"requeued {requeued} dead-lettered job(s)")
 
     def do_retry(self, opts: dict[str, Any]) -> None:
-        job = services.job_retry(job_id=opts["job_id"])
+        job = services.job_retry(job_id=selectors.job_get(user=opts["actor"], job_id=opts["job_id"]).id)
         self.stdout.write(f"{job.id} {job.status}")
 
 
