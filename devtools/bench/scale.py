@@ -6,11 +6,11 @@ in the same invocation, and prints both with their ratio. The baseline is the ne
 the same fill, so every page and filter returns as many rows both times: only the table's size
 differs (an empty table would compare a page of 50 rows with a page of none). The fill is a
 year's traffic in miniature,
-over 30 days and ten tenants (one of them owns half): 90 % succeeded, 4 % dead-lettered after
-4 attempts, 2 % cancelled, 2 % pending until a `run_at` a month away, 1 % retrying a month
-from now, 0.5 % running under a long lease, 0.5 % tasks of 5-task workflows; every attempt has
-its history row. Nothing filled is due within the run, so the running stack leaves it alone
-(run the stack with JOB_RETENTION_DAYS=0 or above 30, or retention archives the oldest).
+over 30 days (or a day less than the shortest retention: `fill_span`) and ten tenants (one
+of them owns half): 90 % succeeded, 4 % dead-lettered after 4 attempts, 2 % cancelled, 2 %
+pending until a `run_at` a month away, 1 % retrying a month from now, 0.5 % running under a
+long lease, 0.5 % tasks of 5-task workflows; every attempt has its history row. Nothing filled
+is due within the run, so the running stack leaves it alone, its retention included.
 
 Paths: single and bulk submit, an end-to-end pipeline run through the running stack (claim and
 outcome included), each scheduler scan's statement (in a transaction rolled back), every API
@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 import requests
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import connection, transaction
@@ -108,6 +109,17 @@ def _kind(i: int) -> str:
     return "task"
 
 
+def fill_span() -> timedelta:
+    """How far back the fill's jobs are dated: 30 days, or a day short of the shortest
+    retention (JOB_RETENTION_DAYS and JOB_RETENTION_DAYS_BY_QUEUE, as this process reads them:
+    the stack's own environment), so the running stack archives nothing of the fill while it
+    runs. It once did: the workflow tasks' insert then named jobs already gone (a foreign-key
+    violation at the end of a 10,000,000-job fill)."""
+    kept = [d for d in (settings.JOB_RETENTION_DAYS, *settings.JOB_RETENTION_DAYS_BY_QUEUE.values()) if d > 0]
+    days = min([30, *(d - 1 for d in kept)])
+    return timedelta(days=days) if days >= 1 else timedelta(hours=12)
+
+
 def _ts(t: datetime) -> str:
     return t.isoformat()
 
@@ -116,7 +128,7 @@ def _rows(start: int, count: int, total: int, owners: list[int], workflows: dict
     """COPY text for jobs start..start+count and their attempts."""
     now = timezone.now()
     newest = now - timedelta(hours=1)
-    step = (timedelta(days=30) - timedelta(hours=1)) / total  # job 0 the newest, the last 30 days old
+    step = (fill_span() - timedelta(hours=1)) / total  # job 0 the newest, the last `fill_span()` old
     far = _ts(now + timedelta(days=30))
     jobs, attempts = io.StringIO(), io.StringIO()
     for n in range(count):
@@ -165,7 +177,8 @@ def _workflows(start: int, stop: int, total: int, owners: list[int]) -> dict[int
     """One finished 5-task workflow per thousand jobs (its tasks are that block's last five)."""
     blocks = (total + 999) // 1000
     now = timezone.now()
-    at = {b: now - timedelta(hours=1) - timedelta(days=30) * b / max(blocks, 1) for b in range(start // 1000, blocks)}
+    span = fill_span()
+    at = {b: now - timedelta(hours=1) - span * b / max(blocks, 1) for b in range(start // 1000, blocks)}
     ids = {b: str(id_at(at[b].timestamp())) for b in at if start <= b * 1000 + 995 < stop}
     with (
         connection.cursor() as cur,

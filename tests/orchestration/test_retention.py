@@ -314,7 +314,7 @@ def test_an_archived_job_keeps_its_trace_context(archive_table, epoch, user, api
     old = finished(user, days_ago=40)
     Job.objects.filter(id=old.id).update(trace_context=carrier)
     assert scan(epoch) == 1
-    (archived,) = archive.page(archive.Filters(), owner_id=user.pk, after=None, size=10)
+    (archived,) = archive.page(archive.Filters(), owners={user.pk}, after=None, size=10)
     assert archived.trace_context == carrier
     assert api.get(f"{JOBS}{old.id}/").json()["trace_id"] == "a" * 32
 
@@ -339,5 +339,5 @@ def test_an_archive_table_from_before_the_carrier_reads_its_traceparents(archive
                           column_names=columns)  # fmt: skip
     Job.objects.filter(id=job.id).delete()
     archive.migrate()
-    assert archive.get(job.id, owner_id=user.pk).trace_context == {"traceparent": f"00-{'c' * 32}-{'d' * 16}-01"}
+    assert archive.get(job.id, owners={user.pk}).trace_context == {"traceparent": f"00-{'c' * 32}-{'d' * 16}-01"}
     archive.migrate()  # again: nothing to add
