@@ -89,7 +89,7 @@ class Command(BaseCommand):
         grow.add_argument("--keep", action="store_true", help="keep what was submitted (default: delete it)")
         traced = sub.add_parser("tracing", help="CPU per job with tracing off, on for every job, and on for 1 %")
         traced.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-        traced.add_argument("--jobs", type=COUNT, default=10_000, help="no-op jobs a run")
+        traced.add_argument("--jobs", type=COUNT, default=30_000, help="no-op jobs a run")
         traced.add_argument("--threads", type=COUNT, default=4, help="client threads that submit")
         traced.add_argument("--rounds", type=COUNT, default=3, help="interleaved runs of each mode (median, spread)")
         traced.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
