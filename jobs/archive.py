@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -246,28 +246,14 @@ def audit_records(
     AuditRecords marked `archived`. PostgreSQL keeps every record too; this reads the copy
     that sits beside the archived jobs (e.g. to check it against PostgreSQL's).
     Raises logs.search.LogStoreUnavailable when ClickHouse does not answer."""
-    from logs import store
-    from logs.search import LogStoreUnavailable
-
     where = ["id > {after:UInt64}"]
     params: dict[str, Any] = {"after": after_id}
     for name, value in (("target_type", target_type), ("target_id", target_id), ("actor", actor)):
         if value is not None:
             where.append(f"{name} = {{{name}:String}}")
             params[name] = value
-    # Only fixed fragments and the checked table name are in the text; values are bound.
-    sql = (
-        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM {audit_table()} WHERE {' AND '.join(where)} "  # noqa: S608
-        f"ORDER BY id, archived_at DESC LIMIT 1 BY id LIMIT {int(limit)}"
-    )
-    try:
-        migrate()
-        result = store.client().query(sql, parameters=params)
-    except Exception as exc:  # refused, timed out, server error: the archive is not answering
-        raise LogStoreUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
     records = []
-    for r in result.result_rows:
-        row = dict(zip(result.column_names, r, strict=True))
+    for row in _select(audit_table(), AUDIT_COLUMNS, where, params, order="id", limit=limit):
         archived_at = _utc(row.pop("archived_at"))
         record = AuditRecord(**{**row, "created_at": _utc(row["created_at"]), "details": json.loads(row["details"])})
         record.archived = True  # type: ignore[attr-defined]
@@ -319,12 +305,21 @@ def _parse(value: str | None) -> datetime | None:
 
 def _query(where: list[str], params: dict[str, Any], *, order: str, limit: int) -> list[Job]:
     """Raises logs.search.LogStoreUnavailable when ClickHouse does not answer (the API: 503)."""
+    return [_job_of(row) for row in _select(table(), COLUMNS, where, params, order=order, limit=limit)]
+
+
+def _select(
+    name: str, columns: Sequence[str], where: list[str], params: dict[str, Any], *, order: str, limit: int
+) -> list[dict[str, Any]]:
+    """The newest copy of each row of an archive table (ReplacingMergeTree may still hold
+    older ones), as dicts. Raises logs.search.LogStoreUnavailable when ClickHouse does not
+    answer."""
     from logs import store
     from logs.search import LogStoreUnavailable
 
     # Only fixed fragments and the checked table name are in the text; values are bound.
     sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM {table()} WHERE {' AND '.join(where) or '1'} "  # noqa: S608
+        f"SELECT {', '.join(columns)} FROM {name} WHERE {' AND '.join(where) or '1'} "  # noqa: S608
         f"ORDER BY {order}, archived_at DESC LIMIT 1 BY id LIMIT {int(limit)}"
     )
     try:
@@ -332,7 +327,7 @@ def _query(where: list[str], params: dict[str, Any], *, order: str, limit: int) 
         result = store.client().query(sql, parameters=params)
     except Exception as exc:  # refused, timed out, server error: the archive is not answering
         raise LogStoreUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
-    return [_job_of(dict(zip(result.column_names, r, strict=True))) for r in result.result_rows]
+    return [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
 
 
 def get(job_id: uuid.UUID | str, *, owners: Collection[int] | None) -> Job | None:
