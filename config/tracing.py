@@ -36,8 +36,8 @@ and the web's requests go to the configured sampler (default: parent-based, alwa
 
 A request's own trace context (`traceparent`, `tracestate`, `baggage` headers) is not
 continued unless OTEL_TRUST_INCOMING says the callers are trusted: on a public API any
-tenant could otherwise choose to be traced (a sampled flag overrides a ratio sampler, at
-about three times a worker's CPU per job) and attach its jobs to any trace id. Untrusted,
+tenant could otherwise choose to be traced (a sampled flag overrides a ratio sampler: a cost
+of its choosing, on shared workers) and attach its jobs to any trace id. Untrusted,
 `UntrustedTraceContext` (first of the web's middleware) takes the headers off, the request
 starts a trace of ours, sampled by our sampler, and its span links the caller's context.
 """
