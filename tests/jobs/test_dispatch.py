@@ -88,6 +88,8 @@ def test_a_message_from_before_owner_id_still_parses_and_passes_on_as_it_came():
         ({"attempt": True}, "field 'attempt' must be int, not bool"),
         ({"workflow_id": "w1"}, "field 'workflow_id' is not a UUID"),
         ({"dispatch_token": "x" * 1_000_000}, "field 'dispatch_token' is not a UUID"),
+        ({"job_id": "01a252c8-dfd6-7213-884b-1ad291722125\n"}, "field 'job_id' is not a UUID"),
+        ({"job_id": "01a252c8-dfd6-7213-884b-1ad29172212g"}, "field 'job_id' is not a UUID"),
         ({"priority": 10}, "priority 10 is outside 0-9"),
         ({"queue": ""}, "queue is empty"),
         ({"concurrency_key": "k", "concurrency_limit": None}, "field 'concurrency_limit' must be int, not NoneType"),
@@ -100,6 +102,18 @@ def test_a_bad_envelope_says_what_is_wrong(change, says):
     ).as_dict()  # fmt: skip
     with pytest.raises(BadEnvelope, match=f"^{says}$".replace("(", r"\(").replace(")", r"\)")):
         DispatchEnvelope.parse(good | change)
+
+
+@pytest.mark.parametrize("form", ["{%s}", "urn:uuid:%s", "%s"])
+def test_a_uuid_in_another_form_uuid_takes_still_parses(form):
+    """The canonical form is matched without building a UUID; any other form the uuid module
+    reads (braces, a URN, upper case) is still accepted, and passed on as it came."""
+    value = form % str(uuid.uuid4()).upper()
+    good = DispatchEnvelope(
+        job_id=str(uuid.uuid4()), owner_id=1, type="demo.noop", queue="default", priority=5, attempt=1,
+        dispatch_token=str(uuid.uuid4()),
+    ).as_dict()  # fmt: skip
+    assert DispatchEnvelope.parse(good | {"job_id": value}).job_id == value
 
 
 class _Contexts(logging.Handler):
