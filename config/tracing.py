@@ -333,8 +333,8 @@ def trace_id_of(carrier: Mapping[str, str] | None) -> str | None:
     if "traceparent" in carrier:
         value = valid_traceparent(carrier["traceparent"])
         return value[3:35] if value is not None else None
-    ctx = trace.get_current_span(propagate.extract(carrier)).get_span_context()
-    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+    ctx = _extracted(carrier)
+    return f"{trace.get_current_span(ctx).get_span_context().trace_id:032x}" if ctx is not None else None
 
 
 def current_trace_id() -> str | None:

@@ -31,6 +31,7 @@ reads.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -84,6 +85,14 @@ class OutboxRow:
     value: bytes  # the message: the envelope as compact JSON
     token: str | None = None  # the envelope's dispatch_token, read by PostgreSQL
 
+    @functools.cached_property
+    def trace(self) -> dict[str, str] | None:
+        """The job's trace context in a dispatch row's envelope (bad or absent: None): read
+        once, for the round's span and the message's headers."""
+        if self.topic != "jobs" or not isinstance(self.envelope, dict):
+            return None
+        return tracing.valid_carrier(self.envelope.get("trace"))
+
 
 @dataclass(frozen=True)
 class Poison:
@@ -113,12 +122,6 @@ def _decode(row_id: int, job_id: Any, topic: str, raw: Any, token: str | None, *
     except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:  # e.g. 1e400, which jsonb holds
         raise _BadRow(f"the envelope is not valid JSON for Kafka: {exc}") from exc
     return OutboxRow(row_id, str(job_id), topic, envelope, value, token)
-
-
-def _trace(row: OutboxRow) -> dict[str, str] | None:
-    """The job's trace context in a dispatch row's envelope (bad or absent: None)."""
-    envelope = row.envelope
-    return tracing.valid_carrier(envelope.get("trace")) if row.topic == "jobs" and isinstance(envelope, dict) else None
 
 
 def _dispatch_token(row: OutboxRow) -> str | None:
@@ -238,7 +241,7 @@ class Relay:
         topics = {row.topic for row in rows}
         topic = physical_topic(topics.pop()) if len(topics) == 1 else None
         attributes = tracing.messaging("send", topic, system="kafka", count=len(rows))
-        return tracing.batch_span(f"send {topic or 'jobs'}", [_trace(r) for r in rows], kind=SpanKind.PRODUCER,
+        return tracing.batch_span(f"send {topic or 'jobs'}", [r.trace for r in rows], kind=SpanKind.PRODUCER,
                                   attributes=attributes, start_time=started)  # fmt: skip
 
     def report_backlog(self) -> dict[str, Any]:
@@ -282,7 +285,7 @@ class Relay:
                         key=row.job_id.encode(),
                         value=row.value,
                         on_delivery=report(row),
-                        headers=tracing.headers_of(_trace(row)),
+                        headers=tracing.headers_of(row.trace),
                     )
                     return True
                 except BufferError:  # local queue full: let deliveries drain, then go on

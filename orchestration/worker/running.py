@@ -83,17 +83,22 @@ def log_context(claim: transitions.Claim) -> JobLogContext:
     )  # fmt: skip
 
 
+def _process_attributes(job_id: str, queue: str, job_type: str, attempt: int) -> dict[str, Any]:
+    """What a job's `process <queue>` span says, made alone or after the fact."""
+    return tracing.messaging("process", queue, message_id=job_id, job_type=job_type, attempt=attempt)
+
+
 def process_span(
     job_id: str, queue: str, job_type: str, attempt: int, trace: tracing.Carrier | None
 ) -> AbstractContextManager[Span | None]:
-    """A job's CONSUMER span, `process <queue>` (the OTel messaging conventions), in the job's
-    trace under its creation context: current while the worker takes, runs and records it,
-    so the handler's own spans and the statements nest under it. In a batch it links the
-    batch's Celery task, whose trace it is not in. Its one span a job: a claim, handler and
-    outcome span each tripled the worker's CPU per traced job."""
+    """A job's CONSUMER span, `process <queue>` (the OTel messaging conventions), on the
+    single-job path: in the job's trace under its creation context, current while the worker
+    takes, runs and records it, so the handler's own spans and the statements nest under it.
+    A job of a batch that takes this path links the batch's span, whose trace it is not in.
+    (A batch's other jobs have none: `record_failed_attempt`.)"""
     if not tracing.enabled():
         return nullcontext()
-    attributes = tracing.messaging("process", queue, message_id=job_id, job_type=job_type, attempt=attempt)
+    attributes = _process_attributes(job_id, queue, job_type, attempt)
     return tracing.span(f"process {queue}", parent=trace, kind=SpanKind.CONSUMER, attributes=attributes,
                         link_current=True)  # fmt: skip
 
@@ -114,9 +119,7 @@ def record_failed_attempt(
 ) -> None:
     """A failed attempt of a batch's job: its `process` span, after the fact, in its trace and
     linked to the batch (a job of a batch has no span of its own otherwise)."""
-    attributes = tracing.messaging(
-        "process", claim.queue, message_id=str(claim.job_id), job_type=claim.type, attempt=claim.attempt
-    )
+    attributes = _process_attributes(str(claim.job_id), claim.queue, claim.type, claim.attempt)
     attributes[f"{tracing.PREFIX}job.status"] = str(outcome.status)
     tracing.record(f"process {claim.queue}", parent=trace, start_time=started, attributes=attributes,
                    kind=SpanKind.CONSUMER, links=tracing.link_to_current(), error=str(outcome.status))  # fmt: skip
