@@ -4,10 +4,11 @@
    noisy machine touches all of them alike; the report gives each one's median and spread:
    - pipeline: N `demo.noop` jobs through the bulk API from T client threads → outbox →
      relay → Kafka → bridge → Celery → worker → SUCCEEDED, first submit to last success;
-   - each peer (Dramatiq, Huey, raw Celery), with as many worker processes as ours on the
-     same Redis, two ways: end to end (its workers running, T threads enqueue N no-op
-     tasks, until the last is done) and drain only (N already queued, from the first task
-     done to the last).
+   - each peer (Dramatiq, Huey, PgQueuer, raw Celery), with as many worker processes as ours
+     on the same Redis (PgQueuer: the same PostgreSQL server, a database of its own), two
+     ways: end to end (its workers running, T threads enqueue N no-op tasks, in its batch
+     API's chunks where it has one, until the last is done) and drain only (N already
+     queued, from the first task done to the last).
 2. Light load: single submits at a steady rate; submit→start latency from the job rows.
 3. A latency curve against offered load, and a sweep of fixed batch sizes.
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psutil
@@ -41,6 +43,7 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from config import broker
+from devtools.bench import raw_count
 from devtools.bench.api import bench_token, delete_bench_jobs
 from devtools.bench.processes import CpuMeter
 from devtools.bench.stats import Progress, percentile
@@ -136,17 +139,21 @@ def in_threads(threads: int, n: int, chunk: int, setup: Callable[[], Callable[[i
 
 @dataclass(frozen=True)
 class Peer:
-    """Another job queue on the same Redis, with as many worker processes as ours: its
-    worker command, a per-thread sender of k no-op tasks, and the counter its task bumps."""
+    """Another job queue on the same Redis (or, for PgQueuer, the same PostgreSQL server), with
+    as many worker processes as ours: its worker command, a per-thread sender of k no-op
+    tasks, and the counter its task bumps."""
 
     name: str
     module: str  # devtools.bench.raw_* (imported after BENCH_RAW_BROKER is set)
     command: Callable[[int], list[str]]  # worker processes → the worker's command line
     sender: Callable[[Any], Callable[[int], None]]  # (the imported module) → send(k), one per thread
     jobs: Callable[[int], int] = field(default=lambda n: n)  # how many of the run's n it takes
+    chunk: int = 100  # tasks a sender call enqueues: its batch API's chunk, as our bulk's 1,000
 
     def _module(self) -> Any:
-        os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL  # read by the module, here and in its workers
+        # Read by the module, here and in its workers.
+        os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL
+        os.environ["BENCH_RAW_DATABASE"] = _server_url()
         return importlib.import_module(self.module)
 
     def _start(self, workers: int) -> subprocess.Popen[bytes]:
@@ -166,7 +173,7 @@ class Peer:
         worker = None
         try:
             if mode == DRAIN:
-                in_threads(threads, n, 100, lambda: self.sender(raw))
+                in_threads(threads, n, self.chunk, lambda: self.sender(raw))
                 worker = self._start(workers)
                 while (first := int(r.get(raw.COUNTER) or 0)) == 0:
                     self._check(worker)
@@ -179,12 +186,16 @@ class Peer:
                 first = 0
                 meter.start()
                 started = time.perf_counter()
-                in_threads(threads, n, 100, lambda: self.sender(raw))
+                in_threads(threads, n, self.chunk, lambda: self.sender(raw))
             while (done := int(r.get(raw.COUNTER) or 0)) < n:
                 progress.update(done)
                 self._check(worker)
                 time.sleep(0.02)
-            return meter.stop(self.name, mode, n - first, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            time.sleep(2 * raw_count.FLUSH_SECONDS)  # any count still in a worker's flusher
+            if (done := int(r.get(raw.COUNTER) or 0)) != n:
+                raise SystemExit(f"{self.name} ran {done} tasks of {n}: its count is not one a task")
+            return meter.stop(self.name, mode, n - first, elapsed)
         finally:
             if worker is not None:
                 os.killpg(worker.pid, signal.SIGTERM)
@@ -200,8 +211,19 @@ class Peer:
 
 
 def _forget(r: redis.Redis, raw: Any) -> None:
+    """Empty a peer's queue and counter (and make its database, if it keeps one)."""
     keys = [raw.COUNTER, raw.QUEUE, *r.scan_iter(f"*{raw.QUEUE}*", count=1000)]
     r.delete(*keys)
+    if hasattr(raw, "prepare"):
+        raw.prepare(_server_url())
+
+
+def _server_url() -> str:
+    """Our database's URL: PgQueuer takes a database of its own on the same server."""
+    db = settings.DATABASES["default"]
+    user = quote(db.get("USER") or "", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    return f"postgresql://{user}{password}@{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def _celery_sender(raw: Any) -> Callable[[int], None]:
@@ -236,6 +258,8 @@ PEERS = (
         "celery", "-A", "devtools.bench.raw_celery", "worker", "--pool", "prefork", "--concurrency", str(w),
         "--queues", "bench-raw-celery", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
         _celery_sender, jobs=lambda n: max(n // 4, 1)),
+    Peer("PgQueuer", "devtools.bench.raw_pgqueuer", lambda w: ["devtools.bench.raw_pgqueuer", str(w)],
+         lambda raw: raw.sender(), chunk=BULK),
 )  # fmt: skip
 
 
@@ -499,11 +523,15 @@ def report(summaries: list[Summary], threads: int, latencies: list[float], rate:
             results[key] = ratio = ours.median / best.median
             out.write(f"{mode}: pipeline ÷ best peer {mode} ({best.system}): {ratio:.2f}  "
                       f"(target ≥ {target:g}: {_verdict(ratio >= target)})\n")  # fmt: skip
+    pgq = next((s for s in summaries if s.system == "PgQueuer" and s.mode == E2E), None)
+    if pgq is not None:
+        results["pgqueuer_ratio"] = ratio = ours.median / pgq.median
+        out.write(f"{E2E}: pipeline ÷ PgQueuer {E2E}: {ratio:.2f}  (target ≥ 0.85: {_verdict(ratio >= 0.85)})\n")
     cpu = ours.middle().cpu_per_job()
     p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
     out.write(
         f"CPU per job, all roles and engines (median run): {cpu * 1e6:.0f} µs  "
-        f"(target ≤ 450: {_verdict(cpu <= 450e-6)})\n"
+        f"(target ≤ 400: {_verdict(cpu <= 400e-6)})\n"
         f"submit→start at {rate:g} jobs/s: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
         f"(targets p50 ≤ 15 ms: {_verdict(p50 <= 0.015)}, p99 ≤ 50 ms: {_verdict(p99 <= 0.05)})\n"
         f"pipeline jobs/min: {ours.median * 60:,.0f}\n\n"
@@ -513,7 +541,7 @@ def report(summaries: list[Summary], threads: int, latencies: list[float], rate:
 
 
 def run(*, base: str, n: int, concurrency: int, rate: float, seconds: float, keep: bool, out: Any,
-        threads: int = 4, rounds: int = 3, peers: Sequence[str] = ("Dramatiq", "Huey", "Celery"),
+        threads: int = 4, rounds: int = 3, peers: Sequence[str] = ("Dramatiq", "Huey", "PgQueuer", "Celery"),
         batch_sizes: Sequence[int] = (), sweep_jobs: int = 10_000, loads: Sequence[float] = (),
         load_seconds: float = 5.0, chart_path: Path | None = None) -> dict[str, float]:  # fmt: skip
     owner_id, token = bench_token()

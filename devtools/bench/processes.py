@@ -13,6 +13,7 @@ from django.conf import settings
 # First match wins. Engines count with their child processes (PostgreSQL's backends).
 ROLES = (
     ("raw_dramatiq", "Dramatiq workers"), ("raw_huey", "Huey workers"), ("raw_celery", "Celery workers (raw)"),
+    ("raw_pgqueuer", "PgQueuer workers"),
     ("run_relay", "relay"), ("run_bridge", "bridge"), ("run_scheduler", "scheduler"), ("run_log_sink", "log-sink"),
     ("gunicorn", "web"), ("celery -A config worker", "worker"), ("flower", "flower"),
     ("chdb_http", "clickhouse (chDB)"), ("bin/postgres", "postgresql"), ("redis-server", "redis"),

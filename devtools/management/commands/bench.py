@@ -42,7 +42,9 @@ class Command(BaseCommand):
         api.add_argument("--batches", type=COUNT, default=20, help="bulk requests")
         api.add_argument("--size", type=COUNT, default=1000, help="jobs per bulk request")
         api.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
-        pipe = sub.add_parser("pipeline", help="end to end and drain vs Dramatiq, Huey, Celery; latency; batch sizes")
+        pipe = sub.add_parser(
+            "pipeline", help="end to end and drain vs Dramatiq, Huey, PgQueuer, Celery; latency; batch sizes"
+        )
         pipe.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
         pipe.add_argument("--jobs", type=COUNT, default=20000, help="no-op jobs for the throughput runs")
         pipe.add_argument("--concurrency", type=COUNT, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
@@ -50,7 +52,9 @@ class Command(BaseCommand):
             "--threads", type=COUNT, default=4, help="client threads that submit (ours) or enqueue (peers)"
         )
         pipe.add_argument("--rounds", type=COUNT, default=3, help="interleaved runs of every system (median, spread)")
-        pipe.add_argument("--peers", default="Dramatiq,Huey,Celery", help="peers to compare with (empty: none)")
+        pipe.add_argument(
+            "--peers", default="Dramatiq,Huey,PgQueuer,Celery", help="peers to compare with (empty: none)"
+        )
         pipe.add_argument("--rate", type=AMOUNT, default=20.0, help="jobs/s for the latency run")
         pipe.add_argument("--seconds", type=AMOUNT, default=15.0, help="length of the latency run")
         pipe.add_argument("--keep", action="store_true", help="keep the submitted jobs (default: delete them)")
