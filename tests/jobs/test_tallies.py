@@ -4,7 +4,9 @@ percentiles within the buckets' 5 %."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import random
 import threading
 import time
 from datetime import timedelta
@@ -16,7 +18,7 @@ from django.utils import timezone
 
 from dashboard.queries import per_minute
 from jobs import tallies
-from jobs.models import Job, JobCountDelta, JobMinute, JobStatus
+from jobs.models import Job, JobCountDelta, JobMinute, JobMinuteDelta, JobStatus
 from jobs.selectors import job_get_stats
 from tests.factories import UserFactory, submit_job
 from tests.threads import in_thread
@@ -190,3 +192,69 @@ def test_minutes_past_the_kept_window_are_dropped(user):
     assert JobMinute.objects.exists()
     tallies.fold(now=timezone.now() + timedelta(minutes=tallies.MINUTES_KEPT + 1))
     assert not JobMinute.objects.exists()
+
+
+CHEAPER = importlib.import_module("jobs.migrations.0034_cheaper_tally_update")
+
+
+def _minute_deltas(ids: list[Any], statuses: list[str], finished: list[Any], started: list[Any]) -> list[tuple]:
+    """The minute deltas one UPDATE of these jobs writes (it ends some, moves others)."""
+    JobMinuteDelta.objects.all().delete()
+    with connection.cursor() as cur:
+        cur.execute(
+            """UPDATE jobs_job j SET status = u.status, finished_at = u.finished, started_at = u.started
+                 FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+                      AS u(id, status, finished, started)
+                WHERE j.id = u.id""",
+            [ids, statuses, finished, started],
+        )
+    return sorted(JobMinuteDelta.objects.values_list("minute", "owner_id", "status", "metric", "bucket", "n"))
+
+
+@pytest.mark.django_db
+def test_the_cheaper_update_trigger_writes_what_the_first_one_did(user, other_user):
+    """Migration 0034's trigger body against 0012's, on the same statement: jobs of two owners
+    ending in every way, over two minutes, with and without a start, some ended before (a
+    retried job's second end counts; an end moved to another end does not)."""
+    rng = random.Random(33)
+    now = timezone.now().replace(second=30, microsecond=0)
+    jobs = [submit_job(rng.choice([user, other_user])) for _ in range(120)]
+    Job.objects.filter(id__in=[j.id for j in jobs[:20]]).update(status=JobStatus.DEAD_LETTER, finished_at=now)
+    ids, statuses, finished, started = [], [], [], []
+    for job in jobs:
+        ids.append(job.id)
+        statuses.append(rng.choice([*JobStatus.values, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]))
+        finished.append(now + timedelta(seconds=rng.choice([-40, 0, 20, 45])) if rng.random() < 0.95 else None)
+        # Latencies from under a millisecond to a day, some on a bucket's edge (1.1^k ms).
+        wait = timedelta(milliseconds=rng.choice([0.2, 1.0, 1.1**7, 1.1**40, rng.uniform(1, 1e8)]))
+        started.append(job.created_at + wait if rng.random() < 0.8 else None)
+    with transaction.atomic():
+        written = _minute_deltas(ids, statuses, finished, started)
+        transaction.set_rollback(True)
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(CHEAPER.functions(CHEAPER.BUCKET_0012, CHEAPER.MINUTE_DELTAS_0012))
+        before = _minute_deltas(ids, statuses, finished, started)
+        transaction.set_rollback(True)
+    assert written == before
+    assert {row[3] for row in written} == {0, 1, 2}  # counts and both latencies
+    assert len({row[1] for row in written}) == 2
+    with connection.cursor() as cur:  # the rollback put the new body back
+        cur.execute("SELECT prosrc LIKE '%%GROUPING SETS%%' FROM pg_proc WHERE proname = 'jobs_tally_update'")
+        assert cur.fetchone() == (True,)
+
+
+@pytest.mark.django_db
+def test_a_bucket_in_double_precision_differs_only_on_an_edge():
+    with connection.cursor() as cur:
+        for name, body in (("new", CHEAPER.BUCKET), ("old", CHEAPER.BUCKET_0012)):
+            cur.execute(f"CREATE FUNCTION pg_temp.bucket_{name}(d interval) RETURNS int2 LANGUAGE sql AS $${body}$$")
+        cur.execute(
+            """SELECT count(*) FILTER (WHERE a <> b), coalesce(max(abs(a - b)), 0) FROM (
+                  SELECT pg_temp.bucket_new(d) AS a, pg_temp.bucket_old(d) AS b
+                    FROM (SELECT (random() * 1000) ^ 3 * interval '1 millisecond' AS d
+                            FROM generate_series(1, 20000)) x) t"""
+        )
+        differ, most = cur.fetchone()
+    assert differ <= 2
+    assert most <= 1
