@@ -65,7 +65,9 @@ def test_a_job_past_retention_moves_to_the_archive_and_the_api_still_serves_it(
 
     assert scan(epoch) == 1
     assert not Job.objects.filter(id=old.id).exists()
+    # Attempts and outbox rows go first: no database constraint ties them to the job (issue 33).
     assert not JobAttempt.objects.filter(job_id=old.id).exists()
+    assert not Outbox.objects.filter(job_id=old.id).exists()
     assert Job.objects.filter(id=recent.id).exists()
     assert tallies.status_counts([user.pk])["DEAD_LETTER"] == before - 1
 
