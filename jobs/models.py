@@ -245,9 +245,7 @@ class JobAttempt(models.Model):
     # the database (issue 33): a row is written only by a transition, from the job row it
     # updates, and every delete of jobs (retention, Django's cascade) deletes the attempts
     # first; the check locked the job row (FOR KEY SHARE) at every claim's commit, 8 µs a job.
-    job = models.ForeignKey(
-        Job, on_delete=models.CASCADE, related_name="history", db_index=False, db_constraint=False
-    )
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="history", db_index=False, db_constraint=False)
     attempt = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING)
     worker = models.CharField(max_length=200, blank=True, default="")
