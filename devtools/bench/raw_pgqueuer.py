@@ -49,8 +49,8 @@ def dsn(server: str | None = None) -> str:
 
 
 def prepare(server: str) -> None:
-    """Create PgQueuer's database on `server` and install its schema, once; empty its queue
-    (and close the last run's senders)."""
+    """Create PgQueuer's database on `server` and install its schema, once; empty and vacuum
+    its tables (and close the last run's senders)."""
     while _senders:
         _senders.pop().close()
     own = dsn(server)
@@ -69,6 +69,8 @@ def prepare(server: str) -> None:
                 await queries.install()
             await queries.clear_queue()
             await queries.clear_statistics_log()
+            # As for our jobs between runs (`delete_bench_jobs`): no dead rows under the next run.
+            await connection.execute("VACUUM")
         finally:
             await connection.close()
 
