@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -138,11 +139,14 @@ _COPY_OUTBOX = "COPY jobs_outbox (job_id, envelope, topic, created_at) FROM STDI
 _BACKOFF = orjson.dumps({"initial": 2.0, "factor": 2.0, "max": 3600, "jitter": 0.2}).decode()
 
 
-def _conninfo() -> str:
+def database_url() -> str:
+    """Our database's URL, for a connection of the benchmark's own (psycopg, or asyncpg,
+    which reads URLs only: PgQueuer's workers take a database of their own on this server)."""
     db = settings.DATABASES["default"]
-    return psycopg.conninfo.make_conninfo(
-        host=db["HOST"], port=db["PORT"] or 5432, dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None
-    )
+    user = quote(db.get("USER") or "", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    host = quote(db.get("HOST") or "", safe="")  # a socket directory is a path
+    return f"postgresql://{user}{password}@{host}:{db.get('PORT') or 5432}/{quote(db['NAME'], safe='')}"
 
 
 def _timed_batches(
@@ -151,7 +155,7 @@ def _timed_batches(
     """Run `write(cursor, [(job_id, token), ...])` once per batch, one transaction each."""
     latencies = []
     progress = Progress(label, batches * size)
-    with psycopg.connect(_conninfo()) as conn:
+    with psycopg.connect(database_url()) as conn:
         started = time.perf_counter()
         for b in range(batches):
             t0 = time.perf_counter()

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import psutil
@@ -44,7 +43,7 @@ from django.utils import timezone
 
 from config import broker
 from devtools.bench import raw_count
-from devtools.bench.api import bench_token, delete_bench_jobs
+from devtools.bench.api import bench_token, database_url, delete_bench_jobs
 from devtools.bench.processes import CpuMeter
 from devtools.bench.stats import Progress, percentile
 from jobs.models import Job, JobStatus
@@ -153,7 +152,7 @@ class Peer:
     def _module(self) -> Any:
         # Read by the module, here and in its workers.
         os.environ["BENCH_RAW_BROKER"] = settings.REDIS_URL
-        os.environ["BENCH_RAW_DATABASE"] = _server_url()
+        os.environ["BENCH_RAW_DATABASE"] = database_url()
         return importlib.import_module(self.module)
 
     def _start(self, workers: int) -> subprocess.Popen[bytes]:
@@ -215,15 +214,8 @@ def _forget(r: redis.Redis, raw: Any) -> None:
     keys = [raw.COUNTER, raw.QUEUE, *r.scan_iter(f"*{raw.QUEUE}*", count=1000)]
     r.delete(*keys)
     if hasattr(raw, "prepare"):
-        raw.prepare(_server_url())
+        raw.prepare(database_url())
 
-
-def _server_url() -> str:
-    """Our database's URL: PgQueuer takes a database of its own on the same server."""
-    db = settings.DATABASES["default"]
-    user = quote(db.get("USER") or "", safe="")
-    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
-    return f"postgresql://{user}{password}@{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def _celery_sender(raw: Any) -> Callable[[int], None]:

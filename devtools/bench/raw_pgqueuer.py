@@ -3,8 +3,8 @@
 PgQueuer keeps its queue in PostgreSQL as we keep our jobs: here on the same server as ours,
 in a database of its own (`bench_pgqueuer`). As PgQueuer's own benchmark does, each worker
 process runs what `pgq run` runs (`pgqueuer.run` on uvloop) with its defaults (batches of
-10, asyncpg) and an async no-op entrypoint; the benchmark enqueues with its batch API (`enqueue` with lists) in chunks
-of 1,000, as our bulk submit sends them.
+10, asyncpg) and an async no-op entrypoint; the benchmark enqueues with its batch API
+(`enqueue` with lists) in chunks of 1,000, as our bulk submit sends them.
 
 Each task only counts itself (`raw_count`: added to a Redis key every 20 ms, not a round
 trip a task) so the benchmark can tell when the queue drained, as for the other peers.
@@ -42,8 +42,8 @@ _senders: list[psycopg.Connection] = []  # the benchmark threads' connections, c
 
 
 def dsn(server: str | None = None) -> str:
-    """PgQueuer's database on the server of `server` (a postgres:// URL; default: the
-    benchmark's DATABASE_URL, as `Peer` hands it down in BENCH_RAW_DATABASE)."""
+    """PgQueuer's database on the server of `server` (a postgresql:// URL; default: ours,
+    as `Peer` hands it down in BENCH_RAW_DATABASE)."""
     url = urlsplit(server or os.environ["BENCH_RAW_DATABASE"])
     return urlunsplit((url.scheme, url.netloc, f"/{DATABASE}", url.query, ""))
 
@@ -108,8 +108,9 @@ async def create() -> AsyncIterator[PgQueuer]:
 
 
 def main(processes: int) -> None:
-    """N worker processes; exits when one does, with its code."""
-    if processes == 0:  # one worker, this process
+    """N worker processes (0: this process is the one worker); exits once they all have, with
+    the highest exit code."""
+    if processes == 0:
         uvloop.run(pgqueuer.run(create))
         return
     workers = [subprocess.Popen([sys.executable, "-m", __spec__.name, "0"]) for _ in range(processes)]
