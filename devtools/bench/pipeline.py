@@ -217,7 +217,6 @@ def _forget(r: redis.Redis, raw: Any) -> None:
         raw.prepare(database_url())
 
 
-
 def _celery_sender(raw: Any) -> Callable[[int], None]:
     def send(k: int) -> None:
         # A producer from the pool for each chunk, given back after it: the pool is bounded
